@@ -1,0 +1,370 @@
+//! The write-ahead log as a whole: the ordered set of segments under `<data-dir>/wal/`,
+//! replay at startup (with torn-tail repair of the last segment), group-commit writes
+//! with one fdatasync each, segment rollover, and positioned reads of entries.
+//!
+//! Fail-stop: once an fsync fails (or a failed write cannot be undone) every later
+//! write returns `FailStopped`; an fsync is never retried. A failed write that was
+//! undone (ENOSPC, typically) leaves the log as it was, so the caller may retry.
+//! This file must not interpret the log's contents beyond checking that every segment
+//! starts with its own header; what the records mean is `file_storage.rs`'s business.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use raft::eraftpb::{Entry, HardState};
+
+use crate::entry_log::EntryLocation;
+use crate::error::StorageError;
+use crate::frame::RecordKind;
+use crate::membership::MembershipRecord;
+use crate::record::{Record, SegmentHeader};
+use crate::segment::{parse_segment_file_name, sync_dir, Segment};
+
+/// Name of the WAL directory inside the data directory.
+pub const WAL_DIR_NAME: &str = "wal";
+
+/// The durable metadata a new segment's header carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct DurableMeta {
+    pub snapshot_index: u64,
+    pub snapshot_term: u64,
+    pub hard_state: HardState,
+    pub membership: MembershipRecord,
+}
+
+impl DurableMeta {
+    fn header_record(&self, seq: u64) -> Record {
+        Record::SegmentHeader(SegmentHeader {
+            seq,
+            snapshot_index: self.snapshot_index,
+            snapshot_term: self.snapshot_term,
+            hard_state: self.hard_state.clone(),
+            membership: self.membership.clone(),
+        })
+    }
+}
+
+/// Where a replayed record sits; handed to the replay visitor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordPosition<'a> {
+    pub path: &'a Path,
+    pub segment_seq: u64,
+    pub offset_bytes: u64,
+    pub payload_len_bytes: u32,
+}
+
+/// Where a batch landed: its segment and the offset of its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchPosition {
+    pub segment_seq: u64,
+    pub offset_bytes: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Wal {
+    dir: PathBuf,
+    /// Live segments by sequence number; the last one is the one being written.
+    segments: BTreeMap<u64, Segment>,
+    segment_size_limit_bytes: u64,
+    /// Why the WAL stopped accepting writes, once it has.
+    fail_stopped: Option<String>,
+}
+
+impl Wal {
+    /// Opens the WAL directory (creating it) and replays every record, in order, through
+    /// `visit(position, record)`. The last segment's torn tail is cut
+    /// off; every other problem is an error. Call [`Wal::ensure_writable_segment`] next.
+    pub fn open(
+        data_dir: &Path,
+        segment_size_limit_bytes: u64,
+        mut visit: impl FnMut(RecordPosition<'_>, &Record) -> Result<(), StorageError>,
+    ) -> Result<Wal, StorageError> {
+        let dir = data_dir.join(WAL_DIR_NAME);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|err| StorageError::io(&dir, err))?;
+            sync_dir(data_dir)?;
+        }
+        let seqs = list_segment_seqs(&dir)?;
+        if let Some(pair) = seqs.windows(2).find(|pair| pair[1] != pair[0] + 1) {
+            return Err(StorageError::Inconsistent {
+                dir,
+                reason: format!(
+                    "segments {:016x} and {:016x} are not consecutive",
+                    pair[0], pair[1]
+                ),
+            });
+        }
+        let mut segments = BTreeMap::new();
+        for (position, &seq) in seqs.iter().enumerate() {
+            let is_last = position + 1 == seqs.len();
+            let mut segment = Segment::open(&dir, seq, is_last)?;
+            let path = segment.path().to_path_buf();
+            let end = segment.scan(is_last, |offset_bytes, record, payload_len_bytes| {
+                check_header_placement(&path, segment.seq(), offset_bytes, record)?;
+                let position = RecordPosition {
+                    path: &path,
+                    segment_seq: segment.seq(),
+                    offset_bytes,
+                    payload_len_bytes,
+                };
+                visit(position, record)
+            })?;
+            if let Some(reason) = end.torn_tail {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = end.valid_len_bytes,
+                    cut_bytes = segment.len_bytes() - end.valid_len_bytes,
+                    %reason,
+                    "truncating torn tail of the last WAL segment"
+                );
+                segment.truncate(end.valid_len_bytes)?;
+            }
+            // Only the newest segment may lack a header (a crash while creating it);
+            // an empty older one means its records were lost.
+            if !is_last && end.valid_len_bytes == 0 {
+                return Err(StorageError::corrupted(&path, 0, "older segment is empty"));
+            }
+            segments.insert(seq, segment);
+        }
+        Ok(Wal {
+            dir,
+            segments,
+            segment_size_limit_bytes,
+            fail_stopped: None,
+        })
+    }
+
+    /// Makes sure the last segment exists and starts with a header: on a fresh directory,
+    /// or when a crash left the newest segment empty (its header torn off), it writes a
+    /// header carrying `meta`, the state replayed from the older segments.
+    pub fn ensure_writable_segment(&mut self, meta: &DurableMeta) -> Result<(), StorageError> {
+        let last = self
+            .segments
+            .last_key_value()
+            .map(|(seq, segment)| (*seq, segment.len_bytes()));
+        match last {
+            Some((_, len_bytes)) if len_bytes > 0 => Ok(()),
+            Some((seq, _)) => {
+                let segment = self.segments.get_mut(&seq).expect("segment exists");
+                let mut buf = Vec::new();
+                meta.header_record(seq).encode_into(&mut buf)?;
+                segment.append(&buf)?;
+                segment.sync_data()?;
+                // The file may date from a crash before its directory entry was synced.
+                sync_dir(&self.dir)
+            }
+            None => {
+                let segment = self.create_segment(1, meta, &[])?;
+                self.segments.insert(1, segment);
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates segment `seq`, writes its header then `batch`, fsyncs it and the directory.
+    /// If the write fails the file is removed again so a retry starts clean; if a sync
+    /// fails the error is `FailStopped`.
+    fn create_segment(
+        &self,
+        seq: u64,
+        meta: &DurableMeta,
+        batch: &[u8],
+    ) -> Result<Segment, StorageError> {
+        let mut buf = Vec::with_capacity(batch.len() + 256);
+        meta.header_record(seq).encode_into(&mut buf)?;
+        buf.extend_from_slice(batch);
+        let mut segment = Segment::create(&self.dir, seq)?;
+        if let Err(err) = segment.append(&buf) {
+            let path = segment.path().to_path_buf();
+            drop(segment);
+            if let Err(remove_err) = fs::remove_file(&path) {
+                return Err(StorageError::FailStopped {
+                    reason: format!(
+                        "writing {} failed ({err}) and removing it failed too ({remove_err})",
+                        path.display()
+                    ),
+                });
+            }
+            return Err(err);
+        }
+        segment
+            .sync_data()
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(|err| StorageError::FailStopped {
+                reason: format!("fsync failed: {err}"),
+            })?;
+        Ok(segment)
+    }
+
+    /// True once a write failure made the WAL refuse all further writes.
+    pub fn fail_stop_reason(&self) -> Option<&str> {
+        self.fail_stopped.as_deref()
+    }
+
+    /// Writes `batch` (whole framed records) and fdatasyncs once. Rolls over to a new
+    /// segment first when the current one has reached the size limit; the new segment's
+    /// header carries `meta`, which must describe what is durable *before* this batch.
+    pub fn write_batch(
+        &mut self,
+        batch: &[u8],
+        meta: &DurableMeta,
+    ) -> Result<BatchPosition, StorageError> {
+        if let Some(reason) = &self.fail_stopped {
+            return Err(StorageError::FailStopped {
+                reason: reason.clone(),
+            });
+        }
+        let result = self.write_batch_inner(batch, meta);
+        if let Err(err) = &result {
+            if !is_retryable(err) {
+                let reason = match err {
+                    StorageError::FailStopped { reason } => reason.clone(),
+                    other => other.to_string(),
+                };
+                self.fail_stopped = Some(reason);
+            }
+        }
+        result
+    }
+
+    fn write_batch_inner(
+        &mut self,
+        batch: &[u8],
+        meta: &DurableMeta,
+    ) -> Result<BatchPosition, StorageError> {
+        let (&active_seq, active) = self
+            .segments
+            .last_key_value()
+            .expect("ensure_writable_segment ran at open");
+        if active.len_bytes() >= self.segment_size_limit_bytes {
+            // The active segment was fsynced by the sync that wrote its last batch.
+            let seq = active_seq + 1;
+            let segment = self.create_segment(seq, meta, batch)?;
+            let offset_bytes = segment.len_bytes() - batch.len() as u64;
+            tracing::debug!(path = %segment.path().display(), "rolled over to a new WAL segment");
+            self.segments.insert(seq, segment);
+            return Ok(BatchPosition {
+                segment_seq: seq,
+                offset_bytes,
+            });
+        }
+        let active = self
+            .segments
+            .get_mut(&active_seq)
+            .expect("active segment exists");
+        let offset_bytes = active.len_bytes();
+        active.append(batch)?;
+        // Not retryable: see `Segment::sync_data`.
+        active
+            .sync_data()
+            .map_err(|err| StorageError::FailStopped {
+                reason: format!("fsync failed: {err}"),
+            })?;
+        Ok(BatchPosition {
+            segment_seq: active_seq,
+            offset_bytes,
+        })
+    }
+
+    /// Reads the entry at `location` back from disk, verifying its checksum.
+    pub fn read_entry(&self, location: EntryLocation) -> Result<Entry, StorageError> {
+        let segment =
+            self.segments
+                .get(&location.segment_seq)
+                .ok_or_else(|| StorageError::Inconsistent {
+                    dir: self.dir.clone(),
+                    reason: format!(
+                        "entry points at missing segment {:016x}",
+                        location.segment_seq
+                    ),
+                })?;
+        let payload = segment.read_payload_at(
+            location.offset_bytes,
+            RecordKind::Entry,
+            location.payload_len_bytes,
+        )?;
+        match Record::decode(RecordKind::Entry, payload) {
+            Ok(Record::Entry(entry)) => Ok(entry),
+            Ok(_) => unreachable!("an Entry record decodes to an entry"),
+            Err(reason) => Err(StorageError::corrupted(
+                segment.path(),
+                location.offset_bytes,
+                reason,
+            )),
+        }
+    }
+
+    pub fn segment_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(crate::segment::segment_file_name(seq))
+    }
+
+    pub fn segment_count(&self) -> u64 {
+        self.segments.len() as u64
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::len_bytes).sum()
+    }
+}
+
+/// A failed write that was undone can be retried (after freeing space); a failed
+/// fsync or a failed undo cannot.
+fn is_retryable(err: &StorageError) -> bool {
+    matches!(
+        err,
+        StorageError::Io { .. } | StorageError::RecordTooLarge { .. }
+    )
+}
+
+/// Every segment starts with its own header, and only there.
+fn check_header_placement(
+    path: &Path,
+    seq: u64,
+    offset: u64,
+    record: &Record,
+) -> Result<(), StorageError> {
+    match (offset, record) {
+        (0, Record::SegmentHeader(header)) if header.seq == seq => Ok(()),
+        (0, Record::SegmentHeader(header)) => Err(StorageError::corrupted(
+            path,
+            0,
+            format!(
+                "segment header says sequence {:016x}, file name says {seq:016x}",
+                header.seq
+            ),
+        )),
+        (0, other) => Err(StorageError::corrupted(
+            path,
+            0,
+            format!(
+                "segment starts with a {:?} record instead of its header",
+                other.kind()
+            ),
+        )),
+        (_, Record::SegmentHeader(_)) => Err(StorageError::corrupted(
+            path,
+            offset,
+            "segment header in the middle of a segment",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sequence numbers of the segment files in `dir`, ascending. Other files are ignored
+/// (and logged) so that an operator's stray file does not stop the node.
+fn list_segment_seqs(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut seqs = Vec::new();
+    for dir_entry in fs::read_dir(dir).map_err(|err| StorageError::io(dir, err))? {
+        let dir_entry = dir_entry.map_err(|err| StorageError::io(dir, err))?;
+        let name = dir_entry.file_name();
+        match name.to_str().and_then(parse_segment_file_name) {
+            Some(seq) => seqs.push(seq),
+            None => {
+                tracing::warn!(file = ?dir_entry.path(), "ignoring a file that is not a WAL segment")
+            }
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}

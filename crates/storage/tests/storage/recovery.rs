@@ -1,0 +1,242 @@
+//! Startup on a damaged log: a torn tail is cut off, anything else is refused with the
+//! file and offset of the bad record.
+
+use std::fs;
+use std::path::Path;
+
+use raft::Storage as _;
+use raftkv_storage::{FileStorage, StorageError, StorageOptions};
+
+use crate::{append_and_sync, entry, log_contents, open, segment_path, small_options};
+
+/// Writes entries 1..=count, one sync each; returns the segment length after each sync
+/// (so `ends[i]` is where entry `i + 1`'s record ends and the next one starts).
+fn write_one_record_per_sync(dir: &Path, count: u64) -> Vec<u64> {
+    let mut storage = open(dir);
+    let mut ends = Vec::new();
+    for index in 1..=count {
+        append_and_sync(
+            &mut storage,
+            &[entry(index, 1, &format!("payload-{index}"))],
+        );
+        ends.push(storage.stats().disk_bytes);
+    }
+    assert_eq!(storage.stats().segments, 1);
+    ends
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to.join("wal")).unwrap();
+    for file in fs::read_dir(from.join("wal")).unwrap() {
+        let file = file.unwrap();
+        fs::copy(file.path(), to.join("wal").join(file.file_name())).unwrap();
+    }
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    fs::write(path, bytes).unwrap();
+}
+
+fn expect_corrupted(dir: &Path, expected_path: &Path, expected_offset: u64) {
+    let err = FileStorage::open(dir, StorageOptions::default()).unwrap_err();
+    match &err {
+        StorageError::Corrupted { path, offset, .. } => {
+            assert_eq!(path, expected_path);
+            assert_eq!(*offset, expected_offset);
+        }
+        other => panic!("expected Corrupted, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&expected_path.display().to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("offset {expected_offset}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn cutting_the_last_record_at_every_byte_keeps_exactly_the_complete_records() {
+    let original = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(original.path(), 4);
+    let (previous_end, last_end) = (ends[2], ends[3]);
+    for cut in previous_end..last_end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        let segment = segment_path(dir.path(), 1);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let mut storage = open(dir.path());
+        assert_eq!(storage.last_index().unwrap(), 3, "cut at {cut}");
+        assert_eq!(
+            fs::metadata(&segment).unwrap().len(),
+            previous_end,
+            "cut at {cut}"
+        );
+        append_and_sync(&mut storage, &[entry(4, 2, "after-repair")]);
+        drop(storage);
+
+        let storage = open(dir.path());
+        let contents = log_contents(&storage);
+        assert_eq!(contents.len(), 4, "cut at {cut}");
+        assert_eq!(
+            contents[3],
+            (4, 2, "after-repair".to_string()),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn trailing_zero_bytes_after_the_last_record_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 2);
+    let segment = segment_path(dir.path(), 1);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(ends[1] + 4096)
+        .unwrap();
+    let storage = open(dir.path());
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[1]);
+}
+
+#[test]
+fn a_flipped_payload_byte_in_a_middle_record_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 3);
+    let segment = segment_path(dir.path(), 1);
+    // Entry 2's record starts where entry 1's ends; its payload follows a 16-byte header.
+    flip_byte(&segment, ends[0] + 16 + 3);
+    expect_corrupted(dir.path(), &segment, ends[0]);
+}
+
+#[test]
+fn a_flipped_length_byte_in_a_middle_record_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 3);
+    let segment = segment_path(dir.path(), 1);
+    // The high byte of the length: the record would seem to run past end of file.
+    flip_byte(&segment, ends[0] + 3);
+    expect_corrupted(dir.path(), &segment, ends[0]);
+}
+
+#[test]
+fn a_flipped_length_byte_in_the_final_record_is_corruption_too() {
+    // A torn write shortens a record; it does not rewrite a complete header. A header
+    // that fails its checksum is damage, wherever it is.
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 3);
+    let segment = segment_path(dir.path(), 1);
+    flip_byte(&segment, ends[1]);
+    expect_corrupted(dir.path(), &segment, ends[1]);
+}
+
+#[test]
+fn a_flipped_payload_byte_in_the_final_record_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 3);
+    let segment = segment_path(dir.path(), 1);
+    flip_byte(&segment, ends[2] - 1);
+    let storage = open(dir.path());
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[1]);
+}
+
+#[test]
+fn a_damaged_final_record_of_an_older_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
+        for index in 1..=20 {
+            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+        }
+        assert!(storage.stats().segments >= 3);
+    }
+    let first_segment = segment_path(dir.path(), 1);
+    let len = fs::metadata(&first_segment).unwrap().len();
+    flip_byte(&first_segment, len - 1);
+    let err = FileStorage::open(dir.path(), small_options()).unwrap_err();
+    match err {
+        StorageError::Corrupted { path, offset, .. } => {
+            assert_eq!(path, first_segment);
+            assert!(offset < len);
+        }
+        other => panic!("expected Corrupted, got {other}"),
+    }
+}
+
+#[test]
+fn a_missing_middle_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
+        for index in 1..=20 {
+            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+        }
+        assert!(storage.stats().segments >= 3);
+    }
+    fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+    let err = FileStorage::open(dir.path(), small_options()).unwrap_err();
+    assert!(matches!(err, StorageError::Inconsistent { .. }), "{err}");
+}
+
+#[test]
+fn a_missing_first_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
+        for index in 1..=20 {
+            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+        }
+    }
+    fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+    let err = FileStorage::open(dir.path(), small_options()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
+}
+
+#[test]
+fn an_empty_newest_segment_left_by_a_crash_during_rollover_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 2);
+    // A crash after creating segment 2 but before its header reached the disk.
+    fs::File::create(segment_path(dir.path(), 2)).unwrap();
+    {
+        let mut storage = open(dir.path());
+        assert_eq!(storage.last_index().unwrap(), 2);
+        append_and_sync(&mut storage, &[entry(3, 1, "into-segment-2")]);
+    }
+    let storage = open(dir.path());
+    assert_eq!(storage.stats().segments, 2);
+    assert_eq!(
+        fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
+        ends[1]
+    );
+    assert_eq!(log_contents(&storage).last().unwrap().2, "into-segment-2");
+}
+
+#[test]
+fn an_emptied_older_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
+        for index in 1..=20 {
+            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+        }
+        assert!(storage.stats().segments >= 3);
+    }
+    let second_segment = segment_path(dir.path(), 2);
+    fs::File::create(&second_segment).unwrap();
+    expect_corrupted(dir.path(), &second_segment, 0);
+}
