@@ -1,0 +1,20 @@
+//! The replicated key-value state machine.
+//!
+//! `KvState` is what every replica builds by applying the same committed log
+//! entries in the same order: an ordered persistent map (scan = prefix +
+//! sorted order; cloning it is O(1), so a point-in-time snapshot never stops
+//! writes) plus the client sessions that make retried writes apply once.
+//!
+//! This crate knows nothing about raft, sockets or files: it is a pure,
+//! deterministic function from (state, command) to state. Everything that
+//! could differ between replicas (wall clocks, randomness) must come from the
+//! log (see `Command::timestamp_ms`).
+
+mod command;
+mod hash;
+mod session;
+mod state;
+
+pub use command::{decode_command, encode_command, Command, Op};
+pub use session::{SessionLimits, SessionVerdict};
+pub use state::{ApplyOutcome, KvState, ScanPage, ScanQuery};

@@ -1,0 +1,218 @@
+//! Client sessions: apply each (client_id, seq) write at most once.
+//!
+//! A client numbers its writes 1, 2, 3, ... and tells the state machine the
+//! lowest number it has not yet seen answered (`first_incomplete_seq`). The
+//! session remembers which numbers at or above that were applied, so a retry of
+//! any in-flight write is recognised, and it forgets everything below it.
+//!
+//! Sessions are bounded so one-shot CLI clients cannot grow the state forever:
+//! a session idle for longer than `ttl_ms` of *log time* (the leader-stamped
+//! `timestamp_ms` carried in every command) is dropped, and past
+//! `max_sessions` the least recently active is dropped. Both depend only on
+//! the log, so every replica drops the same sessions at the same index.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Bounds on client sessions.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Sessions idle this long (log time) are forgotten.
+    pub ttl_ms: u64,
+    /// At most this many sessions are kept.
+    pub max_sessions: usize,
+    /// At most this many applied-but-unacknowledged sequence numbers per
+    /// session; a client with more writes in flight is refused.
+    pub max_in_flight_per_session: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            ttl_ms: 10 * 60 * 1000,
+            max_sessions: 100_000,
+            max_in_flight_per_session: 10_000,
+        }
+    }
+}
+
+/// What to do with a write, decided before applying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionVerdict {
+    /// New write: apply it.
+    Apply,
+    /// Already applied (a retry): do not apply again, answer success.
+    Duplicate,
+    /// The session has too many writes in flight: refuse without applying.
+    TooManyInFlight,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Session {
+    last_active_ms: u64,
+    first_incomplete_seq: u64,
+    applied_seqs: BTreeSet<u64>,
+}
+
+/// The session table. Cloned with the state machine for snapshots.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sessions {
+    limits: SessionLimits,
+    by_client: HashMap<u64, Session>,
+    /// (last_active_ms, client_id) of every session, oldest first.
+    by_activity: BTreeMap<(u64, u64), ()>,
+}
+
+impl Sessions {
+    pub(crate) fn new(limits: SessionLimits) -> Self {
+        Sessions {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Decides whether write `seq` of `client_id` is new, and records it as
+    /// applied if so. `now_ms` is log time (monotonic across the log).
+    pub(crate) fn admit(
+        &mut self,
+        client_id: u64,
+        seq: u64,
+        first_incomplete_seq: u64,
+        now_ms: u64,
+    ) -> SessionVerdict {
+        self.expire(now_ms);
+        let limits = self.limits;
+        let session = self.by_client.entry(client_id).or_default();
+        let previous_activity = (session.last_active_ms, client_id);
+        // Forget what the client says it has seen answered.
+        if first_incomplete_seq > session.first_incomplete_seq {
+            session.first_incomplete_seq = first_incomplete_seq;
+            session.applied_seqs = session.applied_seqs.split_off(&first_incomplete_seq);
+        }
+        let verdict = if seq < session.first_incomplete_seq || session.applied_seqs.contains(&seq) {
+            SessionVerdict::Duplicate
+        } else if session.applied_seqs.len() >= limits.max_in_flight_per_session {
+            SessionVerdict::TooManyInFlight
+        } else {
+            session.applied_seqs.insert(seq);
+            SessionVerdict::Apply
+        };
+        session.last_active_ms = now_ms;
+        self.by_activity.remove(&previous_activity);
+        self.by_activity.insert((now_ms, client_id), ());
+        self.evict_over_capacity();
+        verdict
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.limits.ttl_ms);
+        while let Some((&(active_ms, client_id), _)) = self.by_activity.first_key_value() {
+            if active_ms >= cutoff {
+                break;
+            }
+            self.by_activity.remove(&(active_ms, client_id));
+            self.by_client.remove(&client_id);
+        }
+    }
+
+    fn evict_over_capacity(&mut self) {
+        while self.by_client.len() > self.limits.max_sessions {
+            let Some(((_, client_id), _)) = self.by_activity.pop_first() else {
+                break;
+            };
+            self.by_client.remove(&client_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(ttl_ms: u64, max_sessions: usize, in_flight: usize) -> SessionLimits {
+        SessionLimits {
+            ttl_ms,
+            max_sessions,
+            max_in_flight_per_session: in_flight,
+        }
+    }
+
+    #[test]
+    fn a_retry_is_recognised_and_new_writes_are_applied() {
+        let mut s = Sessions::new(SessionLimits::default());
+        assert_eq!(s.admit(1, 1, 1, 10), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 2, 1, 11), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 1, 1, 12), SessionVerdict::Duplicate);
+        assert_eq!(s.admit(1, 2, 1, 12), SessionVerdict::Duplicate);
+        assert_eq!(s.admit(2, 1, 1, 12), SessionVerdict::Apply, "other client");
+    }
+
+    #[test]
+    fn out_of_order_concurrent_writes_apply_once_each() {
+        let mut s = Sessions::new(SessionLimits::default());
+        assert_eq!(s.admit(1, 3, 1, 1), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 1, 1, 1), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 2, 1, 1), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 3, 1, 1), SessionVerdict::Duplicate);
+    }
+
+    #[test]
+    fn acknowledged_sequence_numbers_are_forgotten() {
+        let mut s = Sessions::new(SessionLimits::default());
+        for seq in 1..=100 {
+            s.admit(1, seq, seq, 1);
+        }
+        let session = &s.by_client[&1];
+        assert_eq!(session.applied_seqs.len(), 1, "only the newest is kept");
+        assert_eq!(s.admit(1, 50, 100, 2), SessionVerdict::Duplicate);
+    }
+
+    #[test]
+    fn too_many_in_flight_is_refused_without_applying() {
+        let mut s = Sessions::new(limits(1000, 10, 2));
+        assert_eq!(s.admit(1, 1, 1, 1), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 2, 1, 1), SessionVerdict::Apply);
+        assert_eq!(s.admit(1, 3, 1, 1), SessionVerdict::TooManyInFlight);
+        // Once the client acknowledges, it may go on.
+        assert_eq!(s.admit(1, 3, 2, 1), SessionVerdict::Apply);
+    }
+
+    #[test]
+    fn idle_sessions_expire_by_log_time() {
+        let mut s = Sessions::new(limits(100, 10, 10));
+        s.admit(1, 1, 1, 0);
+        s.admit(2, 1, 1, 50);
+        s.admit(3, 1, 1, 120); // client 1 is now 120 ms idle > 100
+        assert_eq!(s.len(), 2);
+        assert!(!s.by_client.contains_key(&1));
+        assert!(s.by_client.contains_key(&2));
+    }
+
+    #[test]
+    fn session_count_is_bounded_evicting_least_recent() {
+        let mut s = Sessions::new(limits(u64::MAX, 3, 10));
+        for client in 1..=5 {
+            s.admit(client, 1, 1, client);
+        }
+        assert_eq!(s.len(), 3);
+        let mut kept: Vec<u64> = s.by_client.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn same_inputs_give_same_table_on_every_replica() {
+        let run = || {
+            let mut s = Sessions::new(limits(30, 4, 8));
+            let mut verdicts = Vec::new();
+            for i in 0..200u64 {
+                verdicts.push(s.admit(i % 7, i % 5 + 1, 1, i));
+            }
+            (verdicts, s.by_activity.keys().copied().collect::<Vec<_>>())
+        };
+        assert_eq!(run(), run());
+    }
+}

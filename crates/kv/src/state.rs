@@ -1,0 +1,389 @@
+//! `KvState`: the ordered map, its size accounting, the client sessions and
+//! the applied index, changed only by applying committed commands in order.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use imbl::OrdMap;
+
+use crate::command::Command;
+use crate::hash::StableHasher;
+use crate::session::{SessionLimits, SessionVerdict, Sessions};
+
+/// Values shorter than this are copied out of the log entry they arrived in,
+/// so a small value does not keep a large batched entry alive; longer values
+/// share the entry's buffer (no second copy of a 100 MB value).
+const COPY_VALUES_BELOW_BYTES: usize = 64 * 1024;
+
+/// Result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The command's operations took effect.
+    Applied,
+    /// A retry of a write already applied: nothing changed, success.
+    Duplicate,
+    /// Refused without effect (the reason is for the client).
+    Refused(String),
+}
+
+/// A scan request over the map.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanQuery<'a> {
+    pub prefix: &'a [u8],
+    /// Exclusive start key (paging cursor).
+    pub after: Option<&'a [u8]>,
+    /// Number of matching keys to skip first.
+    pub offset: u64,
+    pub limit: usize,
+    pub keys_only: bool,
+}
+
+/// One page of scan results, in ascending key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    pub pairs: Vec<(Bytes, Bytes)>,
+    /// Whether more keys with the prefix follow the last returned one.
+    pub more: bool,
+}
+
+/// The replicated state machine. `Clone` is O(1) (persistent map).
+#[derive(Clone, Debug)]
+pub struct KvState {
+    map: OrdMap<Bytes, Bytes>,
+    data_bytes: u64,
+    sessions: Sessions,
+    /// Log time: the largest command timestamp applied so far.
+    clock_ms: u64,
+    applied_index: u64,
+    applied_term: u64,
+}
+
+impl KvState {
+    pub fn new(limits: SessionLimits) -> Self {
+        KvState {
+            map: OrdMap::new(),
+            data_bytes: 0,
+            sessions: Sessions::new(limits),
+            clock_ms: 0,
+            applied_index: 0,
+            applied_term: 0,
+        }
+    }
+
+    /// Applies a committed command at log position (`index`, `term`).
+    pub fn apply(&mut self, index: u64, term: u64, cmd: &Command) -> ApplyOutcome {
+        self.mark_applied(index, term);
+        self.clock_ms = self.clock_ms.max(cmd.timestamp_ms);
+        if cmd.client_id != 0 {
+            match self.sessions.admit(
+                cmd.client_id,
+                cmd.seq,
+                cmd.first_incomplete_seq,
+                self.clock_ms,
+            ) {
+                SessionVerdict::Apply => {}
+                SessionVerdict::Duplicate => return ApplyOutcome::Duplicate,
+                SessionVerdict::TooManyInFlight => {
+                    return ApplyOutcome::Refused(
+                        "too many writes in flight in this client session".into(),
+                    )
+                }
+            }
+        }
+        for op in &cmd.ops {
+            if op.delete {
+                self.remove(&op.key);
+            } else {
+                let value = if op.value.len() < COPY_VALUES_BELOW_BYTES {
+                    Bytes::copy_from_slice(&op.value)
+                } else {
+                    op.value.clone()
+                };
+                self.insert(Bytes::copy_from_slice(&op.key), value);
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    /// Records that the entry at (`index`, `term`) was applied even though it
+    /// carried no command (an empty entry or a membership change).
+    pub fn mark_applied(&mut self, index: u64, term: u64) {
+        debug_assert!(
+            index > self.applied_index,
+            "entries apply in order: {index} after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) {
+        let added = (key.len() + value.len()) as u64;
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.data_bytes -= (key.len() + old.len()) as u64;
+        }
+        self.data_bytes += added;
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.map.remove(key) {
+            self.data_bytes -= (key.len() + old.len()) as u64;
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.get(key).cloned()
+    }
+
+    /// Keys with `query.prefix` in ascending byte order, after the cursor,
+    /// skipping `offset` matches, at most `limit`.
+    pub fn scan(&self, query: &ScanQuery<'_>) -> ScanPage {
+        let start: Bound<&[u8]> = match query.after {
+            Some(after) if after >= query.prefix => Bound::Excluded(after),
+            _ => Bound::Included(query.prefix),
+        };
+        let mut matches = self
+            .map
+            .range::<_, [u8]>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(query.prefix))
+            .skip(usize::try_from(query.offset).unwrap_or(usize::MAX));
+        let mut page = ScanPage::default();
+        for (key, value) in matches.by_ref().take(query.limit) {
+            let value = if query.keys_only {
+                Bytes::new()
+            } else {
+                value.clone()
+            };
+            page.pairs.push((key.clone(), value));
+        }
+        page.more = matches.next().is_some();
+        page
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of keys plus values.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// Stable hash of every key and value, for comparing replicas at the
+    /// same applied index.
+    pub fn content_hash(&self) -> u64 {
+        let mut hasher = StableHasher::new();
+        for (key, value) in self.map.iter() {
+            hasher.write_field(key);
+            hasher.write_field(value);
+        }
+        hasher.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Op;
+
+    fn put(key: &str, value: &str) -> Op {
+        Op {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            delete: false,
+        }
+    }
+
+    fn del(key: &str) -> Op {
+        Op {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::new(),
+            delete: true,
+        }
+    }
+
+    fn cmd(client_id: u64, seq: u64, ops: Vec<Op>) -> Command {
+        Command {
+            client_id,
+            seq,
+            first_incomplete_seq: 1,
+            timestamp_ms: 1,
+            ops,
+            ..Default::default()
+        }
+    }
+
+    fn state_with(keys: &[&str]) -> KvState {
+        let mut s = KvState::new(SessionLimits::default());
+        for (i, k) in keys.iter().enumerate() {
+            s.apply(i as u64 + 1, 1, &cmd(0, 0, vec![put(k, k)]));
+        }
+        s
+    }
+
+    fn keys(page: &ScanPage) -> Vec<String> {
+        page.pairs
+            .iter()
+            .map(|(k, _)| String::from_utf8(k.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn put_get_delete_and_size_accounting() {
+        let mut s = KvState::new(SessionLimits::default());
+        s.apply(1, 1, &cmd(0, 0, vec![put("a", "12345")]));
+        assert_eq!(s.get(b"a").unwrap(), "12345");
+        assert_eq!(s.data_bytes(), 6);
+        s.apply(2, 1, &cmd(0, 0, vec![put("a", "1")]));
+        assert_eq!(s.data_bytes(), 2);
+        s.apply(3, 1, &cmd(0, 0, vec![del("a"), del("never-there")]));
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(s.data_bytes(), 0);
+        assert_eq!(s.applied_index(), 3);
+    }
+
+    #[test]
+    fn empty_value_is_stored_not_absent() {
+        let mut s = KvState::new(SessionLimits::default());
+        s.apply(1, 1, &cmd(0, 0, vec![put("k", "")]));
+        assert_eq!(s.get(b"k"), Some(Bytes::new()));
+    }
+
+    #[test]
+    fn retried_write_is_applied_once() {
+        let mut s = KvState::new(SessionLimits::default());
+        assert_eq!(
+            s.apply(1, 1, &cmd(9, 1, vec![put("x", "first")])),
+            ApplyOutcome::Applied
+        );
+        s.apply(2, 1, &cmd(10, 1, vec![put("x", "second")]));
+        // The retry of client 9's write must not overwrite "second".
+        assert_eq!(
+            s.apply(3, 1, &cmd(9, 1, vec![put("x", "first")])),
+            ApplyOutcome::Duplicate
+        );
+        assert_eq!(s.get(b"x").unwrap(), "second");
+        assert_eq!(s.applied_index(), 3);
+    }
+
+    #[test]
+    fn batch_ops_apply_in_order_atomically() {
+        let mut s = KvState::new(SessionLimits::default());
+        s.apply(
+            1,
+            1,
+            &cmd(0, 0, vec![put("a", "1"), put("b", "2"), del("a")]),
+        );
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(s.get(b"b").unwrap(), "2");
+    }
+
+    #[test]
+    fn scan_returns_prefix_matches_sorted() {
+        let s = state_with(&["b2", "a", "b1", "b10", "c", "b"]);
+        let page = s.scan(&ScanQuery {
+            prefix: b"b",
+            after: None,
+            offset: 0,
+            limit: 100,
+            keys_only: false,
+        });
+        assert_eq!(keys(&page), vec!["b", "b1", "b10", "b2"]);
+        assert!(!page.more);
+        assert_eq!(page.pairs[1].1, "b1");
+    }
+
+    #[test]
+    fn scan_pages_by_offset_and_by_cursor_visit_every_key_once() {
+        let names: Vec<String> = (0..25).map(|i| format!("p/{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut with_other = refs.clone();
+        with_other.push("q/0");
+        let s = state_with(&with_other);
+
+        let mut by_offset = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = s.scan(&ScanQuery {
+                prefix: b"p/",
+                after: None,
+                offset,
+                limit: 7,
+                keys_only: true,
+            });
+            offset += page.pairs.len() as u64;
+            by_offset.extend(keys(&page));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(by_offset, names);
+
+        let mut by_cursor = Vec::new();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let page = s.scan(&ScanQuery {
+                prefix: b"p/",
+                after: after.as_deref(),
+                offset: 0,
+                limit: 7,
+                keys_only: true,
+            });
+            after = page.pairs.last().map(|(k, _)| k.clone());
+            by_cursor.extend(keys(&page));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(by_cursor, names);
+    }
+
+    #[test]
+    fn scan_keys_only_omits_values() {
+        let s = state_with(&["k1"]);
+        let page = s.scan(&ScanQuery {
+            prefix: b"k",
+            after: None,
+            offset: 0,
+            limit: 10,
+            keys_only: true,
+        });
+        assert_eq!(page.pairs, vec![(Bytes::from_static(b"k1"), Bytes::new())]);
+    }
+
+    #[test]
+    fn equal_contents_hash_equal_and_differences_show() {
+        let a = state_with(&["x", "y"]);
+        let b = state_with(&["y", "x"]);
+        assert_eq!(a.content_hash(), b.content_hash());
+        let c = state_with(&["x", "z"]);
+        assert_ne!(a.content_hash(), c.content_hash());
+    }
+
+    #[test]
+    fn clone_is_a_point_in_time_view() {
+        let mut s = state_with(&["a"]);
+        let snapshot = s.clone();
+        s.apply(2, 1, &cmd(0, 0, vec![put("a", "changed"), put("b", "new")]));
+        assert_eq!(snapshot.get(b"a").unwrap(), "a");
+        assert_eq!(snapshot.get(b"b"), None);
+        assert_eq!(s.get(b"a").unwrap(), "changed");
+    }
+}
