@@ -1,0 +1,55 @@
+//! Settings of one replica: identity, timing in ticks, flow-control bounds.
+
+use std::time::Duration;
+
+use raftkv_kv::SessionLimits;
+
+/// How a replica is run. Durations are wall-clock; raft counts ticks of
+/// `heartbeat_interval`.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub node_id: u64,
+    pub cluster_id: u64,
+    /// Base election timeout; raft randomizes in [1x, 2x).
+    pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// raft's `max_size_per_msg`: bytes of entries in one append message.
+    pub max_append_bytes: u64,
+    /// raft's `max_inflight_msgs`: append messages in flight per follower.
+    pub max_inflight_appends: usize,
+    /// Bytes of committed entries handed to apply in one `Ready`.
+    pub max_committed_bytes_per_ready: u64,
+    /// Bytes of proposed-but-uncommitted entries; past it proposals are
+    /// refused (retryable) instead of growing memory without bound.
+    pub max_uncommitted_bytes: u64,
+    /// Proposals awaiting their commit; past it new ones are refused.
+    pub max_pending_proposals: usize,
+    /// Inputs (proposals, reads, peer messages) queued for the node thread.
+    pub max_queued_inputs: usize,
+    pub sessions: SessionLimits,
+}
+
+impl ReplicaConfig {
+    pub fn new(node_id: u64, cluster_id: u64) -> Self {
+        ReplicaConfig {
+            node_id,
+            cluster_id,
+            election_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(100),
+            max_append_bytes: 1024 * 1024,
+            max_inflight_appends: 256,
+            max_committed_bytes_per_ready: 16 * 1024 * 1024,
+            max_uncommitted_bytes: 512 * 1024 * 1024,
+            max_pending_proposals: 50_000,
+            max_queued_inputs: 100_000,
+            sessions: SessionLimits::default(),
+        }
+    }
+
+    /// raft's (heartbeat_tick, election_tick) with one tick per heartbeat.
+    pub(crate) fn ticks(&self) -> (usize, usize) {
+        let hb = self.heartbeat_interval.as_millis().max(1);
+        let election = (self.election_timeout.as_millis() / hb).max(2) as usize;
+        (1, election)
+    }
+}

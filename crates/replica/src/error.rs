@@ -1,0 +1,35 @@
+//! Errors a replica returns to its callers, and the fatal error that stops it.
+
+/// Why a proposal or read did not succeed. Every variant but `Rejected` and
+/// `Stopped` may succeed if retried (possibly on another node).
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplicaError {
+    /// This node is not the leader; the hint names the leader when known.
+    #[error("not leader")]
+    NotLeader {
+        leader_id: u64,
+        leader_address: Option<String>,
+    },
+    /// Leadership changed while the request was in flight: it may or may not
+    /// have been applied. Retrying with the same session is safe.
+    #[error("outcome unknown: {0}")]
+    UnknownOutcome(String),
+    /// Cannot serve now (overloaded, no quorum yet, proposal dropped).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The state machine refused the command.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The disk is full: writes fail, reads go on.
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
+    /// The node stopped (shut down or a fatal storage error).
+    #[error("node stopped: {0}")]
+    Stopped(String),
+}
+
+/// An error the node cannot continue after (fail-stop): a failed fsync,
+/// an I/O error on the log, a corrupt record.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FatalError(pub String);

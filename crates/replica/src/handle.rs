@@ -1,0 +1,210 @@
+//! `Replica`: the handle through which the server talks to the node thread.
+//!
+//! Requests go over a bounded channel; a full channel is an `Unavailable`
+//! error to the caller (backpressure), never an unbounded queue. State that
+//! every reply needs (status, membership, the state machine for reads) is
+//! shared behind locks so reads of it cost no round trip to the node thread.
+
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use crossbeam_channel::{Sender, TrySendError};
+use raft::eraftpb::Message;
+use raftkv_kv::{KvState, Op};
+use raftkv_storage::{FileStorage, MembershipRecord, StorageStats};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::ReplicaConfig;
+use crate::error::{FatalError, ReplicaError};
+use crate::node::{Input, Node, Query};
+use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
+use crate::transport::Transport;
+
+/// The client session of a write, for deduplication of retries
+/// (`client_id` 0: no session).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteSession {
+    pub client_id: u64,
+    pub seq: u64,
+    pub first_incomplete_seq: u64,
+}
+
+/// State the node thread publishes for everyone else.
+pub(crate) struct Shared {
+    pub(crate) kv: RwLock<KvState>,
+    pub(crate) status: Mutex<NodeStatus>,
+    pub(crate) membership: RwLock<MembershipRecord>,
+    pub(crate) stopped: watch::Sender<Option<String>>,
+}
+
+/// A handle to a running replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    shared: Arc<Shared>,
+    inputs: Sender<Input>,
+    node_id: u64,
+    cluster_id: u64,
+}
+
+impl Replica {
+    /// Starts the node thread over `storage`, which must be initialized
+    /// (bootstrapped) already.
+    pub fn start(
+        storage: FileStorage,
+        config: ReplicaConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Replica, FatalError> {
+        let (inputs, receiver) = crossbeam_channel::bounded(config.max_queued_inputs);
+        let membership = storage.membership().clone();
+        let shared = Arc::new(Shared {
+            kv: RwLock::new(KvState::new(config.sessions)),
+            status: Mutex::new(NodeStatus {
+                id: config.node_id,
+                cluster_id: config.cluster_id,
+                ..Default::default()
+            }),
+            membership: RwLock::new(membership),
+            stopped: watch::channel(None).0,
+        });
+        let node_id = config.node_id;
+        let cluster_id = config.cluster_id;
+        let node = Node::new(storage, config, transport, shared.clone(), receiver)?;
+        std::thread::Builder::new()
+            .name(format!("raft-node-{node_id}"))
+            .spawn(move || node.run())
+            .map_err(|e| FatalError(format!("cannot start the node thread: {e}")))?;
+        Ok(Replica {
+            shared,
+            inputs,
+            node_id,
+            cluster_id,
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    fn submit(&self, input: Input) -> Result<(), ReplicaError> {
+        match self.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ReplicaError::Unavailable(
+                "node is overloaded (input queue full); retry".into(),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(self.stopped_error()),
+        }
+    }
+
+    fn stopped_error(&self) -> ReplicaError {
+        let reason = self.shared.stopped.borrow().clone();
+        ReplicaError::Stopped(reason.unwrap_or_else(|| "node stopped".into()))
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Input,
+    ) -> Result<T, ReplicaError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(make(tx))?;
+        rx.await.map_err(|_| self.stopped_error())
+    }
+
+    /// Proposes `ops` as one atomic command; resolves once it is committed
+    /// and applied (or failed).
+    pub async fn propose(&self, ops: Vec<Op>, session: WriteSession) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::Propose {
+            ops,
+            session,
+            reply,
+        })
+        .await?
+    }
+
+    /// Resolves once this node (the leader) has confirmed its leadership
+    /// with a quorum and applied everything committed before the call: a
+    /// read of the state machine after that is linearizable.
+    pub async fn read_index(&self) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::Read { reply }).await?
+    }
+
+    /// Hands a raft message from a peer to the node. Dropped if the node is
+    /// overloaded: raft treats that as a lost packet.
+    pub fn step(&self, message: Message) {
+        let _ = self.inputs.try_send(Input::Raft(message));
+    }
+
+    /// Tells raft a peer could not be reached (it then probes gently).
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.inputs.try_send(Input::Unreachable(id));
+    }
+
+    /// The state machine, for reads. Hold the guard briefly.
+    pub fn kv(&self) -> RwLockReadGuard<'_, KvState> {
+        self.shared.kv.read().expect("kv lock poisoned")
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.shared
+            .status
+            .lock()
+            .expect("status lock poisoned")
+            .clone()
+    }
+
+    pub fn membership(&self) -> MembershipRecord {
+        self.shared
+            .membership
+            .read()
+            .expect("membership lock poisoned")
+            .clone()
+    }
+
+    /// The leader's id and address as far as this node knows.
+    pub fn leader_hint(&self) -> (u64, Option<String>) {
+        let leader_id = self.status().leader_id;
+        let address = self
+            .shared
+            .membership
+            .read()
+            .expect("membership lock poisoned")
+            .addresses
+            .get(&leader_id)
+            .cloned();
+        (leader_id, address)
+    }
+
+    pub async fn raft_state(&self) -> Result<RaftStateInfo, ReplicaError> {
+        self.ask(|reply| Input::Query(Query::RaftState(reply)))
+            .await
+    }
+
+    pub async fn members(&self) -> Result<MembersInfo, ReplicaError> {
+        self.ask(|reply| Input::Query(Query::Members(reply))).await
+    }
+
+    pub async fn storage_stats(&self) -> Result<StorageStats, ReplicaError> {
+        self.ask(|reply| Input::Query(Query::Storage(reply))).await
+    }
+
+    /// Asks the node thread to stop after its current turn.
+    pub fn shutdown(&self) {
+        let _ = self.inputs.try_send(Input::Shutdown);
+    }
+
+    /// Resolves when the node thread has stopped, with the reason (a fatal
+    /// error, or a requested shutdown).
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.shared.stopped.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return "node stopped".into();
+            }
+        }
+    }
+}

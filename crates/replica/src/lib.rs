@@ -1,0 +1,34 @@
+//! The replica: one raft node driven by a dedicated thread.
+//!
+//! This is the only crate that touches raft-rs. It owns the `RawNode`, the
+//! `FileStorage` and the state machine, and follows raft-rs's `Ready`
+//! protocol exactly (see `node.rs`). It owns no sockets and no clock it is not
+//! handed: peers are reached through the [`Transport`] trait, time enters only
+//! as ticks of the node thread, and wall-clock time only as the leader's stamp
+//! on proposals (`Command::timestamp_ms`).
+//!
+//! Callers talk to the node through [`Replica`], a cheap handle that sends
+//! requests to the node thread over a bounded channel and awaits the answer.
+
+mod config;
+mod error;
+mod handle;
+mod logger;
+mod membership;
+mod node;
+mod proposals;
+mod reads;
+mod status;
+mod transport;
+
+pub use config::ReplicaConfig;
+pub use error::{FatalError, ReplicaError};
+pub use handle::{Replica, WriteSession};
+pub use membership::{bootstrap_membership, encode_conf_change_context};
+pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
+pub use transport::Transport;
+
+pub use raftkv_kv::{KvState, Op, ScanPage, ScanQuery, SessionLimits};
+pub use raftkv_storage::{
+    FileStorage, MembershipRecord, NodeIdentity, StorageError, StorageOptions, StorageStats,
+};

@@ -1,0 +1,624 @@
+//! The node thread: owns the `RawNode`, drives raft-rs's `Ready` protocol,
+//! applies committed entries and answers waiting callers.
+//!
+//! One turn of the loop:
+//! 1. wait for an input or the next tick; then take every queued input (up
+//!    to a bound) — all proposals taken here share one log write and one
+//!    fsync (group commit);
+//! 2. tick if due; start a ReadIndex round if reads are waiting;
+//! 3. handle `Ready` in the order raft requires: send the leader's messages
+//!    (it may replicate while writing its own log), apply committed entries
+//!    (raft only hands out entries already durable), append entries and hard
+//!    state and fsync when `must_sync`, *then* send the persisted messages
+//!    (votes, append responses), then `advance_append` and handle the
+//!    `LightReady` (commit index, more messages, more committed entries);
+//! 4. publish status; if leadership was lost, fail waiting callers with a
+//!    retryable error.
+//!
+//! A storage error here is fatal: the loop stops and the node exits rather
+//! than acknowledge anything it could not make durable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole, Storage as _};
+use raftkv_kv::{decode_command, encode_command, ApplyOutcome, Command, Op};
+use raftkv_storage::{FileStorage, MembershipRecord, StorageStats};
+use tokio::sync::oneshot;
+
+use crate::config::ReplicaConfig;
+use crate::error::{FatalError, ReplicaError};
+use crate::handle::{Shared, WriteSession};
+use crate::logger::raft_logger;
+use crate::membership::{decode_conf_change_context, member_ids, next_addresses};
+use crate::proposals::{Proposals, Reply};
+use crate::reads::ReadBatcher;
+use crate::status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
+use crate::transport::Transport;
+
+/// Inputs taken in one turn at most, so a flood cannot starve ticks.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+pub(crate) enum Query {
+    RaftState(oneshot::Sender<RaftStateInfo>),
+    Members(oneshot::Sender<MembersInfo>),
+    Storage(oneshot::Sender<StorageStats>),
+}
+
+pub(crate) enum Input {
+    Propose {
+        ops: Vec<Op>,
+        session: WriteSession,
+        reply: Reply,
+    },
+    Read {
+        reply: Reply,
+    },
+    Raft(Message),
+    Unreachable(u64),
+    Query(Query),
+    Shutdown,
+}
+
+pub(crate) struct Node {
+    id: u64,
+    raw: RawNode<FileStorage>,
+    config: ReplicaConfig,
+    transport: Arc<dyn Transport>,
+    shared: Arc<Shared>,
+    inputs: Receiver<Input>,
+    proposals: Proposals,
+    reads: ReadBatcher,
+    /// Index of the last entry applied to the state machine (starts at the
+    /// snapshot index: everything after it is replayed from the log).
+    applied_index: u64,
+    /// A membership change was applied and must be made durable this turn.
+    membership_dirty: bool,
+    /// `Some(term)` while this node is leader in `term`.
+    leader_term: Option<u64>,
+    tick_interval: Duration,
+    next_tick: Instant,
+}
+
+fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
+    move |e| FatalError(format!("{context}: {e}"))
+}
+
+impl Node {
+    pub(crate) fn new(
+        storage: FileStorage,
+        config: ReplicaConfig,
+        transport: Arc<dyn Transport>,
+        shared: Arc<Shared>,
+        inputs: Receiver<Input>,
+    ) -> Result<Node, FatalError> {
+        let (heartbeat_tick, election_tick) = config.ticks();
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick,
+            heartbeat_tick,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: config.max_append_bytes,
+            max_inflight_msgs: config.max_inflight_appends,
+            max_committed_size_per_ready: config.max_committed_bytes_per_ready,
+            max_uncommitted_size: config.max_uncommitted_bytes,
+            // Lease reads are done by the host (see CONTRACT §2), never by
+            // raft-rs's node-wide LeaseBased option.
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| FatalError(format!("invalid raft configuration: {e}")))?;
+        let addresses = storage.membership().addresses.clone();
+        let raw = RawNode::new(&raft_config, storage, &raft_logger(config.node_id))
+            .map_err(|e| FatalError(format!("cannot start raft: {e}")))?;
+        transport.update_peers(&addresses);
+        let applied_index = raw.raft.raft_log.applied;
+        let tick_interval = config.heartbeat_interval;
+        Ok(Node {
+            id: config.node_id,
+            raw,
+            reads: ReadBatcher::new(config.election_timeout / 2),
+            config,
+            transport,
+            shared,
+            inputs,
+            proposals: Proposals::new(),
+            applied_index,
+            membership_dirty: false,
+            leader_term: None,
+            tick_interval,
+            next_tick: Instant::now() + tick_interval,
+        })
+    }
+
+    /// Runs until shutdown or a fatal error, then fails everything waiting.
+    pub(crate) fn run(mut self) {
+        let reason = match self.run_loop() {
+            Ok(()) => "node shut down".to_string(),
+            Err(e) => {
+                tracing::error!("node {} stopping on a fatal error: {e}", self.id);
+                format!("fatal: {e}")
+            }
+        };
+        self.proposals
+            .fail_all(ReplicaError::Stopped(reason.clone()));
+        self.reads.fail_all(&ReplicaError::Stopped(reason.clone()));
+        self.shared.stopped.send_replace(Some(reason));
+    }
+
+    fn run_loop(&mut self) -> Result<(), FatalError> {
+        // A single-voter cluster need not wait out an election timeout.
+        let voters = &self.raw.store().membership().conf_state.voters;
+        if voters.len() == 1 && voters[0] == self.id {
+            if let Err(e) = self.raw.campaign() {
+                tracing::warn!("node {}: cannot campaign at start: {e}", self.id);
+            }
+        }
+        self.publish_status();
+        loop {
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(wait) {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            for _ in 0..MAX_INPUTS_PER_TURN {
+                match self.inputs.try_recv() {
+                    Ok(input) => {
+                        if !self.handle(input) {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.raw.tick();
+                self.next_tick = now + self.tick_interval;
+            }
+            self.maybe_issue_read(now);
+            self.on_ready()?;
+            self.after_turn();
+        }
+    }
+
+    /// Handles one input; false means stop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Raft(message) => {
+                if let Err(e) = self.raw.step(message) {
+                    tracing::debug!("dropped a raft message: {e}");
+                }
+            }
+            Input::Propose {
+                ops,
+                session,
+                reply,
+            } => self.propose(ops, session, reply),
+            Input::Read { reply } => {
+                if self.raw.raft.state == StateRole::Leader {
+                    self.reads.queue(reply);
+                } else {
+                    let _ = reply.send(Err(self.not_leader()));
+                }
+            }
+            Input::Unreachable(id) => self.raw.report_unreachable(id),
+            Input::Query(query) => self.answer(query),
+            Input::Shutdown => return false,
+        }
+        true
+    }
+
+    fn not_leader(&self) -> ReplicaError {
+        let leader_id = self.raw.raft.leader_id;
+        let leader_address = self
+            .raw
+            .store()
+            .membership()
+            .addresses
+            .get(&leader_id)
+            .cloned();
+        ReplicaError::NotLeader {
+            leader_id,
+            leader_address,
+        }
+    }
+
+    fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: Reply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.proposals.len() >= self.config.max_pending_proposals {
+            let _ = reply.send(Err(ReplicaError::Unavailable(format!(
+                "too many writes pending ({}); retry",
+                self.proposals.len()
+            ))));
+            return;
+        }
+        let proposal_id = self.proposals.next_id();
+        let command = Command {
+            proposer: self.id,
+            proposal_id,
+            client_id: session.client_id,
+            seq: session.seq,
+            first_incomplete_seq: session.first_incomplete_seq,
+            timestamp_ms: wall_clock_ms(),
+            ops,
+        };
+        match self.raw.propose(vec![], encode_command(&command)) {
+            Ok(()) => self.proposals.insert(proposal_id, reply),
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(ReplicaError::Unavailable(
+                    "write dropped by raft (leadership transfer in progress or too much \
+                     uncommitted data); retry"
+                        .into(),
+                )));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ReplicaError::Unavailable(format!(
+                    "write refused: {e}"
+                ))));
+            }
+        }
+    }
+
+    fn maybe_issue_read(&mut self, now: Instant) {
+        // raft-rs drops a ReadIndex until the leader has committed an entry
+        // of its own term; hold the reads until then instead.
+        if self.raw.raft.state != StateRole::Leader || !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        if let Some(ctx) = self.reads.round_to_issue(now) {
+            self.raw.read_index(ctx);
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), FatalError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            return Err(FatalError(
+                "received a raft snapshot; installing snapshots is not implemented yet".into(),
+            ));
+        }
+        self.apply_entries(rd.take_committed_entries())?;
+        let store = self.raw.mut_store();
+        if !rd.entries().is_empty() {
+            store
+                .append(rd.entries())
+                .map_err(fatal("appending to the log"))?;
+        }
+        // A changed hard state is synced even when raft does not require it
+        // (commit index only): a restarted follower then replays everything
+        // it knew was committed instead of waiting for the leader.
+        let hard_state_changed = rd.hs().is_some();
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(hs);
+        }
+        if rd.must_sync() || hard_state_changed || self.membership_dirty {
+            store.sync().map_err(fatal("syncing the log"))?;
+            self.membership_dirty = false;
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.transport.send(rd.take_persisted_messages());
+        }
+        for rs in rd.read_states() {
+            self.reads.on_read_state(&rs.request_ctx, rs.index);
+        }
+        let mut light = self.raw.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            let store = self.raw.mut_store();
+            let mut hs = store.hard_state().clone();
+            hs.commit = commit;
+            store.set_hard_state(&hs);
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        self.apply_entries(light.take_committed_entries())?;
+        if self.membership_dirty {
+            self.raw
+                .mut_store()
+                .sync()
+                .map_err(fatal("syncing the membership"))?;
+            self.membership_dirty = false;
+        }
+        if self.applied_index > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(self.applied_index);
+        }
+        self.reads.on_applied(self.applied_index);
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), FatalError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let mut kv = shared.kv.write().expect("kv lock poisoned");
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => kv.mark_applied(index, term),
+                EntryType::EntryNormal => {
+                    let command = decode_command(&entry.data).map_err(|e| {
+                        FatalError(format!("undecodable command in log entry {index}: {e}"))
+                    })?;
+                    let outcome = kv.apply(index, term, &command);
+                    if command.proposer == self.id {
+                        let result = match outcome {
+                            ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(()),
+                            ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
+                        };
+                        self.proposals.complete(command.proposal_id, result);
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    kv.mark_applied(index, term);
+                    self.apply_conf_change(&entry)?;
+                }
+            }
+            self.applied_index = index;
+        }
+        drop(kv);
+        self.shared
+            .status
+            .lock()
+            .expect("status lock poisoned")
+            .applied_index = self.applied_index;
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), FatalError> {
+        // The persisted membership already holds every change up to its
+        // index: replaying the log after a restart must not apply it twice.
+        let current = self.raw.store().membership().clone();
+        if entry.index <= current.index {
+            return Ok(());
+        }
+        let undecodable = |e: protobuf::ProtobufError| {
+            FatalError(format!(
+                "undecodable conf change in entry {}: {e}",
+                entry.index
+            ))
+        };
+        let context = decode_conf_change_context(&entry.context);
+        let applied = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(undecodable)?;
+            self.raw.apply_conf_change(&change)
+        } else {
+            let change = ConfChange::parse_from_bytes(&entry.data).map_err(undecodable)?;
+            self.raw.apply_conf_change(&change)
+        };
+        let result = match applied {
+            Ok(conf_state) => {
+                let record = MembershipRecord {
+                    index: entry.index,
+                    addresses: next_addresses(&current.addresses, &context, &conf_state),
+                    conf_state,
+                };
+                tracing::info!(
+                    "node {} applied membership change at index {}: voters {:?} learners {:?} outgoing {:?}",
+                    self.id,
+                    entry.index,
+                    record.conf_state.voters,
+                    record.conf_state.learners,
+                    record.conf_state.voters_outgoing
+                );
+                self.transport.update_peers(&record.addresses);
+                *self
+                    .shared
+                    .membership
+                    .write()
+                    .expect("membership lock poisoned") = record.clone();
+                self.raw.mut_store().set_membership(record);
+                self.membership_dirty = true;
+                Ok(())
+            }
+            // Every replica refuses the same committed change the same way.
+            Err(e) => {
+                tracing::warn!("membership change at index {} refused: {e}", entry.index);
+                Err(ReplicaError::Rejected(format!(
+                    "membership change refused: {e}"
+                )))
+            }
+        };
+        if context.proposer == self.id {
+            self.proposals.complete(context.proposal_id, result);
+        }
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => {
+                let conf = self.raw.raft.prs().conf().to_conf_state();
+                if conf.learners.contains(&self.id) || conf.learners_next.contains(&self.id) {
+                    Role::Learner
+                } else if member_ids(&conf).contains(&self.id) {
+                    Role::Follower
+                } else {
+                    Role::Removed
+                }
+            }
+        }
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.id,
+            cluster_id: self.config.cluster_id,
+            role: self.role(),
+            term: self.raw.raft.term,
+            leader_id: self.raw.raft.leader_id,
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: self.applied_index,
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = self.node_status();
+        let mut shared = self.shared.status.lock().expect("status lock poisoned");
+        if *shared != status {
+            *shared = status;
+        }
+    }
+
+    /// Fails waiting callers when leadership is lost, and publishes status.
+    fn after_turn(&mut self) {
+        let raft = &self.raw.raft;
+        let leader_term = (raft.state == StateRole::Leader).then_some(raft.term);
+        if self.leader_term.is_some() && self.leader_term != leader_term {
+            tracing::info!(
+                "node {} is no longer leader of term {:?}",
+                self.id,
+                self.leader_term
+            );
+            self.proposals.fail_all(ReplicaError::UnknownOutcome(
+                "leadership changed while the write was in flight; it may or may not have \
+                 been applied"
+                    .into(),
+            ));
+        }
+        if leader_term.is_none() && self.reads.pending() > 0 {
+            let error = self.not_leader();
+            self.reads.fail_all(&error);
+        }
+        self.leader_term = leader_term;
+        self.publish_status();
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::RaftState(reply) => {
+                let _ = reply.send(self.raft_state());
+            }
+            Query::Members(reply) => {
+                let _ = reply.send(self.members());
+            }
+            Query::Storage(reply) => {
+                let _ = reply.send(self.raw.store().stats());
+            }
+        }
+    }
+
+    fn progress(&self) -> Vec<PeerProgressInfo> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let mut progress: Vec<PeerProgressInfo> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| PeerProgressInfo {
+                id: *id,
+                match_index: pr.matched,
+                next_index: pr.next_idx,
+                state: match pr.state {
+                    ProgressState::Probe => "probe",
+                    ProgressState::Replicate => "replicate",
+                    ProgressState::Snapshot => "snapshot",
+                }
+                .to_string(),
+                paused: pr.is_paused(),
+                recent_active: pr.recent_active,
+                pending_snapshot: pr.pending_snapshot,
+            })
+            .collect();
+        progress.sort_by_key(|p| p.id);
+        progress
+    }
+
+    fn raft_state(&self) -> RaftStateInfo {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let sorted = |mut ids: Vec<u64>| {
+            ids.sort_unstable();
+            ids
+        };
+        RaftStateInfo {
+            status: self.node_status(),
+            vote: self.raw.raft.vote,
+            first_index: self.raw.store().first_index().unwrap_or(0),
+            last_index: self.raw.raft.raft_log.last_index(),
+            progress: self.progress(),
+            voters: sorted(conf.voters.clone()),
+            learners: sorted(conf.learners.clone()),
+            voters_outgoing: sorted(conf.voters_outgoing.clone()),
+        }
+    }
+
+    fn members(&self) -> MembersInfo {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let addresses = &self.raw.store().membership().addresses;
+        let progress = self.progress();
+        let last_index = self.raw.raft.raft_log.last_index();
+        let is_leader = self.raw.raft.state == StateRole::Leader;
+        let members = member_ids(&conf)
+            .into_iter()
+            .map(|id| {
+                let learner = conf.learners.contains(&id) || conf.learners_next.contains(&id);
+                let role = if id == self.raw.raft.leader_id {
+                    Role::Leader
+                } else if learner {
+                    Role::Learner
+                } else if id == self.id {
+                    self.role()
+                } else {
+                    Role::Follower
+                };
+                let pr = progress.iter().find(|p| p.id == id);
+                let match_index = pr.map_or(0, |p| p.match_index);
+                let reachable = if id == self.id {
+                    true
+                } else if is_leader {
+                    pr.is_some_and(|p| p.recent_active)
+                } else {
+                    self.transport.is_reachable(id)
+                };
+                MemberInfo {
+                    id,
+                    address: addresses.get(&id).cloned().unwrap_or_default(),
+                    role,
+                    voter: !learner,
+                    match_index,
+                    lag: if is_leader {
+                        last_index.saturating_sub(match_index)
+                    } else {
+                        0
+                    },
+                    reachable,
+                }
+            })
+            .collect();
+        MembersInfo {
+            members,
+            joint: !conf.voters_outgoing.is_empty(),
+        }
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

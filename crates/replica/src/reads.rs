@@ -1,0 +1,195 @@
+//! Linearizable reads by ReadIndex, batched: every read that arrives while a
+//! ReadIndex round is in flight waits for the next round, so any number of
+//! concurrent reads costs one heartbeat round trip per round.
+//!
+//! A round is (ctx, waiters). raft answers with a `ReadState` carrying the
+//! ctx and the commit index; once the state machine has applied that index,
+//! every waiter of the round may read. raft-rs silently drops a ReadIndex
+//! (no quorum answer, or a leader that has not committed in its term yet), so
+//! a round that does not come back is re-issued under a new ctx.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::error::ReplicaError;
+use crate::proposals::Reply;
+
+struct Round {
+    ctx: u64,
+    issued_at: Instant,
+    waiters: Vec<Reply>,
+}
+
+pub(crate) struct ReadBatcher {
+    next_ctx: u64,
+    /// Reads waiting for a round to start.
+    queued: Vec<Reply>,
+    in_flight: Option<Round>,
+    /// Rounds answered, waiting for apply to reach their index (ascending).
+    answered: VecDeque<(u64, Vec<Reply>)>,
+    reissue_after: Duration,
+}
+
+impl ReadBatcher {
+    pub(crate) fn new(reissue_after: Duration) -> Self {
+        ReadBatcher {
+            next_ctx: rand::random::<u64>() >> 1,
+            queued: Vec::new(),
+            in_flight: None,
+            answered: VecDeque::new(),
+            reissue_after,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.queued.len()
+            + self.in_flight.as_ref().map_or(0, |r| r.waiters.len())
+            + self.answered.iter().map(|(_, w)| w.len()).sum::<usize>()
+    }
+
+    pub(crate) fn queue(&mut self, reply: Reply) {
+        self.queued.push(reply);
+    }
+
+    /// Returns the ctx of a round to issue now, if one should start: reads
+    /// are queued and no round is in flight, or the round in flight is
+    /// overdue (then its waiters join the new round).
+    pub(crate) fn round_to_issue(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let overdue = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|r| now.duration_since(r.issued_at) >= self.reissue_after);
+        if self.in_flight.is_some() && !overdue {
+            return None;
+        }
+        let mut waiters = self.in_flight.take().map(|r| r.waiters).unwrap_or_default();
+        waiters.append(&mut self.queued);
+        if waiters.is_empty() {
+            return None;
+        }
+        self.next_ctx = self.next_ctx.wrapping_add(1);
+        let ctx = self.next_ctx;
+        self.in_flight = Some(Round {
+            ctx,
+            issued_at: now,
+            waiters,
+        });
+        Some(ctx.to_be_bytes().to_vec())
+    }
+
+    /// raft answered a round: its reads may proceed once `index` is applied.
+    pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        let ctx = u64::from_be_bytes(ctx);
+        if self.in_flight.as_ref().is_some_and(|r| r.ctx == ctx) {
+            let round = self.in_flight.take().expect("checked above");
+            // Indices of later rounds are never lower; keep the queue sorted
+            // anyway in case of a re-issued round answering late.
+            let pos = self.answered.partition_point(|(i, _)| *i <= index);
+            self.answered.insert(pos, (index, round.waiters));
+        }
+    }
+
+    /// Releases every read whose index is applied.
+    pub(crate) fn on_applied(&mut self, applied_index: u64) {
+        while self
+            .answered
+            .front()
+            .is_some_and(|(index, _)| *index <= applied_index)
+        {
+            let (_, waiters) = self.answered.pop_front().expect("checked above");
+            for reply in waiters {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Fails every read (leadership lost, node stopping).
+    pub(crate) fn fail_all(&mut self, error: &ReplicaError) {
+        let rounds = self.in_flight.take().map(|r| r.waiters).into_iter();
+        let answered = self.answered.drain(..).map(|(_, w)| w);
+        let queued = std::iter::once(std::mem::take(&mut self.queued));
+        for waiters in rounds.chain(answered).chain(queued) {
+            for reply in waiters {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn waiter() -> (Reply, oneshot::Receiver<Result<(), ReplicaError>>) {
+        oneshot::channel()
+    }
+
+    #[test]
+    fn reads_arriving_together_share_one_round() {
+        let mut b = ReadBatcher::new(Duration::from_secs(1));
+        let now = Instant::now();
+        let (w1, mut r1) = waiter();
+        let (w2, mut r2) = waiter();
+        b.queue(w1);
+        b.queue(w2);
+        let ctx = b.round_to_issue(now).expect("round starts");
+        assert!(b.round_to_issue(now).is_none(), "one round at a time");
+        let (w3, mut r3) = waiter();
+        b.queue(w3);
+        b.on_read_state(&ctx, 10);
+        b.on_applied(9);
+        assert!(r1.try_recv().is_err(), "not before index 10 is applied");
+        b.on_applied(10);
+        assert_eq!(r1.try_recv().unwrap(), Ok(()));
+        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+        assert!(
+            r3.try_recv().is_err(),
+            "the late read waits for its own round"
+        );
+        let ctx2 = b.round_to_issue(now).expect("second round");
+        assert_ne!(ctx, ctx2);
+        b.on_read_state(&ctx2, 11);
+        b.on_applied(11);
+        assert_eq!(r3.try_recv().unwrap(), Ok(()));
+        assert_eq!(b.pending(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_round_is_reissued_and_stale_answers_ignored() {
+        let mut b = ReadBatcher::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let (w1, mut r1) = waiter();
+        b.queue(w1);
+        let old = b.round_to_issue(t0).unwrap();
+        assert!(b.round_to_issue(t0 + Duration::from_millis(100)).is_none());
+        let new = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        b.on_read_state(&old, 5);
+        b.on_applied(100);
+        assert!(
+            r1.try_recv().is_err(),
+            "answer to the abandoned ctx ignored"
+        );
+        b.on_read_state(&new, 7);
+        b.on_applied(100);
+        assert_eq!(r1.try_recv().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn leadership_loss_fails_every_read() {
+        let mut b = ReadBatcher::new(Duration::from_secs(1));
+        let (w1, mut r1) = waiter();
+        let (w2, mut r2) = waiter();
+        b.queue(w1);
+        b.round_to_issue(Instant::now()).unwrap();
+        b.queue(w2);
+        let err = ReplicaError::Unavailable("x".into());
+        b.fail_all(&err);
+        assert_eq!(r1.try_recv().unwrap(), Err(err.clone()));
+        assert_eq!(r2.try_recv().unwrap(), Err(err));
+        assert_eq!(b.pending(), 0);
+    }
+}
