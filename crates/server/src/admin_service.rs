@@ -1,0 +1,230 @@
+//! The `Cluster` and `Debug` gRPC services: status, membership queries and
+//! the debug views of raft and storage.
+//!
+//! Membership changes (add, promote, remove, change, transfer-leader) and the
+//! snapshot/compaction commands are not implemented in this version; they
+//! answer with a clear `Rejected` error naming what is missing.
+
+use raftkv_proto::v1::cluster_server::Cluster;
+use raftkv_proto::v1::debug_server::Debug;
+use raftkv_proto::v1::{
+    AddNodeRequest, ChangeMembershipRequest, CheckRequest, CheckResponse, CompactRequest,
+    CompactResponse, ErrorKind, Member, MembersRequest, MembersResponse, PeerProgress,
+    PromoteNodeRequest, RaftStateRequest, RaftStateResponse, RemoveNodeRequest, StatusRequest,
+    StatusResponse, StorageStateRequest, StorageStateResponse, TransferLeaderRequest,
+    TriggerSnapshotRequest, TriggerSnapshotResponse,
+};
+use raftkv_replica::{MembersInfo, Replica};
+use tonic::{Request, Response, Status};
+
+use crate::errors::{error_status, replica_status};
+use crate::kv_service::header_of;
+
+pub struct AdminService {
+    pub replica: Replica,
+    pub address: String,
+}
+
+fn members_of(info: &MembersInfo) -> Vec<Member> {
+    info.members
+        .iter()
+        .map(|m| Member {
+            id: m.id,
+            address: m.address.clone(),
+            role: m.role.as_str().to_string(),
+            voter: m.voter,
+            match_index: m.match_index,
+            lag: m.lag,
+            reachable: m.reachable,
+        })
+        .collect()
+}
+
+impl AdminService {
+    fn not_implemented(&self, what: &str) -> Status {
+        error_status(
+            ErrorKind::Rejected,
+            format!("{what} is not implemented in this version of raftkv"),
+            header_of(&self.replica),
+            false,
+        )
+    }
+
+    async fn members_info(&self) -> Result<MembersInfo, Status> {
+        self.replica
+            .members()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for AdminService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let members = self.members_info().await?;
+        let storage = self
+            .replica
+            .storage_stats()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+        let status = self.replica.status();
+        let (leader_id, leader_address) = self.replica.leader_hint();
+        let (keys, data_bytes) = {
+            let kv = self.replica.kv();
+            (kv.len() as u64, kv.data_bytes())
+        };
+        Ok(Response::new(StatusResponse {
+            header: Some(header_of(&self.replica)),
+            id: status.id,
+            role: status.role.as_str().to_string(),
+            term: status.term,
+            leader_id,
+            leader_address: leader_address.unwrap_or_default(),
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            members: members_of(&members),
+            joint: members.joint,
+            keys,
+            data_bytes,
+            disk_bytes: storage.disk_bytes,
+            cluster_id: status.cluster_id,
+            address: self.address.clone(),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let members = self.members_info().await?;
+        Ok(Response::new(MembersResponse {
+            header: Some(header_of(&self.replica)),
+            members: members_of(&members),
+            joint: members.joint,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        _: Request<AddNodeRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Err(self.not_implemented("adding a node"))
+    }
+
+    async fn promote_node(
+        &self,
+        _: Request<PromoteNodeRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Err(self.not_implemented("promoting a learner"))
+    }
+
+    async fn remove_node(
+        &self,
+        _: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Err(self.not_implemented("removing a node"))
+    }
+
+    async fn change_membership(
+        &self,
+        _: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Err(self.not_implemented("changing membership"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<TransferLeaderRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Err(self.not_implemented("transferring leadership"))
+    }
+}
+
+#[tonic::async_trait]
+impl Debug for AdminService {
+    async fn raft_state(
+        &self,
+        _: Request<RaftStateRequest>,
+    ) -> Result<Response<RaftStateResponse>, Status> {
+        let state = self
+            .replica
+            .raft_state()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+        Ok(Response::new(RaftStateResponse {
+            header: Some(header_of(&self.replica)),
+            term: state.status.term,
+            vote: state.vote,
+            commit_index: state.status.commit_index,
+            applied_index: state.status.applied_index,
+            leader_id: state.status.leader_id,
+            role: state.status.role.as_str().to_string(),
+            first_index: state.first_index,
+            last_index: state.last_index,
+            progress: state
+                .progress
+                .iter()
+                .map(|p| PeerProgress {
+                    id: p.id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                    state: p.state.clone(),
+                    paused: p.paused,
+                    recent_active: p.recent_active,
+                    pending_snapshot: p.pending_snapshot,
+                })
+                .collect(),
+            voters: state.voters,
+            learners: state.learners,
+            voters_outgoing: state.voters_outgoing,
+        }))
+    }
+
+    async fn storage_state(
+        &self,
+        _: Request<StorageStateRequest>,
+    ) -> Result<Response<StorageStateResponse>, Status> {
+        let stats = self
+            .replica
+            .storage_stats()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+        Ok(Response::new(StorageStateResponse {
+            header: Some(header_of(&self.replica)),
+            first_index: stats.first_index,
+            last_index: stats.last_index,
+            snapshot_index: stats.snapshot_index,
+            snapshot_term: stats.snapshot_term,
+            snapshot_bytes: 0,
+            segments: stats.segments,
+            disk_bytes: stats.disk_bytes,
+        }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        Err(self.not_implemented("taking a snapshot"))
+    }
+
+    async fn compact(
+        &self,
+        _: Request<CompactRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        Err(self.not_implemented("log compaction"))
+    }
+
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let (applied_index, hash, keys) = {
+            let kv = self.replica.kv();
+            (kv.applied_index(), kv.content_hash(), kv.len() as u64)
+        };
+        Ok(Response::new(CheckResponse {
+            header: Some(header_of(&self.replica)),
+            applied_index,
+            hash,
+            keys,
+        }))
+    }
+}

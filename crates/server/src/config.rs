@@ -1,0 +1,260 @@
+//! Server configuration: defaults of CONTRACT §1, the TOML file of
+//! `--config` (same keys as the flags), and validation with clear messages.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{parse_duration, parse_size};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7379";
+pub const DEFAULT_DATA_DIR: &str = "raftkv-data";
+
+/// A resolved server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Node id for a fresh data dir (default 1); must match a stored one.
+    pub id: Option<u64>,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// Address peers and clients use to reach this node (default: listen).
+    pub advertise: Option<String>,
+    /// Initial members of a static cluster (fresh data dir only).
+    pub peers: Option<BTreeMap<u64, String>>,
+    pub join: Vec<String>,
+    pub learner: bool,
+    pub snapshot_entries: u64,
+    pub wal_segment_size_bytes: u64,
+    pub max_value_bytes: u64,
+    pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub lease_read: bool,
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            id: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.to_string(),
+            advertise: None,
+            peers: None,
+            join: Vec::new(),
+            learner: false,
+            snapshot_entries: 10_000,
+            wal_segment_size_bytes: 64 << 20,
+            max_value_bytes: 128 << 20,
+            election_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(100),
+            lease_read: true,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn advertise_address(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Checks what can be checked before touching the disk.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == Some(0) {
+            return Err("--id must be 1 or more".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("--heartbeat-interval must be more than 0".into());
+        }
+        if self.election_timeout < self.heartbeat_interval * 2 {
+            return Err(format!(
+                "--election-timeout ({:?}) must be at least twice --heartbeat-interval ({:?})",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.wal_segment_size_bytes < 4096 {
+            return Err("--wal-segment-size must be at least 4KiB".into());
+        }
+        if let (Some(peers), Some(id)) = (&self.peers, self.id) {
+            if !peers.contains_key(&id) {
+                return Err(format!("--peers does not list this node's id {id}"));
+            }
+        }
+        if self.peers.is_some() && !self.join.is_empty() {
+            return Err("--peers (static cluster) and --join cannot be used together".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("invalid peer {item:?} in --peers (expected ID=HOST:PORT)"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("invalid node id {id:?} in --peers (expected 1 or more)"))?;
+        let address = address.trim();
+        if !address.contains(':') {
+            return Err(format!(
+                "invalid address {address:?} for node {id} (expected HOST:PORT)"
+            ));
+        }
+        if peers.insert(id, address.to_string()).is_some() {
+            return Err(format!("node id {id} is listed twice in --peers"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(peers)
+}
+
+/// The `--config FILE` format: TOML with the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub peers: Option<String>,
+    pub join: Option<String>,
+    pub learner: Option<bool>,
+    pub snapshot_entries: Option<u64>,
+    pub wal_segment_size: Option<String>,
+    pub max_value_size: Option<String>,
+    pub election_timeout: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub lease_read: Option<bool>,
+    pub metrics_listen: Option<String>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &std::path::Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// Applies the file's settings over `config` (flags are applied after).
+    pub fn apply_to(&self, config: &mut ServerConfig) -> Result<(), String> {
+        if let Some(v) = self.id {
+            config.id = Some(v);
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &self.advertise {
+            config.advertise = Some(v.clone());
+        }
+        if let Some(v) = &self.peers {
+            config.peers = Some(parse_peers(v)?);
+        }
+        if let Some(v) = &self.join {
+            config.join = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(v) = self.learner {
+            config.learner = v;
+        }
+        if let Some(v) = self.snapshot_entries {
+            config.snapshot_entries = v;
+        }
+        if let Some(v) = &self.wal_segment_size {
+            config.wal_segment_size_bytes = parse_size(v)?;
+        }
+        if let Some(v) = &self.max_value_size {
+            config.max_value_bytes = parse_size(v)?;
+        }
+        if let Some(v) = &self.election_timeout {
+            config.election_timeout = parse_duration(v)?;
+        }
+        if let Some(v) = &self.heartbeat_interval {
+            config.heartbeat_interval = parse_duration(v)?;
+        }
+        if let Some(v) = self.lease_read {
+            config.lease_read = v;
+        }
+        if let Some(v) = &self.metrics_listen {
+            config.metrics_listen = Some(v.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The cluster id of a static cluster: a stable hash of its initial
+/// members, so every node started with the same `--peers` agrees on it
+/// and a node started with a different list is refused by the others.
+pub fn cluster_id_of(peers: &BTreeMap<u64, String>) -> u64 {
+    let canonical: Vec<String> = peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical.join(",").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_lists_are_explained() {
+        let peers = parse_peers("1=127.0.0.1:7379, 2=127.0.0.1:7380").unwrap();
+        assert_eq!(peers[&2], "127.0.0.1:7380");
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("node id"));
+        assert!(parse_peers("1=nohostport")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        assert!(parse_peers("0=a:1").is_err());
+    }
+
+    #[test]
+    fn cluster_id_depends_on_the_member_list_only() {
+        let a = parse_peers("1=a:1,2=b:2").unwrap();
+        let b = parse_peers("2=b:2,1=a:1").unwrap();
+        let c = parse_peers("1=a:1,2=b:3").unwrap();
+        assert_eq!(cluster_id_of(&a), cluster_id_of(&b));
+        assert_ne!(cluster_id_of(&a), cluster_id_of(&c));
+    }
+
+    #[test]
+    fn config_file_uses_flag_names() {
+        let file: ConfigFile = toml::from_str(
+            "id = 2\nlisten = \"127.0.0.1:9000\"\nwal-segment-size = \"1MiB\"\nelection-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let mut config = ServerConfig::default();
+        file.apply_to(&mut config).unwrap();
+        assert_eq!(config.id, Some(2));
+        assert_eq!(config.wal_segment_size_bytes, 1 << 20);
+        assert_eq!(config.election_timeout, Duration::from_secs(2));
+        assert!(toml::from_str::<ConfigFile>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn validation_catches_inconsistent_settings() {
+        let mut config = ServerConfig {
+            id: Some(3),
+            peers: Some(parse_peers("1=a:1,2=b:2").unwrap()),
+            ..Default::default()
+        };
+        assert!(config.validate().unwrap_err().contains("does not list"));
+        config.peers = None;
+        config.election_timeout = Duration::from_millis(150);
+        assert!(config.validate().is_err());
+    }
+}

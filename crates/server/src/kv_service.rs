@@ -1,0 +1,385 @@
+//! The `KV` gRPC service: validates requests against the limits of
+//! CONTRACT §2, proposes writes through the replica, and serves reads at the
+//! requested consistency.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use raftkv_proto::v1::kv_server::Kv;
+use raftkv_proto::v1::{
+    batch_op, BatchGetRequest, BatchGetResponse, BatchGetResult, BatchRequest, BatchResponse,
+    Consistency, DeleteRequest, DeleteResponse, GetChunk, GetRequest, GetResponse, KeyValue,
+    PutChunk, PutRequest, PutResponse, ResponseHeader, ScanRequest, ScanResponse,
+};
+use raftkv_replica::{Op, Replica, ScanQuery, WriteSession};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::errors::{invalid_argument, key_not_found, replica_status, timed_out};
+use crate::units::format_size;
+
+/// Longest key accepted.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Values larger than this are not returned inline by `Get`: the reply says
+/// `use_stream` and the client fetches the value with `GetStream`.
+pub const INLINE_VALUE_BYTES: usize = 1024 * 1024;
+/// Piece size of streamed values.
+pub const VALUE_CHUNK_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// A scan page stops early (with `more`) past this many bytes.
+pub const MAX_SCAN_REPLY_BYTES: usize = 4 * 1024 * 1024;
+/// Operations in one batch.
+pub const MAX_BATCH_OPS: usize = 10_000;
+/// How long the server waits for a write to commit or a read barrier,
+/// whatever the client's own deadline (which usually ends it sooner).
+const SERVER_WAIT: Duration = Duration::from_secs(30);
+
+pub struct KvService {
+    pub replica: Replica,
+    pub max_value_bytes: u64,
+}
+
+pub(crate) fn header_of(replica: &Replica) -> ResponseHeader {
+    let status = replica.status();
+    ResponseHeader {
+        node_id: status.id,
+        term: status.term,
+        applied_index: status.applied_index,
+        cluster_id: status.cluster_id,
+        leader_id: status.leader_id,
+    }
+}
+
+fn session_of(session: Option<raftkv_proto::v1::WriteSession>) -> WriteSession {
+    session.map_or_else(WriteSession::default, |s| WriteSession {
+        client_id: s.client_id,
+        seq: s.seq,
+        first_incomplete_seq: s.first_incomplete_seq,
+    })
+}
+
+/// Waits until this node (as leader) may serve a linearizable read.
+pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<(), Status> {
+    let consistency = Consistency::try_from(consistency).unwrap_or(Consistency::Linearizable);
+    if consistency == Consistency::Stale {
+        return Ok(());
+    }
+    // Lease reads fall back to ReadIndex (CONTRACT §2) until the lease is
+    // implemented.
+    match tokio::time::timeout(SERVER_WAIT, replica.read_index()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(replica_status(e, header_of(replica))),
+        Err(_) => Err(timed_out("read", header_of(replica))),
+    }
+}
+
+impl KvService {
+    fn header(&self) -> ResponseHeader {
+        header_of(&self.replica)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(invalid_argument("key must not be empty", self.header()));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(invalid_argument(
+                format!(
+                    "key is {} bytes; the limit is {MAX_KEY_BYTES} bytes (4KiB)",
+                    key.len()
+                ),
+                self.header(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value_size(&self, size: u64) -> Result<(), Status> {
+        if size > self.max_value_bytes {
+            return Err(invalid_argument(
+                format!(
+                    "value is {size} bytes; the limit (--max-value-size) is {}",
+                    format_size(self.max_value_bytes)
+                ),
+                self.header(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, ops: Vec<Op>, session: WriteSession) -> Result<ResponseHeader, Status> {
+        match tokio::time::timeout(SERVER_WAIT, self.replica.propose(ops, session)).await {
+            Ok(Ok(())) => Ok(self.header()),
+            Ok(Err(e)) => Err(replica_status(e, self.header())),
+            Err(_) => Err(timed_out("write", self.header())),
+        }
+    }
+
+    fn put_op(key: Bytes, value: Bytes) -> Op {
+        Op {
+            key,
+            value,
+            delete: false,
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<GetChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        self.check_value_size(request.value.len() as u64)?;
+        let header = self
+            .write(
+                vec![Self::put_op(request.key, request.value)],
+                session_of(request.session),
+            )
+            .await?;
+        Ok(Response::new(PutResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn put_stream(
+        &self,
+        request: Request<Streaming<PutChunk>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(invalid_argument("empty put stream", self.header()));
+        };
+        self.check_key(&first.key)?;
+        self.check_value_size(first.value_size)?;
+        let expected = first.value_size as usize;
+        let mut value = BytesMut::with_capacity(expected);
+        value.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if value.len() + chunk.data.len() > expected {
+                return Err(invalid_argument(
+                    format!("put stream sent more than the announced {expected} bytes"),
+                    self.header(),
+                ));
+            }
+            value.extend_from_slice(&chunk.data);
+        }
+        if value.len() != expected {
+            return Err(invalid_argument(
+                format!(
+                    "put stream ended after {} of the announced {expected} bytes",
+                    value.len()
+                ),
+                self.header(),
+            ));
+        }
+        let header = self
+            .write(
+                vec![Self::put_op(first.key, value.freeze())],
+                session_of(first.session),
+            )
+            .await?;
+        Ok(Response::new(PutResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        read_barrier(&self.replica, request.consistency).await?;
+        let value = self.replica.kv().get(&request.key);
+        let header = self.header();
+        match value {
+            None => Err(key_not_found(header)),
+            Some(value) if value.len() > INLINE_VALUE_BYTES => Ok(Response::new(GetResponse {
+                header: Some(header),
+                value: Bytes::new(),
+                use_stream: true,
+                value_size: value.len() as u64,
+            })),
+            Some(value) => Ok(Response::new(GetResponse {
+                header: Some(header),
+                value_size: value.len() as u64,
+                value,
+                use_stream: false,
+            })),
+        }
+    }
+
+    type GetStreamStream = ChunkStream;
+
+    async fn get_stream(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<Self::GetStreamStream>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        read_barrier(&self.replica, request.consistency).await?;
+        let value = self.replica.kv().get(&request.key);
+        let header = self.header();
+        let Some(value) = value else {
+            return Err(key_not_found(header));
+        };
+        let size = value.len();
+        let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
+        let mut offset = 0;
+        loop {
+            let end = (offset + VALUE_CHUNK_BYTES).min(size);
+            chunks.push(Ok(GetChunk {
+                header: (offset == 0).then_some(header),
+                value_size: size as u64,
+                data: value.slice(offset..end),
+            }));
+            if end == size {
+                break;
+            }
+            offset = end;
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        let op = Op {
+            key: request.key,
+            value: Bytes::new(),
+            delete: true,
+        };
+        let header = self.write(vec![op], session_of(request.session)).await?;
+        Ok(Response::new(DeleteResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_SCAN_LIMIT,
+            n if n > MAX_SCAN_LIMIT => {
+                return Err(invalid_argument(
+                    format!("scan limit {n} is over the maximum of {MAX_SCAN_LIMIT}"),
+                    self.header(),
+                ))
+            }
+            n => n,
+        };
+        read_barrier(&self.replica, request.consistency).await?;
+        let page = self.replica.kv().scan(&ScanQuery {
+            prefix: &request.prefix,
+            after: (!request.after.is_empty()).then_some(&request.after[..]),
+            offset: request.offset,
+            limit: limit as usize,
+            keys_only: request.keys_only,
+        });
+        let mut pairs = Vec::with_capacity(page.pairs.len());
+        let mut reply_bytes = 0;
+        let mut more = page.more;
+        for (key, value) in page.pairs {
+            if !pairs.is_empty() && reply_bytes + key.len() + value.len() > MAX_SCAN_REPLY_BYTES {
+                more = true;
+                break;
+            }
+            reply_bytes += key.len() + value.len();
+            pairs.push(KeyValue { key, value });
+        }
+        let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+        Ok(Response::new(ScanResponse {
+            header: Some(self.header()),
+            pairs,
+            more,
+            next_after,
+        }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let request = request.into_inner();
+        if request.ops.len() > MAX_BATCH_OPS {
+            return Err(invalid_argument(
+                format!(
+                    "batch of {} operations is over the maximum of {MAX_BATCH_OPS}",
+                    request.ops.len()
+                ),
+                self.header(),
+            ));
+        }
+        let mut ops = Vec::with_capacity(request.ops.len());
+        let mut total_bytes = 0u64;
+        for op in request.ops {
+            match op.op {
+                Some(batch_op::Op::Put(put)) => {
+                    self.check_key(&put.key)?;
+                    total_bytes += put.value.len() as u64;
+                    ops.push(Self::put_op(put.key, put.value));
+                }
+                Some(batch_op::Op::Delete(delete)) => {
+                    self.check_key(&delete.key)?;
+                    ops.push(Op {
+                        key: delete.key,
+                        value: Bytes::new(),
+                        delete: true,
+                    });
+                }
+                None => {
+                    return Err(invalid_argument(
+                        "batch operation without a kind",
+                        self.header(),
+                    ))
+                }
+            }
+        }
+        self.check_value_size(total_bytes)?;
+        let header = self.write(ops, session_of(request.session)).await?;
+        Ok(Response::new(BatchResponse {
+            header: Some(header),
+        }))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<BatchGetRequest>,
+    ) -> Result<Response<BatchGetResponse>, Status> {
+        let request = request.into_inner();
+        if request.keys.len() > MAX_BATCH_OPS {
+            return Err(invalid_argument(
+                format!(
+                    "batch of {} keys is over the maximum of {MAX_BATCH_OPS}",
+                    request.keys.len()
+                ),
+                self.header(),
+            ));
+        }
+        for key in &request.keys {
+            self.check_key(key)?;
+        }
+        read_barrier(&self.replica, request.consistency).await?;
+        let kv = self.replica.kv();
+        let results = request
+            .keys
+            .into_iter()
+            .map(|key| {
+                let value = kv.get(&key);
+                BatchGetResult {
+                    found: value.is_some(),
+                    value: value.unwrap_or_default(),
+                    key,
+                }
+            })
+            .collect();
+        drop(kv);
+        Ok(Response::new(BatchGetResponse {
+            header: Some(self.header()),
+            results,
+        }))
+    }
+}

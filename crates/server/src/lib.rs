@@ -1,0 +1,159 @@
+//! The RaftKV server: configuration, startup, the gRPC services (client API,
+//! admin, debug) and the peer transport, all on one port.
+//!
+//! This crate wires things together; it holds no consensus logic (that is
+//! `raftkv-replica`) and no storage format (that is `raftkv-storage`).
+
+mod admin_service;
+pub mod config;
+pub mod errors;
+mod kv_service;
+mod peer_service;
+mod transport;
+pub mod units;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use raftkv_proto::v1::cluster_server::ClusterServer;
+use raftkv_proto::v1::debug_server::DebugServer;
+use raftkv_proto::v1::kv_server::KvServer;
+use raftkv_proto::v1::peer_server::PeerServer;
+use raftkv_replica::{
+    bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, StorageOptions,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{cluster_id_of, parse_peers, ConfigFile, ServerConfig};
+pub use kv_service::{DEFAULT_SCAN_LIMIT, MAX_KEY_BYTES, MAX_SCAN_LIMIT};
+
+use crate::admin_service::AdminService;
+use crate::kv_service::KvService;
+use crate::peer_service::PeerService;
+use crate::transport::GrpcTransport;
+
+/// gRPC messages (not values: large values are streamed) up to this size.
+const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens the data dir, bootstrapping a fresh one: the stored identity and
+/// membership win over flags on restart (CONTRACT §1).
+fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
+    let options = StorageOptions {
+        wal_segment_size_bytes: config.wal_segment_size_bytes,
+        ..Default::default()
+    };
+    let mut storage = FileStorage::open(&config.data_dir, options)
+        .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?;
+    if let Some(identity) = storage.identity() {
+        if let Some(id) = config.id {
+            if id != identity.node_id {
+                bail!(
+                    "data dir {} belongs to node {}, not --id {id}; start it without --id \
+                     or with --id {}",
+                    config.data_dir.display(),
+                    identity.node_id,
+                    identity.node_id
+                );
+            }
+        }
+        if !storage.is_initialized() {
+            bail!(
+                "data dir {} has an identity but no cluster state (an interrupted join?); \
+                 wipe it and join again",
+                config.data_dir.display()
+            );
+        }
+        return Ok(storage);
+    }
+    if !config.join.is_empty() {
+        bail!("--join is not implemented in this version of raftkv; start a static cluster with --peers");
+    }
+    let id = config.id.unwrap_or(1);
+    let peers = match &config.peers {
+        Some(peers) => peers.clone(),
+        None => [(id, config.advertise_address().to_string())].into(),
+    };
+    if !peers.contains_key(&id) {
+        bail!("--peers does not list this node's id {id}");
+    }
+    let identity = NodeIdentity {
+        node_id: id,
+        cluster_id: cluster_id_of(&peers),
+    };
+    storage
+        .bootstrap(identity, bootstrap_membership(&peers))
+        .with_context(|| format!("cannot initialize data dir {}", config.data_dir.display()))?;
+    tracing::info!(
+        "initialized data dir {} as node {id} of cluster {:x} with members {:?}",
+        config.data_dir.display(),
+        identity.cluster_id,
+        peers
+    );
+    Ok(storage)
+}
+
+/// Runs a node until `shutdown` resolves (clean exit) or the node stops on a
+/// fatal error (returned as an error, so the process exits non-zero).
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let storage = open_storage(&config)?;
+    let identity = storage.identity().context("data dir has no identity")?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+    let mut replica_config = ReplicaConfig::new(identity.node_id, identity.cluster_id);
+    replica_config.election_timeout = config.election_timeout;
+    replica_config.heartbeat_interval = config.heartbeat_interval;
+    let transport = Arc::new(GrpcTransport::new(
+        identity.node_id,
+        identity.cluster_id,
+        tokio::runtime::Handle::current(),
+    ));
+    let replica = Replica::start(storage, replica_config, transport.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
+    transport.set_replica(replica.clone());
+
+    let kv = KvServer::new(KvService {
+        replica: replica.clone(),
+        max_value_bytes: config.max_value_bytes,
+    })
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let admin = Arc::new(AdminService {
+        replica: replica.clone(),
+        address: config.advertise_address().to_string(),
+    });
+    let peer = PeerServer::new(PeerService {
+        replica: replica.clone(),
+        max_message_bytes: config.max_value_bytes as usize + MAX_GRPC_MESSAGE_BYTES,
+    })
+    .max_decoding_message_size(2 * transport::CHUNK_BYTES);
+
+    tracing::info!(
+        "node {} serving on {} (cluster {:x})",
+        identity.node_id,
+        config.listen,
+        identity.cluster_id
+    );
+    let stopped = replica.clone();
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(kv)
+        .add_service(ClusterServer::from_arc(admin.clone()))
+        .add_service(DebugServer::from_arc(admin))
+        .add_service(peer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    tokio::select! {
+        result = serve => {
+            replica.shutdown();
+            result.context("gRPC server failed")?;
+            tracing::info!("node {} shut down", identity.node_id);
+            Ok(())
+        }
+        reason = stopped.stopped() => {
+            bail!("node {} stopped: {reason}", identity.node_id)
+        }
+    }
+}

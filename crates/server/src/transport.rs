@@ -1,0 +1,341 @@
+//! Outbound peer traffic: raft messages to every other member over long-lived
+//! gRPC streams (`Peer.Raft`).
+//!
+//! Each peer has two lanes, each its own TCP connection and stream:
+//! the control lane carries votes, heartbeats, responses and small appends;
+//! the bulk lane carries large appends and snapshots. A 100 MB append in
+//! flight therefore never delays a heartbeat, which would cost a spurious
+//! election. Both lanes are bounded queues; when one is full the message is
+//! dropped (raft retransmits, as it would after a lost packet) and the node
+//! thread never blocks on the network.
+//!
+//! Messages are encoded on the lane's task, not on the node thread, and split
+//! into chunks of at most `CHUNK_BYTES` so that no gRPC message limit decides
+//! how large an entry may be.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use raftkv_proto::v1::peer_client::PeerClient;
+use raftkv_proto::v1::RaftEnvelope;
+use raftkv_replica::{Replica, Transport};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// Largest piece of a raft message in one envelope.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Appends carrying more entry data than this go on the bulk lane.
+const BULK_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Messages queued per control lane.
+const CONTROL_QUEUE_MESSAGES: usize = 4096;
+/// Messages queued per bulk lane, and their total entry bytes.
+const BULK_QUEUE_MESSAGES: usize = 256;
+const BULK_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+/// Envelopes buffered between a lane and its gRPC stream.
+const STREAM_BUFFER_ENVELOPES: usize = 16;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+struct Lane {
+    queue: mpsc::Sender<Message>,
+    queued_bytes: Arc<AtomicU64>,
+}
+
+struct PeerLink {
+    address: String,
+    control: Lane,
+    bulk: Lane,
+    reachable: Arc<AtomicBool>,
+}
+
+/// Everything a lane task needs; shared by the lanes of one node.
+struct LaneContext {
+    from: u64,
+    to: u64,
+    cluster_id: u64,
+    address: String,
+    reachable: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicU64>,
+    replica: Arc<OnceLock<Replica>>,
+    name: &'static str,
+}
+
+/// The gRPC implementation of the replica's `Transport`.
+pub struct GrpcTransport {
+    node_id: u64,
+    cluster_id: u64,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, PeerLink>>,
+    replica: Arc<OnceLock<Replica>>,
+}
+
+impl GrpcTransport {
+    pub fn new(node_id: u64, cluster_id: u64, runtime: tokio::runtime::Handle) -> Self {
+        GrpcTransport {
+            node_id,
+            cluster_id,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            replica: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Connects the transport to its replica (for unreachable reports).
+    pub fn set_replica(&self, replica: Replica) {
+        let _ = self.replica.set(replica);
+    }
+
+    fn spawn_lane(
+        &self,
+        to: u64,
+        address: &str,
+        reachable: &Arc<AtomicBool>,
+        name: &'static str,
+        capacity: usize,
+    ) -> Lane {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let context = LaneContext {
+            from: self.node_id,
+            to,
+            cluster_id: self.cluster_id,
+            address: address.to_string(),
+            reachable: reachable.clone(),
+            queued_bytes: queued_bytes.clone(),
+            replica: self.replica.clone(),
+            name,
+        };
+        self.runtime.spawn(run_lane(context, receiver));
+        Lane {
+            queue,
+            queued_bytes,
+        }
+    }
+
+    fn link(&self, to: u64, address: &str) -> PeerLink {
+        let reachable = Arc::new(AtomicBool::new(true));
+        PeerLink {
+            address: address.to_string(),
+            control: self.spawn_lane(to, address, &reachable, "control", CONTROL_QUEUE_MESSAGES),
+            bulk: self.spawn_lane(to, address, &reachable, "bulk", BULK_QUEUE_MESSAGES),
+            reachable,
+        }
+    }
+}
+
+/// Bytes of entry data (and snapshot data) a message carries.
+fn payload_bytes(message: &Message) -> usize {
+    let entries: usize = message.entries.iter().map(|e| e.data.len()).sum();
+    entries + message.get_snapshot().data.len()
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, messages: Vec<Message>) {
+        let peers = self.peers.lock().expect("peers lock poisoned");
+        for message in messages {
+            let Some(link) = peers.get(&message.to) else {
+                tracing::debug!("no address for node {}; message dropped", message.to);
+                continue;
+            };
+            let size = payload_bytes(&message);
+            let bulk =
+                message.get_msg_type() == MessageType::MsgSnapshot || size > BULK_THRESHOLD_BYTES;
+            let lane = if bulk { &link.bulk } else { &link.control };
+            if bulk {
+                let queued = lane.queued_bytes.load(Ordering::Relaxed);
+                if queued > 0 && queued + size as u64 > BULK_QUEUE_BYTES {
+                    continue; // raft will resend once the lane drains
+                }
+            }
+            lane.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
+            if lane.queue.try_send(message).is_err() {
+                lane.queued_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn update_peers(&self, addresses: &BTreeMap<u64, String>) {
+        let mut peers = self.peers.lock().expect("peers lock poisoned");
+        // Dropping a link closes its queues, which ends its lane tasks.
+        peers.retain(|id, link| addresses.get(id) == Some(&link.address));
+        for (id, address) in addresses {
+            if *id != self.node_id && !peers.contains_key(id) {
+                peers.insert(*id, self.link(*id, address));
+            }
+        }
+    }
+
+    fn is_reachable(&self, id: u64) -> bool {
+        let peers = self.peers.lock().expect("peers lock poisoned");
+        peers
+            .get(&id)
+            .is_some_and(|link| link.reachable.load(Ordering::Relaxed))
+    }
+}
+
+/// Splits an encoded message into envelopes of at most `CHUNK_BYTES`.
+pub fn envelopes(cluster_id: u64, from: u64, to: u64, encoded: Bytes) -> Vec<RaftEnvelope> {
+    let mut out = Vec::with_capacity(encoded.len() / CHUNK_BYTES + 1);
+    let mut offset = 0;
+    loop {
+        let end = (offset + CHUNK_BYTES).min(encoded.len());
+        out.push(RaftEnvelope {
+            cluster_id,
+            from,
+            to,
+            chunk: encoded.slice(offset..end),
+            last: end == encoded.len(),
+        });
+        if end == encoded.len() {
+            return out;
+        }
+        offset = end;
+    }
+}
+
+impl LaneContext {
+    fn report_unreachable(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+        if let Some(replica) = self.replica.get() {
+            replica.report_unreachable(self.to);
+        }
+    }
+
+    fn dequeued(&self, message: &Message) {
+        self.queued_bytes
+            .fetch_sub(payload_bytes(message) as u64, Ordering::Relaxed);
+    }
+
+    /// Drops everything queued (the peer is unreachable; raft will resend).
+    fn discard_queued(&self, receiver: &mut mpsc::Receiver<Message>) {
+        while let Ok(message) = receiver.try_recv() {
+            self.dequeued(&message);
+        }
+    }
+}
+
+/// One lane to one peer: connect, open the stream, forward messages; on any
+/// failure, drop what is queued, report the peer unreachable, back off and
+/// reconnect. Ends when the link is dropped (peer removed).
+async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
+    let mut backoff = Duration::from_millis(50);
+    let uri = format!("http://{}", lane.address);
+    loop {
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        lane.dequeued(&first);
+        let connected = match Endpoint::from_shared(uri.clone()) {
+            Ok(endpoint) => {
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(
+                    "invalid address {:?} for node {}: {e}",
+                    lane.address,
+                    lane.to
+                );
+                return;
+            }
+        };
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(
+                    "{} lane to node {} at {}: cannot connect: {e}",
+                    lane.name,
+                    lane.to,
+                    lane.address
+                );
+                lane.report_unreachable();
+                lane.discard_queued(&mut receiver);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                continue;
+            }
+        };
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_BUFFER_ENVELOPES);
+        let mut client = PeerClient::new(channel)
+            .max_encoding_message_size(2 * CHUNK_BYTES)
+            .max_decoding_message_size(2 * CHUNK_BYTES);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream_rx)).await });
+        let mut next = Some(first);
+        'stream: loop {
+            let message = match next.take() {
+                Some(message) => message,
+                None => match receiver.recv().await {
+                    Some(message) => {
+                        lane.dequeued(&message);
+                        message
+                    }
+                    None => return,
+                },
+            };
+            let encoded = match message.write_to_bytes() {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(e) => {
+                    tracing::error!("cannot encode a raft message: {e}");
+                    continue;
+                }
+            };
+            for envelope in envelopes(lane.cluster_id, lane.from, lane.to, encoded) {
+                if stream_tx.send(envelope).await.is_err() {
+                    break 'stream;
+                }
+            }
+            lane.reachable.store(true, Ordering::Relaxed);
+            backoff = Duration::from_millis(50);
+        }
+        drop(stream_tx);
+        match call.await {
+            Ok(Err(status)) => tracing::warn!(
+                "{} lane to node {} at {} closed: {}",
+                lane.name,
+                lane.to,
+                lane.address,
+                status.message()
+            ),
+            Ok(Ok(_)) => {}
+            Err(e) => tracing::warn!("peer stream task failed: {e}"),
+        }
+        lane.report_unreachable();
+        lane.discard_queued(&mut receiver);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_cover_the_message_exactly_once_in_order() {
+        for len in [
+            0,
+            1,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            CHUNK_BYTES + 1,
+            3 * CHUNK_BYTES + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let parts = envelopes(9, 1, 2, Bytes::from(data.clone()));
+            assert!(parts.iter().all(|e| e.chunk.len() <= CHUNK_BYTES));
+            assert_eq!(parts.iter().filter(|e| e.last).count(), 1);
+            assert!(parts.last().unwrap().last);
+            let joined: Vec<u8> = parts.iter().flat_map(|e| e.chunk.to_vec()).collect();
+            assert_eq!(joined, data, "len {len}");
+        }
+    }
+}
