@@ -1,0 +1,501 @@
+//! `Client`: routing (leader for writes and linearizable reads, the first
+//! endpoint for stale reads and status), retries, and the KV operations.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftkv_proto::v1 as pb;
+use raftkv_proto::v1::cluster_client::ClusterClient;
+use raftkv_proto::v1::kv_client::KvClient;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::error::Error;
+use crate::session::Session;
+
+/// Values above this go through the streaming RPCs, in chunks.
+const STREAM_VALUE_ABOVE_BYTES: usize = 1024 * 1024;
+const VALUE_CHUNK_BYTES: usize = 1024 * 1024;
+/// gRPC messages the client accepts (scan pages, inline values).
+const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Read consistency (CONTRACT §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// ReadIndex through the leader (the default).
+    #[default]
+    Linearizable,
+    /// Leader lease read; the server falls back to ReadIndex when unsure.
+    Lease,
+    /// The first endpoint's local state; may be stale.
+    Stale,
+}
+
+impl Consistency {
+    fn to_proto(self) -> i32 {
+        match self {
+            Consistency::Linearizable => pb::Consistency::Linearizable as i32,
+            Consistency::Lease => pb::Consistency::Lease as i32,
+            Consistency::Stale => pb::Consistency::Stale as i32,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overall deadline of one operation, retries included.
+    pub timeout: Duration,
+    /// Deadline of one TCP connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    /// Keys per page (server default 1000, at most 10000).
+    pub limit: u32,
+    /// Matches to skip.
+    pub offset: u64,
+    /// Exclusive start key (cursor from the previous page).
+    pub after: Option<Bytes>,
+    pub keys_only: bool,
+    pub consistency: Consistency,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            limit: 1000,
+            offset: 0,
+            after: None,
+            keys_only: false,
+            consistency: Consistency::Linearizable,
+        }
+    }
+}
+
+/// One page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    pub pairs: Vec<(Bytes, Bytes)>,
+    /// More keys with the prefix follow.
+    pub more: bool,
+    /// Cursor for the next page (`ScanOptions::after`).
+    pub next_after: Option<Bytes>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Where the last leader-routed call succeeded.
+    leader: Mutex<Option<String>>,
+    session: Session,
+}
+
+/// A RaftKV client. Cheap to clone; clones share connections and session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client for a cluster reachable at any of `endpoints` (HOST:PORT).
+    /// Connections are made lazily.
+    pub fn new(endpoints: &[String]) -> Result<Client, Error> {
+        Client::with_options(endpoints, ClientOptions::default())
+    }
+
+    pub fn with_options(endpoints: &[String], options: ClientOptions) -> Result<Client, Error> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument("no endpoints given".into()));
+        }
+        for endpoint in &endpoints {
+            if !endpoint.contains(':') {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid endpoint {endpoint:?} (expected HOST:PORT)"
+                )));
+            }
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                options,
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                session: Session::new(),
+            }),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// A (lazily connected) channel to `address`.
+    pub fn channel(&self, address: &str) -> Result<Channel, Error> {
+        let mut channels = self.inner.channels.lock().expect("channels lock");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::InvalidArgument(format!("invalid endpoint {address:?}: {e}")))?
+            .connect_timeout(self.inner.options.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn kv(&self, address: &str) -> Result<KvClient<Channel>, Error> {
+        Ok(KvClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// Runs `attempt` against the leader, finding it, following redirects
+    /// and retrying retryable errors until the overall deadline.
+    async fn call_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let timeout = self.inner.options.timeout;
+        let deadline = Instant::now() + timeout;
+        let endpoints = &self.inner.endpoints;
+        let mut next_endpoint = 0;
+        let mut target = self
+            .inner
+            .leader
+            .lock()
+            .expect("leader lock")
+            .clone()
+            .unwrap_or_else(|| endpoints[0].clone());
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let client = self.kv(&target)?;
+            let result = match tokio::time::timeout_at(deadline, attempt(client)).await {
+                Ok(result) => result,
+                Err(_) => return Err(Error::Timeout(timeout)),
+            };
+            let error = match result {
+                Ok(value) => {
+                    *self.inner.leader.lock().expect("leader lock") = Some(target);
+                    return Ok(value);
+                }
+                Err(status) => Error::from_status(&status),
+            };
+            match &error {
+                Error::NotLeader { leader_address, .. }
+                    if !leader_address.is_empty() && *leader_address != target =>
+                {
+                    target = leader_address.clone();
+                    continue;
+                }
+                e if e.is_retryable() => {
+                    tracing::debug!("retrying after {e} from {target}");
+                    // Try the other endpoints in turn.
+                    target = endpoints[next_endpoint % endpoints.len()].clone();
+                    next_endpoint += 1;
+                }
+                _ => return Err(error),
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Runs `attempt` once against the first endpoint (its own view).
+    async fn call_first<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let timeout = self.inner.options.timeout;
+        let channel = self.channel(&self.inner.endpoints[0])?;
+        match tokio::time::timeout(timeout, attempt(channel)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(status)) => Err(Error::from_status(&status)),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Runs a write with a session sequence number reused by its retries.
+    async fn write<F, Fut>(&self, mut attempt: F) -> Result<(), Error>
+    where
+        F: FnMut(KvClient<Channel>, pb::WriteSession) -> Fut,
+        Fut: Future<Output = Result<(), Status>>,
+    {
+        let session = &self.inner.session;
+        let seq = session.begin();
+        let result = self
+            .call_leader(|client| attempt(client, session.for_request(seq)))
+            .await;
+        session.end(seq);
+        result
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), Error> {
+        let (key, value) = (key.into(), value.into());
+        if value.len() > STREAM_VALUE_ABOVE_BYTES {
+            return self.put_streamed(key, value).await;
+        }
+        self.write(|mut client, session| {
+            let request = pb::PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                session: Some(session),
+            };
+            async move { client.put(request).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    async fn put_streamed(&self, key: Bytes, value: Bytes) -> Result<(), Error> {
+        self.write(|mut client, session| {
+            let chunks = value_chunks(&value)
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| pb::PutChunk {
+                    key: if i == 0 { key.clone() } else { Bytes::new() },
+                    session: (i == 0).then_some(session),
+                    value_size: value.len() as u64,
+                    data,
+                })
+                .collect::<Vec<_>>();
+            async move {
+                client
+                    .put_stream(tokio_stream::iter(chunks))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// Removes `key`; succeeds if it was not there.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(), Error> {
+        let key = key.into();
+        self.write(|mut client, session| {
+            let request = pb::DeleteRequest {
+                key: key.clone(),
+                session: Some(session),
+            };
+            async move { client.delete(request).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Applies puts and deletes atomically, in order, as one log entry.
+    pub async fn batch(&self, ops: Vec<pb::BatchOp>) -> Result<(), Error> {
+        self.write(|mut client, session| {
+            let request = pb::BatchRequest {
+                ops: ops.clone(),
+                session: Some(session),
+            };
+            async move { client.batch(request).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Linearizable read of `key`.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Bytes, Error> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// Read of `key` at the given consistency.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Bytes, Error> {
+        let request = pb::GetRequest {
+            key: key.into(),
+            consistency: consistency.to_proto(),
+        };
+        let attempt = |mut client: KvClient<Channel>| {
+            let request = request.clone();
+            async move {
+                let reply = client.get(request.clone()).await?.into_inner();
+                if !reply.use_stream {
+                    return Ok(reply.value);
+                }
+                fetch_streamed(client, request).await
+            }
+        };
+        if consistency == Consistency::Stale {
+            let first = self.inner.endpoints[0].clone();
+            let client = self.kv(&first)?;
+            self.call_first(|_| attempt(client)).await
+        } else {
+            self.call_leader(attempt).await
+        }
+    }
+
+    /// Reads several keys at one point in time; `None` for missing keys.
+    pub async fn batch_get(
+        &self,
+        keys: Vec<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Vec<Option<Bytes>>, Error> {
+        let request = pb::BatchGetRequest {
+            keys,
+            consistency: consistency.to_proto(),
+        };
+        let attempt = |mut client: KvClient<Channel>| {
+            let request = request.clone();
+            async move {
+                let reply = client.batch_get(request).await?.into_inner();
+                Ok(reply
+                    .results
+                    .into_iter()
+                    .map(|r| r.found.then_some(r.value))
+                    .collect())
+            }
+        };
+        if consistency == Consistency::Stale {
+            let client = self.kv(&self.inner.endpoints[0].clone())?;
+            self.call_first(|_| attempt(client)).await
+        } else {
+            self.call_leader(attempt).await
+        }
+    }
+
+    /// One page of the keys starting with `prefix`, in ascending order.
+    pub async fn scan(
+        &self,
+        prefix: impl Into<Bytes>,
+        options: ScanOptions,
+    ) -> Result<ScanPage, Error> {
+        let request = pb::ScanRequest {
+            prefix: prefix.into(),
+            limit: options.limit,
+            offset: options.offset,
+            after: options.after.unwrap_or_default(),
+            keys_only: options.keys_only,
+            consistency: options.consistency.to_proto(),
+        };
+        let attempt = |mut client: KvClient<Channel>| {
+            let request = request.clone();
+            async move {
+                let reply = client.scan(request).await?.into_inner();
+                Ok(ScanPage {
+                    next_after: (!reply.next_after.is_empty()).then_some(reply.next_after),
+                    more: reply.more,
+                    pairs: reply
+                        .pairs
+                        .into_iter()
+                        .map(|kv| (kv.key, kv.value))
+                        .collect(),
+                })
+            }
+        };
+        if options.consistency == Consistency::Stale {
+            let client = self.kv(&self.inner.endpoints[0].clone())?;
+            self.call_first(|_| attempt(client)).await
+        } else {
+            self.call_leader(attempt).await
+        }
+    }
+
+    /// Status of the first endpoint (that node's own view).
+    pub async fn status(&self) -> Result<pb::StatusResponse, Error> {
+        self.call_first(|channel| async move {
+            Ok(ClusterClient::new(channel)
+                .status(pb::StatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Members as the first endpoint sees them.
+    pub async fn members(&self) -> Result<pb::MembersResponse, Error> {
+        self.call_first(|channel| async move {
+            Ok(ClusterClient::new(channel)
+                .members(pb::MembersRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Runs a call against the first endpoint with the client's deadline
+    /// (for the admin and debug services).
+    pub async fn call_first_endpoint<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_first(attempt).await
+    }
+}
+
+fn value_chunks(value: &Bytes) -> Vec<Bytes> {
+    if value.is_empty() {
+        return vec![Bytes::new()];
+    }
+    (0..value.len())
+        .step_by(VALUE_CHUNK_BYTES)
+        .map(|start| value.slice(start..(start + VALUE_CHUNK_BYTES).min(value.len())))
+        .collect()
+}
+
+async fn fetch_streamed(
+    mut client: KvClient<Channel>,
+    request: pb::GetRequest,
+) -> Result<Bytes, Status> {
+    let mut stream = client.get_stream(request).await?.into_inner();
+    let mut value = bytes::BytesMut::new();
+    while let Some(chunk) = stream.message().await? {
+        if value.is_empty() {
+            value.reserve(chunk.value_size as usize);
+        }
+        value.extend_from_slice(&chunk.data);
+    }
+    Ok(value.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_validated() {
+        assert!(Client::new(&[]).is_err());
+        assert!(Client::new(&["localhost".to_string()]).is_err());
+        assert!(Client::new(&["127.0.0.1:7379".to_string()]).is_ok());
+    }
+
+    #[test]
+    fn value_chunks_cover_the_value() {
+        let value = Bytes::from(vec![7u8; 2 * VALUE_CHUNK_BYTES + 5]);
+        let chunks = value_chunks(&value);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), value.len());
+        assert_eq!(value_chunks(&Bytes::new()).len(), 1);
+    }
+}

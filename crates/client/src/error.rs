@@ -1,0 +1,151 @@
+//! The client's typed errors, decoded from the server's `ErrorDetail`.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use raftkv_proto::v1::{ErrorDetail, ErrorKind};
+use tonic::{Code, Status};
+
+/// What went wrong. `Display` gives the one-line message the CLI prints
+/// after `error: `.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("not leader; {}", leader_hint(*leader_id, leader_address))]
+    NotLeader {
+        leader_id: u64,
+        leader_address: String,
+    },
+    #[error("timed out after {}", humanize(*.0))]
+    Timeout(Duration),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("corrupted: {0}")]
+    Corrupted(String),
+    /// The write may or may not have been applied (the client gave up
+    /// retrying it).
+    #[error("outcome unknown: {0}")]
+    UnknownOutcome(String),
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+fn leader_hint(leader_id: u64, address: &str) -> String {
+    if leader_id == 0 {
+        "no leader is known".to_string()
+    } else {
+        format!("leader is {leader_id} at {address}")
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl Error {
+    /// Whether retrying (maybe elsewhere) can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::Unavailable(_)
+                | Error::UnknownOutcome(_)
+                | Error::Timeout(_)
+        )
+    }
+
+    /// Decodes a gRPC status from a RaftKV server (or the transport).
+    pub(crate) fn from_status(status: &Status) -> Error {
+        if !status.details().is_empty() {
+            if let Ok(detail) = ErrorDetail::decode(status.details()) {
+                let message = detail.message.clone();
+                return match ErrorKind::try_from(detail.kind).unwrap_or(ErrorKind::Unspecified) {
+                    ErrorKind::KeyNotFound => Error::KeyNotFound,
+                    ErrorKind::NotLeader => Error::NotLeader {
+                        leader_id: detail.leader_id,
+                        leader_address: detail.leader_address,
+                    },
+                    ErrorKind::Timeout => Error::Unavailable(message),
+                    ErrorKind::Unavailable => Error::Unavailable(message),
+                    ErrorKind::InvalidArgument => Error::InvalidArgument(message),
+                    ErrorKind::NoSpace => Error::NoSpace(message),
+                    ErrorKind::Corrupted => Error::Corrupted(message),
+                    ErrorKind::UnknownOutcome => Error::UnknownOutcome(message),
+                    ErrorKind::Rejected | ErrorKind::Unspecified => Error::Rejected(message),
+                };
+            }
+        }
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => Error::KeyNotFound,
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::ResourceExhausted => Error::NoSpace(message),
+            Code::DataLoss => Error::Corrupted(message),
+            // Connection refused/reset, node restarting, server timeouts.
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                Error::Unavailable(if message.is_empty() {
+                    format!("{:?}", status.code())
+                } else {
+                    message
+                })
+            }
+            _ => Error::Rejected(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn not_leader_detail_carries_the_hint() {
+        let detail = ErrorDetail {
+            kind: ErrorKind::NotLeader as i32,
+            leader_id: 2,
+            leader_address: "127.0.0.1:7380".into(),
+            ..Default::default()
+        };
+        let status = Status::with_details(
+            Code::FailedPrecondition,
+            "not leader",
+            Bytes::from(detail.encode_to_vec()),
+        );
+        let error = Error::from_status(&status);
+        assert_eq!(
+            error.to_string(),
+            "not leader; leader is 2 at 127.0.0.1:7380"
+        );
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn transport_failures_are_retryable_unavailability() {
+        let error = Error::from_status(&Status::unavailable("connection refused"));
+        assert!(matches!(error, Error::Unavailable(_)));
+        assert!(error.is_retryable());
+        assert!(!Error::InvalidArgument("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn timeout_message_names_the_duration() {
+        assert_eq!(
+            Error::Timeout(Duration::from_secs(5)).to_string(),
+            "timed out after 5s"
+        );
+        assert_eq!(
+            Error::Timeout(Duration::from_millis(1500)).to_string(),
+            "timed out after 1500ms"
+        );
+    }
+}
