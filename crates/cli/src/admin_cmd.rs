@@ -1,0 +1,346 @@
+//! `status`, `cluster ...` and `debug ...`: each acts on the first endpoint
+//! given (that node's own view), except `status --cluster` and `debug
+//! check`, which ask every endpoint given.
+
+use raftkv_client::proto as pb;
+use raftkv_client::proto::cluster_client::ClusterClient;
+use raftkv_client::proto::debug_client::DebugClient;
+use raftkv_client::Client;
+use serde_json::{json, Value};
+
+use crate::args::{ClusterCommand, DebugCommand, GlobalArgs, StatusArgs};
+use crate::failure::Failure;
+use crate::output::print_json;
+
+fn member_json(m: &pb::Member) -> Value {
+    json!({
+        "id": m.id,
+        "address": m.address,
+        "role": m.role,
+        "voter": m.voter,
+        "match_index": m.match_index,
+        "lag": m.lag,
+        "reachable": m.reachable,
+    })
+}
+
+fn status_json(s: &pb::StatusResponse) -> Value {
+    json!({
+        "id": s.id,
+        "role": s.role,
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "leader_address": s.leader_address,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+        "joint": s.joint,
+        "keys": s.keys,
+        "data_bytes": s.data_bytes,
+        "disk_bytes": s.disk_bytes,
+        "cluster_id": format!("{:x}", s.cluster_id),
+        "address": s.address,
+    })
+}
+
+fn print_status_text(s: &pb::StatusResponse) {
+    let leader = if s.leader_id == 0 {
+        "none known".to_string()
+    } else {
+        format!("{} ({})", s.leader_id, s.leader_address)
+    };
+    println!("id:            {} ({})", s.id, s.address);
+    println!("role:          {}", s.role);
+    println!("term:          {}", s.term);
+    println!("leader:        {leader}");
+    println!("commit index:  {}", s.commit_index);
+    println!("applied index: {}", s.applied_index);
+    println!("keys:          {} ({} bytes)", s.keys, s.data_bytes);
+    println!("disk:          {} bytes", s.disk_bytes);
+    println!("cluster id:    {:x}", s.cluster_id);
+    println!(
+        "members:{}",
+        if s.joint {
+            " (joint configuration)"
+        } else {
+            ""
+        }
+    );
+    print_members_text(&s.members);
+}
+
+fn print_members_text(members: &[pb::Member]) {
+    println!(
+        "  {:>4}  {:<22} {:<10} {:>12} {:>8}  reachable",
+        "id", "address", "role", "match_index", "lag"
+    );
+    for m in members {
+        println!(
+            "  {:>4}  {:<22} {:<10} {:>12} {:>8}  {}",
+            m.id,
+            m.address,
+            m.role,
+            m.match_index,
+            m.lag,
+            if m.reachable { "yes" } else { "no" }
+        );
+    }
+}
+
+fn client_for(global: &GlobalArgs, endpoint: &str) -> Result<Client, Failure> {
+    let options = raftkv_client::ClientOptions {
+        timeout: raftkv_server::units::parse_duration(&global.timeout)
+            .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?,
+        ..Default::default()
+    };
+    Ok(Client::with_options(&[endpoint.to_string()], options)?)
+}
+
+pub async fn status(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
+    let endpoints: Vec<String> = if args.cluster {
+        global.endpoints.clone()
+    } else {
+        global.endpoints.iter().take(1).cloned().collect()
+    };
+    let mut failed = None;
+    for endpoint in &endpoints {
+        match client_for(global, endpoint)?.status().await {
+            Ok(status) if global.json => print_json(&status_json(&status))?,
+            Ok(status) => {
+                if args.cluster {
+                    println!("== {endpoint}");
+                }
+                print_status_text(&status);
+            }
+            Err(e) if args.cluster => {
+                if global.json {
+                    print_json(&json!({"address": endpoint, "error": e.to_string()}))?;
+                } else {
+                    println!("== {endpoint}\nerror: {e}");
+                }
+                failed = Some(Failure::Other(format!("{endpoint}: {e}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn print_members(reply: &pb::MembersResponse, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(&json!({
+            "members": reply.members.iter().map(member_json).collect::<Vec<_>>(),
+            "joint": reply.joint,
+        }))?;
+    } else {
+        if reply.joint {
+            println!("(joint configuration: a membership change is in progress)");
+        }
+        print_members_text(&reply.members);
+    }
+    Ok(())
+}
+
+pub async fn cluster(client: &Client, command: ClusterCommand, json: bool) -> Result<(), Failure> {
+    let reply = match command {
+        ClusterCommand::Members => client.members().await?,
+        ClusterCommand::Add {
+            id,
+            address,
+            learner,
+        } => {
+            client
+                .call_first_endpoint(|ch| async move {
+                    let request = pb::AddNodeRequest {
+                        id,
+                        address,
+                        learner,
+                    };
+                    Ok(ClusterClient::new(ch).add_node(request).await?.into_inner())
+                })
+                .await?
+        }
+        ClusterCommand::Promote { id } => {
+            client
+                .call_first_endpoint(|ch| async move {
+                    let request = pb::PromoteNodeRequest { id };
+                    Ok(ClusterClient::new(ch)
+                        .promote_node(request)
+                        .await?
+                        .into_inner())
+                })
+                .await?
+        }
+        ClusterCommand::Remove { id, force } => {
+            client
+                .call_first_endpoint(|ch| async move {
+                    let request = pb::RemoveNodeRequest { id, force };
+                    Ok(ClusterClient::new(ch)
+                        .remove_node(request)
+                        .await?
+                        .into_inner())
+                })
+                .await?
+        }
+        ClusterCommand::Change { add, remove } => {
+            let mut adds = Vec::new();
+            for item in &add {
+                let (id, address) = item
+                    .split_once('=')
+                    .ok_or_else(|| Failure::Usage(format!("--add {item:?}: expected ID=ADDR")))?;
+                let id = id
+                    .parse()
+                    .map_err(|_| Failure::Usage(format!("--add {item:?}: invalid id")))?;
+                adds.push(pb::NodeAddress {
+                    id,
+                    address: address.to_string(),
+                });
+            }
+            if adds.is_empty() && remove.is_empty() {
+                return Err(Failure::Usage(
+                    "cluster change needs --add or --remove".into(),
+                ));
+            }
+            client
+                .call_first_endpoint(|ch| async move {
+                    let request = pb::ChangeMembershipRequest { add: adds, remove };
+                    Ok(ClusterClient::new(ch)
+                        .change_membership(request)
+                        .await?
+                        .into_inner())
+                })
+                .await?
+        }
+        ClusterCommand::TransferLeader { id } => {
+            client
+                .call_first_endpoint(|ch| async move {
+                    let request = pb::TransferLeaderRequest { id };
+                    Ok(ClusterClient::new(ch)
+                        .transfer_leader(request)
+                        .await?
+                        .into_inner())
+                })
+                .await?
+        }
+    };
+    print_members(&reply, json)
+}
+
+fn print_object(value: &Value, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(value)?;
+    } else if let Value::Object(map) = value {
+        for (k, v) in map {
+            println!("{k}: {v}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Failure> {
+    let first = global.endpoints.first().cloned().unwrap_or_default();
+    let client = client_for(global, &first)?;
+    match command {
+        DebugCommand::Raft => {
+            let s = client
+                .call_first_endpoint(|ch| async move {
+                    Ok(DebugClient::new(ch)
+                        .raft_state(pb::RaftStateRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            let progress: Vec<Value> = s
+                .progress
+                .iter()
+                .map(|p| {
+                    json!({"id": p.id, "match_index": p.match_index, "next_index": p.next_index,
+                        "state": p.state, "paused": p.paused, "recent_active": p.recent_active,
+                        "pending_snapshot": p.pending_snapshot})
+                })
+                .collect();
+            print_object(
+                &json!({"term": s.term, "vote": s.vote, "commit_index": s.commit_index,
+                    "applied_index": s.applied_index, "leader_id": s.leader_id, "role": s.role,
+                    "first_index": s.first_index, "last_index": s.last_index,
+                    "voters": s.voters, "learners": s.learners, "voters_outgoing": s.voters_outgoing,
+                    "progress": progress}),
+                global.json,
+            )
+        }
+        DebugCommand::Storage => {
+            let s = client
+                .call_first_endpoint(|ch| async move {
+                    Ok(DebugClient::new(ch)
+                        .storage_state(pb::StorageStateRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            print_object(
+                &json!({"first_index": s.first_index, "last_index": s.last_index,
+                    "snapshot_index": s.snapshot_index, "snapshot_term": s.snapshot_term,
+                    "snapshot_bytes": s.snapshot_bytes, "segments": s.segments,
+                    "disk_bytes": s.disk_bytes}),
+                global.json,
+            )
+        }
+        DebugCommand::Snapshot => {
+            let s = client
+                .call_first_endpoint(|ch| async move {
+                    Ok(DebugClient::new(ch)
+                        .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            print_object(
+                &json!({"snapshot_index": s.snapshot_index, "snapshot_bytes": s.snapshot_bytes}),
+                global.json,
+            )
+        }
+        DebugCommand::Compact => {
+            let s = client
+                .call_first_endpoint(|ch| async move {
+                    Ok(DebugClient::new(ch)
+                        .compact(pb::CompactRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            print_object(
+                &json!({"first_index": s.first_index, "segments_removed": s.segments_removed}),
+                global.json,
+            )
+        }
+        DebugCommand::Check => {
+            let mut failed = None;
+            for endpoint in &global.endpoints {
+                let reply = client_for(global, endpoint)?
+                    .call_first_endpoint(|ch| async move {
+                        Ok(DebugClient::new(ch)
+                            .check(pb::CheckRequest {})
+                            .await?
+                            .into_inner())
+                    })
+                    .await;
+                let line = match reply {
+                    Ok(c) => json!({"address": endpoint,
+                        "id": c.header.map(|h| h.node_id).unwrap_or_default(),
+                        "applied_index": c.applied_index, "hash": format!("{:016x}", c.hash),
+                        "keys": c.keys}),
+                    Err(e) => {
+                        failed = Some(Failure::Other(format!("{endpoint}: {e}")));
+                        json!({"address": endpoint, "error": e.to_string()})
+                    }
+                };
+                if global.json {
+                    print_json(&line)?;
+                } else {
+                    println!("{line}");
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Command-line interface of `raftkv` (CONTRACT §1), declared with clap.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "RaftKV: a strongly consistent, Raft-replicated key-value store",
+    long_about = "RaftKV: a strongly consistent, Raft-replicated key-value store.\n\n\
+        Start a single-node store with `raftkv server`, then `raftkv put KEY VALUE` and \
+        `raftkv get KEY`. `raftkv playground` starts a local 3-node cluster.\n\n\
+        Exit codes: 0 success, 1 key not found (get), 2 usage error, 3 any other error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Cluster endpoints (any members), comma-separated HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTKV_ENDPOINTS",
+        default_value = "127.0.0.1:7379",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Overall deadline of a client command, retries included (e.g. 500ms, 5s, 2m).
+    #[arg(long, global = true, default_value = "5s")]
+    pub timeout: String,
+    /// Machine-readable output: one compact JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a RaftKV node (with no flags: a single-node store on 127.0.0.1:7379).
+    Server(Box<ServerArgs>),
+    /// Store a value: `put KEY VALUE`, or `put KEY --file PATH` (PATH "-" = stdin).
+    Put(PutArgs),
+    /// Print the value of a key (exit 1 if it does not exist).
+    Get(GetArgs),
+    /// Delete a key (succeeds if it does not exist).
+    Delete(DeleteArgs),
+    /// List keys with a prefix, in ascending byte order.
+    Scan(ScanArgs),
+    /// Show a node's view: role, term, leader, indexes, members.
+    Status(StatusArgs),
+    /// Membership: list, add, promote, remove, change, transfer leadership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Debug views: raft state, storage, snapshots, replica hashes.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+    /// Measure latency and throughput against a running cluster.
+    Bench(BenchArgs),
+    /// Start a local cluster of several nodes in the foreground (Ctrl-C stops it).
+    Playground(PlaygroundArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// Node id (fresh data dir only; default 1). Must match a stored id.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Data directory (default ./raftkv-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for clients and peers (default 127.0.0.1:7379).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Initial members of a static cluster: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Join an existing cluster through any member's address (not implemented yet).
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// With --join: stay a learner instead of being promoted.
+    #[arg(long)]
+    pub learner: bool,
+    /// Take a snapshot every N applied entries (default 10000).
+    #[arg(long)]
+    pub snapshot_entries: Option<u64>,
+    /// Size of a WAL segment file (default 64MiB).
+    #[arg(long)]
+    pub wal_segment_size: Option<String>,
+    /// Largest value accepted (default 128MiB).
+    #[arg(long)]
+    pub max_value_size: Option<String>,
+    /// Raft election timeout (default 1s).
+    #[arg(long)]
+    pub election_timeout: Option<String>,
+    /// Raft heartbeat interval (default 100ms).
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
+    /// Serve `--consistency lease` reads from a leader lease (default true).
+    #[arg(long)]
+    pub lease_read: Option<bool>,
+    /// Serve /metrics and /health on this address instead of the main port.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// TOML file with the same keys as these flags (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    pub key: OsString,
+    /// The value (omit when using --file).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub value: Option<OsString>,
+    /// Read the value from a file ("-" = standard input), byte for byte.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsistencyArg {
+    #[default]
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub key: OsString,
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: ConsistencyArg,
+    /// Write the exact value bytes to this file instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    pub key: OsString,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Key prefix ("" for every key).
+    pub prefix: OsString,
+    /// Keys in one page (1..=10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub limit: u32,
+    /// Skip this many matching keys first.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Start after this key (exclusive): the cursor printed by the previous page.
+    #[arg(long)]
+    pub after: Option<OsString>,
+    /// Print keys only.
+    #[arg(long)]
+    pub keys_only: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Show every endpoint given, not just the first.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// List members: id, address, role, match index, lag, reachability.
+    Members,
+    /// Add a node (started with --join) as a learner, then promote it.
+    Add {
+        id: u64,
+        address: String,
+        /// Keep it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote { id: u64 },
+    /// Remove a node.
+    Remove {
+        id: u64,
+        /// Remove even if that leaves no quorum of live voters.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Several changes in one joint-consensus step.
+    Change {
+        /// ID=ADDR to add (repeatable).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// ID to remove (repeatable).
+        #[arg(long = "remove")]
+        remove: Vec<u64>,
+    },
+    /// Move leadership to another voter.
+    TransferLeader { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Raft state of the first endpoint: term, vote, commit, applied, peer progress.
+    Raft,
+    /// Storage of the first endpoint: segments, first/last index, snapshot, disk bytes.
+    Storage,
+    /// Take a snapshot now.
+    Snapshot,
+    /// Compact the log up to the latest snapshot now.
+    Compact,
+    /// State hash and applied index of every endpoint given, to compare replicas.
+    Check,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOp {
+    Put,
+    Get,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients (each its own connection and session).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: BenchOp,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Value size (e.g. 256, 4KiB).
+    #[arg(long, default_value = "256")]
+    pub value_size: String,
+    /// Distinct keys used (gets read keys loaded before the run).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Run time (e.g. 10s); ignored when --ops is given.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Stop after this many operations instead of a time.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug)]
+pub struct PlaygroundArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Directory for the nodes' data and logs.
+    #[arg(long, default_value = "raftkv-playground")]
+    pub data_dir: PathBuf,
+    /// Port of node 1; node i listens on BASE+i-1.
+    #[arg(long, default_value_t = 7379)]
+    pub base_port: u16,
+}

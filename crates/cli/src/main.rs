@@ -1,0 +1,76 @@
+//! `raftkv`: the one binary (CONTRACT §1). Parses the command line, runs the
+//! command, and turns its outcome into an exit code and a one-line error:
+//! 0 success, 1 key not found, 2 usage error, 3 any other error.
+
+mod admin_cmd;
+mod args;
+mod bench;
+mod failure;
+mod kv_cmd;
+mod output;
+mod server_cmd;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use raftkv_client::{Client, ClientOptions};
+
+use crate::args::{Cli, Command, GlobalArgs};
+use crate::failure::Failure;
+
+fn client(global: &GlobalArgs) -> Result<Client, Failure> {
+    let timeout = parse_timeout(&global.timeout)?;
+    Client::with_options(
+        &global.endpoints,
+        ClientOptions {
+            timeout,
+            ..Default::default()
+        },
+    )
+    .map_err(Failure::from)
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, Failure> {
+    raftkv_server::units::parse_duration(text)
+        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let global = cli.global;
+    match cli.command {
+        Command::Server(args) => server_cmd::server(*args).await,
+        Command::Playground(args) => server_cmd::playground(args).await,
+        Command::Put(args) => kv_cmd::put(&client(&global)?, args).await,
+        Command::Get(args) => kv_cmd::get(&client(&global)?, args, global.json).await,
+        Command::Delete(args) => kv_cmd::delete(&client(&global)?, args).await,
+        Command::Scan(args) => kv_cmd::scan(&client(&global)?, args, global.json).await,
+        Command::Status(args) => admin_cmd::status(&global, args).await,
+        Command::Cluster(command) => {
+            admin_cmd::cluster(&client(&global)?, command, global.json).await
+        }
+        Command::Debug(command) => admin_cmd::debug(&global, command).await,
+        Command::Bench(args) => bench::run(&global, args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
