@@ -1,0 +1,548 @@
+//! [`TestCluster`]: N real `raftkv server` processes forming a static cluster.
+//!
+//! Node `i` (ids 1..=N) runs
+//! `raftkv server --id i --data-dir DIR/node-i/data --listen 127.0.0.1:PORT_i
+//!  --peers 1=..,2=.. --election-timeout 1s --heartbeat-interval 100ms [extra]`
+//! with stdout and stderr appended to `DIR/node-i/server.log`; a restart runs the
+//! same command on the same data dir and port. The kit learns about the cluster
+//! only through `raftkv status --json`, as a user would. Every wait has a
+//! deadline, and a failed wait panics with each node's state and log tail.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::cli::{run_cli, run_cli_with_stdin, CliOutput};
+use crate::limit::ClusterPermit;
+use crate::ports::free_ports;
+use crate::process::ServerProcess;
+use crate::status::NodeStatus;
+use crate::wait::poll_until;
+
+/// How long [`TestCluster::start`] and [`TestCluster::leader`] wait for a leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a (re)started node has to answer `status`.
+const NODE_ANSWER_WAIT: Duration = Duration::from_secs(20);
+
+/// `--timeout` of each `status` probe: short, so one stuck node does not
+/// stall a whole poll round.
+const STATUS_PROBE_TIMEOUT: &str = "1s";
+
+/// Pause between poll rounds.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How much of each node's log goes into a failure message.
+const LOG_TAIL_BYTES: u64 = 8 * 1024;
+
+/// Set this variable to keep the temp dirs (data and logs) of failed tests.
+const KEEP_DIRS_ENV: &str = "RAFTKV_KEEP_TEST_DIRS";
+
+struct Node {
+    id: u64,
+    port: u16,
+    dir: PathBuf,
+    /// `None` while killed. Behind a mutex so `&self` methods can notice a
+    /// process that exited on its own.
+    process: Mutex<Option<ServerProcess>>,
+}
+
+impl Node {
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    fn process(&self) -> std::sync::MutexGuard<'_, Option<ServerProcess>> {
+        self.process.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Running and not paused: expected to answer requests.
+    fn is_live(&self) -> bool {
+        self.process().as_ref().is_some_and(|p| !p.is_paused())
+    }
+
+    /// One line describing the process, for failure messages.
+    fn describe_process(&self) -> String {
+        match self.process().as_mut() {
+            None => "killed".to_string(),
+            Some(p) => match p.exited() {
+                Some(status) => format!("EXITED on its own ({status})"),
+                None if p.is_paused() => format!("paused (pid {})", p.pid()),
+                None => format!("running (pid {})", p.pid()),
+            },
+        }
+    }
+}
+
+/// A static cluster of real server processes; killed and reaped on drop.
+pub struct TestCluster {
+    bin: PathBuf,
+    peers: String,
+    extra_args: Vec<String>,
+    nodes: Vec<Node>,
+    /// Dropped after the processes are killed (see `Drop`).
+    dir: Option<TempDir>,
+    /// Dropped last: the permit is held until every process is gone.
+    _permit: ClusterPermit,
+}
+
+impl TestCluster {
+    /// Starts `nodes` servers and waits until all of them agree on a leader.
+    pub fn start(bin: impl AsRef<Path>, nodes: usize) -> TestCluster {
+        TestCluster::start_with(bin, nodes, &[])
+    }
+
+    /// Like [`start`](Self::start), with `extra_args` added to every server.
+    pub fn start_with(bin: impl AsRef<Path>, nodes: usize, extra_args: &[&str]) -> TestCluster {
+        assert!(
+            (1..=9).contains(&nodes),
+            "a test cluster has 1 to 9 nodes, not {nodes}"
+        );
+        let permit = ClusterPermit::acquire();
+        let dir = tempfile::Builder::new()
+            .prefix("raftkv-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let ports = free_ports(nodes);
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let node_dir = dir.path().join(format!("node-{}", i + 1));
+                fs::create_dir_all(&node_dir).expect("create node dir");
+                Node {
+                    id: i as u64 + 1,
+                    port,
+                    dir: node_dir,
+                    process: Mutex::new(None),
+                }
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            bin: bin.as_ref().to_path_buf(),
+            peers,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            nodes,
+            dir: Some(dir),
+            _permit: permit,
+        };
+        for id in cluster.ids() {
+            cluster.spawn(id);
+        }
+        let started = Instant::now();
+        let leader = cluster.wait_leader_inner(LEADER_WAIT, true);
+        eprintln!(
+            "testkit: {} node(s) in {} elected leader {leader} in {:?}",
+            cluster.nodes.len(),
+            cluster.dir().display(),
+            started.elapsed()
+        );
+        cluster
+    }
+
+    // ---- Addresses and places -------------------------------------------------
+
+    /// All node ids, 1..=N.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Nodes that are running and not paused.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_live())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// `127.0.0.1:PORT` of node `id`.
+    pub fn address(&self, id: u64) -> String {
+        self.node(id).address()
+    }
+
+    /// Every node's address, in id order.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::address).collect()
+    }
+
+    /// Every node's address, comma-joined (the `--endpoints` value).
+    pub fn endpoints(&self) -> String {
+        self.endpoint_list().join(",")
+    }
+
+    /// All addresses with node `id`'s first: for commands that act on the
+    /// first endpoint (`status`, stale reads).
+    pub fn endpoints_starting_with(&self, id: u64) -> String {
+        let mut list = vec![self.address(id)];
+        list.extend(self.nodes.iter().filter(|n| n.id != id).map(Node::address));
+        list.join(",")
+    }
+
+    /// The cluster's temp dir; tests may put their own files in it.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("temp dir present until drop")
+            .path()
+    }
+
+    /// Node `id`'s `--data-dir`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir()
+    }
+
+    /// The PID of node `id`, if it is running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).process().as_ref().map(ServerProcess::pid)
+    }
+
+    // ---- Faults ---------------------------------------------------------------
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let process = self.node(id).process().take();
+        let process = process.unwrap_or_else(|| panic!("kill: node {id} is not running"));
+        let pid = process.pid();
+        let status = process.kill();
+        eprintln!("testkit: killed node {id} (pid {pid}): {status:?}");
+    }
+
+    /// SIGSTOP node `id`: it keeps its sockets open but answers nothing.
+    pub fn pause(&mut self, id: u64) {
+        let mut process = self.node(id).process();
+        let process = process
+            .as_mut()
+            .unwrap_or_else(|| panic!("pause: node {id} is not running"));
+        process.pause();
+        eprintln!("testkit: paused node {id} (pid {})", process.pid());
+    }
+
+    /// SIGCONT node `id` after [`pause`](Self::pause).
+    pub fn resume(&mut self, id: u64) {
+        let mut process = self.node(id).process();
+        let process = process
+            .as_mut()
+            .unwrap_or_else(|| panic!("resume: node {id} is not running"));
+        process.resume();
+        eprintln!("testkit: resumed node {id} (pid {})", process.pid());
+    }
+
+    /// Starts killed node `id` again with the same command and data dir, and
+    /// waits until it answers `status` (not until it has caught up).
+    pub fn restart(&mut self, id: u64) {
+        assert!(
+            self.pid(id).is_none(),
+            "restart: node {id} is still running; kill it first"
+        );
+        self.spawn(id);
+        let started = Instant::now();
+        let answered = poll_until(NODE_ANSWER_WAIT, POLL_INTERVAL, || {
+            if let Some(status) = self.node(id).process().as_mut().and_then(|p| p.exited()) {
+                return Some(Err(format!("node {id} exited at start: {status}")));
+            }
+            self.status(id).ok().map(Ok)
+        });
+        match answered {
+            Ok(Ok(status)) => eprintln!(
+                "testkit: restarted node {id}; it answers after {:?} as {} (term {}, applied {})",
+                started.elapsed(),
+                status.role,
+                status.term,
+                status.applied_index
+            ),
+            Ok(Err(message)) => self.fail(&message),
+            Err(waited) => self.fail(&format!(
+                "restarted node {id} did not answer status in {waited:?}"
+            )),
+        }
+    }
+
+    // ---- Observing ------------------------------------------------------------
+
+    /// Node `id`'s own view (`raftkv status --json --endpoints ADDR`), one try.
+    pub fn status(&self, id: u64) -> Result<NodeStatus, String> {
+        let out = self.cli_at(id, &["status", "--json", "--timeout", STATUS_PROBE_TIMEOUT]);
+        if out.code != 0 {
+            return Err(format!("status exit {}: {}", out.code, out.stderr.trim()));
+        }
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        if lines.len() != 1 {
+            return Err(format!(
+                "status --json printed {} lines: {:?}",
+                lines.len(),
+                out.stdout_text()
+            ));
+        }
+        let status = NodeStatus::parse(&lines[0])?;
+        if status.id != id {
+            return Err(format!(
+                "asked node {id}, status answered for id {}",
+                status.id
+            ));
+        }
+        Ok(status)
+    }
+
+    /// Waits (at most `timeout`) until exactly one live node says it is the
+    /// leader and every live node that answers names it; returns its id.
+    pub fn wait_leader(&self, timeout: Duration) -> u64 {
+        self.wait_leader_inner(timeout, false)
+    }
+
+    /// [`wait_leader`](Self::wait_leader) with the default [`LEADER_WAIT`].
+    pub fn leader(&self) -> u64 {
+        self.wait_leader(LEADER_WAIT)
+    }
+
+    /// Live nodes other than the current leader.
+    pub fn followers(&self) -> Vec<u64> {
+        let leader = self.leader();
+        self.live_ids()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .collect()
+    }
+
+    /// Waits until the cluster is idle and caught up: every live node answers,
+    /// agrees on the leader, and has applied the leader's commit index.
+    /// Returns that index. Only meaningful while no writes are running.
+    pub fn wait_caught_up(&self, timeout: Duration) -> u64 {
+        let mut last = String::new();
+        let started = Instant::now();
+        let result = poll_until(timeout, POLL_INTERVAL, || {
+            let (statuses, problems) = self.poll_statuses();
+            last = describe_round(&statuses, &problems);
+            if !problems.is_empty() {
+                return None;
+            }
+            let leader = single_agreed_leader(&statuses)?;
+            let commit = leader.commit_index;
+            statuses
+                .iter()
+                .all(|s| s.applied_index == commit)
+                .then_some(commit)
+        });
+        match result {
+            Ok(commit) => {
+                eprintln!(
+                    "testkit: all live nodes applied index {commit} after {:?}",
+                    started.elapsed()
+                );
+                commit
+            }
+            Err(waited) => self.fail(&format!(
+                "nodes did not catch up in {waited:?}; last round:\n{last}"
+            )),
+        }
+    }
+
+    fn wait_leader_inner(&self, timeout: Duration, require_all_live: bool) -> u64 {
+        let mut last = String::new();
+        let result = poll_until(timeout, POLL_INTERVAL, || {
+            let (statuses, problems) = self.poll_statuses();
+            last = describe_round(&statuses, &problems);
+            if require_all_live && !problems.is_empty() {
+                return None;
+            }
+            single_agreed_leader(&statuses).map(|leader| leader.id)
+        });
+        result.unwrap_or_else(|waited| {
+            self.fail(&format!(
+                "no agreed leader after {waited:?}; last round:\n{last}"
+            ))
+        })
+    }
+
+    /// One `status` probe of every live node: the answers, and the failures.
+    fn poll_statuses(&self) -> (Vec<NodeStatus>, Vec<String>) {
+        let mut statuses = Vec::new();
+        let mut problems = Vec::new();
+        for id in self.live_ids() {
+            match self.status(id) {
+                Ok(status) => statuses.push(status),
+                Err(e) => problems.push(format!("node {id}: {e}")),
+            }
+        }
+        (statuses, problems)
+    }
+
+    // ---- Talking to the cluster -----------------------------------------------
+
+    /// `raftkv ARGS --endpoints <all nodes>`.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_endpoints(&self.endpoints(), args)
+    }
+
+    /// `raftkv ARGS --endpoints <node id only>`.
+    pub fn cli_at(&self, id: u64, args: &[&str]) -> CliOutput {
+        self.cli_with_endpoints(&self.address(id), args)
+    }
+
+    /// `raftkv ARGS --endpoints ENDPOINTS`.
+    pub fn cli_with_endpoints(&self, endpoints: &str, args: &[&str]) -> CliOutput {
+        run_cli(&self.bin, &with_endpoints(args, endpoints))
+    }
+
+    /// `raftkv ARGS --endpoints <all nodes>` with `stdin` as standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> CliOutput {
+        run_cli_with_stdin(&self.bin, &with_endpoints(args, &self.endpoints()), stdin)
+    }
+
+    /// A client library handle that knows every node.
+    pub fn client(&self) -> raftkv_client::Client {
+        raftkv_client::Client::new(&self.endpoint_list())
+            .unwrap_or_else(|e| panic!("Client::new: {e}"))
+    }
+
+    /// A client whose only endpoint is node `id` (stale reads see its state).
+    pub fn client_at(&self, id: u64) -> raftkv_client::Client {
+        raftkv_client::Client::new(&[self.address(id)])
+            .unwrap_or_else(|e| panic!("Client::new: {e}"))
+    }
+
+    // ---- Failure reports ------------------------------------------------------
+
+    /// Each node's process state and the tail of its log.
+    pub fn diagnostics(&self) -> String {
+        let mut report = format!("cluster dir: {}\n", self.dir().display());
+        for node in &self.nodes {
+            report.push_str(&format!(
+                "\n----- node {} at {}: {} -----\n{}\n",
+                node.id,
+                node.address(),
+                node.describe_process(),
+                read_tail(&node.log_path(), LOG_TAIL_BYTES)
+            ));
+        }
+        report
+    }
+
+    /// Panics with `message` and the [`diagnostics`](Self::diagnostics).
+    #[track_caller]
+    pub fn fail(&self, message: &str) -> ! {
+        panic!("{message}\n\n{}", self.diagnostics())
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        let index = usize::try_from(id).ok().and_then(|id| id.checked_sub(1));
+        index
+            .and_then(|i| self.nodes.get(i))
+            .unwrap_or_else(|| panic!("no node {id} in a cluster of {}", self.nodes.len()))
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let node = self.node(id);
+        let mut args = vec![
+            "server".to_string(),
+            "--id".to_string(),
+            id.to_string(),
+            "--data-dir".to_string(),
+            node.data_dir().display().to_string(),
+            "--listen".to_string(),
+            node.address(),
+            "--peers".to_string(),
+            self.peers.clone(),
+            "--election-timeout".to_string(),
+            "1s".to_string(),
+            "--heartbeat-interval".to_string(),
+            "100ms".to_string(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        match ServerProcess::spawn(&self.bin, &args, &node.log_path()) {
+            Ok(process) => *node.process() = Some(process),
+            Err(e) => self.fail(&format!(
+                "cannot start node {id} ({}): {e}",
+                self.bin.display()
+            )),
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            if let Some(process) = node.process().take() {
+                process.kill();
+            }
+        }
+        if std::thread::panicking() && std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!(
+                    "testkit: keeping {} ({KEEP_DIRS_ENV} is set)",
+                    dir.keep().display()
+                );
+            }
+        }
+    }
+}
+
+/// The one node claiming leadership, if every answering node names it.
+fn single_agreed_leader(statuses: &[NodeStatus]) -> Option<&NodeStatus> {
+    let mut leaders = statuses.iter().filter(|s| s.is_leader());
+    let leader = leaders.next()?;
+    if leaders.next().is_some() {
+        return None;
+    }
+    statuses
+        .iter()
+        .all(|s| s.id == leader.id || s.leader_id == leader.id)
+        .then_some(leader)
+}
+
+fn describe_round(statuses: &[NodeStatus], problems: &[String]) -> String {
+    let mut lines: Vec<String> = statuses
+        .iter()
+        .map(|s| {
+            format!(
+                "node {}: role={} term={} leader_id={} commit={} applied={}",
+                s.id, s.role, s.term, s.leader_id, s.commit_index, s.applied_index
+            )
+        })
+        .collect();
+    lines.extend(problems.iter().cloned());
+    lines.join("\n")
+}
+
+/// `args` followed by `--endpoints ENDPOINTS` (a global client flag).
+fn with_endpoints(args: &[&str], endpoints: &str) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.push("--endpoints".to_string());
+    all.push(endpoints.to_string());
+    all
+}
+
+/// The last `max_bytes` of a log file (lossy UTF-8), or why it cannot be read.
+fn read_tail(path: &Path, max_bytes: u64) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = File::open(path)?;
+        let length = file.metadata()?.len();
+        file.seek(SeekFrom::Start(length.saturating_sub(max_bytes)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
