@@ -182,6 +182,11 @@ impl KvState {
         self.applied_index
     }
 
+    /// Log time: the largest command timestamp applied so far.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
     pub fn applied_term(&self) -> u64 {
         self.applied_term
     }

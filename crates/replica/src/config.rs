@@ -24,8 +24,10 @@ pub struct ReplicaConfig {
     pub max_uncommitted_bytes: u64,
     /// Proposals awaiting their commit; past it new ones are refused.
     pub max_pending_proposals: usize,
-    /// Inputs (proposals, reads, peer messages) queued for the node thread.
+    /// Client inputs (proposals, reads, queries) queued for the node thread.
     pub max_queued_inputs: usize,
+    /// Peer messages queued for the node thread (a separate queue).
+    pub max_queued_peer_messages: usize,
     pub sessions: SessionLimits,
 }
 
@@ -42,6 +44,7 @@ impl ReplicaConfig {
             max_uncommitted_bytes: 512 * 1024 * 1024,
             max_pending_proposals: 50_000,
             max_queued_inputs: 100_000,
+            max_queued_peer_messages: 100_000,
             sessions: SessionLimits::default(),
         }
     }

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
-use crate::node::{Input, Node, Query};
+use crate::node::{Input, Node, PeerInput, Query};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -41,6 +41,7 @@ pub(crate) struct Shared {
 pub struct Replica {
     shared: Arc<Shared>,
     inputs: Sender<Input>,
+    peer_inputs: Sender<PeerInput>,
     node_id: u64,
     cluster_id: u64,
 }
@@ -54,6 +55,8 @@ impl Replica {
         transport: Arc<dyn Transport>,
     ) -> Result<Replica, FatalError> {
         let (inputs, receiver) = crossbeam_channel::bounded(config.max_queued_inputs);
+        let (peer_inputs, peer_receiver) =
+            crossbeam_channel::bounded(config.max_queued_peer_messages);
         let membership = storage.membership().clone();
         let shared = Arc::new(Shared {
             kv: RwLock::new(KvState::new(config.sessions)),
@@ -67,7 +70,14 @@ impl Replica {
         });
         let node_id = config.node_id;
         let cluster_id = config.cluster_id;
-        let node = Node::new(storage, config, transport, shared.clone(), receiver)?;
+        let node = Node::new(
+            storage,
+            config,
+            transport,
+            shared.clone(),
+            receiver,
+            peer_receiver,
+        )?;
         std::thread::Builder::new()
             .name(format!("raft-node-{node_id}"))
             .spawn(move || node.run())
@@ -75,6 +85,7 @@ impl Replica {
         Ok(Replica {
             shared,
             inputs,
+            peer_inputs,
             node_id,
             cluster_id,
         })
@@ -133,12 +144,12 @@ impl Replica {
     /// Hands a raft message from a peer to the node. Dropped if the node is
     /// overloaded: raft treats that as a lost packet.
     pub fn step(&self, message: Message) {
-        let _ = self.inputs.try_send(Input::Raft(message));
+        let _ = self.peer_inputs.try_send(PeerInput::Raft(message));
     }
 
     /// Tells raft a peer could not be reached (it then probes gently).
     pub fn report_unreachable(&self, id: u64) {
-        let _ = self.inputs.try_send(Input::Unreachable(id));
+        let _ = self.peer_inputs.try_send(PeerInput::Unreachable(id));
     }
 
     /// The state machine, for reads. Hold the guard briefly.

@@ -19,9 +19,9 @@
 //! than acknowledge anything it could not make durable.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole, Storage as _};
@@ -41,11 +41,20 @@ use crate::transport::Transport;
 
 /// Inputs taken in one turn at most, so a flood cannot starve ticks.
 const MAX_INPUTS_PER_TURN: usize = 4096;
+/// Peer messages taken in one turn at most (taken before client inputs).
+const MAX_PEER_INPUTS_PER_TURN: usize = 8192;
 
 pub(crate) enum Query {
     RaftState(oneshot::Sender<RaftStateInfo>),
     Members(oneshot::Sender<MembersInfo>),
     Storage(oneshot::Sender<StorageStats>),
+}
+
+/// What peers send the node; on a channel of its own so heartbeats and
+/// votes are never queued behind (or dropped for) client requests.
+pub(crate) enum PeerInput {
+    Raft(Message),
+    Unreachable(u64),
 }
 
 pub(crate) enum Input {
@@ -57,8 +66,6 @@ pub(crate) enum Input {
     Read {
         reply: Reply,
     },
-    Raft(Message),
-    Unreachable(u64),
     Query(Query),
     Shutdown,
 }
@@ -70,6 +77,7 @@ pub(crate) struct Node {
     transport: Arc<dyn Transport>,
     shared: Arc<Shared>,
     inputs: Receiver<Input>,
+    peer_inputs: Receiver<PeerInput>,
     proposals: Proposals,
     reads: ReadBatcher,
     /// Index of the last entry applied to the state machine (starts at the
@@ -79,6 +87,10 @@ pub(crate) struct Node {
     membership_dirty: bool,
     /// `Some(term)` while this node is leader in `term`.
     leader_term: Option<u64>,
+    /// While leader: the log time when leadership began and the monotonic
+    /// instant it began at. Commands are stamped with base + elapsed, so a
+    /// jump of the leader's wall clock cannot expire client sessions early.
+    leader_clock: Option<(u64, Instant)>,
     tick_interval: Duration,
     next_tick: Instant,
 }
@@ -94,6 +106,7 @@ impl Node {
         transport: Arc<dyn Transport>,
         shared: Arc<Shared>,
         inputs: Receiver<Input>,
+        peer_inputs: Receiver<PeerInput>,
     ) -> Result<Node, FatalError> {
         let (heartbeat_tick, election_tick) = config.ticks();
         let raft_config = raft::Config {
@@ -128,10 +141,12 @@ impl Node {
             transport,
             shared,
             inputs,
+            peer_inputs,
             proposals: Proposals::new(),
             applied_index,
             membership_dirty: false,
             leader_term: None,
+            leader_clock: None,
             tick_interval,
             next_tick: Instant::now() + tick_interval,
         })
@@ -139,17 +154,39 @@ impl Node {
 
     /// Runs until shutdown or a fatal error, then fails everything waiting.
     pub(crate) fn run(mut self) {
-        let reason = match self.run_loop() {
-            Ok(()) => "node shut down".to_string(),
-            Err(e) => {
-                tracing::error!("node {} stopping on a fatal error: {e}", self.id);
-                format!("fatal: {e}")
+        let shared = self.shared.clone();
+        // A panic (a raft-rs `fatal!`, say) must stop the server too, never
+        // leave it up with a frozen state machine.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let result = self.run_loop();
+            (result, self)
+        }));
+        let reason = match outcome {
+            Ok((result, mut node)) => {
+                let reason = match result {
+                    Ok(()) => "node shut down".to_string(),
+                    Err(e) => {
+                        tracing::error!("node {} stopping on a fatal error: {e}", node.id);
+                        format!("fatal: {e}")
+                    }
+                };
+                // A write in flight may have been committed already.
+                node.proposals
+                    .fail_all(ReplicaError::UnknownOutcome(reason.clone()));
+                node.reads.fail_all(&ReplicaError::Stopped(reason.clone()));
+                reason
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                tracing::error!("node thread panicked: {message}");
+                format!("fatal: node thread panicked: {message}")
             }
         };
-        self.proposals
-            .fail_all(ReplicaError::Stopped(reason.clone()));
-        self.reads.fail_all(&ReplicaError::Stopped(reason.clone()));
-        self.shared.stopped.send_replace(Some(reason));
+        shared.stopped.send_replace(Some(reason));
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
@@ -162,15 +199,33 @@ impl Node {
         }
         self.publish_status();
         loop {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
-            match self.inputs.recv_timeout(wait) {
-                Ok(input) => {
-                    if !self.handle(input) {
-                        return Ok(());
+            // Raft may have more to hand out (entries past the per-Ready
+            // limit, a read round to start): then do not wait for a tick.
+            let wait = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                self.next_tick.saturating_duration_since(Instant::now())
+            };
+            crossbeam_channel::select! {
+                recv(self.peer_inputs) -> input => match input {
+                    Ok(input) => self.handle_peer(input),
+                    Err(_) => return Ok(()),
+                },
+                recv(self.inputs) -> input => match input {
+                    Ok(input) => {
+                        if !self.handle(input) {
+                            return Ok(());
+                        }
                     }
+                    Err(_) => return Ok(()),
+                },
+                default(wait) => {}
+            }
+            for _ in 0..MAX_PEER_INPUTS_PER_TURN {
+                match self.peer_inputs.try_recv() {
+                    Ok(input) => self.handle_peer(input),
+                    Err(_) => break,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             for _ in 0..MAX_INPUTS_PER_TURN {
                 match self.inputs.try_recv() {
@@ -193,14 +248,20 @@ impl Node {
         }
     }
 
-    /// Handles one input; false means stop.
-    fn handle(&mut self, input: Input) -> bool {
+    fn handle_peer(&mut self, input: PeerInput) {
         match input {
-            Input::Raft(message) => {
+            PeerInput::Raft(message) => {
                 if let Err(e) = self.raw.step(message) {
                     tracing::debug!("dropped a raft message: {e}");
                 }
             }
+            PeerInput::Unreachable(id) => self.raw.report_unreachable(id),
+        }
+    }
+
+    /// Handles one input; false means stop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
             Input::Propose {
                 ops,
                 session,
@@ -213,7 +274,6 @@ impl Node {
                     let _ = reply.send(Err(self.not_leader()));
                 }
             }
-            Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::Query(query) => self.answer(query),
             Input::Shutdown => return false,
         }
@@ -254,7 +314,7 @@ impl Node {
             client_id: session.client_id,
             seq: session.seq,
             first_incomplete_seq: session.first_incomplete_seq,
-            timestamp_ms: wall_clock_ms(),
+            timestamp_ms: self.log_clock_ms(),
             ops,
         };
         match self.raw.propose(vec![], encode_command(&command)) {
@@ -272,6 +332,16 @@ impl Node {
                 ))));
             }
         }
+    }
+
+    /// The time stamped on a new command: log time when leadership began
+    /// plus the monotonic time since.
+    fn log_clock_ms(&mut self) -> u64 {
+        let (base_ms, since) = *self.leader_clock.get_or_insert_with(|| {
+            let base_ms = self.shared.kv.read().expect("kv lock poisoned").clock_ms();
+            (base_ms, Instant::now())
+        });
+        base_ms + since.elapsed().as_millis() as u64
     }
 
     fn maybe_issue_read(&mut self, now: Instant) {
@@ -487,6 +557,9 @@ impl Node {
     fn after_turn(&mut self) {
         let raft = &self.raw.raft;
         let leader_term = (raft.state == StateRole::Leader).then_some(raft.term);
+        if self.leader_term != leader_term {
+            self.leader_clock = None;
+        }
         if self.leader_term.is_some() && self.leader_term != leader_term {
             tracing::info!(
                 "node {} is no longer leader of term {:?}",
@@ -615,10 +688,4 @@ impl Node {
             joint: !conf.voters_outgoing.is_empty(),
         }
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -6,13 +6,20 @@
 //! ctx and the commit index; once the state machine has applied that index,
 //! every waiter of the round may read. raft-rs silently drops a ReadIndex
 //! (no quorum answer, or a leader that has not committed in its term yet), so
-//! a round that does not come back is re-issued under a new ctx.
+//! when the newest round has gone unanswered for `reissue_after`, another
+//! round is started. Old rounds stay: an answer to any round also answers
+//! every round issued before it (its index was confirmed after their reads
+//! arrived), which is how raft-rs itself releases pending reads. So a slow
+//! quorum delays reads but can never starve them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::error::ReplicaError;
 use crate::proposals::Reply;
+
+/// Rounds kept in flight at most; past it the oldest two are merged.
+const MAX_ROUNDS_IN_FLIGHT: usize = 64;
 
 struct Round {
     ctx: u64,
@@ -24,7 +31,8 @@ pub(crate) struct ReadBatcher {
     next_ctx: u64,
     /// Reads waiting for a round to start.
     queued: Vec<Reply>,
-    in_flight: Option<Round>,
+    /// Rounds issued and not yet answered, oldest first.
+    in_flight: VecDeque<Round>,
     /// Rounds answered, waiting for apply to reach their index (ascending).
     answered: VecDeque<(u64, Vec<Reply>)>,
     reissue_after: Duration,
@@ -35,7 +43,7 @@ impl ReadBatcher {
         ReadBatcher {
             next_ctx: rand::random::<u64>() >> 1,
             queued: Vec::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             answered: VecDeque::new(),
             reissue_after,
         }
@@ -43,7 +51,11 @@ impl ReadBatcher {
 
     pub(crate) fn pending(&self) -> usize {
         self.queued.len()
-            + self.in_flight.as_ref().map_or(0, |r| r.waiters.len())
+            + self
+                .in_flight
+                .iter()
+                .map(|r| r.waiters.len())
+                .sum::<usize>()
             + self.answered.iter().map(|(_, w)| w.len()).sum::<usize>()
     }
 
@@ -52,44 +64,56 @@ impl ReadBatcher {
     }
 
     /// Returns the ctx of a round to issue now, if one should start: reads
-    /// are queued and no round is in flight, or the round in flight is
-    /// overdue (then its waiters join the new round).
+    /// are queued and no round is in flight, or the newest round in flight
+    /// is overdue (then a new round is issued even if no read is queued).
     pub(crate) fn round_to_issue(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let overdue = self
+        let newest_overdue = self
             .in_flight
-            .as_ref()
+            .back()
             .is_some_and(|r| now.duration_since(r.issued_at) >= self.reissue_after);
-        if self.in_flight.is_some() && !overdue {
+        let start = if self.in_flight.is_empty() {
+            !self.queued.is_empty()
+        } else {
+            newest_overdue
+        };
+        if !start {
             return None;
         }
-        let mut waiters = self.in_flight.take().map(|r| r.waiters).unwrap_or_default();
-        waiters.append(&mut self.queued);
-        if waiters.is_empty() {
-            return None;
+        if self.in_flight.len() >= MAX_ROUNDS_IN_FLIGHT {
+            let oldest = self.in_flight.pop_front().expect("non-empty");
+            self.in_flight
+                .front_mut()
+                .expect("limit is above one")
+                .waiters
+                .extend(oldest.waiters);
         }
         self.next_ctx = self.next_ctx.wrapping_add(1);
         let ctx = self.next_ctx;
-        self.in_flight = Some(Round {
+        self.in_flight.push_back(Round {
             ctx,
             issued_at: now,
-            waiters,
+            waiters: std::mem::take(&mut self.queued),
         });
         Some(ctx.to_be_bytes().to_vec())
     }
 
-    /// raft answered a round: its reads may proceed once `index` is applied.
+    /// raft answered the round `ctx`: it and every older round may proceed
+    /// once `index` is applied.
     pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) {
         let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
             return;
         };
         let ctx = u64::from_be_bytes(ctx);
-        if self.in_flight.as_ref().is_some_and(|r| r.ctx == ctx) {
-            let round = self.in_flight.take().expect("checked above");
-            // Indices of later rounds are never lower; keep the queue sorted
-            // anyway in case of a re-issued round answering late.
-            let pos = self.answered.partition_point(|(i, _)| *i <= index);
-            self.answered.insert(pos, (index, round.waiters));
-        }
+        let Some(position) = self.in_flight.iter().position(|r| r.ctx == ctx) else {
+            return;
+        };
+        let waiters: Vec<Reply> = self
+            .in_flight
+            .drain(..=position)
+            .flat_map(|r| r.waiters)
+            .collect();
+        let at = self.answered.partition_point(|(i, _)| *i <= index);
+        self.answered.insert(at, (index, waiters));
     }
 
     /// Releases every read whose index is applied.
@@ -108,7 +132,7 @@ impl ReadBatcher {
 
     /// Fails every read (leadership lost, node stopping).
     pub(crate) fn fail_all(&mut self, error: &ReplicaError) {
-        let rounds = self.in_flight.take().map(|r| r.waiters).into_iter();
+        let rounds = self.in_flight.drain(..).map(|r| r.waiters);
         let answered = self.answered.drain(..).map(|(_, w)| w);
         let queued = std::iter::once(std::mem::take(&mut self.queued));
         for waiters in rounds.chain(answered).chain(queued) {
@@ -159,23 +183,61 @@ mod tests {
     }
 
     #[test]
-    fn an_unanswered_round_is_reissued_and_stale_answers_ignored() {
+    fn an_unanswered_round_is_reissued_and_a_later_answer_releases_it() {
+        let mut b = ReadBatcher::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let (w1, mut r1) = waiter();
+        b.queue(w1);
+        let _dropped_by_raft = b.round_to_issue(t0).unwrap();
+        assert!(b.round_to_issue(t0 + Duration::from_millis(100)).is_none());
+        let (w2, mut r2) = waiter();
+        b.queue(w2);
+        let reissued = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        b.on_read_state(&reissued, 7);
+        b.on_applied(6);
+        assert!(r1.try_recv().is_err(), "not before index 7 is applied");
+        b.on_applied(7);
+        assert_eq!(r1.try_recv().unwrap(), Ok(()), "older round released too");
+        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn a_slow_answer_to_an_old_round_is_not_ignored() {
         let mut b = ReadBatcher::new(Duration::from_millis(500));
         let t0 = Instant::now();
         let (w1, mut r1) = waiter();
         b.queue(w1);
         let old = b.round_to_issue(t0).unwrap();
-        assert!(b.round_to_issue(t0 + Duration::from_millis(100)).is_none());
-        let new = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        let (w2, mut r2) = waiter();
+        b.queue(w2);
+        let _new = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        // The quorum round trip is slower than the reissue interval.
         b.on_read_state(&old, 5);
-        b.on_applied(100);
-        assert!(
-            r1.try_recv().is_err(),
-            "answer to the abandoned ctx ignored"
-        );
-        b.on_read_state(&new, 7);
-        b.on_applied(100);
+        b.on_applied(5);
         assert_eq!(r1.try_recv().unwrap(), Ok(()));
+        assert!(r2.try_recv().is_err(), "the newer round still waits");
+        assert_eq!(b.pending(), 1);
+    }
+
+    #[test]
+    fn rounds_in_flight_are_bounded_without_losing_reads() {
+        let mut b = ReadBatcher::new(Duration::from_millis(1));
+        let mut now = Instant::now();
+        let mut receivers = Vec::new();
+        let mut last = Vec::new();
+        for _ in 0..(MAX_ROUNDS_IN_FLIGHT * 3) {
+            let (w, r) = waiter();
+            receivers.push(r);
+            b.queue(w);
+            now += Duration::from_millis(2);
+            last = b.round_to_issue(now).unwrap();
+        }
+        assert!(b.in_flight.len() <= MAX_ROUNDS_IN_FLIGHT);
+        b.on_read_state(&last, 1);
+        b.on_applied(1);
+        for mut r in receivers {
+            assert_eq!(r.try_recv().unwrap(), Ok(()));
+        }
     }
 
     #[test]
