@@ -2,12 +2,15 @@
 //! gRPC streams (`Peer.Raft`).
 //!
 //! Each peer has two lanes, each its own TCP connection and stream:
-//! the control lane carries votes, heartbeats, responses and small appends;
-//! the bulk lane carries large appends and snapshots. A 100 MB append in
-//! flight therefore never delays a heartbeat, which would cost a spurious
-//! election. Both lanes are bounded queues; when one is full the message is
-//! dropped (raft retransmits, as it would after a lost packet) and the node
-//! thread never blocks on the network.
+//! the control lane carries votes, heartbeats and responses; the data lane
+//! carries appends and snapshots, in order (appends split across lanes could
+//! overtake each other, and a follower would reject the early one). A 100 MB
+//! append in flight therefore never delays a heartbeat, which would cost a
+//! spurious election. Both lanes are bounded queues; when one is full the
+//! message is dropped (raft retransmits, as it would after a lost packet) and
+//! the node thread never blocks on the network. HTTP/2 keepalive pings find a
+//! dead connection within seconds, so a vanished peer is reported unreachable
+//! instead of holding a lane forever.
 //!
 //! Messages are encoded on the lane's task, not on the node thread, and split
 //! into chunks of at most `CHUNK_BYTES` so that no gRPC message limit decides
@@ -30,13 +33,13 @@ use tonic::transport::Endpoint;
 
 /// Largest piece of a raft message in one envelope.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// Appends carrying more entry data than this go on the bulk lane.
-const BULK_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Messages queued per control lane.
 const CONTROL_QUEUE_MESSAGES: usize = 4096;
-/// Messages queued per bulk lane, and their total entry bytes.
-const BULK_QUEUE_MESSAGES: usize = 256;
-const BULK_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+/// Messages queued per data lane, and their total entry bytes.
+const DATA_QUEUE_MESSAGES: usize = 1024;
+const DATA_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envelopes buffered between a lane and its gRPC stream.
 const STREAM_BUFFER_ENVELOPES: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,7 +53,7 @@ struct Lane {
 struct PeerLink {
     address: String,
     control: Lane,
-    bulk: Lane,
+    data: Lane,
     reachable: Arc<AtomicBool>,
 }
 
@@ -123,7 +126,7 @@ impl GrpcTransport {
         PeerLink {
             address: address.to_string(),
             control: self.spawn_lane(to, address, &reachable, "control", CONTROL_QUEUE_MESSAGES),
-            bulk: self.spawn_lane(to, address, &reachable, "bulk", BULK_QUEUE_MESSAGES),
+            data: self.spawn_lane(to, address, &reachable, "data", DATA_QUEUE_MESSAGES),
             reachable,
         }
     }
@@ -144,12 +147,14 @@ impl Transport for GrpcTransport {
                 continue;
             };
             let size = payload_bytes(&message);
-            let bulk =
-                message.get_msg_type() == MessageType::MsgSnapshot || size > BULK_THRESHOLD_BYTES;
-            let lane = if bulk { &link.bulk } else { &link.control };
-            if bulk {
+            let data = matches!(
+                message.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgSnapshot
+            );
+            let lane = if data { &link.data } else { &link.control };
+            if data {
                 let queued = lane.queued_bytes.load(Ordering::Relaxed);
-                if queued > 0 && queued + size as u64 > BULK_QUEUE_BYTES {
+                if queued > 0 && queued + size as u64 > DATA_QUEUE_BYTES {
                     continue; // raft will resend once the lane drains
                 }
             }
@@ -236,6 +241,9 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
                 endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .connect()
                     .await
             }
