@@ -40,6 +40,18 @@ struct Shared {
     issued: AtomicU64,
 }
 
+impl Shared {
+    /// Moves a client's local latencies into the shared histogram.
+    fn merge(&self, local: &mut Histogram<u64>) {
+        self.histogram
+            .lock()
+            .expect("histogram lock")
+            .add(&*local)
+            .expect("same bounds");
+        local.reset();
+    }
+}
+
 fn error_kind(e: &raftkv_client::Error) -> String {
     let text = e.to_string();
     text.split(':').next().unwrap_or("error").trim().to_string()
@@ -145,21 +157,10 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<(), Failure> {
                     }
                 }
                 if local.len() >= 1000 {
-                    shared
-                        .histogram
-                        .lock()
-                        .expect("histogram lock")
-                        .add(&local)
-                        .expect("same bounds");
-                    local.reset();
+                    shared.merge(&mut local);
                 }
             }
-            shared
-                .histogram
-                .lock()
-                .expect("histogram lock")
-                .add(&local)
-                .expect("same bounds");
+            shared.merge(&mut local);
         }));
     }
     let progress = {

@@ -242,6 +242,22 @@ impl Client {
         }
     }
 
+    /// Runs a read: stale reads once at the first endpoint (its own view),
+    /// others at the leader with redirects and retries.
+    async fn call_read<T, F, Fut>(&self, consistency: Consistency, attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        if consistency == Consistency::Stale {
+            let mut attempt = attempt;
+            let client = self.kv(&self.inner.endpoints[0].clone())?;
+            self.call_first(|_| attempt(client)).await
+        } else {
+            self.call_leader(attempt).await
+        }
+    }
+
     /// Runs a write with a session sequence number reused by its retries.
     async fn write<F, Fut>(&self, mut attempt: F) -> Result<(), Error>
     where
@@ -346,13 +362,7 @@ impl Client {
                 fetch_streamed(client, request).await
             }
         };
-        if consistency == Consistency::Stale {
-            let first = self.inner.endpoints[0].clone();
-            let client = self.kv(&first)?;
-            self.call_first(|_| attempt(client)).await
-        } else {
-            self.call_leader(attempt).await
-        }
+        self.call_read(consistency, attempt).await
     }
 
     /// Reads several keys at one point in time; `None` for missing keys.
@@ -376,12 +386,7 @@ impl Client {
                     .collect())
             }
         };
-        if consistency == Consistency::Stale {
-            let client = self.kv(&self.inner.endpoints[0].clone())?;
-            self.call_first(|_| attempt(client)).await
-        } else {
-            self.call_leader(attempt).await
-        }
+        self.call_read(consistency, attempt).await
     }
 
     /// One page of the keys starting with `prefix`, in ascending order.
@@ -413,12 +418,7 @@ impl Client {
                 })
             }
         };
-        if options.consistency == Consistency::Stale {
-            let client = self.kv(&self.inner.endpoints[0].clone())?;
-            self.call_first(|_| attempt(client)).await
-        } else {
-            self.call_leader(attempt).await
-        }
+        self.call_read(options.consistency, attempt).await
     }
 
     /// Status of the first endpoint (that node's own view).
