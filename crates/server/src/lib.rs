@@ -23,7 +23,7 @@ use raftkv_proto::v1::peer_server::PeerServer;
 use raftkv_replica::{
     bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, StorageOptions,
 };
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::{cluster_id_of, parse_peers, ConfigFile, ServerConfig};
 pub use kv_service::{DEFAULT_SCAN_LIMIT, MAX_KEY_BYTES, MAX_SCAN_LIMIT};
@@ -32,6 +32,9 @@ use crate::admin_service::AdminService;
 use crate::kv_service::KvService;
 use crate::peer_service::PeerService;
 use crate::transport::GrpcTransport;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// gRPC messages (not values: large values are streamed) up to this size.
 const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -137,22 +140,41 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         config.listen,
         identity.cluster_id
     );
-    let stopped = replica.clone();
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(kv)
         .add_service(ClusterServer::from_arc(admin.clone()))
         .add_service(DebugServer::from_arc(admin))
         .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        // Accepted sockets need TCP_NODELAY set here: the builder's own
+        // setting applies only to listeners it binds itself. Without it a
+        // reply of a few hundred bytes waits ~40 ms for a delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(30))),
+            async {
+                let _ = serving_stopped.await;
+            },
+        );
+    tokio::pin!(serve);
     tokio::select! {
-        result = serve => {
+        result = &mut serve => {
             replica.shutdown();
             result.context("gRPC server failed")?;
+            Ok(())
+        }
+        () = shutdown => {
+            tracing::info!("node {} shutting down", identity.node_id);
+            replica.shutdown();
+            let _ = stop_serving.send(());
+            // Peers keep their streams open; do not wait for them forever.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await;
             tracing::info!("node {} shut down", identity.node_id);
             Ok(())
         }
-        reason = stopped.stopped() => {
+        reason = replica.stopped() => {
             bail!("node {} stopped: {reason}", identity.node_id)
         }
     }
