@@ -23,7 +23,9 @@ const VALUE_CHUNK_BYTES: usize = 1024 * 1024;
 /// gRPC messages the client accepts (scan pages, inline values).
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Retries while no leader serves are at most this far apart, so a client
+/// notices a new leader within ~100 ms of its election.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Read consistency (CONTRACT §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
