@@ -1,5 +1,6 @@
-//! The in-memory view of the log: for every live entry its term and where its record
-//! sits on disk, plus a byte-bounded cache of the newest entries.
+//! The in-memory view of the log: where it starts (the compacted prefix ends at the
+//! *log start* index, whose term is kept), for every live entry its term and where its
+//! record sits on disk, plus a byte-bounded cache of the newest entries.
 //!
 //! Entries that are appended but not yet synced have no disk location and are always
 //! in the cache; the cache only gives up entries from its old end, and only those
@@ -33,9 +34,9 @@ fn cached_size_bytes(entry: &Entry) -> u64 {
 
 #[derive(Debug)]
 pub(crate) struct EntryLog {
-    snapshot_index: u64,
-    snapshot_term: u64,
-    /// `metas[i]` describes index `snapshot_index + 1 + i`.
+    start_index: u64,
+    start_term: u64,
+    /// `metas[i]` describes index `start_index + 1 + i`.
     metas: VecDeque<EntryMeta>,
     /// The newest `cache.len()` entries, ending at `last_index()`.
     cache: VecDeque<Entry>,
@@ -46,8 +47,8 @@ pub(crate) struct EntryLog {
 impl EntryLog {
     pub fn new(cache_limit_bytes: u64) -> Self {
         EntryLog {
-            snapshot_index: 0,
-            snapshot_term: 0,
+            start_index: 0,
+            start_term: 0,
             metas: VecDeque::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,
@@ -55,20 +56,20 @@ impl EntryLog {
         }
     }
 
-    pub fn snapshot_index(&self) -> u64 {
-        self.snapshot_index
+    pub fn start_index(&self) -> u64 {
+        self.start_index
     }
 
-    pub fn snapshot_term(&self) -> u64 {
-        self.snapshot_term
+    pub fn start_term(&self) -> u64 {
+        self.start_term
     }
 
     pub fn first_index(&self) -> u64 {
-        self.snapshot_index + 1
+        self.start_index + 1
     }
 
     pub fn last_index(&self) -> u64 {
-        self.snapshot_index + self.metas.len() as u64
+        self.start_index + self.metas.len() as u64
     }
 
     fn meta(&self, index: u64) -> Option<&EntryMeta> {
@@ -76,10 +77,10 @@ impl EntryLog {
         self.metas.get(usize::try_from(offset).ok()?)
     }
 
-    /// Term of `index`, including the snapshot's own index; `None` outside the log.
+    /// Term of `index`, including the log start's own index; `None` outside the log.
     pub fn term(&self, index: u64) -> Option<u64> {
-        if index == self.snapshot_index {
-            return Some(self.snapshot_term);
+        if index == self.start_index {
+            return Some(self.start_term);
         }
         self.meta(index).map(|meta| meta.term)
     }
@@ -94,12 +95,12 @@ impl EntryLog {
         self.cache.get(usize::try_from(offset).ok()?)
     }
 
-    /// Checks that an entry at `index` may be added: above the snapshot, no gap.
+    /// Checks that an entry at `index` may be added: above the log start, no gap.
     pub fn check_next_index(&self, index: u64) -> Result<(), String> {
-        if index <= self.snapshot_index {
+        if index <= self.start_index {
             return Err(format!(
-                "entry index {index} is at or below the snapshot index {}",
-                self.snapshot_index
+                "entry index {index} is at or below the log start {}",
+                self.start_index
             ));
         }
         if index > self.last_index() + 1 {
@@ -154,19 +155,17 @@ impl EntryLog {
         }
     }
 
-    /// Everything up to `index` (of term `term`) is now covered by a snapshot. Entries
-    /// above it are kept only if the log agrees with the snapshot at `index`.
-    pub fn apply_snapshot_marker(&mut self, index: u64, term: u64) -> Result<(), String> {
-        if index < self.snapshot_index
-            || (index == self.snapshot_index && term != self.snapshot_term)
-        {
+    /// The log now starts after `index` (of term `term`): everything up to it is
+    /// compacted. Entries above it are kept only if the log agrees at `index`.
+    pub fn advance_start(&mut self, index: u64, term: u64) -> Result<(), String> {
+        if index < self.start_index || (index == self.start_index && term != self.start_term) {
             return Err(format!(
-                "snapshot marker ({index}, term {term}) goes back from ({}, term {})",
-                self.snapshot_index, self.snapshot_term
+                "log start ({index}, term {term}) goes back from ({}, term {})",
+                self.start_index, self.start_term
             ));
         }
         if self.term(index) == Some(term) {
-            let drop_count = (index - self.snapshot_index) as usize;
+            let drop_count = (index - self.start_index) as usize;
             self.metas.drain(..drop_count);
             while self.cache.len() > self.metas.len() {
                 let entry = self.cache.pop_front().expect("cache is not empty");
@@ -177,9 +176,18 @@ impl EntryLog {
             self.cache.clear();
             self.cache_bytes = 0;
         }
-        self.snapshot_index = index;
-        self.snapshot_term = term;
+        self.start_index = index;
+        self.start_term = term;
         Ok(())
+    }
+
+    /// Drops every entry; the log starts after `index` (of term `term`) from now on.
+    pub fn reset(&mut self, index: u64, term: u64) {
+        self.metas.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.start_index = index;
+        self.start_term = term;
     }
 
     /// Shrinks the cache to its byte budget, giving up only entries that are on disk.
@@ -265,17 +273,17 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_marker_keeps_only_agreeing_entries_above_it() {
+    fn a_new_log_start_keeps_only_agreeing_entries_above_it() {
         let mut log = EntryLog::new(u64::MAX);
         for index in 1..=5 {
             log.push(entry(index, 1), on_disk(index));
         }
-        log.apply_snapshot_marker(3, 1).unwrap();
+        log.advance_start(3, 1).unwrap();
         assert_eq!((log.first_index(), log.last_index()), (4, 5));
         assert_eq!(log.term(3), Some(1));
         assert!(log.cached(4).is_some());
-        log.apply_snapshot_marker(5, 7).unwrap();
+        log.advance_start(5, 7).unwrap();
         assert_eq!((log.first_index(), log.last_index()), (6, 5));
-        assert!(log.apply_snapshot_marker(4, 1).is_err());
+        assert!(log.advance_start(4, 1).is_err());
     }
 }

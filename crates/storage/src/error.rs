@@ -18,9 +18,10 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
-    /// A record failed a check (checksum, framing, decoding, ordering) somewhere the
-    /// torn-tail rule does not cover. The node must not start on this data.
-    #[error("corrupted WAL record in {path} at offset {offset}: {reason}")]
+    /// A record of a WAL segment or snapshot file failed a check (checksum, framing,
+    /// decoding, ordering, a snapshot's trailer) somewhere the torn-tail rule does not
+    /// cover. The node must not start on (or install) this data.
+    #[error("corrupted data in {path} at offset {offset}: {reason}")]
     Corrupted {
         path: PathBuf,
         offset: u64,

@@ -8,6 +8,7 @@
 //! touch segment files directly (`wal.rs` does), and must not talk to raft beyond the
 //! `Storage` trait: driving raft is the replica crate's job.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{Entry, HardState, Snapshot};
@@ -17,8 +18,9 @@ use crate::entry_log::{EntryLocation, EntryLog};
 use crate::error::StorageError;
 use crate::identity::{read_identity, write_identity, NodeIdentity};
 use crate::membership::MembershipRecord;
-use crate::record::Record;
-use crate::wal::{DurableMeta, Wal, WAL_DIR_NAME};
+use crate::record::{Record, SnapshotState};
+use crate::snapshot_file::SnapshotMeta;
+use crate::wal::{read_segment_headers, DurableMeta, Wal, WAL_DIR_NAME};
 
 /// Tuning knobs; the defaults suit a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +45,12 @@ impl Default for StorageOptions {
 pub struct StorageStats {
     pub first_index: u64,
     pub last_index: u64,
+    /// The latest snapshot recorded as durable (0 if none; the bootstrap log start is
+    /// not a snapshot).
     pub snapshot_index: u64,
     pub snapshot_term: u64,
+    /// `first_index - 1`: entries up to here are compacted away.
+    pub log_start_index: u64,
     /// Number of WAL segment files.
     pub segments: u64,
     /// Bytes of all WAL segments on disk (buffered, unsynced writes not included).
@@ -61,11 +67,35 @@ pub struct FileStorage {
     /// Latest values, including buffered changes not yet synced.
     hard_state: HardState,
     membership: MembershipRecord,
-    /// Entry and snapshot-marker records waiting for the next `sync`, in order.
+    /// The newest snapshot recorded as durable, with the membership as of its index.
+    latest_snapshot: Option<SnapshotState>,
+    /// Highest index of any entry record in each live segment (absent: no entries);
+    /// decides which segments compaction may delete.
+    segment_max_entry_index: BTreeMap<u64, u64>,
+    /// Entry and log-start records waiting for the next `sync`, in order.
     pending_records: Vec<Record>,
     membership_dirty: bool,
     /// What the WAL holds as of the last successful `sync`.
     durable: DurableMeta,
+}
+
+/// Applies a log start read from a segment header or a `LogStart` record during replay:
+/// one below the current start is superseded (the start was already known from a newer
+/// header), one equal to it must agree on the term.
+fn replay_log_start(log: &mut EntryLog, index: u64, term: u64) -> Result<(), String> {
+    if index < log.start_index() {
+        return Ok(());
+    }
+    if index == log.start_index() {
+        if term != log.start_term() {
+            return Err(format!(
+                "log start {index} has term {term} here but term {} elsewhere",
+                log.start_term()
+            ));
+        }
+        return Ok(());
+    }
+    log.advance_start(index, term)
 }
 
 impl FileStorage {
@@ -76,21 +106,47 @@ impl FileStorage {
         std::fs::create_dir_all(data_dir).map_err(|err| StorageError::io(data_dir, err))?;
         let identity = read_identity(data_dir)?;
         let mut log = EntryLog::new(opts.entry_cache_bytes);
+        // Pass 1: the newest log start any segment header carries. Compaction writes its
+        // log start into the header of a new segment before deleting older ones, so this
+        // covers the gap in front of the oldest remaining segment's entries.
+        if let Some(floor) = read_segment_headers(data_dir)?
+            .into_iter()
+            .max_by_key(|header| header.log_start_index)
+        {
+            if floor.log_start_index > 0 {
+                log.advance_start(floor.log_start_index, floor.log_start_term)
+                    .expect("an empty log can start anywhere");
+            }
+        }
         let mut hard_state = HardState::default();
         let mut membership = MembershipRecord::default();
+        let mut latest_snapshot: Option<SnapshotState> = None;
+        let mut segment_max_entry_index = BTreeMap::new();
+        // Pass 2: every record in order.
         let mut wal = Wal::open(data_dir, opts.wal_segment_size_bytes, |position, record| {
             let corrupted = |reason: String| {
                 StorageError::corrupted(position.path, position.offset_bytes, reason)
             };
             match record {
                 Record::SegmentHeader(header) => {
-                    log.apply_snapshot_marker(header.snapshot_index, header.snapshot_term)
+                    replay_log_start(&mut log, header.log_start_index, header.log_start_term)
                         .map_err(corrupted)?;
                     hard_state = header.hard_state.clone();
                     membership = header.membership.clone();
+                    latest_snapshot = header.latest_snapshot.clone();
                 }
                 Record::Entry(entry) => {
-                    log.check_next_index(entry.index).map_err(corrupted)?;
+                    let max = segment_max_entry_index
+                        .entry(position.segment_seq)
+                        .or_insert(0u64);
+                    *max = (*max).max(entry.index);
+                    // Compacted: the log start was learned from a newer header.
+                    if entry.index <= log.start_index() {
+                        return Ok(());
+                    }
+                    log.check_next_index(entry.index).map_err(|reason| {
+                        corrupted(format!("{reason}; no log start record covers the gap"))
+                    })?;
                     let location = EntryLocation {
                         segment_seq: position.segment_seq,
                         offset_bytes: position.offset_bytes,
@@ -100,9 +156,29 @@ impl FileStorage {
                 }
                 Record::HardState(state) => hard_state = state.clone(),
                 Record::Membership(record) => membership = record.clone(),
-                Record::SnapshotMarker { index, term } => {
-                    log.apply_snapshot_marker(*index, *term)
-                        .map_err(corrupted)?;
+                Record::LogStart { index, term } => {
+                    replay_log_start(&mut log, *index, *term).map_err(corrupted)?;
+                }
+                Record::SnapshotRecorded {
+                    meta,
+                    membership: snapshot_membership,
+                } => {
+                    hard_state.commit = hard_state.commit.max(meta.index);
+                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                }
+                Record::SnapshotInstalled {
+                    meta,
+                    membership: snapshot_membership,
+                } => {
+                    if meta.index >= log.start_index() {
+                        log.reset(meta.index, meta.term);
+                    } else {
+                        // A newer header already moved the start past it.
+                        log.reset(log.start_index(), log.start_term());
+                    }
+                    hard_state.commit = hard_state.commit.max(meta.index);
+                    membership = snapshot_membership.clone();
+                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
                 }
             }
             Ok(())
@@ -118,16 +194,19 @@ impl FileStorage {
             });
         }
         let durable = DurableMeta {
-            snapshot_index: log.snapshot_index(),
-            snapshot_term: log.snapshot_term(),
+            log_start_index: log.start_index(),
+            log_start_term: log.start_term(),
             hard_state: hard_state.clone(),
             membership: membership.clone(),
+            latest_snapshot: latest_snapshot.clone(),
         };
         wal.ensure_writable_segment(&durable)?;
+        segment_max_entry_index.retain(|seq, _| wal.segment_seqs().contains(seq));
         tracing::info!(
             data_dir = %data_dir.display(),
             first_index = log.first_index(),
             last_index = log.last_index(),
+            snapshot_index = latest_snapshot.as_ref().map_or(0, |(meta, _)| meta.index),
             term = hard_state.term,
             commit = hard_state.commit,
             segments = wal.segment_count(),
@@ -140,6 +219,8 @@ impl FileStorage {
             log,
             hard_state,
             membership,
+            latest_snapshot,
+            segment_max_entry_index,
             pending_records: Vec::new(),
             membership_dirty: false,
             durable,
@@ -157,7 +238,7 @@ impl FileStorage {
     }
 
     /// Initializes a fresh node of a static cluster: writes the identity file, then a
-    /// snapshot marker at `membership.index` (normally 1) with term 1, the hard state
+    /// log start at `membership.index` (normally 1) with term 1, the hard state
     /// {term 1, vote 0, commit `membership.index`} and the membership, and syncs.
     pub fn bootstrap(
         &mut self,
@@ -175,9 +256,9 @@ impl FileStorage {
         self.set_identity(identity)?;
         const BOOTSTRAP_TERM: u64 = 1;
         self.log
-            .apply_snapshot_marker(membership.index, BOOTSTRAP_TERM)
+            .advance_start(membership.index, BOOTSTRAP_TERM)
             .map_err(|reason| StorageError::InvalidRequest { reason })?;
-        self.pending_records.push(Record::SnapshotMarker {
+        self.pending_records.push(Record::LogStart {
             index: membership.index,
             term: BOOTSTRAP_TERM,
         });
@@ -246,8 +327,11 @@ impl FileStorage {
     }
 
     /// Buffers the hard state; it is written at the next `sync` only if it changed.
+    /// The commit index never goes below the latest snapshot's index (a snapshot holds
+    /// only committed entries, and raft refuses to start on a commit below the log).
     pub fn set_hard_state(&mut self, hs: &HardState) {
         self.hard_state = hs.clone();
+        self.hard_state.commit = self.hard_state.commit.max(self.snapshot_index());
     }
 
     /// Buffers the membership for the next `sync`.
@@ -286,6 +370,13 @@ impl FileStorage {
             Record::Membership(self.membership.clone()).encode_into(&mut batch)?;
         }
         let position = self.wal.write_batch(&batch, &self.durable)?;
+        if let Some(max_index) = written_entries.iter().map(|written| written.0).max() {
+            let max = self
+                .segment_max_entry_index
+                .entry(position.segment_seq)
+                .or_insert(0);
+            *max = (*max).max(max_index);
+        }
         for (index, term, offset_in_batch, payload_len_bytes) in written_entries {
             let location = EntryLocation {
                 segment_seq: position.segment_seq,
@@ -297,13 +388,232 @@ impl FileStorage {
         self.log.evict();
         self.pending_records.clear();
         self.membership_dirty = false;
-        self.durable = DurableMeta {
-            snapshot_index: self.log.snapshot_index(),
-            snapshot_term: self.log.snapshot_term(),
+        self.durable = self.current_meta();
+        Ok(())
+    }
+
+    /// The metadata as it is in memory (durable once nothing is buffered).
+    fn current_meta(&self) -> DurableMeta {
+        DurableMeta {
+            log_start_index: self.log.start_index(),
+            log_start_term: self.log.start_term(),
             hard_state: self.hard_state.clone(),
             membership: self.membership.clone(),
-        };
+            latest_snapshot: self.latest_snapshot.clone(),
+        }
+    }
+
+    fn snapshot_index(&self) -> u64 {
+        self.latest_snapshot
+            .as_ref()
+            .map_or(0, |(meta, _)| meta.index)
+    }
+
+    /// The newest snapshot recorded as durable (not the bootstrap log start), with the
+    /// membership as of its index.
+    pub fn latest_snapshot(&self) -> Option<(SnapshotMeta, MembershipRecord)> {
+        self.latest_snapshot.clone()
+    }
+
+    /// Records that the snapshot file for `meta` is durable (the caller wrote it with
+    /// `SnapshotStore`): writes everything buffered plus a `SnapshotRecorded` record and
+    /// syncs. The durable commit index is raised to `meta.index` if it is below.
+    /// From now on `raft::Storage::snapshot` offers this snapshot. `meta` must lie within
+    /// the log (log start ..= last index) with the log's term at that index, and must not
+    /// be older than the latest snapshot.
+    pub fn record_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        membership: MembershipRecord,
+    ) -> Result<(), StorageError> {
+        self.check_not_fail_stopped()?;
+        let invalid = |reason: String| Err(StorageError::InvalidRequest { reason });
+        if meta.index < self.log.start_index() || meta.index > self.log.last_index() {
+            return invalid(format!(
+                "snapshot index {} is outside the log ({}..={})",
+                meta.index,
+                self.log.start_index(),
+                self.log.last_index()
+            ));
+        }
+        if self.log.term(meta.index) != Some(meta.term) {
+            return invalid(format!(
+                "snapshot ({}, term {}) disagrees with the log's term {:?} at that index",
+                meta.index,
+                meta.term,
+                self.log.term(meta.index)
+            ));
+        }
+        if meta.index < self.snapshot_index() {
+            return invalid(format!(
+                "snapshot index {} is older than the latest snapshot {}",
+                meta.index,
+                self.snapshot_index()
+            ));
+        }
+        let previous_hard_state = self.hard_state.clone();
+        let previous_snapshot = self.latest_snapshot.clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.latest_snapshot = Some((meta, membership.clone()));
+        self.pending_records
+            .push(Record::SnapshotRecorded { meta, membership });
+        if let Err(err) = self.sync() {
+            // Nothing of this call is durable; leave the earlier buffer as it was.
+            self.pending_records.pop();
+            self.hard_state = previous_hard_state;
+            self.latest_snapshot = previous_snapshot;
+            return Err(err);
+        }
         Ok(())
+    }
+
+    /// Drops log entries up to `compact_to` and deletes every WAL segment (oldest first)
+    /// whose entries are all at or below it. Requires `first_index() - 1 <= compact_to <=`
+    /// the latest snapshot's index (`InvalidRequest` otherwise; compacting to the current
+    /// start does nothing). Afterwards `first_index() == compact_to + 1` and
+    /// `term(compact_to)` still answers.
+    ///
+    /// The new log start is made durable first: when segments can be deleted it goes
+    /// into the header of a freshly started segment (so the replay of the remaining
+    /// segments knows it before it meets their entries), otherwise into a `LogStart`
+    /// record; either is fsynced before any file is deleted, and the deletions are
+    /// followed by an fsync of `wal/`. Returns the number of segments deleted.
+    pub fn compact(&mut self, compact_to: u64) -> Result<u64, StorageError> {
+        self.check_not_fail_stopped()?;
+        let start = self.log.start_index();
+        if compact_to == start {
+            return Ok(0);
+        }
+        let snapshot_index = self.snapshot_index();
+        if compact_to < start || compact_to > snapshot_index {
+            return Err(StorageError::InvalidRequest {
+                reason: format!(
+                    "cannot compact to {compact_to}: the log starts after {start} and the \
+                     latest snapshot is at {snapshot_index}"
+                ),
+            });
+        }
+        let term = self
+            .log
+            .term(compact_to)
+            .ok_or_else(|| StorageError::InvalidRequest {
+                reason: format!(
+                    "cannot compact to {compact_to}: the log ends at {}",
+                    self.log.last_index()
+                ),
+            })?;
+        self.sync()?;
+        // The oldest segments all of whose entries are compacted (consecutive from the
+        // oldest: the ones left must stay consecutive).
+        let deletable: Vec<u64> = self
+            .wal
+            .segment_seqs()
+            .into_iter()
+            .take_while(|seq| {
+                self.segment_max_entry_index
+                    .get(seq)
+                    .is_none_or(|max| *max <= compact_to)
+            })
+            .collect();
+        let mut meta = self.durable.clone();
+        meta.log_start_index = compact_to;
+        meta.log_start_term = term;
+        if deletable.is_empty() {
+            let mut batch = Vec::new();
+            Record::LogStart {
+                index: compact_to,
+                term,
+            }
+            .encode_into(&mut batch)?;
+            self.wal.write_batch(&batch, &self.durable)?;
+        } else {
+            self.wal.roll_over(&[], &meta)?;
+        }
+        self.log
+            .advance_start(compact_to, term)
+            .expect("compact_to is within the log");
+        self.durable = meta;
+        let Some(&last_deletable) = deletable.last() else {
+            return Ok(0);
+        };
+        let deleted = self.wal.delete_segments_through(last_deletable);
+        let live = self.wal.segment_seqs();
+        self.segment_max_entry_index
+            .retain(|seq, _| live.contains(seq));
+        let deleted = deleted?;
+        tracing::debug!(compact_to, deleted_segments = deleted, "compacted the log");
+        Ok(deleted)
+    }
+
+    /// Installs a snapshot received from the leader (whose file the caller has already
+    /// made durable): every entry is dropped, the log starts after `meta.index` (term
+    /// `meta.term`), the membership is replaced, the commit index becomes at least
+    /// `meta.index`, and `meta` is the latest snapshot. Written (after anything buffered)
+    /// as one `SnapshotInstalled` record at the start of a new segment and synced; then
+    /// every older segment, all obsolete now, is deleted. `meta.index` must not be below
+    /// the log start, the latest snapshot or the commit index (`InvalidRequest`).
+    pub fn apply_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        membership: MembershipRecord,
+    ) -> Result<(), StorageError> {
+        self.check_not_fail_stopped()?;
+        // raft never installs a snapshot below its commit index either.
+        let floor = self
+            .log
+            .start_index()
+            .max(self.snapshot_index())
+            .max(self.hard_state.commit);
+        if meta.index < floor {
+            return Err(StorageError::InvalidRequest {
+                reason: format!(
+                    "snapshot index {} is below the log start, the latest snapshot or the \
+                     commit index ({floor})",
+                    meta.index
+                ),
+            });
+        }
+        if meta.index == self.log.start_index() && meta.term != self.log.start_term() {
+            return Err(StorageError::InvalidRequest {
+                reason: format!(
+                    "snapshot ({}, term {}) disagrees with the log start's term {}",
+                    meta.index,
+                    meta.term,
+                    self.log.start_term()
+                ),
+            });
+        }
+        // Anything buffered is made durable first, so the new segment's header
+        // describes it (buffered entries are then dropped with the rest).
+        self.sync()?;
+        let mut batch = Vec::new();
+        Record::SnapshotInstalled {
+            meta,
+            membership: membership.clone(),
+        }
+        .encode_into(&mut batch)?;
+        let position = self.wal.roll_over(&batch, &self.durable)?;
+        self.log.reset(meta.index, meta.term);
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.membership = membership.clone();
+        self.latest_snapshot = Some((meta, membership));
+        self.durable = self.current_meta();
+        let deleted = self
+            .wal
+            .delete_segments_through(position.segment_seq.saturating_sub(1));
+        let live = self.wal.segment_seqs();
+        self.segment_max_entry_index
+            .retain(|seq, _| live.contains(seq));
+        match deleted {
+            Ok(_) => Ok(()),
+            // The install is durable; obsolete segments left behind are harmless and
+            // are deleted by a later compaction.
+            Err(err @ StorageError::Io { .. }) => {
+                tracing::warn!(%err, "could not delete obsolete WAL segments after installing a snapshot");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// The latest hard state (including a buffered, unsynced one).
@@ -320,8 +630,12 @@ impl FileStorage {
         StorageStats {
             first_index: self.log.first_index(),
             last_index: self.log.last_index(),
-            snapshot_index: self.log.snapshot_index(),
-            snapshot_term: self.log.snapshot_term(),
+            snapshot_index: self.snapshot_index(),
+            snapshot_term: self
+                .latest_snapshot
+                .as_ref()
+                .map_or(0, |(meta, _)| meta.term),
+            log_start_index: self.log.start_index(),
             segments: self.wal.segment_count(),
             disk_bytes: self.wal.disk_bytes(),
         }
@@ -411,7 +725,7 @@ impl raft::Storage for FileStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx < self.log.snapshot_index() {
+        if idx < self.log.start_index() {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
         self.log
@@ -427,10 +741,22 @@ impl raft::Storage for FileStorage {
         Ok(self.log.last_index())
     }
 
-    /// Snapshots arrive in a later change; raft retries on this error.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The latest recorded snapshot's metadata (index, term, conf state) with empty
+    /// data: the transport finds the file in `SnapshotStore` by index and term. Until
+    /// a snapshot at or above `request_index` is recorded, raft is told to retry later.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.latest_snapshot {
+            Some((meta, membership)) if meta.index >= request_index => {
+                let mut snapshot = Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = meta.index;
+                metadata.term = meta.term;
+                metadata.set_conf_state(membership.conf_state.clone());
+                Ok(snapshot)
+            }
+            _ => Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
     }
 }

@@ -12,8 +12,9 @@
 //! ```
 //! The header has its own checksum so that a flipped bit in the length is reported as
 //! corruption instead of being mistaken for "the record runs past the end of the file",
-//! which is what a torn write looks like. This file knows nothing about what payloads
-//! mean, about files, or about which failures are repairable.
+//! which is what a torn write looks like. The same framing is used by WAL segments and
+//! by snapshot files (which have kinds of their own). This file knows nothing about what
+//! payloads mean, about files, or about which failures are repairable.
 
 use crate::error::StorageError;
 
@@ -28,11 +29,19 @@ pub(crate) const MAX_PAYLOAD_BYTES: u32 = 256 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum RecordKind {
+    // WAL segments.
     SegmentHeader = 1,
     Entry = 2,
     HardState = 3,
     Membership = 4,
-    SnapshotMarker = 5,
+    /// The log start: entries up to here are compacted (was "snapshot marker").
+    LogStart = 5,
+    SnapshotRecorded = 6,
+    SnapshotInstalled = 7,
+    // Snapshot files.
+    SnapshotFileHeader = 16,
+    SnapshotData = 17,
+    SnapshotTrailer = 18,
 }
 
 impl RecordKind {
@@ -42,7 +51,12 @@ impl RecordKind {
             2 => RecordKind::Entry,
             3 => RecordKind::HardState,
             4 => RecordKind::Membership,
-            5 => RecordKind::SnapshotMarker,
+            5 => RecordKind::LogStart,
+            6 => RecordKind::SnapshotRecorded,
+            7 => RecordKind::SnapshotInstalled,
+            16 => RecordKind::SnapshotFileHeader,
+            17 => RecordKind::SnapshotData,
+            18 => RecordKind::SnapshotTrailer,
             _ => return None,
         })
     }
@@ -118,6 +132,18 @@ pub(crate) fn encode_record(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<u64, StorageError> {
+    let header = encode_header(kind, payload)?;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    Ok(HEADER_LEN_BYTES as u64 + payload.len() as u64)
+}
+
+/// The header of a record carrying `payload`, for writers that write the payload
+/// separately (large snapshot records are not copied into a buffer).
+pub(crate) fn encode_header(
+    kind: RecordKind,
+    payload: &[u8],
+) -> Result<[u8; HEADER_LEN_BYTES], StorageError> {
     let payload_len_bytes = u32::try_from(payload.len())
         .ok()
         .filter(|len| *len <= MAX_PAYLOAD_BYTES)
@@ -131,9 +157,7 @@ pub(crate) fn encode_record(
     header[8..12].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     let header_crc = crc32c::crc32c(&header[0..12]);
     header[12..16].copy_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(payload);
-    Ok(HEADER_LEN_BYTES as u64 + u64::from(payload_len_bytes))
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //!
 //! # Layout of a data directory
 //! ```text
-//! <data-dir>/raftkv.id                 node id + cluster id (text, with a CRC32C line)
-//! <data-dir>/wal/<seq:016x>.wal        WAL segments, seq = 1, 2, 3, ... (consecutive)
+//! <data-dir>/raftkv.id                          node id + cluster id (text, with a CRC32C line)
+//! <data-dir>/wal/<seq:016x>.wal                 WAL segments, consecutive seq; the oldest
+//!                                               ones disappear with compaction
+//! <data-dir>/snap/<term:016x>-<index:016x>.snap complete snapshot files
+//! <data-dir>/snap/*.snap.tmp, *.snap.partial    being written / received (deleted at open)
 //! ```
 //!
 //! # WAL format
@@ -11,34 +14,70 @@
 //! (u32 LE), kind (u8), 3 zero bytes, CRC32C of the payload, CRC32C of the first 12
 //! header bytes — followed by the payload (`frame.rs`). Kinds (`record.rs`):
 //! *segment header* (always and only the first record of a segment: magic, format
-//! version, the segment's seq, the snapshot marker, hard state and membership durable
-//! when the segment was created), *entry* (protobuf `eraftpb::Entry`), *hard state*
-//! (protobuf), *membership* (prost `internal::Membership`), *snapshot marker*
-//! (index, term).
+//! version, the segment's seq, the log start, hard state, membership and — since format
+//! version 2; version 1 headers are still read — the latest snapshot with its membership,
+//! all as durable when the segment was created), *entry* (protobuf `eraftpb::Entry`),
+//! *hard state* (protobuf), *membership* (prost `internal::Membership`), *log start*
+//! (index, term: entries up to index are compacted; written at bootstrap and by a
+//! compaction that deletes nothing; kind 5, formerly "snapshot marker"), *snapshot
+//! recorded* (index, term, membership: `record_snapshot`) and *snapshot installed*
+//! (index, term, membership: `apply_snapshot`).
 //!
-//! Because every segment header repeats all metadata, any prefix of segments whose
-//! entries a snapshot covers can be deleted without losing the hard state or the
-//! membership. (When compaction arrives, replay must also accept that the first
-//! remaining segment's entries start after its header's marker, as long as a later
-//! snapshot marker covers the gap; today such a gap is reported as corruption.)
+//! Because every segment header repeats all metadata, any prefix of segments can be
+//! deleted without losing the hard state, the membership or the latest snapshot, as long
+//! as a newer segment exists. Compaction therefore starts a new segment whose header
+//! carries the new log start, fsyncs it, and only then deletes the oldest segments whose
+//! entries are all at or below it (oldest first, stopping at the first that holds a
+//! newer entry), then fsyncs `wal/`. `apply_snapshot` starts a new segment whose first
+//! record after the header is *snapshot installed*, fsyncs it, then deletes every older
+//! segment.
 //!
 //! # Replay
-//! Records are applied in order: an entry whose index is at or below the current last
-//! index truncates the log there first (raft overwrote a conflicting suffix); a hard
-//! state / membership record replaces the previous one; a snapshot marker drops entries
-//! it covers. The *last* segment may end in a torn record — partial header, a length
-//! running past end of file, a final record whose payload checksum fails and which ends
-//! exactly at end of file, or trailing zeros — which is cut off and fsynced. Any other
-//! failed check is `StorageError::Corrupted` naming the file and the record's offset;
-//! a bad record is never skipped.
+//! Pass 1 reads only the segment headers and takes the highest log start among them
+//! (a damaged header is skipped here and reported by pass 2). Pass 2 applies every
+//! record in order, starting from that log start:
+//! - an entry at or below the log start is ignored (it is compacted — this is how the
+//!   oldest remaining segment's prefix is skipped); otherwise it must be at most one past
+//!   the last index — one at or below it truncates the log there first (raft overwrote a
+//!   conflicting suffix), one further on is a gap no log start covers: corruption;
+//! - a header's or log-start record's log start below the current one is superseded and
+//!   ignored, an equal one must agree on the term, a higher one drops the entries it
+//!   covers (keeping those above if the log agrees at that index, all otherwise);
+//! - a header replaces the hard state, membership and latest snapshot with its own; a
+//!   hard state / membership record replaces the previous one;
+//! - *snapshot recorded* sets the latest snapshot and raises the commit index to it;
+//!   *snapshot installed* drops every entry, moves the log start to its index (unless a
+//!   newer header already moved it further), replaces membership and latest snapshot and
+//!   raises the commit index.
+//!
+//! A crash after compaction's new segment is durable but before (all of) the deletions
+//! leaves old segments behind: their entries are at or below the log start and ignored,
+//! and the next compaction deletes them. The *last* segment may end in a torn record —
+//! partial header, a length running past end of file, a final record whose payload
+//! checksum fails and which ends exactly at end of file, or trailing zeros — which is cut
+//! off and fsynced. Any other failed check is `StorageError::Corrupted` naming the file
+//! and the record's offset; a bad record is never skipped.
 //!
 //! # Writes
 //! `append`, `set_hard_state` and `set_membership` buffer; `sync` writes the buffer as
 //! records (entries, then hard state, then membership) and fdatasyncs once. When the
 //! active segment has reached `wal_segment_size_bytes`, `sync` starts the next segment
-//! (header + batch, fdatasync, fsync of `wal/`). A failed fsync is never retried: the
-//! storage refuses further writes (`FailStopped`) and the node must stop. A failed
-//! write is undone by truncation, so after ENOSPC the caller may retry later.
+//! (header + batch, fdatasync, fsync of `wal/`). `record_snapshot`, `compact` and
+//! `apply_snapshot` sync what is buffered and then write and sync their own record. The
+//! commit index kept is never below the latest snapshot's index. A failed fsync is never
+//! retried: the storage refuses further writes (`FailStopped`) and the node must stop. A
+//! failed write is undone by truncation, so after ENOSPC the caller may retry later.
+//!
+//! # Snapshot files
+//! `SnapshotStore` keeps them in `snap/` (`snapshot_file.rs` has the format): a header
+//! record (magic "RKVS", version, index, term), one record per caller payload, and a
+//! trailer record (record count, payload bytes, CRC32C of the whole file before the
+//! trailer), all with the WAL's record framing. Files are written as `.snap.tmp` (or
+//! received from a peer as `.snap.partial` and fully verified), fsynced, renamed into
+//! place, and `snap/` fsynced. Reading verifies every record and, at the end, the
+//! trailer; any failure is `Corrupted` naming the file and offset. `FileStorage` only
+//! records which snapshot is durable (`record_snapshot`); keeping the file and the record
+//! in step is the caller's job: write the file first, then record it, then compact.
 //!
 //! Known limit: records written by one `sync` reach the disk in no guaranteed order
 //! before its fsync, so a crash could in principle leave a later record of the batch
@@ -52,10 +91,16 @@ mod identity;
 mod membership;
 mod record;
 mod segment;
+mod snapshot_file;
+mod snapshot_store;
 mod wal;
 
 pub use error::StorageError;
 pub use file_storage::{FileStorage, StorageOptions, StorageStats};
 pub use identity::{NodeIdentity, IDENTITY_FILE_NAME};
 pub use membership::MembershipRecord;
+pub use snapshot_file::{
+    read_chunk_at, SnapshotInfo, SnapshotMeta, SnapshotReader, SnapshotWriter,
+};
+pub use snapshot_store::{SnapshotReceiver, SnapshotStore, SNAPSHOT_DIR_NAME};
 pub use wal::WAL_DIR_NAME;

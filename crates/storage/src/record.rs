@@ -1,13 +1,21 @@
 //! The typed records of the WAL and their payload encodings.
 //!
-//! | kind            | payload                                                        |
-//! |-----------------|----------------------------------------------------------------|
-//! | SegmentHeader   | magic "RKVW", format version, segment sequence number,         |
-//! |                 | snapshot index and term, hard state, membership (see below)    |
-//! | Entry           | protobuf `eraftpb::Entry`                                      |
-//! | HardState       | protobuf `eraftpb::HardState`                                  |
-//! | Membership      | prost `internal::Membership`                                   |
-//! | SnapshotMarker  | snapshot index u64 LE, snapshot term u64 LE                    |
+//! | kind (id)             | payload                                                   |
+//! |-----------------------|-----------------------------------------------------------|
+//! | SegmentHeader (1)     | magic "RKVW", format version, segment sequence number,    |
+//! |                       | log start index and term, hard state, membership, and     |
+//! |                       | (version 2) the latest snapshot (see below)               |
+//! | Entry (2)             | protobuf `eraftpb::Entry`                                 |
+//! | HardState (3)         | protobuf `eraftpb::HardState`                             |
+//! | Membership (4)        | prost `internal::Membership`                              |
+//! | LogStart (5)          | log start index u64 LE, its term u64 LE                   |
+//! | SnapshotRecorded (6)  | snapshot index u64 LE, term u64 LE, membership (len-pref.)|
+//! | SnapshotInstalled (7) | snapshot index u64 LE, term u64 LE, membership (len-pref.)|
+//!
+//! Segment header payload: magic u32, version u32, seq u64, log start index u64, log start
+//! term u64, hard state (u32 length + protobuf), membership (u32 length + prost); version 2
+//! then adds a flag byte (1 = a snapshot follows) and, if set, snapshot index u64, term u64
+//! and its membership (u32 length + prost). Version 1 headers (no snapshot) are still read.
 //!
 //! Framing and checksums live in `frame.rs`; this file must not do I/O.
 
@@ -18,33 +26,52 @@ use raft::eraftpb::{Entry, HardState};
 use crate::error::StorageError;
 use crate::frame::{encode_record, RecordKind};
 use crate::membership::MembershipRecord;
+use crate::snapshot_file::SnapshotMeta;
 
 /// "RKVW" — tells a RaftKV segment from any other file that ended up in `wal/`.
 const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RKVW");
-/// Bumped on any incompatible change of the on-disk format.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the on-disk format. Version 2 added the latest
+/// snapshot to the segment header; version 1 headers are still accepted.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
+
+/// A snapshot recorded as durable, with the membership as of its index.
+pub(crate) type SnapshotState = (SnapshotMeta, MembershipRecord);
 
 /// First record of every segment: the whole durable metadata at the moment the segment
 /// was created, so every older segment can later be deleted without losing it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SegmentHeader {
     pub seq: u64,
-    pub snapshot_index: u64,
-    pub snapshot_term: u64,
+    pub log_start_index: u64,
+    pub log_start_term: u64,
     pub hard_state: HardState,
     pub membership: MembershipRecord,
+    pub latest_snapshot: Option<SnapshotState>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Record {
-    SegmentHeader(SegmentHeader),
+    SegmentHeader(Box<SegmentHeader>),
     Entry(Entry),
     HardState(HardState),
     Membership(MembershipRecord),
-    /// Everything up to `index` (whose term is `term`) is covered by a snapshot.
-    SnapshotMarker {
+    /// Everything up to `index` (whose term is `term`) is compacted (or, at bootstrap,
+    /// never existed): the log starts after it.
+    LogStart {
         index: u64,
         term: u64,
+    },
+    /// The snapshot file for `meta` is durable; the latest snapshot from now on.
+    SnapshotRecorded {
+        meta: SnapshotMeta,
+        membership: MembershipRecord,
+    },
+    /// A snapshot from the leader was installed: every entry is dropped, the log starts
+    /// after `meta.index`, the membership is replaced and `meta` is the latest snapshot.
+    SnapshotInstalled {
+        meta: SnapshotMeta,
+        membership: MembershipRecord,
     },
 }
 
@@ -55,7 +82,9 @@ impl Record {
             Record::Entry(_) => RecordKind::Entry,
             Record::HardState(_) => RecordKind::HardState,
             Record::Membership(_) => RecordKind::Membership,
-            Record::SnapshotMarker { .. } => RecordKind::SnapshotMarker,
+            Record::LogStart { .. } => RecordKind::LogStart,
+            Record::SnapshotRecorded { .. } => RecordKind::SnapshotRecorded,
+            Record::SnapshotInstalled { .. } => RecordKind::SnapshotInstalled,
         }
     }
 
@@ -69,23 +98,36 @@ impl Record {
             Record::SegmentHeader(header) => {
                 let hard_state = encode_protobuf(&header.hard_state);
                 let membership = header.membership.encode();
-                let mut out = Vec::with_capacity(40 + hard_state.len() + membership.len());
+                let mut out = Vec::with_capacity(64 + hard_state.len() + membership.len());
                 out.extend_from_slice(&SEGMENT_MAGIC.to_le_bytes());
                 out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
                 out.extend_from_slice(&header.seq.to_le_bytes());
-                out.extend_from_slice(&header.snapshot_index.to_le_bytes());
-                out.extend_from_slice(&header.snapshot_term.to_le_bytes());
+                out.extend_from_slice(&header.log_start_index.to_le_bytes());
+                out.extend_from_slice(&header.log_start_term.to_le_bytes());
                 put_len_prefixed(&mut out, &hard_state);
                 put_len_prefixed(&mut out, &membership);
+                match &header.latest_snapshot {
+                    None => out.push(0),
+                    Some((meta, membership)) => {
+                        out.push(1);
+                        put_snapshot(&mut out, meta, membership);
+                    }
+                }
                 out
             }
             Record::Entry(entry) => encode_protobuf(entry),
             Record::HardState(hard_state) => encode_protobuf(hard_state),
             Record::Membership(membership) => membership.encode(),
-            Record::SnapshotMarker { index, term } => {
+            Record::LogStart { index, term } => {
                 let mut out = Vec::with_capacity(16);
                 out.extend_from_slice(&index.to_le_bytes());
                 out.extend_from_slice(&term.to_le_bytes());
+                out
+            }
+            Record::SnapshotRecorded { meta, membership }
+            | Record::SnapshotInstalled { meta, membership } => {
+                let mut out = Vec::new();
+                put_snapshot(&mut out, meta, membership);
                 out
             }
         }
@@ -102,27 +144,38 @@ impl Record {
                     return Err(format!("segment header magic {magic:#x} is not RaftKV's"));
                 }
                 let version = reader.u32()?;
-                if version != FORMAT_VERSION {
+                if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
                     return Err(format!(
-                        "segment format version {version}, this build reads {FORMAT_VERSION}"
+                        "segment format version {version}, this build reads \
+                         {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"
                     ));
                 }
                 let seq = reader.u64()?;
-                let snapshot_index = reader.u64()?;
-                let snapshot_term = reader.u64()?;
+                let log_start_index = reader.u64()?;
+                let log_start_term = reader.u64()?;
                 let hard_state =
                     HardState::parse_from_bytes(reader.len_prefixed()?).map_err(|err| {
                         format!("hard state in segment header does not decode: {err}")
                     })?;
                 let membership = MembershipRecord::decode(reader.len_prefixed()?)?;
+                let latest_snapshot = if version >= 2 {
+                    match reader.u8()? {
+                        0 => None,
+                        1 => Some(reader.snapshot()?),
+                        flag => return Err(format!("snapshot flag {flag} is neither 0 nor 1")),
+                    }
+                } else {
+                    None
+                };
                 reader.finish()?;
-                Ok(Record::SegmentHeader(SegmentHeader {
+                Ok(Record::SegmentHeader(Box::new(SegmentHeader {
                     seq,
-                    snapshot_index,
-                    snapshot_term,
+                    log_start_index,
+                    log_start_term,
                     hard_state,
                     membership,
-                }))
+                    latest_snapshot,
+                })))
             }
             // Parsing from `Bytes` lets the entry's data share the read buffer.
             RecordKind::Entry => Entry::parse_from_carllerche_bytes(&payload)
@@ -132,15 +185,36 @@ impl Record {
                 .map(Record::HardState)
                 .map_err(|err| format!("hard state does not decode: {err}")),
             RecordKind::Membership => MembershipRecord::decode(&payload).map(Record::Membership),
-            RecordKind::SnapshotMarker => {
+            RecordKind::LogStart => {
                 let mut reader = Reader::new(&payload);
                 let index = reader.u64()?;
                 let term = reader.u64()?;
                 reader.finish()?;
-                Ok(Record::SnapshotMarker { index, term })
+                Ok(Record::LogStart { index, term })
             }
+            RecordKind::SnapshotRecorded | RecordKind::SnapshotInstalled => {
+                let mut reader = Reader::new(&payload);
+                let (meta, membership) = reader.snapshot()?;
+                reader.finish()?;
+                Ok(if kind == RecordKind::SnapshotRecorded {
+                    Record::SnapshotRecorded { meta, membership }
+                } else {
+                    Record::SnapshotInstalled { meta, membership }
+                })
+            }
+            RecordKind::SnapshotFileHeader
+            | RecordKind::SnapshotData
+            | RecordKind::SnapshotTrailer => Err(format!(
+                "a snapshot-file record ({kind:?}) does not belong in a WAL segment"
+            )),
         }
     }
+}
+
+fn put_snapshot(out: &mut Vec<u8>, meta: &SnapshotMeta, membership: &MembershipRecord) {
+    out.extend_from_slice(&meta.index.to_le_bytes());
+    out.extend_from_slice(&meta.term.to_le_bytes());
+    put_len_prefixed(out, &membership.encode());
 }
 
 fn encode_protobuf(message: &impl protobuf::Message) -> Vec<u8> {
@@ -177,6 +251,10 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
@@ -192,6 +270,13 @@ impl<'a> Reader<'a> {
     fn len_prefixed(&mut self) -> Result<&'a [u8], String> {
         let len = self.u32()? as usize;
         self.take(len)
+    }
+
+    fn snapshot(&mut self) -> Result<SnapshotState, String> {
+        let index = self.u64()?;
+        let term = self.u64()?;
+        let membership = MembershipRecord::decode(self.len_prefixed()?)?;
+        Ok((SnapshotMeta { index, term }, membership))
     }
 
     fn finish(&self) -> Result<(), String> {
@@ -241,21 +326,69 @@ mod tests {
         membership.conf_state.voters = vec![1, 2];
         membership.addresses.insert(1, "h1:7001".into());
         round_trip(Record::Membership(membership.clone()));
-        round_trip(Record::SnapshotMarker { index: 10, term: 4 });
-        round_trip(Record::SegmentHeader(SegmentHeader {
+        round_trip(Record::LogStart { index: 10, term: 4 });
+        let meta = SnapshotMeta { index: 12, term: 4 };
+        round_trip(Record::SnapshotRecorded {
+            meta,
+            membership: membership.clone(),
+        });
+        round_trip(Record::SnapshotInstalled {
+            meta,
+            membership: membership.clone(),
+        });
+        let header = SegmentHeader {
             seq: 3,
-            snapshot_index: 10,
-            snapshot_term: 4,
+            log_start_index: 10,
+            log_start_term: 4,
             hard_state,
-            membership,
-        }));
+            membership: membership.clone(),
+            latest_snapshot: None,
+        };
+        round_trip(Record::SegmentHeader(Box::new(header.clone())));
+        round_trip(Record::SegmentHeader(Box::new(SegmentHeader {
+            latest_snapshot: Some((meta, membership)),
+            ..header
+        })));
     }
 
     #[test]
     fn a_foreign_segment_header_is_rejected() {
-        let mut payload = Record::SnapshotMarker { index: 1, term: 1 }.payload();
+        let mut payload = Record::LogStart { index: 1, term: 1 }.payload();
         payload.extend_from_slice(&[0; 24]);
         let err = Record::decode(RecordKind::SegmentHeader, payload.into()).unwrap_err();
         assert!(err.contains("magic"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_segment_header_still_decodes_without_a_snapshot() {
+        let hard_state = HardState {
+            term: 2,
+            commit: 5,
+            ..Default::default()
+        };
+        let membership = MembershipRecord {
+            index: 1,
+            ..Default::default()
+        };
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(&7u64.to_le_bytes());
+        payload.extend_from_slice(&3u64.to_le_bytes());
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        put_len_prefixed(&mut payload, &encode_protobuf(&hard_state));
+        put_len_prefixed(&mut payload, &membership.encode());
+        let decoded = Record::decode(RecordKind::SegmentHeader, payload.into()).unwrap();
+        assert_eq!(
+            decoded,
+            Record::SegmentHeader(Box::new(SegmentHeader {
+                seq: 7,
+                log_start_index: 3,
+                log_start_term: 1,
+                hard_state,
+                membership,
+                latest_snapshot: None,
+            }))
+        );
     }
 }

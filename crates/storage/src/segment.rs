@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::error::StorageError;
 use crate::frame::{decode_header, RecordKind, HEADER_LEN_BYTES};
-use crate::record::Record;
+use crate::record::{Record, SegmentHeader};
 
 /// An fsync slower than this is logged: the disk is the cluster's latency floor.
 const SLOW_FSYNC_WARN: Duration = Duration::from_secs(1);
@@ -185,6 +185,29 @@ impl Segment {
         Ok(payload)
     }
 
+    /// The segment's header, if its first record is an intact header; `None` for anything
+    /// else (an empty or damaged file): this is a best-effort look used to find the log
+    /// start before the full scan, which reports any damage.
+    pub fn read_header(&self) -> Option<SegmentHeader> {
+        let mut header_bytes = [0u8; HEADER_LEN_BYTES];
+        self.file.read_exact_at(&mut header_bytes, 0).ok()?;
+        let header = decode_header(&header_bytes).ok()?;
+        if header.kind != RecordKind::SegmentHeader || header.record_len_bytes() > self.len_bytes {
+            return None;
+        }
+        let mut payload = vec![0u8; header.payload_len_bytes as usize];
+        self.file
+            .read_exact_at(&mut payload, HEADER_LEN_BYTES as u64)
+            .ok()?;
+        if !header.payload_matches(&payload) {
+            return None;
+        }
+        match Record::decode(RecordKind::SegmentHeader, Bytes::from(payload)) {
+            Ok(Record::SegmentHeader(segment_header)) => Some(*segment_header),
+            _ => None,
+        }
+    }
+
     /// Reads the whole segment and hands every intact record to `visit` with its offset
     /// and on-disk length. `is_last` enables the torn-tail rule; the repair itself
     /// (truncation) is left to the caller, who logs it.
@@ -282,11 +305,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut segment = Segment::create(dir.path(), 1).unwrap();
         let mut buf = Vec::new();
-        Record::SnapshotMarker { index: 1, term: 1 }
+        Record::LogStart { index: 1, term: 1 }
             .encode_into(&mut buf)
             .unwrap();
         let first_len = buf.len();
-        Record::SnapshotMarker { index: 2, term: 1 }
+        Record::LogStart { index: 2, term: 1 }
             .encode_into(&mut buf)
             .unwrap();
         segment.append(&buf[..buf.len() - 1]).unwrap();

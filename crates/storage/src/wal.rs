@@ -1,6 +1,7 @@
 //! The write-ahead log as a whole: the ordered set of segments under `<data-dir>/wal/`,
 //! replay at startup (with torn-tail repair of the last segment), group-commit writes
-//! with one fdatasync each, segment rollover, and positioned reads of entries.
+//! with one fdatasync each, segment rollover (by size, or forced to carry a new log start
+//! in a header), deleting old segments after compaction, and positioned reads of entries.
 //!
 //! Fail-stop: once an fsync fails (or a failed write cannot be undone) every later
 //! write returns `FailStopped`; an fsync is never retried. A failed write that was
@@ -18,7 +19,7 @@ use crate::entry_log::EntryLocation;
 use crate::error::StorageError;
 use crate::frame::RecordKind;
 use crate::membership::MembershipRecord;
-use crate::record::{Record, SegmentHeader};
+use crate::record::{Record, SegmentHeader, SnapshotState};
 use crate::segment::{parse_segment_file_name, sync_dir, Segment};
 
 /// Name of the WAL directory inside the data directory.
@@ -27,22 +28,44 @@ pub const WAL_DIR_NAME: &str = "wal";
 /// The durable metadata a new segment's header carries.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct DurableMeta {
-    pub snapshot_index: u64,
-    pub snapshot_term: u64,
+    pub log_start_index: u64,
+    pub log_start_term: u64,
     pub hard_state: HardState,
     pub membership: MembershipRecord,
+    pub latest_snapshot: Option<SnapshotState>,
 }
 
 impl DurableMeta {
     fn header_record(&self, seq: u64) -> Record {
-        Record::SegmentHeader(SegmentHeader {
+        Record::SegmentHeader(Box::new(SegmentHeader {
             seq,
-            snapshot_index: self.snapshot_index,
-            snapshot_term: self.snapshot_term,
+            log_start_index: self.log_start_index,
+            log_start_term: self.log_start_term,
             hard_state: self.hard_state.clone(),
             membership: self.membership.clone(),
-        })
+            latest_snapshot: self.latest_snapshot.clone(),
+        }))
     }
+}
+
+/// The intact headers of the segments in `<data_dir>/wal/` (best effort: a missing
+/// directory gives none, an unreadable or damaged header is skipped — the full replay
+/// reports it). Read before the replay to learn the newest log start any header carries.
+pub(crate) fn read_segment_headers(data_dir: &Path) -> Result<Vec<SegmentHeader>, StorageError> {
+    let dir = data_dir.join(WAL_DIR_NAME);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut headers = Vec::new();
+    for seq in list_segment_seqs(&dir)? {
+        if let Some(header) = Segment::open(&dir, seq, false)
+            .ok()
+            .and_then(|segment| segment.read_header())
+        {
+            headers.push(header);
+        }
+    }
+    Ok(headers)
 }
 
 /// Where a replayed record sits; handed to the replay visitor.
@@ -210,12 +233,28 @@ impl Wal {
         batch: &[u8],
         meta: &DurableMeta,
     ) -> Result<BatchPosition, StorageError> {
-        if let Some(reason) = &self.fail_stopped {
-            return Err(StorageError::FailStopped {
-                reason: reason.clone(),
-            });
-        }
-        let result = self.write_batch_inner(batch, meta);
+        self.write(batch, meta, false)
+    }
+
+    /// Like [`Wal::write_batch`], but always starts a new segment, whose header carries
+    /// `meta`. Used to make a new log start durable in a header before older segments
+    /// are deleted.
+    pub fn roll_over(
+        &mut self,
+        batch: &[u8],
+        meta: &DurableMeta,
+    ) -> Result<BatchPosition, StorageError> {
+        self.write(batch, meta, true)
+    }
+
+    fn write(
+        &mut self,
+        batch: &[u8],
+        meta: &DurableMeta,
+        force_new_segment: bool,
+    ) -> Result<BatchPosition, StorageError> {
+        self.check_not_fail_stopped()?;
+        let result = self.write_batch_inner(batch, meta, force_new_segment);
         if let Err(err) = &result {
             if !is_retryable(err) {
                 let reason = match err {
@@ -228,16 +267,26 @@ impl Wal {
         result
     }
 
+    fn check_not_fail_stopped(&self) -> Result<(), StorageError> {
+        match &self.fail_stopped {
+            Some(reason) => Err(StorageError::FailStopped {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn write_batch_inner(
         &mut self,
         batch: &[u8],
         meta: &DurableMeta,
+        force_new_segment: bool,
     ) -> Result<BatchPosition, StorageError> {
         let (&active_seq, active) = self
             .segments
             .last_key_value()
             .expect("ensure_writable_segment ran at open");
-        if active.len_bytes() >= self.segment_size_limit_bytes {
+        if force_new_segment || active.len_bytes() >= self.segment_size_limit_bytes {
             // The active segment was fsynced by the sync that wrote its last batch.
             let seq = active_seq + 1;
             let segment = self.create_segment(seq, meta, batch)?;
@@ -293,6 +342,63 @@ impl Wal {
                 reason,
             )),
         }
+    }
+
+    /// Deletes every segment with a sequence number up to `last_seq`, oldest first, then
+    /// fsyncs `wal/`. The active (newest) segment is never deleted. Deletion stops at the
+    /// first failure so the remaining segments stay consecutive. A failed directory
+    /// fsync fail-stops the WAL. Returns how many files were deleted.
+    pub fn delete_segments_through(&mut self, last_seq: u64) -> Result<u64, StorageError> {
+        self.check_not_fail_stopped()?;
+        let active_seq = self.active_seq();
+        let doomed: Vec<u64> = self
+            .segments
+            .range(..=last_seq)
+            .map(|(seq, _)| *seq)
+            .filter(|seq| *seq != active_seq)
+            .collect();
+        let mut deleted = 0u64;
+        let mut unlink_error = None;
+        for seq in doomed {
+            let path = self.segment_path(seq);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    self.segments.remove(&seq);
+                    deleted += 1;
+                    tracing::debug!(path = %path.display(), "deleted compacted WAL segment");
+                }
+                Err(err) => {
+                    unlink_error = Some(StorageError::io(path, err));
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            if let Err(err) = sync_dir(&self.dir) {
+                let reason =
+                    format!("fsync of the WAL directory after deleting segments failed: {err}");
+                self.fail_stopped = Some(reason.clone());
+                return Err(StorageError::FailStopped { reason });
+            }
+        }
+        match unlink_error {
+            Some(err) => Err(err),
+            None => Ok(deleted),
+        }
+    }
+
+    /// Sequence numbers of the live segments, oldest first.
+    pub fn segment_seqs(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// The segment being written.
+    pub fn active_seq(&self) -> u64 {
+        *self
+            .segments
+            .last_key_value()
+            .expect("ensure_writable_segment ran at open")
+            .0
     }
 
     pub fn segment_path(&self, seq: u64) -> PathBuf {

@@ -1,9 +1,11 @@
 //! Behaviour of `FileStorage` as its users see it: what survives a reopen, how a
 //! damaged log is repaired or refused, and the `raft::Storage` contract.
 
+mod compaction;
 mod raft_semantics;
 mod recovery;
 mod round_trip;
+mod snapshot_files;
 
 use std::path::{Path, PathBuf};
 

@@ -82,7 +82,7 @@ fn term_and_entries_respect_the_snapshot_and_the_last_index() {
 }
 
 #[test]
-fn snapshots_are_not_available_yet() {
+fn no_snapshot_is_offered_before_one_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
     assert!(is_store_error(

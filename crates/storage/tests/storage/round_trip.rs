@@ -188,7 +188,7 @@ fn bootstrap_then_reopen_presents_the_initial_configuration() {
 }
 
 #[test]
-fn a_bootstrapped_node_appends_after_the_snapshot_marker_across_reopens() {
+fn a_bootstrapped_node_appends_after_the_bootstrap_log_start_across_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let identity = NodeIdentity {
         node_id: 1,
