@@ -13,8 +13,10 @@
 mod command;
 mod hash;
 mod session;
+mod snapshot;
 mod state;
 
 pub use command::{decode_command, encode_command, Command, Op};
 pub use session::{SessionLimits, SessionVerdict};
+pub use snapshot::RestoreError;
 pub use state::{ApplyOutcome, KvState, ScanPage, ScanQuery};

@@ -11,7 +11,10 @@
 //! `max_sessions` the least recently active is dropped. Both depend only on
 //! the log, so every replica drops the same sessions at the same index.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use imbl::{HashMap, OrdMap};
+use raftkv_proto::internal::SessionState;
 
 /// Bounds on client sessions.
 #[derive(Clone, Copy, Debug)]
@@ -53,13 +56,14 @@ struct Session {
     applied_seqs: BTreeSet<u64>,
 }
 
-/// The session table. Cloned with the state machine for snapshots.
+/// The session table. Cloned with the state machine for snapshots; the
+/// persistent maps make that clone O(1).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Sessions {
     limits: SessionLimits,
     by_client: HashMap<u64, Session>,
     /// (last_active_ms, client_id) of every session, oldest first.
-    by_activity: BTreeMap<(u64, u64), ()>,
+    by_activity: OrdMap<(u64, u64), ()>,
 }
 
 impl Sessions {
@@ -72,6 +76,37 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         self.by_client.len()
+    }
+
+    /// Every session, for a snapshot (ordered by client id, so the same
+    /// table always gives the same bytes).
+    pub(crate) fn export(&self) -> Vec<SessionState> {
+        let mut states: Vec<SessionState> = self
+            .by_client
+            .iter()
+            .map(|(client_id, s)| SessionState {
+                client_id: *client_id,
+                last_active_ms: s.last_active_ms,
+                first_incomplete_seq: s.first_incomplete_seq,
+                applied_seqs: s.applied_seqs.iter().copied().collect(),
+            })
+            .collect();
+        states.sort_by_key(|s| s.client_id);
+        states
+    }
+
+    /// Adds a session read from a snapshot.
+    pub(crate) fn import(&mut self, state: SessionState) {
+        self.by_activity
+            .insert((state.last_active_ms, state.client_id), ());
+        self.by_client.insert(
+            state.client_id,
+            Session {
+                last_active_ms: state.last_active_ms,
+                first_incomplete_seq: state.first_incomplete_seq,
+                applied_seqs: state.applied_seqs.into_iter().collect(),
+            },
+        );
     }
 
     /// Decides whether write `seq` of `client_id` is new, and records it as
@@ -109,7 +144,7 @@ impl Sessions {
 
     fn expire(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(self.limits.ttl_ms);
-        while let Some((&(active_ms, client_id), _)) = self.by_activity.first_key_value() {
+        while let Some(&((active_ms, client_id), ())) = self.by_activity.get_min() {
             if active_ms >= cutoff {
                 break;
             }
@@ -120,10 +155,11 @@ impl Sessions {
 
     fn evict_over_capacity(&mut self) {
         while self.by_client.len() > self.limits.max_sessions {
-            let Some(((_, client_id), _)) = self.by_activity.pop_first() else {
+            let Some(&(oldest, ())) = self.by_activity.get_min() else {
                 break;
             };
-            self.by_client.remove(&client_id);
+            self.by_activity.remove(&oldest);
+            self.by_client.remove(&oldest.1);
         }
     }
 }

@@ -49,9 +49,9 @@ pub struct ScanPage {
 /// The replicated state machine. `Clone` is O(1) (persistent map).
 #[derive(Clone, Debug)]
 pub struct KvState {
-    map: OrdMap<Bytes, Bytes>,
+    pub(crate) map: OrdMap<Bytes, Bytes>,
     data_bytes: u64,
-    sessions: Sessions,
+    pub(crate) sessions: Sessions,
     /// Log time: the largest command timestamp applied so far.
     clock_ms: u64,
     applied_index: u64,
@@ -115,6 +115,24 @@ impl KvState {
         );
         self.applied_index = index;
         self.applied_term = term;
+    }
+
+    /// Adds a pair read from a snapshot (small values get their own buffer,
+    /// as in `apply`).
+    pub(crate) fn restore_pair(&mut self, key: Bytes, value: Bytes) {
+        let value = if value.len() < COPY_VALUES_BELOW_BYTES {
+            Bytes::copy_from_slice(&value)
+        } else {
+            value
+        };
+        self.insert(Bytes::copy_from_slice(&key), value);
+    }
+
+    /// Sets the log position and time a snapshot was taken at.
+    pub(crate) fn restore_position(&mut self, index: u64, term: u64, clock_ms: u64) {
+        self.applied_index = index;
+        self.applied_term = term;
+        self.clock_ms = clock_ms;
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) {
