@@ -29,6 +29,11 @@ pub struct ReplicaConfig {
     /// Peer messages queued for the node thread (a separate queue).
     pub max_queued_peer_messages: usize,
     pub sessions: SessionLimits,
+    /// Take a snapshot every this many applied entries.
+    pub snapshot_entries: u64,
+    /// Entries kept in the log below a new snapshot, so a follower slightly
+    /// behind catches up from the log instead of a whole snapshot.
+    pub snapshot_catch_up_entries: u64,
 }
 
 impl ReplicaConfig {
@@ -46,6 +51,8 @@ impl ReplicaConfig {
             max_queued_inputs: 100_000,
             max_queued_peer_messages: 100_000,
             sessions: SessionLimits::default(),
+            snapshot_entries: 10_000,
+            snapshot_catch_up_entries: 5_000,
         }
     }
 

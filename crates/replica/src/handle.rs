@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::Message;
 use raftkv_kv::{KvState, Op};
-use raftkv_storage::{FileStorage, MembershipRecord, StorageStats};
+use raftkv_storage::{FileStorage, MembershipRecord, SnapshotInfo, SnapshotStore, StorageStats};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
-use crate::node::{Input, Node, PeerInput, Query};
+use crate::node::{CompactResult, Input, Node, NodeChannels, PeerInput, Query};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -51,6 +51,7 @@ impl Replica {
     /// (bootstrapped) already.
     pub fn start(
         storage: FileStorage,
+        snapshots: SnapshotStore,
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Replica, FatalError> {
@@ -75,8 +76,12 @@ impl Replica {
             config,
             transport,
             shared.clone(),
-            receiver,
-            peer_receiver,
+            NodeChannels {
+                inputs: receiver,
+                peer_inputs: peer_receiver,
+                events: peer_inputs.clone(),
+            },
+            snapshots,
         )?;
         std::thread::Builder::new()
             .name(format!("raft-node-{node_id}"))
@@ -198,6 +203,27 @@ impl Replica {
 
     pub async fn storage_stats(&self) -> Result<StorageStats, ReplicaError> {
         self.ask(|reply| Input::Query(Query::Storage(reply))).await
+    }
+
+    /// Takes a snapshot now; resolves once it is durable.
+    pub async fn trigger_snapshot(&self) -> Result<SnapshotInfo, ReplicaError> {
+        self.ask(|reply| Input::Query(Query::Snapshot(reply)))
+            .await?
+    }
+
+    /// Compacts the log up to the latest snapshot now.
+    pub async fn compact(&self) -> Result<CompactResult, ReplicaError> {
+        self.ask(|reply| Input::Query(Query::Compact(reply)))
+            .await?
+    }
+
+    /// The transport finished sending a snapshot to `to` (or gave up).
+    pub fn report_snapshot(&self, to: u64, delivered: bool) {
+        // Must not be lost: raft keeps the follower paused until it hears.
+        let _ = self.peer_inputs.send_timeout(
+            PeerInput::SnapshotStatus { to, delivered },
+            std::time::Duration::from_secs(5),
+        );
     }
 
     /// Asks the node thread to stop after its current turn.

@@ -18,6 +18,7 @@ mod membership;
 mod node;
 mod proposals;
 mod reads;
+mod snapshots;
 mod status;
 mod transport;
 
@@ -28,7 +29,9 @@ pub use membership::{bootstrap_membership, encode_conf_change_context};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 
+pub use node::CompactResult;
 pub use raftkv_kv::{KvState, Op, ScanPage, ScanQuery, SessionLimits};
 pub use raftkv_storage::{
-    FileStorage, MembershipRecord, NodeIdentity, StorageError, StorageOptions, StorageStats,
+    read_chunk_at as read_snapshot_chunk, FileStorage, MembershipRecord, NodeIdentity,
+    SnapshotInfo, SnapshotMeta, SnapshotStore, StorageError, StorageOptions, StorageStats,
 };

@@ -20,7 +20,24 @@ impl Drain for TracingDrain {
     type Ok = ();
     type Err = slog::Never;
 
+    fn is_enabled(&self, level: Level) -> bool {
+        match level {
+            Level::Critical | Level::Error => {
+                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+            }
+            Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
+            Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+            Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        }
+    }
+
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // Format nothing tracing would drop: raft-rs logs whole messages at
+        // debug level, and formatting a 100 MB entry takes seconds.
+        if !self.is_enabled(record.level()) {
+            return Ok(());
+        }
         let mut kv = KvCollector(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);

@@ -18,15 +18,20 @@
 //! A storage error here is fatal: the loop stops and the node exits rather
 //! than acknowledge anything it could not make durable.
 
+mod queries;
+mod snapshot;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole, Storage as _};
-use raftkv_kv::{decode_command, encode_command, ApplyOutcome, Command, Op};
-use raftkv_storage::{FileStorage, MembershipRecord, StorageStats};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use raftkv_kv::{decode_command, encode_command, ApplyOutcome, Command, KvState, Op};
+use raftkv_storage::{
+    FileStorage, MembershipRecord, SnapshotInfo, SnapshotMeta, SnapshotStore, StorageStats,
+};
 use tokio::sync::oneshot;
 
 use crate::config::ReplicaConfig;
@@ -36,8 +41,11 @@ use crate::logger::raft_logger;
 use crate::membership::{decode_conf_change_context, member_ids, next_addresses};
 use crate::proposals::{Proposals, Reply};
 use crate::reads::ReadBatcher;
-use crate::status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
+use crate::snapshots::load_snapshot;
+use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
+
 use crate::transport::Transport;
+pub use snapshot::CompactResult;
 
 /// Inputs taken in one turn at most, so a flood cannot starve ticks.
 const MAX_INPUTS_PER_TURN: usize = 4096;
@@ -48,6 +56,8 @@ pub(crate) enum Query {
     RaftState(oneshot::Sender<RaftStateInfo>),
     Members(oneshot::Sender<MembersInfo>),
     Storage(oneshot::Sender<StorageStats>),
+    Snapshot(oneshot::Sender<Result<SnapshotInfo, ReplicaError>>),
+    Compact(oneshot::Sender<Result<CompactResult, ReplicaError>>),
 }
 
 /// What peers send the node; on a channel of its own so heartbeats and
@@ -55,6 +65,16 @@ pub(crate) enum Query {
 pub(crate) enum PeerInput {
     Raft(Message),
     Unreachable(u64),
+    /// The transport finished (or failed) sending a snapshot to `to`.
+    SnapshotStatus {
+        to: u64,
+        delivered: bool,
+    },
+    /// The background snapshot writer finished.
+    SnapshotWritten {
+        result: Result<SnapshotInfo, String>,
+        membership: MembershipRecord,
+    },
 }
 
 pub(crate) enum Input {
@@ -68,6 +88,14 @@ pub(crate) enum Input {
     },
     Query(Query),
     Shutdown,
+}
+
+/// The node thread's queues: client inputs, peer inputs, and a sender into
+/// the peer queue for its own background work.
+pub(crate) struct NodeChannels {
+    pub(crate) inputs: Receiver<Input>,
+    pub(crate) peer_inputs: Receiver<PeerInput>,
+    pub(crate) events: Sender<PeerInput>,
 }
 
 pub(crate) struct Node {
@@ -93,6 +121,12 @@ pub(crate) struct Node {
     leader_clock: Option<(u64, Instant)>,
     tick_interval: Duration,
     next_tick: Instant,
+    snapshots: SnapshotStore,
+    /// The node's own event queue (the peer queue), for background work.
+    events: Sender<PeerInput>,
+    snapshot_in_progress: bool,
+    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotInfo, ReplicaError>>>,
+    last_snapshot_index: u64,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -105,11 +139,31 @@ impl Node {
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
         shared: Arc<Shared>,
-        inputs: Receiver<Input>,
-        peer_inputs: Receiver<PeerInput>,
+        channels: NodeChannels,
+        snapshots: SnapshotStore,
     ) -> Result<Node, FatalError> {
+        let NodeChannels {
+            inputs,
+            peer_inputs,
+            events,
+        } = channels;
+        // Restart: the state machine starts from the latest snapshot and
+        // the log after it is replayed.
+        let latest_snapshot = storage.latest_snapshot().map(|(meta, _)| meta);
+        let snapshot_index = match latest_snapshot {
+            Some(meta) => {
+                let (state, _) = load_snapshot(&snapshots, meta, config.sessions)?;
+                *shared.kv.write().expect("kv lock poisoned") = state;
+                meta.index
+            }
+            None => {
+                *shared.kv.write().expect("kv lock poisoned") = KvState::new(config.sessions);
+                0
+            }
+        };
         let (heartbeat_tick, election_tick) = config.ticks();
         let raft_config = raft::Config {
+            applied: snapshot_index,
             id: config.node_id,
             election_tick,
             heartbeat_tick,
@@ -149,6 +203,11 @@ impl Node {
             leader_clock: None,
             tick_interval,
             next_tick: Instant::now() + tick_interval,
+            snapshots,
+            events,
+            snapshot_in_progress: false,
+            snapshot_waiters: Vec::new(),
+            last_snapshot_index: snapshot_index,
         })
     }
 
@@ -208,7 +267,7 @@ impl Node {
             };
             crossbeam_channel::select! {
                 recv(self.peer_inputs) -> input => match input {
-                    Ok(input) => self.handle_peer(input),
+                    Ok(input) => self.handle_peer(input)?,
                     Err(_) => return Ok(()),
                 },
                 recv(self.inputs) -> input => match input {
@@ -223,7 +282,7 @@ impl Node {
             }
             for _ in 0..MAX_PEER_INPUTS_PER_TURN {
                 match self.peer_inputs.try_recv() {
-                    Ok(input) => self.handle_peer(input),
+                    Ok(input) => self.handle_peer(input)?,
                     Err(_) => break,
                 }
             }
@@ -245,10 +304,11 @@ impl Node {
             self.maybe_issue_read(now);
             self.on_ready()?;
             self.after_turn();
+            self.maybe_start_snapshot();
         }
     }
 
-    fn handle_peer(&mut self, input: PeerInput) {
+    fn handle_peer(&mut self, input: PeerInput) -> Result<(), FatalError> {
         match input {
             PeerInput::Raft(message) => {
                 if let Err(e) = self.raw.step(message) {
@@ -256,7 +316,19 @@ impl Node {
                 }
             }
             PeerInput::Unreachable(id) => self.raw.report_unreachable(id),
+            PeerInput::SnapshotStatus { to, delivered } => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            PeerInput::SnapshotWritten { result, membership } => {
+                self.on_snapshot_written(result, membership)?;
+            }
         }
+        Ok(())
     }
 
     /// Handles one input; false means stop.
@@ -364,9 +436,13 @@ impl Node {
             self.transport.send(rd.take_messages());
         }
         if !rd.snapshot().is_empty() {
-            return Err(FatalError(
-                "received a raft snapshot; installing snapshots is not implemented yet".into(),
-            ));
+            // Before the entries that follow it (and before anything is
+            // applied on top of it).
+            let metadata = rd.snapshot().get_metadata();
+            self.install_snapshot(SnapshotMeta {
+                index: metadata.index,
+                term: metadata.term,
+            })?;
         }
         self.apply_entries(rd.take_committed_entries())?;
         let store = self.raw.mut_store();
@@ -578,114 +654,5 @@ impl Node {
         }
         self.leader_term = leader_term;
         self.publish_status();
-    }
-
-    fn answer(&mut self, query: Query) {
-        match query {
-            Query::RaftState(reply) => {
-                let _ = reply.send(self.raft_state());
-            }
-            Query::Members(reply) => {
-                let _ = reply.send(self.members());
-            }
-            Query::Storage(reply) => {
-                let _ = reply.send(self.raw.store().stats());
-            }
-        }
-    }
-
-    fn progress(&self) -> Vec<PeerProgressInfo> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Vec::new();
-        }
-        let mut progress: Vec<PeerProgressInfo> = self
-            .raw
-            .raft
-            .prs()
-            .iter()
-            .map(|(id, pr)| PeerProgressInfo {
-                id: *id,
-                match_index: pr.matched,
-                next_index: pr.next_idx,
-                state: match pr.state {
-                    ProgressState::Probe => "probe",
-                    ProgressState::Replicate => "replicate",
-                    ProgressState::Snapshot => "snapshot",
-                }
-                .to_string(),
-                paused: pr.is_paused(),
-                recent_active: pr.recent_active,
-                pending_snapshot: pr.pending_snapshot,
-            })
-            .collect();
-        progress.sort_by_key(|p| p.id);
-        progress
-    }
-
-    fn raft_state(&self) -> RaftStateInfo {
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let sorted = |mut ids: Vec<u64>| {
-            ids.sort_unstable();
-            ids
-        };
-        RaftStateInfo {
-            status: self.node_status(),
-            vote: self.raw.raft.vote,
-            first_index: self.raw.store().first_index().unwrap_or(0),
-            last_index: self.raw.raft.raft_log.last_index(),
-            progress: self.progress(),
-            voters: sorted(conf.voters.clone()),
-            learners: sorted(conf.learners.clone()),
-            voters_outgoing: sorted(conf.voters_outgoing.clone()),
-        }
-    }
-
-    fn members(&self) -> MembersInfo {
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let addresses = &self.raw.store().membership().addresses;
-        let progress = self.progress();
-        let last_index = self.raw.raft.raft_log.last_index();
-        let is_leader = self.raw.raft.state == StateRole::Leader;
-        let members = member_ids(&conf)
-            .into_iter()
-            .map(|id| {
-                let learner = conf.learners.contains(&id) || conf.learners_next.contains(&id);
-                let role = if id == self.raw.raft.leader_id {
-                    Role::Leader
-                } else if learner {
-                    Role::Learner
-                } else if id == self.id {
-                    self.role()
-                } else {
-                    Role::Follower
-                };
-                let pr = progress.iter().find(|p| p.id == id);
-                let match_index = pr.map_or(0, |p| p.match_index);
-                let reachable = if id == self.id {
-                    true
-                } else if is_leader {
-                    pr.is_some_and(|p| p.recent_active)
-                } else {
-                    self.transport.is_reachable(id)
-                };
-                MemberInfo {
-                    id,
-                    address: addresses.get(&id).cloned().unwrap_or_default(),
-                    role,
-                    voter: !learner,
-                    match_index,
-                    lag: if is_leader {
-                        last_index.saturating_sub(match_index)
-                    } else {
-                        0
-                    },
-                    reachable,
-                }
-            })
-            .collect();
-        MembersInfo {
-            members,
-            joint: !conf.voters_outgoing.is_empty(),
-        }
     }
 }

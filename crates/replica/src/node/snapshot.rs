@@ -1,0 +1,202 @@
+//! Snapshots on the node thread: when to take one, what to do once it is
+//! durable (record it, compact the log, keep the newest two files), and
+//! installing one the leader sent.
+
+use raft::Storage as _;
+use raftkv_storage::{SnapshotInfo, SnapshotMeta};
+use tokio::sync::oneshot;
+
+use super::{fatal, Node, PeerInput};
+use crate::error::{FatalError, ReplicaError};
+use crate::snapshots::{load_snapshot, write_snapshot};
+
+/// Snapshot files kept (CONTRACT §5).
+const SNAPSHOTS_KEPT: usize = 2;
+
+/// What `raftkv debug compact` reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactResult {
+    pub first_index: u64,
+    pub segments_removed: u64,
+}
+
+impl Node {
+    /// Starts writing a snapshot in the background when one is due (or was
+    /// asked for) and none is being written.
+    pub(super) fn maybe_start_snapshot(&mut self) {
+        if self.snapshot_in_progress {
+            return;
+        }
+        let due =
+            self.applied_index >= self.last_snapshot_index + self.config.snapshot_entries.max(1);
+        if !due && self.snapshot_waiters.is_empty() {
+            return;
+        }
+        let state = self.shared.kv.read().expect("kv lock poisoned").clone();
+        let meta = SnapshotMeta {
+            index: state.applied_index(),
+            term: state.applied_term(),
+        };
+        if meta.index <= self.last_snapshot_index {
+            // Nothing new since the last snapshot: answer with that one.
+            let latest = self.latest_snapshot_info();
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(latest.clone());
+            }
+            return;
+        }
+        let membership = self.raw.store().membership().clone();
+        let store = self.snapshots.clone();
+        let events = self.events.clone();
+        self.snapshot_in_progress = true;
+        tracing::info!(
+            "node {}: writing a snapshot at index {}",
+            self.id,
+            meta.index
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("raft-snapshot-{}", self.id))
+            .spawn(move || {
+                let result = write_snapshot(&store, meta, &state, &membership);
+                let _ = events.send(PeerInput::SnapshotWritten { result, membership });
+            });
+        if let Err(e) = spawned {
+            self.snapshot_in_progress = false;
+            tracing::error!("cannot start the snapshot thread: {e}");
+        }
+    }
+
+    fn latest_snapshot_info(&self) -> Result<SnapshotInfo, ReplicaError> {
+        let (meta, _) =
+            self.raw.store().latest_snapshot().ok_or_else(|| {
+                ReplicaError::Unavailable("no snapshot has been taken yet".into())
+            })?;
+        self.snapshots
+            .find(meta)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ReplicaError::Unavailable("the latest snapshot file is missing".into()))
+    }
+
+    /// `raftkv debug snapshot`: answered once a snapshot is durable.
+    pub(super) fn request_snapshot(
+        &mut self,
+        reply: oneshot::Sender<Result<SnapshotInfo, ReplicaError>>,
+    ) {
+        self.snapshot_waiters.push(reply);
+        self.maybe_start_snapshot();
+    }
+
+    /// The background writer finished.
+    pub(super) fn on_snapshot_written(
+        &mut self,
+        result: Result<SnapshotInfo, String>,
+        membership: raftkv_storage::MembershipRecord,
+    ) -> Result<(), FatalError> {
+        self.snapshot_in_progress = false;
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                // Not fatal: the log still holds everything (disk full, say).
+                tracing::error!("node {}: writing a snapshot failed: {e}", self.id);
+                for waiter in self.snapshot_waiters.drain(..) {
+                    let _ = waiter.send(Err(ReplicaError::Unavailable(format!(
+                        "writing the snapshot failed: {e}"
+                    ))));
+                }
+                return Ok(());
+            }
+        };
+        if info.meta.index <= self.last_snapshot_index {
+            // Superseded while it was written (the leader's snapshot was
+            // installed meanwhile): the newer one stands.
+            let latest = self.latest_snapshot_info();
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(latest.clone());
+            }
+            let _ = self.snapshots.retain_newest(SNAPSHOTS_KEPT);
+            return Ok(());
+        }
+        self.raw
+            .mut_store()
+            .record_snapshot(info.meta, membership)
+            .map_err(fatal("recording a snapshot"))?;
+        self.last_snapshot_index = info.meta.index;
+        tracing::info!(
+            "node {}: snapshot at index {} is durable ({} bytes)",
+            self.id,
+            info.meta.index,
+            info.size_bytes
+        );
+        // Keep some entries so a follower slightly behind catches up from
+        // the log, not with a whole snapshot.
+        let compact_to = info
+            .meta
+            .index
+            .saturating_sub(self.config.snapshot_catch_up_entries);
+        self.compact_log(compact_to)?;
+        for waiter in self.snapshot_waiters.drain(..) {
+            let _ = waiter.send(Ok(info.clone()));
+        }
+        Ok(())
+    }
+
+    /// Drops log entries up to `compact_to` (if past the log start) and
+    /// snapshots beyond the newest two.
+    fn compact_log(&mut self, compact_to: u64) -> Result<CompactResult, FatalError> {
+        let store = self.raw.mut_store();
+        let log_start = store.first_index().unwrap_or(1) - 1;
+        let mut segments_removed = 0;
+        if compact_to > log_start {
+            segments_removed = store
+                .compact(compact_to)
+                .map_err(fatal("compacting the log"))?;
+        }
+        if let Err(e) = self.snapshots.retain_newest(SNAPSHOTS_KEPT) {
+            tracing::warn!("cannot remove old snapshots: {e}");
+        }
+        Ok(CompactResult {
+            first_index: self.raw.store().first_index().unwrap_or(1),
+            segments_removed,
+        })
+    }
+
+    /// `raftkv debug compact`: compacts the log up to the latest snapshot.
+    pub(super) fn compact_now(&mut self) -> Result<CompactResult, ReplicaError> {
+        if self.raw.store().latest_snapshot().is_none() {
+            return Err(ReplicaError::Unavailable(
+                "no snapshot yet: take one first (raftkv debug snapshot)".into(),
+            ));
+        }
+        self.compact_log(self.last_snapshot_index)
+            .map_err(|e| ReplicaError::Unavailable(e.0))
+    }
+
+    /// Installs the snapshot the leader sent (its file was received and
+    /// verified before raft saw the message).
+    pub(super) fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), FatalError> {
+        let (state, membership) = load_snapshot(&self.snapshots, meta, self.config.sessions)?;
+        self.raw
+            .mut_store()
+            .apply_snapshot(meta, membership.clone())
+            .map_err(fatal("installing a snapshot"))?;
+        *self.shared.kv.write().expect("kv lock poisoned") = state;
+        self.applied_index = meta.index;
+        self.last_snapshot_index = meta.index;
+        self.transport.update_peers(&membership.addresses);
+        *self
+            .shared
+            .membership
+            .write()
+            .expect("membership lock poisoned") = membership;
+        tracing::info!(
+            "node {}: installed the leader's snapshot at index {}",
+            self.id,
+            meta.index
+        );
+        if let Err(e) = self.snapshots.retain_newest(SNAPSHOTS_KEPT) {
+            tracing::warn!("cannot remove old snapshots: {e}");
+        }
+        Ok(())
+    }
+}
