@@ -1,9 +1,9 @@
 //! The `Cluster` and `Debug` gRPC services: status, membership queries and
 //! the debug views of raft and storage.
 //!
-//! Membership changes (add, promote, remove, change, transfer-leader) and the
-//! snapshot/compaction commands are not implemented in this version; they
-//! answer with a clear `Rejected` error naming what is missing.
+//! Membership changes (add, promote, remove, change, transfer-leader) are not
+//! implemented in this version; they answer with a clear `Rejected` error
+//! naming what is missing.
 
 use raftkv_proto::v1::cluster_server::Cluster;
 use raftkv_proto::v1::debug_server::Debug;
@@ -14,7 +14,7 @@ use raftkv_proto::v1::{
     StatusResponse, StorageStateRequest, StorageStateResponse, TransferLeaderRequest,
     TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
-use raftkv_replica::{MembersInfo, Replica};
+use raftkv_replica::{MembersInfo, Replica, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status};
 
 use crate::errors::{error_status, replica_status};
@@ -23,6 +23,7 @@ use crate::kv_service::header_of;
 pub struct AdminService {
     pub replica: Replica,
     pub address: String,
+    pub snapshots: SnapshotStore,
 }
 
 fn members_of(info: &MembersInfo) -> Vec<Member> {
@@ -195,7 +196,15 @@ impl Debug for AdminService {
             last_index: stats.last_index,
             snapshot_index: stats.snapshot_index,
             snapshot_term: stats.snapshot_term,
-            snapshot_bytes: 0,
+            snapshot_bytes: self
+                .snapshots
+                .find(SnapshotMeta {
+                    index: stats.snapshot_index,
+                    term: stats.snapshot_term,
+                })
+                .ok()
+                .flatten()
+                .map_or(0, |info| info.size_bytes),
             segments: stats.segments,
             disk_bytes: stats.disk_bytes,
         }))
@@ -205,14 +214,32 @@ impl Debug for AdminService {
         &self,
         _: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        Err(self.not_implemented("taking a snapshot"))
+        let info = self
+            .replica
+            .trigger_snapshot()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+        Ok(Response::new(TriggerSnapshotResponse {
+            header: Some(header_of(&self.replica)),
+            snapshot_index: info.meta.index,
+            snapshot_bytes: info.size_bytes,
+        }))
     }
 
     async fn compact(
         &self,
         _: Request<CompactRequest>,
     ) -> Result<Response<CompactResponse>, Status> {
-        Err(self.not_implemented("log compaction"))
+        let result = self
+            .replica
+            .compact()
+            .await
+            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+        Ok(Response::new(CompactResponse {
+            header: Some(header_of(&self.replica)),
+            first_index: result.first_index,
+            segments_removed: result.segments_removed,
+        }))
     }
 
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {

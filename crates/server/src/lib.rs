@@ -21,7 +21,8 @@ use raftkv_proto::v1::debug_server::DebugServer;
 use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::peer_server::PeerServer;
 use raftkv_replica::{
-    bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, StorageOptions,
+    bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, SnapshotStore,
+    StorageOptions,
 };
 use tonic::transport::server::TcpIncoming;
 
@@ -101,6 +102,8 @@ fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let storage = open_storage(&config)?;
+    let snapshots = SnapshotStore::open(&config.data_dir)
+        .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
     let identity = storage.identity().context("data dir has no identity")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -109,13 +112,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let mut replica_config = ReplicaConfig::new(identity.node_id, identity.cluster_id);
     replica_config.election_timeout = config.election_timeout;
     replica_config.heartbeat_interval = config.heartbeat_interval;
+    replica_config.snapshot_entries = config.snapshot_entries;
     let transport = Arc::new(GrpcTransport::new(
         identity.node_id,
         identity.cluster_id,
         tokio::runtime::Handle::current(),
+        snapshots.clone(),
     ));
-    let replica = Replica::start(storage, replica_config, transport.clone())
-        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
+    let replica = Replica::start(
+        storage,
+        snapshots.clone(),
+        replica_config,
+        transport.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     transport.set_replica(replica.clone());
 
     let kv = KvServer::new(KvService {
@@ -127,9 +137,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let admin = Arc::new(AdminService {
         replica: replica.clone(),
         address: config.advertise_address().to_string(),
+        snapshots: snapshots.clone(),
     });
     let peer = PeerServer::new(PeerService {
         replica: replica.clone(),
+        snapshots,
         max_message_bytes: config.max_value_bytes as usize + MAX_GRPC_MESSAGE_BYTES,
     })
     .max_decoding_message_size(2 * transport::CHUNK_BYTES);

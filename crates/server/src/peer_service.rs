@@ -1,51 +1,106 @@
-//! Inbound peer traffic: the `Peer.Raft` stream. Reassembles chunked raft
-//! messages, refuses envelopes of another cluster or for another node, and
-//! hands each message to the replica.
+//! Inbound peer traffic: the `Peer.Raft` stream (reassembles chunked raft
+//! messages, refuses envelopes of another cluster or for another node, hands
+//! each message to the replica) and `Peer.InstallSnapshot` (writes a snapshot
+//! file to disk as it arrives, verifies every checksum, and only then hands
+//! the leader's `MsgSnapshot` to raft).
 
 use bytes::BytesMut;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use raftkv_proto::v1::peer_server::Peer;
-use raftkv_proto::v1::{RaftAck, RaftEnvelope};
-use raftkv_replica::Replica;
+use raftkv_proto::v1::{RaftAck, RaftEnvelope, SnapshotFileChunk};
+use raftkv_replica::{Replica, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
     pub replica: Replica,
+    pub snapshots: SnapshotStore,
     /// Largest reassembled message accepted (bounds memory per stream).
     pub max_message_bytes: usize,
 }
 
+impl PeerService {
+    fn check_sender(&self, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
+        let own_cluster = self.replica.cluster_id();
+        let node_id = self.replica.node_id();
+        if cluster_id != own_cluster {
+            tracing::warn!(
+                "refused raft traffic from node {from} of cluster {cluster_id:x} (this is cluster {own_cluster:x})"
+            );
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: node {node_id} belongs to cluster {own_cluster:x}, \
+                 the sender to {cluster_id:x}"
+            )));
+        }
+        if to != node_id {
+            return Err(Status::failed_precondition(format!(
+                "message for node {to} reached node {node_id}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotFileChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        self.check_sender(first.cluster_id, first.from, first.to)?;
+        let message = Message::parse_from_carllerche_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        let metadata = message.get_snapshot().get_metadata();
+        let meta = SnapshotMeta {
+            index: metadata.index,
+            term: metadata.term,
+        };
+        tracing::info!(
+            "receiving snapshot at index {} ({} bytes) from node {}",
+            meta.index,
+            first.total_bytes,
+            first.from
+        );
+        let mut receiver = self
+            .snapshots
+            .receive(meta, first.total_bytes)
+            .map_err(|e| Status::internal(format!("cannot store the snapshot: {e}")))?;
+        let mut chunk = first.data;
+        loop {
+            receiver
+                .write_chunk(&chunk)
+                .map_err(|e| Status::internal(format!("cannot store the snapshot: {e}")))?;
+            match stream.message().await? {
+                Some(next) => chunk = next.data,
+                None => break,
+            }
+        }
+        // fsync and a full checksum pass: off the async workers.
+        let info = tokio::task::spawn_blocking(move || receiver.finish())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot check failed: {e}")))?
+            .map_err(|e| Status::data_loss(format!("received snapshot is invalid: {e}")))?;
+        tracing::info!(
+            "received snapshot {} ({} bytes)",
+            info.path.display(),
+            info.size_bytes
+        );
+        self.replica.step(message);
+        Ok(Response::new(RaftAck {}))
+    }
+
     async fn raft(
         &self,
         request: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         let mut partial = BytesMut::new();
-        let cluster_id = self.replica.cluster_id();
-        let node_id = self.replica.node_id();
         while let Some(envelope) = stream.message().await? {
-            if envelope.cluster_id != cluster_id {
-                tracing::warn!(
-                    "refused raft messages from node {} of cluster {:x} (this is cluster {:x})",
-                    envelope.from,
-                    envelope.cluster_id,
-                    cluster_id
-                );
-                return Err(Status::failed_precondition(format!(
-                    "cluster id mismatch: node {node_id} belongs to cluster {cluster_id:x}, \
-                     the sender to {:x}",
-                    envelope.cluster_id
-                )));
-            }
-            if envelope.to != node_id {
-                return Err(Status::failed_precondition(format!(
-                    "message for node {} reached node {node_id}",
-                    envelope.to
-                )));
-            }
+            self.check_sender(envelope.cluster_id, envelope.from, envelope.to)?;
             if partial.len() + envelope.chunk.len() > self.max_message_bytes {
                 return Err(Status::resource_exhausted(format!(
                     "raft message larger than {} bytes",

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_client::PeerClient;
-use raftkv_proto::v1::RaftEnvelope;
-use raftkv_replica::{Replica, Transport};
+use raftkv_proto::v1::{RaftEnvelope, SnapshotFileChunk};
+use raftkv_replica::{Replica, SnapshotMeta, SnapshotStore, Transport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -67,6 +67,7 @@ struct LaneContext {
     queued_bytes: Arc<AtomicU64>,
     replica: Arc<OnceLock<Replica>>,
     name: &'static str,
+    snapshots: SnapshotStore,
 }
 
 /// The gRPC implementation of the replica's `Transport`.
@@ -76,16 +77,23 @@ pub struct GrpcTransport {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, PeerLink>>,
     replica: Arc<OnceLock<Replica>>,
+    snapshots: SnapshotStore,
 }
 
 impl GrpcTransport {
-    pub fn new(node_id: u64, cluster_id: u64, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        node_id: u64,
+        cluster_id: u64,
+        runtime: tokio::runtime::Handle,
+        snapshots: SnapshotStore,
+    ) -> Self {
         GrpcTransport {
             node_id,
             cluster_id,
             runtime,
             peers: Mutex::new(HashMap::new()),
             replica: Arc::new(OnceLock::new()),
+            snapshots,
         }
     }
 
@@ -113,6 +121,7 @@ impl GrpcTransport {
             queued_bytes: queued_bytes.clone(),
             replica: self.replica.clone(),
             name,
+            snapshots: self.snapshots.clone(),
         };
         self.runtime.spawn(run_lane(context, receiver));
         Lane {
@@ -204,7 +213,28 @@ pub fn envelopes(cluster_id: u64, from: u64, to: u64, encoded: Bytes) -> Vec<Raf
     }
 }
 
+/// What sending one snapshot needs.
+struct SnapshotSender {
+    from: u64,
+    to: u64,
+    cluster_id: u64,
+    address: String,
+    replica: Arc<OnceLock<Replica>>,
+    snapshots: SnapshotStore,
+}
+
 impl LaneContext {
+    fn snapshot_sender(&self) -> SnapshotSender {
+        SnapshotSender {
+            from: self.from,
+            to: self.to,
+            cluster_id: self.cluster_id,
+            address: self.address.clone(),
+            replica: self.replica.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
     fn report_unreachable(&self) {
         self.reachable.store(false, Ordering::Relaxed);
         if let Some(replica) = self.replica.get() {
@@ -289,6 +319,12 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
                     None => return,
                 },
             };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // The file goes on a stream and connection of its own; raft
+                // sends this follower nothing else until we report back.
+                tokio::spawn(send_snapshot(lane.snapshot_sender(), message));
+                continue;
+            }
             let encoded = match message.write_to_bytes() {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(e) => {
@@ -321,6 +357,99 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
     }
+}
+
+/// Streams the snapshot file named by `message` to its follower, then tells
+/// raft whether it arrived (raft keeps the follower paused until then).
+async fn send_snapshot(sender: SnapshotSender, message: Message) {
+    let metadata = message.get_snapshot().get_metadata();
+    let meta = SnapshotMeta {
+        index: metadata.index,
+        term: metadata.term,
+    };
+    let started = std::time::Instant::now();
+    let result = stream_snapshot(&sender, meta, message).await;
+    match &result {
+        Ok(bytes) => tracing::info!(
+            "sent snapshot at index {} ({bytes} bytes) to node {} in {:?}",
+            meta.index,
+            sender.to,
+            started.elapsed()
+        ),
+        Err(e) => tracing::warn!(
+            "sending snapshot at index {} to node {} failed: {e}",
+            meta.index,
+            sender.to
+        ),
+    }
+    if let Some(replica) = sender.replica.get() {
+        replica.report_snapshot(sender.to, result.is_ok());
+    }
+}
+
+async fn stream_snapshot(
+    sender: &SnapshotSender,
+    meta: SnapshotMeta,
+    message: Message,
+) -> Result<u64, String> {
+    let info = sender
+        .snapshots
+        .find(meta)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("snapshot at index {} is no longer on disk", meta.index))?;
+    let channel = Endpoint::from_shared(format!("http://{}", sender.address))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let encoded = message.write_to_bytes().map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER_ENVELOPES);
+    let mut client = PeerClient::new(channel)
+        .max_encoding_message_size(2 * CHUNK_BYTES)
+        .max_decoding_message_size(2 * CHUNK_BYTES);
+    let call = tokio::spawn(async move { client.install_snapshot(ReceiverStream::new(rx)).await });
+    let mut first = Some(SnapshotFileChunk {
+        cluster_id: sender.cluster_id,
+        from: sender.from,
+        to: sender.to,
+        message: Bytes::from(encoded),
+        total_bytes: info.size_bytes,
+        data: Bytes::new(),
+    });
+    let mut offset = 0;
+    while offset < info.size_bytes || first.is_some() {
+        let read_info = info.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            raftkv_replica::read_snapshot_chunk(&read_info, offset, CHUNK_BYTES)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        offset += data.len() as u64;
+        let chunk = match first.take() {
+            Some(mut first) => {
+                first.data = data;
+                first
+            }
+            None => SnapshotFileChunk {
+                data,
+                ..Default::default()
+            },
+        };
+        // Waits while the follower's flow-control window is full.
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    call.await
+        .map_err(|e| e.to_string())?
+        .map_err(|status| status.message().to_string())?;
+    Ok(info.size_bytes)
 }
 
 #[cfg(test)]
