@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::deadline::Deadline;
 use crate::error::Error;
 use crate::session::Session;
 
@@ -175,14 +176,18 @@ impl Client {
     }
 
     /// Runs `attempt` against the leader, finding it, following redirects
-    /// and retrying retryable errors until the overall deadline.
-    async fn call_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    /// and retrying retryable errors until `deadline` (which data transfer
+    /// may push back).
+    async fn call_leader_until<T, F, Fut>(
+        &self,
+        deadline: &Deadline,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let timeout = self.inner.options.timeout;
-        let deadline = Instant::now() + timeout;
+        let timeout = deadline.timeout();
         let endpoints = &self.inner.endpoints;
         let mut next_endpoint = 0;
         let mut target = self
@@ -195,9 +200,9 @@ impl Client {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let client = self.kv(&target)?;
-            let result = match tokio::time::timeout_at(deadline, attempt(client)).await {
-                Ok(result) => result,
-                Err(_) => return Err(Error::Timeout(timeout)),
+            let result = match deadline.run(attempt(client)).await {
+                Some(result) => result,
+                None => return Err(Error::Timeout(timeout)),
             };
             let error = match result {
                 Ok(value) => {
@@ -221,7 +226,7 @@ impl Client {
                 }
                 _ => return Err(error),
             }
-            if Instant::now() + backoff >= deadline {
+            if Instant::now() + backoff >= deadline.expires_at() {
                 return Err(Error::Timeout(timeout));
             }
             tokio::time::sleep(backoff).await;
@@ -235,12 +240,20 @@ impl Client {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let timeout = self.inner.options.timeout;
+        self.call_first_until(&Deadline::new(self.inner.options.timeout), attempt)
+            .await
+    }
+
+    async fn call_first_until<T, F, Fut>(&self, deadline: &Deadline, attempt: F) -> Result<T, Error>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let channel = self.channel(&self.inner.endpoints[0])?;
-        match tokio::time::timeout(timeout, attempt(channel)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(status)) => Err(Error::from_status(&status)),
-            Err(_) => Err(Error::Timeout(timeout)),
+        match deadline.run(attempt(channel)).await {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(status)) => Err(Error::from_status(&status)),
+            None => Err(Error::Timeout(deadline.timeout())),
         }
     }
 
@@ -251,17 +264,40 @@ impl Client {
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        self.call_read_until(&deadline, consistency, attempt).await
+    }
+
+    async fn call_read_until<T, F, Fut>(
+        &self,
+        deadline: &Deadline,
+        consistency: Consistency,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         if consistency == Consistency::Stale {
             let mut attempt = attempt;
             let client = self.kv(&self.inner.endpoints[0].clone())?;
-            self.call_first(|_| attempt(client)).await
+            self.call_first_until(deadline, |_| attempt(client)).await
         } else {
-            self.call_leader(attempt).await
+            self.call_leader_until(deadline, attempt).await
         }
     }
 
     /// Runs a write with a session sequence number reused by its retries.
-    async fn write<F, Fut>(&self, mut attempt: F) -> Result<(), Error>
+    async fn write<F, Fut>(&self, attempt: F) -> Result<(), Error>
+    where
+        F: FnMut(KvClient<Channel>, pb::WriteSession) -> Fut,
+        Fut: Future<Output = Result<(), Status>>,
+    {
+        self.write_until(&Deadline::new(self.inner.options.timeout), attempt)
+            .await
+    }
+
+    async fn write_until<F, Fut>(&self, deadline: &Deadline, mut attempt: F) -> Result<(), Error>
     where
         F: FnMut(KvClient<Channel>, pb::WriteSession) -> Fut,
         Fut: Future<Output = Result<(), Status>>,
@@ -269,7 +305,7 @@ impl Client {
         let session = &self.inner.session;
         let seq = session.begin();
         let result = self
-            .call_leader(|client| attempt(client, session.for_request(seq)))
+            .call_leader_until(deadline, |client| attempt(client, session.for_request(seq)))
             .await;
         session.end(seq);
         result
@@ -293,7 +329,10 @@ impl Client {
     }
 
     async fn put_streamed(&self, key: Bytes, value: Bytes) -> Result<(), Error> {
-        self.write(|mut client, session| {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        let progress = deadline.clone();
+        self.write_until(&deadline, |mut client, session| {
+            let progress = progress.clone();
             let chunks = value_chunks(&value)
                 .into_iter()
                 .enumerate()
@@ -304,12 +343,11 @@ impl Client {
                     data,
                 })
                 .collect::<Vec<_>>();
-            async move {
-                client
-                    .put_stream(tokio_stream::iter(chunks))
-                    .await
-                    .map(|_| ())
-            }
+            // Each chunk taken for sending is progress.
+            let chunks = futures::StreamExt::inspect(tokio_stream::iter(chunks), move |_| {
+                progress.progress()
+            });
+            async move { client.put_stream(chunks).await.map(|_| ()) }
         })
         .await
     }
@@ -354,17 +392,19 @@ impl Client {
             key: key.into(),
             consistency: consistency.to_proto(),
         };
+        let deadline = Deadline::new(self.inner.options.timeout);
         let attempt = |mut client: KvClient<Channel>| {
             let request = request.clone();
+            let progress = deadline.clone();
             async move {
                 let reply = client.get(request.clone()).await?.into_inner();
                 if !reply.use_stream {
                     return Ok(reply.value);
                 }
-                fetch_streamed(client, request).await
+                fetch_streamed(client, request, &progress).await
             }
         };
-        self.call_read(consistency, attempt).await
+        self.call_read_until(&deadline, consistency, attempt).await
     }
 
     /// Reads several keys at one point in time; `None` for missing keys.
@@ -469,10 +509,12 @@ fn value_chunks(value: &Bytes) -> Vec<Bytes> {
 async fn fetch_streamed(
     mut client: KvClient<Channel>,
     request: pb::GetRequest,
+    deadline: &Deadline,
 ) -> Result<Bytes, Status> {
     let mut stream = client.get_stream(request).await?.into_inner();
     let mut value = bytes::BytesMut::new();
     while let Some(chunk) = stream.message().await? {
+        deadline.progress();
         if value.is_empty() {
             value.reserve(chunk.value_size as usize);
         }

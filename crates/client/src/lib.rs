@@ -15,6 +15,7 @@
 //! ```
 
 mod client;
+mod deadline;
 mod error;
 mod session;
 
