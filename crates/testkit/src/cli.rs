@@ -87,12 +87,19 @@ impl CliOutput {
 
 /// Runs `bin args...` and waits (at most [`CLI_KILL_AFTER`]) for it to exit.
 pub fn run_cli(bin: &Path, args: &[String]) -> CliOutput {
-    run(bin, args, None)
+    run(bin, args, None, CLI_KILL_AFTER)
 }
 
 /// Like [`run_cli`], with `stdin` written to the command's standard input.
 pub fn run_cli_with_stdin(bin: &Path, args: &[String], stdin: &[u8]) -> CliOutput {
-    run(bin, args, Some(stdin.to_vec()))
+    run(bin, args, Some(stdin.to_vec()), CLI_KILL_AFTER)
+}
+
+/// Like [`run_cli`], but killed after `kill_after` instead of
+/// [`CLI_KILL_AFTER`]: for commands that legitimately run long (moving a
+/// 100 MB value in a debug build).
+pub fn run_cli_bounded(bin: &Path, args: &[String], kill_after: Duration) -> CliOutput {
+    run(bin, args, None, kill_after)
 }
 
 /// Kills the child if the caller unwinds before reaping it.
@@ -108,7 +115,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn run(bin: &Path, args: &[String], stdin: Option<Vec<u8>>) -> CliOutput {
+fn run(bin: &Path, args: &[String], stdin: Option<Vec<u8>>, kill_after: Duration) -> CliOutput {
     let started = Instant::now();
     let mut command = Command::new(bin);
     command
@@ -147,7 +154,7 @@ fn run(bin: &Path, args: &[String], stdin: Option<Vec<u8>>) -> CliOutput {
         bytes
     });
 
-    let deadline = started + CLI_KILL_AFTER;
+    let deadline = started + kill_after;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -173,7 +180,7 @@ fn run(bin: &Path, args: &[String], stdin: Option<Vec<u8>>) -> CliOutput {
         Some(code) => code,
         None => {
             if status.is_none() {
-                stderr.push_str(&format!("\n[testkit: killed after {CLI_KILL_AFTER:?}]"));
+                stderr.push_str(&format!("\n[testkit: killed after {kill_after:?}]"));
             }
             -1
         }

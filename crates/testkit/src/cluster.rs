@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::cli::{run_cli, run_cli_with_stdin, CliOutput};
+use crate::cli::{run_cli, run_cli_bounded, run_cli_with_stdin, CliOutput};
 use crate::limit::ClusterPermit;
 use crate::ports::free_ports;
 use crate::process::ServerProcess;
@@ -84,6 +84,24 @@ impl Node {
             },
         }
     }
+}
+
+/// Pause between checks of a node expected to exit at start.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What [`TestCluster::start_expecting_failure`] saw.
+#[derive(Debug, Clone)]
+pub struct FailedStart {
+    /// The exit code, if the process exited on its own with one; `None` if it
+    /// was still running at the deadline (then the kit killed it) or ended by
+    /// a signal.
+    pub code: Option<i32>,
+    /// Whether it exited on its own before the deadline.
+    pub exited: bool,
+    /// How long it ran (until exit, or until the deadline).
+    pub elapsed: Duration,
+    /// Its log for this run only (stdout and stderr, from the kit's marker line).
+    pub log: String,
 }
 
 /// A static cluster of real server processes; killed and reaped on drop.
@@ -276,7 +294,55 @@ impl TestCluster {
         }
     }
 
+    /// Starts killed node `id` again with the same command and data dir,
+    /// expecting it to refuse to start: waits (at most `within`) for it to
+    /// exit on its own. A node still running at the deadline is killed, and
+    /// reported with `exited: false`. Either way the node is left killed.
+    pub fn start_expecting_failure(&mut self, id: u64, within: Duration) -> FailedStart {
+        assert!(
+            self.pid(id).is_none(),
+            "start_expecting_failure: node {id} is still running; kill it first"
+        );
+        self.spawn(id);
+        let started = Instant::now();
+        let exit = poll_until(within, EXIT_POLL_INTERVAL, || {
+            self.node(id).process().as_mut().and_then(|p| p.exited())
+        });
+        let elapsed = started.elapsed();
+        // Reap (or, if it is still running, kill and reap) it.
+        let process = self.node(id).process().take();
+        if let Some(process) = process {
+            process.kill();
+        }
+        let log = read_last_run(&self.node(id).log_path());
+        match exit {
+            Ok(status) => {
+                eprintln!("testkit: node {id} exited at start after {elapsed:?}: {status}");
+                FailedStart {
+                    code: status.code(),
+                    exited: true,
+                    elapsed,
+                    log,
+                }
+            }
+            Err(_) => {
+                eprintln!("testkit: node {id} was still running after {elapsed:?}; killed it");
+                FailedStart {
+                    code: None,
+                    exited: false,
+                    elapsed,
+                    log,
+                }
+            }
+        }
+    }
+
     // ---- Observing ------------------------------------------------------------
+
+    /// Node `id`'s log file (stdout and stderr of every run, with marker lines).
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.node(id).log_path()
+    }
 
     /// Node `id`'s own view (`raftkv status --json --endpoints ADDR`), one try.
     pub fn status(&self, id: u64) -> Result<NodeStatus, String> {
@@ -406,6 +472,13 @@ impl TestCluster {
         run_cli(&self.bin, &with_endpoints(args, endpoints))
     }
 
+    /// `raftkv ARGS --endpoints ENDPOINTS`, killed after `kill_after` rather
+    /// than [`CLI_KILL_AFTER`](crate::CLI_KILL_AFTER): for commands that
+    /// legitimately run long.
+    pub fn cli_bounded(&self, endpoints: &str, args: &[&str], kill_after: Duration) -> CliOutput {
+        run_cli_bounded(&self.bin, &with_endpoints(args, endpoints), kill_after)
+    }
+
     /// `raftkv ARGS --endpoints <all nodes>` with `stdin` as standard input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> CliOutput {
         run_cli_with_stdin(&self.bin, &with_endpoints(args, &self.endpoints()), stdin)
@@ -532,6 +605,19 @@ fn with_endpoints(args: &[&str], endpoints: &str) -> Vec<String> {
     all.push("--endpoints".to_string());
     all.push(endpoints.to_string());
     all
+}
+
+/// The part of a node's log written by its latest run (from the kit's last
+/// `=== testkit: starting` marker), or why it cannot be read.
+fn read_last_run(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let start = text.rfind("=== testkit: starting").unwrap_or(0);
+            text[start..].to_string()
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
 }
 
 /// The last `max_bytes` of a log file (lossy UTF-8), or why it cannot be read.

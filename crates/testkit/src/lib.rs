@@ -19,8 +19,8 @@ mod process;
 mod status;
 mod wait;
 
-pub use cli::{run_cli, run_cli_with_stdin, CliOutput, CLI_KILL_AFTER};
-pub use cluster::{TestCluster, LEADER_WAIT};
+pub use cli::{run_cli, run_cli_bounded, run_cli_with_stdin, CliOutput, CLI_KILL_AFTER};
+pub use cluster::{FailedStart, TestCluster, LEADER_WAIT};
 pub use limit::MAX_RUNNING_CLUSTERS;
 pub use ports::free_ports;
 pub use status::NodeStatus;
