@@ -121,21 +121,26 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<(), Failure> {
     });
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let clients_count = clients.len();
     for (i, client) in clients.into_iter().enumerate() {
+        let clients = clients_count;
         let shared = shared.clone();
         let value = value.clone();
         let (op, keys, key_size, limit) = (args.op, args.keys, args.key_size, args.ops);
         tasks.push(tokio::spawn(async move {
             let mut local = new_histogram();
-            let mut index = (i as u64).wrapping_mul(7919);
+            // Client i uses keys i, i + clients, i + 2 clients, ...: together
+            // the clients cover every key once per `keys` operations.
+            let stride = clients as u64;
+            let mut index = i as u64;
             while !shared.stop.load(Ordering::Relaxed) {
                 if let Some(limit) = limit {
                     if shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
                         break;
                     }
                 }
-                index = index.wrapping_add(1);
                 let key = key_of(index % keys, key_size);
+                index = index.wrapping_add(stride);
                 let t0 = Instant::now();
                 let result = match op {
                     BenchOp::Put => client.put(key, value.clone()).await,
