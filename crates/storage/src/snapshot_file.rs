@@ -197,17 +197,28 @@ impl SnapshotWriter {
             .flush()
             .and_then(|()| self.out.get_ref().sync_all())
             .map_err(|err| StorageError::io(&self.tmp_path, err))?;
-        let final_path = self.dir.join(self.meta.file_name());
-        fs::rename(&self.tmp_path, &final_path)
-            .map_err(|err| StorageError::io(&final_path, err))?;
+        let info = publish_snapshot(&self.dir, &self.tmp_path, self.meta, self.offset)?;
         self.finished = true;
-        sync_dir(&self.dir)?;
-        Ok(SnapshotInfo {
-            meta: self.meta,
-            path: final_path,
-            size_bytes: self.offset,
-        })
+        Ok(info)
     }
+}
+
+/// Renames a complete, fsynced snapshot file into place under its final name
+/// and fsyncs the directory, so the name survives a crash.
+pub(crate) fn publish_snapshot(
+    dir: &Path,
+    from: &Path,
+    meta: SnapshotMeta,
+    size_bytes: u64,
+) -> Result<SnapshotInfo, StorageError> {
+    let final_path = dir.join(meta.file_name());
+    fs::rename(from, &final_path).map_err(|err| StorageError::io(&final_path, err))?;
+    sync_dir(dir)?;
+    Ok(SnapshotInfo {
+        meta,
+        path: final_path,
+        size_bytes,
+    })
 }
 
 impl Drop for SnapshotWriter {

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::error::StorageError;
 use crate::segment::sync_dir;
 use crate::snapshot_file::{
-    parse_snapshot_file_name, SnapshotInfo, SnapshotMeta, SnapshotReader, SnapshotWriter,
-    PARTIAL_SUFFIX, SNAPSHOT_SUFFIX, TEMP_SUFFIX,
+    parse_snapshot_file_name, publish_snapshot, SnapshotInfo, SnapshotMeta, SnapshotReader,
+    SnapshotWriter, PARTIAL_SUFFIX, SNAPSHOT_SUFFIX, TEMP_SUFFIX,
 };
 
 /// Name of the snapshot directory inside the data directory.
@@ -232,16 +232,9 @@ impl SnapshotReceiver {
             .map_err(|err| StorageError::io(&self.partial_path, err))?;
         drop(file);
         verify_file(&self.partial_path, self.meta)?;
-        let final_path = self.dir.join(self.meta.file_name());
-        fs::rename(&self.partial_path, &final_path)
-            .map_err(|err| StorageError::io(&final_path, err))?;
+        let info = publish_snapshot(&self.dir, &self.partial_path, self.meta, self.total_bytes)?;
         self.finished = true;
-        sync_dir(&self.dir)?;
-        Ok(SnapshotInfo {
-            meta: self.meta,
-            path: final_path,
-            size_bytes: self.total_bytes,
-        })
+        Ok(info)
     }
 }
 
