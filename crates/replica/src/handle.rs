@@ -218,12 +218,13 @@ impl Replica {
     }
 
     /// The transport finished sending a snapshot to `to` (or gave up).
+    /// Blocks while the peer queue is full: the report must not be lost,
+    /// since raft keeps the follower paused until it hears. Call it from a
+    /// blocking context (e.g. `tokio::task::spawn_blocking`).
     pub fn report_snapshot(&self, to: u64, delivered: bool) {
-        // Must not be lost: raft keeps the follower paused until it hears.
-        let _ = self.peer_inputs.send_timeout(
-            PeerInput::SnapshotStatus { to, delivered },
-            std::time::Duration::from_secs(5),
-        );
+        let _ = self
+            .peer_inputs
+            .send(PeerInput::SnapshotStatus { to, delivered });
     }
 
     /// Asks the node thread to stop after its current turn.

@@ -67,7 +67,6 @@ struct LaneContext {
     queued_bytes: Arc<AtomicU64>,
     replica: Arc<OnceLock<Replica>>,
     name: &'static str,
-    snapshots: SnapshotStore,
 }
 
 /// The gRPC implementation of the replica's `Transport`.
@@ -97,6 +96,17 @@ impl GrpcTransport {
         }
     }
 
+    fn snapshot_sender(&self, to: u64, address: Option<String>) -> SnapshotSender {
+        SnapshotSender {
+            from: self.node_id,
+            to,
+            cluster_id: self.cluster_id,
+            address,
+            replica: self.replica.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
     /// Connects the transport to its replica (for unreachable reports).
     pub fn set_replica(&self, replica: Replica) {
         let _ = self.replica.set(replica);
@@ -121,7 +131,6 @@ impl GrpcTransport {
             queued_bytes: queued_bytes.clone(),
             replica: self.replica.clone(),
             name,
-            snapshots: self.snapshots.clone(),
         };
         self.runtime.spawn(run_lane(context, receiver));
         Lane {
@@ -151,15 +160,22 @@ impl Transport for GrpcTransport {
     fn send(&self, messages: Vec<Message>) {
         let peers = self.peers.lock().expect("peers lock poisoned");
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // Never queued where it could be dropped unreported: raft
+                // keeps the follower paused until `send_snapshot` reports.
+                let address = peers.get(&message.to).map(|link| link.address.clone());
+                self.runtime.spawn(send_snapshot(
+                    self.snapshot_sender(message.to, address),
+                    message,
+                ));
+                continue;
+            }
             let Some(link) = peers.get(&message.to) else {
                 tracing::debug!("no address for node {}; message dropped", message.to);
                 continue;
             };
             let size = payload_bytes(&message);
-            let data = matches!(
-                message.get_msg_type(),
-                MessageType::MsgAppend | MessageType::MsgSnapshot
-            );
+            let data = message.get_msg_type() == MessageType::MsgAppend;
             let lane = if data { &link.data } else { &link.control };
             if data {
                 let queued = lane.queued_bytes.load(Ordering::Relaxed);
@@ -218,23 +234,13 @@ struct SnapshotSender {
     from: u64,
     to: u64,
     cluster_id: u64,
-    address: String,
+    /// `None` when the membership has no address for `to`.
+    address: Option<String>,
     replica: Arc<OnceLock<Replica>>,
     snapshots: SnapshotStore,
 }
 
 impl LaneContext {
-    fn snapshot_sender(&self) -> SnapshotSender {
-        SnapshotSender {
-            from: self.from,
-            to: self.to,
-            cluster_id: self.cluster_id,
-            address: self.address.clone(),
-            replica: self.replica.clone(),
-            snapshots: self.snapshots.clone(),
-        }
-    }
-
     fn report_unreachable(&self) {
         self.reachable.store(false, Ordering::Relaxed);
         if let Some(replica) = self.replica.get() {
@@ -319,12 +325,6 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
                     None => return,
                 },
             };
-            if message.get_msg_type() == MessageType::MsgSnapshot {
-                // The file goes on a stream and connection of its own; raft
-                // sends this follower nothing else until we report back.
-                tokio::spawn(send_snapshot(lane.snapshot_sender(), message));
-                continue;
-            }
             let encoded = match message.write_to_bytes() {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(e) => {
@@ -382,8 +382,10 @@ async fn send_snapshot(sender: SnapshotSender, message: Message) {
             sender.to
         ),
     }
-    if let Some(replica) = sender.replica.get() {
-        replica.report_snapshot(sender.to, result.is_ok());
+    if let Some(replica) = sender.replica.get().cloned() {
+        let (to, delivered) = (sender.to, result.is_ok());
+        // Blocks while the node's queue is full; never lost.
+        let _ = tokio::task::spawn_blocking(move || replica.report_snapshot(to, delivered)).await;
     }
 }
 
@@ -392,12 +394,16 @@ async fn stream_snapshot(
     meta: SnapshotMeta,
     message: Message,
 ) -> Result<u64, String> {
+    let address = sender
+        .address
+        .as_deref()
+        .ok_or_else(|| format!("no address known for node {}", sender.to))?;
     let info = sender
         .snapshots
         .find(meta)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("snapshot at index {} is no longer on disk", meta.index))?;
-    let channel = Endpoint::from_shared(format!("http://{}", sender.address))
+    let channel = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -114,7 +114,7 @@ impl Node {
             for waiter in self.snapshot_waiters.drain(..) {
                 let _ = waiter.send(latest.clone());
             }
-            let _ = self.snapshots.retain_newest(SNAPSHOTS_KEPT);
+            self.prune_snapshots();
             return Ok(());
         }
         self.raw
@@ -152,13 +152,37 @@ impl Node {
                 .compact(compact_to)
                 .map_err(fatal("compacting the log"))?;
         }
-        if let Err(e) = self.snapshots.retain_newest(SNAPSHOTS_KEPT) {
-            tracing::warn!("cannot remove old snapshots: {e}");
-        }
+        self.prune_snapshots();
         Ok(CompactResult {
             first_index: self.raw.store().first_index().unwrap_or(1),
             segments_removed,
         })
+    }
+
+    /// Deletes snapshot files beyond the newest two at or below the recorded
+    /// latest snapshot, never that one (a restart needs it). Files above it
+    /// (received, not yet installed) are left alone.
+    fn prune_snapshots(&self) {
+        let Some((latest, _)) = self.raw.store().latest_snapshot() else {
+            return;
+        };
+        let listed = match self.snapshots.list() {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!("cannot list snapshots: {e}");
+                return;
+            }
+        };
+        let kept_candidates: Vec<_> = listed
+            .iter()
+            .filter(|info| info.meta.index <= latest.index)
+            .collect();
+        let excess = kept_candidates.len().saturating_sub(SNAPSHOTS_KEPT);
+        for info in &kept_candidates[..excess] {
+            if let Err(e) = std::fs::remove_file(&info.path) {
+                tracing::warn!("cannot remove old snapshot {}: {e}", info.path.display());
+            }
+        }
     }
 
     /// `raftkv debug compact`: compacts the log up to the latest snapshot.
@@ -194,9 +218,7 @@ impl Node {
             self.id,
             meta.index
         );
-        if let Err(e) = self.snapshots.retain_newest(SNAPSHOTS_KEPT) {
-            tracing::warn!("cannot remove old snapshots: {e}");
-        }
+        self.prune_snapshots();
         Ok(())
     }
 }
