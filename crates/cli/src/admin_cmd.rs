@@ -88,12 +88,7 @@ fn print_members_text(members: &[pb::Member]) {
 }
 
 fn client_for(global: &GlobalArgs, endpoint: &str) -> Result<Client, Failure> {
-    let options = raftkv_client::ClientOptions {
-        timeout: raftkv_server::units::parse_duration(&global.timeout)
-            .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?,
-        ..Default::default()
-    };
-    Ok(Client::with_options(&[endpoint.to_string()], options)?)
+    crate::client_for(global, &[endpoint.to_string()])
 }
 
 pub async fn status(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {

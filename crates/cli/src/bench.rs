@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use raftkv_client::{Client, ClientOptions, Consistency};
+use raftkv_client::{Client, Consistency};
 use serde_json::json;
 
 use crate::args::{BenchArgs, BenchOp, GlobalArgs};
@@ -89,23 +89,14 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<(), Failure> {
     if args.keys == 0 {
         return Err(Failure::Usage("--keys must be at least 1".into()));
     }
-    let timeout = raftkv_server::units::parse_duration(&global.timeout)
-        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
+    let options = crate::client_options(global)?;
     let duration = raftkv_server::units::parse_duration(&args.duration)
         .map_err(|e| Failure::Usage(format!("--duration: {e}")))?;
     let value_size = raftkv_server::units::parse_size(&args.value_size)
         .map_err(|e| Failure::Usage(format!("--value-size: {e}")))? as usize;
     let value = Bytes::from(vec![b'x'; value_size]);
     let clients: Vec<Client> = (0..args.clients)
-        .map(|_| {
-            Client::with_options(
-                &global.endpoints,
-                ClientOptions {
-                    timeout,
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|_| Client::with_options(&global.endpoints, options.clone()))
         .collect::<Result<_, _>>()?;
     if args.op == BenchOp::Get {
         eprintln!("loading {} keys of {value_size} bytes...", args.keys);

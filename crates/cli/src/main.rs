@@ -10,30 +10,30 @@ mod kv_cmd;
 mod output;
 mod server_cmd;
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use clap::Parser as _;
 use raftkv_client::{Client, ClientOptions};
+use std::process::ExitCode;
 
 use crate::args::{Cli, Command, GlobalArgs};
 use crate::failure::Failure;
 
-fn client(global: &GlobalArgs) -> Result<Client, Failure> {
-    let timeout = parse_timeout(&global.timeout)?;
-    Client::with_options(
-        &global.endpoints,
-        ClientOptions {
-            timeout,
-            ..Default::default()
-        },
-    )
-    .map_err(Failure::from)
+/// Client options from the global flags (`--timeout`).
+pub fn client_options(global: &GlobalArgs) -> Result<ClientOptions, Failure> {
+    let timeout = raftkv_server::units::parse_duration(&global.timeout)
+        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
+    Ok(ClientOptions {
+        timeout,
+        ..Default::default()
+    })
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, Failure> {
-    raftkv_server::units::parse_duration(text)
-        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))
+/// A client for `endpoints` with the global flags' options.
+pub fn client_for(global: &GlobalArgs, endpoints: &[String]) -> Result<Client, Failure> {
+    Ok(Client::with_options(endpoints, client_options(global)?)?)
+}
+
+fn client(global: &GlobalArgs) -> Result<Client, Failure> {
+    client_for(global, &global.endpoints)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
