@@ -14,7 +14,7 @@ use raftkv_proto::v1::{
     StatusResponse, StorageStateRequest, StorageStateResponse, TransferLeaderRequest,
     TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
-use raftkv_replica::{MembersInfo, Replica, SnapshotMeta, SnapshotStore};
+use raftkv_replica::{MembersInfo, Replica, ReplicaError, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status};
 
 use crate::errors::{error_status, replica_status};
@@ -51,11 +51,16 @@ impl AdminService {
         )
     }
 
+    /// A replica error as a status carrying this node's header.
+    fn replica_error(&self, error: ReplicaError) -> Status {
+        replica_status(error, header_of(&self.replica))
+    }
+
     async fn members_info(&self) -> Result<MembersInfo, Status> {
         self.replica
             .members()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))
+            .map_err(|e| self.replica_error(e))
     }
 }
 
@@ -67,7 +72,7 @@ impl Cluster for AdminService {
             .replica
             .storage_stats()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+            .map_err(|e| self.replica_error(e))?;
         let status = self.replica.status();
         let (leader_id, leader_address) = self.replica.leader_hint();
         let (keys, data_bytes) = {
@@ -151,7 +156,7 @@ impl Debug for AdminService {
             .replica
             .raft_state()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+            .map_err(|e| self.replica_error(e))?;
         Ok(Response::new(RaftStateResponse {
             header: Some(header_of(&self.replica)),
             term: state.status.term,
@@ -189,7 +194,7 @@ impl Debug for AdminService {
             .replica
             .storage_stats()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+            .map_err(|e| self.replica_error(e))?;
         Ok(Response::new(StorageStateResponse {
             header: Some(header_of(&self.replica)),
             first_index: stats.first_index,
@@ -218,7 +223,7 @@ impl Debug for AdminService {
             .replica
             .trigger_snapshot()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+            .map_err(|e| self.replica_error(e))?;
         Ok(Response::new(TriggerSnapshotResponse {
             header: Some(header_of(&self.replica)),
             snapshot_index: info.meta.index,
@@ -234,7 +239,7 @@ impl Debug for AdminService {
             .replica
             .compact()
             .await
-            .map_err(|e| replica_status(e, header_of(&self.replica)))?;
+            .map_err(|e| self.replica_error(e))?;
         Ok(Response::new(CompactResponse {
             header: Some(header_of(&self.replica)),
             first_index: result.first_index,
