@@ -3,7 +3,6 @@
 //! check`, which ask every endpoint given.
 
 use raftkv_client::proto as pb;
-use raftkv_client::proto::cluster_client::ClusterClient;
 use raftkv_client::proto::debug_client::DebugClient;
 use raftkv_client::Client;
 use serde_json::{json, Value};
@@ -138,46 +137,21 @@ fn print_members(reply: &pb::MembersResponse, json: bool) -> Result<(), Failure>
 
 pub async fn cluster(client: &Client, command: ClusterCommand, json: bool) -> Result<(), Failure> {
     let reply = match command {
-        ClusterCommand::Members => client.members().await?,
+        ClusterCommand::Members => client.leader_members().await?,
         ClusterCommand::Add {
             id,
             address,
             learner,
+        } => client.add_node(id, &address, learner).await?,
+        ClusterCommand::Promote { id } => client.promote_node(id).await?,
+        ClusterCommand::Remove { id, force } => client.remove_node(id, force).await?,
+        ClusterCommand::Change {
+            add,
+            remove,
+            force,
+            explicit_joint,
+            leave_joint,
         } => {
-            client
-                .call_first_endpoint(|ch| async move {
-                    let request = pb::AddNodeRequest {
-                        id,
-                        address,
-                        learner,
-                    };
-                    Ok(ClusterClient::new(ch).add_node(request).await?.into_inner())
-                })
-                .await?
-        }
-        ClusterCommand::Promote { id } => {
-            client
-                .call_first_endpoint(|ch| async move {
-                    let request = pb::PromoteNodeRequest { id };
-                    Ok(ClusterClient::new(ch)
-                        .promote_node(request)
-                        .await?
-                        .into_inner())
-                })
-                .await?
-        }
-        ClusterCommand::Remove { id, force } => {
-            client
-                .call_first_endpoint(|ch| async move {
-                    let request = pb::RemoveNodeRequest { id, force };
-                    Ok(ClusterClient::new(ch)
-                        .remove_node(request)
-                        .await?
-                        .into_inner())
-                })
-                .await?
-        }
-        ClusterCommand::Change { add, remove } => {
             let mut adds = Vec::new();
             for item in &add {
                 let (id, address) = item
@@ -191,32 +165,22 @@ pub async fn cluster(client: &Client, command: ClusterCommand, json: bool) -> Re
                     address: address.to_string(),
                 });
             }
-            if adds.is_empty() && remove.is_empty() {
+            if adds.is_empty() && remove.is_empty() && !leave_joint {
                 return Err(Failure::Usage(
-                    "cluster change needs --add or --remove".into(),
+                    "cluster change needs --add or --remove (or --leave-joint)".into(),
                 ));
             }
             client
-                .call_first_endpoint(|ch| async move {
-                    let request = pb::ChangeMembershipRequest { add: adds, remove };
-                    Ok(ClusterClient::new(ch)
-                        .change_membership(request)
-                        .await?
-                        .into_inner())
+                .change_membership(pb::ChangeMembershipRequest {
+                    add: adds,
+                    remove,
+                    force,
+                    explicit_joint,
+                    leave_joint,
                 })
                 .await?
         }
-        ClusterCommand::TransferLeader { id } => {
-            client
-                .call_first_endpoint(|ch| async move {
-                    let request = pb::TransferLeaderRequest { id };
-                    Ok(ClusterClient::new(ch)
-                        .transfer_leader(request)
-                        .await?
-                        .into_inner())
-                })
-                .await?
-        }
+        ClusterCommand::TransferLeader { id } => client.transfer_leader(id).await?,
     };
     print_members(&reply, json)
 }

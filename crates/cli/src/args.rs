@@ -206,6 +206,16 @@ pub enum ClusterCommand {
         /// ID to remove (repeatable).
         #[arg(long = "remove")]
         remove: Vec<u64>,
+        /// Remove even if that leaves no quorum of live voters.
+        #[arg(long)]
+        force: bool,
+        /// Debug: enter the joint configuration and stay in it until
+        /// `cluster change --leave-joint` (normally it is left at once).
+        #[arg(long, conflicts_with = "leave_joint")]
+        explicit_joint: bool,
+        /// Debug: leave a joint configuration entered with --explicit-joint.
+        #[arg(long, conflicts_with_all = ["add", "remove"])]
+        leave_joint: bool,
     },
     /// Move leadership to another voter.
     TransferLeader { id: u64 },

@@ -170,9 +170,7 @@ impl Client {
     }
 
     fn kv(&self, address: &str) -> Result<KvClient<Channel>, Error> {
-        Ok(KvClient::new(self.channel(address)?)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+        Ok(kv_client(self.channel(address)?))
     }
 
     /// Runs `attempt` against the leader, finding it, following redirects
@@ -187,6 +185,24 @@ impl Client {
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.route_to_leader(deadline, Retry::AnyRetryable, |channel| {
+            attempt(kv_client(channel))
+        })
+        .await
+    }
+
+    /// Runs `attempt` on the leader: follows redirects, and retries what
+    /// `retry` allows (on the other endpoints in turn) until `deadline`.
+    async fn route_to_leader<T, F, Fut>(
+        &self,
+        deadline: &Deadline,
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let timeout = deadline.timeout();
         let endpoints = &self.inner.endpoints;
         let mut next_endpoint = 0;
@@ -199,17 +215,24 @@ impl Client {
             .unwrap_or_else(|| endpoints[0].clone());
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let client = self.kv(&target)?;
-            let result = match deadline.run(attempt(client)).await {
+            let channel = self.channel(&target)?;
+            let result = match deadline.run(attempt(channel)).await {
                 Some(result) => result,
                 None => return Err(Error::Timeout(timeout)),
             };
-            let error = match result {
+            let (error, from_server) = match result {
                 Ok(value) => {
                     *self.inner.leader.lock().expect("leader lock") = Some(target);
                     return Ok(value);
                 }
-                Err(status) => Error::from_status(&status),
+                Err(status) => (Error::from_status(&status), !status.details().is_empty()),
+            };
+            let retryable = match (retry, &error) {
+                (_, Error::NotLeader { .. }) => true,
+                (Retry::AnyRetryable, e) => e.is_retryable(),
+                // The server's own refusal ("a change is in progress", "not
+                // caught up yet") is the answer; only reaching it is retried.
+                (Retry::RedirectsOnly, e) => !from_server && e.is_retryable(),
             };
             match &error {
                 Error::NotLeader { leader_address, .. }
@@ -218,7 +241,7 @@ impl Client {
                     target = leader_address.clone();
                     continue;
                 }
-                e if e.is_retryable() => {
+                e if retryable => {
                     tracing::debug!("retrying after {e} from {target}");
                     // Try the other endpoints in turn.
                     target = endpoints[next_endpoint % endpoints.len()].clone();
@@ -485,6 +508,106 @@ impl Client {
         .await
     }
 
+    /// Members as the leader sees them (match index and lag are only known
+    /// there): asks the first endpoint, then the leader it names; the first
+    /// endpoint's view when the leader does not answer.
+    pub async fn leader_members(&self) -> Result<pb::MembersResponse, Error> {
+        let first = self.members().await?;
+        let own_id = first.header.as_ref().map_or(0, |h| h.node_id);
+        let Some(leader) = first
+            .members
+            .iter()
+            .find(|m| m.role == "leader" && m.id != own_id && !m.address.is_empty())
+        else {
+            return Ok(first);
+        };
+        let channel = self.channel(&leader.address)?;
+        let deadline = Deadline::new(self.inner.options.timeout);
+        let asked = deadline
+            .run(ClusterClient::new(channel).members(pb::MembersRequest {}))
+            .await;
+        Ok(match asked {
+            Some(Ok(reply)) => reply.into_inner(),
+            _ => first,
+        })
+    }
+
+    /// Runs a membership call on the leader, with the remaining deadline
+    /// sent along so the server bounds its waiting (catch-up, leaving the
+    /// joint configuration) by it.
+    async fn change_on_leader<Req, F, Fut>(
+        &self,
+        request: Req,
+        call: F,
+    ) -> Result<pb::MembersResponse, Error>
+    where
+        Req: Clone,
+        F: Fn(ClusterClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::MembersResponse>, Status>>,
+    {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        self.route_to_leader(&deadline, Retry::RedirectsOnly, |channel| {
+            let request = with_deadline(request.clone(), &deadline);
+            let future = call(ClusterClient::new(channel), request);
+            async move { Ok(future.await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Adds node `id` at `address` as a learner, then (unless `learner`)
+    /// promotes it once it has caught up. `id` 0 lets the leader pick one.
+    pub async fn add_node(
+        &self,
+        id: u64,
+        address: &str,
+        learner: bool,
+    ) -> Result<pb::MembersResponse, Error> {
+        let request = pb::AddNodeRequest {
+            id,
+            address: address.to_string(),
+            learner,
+        };
+        self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
+            .await
+    }
+
+    /// Promotes learner `id` to voter once it has caught up.
+    pub async fn promote_node(&self, id: u64) -> Result<pb::MembersResponse, Error> {
+        let request = pb::PromoteNodeRequest { id };
+        self.change_on_leader(request, |mut c, r| async move { c.promote_node(r).await })
+            .await
+    }
+
+    /// Removes node `id` (leadership moves first if it leads); `force`
+    /// allows leaving fewer live voters than a quorum.
+    pub async fn remove_node(&self, id: u64, force: bool) -> Result<pb::MembersResponse, Error> {
+        let request = pb::RemoveNodeRequest { id, force };
+        self.change_on_leader(request, |mut c, r| async move { c.remove_node(r).await })
+            .await
+    }
+
+    /// Several changes in one joint-consensus step (see CONTRACT §1).
+    pub async fn change_membership(
+        &self,
+        request: pb::ChangeMembershipRequest,
+    ) -> Result<pb::MembersResponse, Error> {
+        self.change_on_leader(
+            request,
+            |mut c, r| async move { c.change_membership(r).await },
+        )
+        .await
+    }
+
+    /// Moves leadership to voter `id`.
+    pub async fn transfer_leader(&self, id: u64) -> Result<pb::MembersResponse, Error> {
+        let request = pb::TransferLeaderRequest { id };
+        self.change_on_leader(
+            request,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
+
     /// Runs a call against the first endpoint with the client's deadline
     /// (for the admin and debug services).
     pub async fn call_first_endpoint<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
@@ -494,6 +617,33 @@ impl Client {
     {
         self.call_first(attempt).await
     }
+}
+
+/// Which failures a leader-routed call retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Every retryable error (data operations).
+    AnyRetryable,
+    /// Redirects and failures to reach a server (membership changes: the
+    /// server's refusals are answers for the operator).
+    RedirectsOnly,
+}
+
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
+/// `message` as a request whose `grpc-timeout` is what is left of
+/// `deadline`, so the server bounds its own waiting by it.
+fn with_deadline<M>(message: M, deadline: &Deadline) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    let left = deadline
+        .expires_at()
+        .saturating_duration_since(Instant::now());
+    request.set_timeout(left.max(Duration::from_millis(1)));
+    request
 }
 
 fn value_chunks(value: &Bytes) -> Vec<Bytes> {

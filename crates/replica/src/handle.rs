@@ -13,6 +13,7 @@ use raftkv_kv::{KvState, Op};
 use raftkv_storage::{FileStorage, MembershipRecord, SnapshotInfo, SnapshotStore, StorageStats};
 use tokio::sync::{oneshot, watch};
 
+use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::node::{CompactResult, Input, Node, NodeChannels, PeerInput, Query};
@@ -144,6 +145,29 @@ impl Replica {
     /// read of the state machine after that is linearizable.
     pub async fn read_index(&self) -> Result<(), ReplicaError> {
         self.ask(|reply| Input::Read { reply }).await?
+    }
+
+    /// Proposes a membership change; resolves once it is applied (a joint
+    /// change: once the joint configuration is; raft leaves it by itself
+    /// unless `explicit`). Validated against the configuration raft holds.
+    pub async fn change_membership(&self, request: ConfChangeRequest) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::ChangeMembership { request, reply })
+            .await?
+    }
+
+    /// Starts moving leadership to voter `to` (this node must lead); watch
+    /// `status()` for the outcome.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::TransferLeader { to, reply })
+            .await?
+    }
+
+    /// Peer `from`, whose configuration as of `index` lacks this node,
+    /// refused this node's vote request.
+    pub fn report_removed(&self, from: u64, index: u64) {
+        let _ = self
+            .peer_inputs
+            .try_send(PeerInput::RemovedNotice { from, index });
     }
 
     /// Hands a raft message from a peer to the node. Dropped if the node is

@@ -10,6 +10,7 @@
 //! Callers talk to the node through [`Replica`], a cheap handle that sends
 //! requests to the node thread over a bounded channel and awaits the answer.
 
+mod conf_change;
 mod config;
 mod error;
 mod handle;
@@ -22,10 +23,11 @@ mod snapshots;
 mod status;
 mod transport;
 
+pub use conf_change::{ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES};
 pub use config::ReplicaConfig;
 pub use error::{FatalError, ReplicaError};
 pub use handle::{Replica, WriteSession};
-pub use membership::{bootstrap_membership, encode_conf_change_context};
+pub use membership::{bootstrap_membership, encode_conf_change_context, member_ids};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 

@@ -50,7 +50,7 @@ pub(crate) fn decode_conf_change_context(context: &[u8]) -> ConfChangeContext {
 }
 
 /// Ids that are members (voters, learners, outgoing voters) of `cs`.
-pub(crate) fn member_ids(cs: &ConfState) -> Vec<u64> {
+pub fn member_ids(cs: &ConfState) -> Vec<u64> {
     let mut ids: Vec<u64> = cs
         .voters
         .iter()

@@ -1,27 +1,29 @@
 //! The `Cluster` and `Debug` gRPC services: status, membership queries and
 //! the debug views of raft and storage.
 //!
-//! Membership changes (add, promote, remove, change, transfer-leader) are not
-//! implemented in this version; they answer with a clear `Rejected` error
-//! naming what is missing.
+//! Membership changes (add, promote, remove, change, transfer-leader) are
+//! carried out by `membership.rs` on the leader; other nodes answer
+//! `NotLeader` with the leader's address and the client follows it.
 
 use raftkv_proto::v1::cluster_server::Cluster;
 use raftkv_proto::v1::debug_server::Debug;
 use raftkv_proto::v1::{
     AddNodeRequest, ChangeMembershipRequest, CheckRequest, CheckResponse, CompactRequest,
-    CompactResponse, ErrorKind, Member, MembersRequest, MembersResponse, PeerProgress,
-    PromoteNodeRequest, RaftStateRequest, RaftStateResponse, RemoveNodeRequest, StatusRequest,
-    StatusResponse, StorageStateRequest, StorageStateResponse, TransferLeaderRequest,
-    TriggerSnapshotRequest, TriggerSnapshotResponse,
+    CompactResponse, Member, MembersRequest, MembersResponse, PeerProgress, PromoteNodeRequest,
+    RaftStateRequest, RaftStateResponse, RemoveNodeRequest, StatusRequest, StatusResponse,
+    StorageStateRequest, StorageStateResponse, TransferLeaderRequest, TriggerSnapshotRequest,
+    TriggerSnapshotResponse,
 };
 use raftkv_replica::{MembersInfo, Replica, ReplicaError, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status};
 
-use crate::errors::{error_status, replica_status};
+use crate::errors::{invalid_argument, replica_status};
 use crate::kv_service::header_of;
+use crate::membership::{deadline_of, ChangePlan, Membership};
 
 pub struct AdminService {
     pub replica: Replica,
+    pub membership: Membership,
     pub address: String,
     pub snapshots: SnapshotStore,
 }
@@ -42,18 +44,47 @@ fn members_of(info: &MembersInfo) -> Vec<Member> {
 }
 
 impl AdminService {
-    fn not_implemented(&self, what: &str) -> Status {
-        error_status(
-            ErrorKind::Rejected,
-            format!("{what} is not implemented in this version of raftkv"),
-            header_of(&self.replica),
-            false,
-        )
-    }
-
     /// A replica error as a status carrying this node's header.
     fn replica_error(&self, error: ReplicaError) -> Status {
         replica_status(error, header_of(&self.replica))
+    }
+
+    /// An address peers can dial: HOST:PORT.
+    fn check_address(&self, address: &str) -> Result<String, Status> {
+        let address = address.trim();
+        let valid = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(invalid_argument(
+                format!("invalid node address {address:?} (expected HOST:PORT)"),
+                header_of(&self.replica),
+            ));
+        }
+        Ok(address.to_string())
+    }
+
+    async fn apply(
+        &self,
+        plan: ChangePlan,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.membership
+            .change(plan, deadline)
+            .await
+            .map_err(|e| self.replica_error(e))?;
+        self.members_reply().await
+    }
+
+    async fn members_reply(&self) -> Result<Response<MembersResponse>, Status> {
+        let members = self.members_info().await?;
+        Ok(Response::new(MembersResponse {
+            header: Some(header_of(&self.replica)),
+            members: members_of(&members),
+            joint: members.joint,
+            cluster_id: self.replica.cluster_id(),
+            config_index: self.replica.membership().index,
+        }))
     }
 
     async fn members_info(&self) -> Result<MembersInfo, Status> {
@@ -102,47 +133,108 @@ impl Cluster for AdminService {
         &self,
         _: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        let members = self.members_info().await?;
-        Ok(Response::new(MembersResponse {
-            header: Some(header_of(&self.replica)),
-            members: members_of(&members),
-            joint: members.joint,
-        }))
+        self.members_reply().await
     }
 
     async fn add_node(
         &self,
-        _: Request<AddNodeRequest>,
+        request: Request<AddNodeRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Err(self.not_implemented("adding a node"))
+        let deadline = deadline_of(&request);
+        let request = request.into_inner();
+        let address = self.check_address(&request.address)?;
+        let id = match request.id {
+            0 => self
+                .membership
+                .assign_id(&address)
+                .await
+                .map_err(|e| self.replica_error(e))?,
+            id => id,
+        };
+        let mut plan = ChangePlan::default();
+        if request.learner {
+            plan.learners.insert(id, address);
+        } else {
+            plan.voters.insert(id, address);
+        }
+        self.apply(plan, deadline).await
     }
 
     async fn promote_node(
         &self,
-        _: Request<PromoteNodeRequest>,
+        request: Request<PromoteNodeRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Err(self.not_implemented("promoting a learner"))
+        let deadline = deadline_of(&request);
+        let plan = ChangePlan {
+            promote: vec![request.into_inner().id],
+            ..Default::default()
+        };
+        self.apply(plan, deadline).await
     }
 
     async fn remove_node(
         &self,
-        _: Request<RemoveNodeRequest>,
+        request: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Err(self.not_implemented("removing a node"))
+        let deadline = deadline_of(&request);
+        let request = request.into_inner();
+        let plan = ChangePlan {
+            remove: vec![request.id],
+            force: request.force,
+            ..Default::default()
+        };
+        self.apply(plan, deadline).await
     }
 
     async fn change_membership(
         &self,
-        _: Request<ChangeMembershipRequest>,
+        request: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Err(self.not_implemented("changing membership"))
+        let deadline = deadline_of(&request);
+        let request = request.into_inner();
+        if request.leave_joint {
+            self.membership
+                .leave_joint(deadline)
+                .await
+                .map_err(|e| self.replica_error(e))?;
+            return self.members_reply().await;
+        }
+        if request.add.is_empty() && request.remove.is_empty() {
+            return Err(invalid_argument(
+                "a membership change needs at least one node to add or remove",
+                header_of(&self.replica),
+            ));
+        }
+        let mut plan = ChangePlan {
+            remove: request.remove,
+            force: request.force,
+            explicit: request.explicit_joint,
+            ..Default::default()
+        };
+        for node in request.add {
+            if node.id == 0 {
+                return Err(invalid_argument(
+                    "node id 0 is not valid",
+                    header_of(&self.replica),
+                ));
+            }
+            let address = self.check_address(&node.address)?;
+            plan.voters.insert(node.id, address);
+        }
+        self.apply(plan, deadline).await
     }
 
     async fn transfer_leader(
         &self,
-        _: Request<TransferLeaderRequest>,
+        request: Request<TransferLeaderRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Err(self.not_implemented("transferring leadership"))
+        let deadline = deadline_of(&request);
+        let to = request.into_inner().id;
+        self.membership
+            .transfer(to, deadline)
+            .await
+            .map_err(|e| self.replica_error(e))?;
+        self.members_reply().await
     }
 }
 

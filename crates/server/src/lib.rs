@@ -7,7 +7,9 @@
 mod admin_service;
 pub mod config;
 pub mod errors;
+mod join;
 mod kv_service;
+mod membership;
 mod peer_service;
 mod transport;
 pub mod units;
@@ -61,17 +63,19 @@ fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
                 );
             }
         }
-        if !storage.is_initialized() {
+        if !storage.is_initialized() && config.join.is_empty() {
             bail!(
-                "data dir {} has an identity but no cluster state (an interrupted join?); \
-                 wipe it and join again",
-                config.data_dir.display()
+                "data dir {} belongs to node {} that joined a cluster but has not received \
+                 its first snapshot yet; start it again with --join",
+                config.data_dir.display(),
+                identity.node_id
             );
         }
         return Ok(storage);
     }
     if !config.join.is_empty() {
-        bail!("--join is not implemented in this version of raftkv; start a static cluster with --peers");
+        // Filled by `join::join_as_learner` and the leader's snapshot.
+        return Ok(storage);
     }
     let id = config.id.unwrap_or(1);
     let peers = match &config.peers {
@@ -101,13 +105,31 @@ fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let storage = open_storage(&config)?;
+    let mut storage = open_storage(&config)?;
     let snapshots = SnapshotStore::open(&config.data_dir)
         .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
-    let identity = storage.identity().context("data dir has no identity")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tokio::pin!(shutdown);
+    // A node that joined (or is joining) and has no configuration yet asks
+    // the cluster to add it; a restarted member skips this.
+    let mut seed_peers = None;
+    if !config.join.is_empty() && !storage.is_initialized() {
+        let joining = join::join_as_learner(
+            &mut storage,
+            &config.join,
+            config.id,
+            config.advertise_address(),
+        );
+        tokio::select! {
+            peers = joining => seed_peers = Some(peers?),
+            () = &mut shutdown => return Ok(()),
+        }
+    } else if !config.join.is_empty() {
+        tracing::info!("data dir already holds cluster state; --join does not add this node again");
+    }
+    let identity = storage.identity().context("data dir has no identity")?;
 
     let mut replica_config = ReplicaConfig::new(identity.node_id, identity.cluster_id);
     replica_config.election_timeout = config.election_timeout;
@@ -127,6 +149,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     )
     .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     transport.set_replica(replica.clone());
+    if let Some(peers) = &seed_peers {
+        raftkv_replica::Transport::update_peers(&*transport, peers);
+    }
+    tokio::spawn(membership::watch_for_removal(
+        replica.clone(),
+        config.election_timeout,
+    ));
+    if !config.join.is_empty() && !config.learner {
+        tokio::spawn(join::promote_when_caught_up(
+            replica.clone(),
+            config.join.clone(),
+        ));
+    }
 
     let kv = KvServer::new(KvService {
         replica: replica.clone(),
@@ -136,6 +171,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = Arc::new(AdminService {
         replica: replica.clone(),
+        membership: membership::Membership::new(replica.clone(), config.election_timeout),
         address: config.advertise_address().to_string(),
         snapshots: snapshots.clone(),
     });
@@ -177,7 +213,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             result.context("gRPC server failed")?;
             Ok(())
         }
-        () = shutdown => {
+        () = &mut shutdown => {
             tracing::info!("node {} shutting down", identity.node_id);
             replica.shutdown();
             let _ = stop_serving.send(());

@@ -6,10 +6,10 @@
 
 use bytes::BytesMut;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_server::Peer;
 use raftkv_proto::v1::{RaftAck, RaftEnvelope, SnapshotFileChunk};
-use raftkv_replica::{Replica, SnapshotMeta, SnapshotStore};
+use raftkv_replica::{member_ids, Replica, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
@@ -38,6 +38,39 @@ impl PeerService {
             )));
         }
         Ok(())
+    }
+}
+
+/// Metadata on the status that refuses a removed node's vote request: the
+/// index of the refusing node's configuration (see `REMOVED_AT` users).
+pub const REMOVED_AT: &str = "raftkv-removed-at";
+
+impl PeerService {
+    /// A vote request from a node outside this node's configuration comes
+    /// from a node that was removed without learning it (or from a member
+    /// this node does not know yet, which ignores the answer: its own
+    /// configuration is newer). The stream is refused with this node's
+    /// configuration index, so a removed node stops campaigning.
+    fn refuse_removed_candidate(&self, message: &Message) -> Result<(), Status> {
+        if !matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) {
+            return Ok(());
+        }
+        let membership = self.replica.membership();
+        let ids = member_ids(&membership.conf_state);
+        if ids.is_empty() || ids.contains(&message.from) {
+            return Ok(());
+        }
+        let mut status = Status::failed_precondition(format!(
+            "node {} is not a member of the cluster as of configuration index {}",
+            message.from, membership.index
+        ));
+        if let Ok(value) = membership.index.to_string().parse() {
+            status.metadata_mut().insert(REMOVED_AT, value);
+        }
+        Err(status)
     }
 }
 
@@ -117,7 +150,10 @@ impl Peer for PeerService {
                 partial.split().freeze()
             };
             match Message::parse_from_carllerche_bytes(&encoded) {
-                Ok(message) => self.replica.step(message),
+                Ok(message) => {
+                    self.refuse_removed_candidate(&message)?;
+                    self.replica.step(message)
+                }
                 Err(e) => {
                     return Err(Status::invalid_argument(format!(
                         "undecodable raft message: {e}"

@@ -342,13 +342,23 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
         }
         drop(stream_tx);
         match call.await {
-            Ok(Err(status)) => tracing::warn!(
-                "{} lane to node {} at {} closed: {}",
-                lane.name,
-                lane.to,
-                lane.address,
-                status.message()
-            ),
+            Ok(Err(status)) => {
+                tracing::warn!(
+                    "{} lane to node {} at {} closed: {}",
+                    lane.name,
+                    lane.to,
+                    lane.address,
+                    status.message()
+                );
+                let removed_at = status
+                    .metadata()
+                    .get(crate::peer_service::REMOVED_AT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let (Some(index), Some(replica)) = (removed_at, lane.replica.get()) {
+                    replica.report_removed(lane.to, index);
+                }
+            }
             Ok(Ok(_)) => {}
             Err(e) => tracing::warn!("peer stream task failed: {e}"),
         }

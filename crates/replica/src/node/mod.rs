@@ -18,6 +18,7 @@
 //! A storage error here is fatal: the loop stops and the node exits rather
 //! than acknowledge anything it could not make durable.
 
+mod conf_change;
 mod queries;
 mod snapshot;
 
@@ -34,6 +35,7 @@ use raftkv_storage::{
 };
 use tokio::sync::oneshot;
 
+use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::handle::{Shared, WriteSession};
@@ -75,6 +77,12 @@ pub(crate) enum PeerInput {
         result: Result<SnapshotInfo, String>,
         membership: MembershipRecord,
     },
+    /// Peer `from` refused this node's vote request: its configuration as
+    /// of `index` does not hold this node.
+    RemovedNotice {
+        from: u64,
+        index: u64,
+    },
 }
 
 pub(crate) enum Input {
@@ -87,6 +95,14 @@ pub(crate) enum Input {
         reply: Reply,
     },
     Query(Query),
+    ChangeMembership {
+        request: ConfChangeRequest,
+        reply: Reply,
+    },
+    TransferLeader {
+        to: u64,
+        reply: Reply,
+    },
     Shutdown,
 }
 
@@ -127,6 +143,9 @@ pub(crate) struct Node {
     snapshot_in_progress: bool,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotInfo, ReplicaError>>>,
     last_snapshot_index: u64,
+    /// This node was removed from the cluster: it no longer ticks (so it
+    /// never campaigns) and refuses reads and writes.
+    removed: bool,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -208,6 +227,7 @@ impl Node {
             snapshot_in_progress: false,
             snapshot_waiters: Vec::new(),
             last_snapshot_index: snapshot_index,
+            removed: false,
         })
     }
 
@@ -249,6 +269,9 @@ impl Node {
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
+        if self.is_outside_configuration() {
+            self.mark_removed();
+        }
         // A single-voter cluster need not wait out an election timeout.
         let voters = &self.raw.store().membership().conf_state.voters;
         if voters.len() == 1 && voters[0] == self.id {
@@ -298,7 +321,10 @@ impl Node {
             }
             let now = Instant::now();
             if now >= self.next_tick {
-                self.raw.tick();
+                // A removed node must not campaign against the cluster.
+                if !self.removed {
+                    self.raw.tick();
+                }
                 self.next_tick = now + self.tick_interval;
             }
             self.maybe_issue_read(now);
@@ -327,6 +353,7 @@ impl Node {
             PeerInput::SnapshotWritten { result, membership } => {
                 self.on_snapshot_written(result, membership)?;
             }
+            PeerInput::RemovedNotice { from, index } => self.on_removed_notice(from, index),
         }
         Ok(())
     }
@@ -340,13 +367,17 @@ impl Node {
                 reply,
             } => self.propose(ops, session, reply),
             Input::Read { reply } => {
-                if self.raw.raft.state == StateRole::Leader {
+                if let Err(e) = self.check_serving() {
+                    let _ = reply.send(Err(e));
+                } else if self.raw.raft.state == StateRole::Leader {
                     self.reads.queue(reply);
                 } else {
                     let _ = reply.send(Err(self.not_leader()));
                 }
             }
             Input::Query(query) => self.answer(query),
+            Input::ChangeMembership { request, reply } => self.propose_conf_change(request, reply),
+            Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Input::Shutdown => return false,
         }
         true
@@ -368,6 +399,10 @@ impl Node {
     }
 
     fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: Reply) {
+        if let Err(e) = self.check_serving() {
+            let _ = reply.send(Err(e));
+            return;
+        }
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -589,16 +624,28 @@ impl Node {
         if context.proposer == self.id {
             self.proposals.complete(context.proposal_id, result);
         }
+        if self.is_outside_configuration() {
+            self.mark_removed();
+        }
         Ok(())
     }
 
     fn role(&self) -> Role {
+        if self.removed {
+            return Role::Removed;
+        }
         match self.raw.raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower => {
                 let conf = self.raw.raft.prs().conf().to_conf_state();
-                if conf.learners.contains(&self.id) || conf.learners_next.contains(&self.id) {
+                // A joining node has no configuration until its first
+                // snapshot: it was added as a learner.
+                let joining = member_ids(&conf).is_empty();
+                if joining
+                    || conf.learners.contains(&self.id)
+                    || conf.learners_next.contains(&self.id)
+                {
                     Role::Learner
                 } else if member_ids(&conf).contains(&self.id) {
                     Role::Follower
@@ -653,6 +700,7 @@ impl Node {
             self.reads.fail_all(&error);
         }
         self.leader_term = leader_term;
+        self.maybe_leave_joint();
         self.publish_status();
     }
 }

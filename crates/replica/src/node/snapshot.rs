@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use super::{fatal, Node, PeerInput};
 use crate::error::{FatalError, ReplicaError};
+use crate::membership::member_ids;
 use crate::snapshots::{load_snapshot, write_snapshot};
 
 /// Snapshot files kept (CONTRACT §5).
@@ -27,8 +28,9 @@ impl Node {
         if self.snapshot_in_progress {
             return;
         }
-        let due =
-            self.applied_index >= self.last_snapshot_index + self.config.snapshot_entries.max(1);
+        let due = self.applied_index
+            >= self.last_snapshot_index + self.config.snapshot_entries.max(1)
+            || (self.applied_index > self.last_snapshot_index && self.peer_needs_new_snapshot());
         if !due && self.snapshot_waiters.is_empty() {
             return;
         }
@@ -64,6 +66,25 @@ impl Node {
             self.snapshot_in_progress = false;
             tracing::error!("cannot start the snapshot thread: {e}");
         }
+    }
+
+    /// Whether (as leader) a peer needs a snapshot that the latest one
+    /// cannot serve: none was taken yet (a fresh cluster has only its
+    /// bootstrap), or it predates the peer joining (raft on the peer would
+    /// refuse a snapshot whose configuration lacks it).
+    fn peer_needs_new_snapshot(&self) -> bool {
+        if self.raw.raft.state != raft::StateRole::Leader {
+            return false;
+        }
+        let first_index = self.raw.raft.raft_log.first_index();
+        let latest = self.raw.store().latest_snapshot();
+        self.raw.raft.prs().iter().any(|(id, pr)| {
+            *id != self.id
+                && pr.next_idx < first_index
+                && latest
+                    .as_ref()
+                    .is_none_or(|(_, m)| !member_ids(&m.conf_state).contains(id))
+        })
     }
 
     fn latest_snapshot_info(&self) -> Result<SnapshotInfo, ReplicaError> {

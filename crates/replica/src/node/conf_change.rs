@@ -1,0 +1,312 @@
+//! Membership changes on the node thread: validating a request against the
+//! configuration raft holds right now, proposing it as a `ConfChangeV2`,
+//! leadership transfer, and what a node does once it learns it was removed.
+
+use raft::StateRole;
+use tokio::sync::oneshot;
+
+use super::Node;
+use crate::conf_change::{
+    to_conf_change_v2, ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES,
+};
+use crate::error::ReplicaError;
+use crate::membership::{encode_conf_change_context, member_ids};
+use crate::proposals::Reply;
+
+impl Node {
+    /// Proposes a membership change; `reply` is answered once it is applied
+    /// (for a joint change: once the joint configuration is applied).
+    pub(super) fn propose_conf_change(&mut self, request: ConfChangeRequest, reply: Reply) {
+        let changes = match self.check_conf_change(&request) {
+            Ok(changes) => changes,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if request.dry_run || (changes.is_empty() && !request.leave_joint) {
+            // Everything asked for holds already (a retried request).
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let proposal_id = self.proposals.next_id();
+        let added: std::collections::BTreeMap<u64, String> = request
+            .addresses
+            .iter()
+            .filter(|(id, _)| changes.contains(&MemberChange::AddLearner(**id)))
+            .map(|(id, address)| (*id, address.clone()))
+            .collect();
+        let context = encode_conf_change_context(self.id, proposal_id, &added);
+        let cc = to_conf_change_v2(&changes, request.explicit);
+        tracing::info!(
+            "node {} proposing membership change {:?}{}",
+            self.id,
+            changes,
+            if request.leave_joint {
+                " (leave joint)"
+            } else {
+                ""
+            }
+        );
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) => self.proposals.insert(proposal_id, reply),
+            Err(e) => {
+                let _ = reply.send(Err(ReplicaError::Unavailable(format!(
+                    "membership change not accepted by raft ({e}); retry"
+                ))));
+            }
+        }
+    }
+
+    /// The changes still to make, or why the request cannot be made now.
+    fn check_conf_change(
+        &self,
+        request: &ConfChangeRequest,
+    ) -> Result<Vec<MemberChange>, ReplicaError> {
+        self.check_serving()?;
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let joint = !conf.voters_outgoing.is_empty();
+        if self.raw.raft.has_pending_conf() {
+            return Err(ReplicaError::Unavailable(
+                "another membership change is in progress; retry once it is done".into(),
+            ));
+        }
+        if request.leave_joint {
+            if !joint {
+                return Err(ReplicaError::Rejected(
+                    "the configuration is not joint; there is nothing to leave".into(),
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        if joint {
+            return Err(ReplicaError::Unavailable(
+                "the configuration is joint (a membership change is being completed); retry \
+                 once it is done"
+                    .into(),
+            ));
+        }
+        let addresses = &self.raw.store().membership().addresses;
+        let is_voter = |id: u64| conf.voters.contains(&id);
+        let is_learner = |id: u64| conf.learners.contains(&id);
+        let mut changes = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for change in &request.changes {
+            let id = change.node_id();
+            if id == 0 {
+                return Err(ReplicaError::Rejected("node id 0 is not valid".into()));
+            }
+            if !seen.insert(id) {
+                return Err(ReplicaError::Rejected(format!(
+                    "node {id} appears more than once in one change"
+                )));
+            }
+            match *change {
+                MemberChange::AddLearner(_) => {
+                    let address = request.addresses.get(&id).ok_or_else(|| {
+                        ReplicaError::Rejected(format!("no address given for node {id}"))
+                    })?;
+                    if let Some((other, _)) = addresses
+                        .iter()
+                        .find(|(other, a)| *a == address && **other != id)
+                    {
+                        return Err(ReplicaError::Rejected(format!(
+                            "address {address} belongs to node {other} already"
+                        )));
+                    }
+                    if is_voter(id) {
+                        return Err(ReplicaError::Rejected(format!(
+                            "node {id} is already a voter"
+                        )));
+                    }
+                    if is_learner(id) {
+                        let current = addresses.get(&id).map(String::as_str).unwrap_or("");
+                        if current != address {
+                            return Err(ReplicaError::Rejected(format!(
+                                "node {id} is already a learner at {current}, not {address}"
+                            )));
+                        }
+                        continue; // already holds
+                    }
+                    changes.push(*change);
+                }
+                MemberChange::Promote(_) => {
+                    if is_voter(id) {
+                        return Err(ReplicaError::Rejected(format!(
+                            "node {id} is already a voter"
+                        )));
+                    }
+                    if !is_learner(id) {
+                        return Err(ReplicaError::Rejected(format!(
+                            "node {id} is not a member; add it first"
+                        )));
+                    }
+                    let lag = self.lag_of(id);
+                    if lag > PROMOTE_MAX_LAG_ENTRIES {
+                        return Err(ReplicaError::Unavailable(format!(
+                            "node {id} is {lag} entries behind the leader (promotion needs at \
+                             most {PROMOTE_MAX_LAG_ENTRIES}); retry once it has caught up"
+                        )));
+                    }
+                    changes.push(*change);
+                }
+                MemberChange::Remove(_) => {
+                    if !member_ids(&conf).contains(&id) {
+                        return Err(ReplicaError::Rejected(format!("node {id} is not a member")));
+                    }
+                    changes.push(*change);
+                }
+            }
+        }
+        let mut voters: Vec<u64> = conf.voters.clone();
+        for change in &changes {
+            match *change {
+                MemberChange::Promote(id) => voters.push(id),
+                MemberChange::Remove(id) => voters.retain(|v| *v != id),
+                MemberChange::AddLearner(_) => {}
+            }
+        }
+        if voters.is_empty() {
+            return Err(ReplicaError::Rejected(
+                "the change would leave no voters".into(),
+            ));
+        }
+        let removes_voter = changes
+            .iter()
+            .any(|c| matches!(c, MemberChange::Remove(id) if is_voter(*id)));
+        if removes_voter && !request.force {
+            let live = voters.iter().filter(|id| self.is_live(**id)).count();
+            let quorum = voters.len() / 2 + 1;
+            if live < quorum {
+                return Err(ReplicaError::Rejected(format!(
+                    "the change would leave {live} live voter(s) of {} (a quorum needs {quorum}); \
+                     use --force to remove anyway",
+                    voters.len()
+                )));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Entries `id` is behind the leader's last index (leader only).
+    pub(super) fn lag_of(&self, id: u64) -> u64 {
+        let last = self.raw.raft.raft_log.last_index();
+        match self.raw.raft.prs().get(id) {
+            Some(pr) => last.saturating_sub(pr.matched),
+            None => last,
+        }
+    }
+
+    /// Whether the leader heard from `id` recently.
+    fn is_live(&self, id: u64) -> bool {
+        id == self.id
+            || self
+                .raw
+                .raft
+                .prs()
+                .get(id)
+                .is_some_and(|pr| pr.recent_active && self.transport.is_reachable(id))
+    }
+
+    /// Starts moving leadership to `to`; the caller watches the status.
+    pub(super) fn transfer_leader(
+        &mut self,
+        to: u64,
+        reply: oneshot::Sender<Result<(), ReplicaError>>,
+    ) {
+        let result = (|| {
+            self.check_serving()?;
+            if self.raw.raft.state != StateRole::Leader {
+                return Err(self.not_leader());
+            }
+            if to == self.id {
+                return Ok(());
+            }
+            let conf = self.raw.raft.prs().conf().to_conf_state();
+            if !conf.voters.contains(&to) {
+                return Err(ReplicaError::Rejected(format!(
+                    "node {to} is not a voter; leadership can only move to a voter"
+                )));
+            }
+            tracing::info!("node {} transferring leadership to node {to}", self.id);
+            self.raw.transfer_leader(to);
+            Ok(())
+        })();
+        let _ = reply.send(result);
+    }
+
+    /// Refuses work on a node that was removed from the cluster.
+    pub(super) fn check_serving(&self) -> Result<(), ReplicaError> {
+        if self.removed {
+            return Err(ReplicaError::Rejected(format!(
+                "node {} has been removed from the cluster; send requests to a member",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this node is initialized and absent from its configuration.
+    pub(super) fn is_outside_configuration(&self) -> bool {
+        let conf = &self.raw.store().membership().conf_state;
+        let ids = member_ids(conf);
+        !ids.is_empty() && !ids.contains(&self.id)
+    }
+
+    /// A peer whose configuration (as of `index`) does not hold this node
+    /// refused its vote request: this node was removed while it was away.
+    pub(super) fn on_removed_notice(&mut self, from: u64, index: u64) {
+        let own = self.raw.store().membership();
+        if self.removed || own.conf_state == Default::default() || own.index >= index {
+            return;
+        }
+        tracing::warn!(
+            "node {}: node {from} says this node is not in the configuration as of index \
+             {index} (this node knows index {}); it was removed and stops taking part",
+            self.id,
+            own.index
+        );
+        self.mark_removed();
+    }
+
+    pub(super) fn mark_removed(&mut self) {
+        if !self.removed {
+            tracing::warn!(
+                "node {} is no longer a member of the cluster: it will not vote, campaign \
+                 or serve reads and writes",
+                self.id
+            );
+        }
+        self.removed = true;
+        self.proposals.fail_all(ReplicaError::Rejected(format!(
+            "node {} was removed from the cluster",
+            self.id
+        )));
+    }
+
+    /// A leader in a joint configuration that raft did not leave (a leader
+    /// change between entering and applying it) leaves it here.
+    pub(super) fn maybe_leave_joint(&mut self) {
+        let raft = &self.raw.raft;
+        let conf = &self.raw.store().membership().conf_state;
+        if raft.state != StateRole::Leader
+            || conf.voters_outgoing.is_empty()
+            || !conf.auto_leave
+            || raft.has_pending_conf()
+            || !raft.commit_to_current_term()
+            || raft.raft_log.applied < raft.raft_log.committed
+        {
+            return;
+        }
+        tracing::info!("node {} leaving the joint configuration", self.id);
+        if let Err(e) = self
+            .raw
+            .propose_conf_change(Vec::new(), to_conf_change_v2(&[], false))
+        {
+            tracing::warn!("cannot propose leaving the joint configuration: {e}");
+        }
+    }
+}

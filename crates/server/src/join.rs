@@ -1,0 +1,120 @@
+//! `raftkv server --join ADDR`: an empty node asks the cluster to add it as
+//! a learner (retrying until it is a member; the leader serializes
+//! concurrent joins), records the cluster's identity, and once serving asks
+//! to be promoted until it is a voter (unless `--learner`). The leader sends
+//! it a snapshot and the log; promotion waits until it is within
+//! `PROMOTE_MAX_LAG_ENTRIES` of the leader.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use raftkv_client::{Client, ClientOptions};
+use raftkv_replica::{FileStorage, NodeIdentity, Replica, Role};
+
+/// Pause between attempts to reach the cluster.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Deadline of one attempt (the leader waits within it for catch-up).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_for(join: &[String]) -> anyhow::Result<Client> {
+    Client::with_options(
+        join,
+        ClientOptions {
+            timeout: ATTEMPT_TIMEOUT,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("invalid --join address: {e}"))
+}
+
+/// Becomes a member (as a learner): returns the addresses of the members,
+/// for the transport to answer the leader before the first snapshot brings
+/// the whole configuration. Records the node's identity in `storage`.
+pub async fn join_as_learner(
+    storage: &mut FileStorage,
+    join: &[String],
+    requested_id: Option<u64>,
+    address: &str,
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    let client = client_for(join)?;
+    let id = storage
+        .identity()
+        .map(|identity| identity.node_id)
+        .or(requested_id)
+        .unwrap_or(0);
+    let mut attempts = 0u32;
+    let reply = loop {
+        attempts += 1;
+        match client.add_node(id, address, true).await {
+            Ok(reply) => break reply,
+            Err(e) if e.is_retryable() => {
+                if attempts == 1 || attempts.is_multiple_of(10) {
+                    tracing::warn!("joining through {}: {e}; retrying", join.join(","));
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(e) => bail!("the cluster refused to add this node: {e}"),
+        }
+    };
+    let Some(me) = reply.members.iter().find(|m| m.address == address) else {
+        bail!("the cluster added this node but does not list it at {address}");
+    };
+    let identity = NodeIdentity {
+        node_id: me.id,
+        cluster_id: reply.cluster_id,
+    };
+    storage
+        .set_identity(identity)
+        .context("cannot record this node's identity")?;
+    tracing::info!(
+        "joined cluster {:x} as learner node {}; waiting for a snapshot from the leader",
+        identity.cluster_id,
+        identity.node_id
+    );
+    Ok(reply
+        .members
+        .iter()
+        .map(|m| (m.id, m.address.clone()))
+        .collect())
+}
+
+/// Asks for promotion until this node is a voter (the leader answers once
+/// it has caught up), or it was removed.
+pub async fn promote_when_caught_up(replica: Replica, join: Vec<String>) {
+    let client = match client_for(&join) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    let id = replica.node_id();
+    loop {
+        match replica.status().role {
+            Role::Removed => return,
+            Role::Learner => {}
+            // A voter (leader, follower, candidate) once the membership
+            // says so; before the first snapshot the role is not known yet.
+            _ if replica.membership().conf_state.voters.contains(&id) => {
+                tracing::info!("node {id} is a voter");
+                return;
+            }
+            _ => {}
+        }
+        match client.promote_node(id).await {
+            Ok(_) => {
+                tracing::info!("node {id} was promoted to voter");
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::info!("promotion of node {id} not done yet: {e}");
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(e) => {
+                tracing::warn!("promotion of node {id} refused: {e}");
+                tokio::time::sleep(10 * RETRY_EVERY).await;
+            }
+        }
+    }
+}

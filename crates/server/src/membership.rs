@@ -1,0 +1,394 @@
+//! Membership changes as the leader carries them out for the `Cluster`
+//! service: one change at a time through this node, new nodes added as
+//! learners and promoted only once caught up, leadership moved away before
+//! the leader itself is removed, and every wait bounded by the caller's
+//! deadline (`grpc-timeout`).
+//!
+//! The replica validates each step against the configuration raft holds;
+//! this layer sequences the steps and waits between them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftkv_replica::{
+    ConfChangeRequest, MemberChange, MemberInfo, MembersInfo, Replica, ReplicaError, Role,
+    PROMOTE_MAX_LAG_ENTRIES,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Longest a membership call waits when the caller set no deadline.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How often progress is checked while waiting.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What a membership call asks for, after parsing.
+#[derive(Clone, Debug, Default)]
+pub struct ChangePlan {
+    /// Nodes to end up as voters (added as learners first if needed).
+    pub voters: BTreeMap<u64, String>,
+    /// Nodes to end up as learners.
+    pub learners: BTreeMap<u64, String>,
+    pub promote: Vec<u64>,
+    pub remove: Vec<u64>,
+    pub force: bool,
+    pub explicit: bool,
+}
+
+pub struct Membership {
+    replica: Replica,
+    /// One membership change at a time through this node.
+    lock: Mutex<()>,
+    election_timeout: Duration,
+}
+
+fn in_progress() -> ReplicaError {
+    ReplicaError::Unavailable(
+        "another membership change is in progress; retry once it is done".into(),
+    )
+}
+
+impl Membership {
+    pub fn new(replica: Replica, election_timeout: Duration) -> Self {
+        Membership {
+            replica,
+            lock: Mutex::new(()),
+            election_timeout,
+        }
+    }
+
+    fn check_leader(&self) -> Result<(), ReplicaError> {
+        let status = self.replica.status();
+        match status.role {
+            Role::Leader => Ok(()),
+            Role::Removed => Err(ReplicaError::Rejected(format!(
+                "node {} has been removed from the cluster",
+                status.id
+            ))),
+            _ => {
+                let (leader_id, leader_address) = self.replica.leader_hint();
+                Err(ReplicaError::NotLeader {
+                    leader_id,
+                    leader_address,
+                })
+            }
+        }
+    }
+
+    /// A free id for a node joining without one: above every member's.
+    pub async fn assign_id(&self, address: &str) -> Result<u64, ReplicaError> {
+        self.check_leader()?;
+        let members = self.replica.members().await?;
+        // A retried join finds the id it was given.
+        if let Some(m) = members.members.iter().find(|m| m.address == address) {
+            return Ok(m.id);
+        }
+        let highest = self.replica.membership().addresses.keys().max().copied();
+        Ok(highest
+            .unwrap_or(0)
+            .max(members.members.iter().map(|m| m.id).max().unwrap_or(0))
+            + 1)
+    }
+
+    /// Carries out `plan`: learners first (caught up), then one step with
+    /// every promotion and removal. Returns once the new configuration is
+    /// in force (not joint), or the deadline passes.
+    pub async fn change(&self, plan: ChangePlan, deadline: Instant) -> Result<(), ReplicaError> {
+        self.check_leader()?;
+        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+        let adds: BTreeMap<u64, String> = plan
+            .voters
+            .iter()
+            .chain(plan.learners.iter())
+            .map(|(id, address)| (*id, address.clone()))
+            .collect();
+        // Validate the whole request before changing anything.
+        let mut check: Vec<MemberChange> = adds
+            .keys()
+            .map(|id| MemberChange::AddLearner(*id))
+            .collect();
+        check.extend(plan.remove.iter().map(|id| MemberChange::Remove(*id)));
+        self.replica
+            .change_membership(ConfChangeRequest {
+                changes: check,
+                addresses: adds.clone(),
+                force: plan.force,
+                dry_run: true,
+                ..Default::default()
+            })
+            .await?;
+        let members = self.replica.members().await?;
+        for id in &plan.promote {
+            if !members.members.iter().any(|m| m.id == *id && !m.voter) {
+                return Err(match members.members.iter().find(|m| m.id == *id) {
+                    Some(_) => ReplicaError::Rejected(format!("node {id} is already a voter")),
+                    None => {
+                        ReplicaError::Rejected(format!("node {id} is not a member; add it first"))
+                    }
+                });
+            }
+        }
+        let self_id = self.replica.node_id();
+        if plan.remove.contains(&self_id) {
+            return Err(self.step_down(&plan, &members, deadline).await);
+        }
+        // 1. New nodes join as learners, one simple change each.
+        for (id, address) in &adds {
+            let is_member = members.members.iter().any(|m| m.id == *id);
+            if !is_member {
+                self.replica
+                    .change_membership(ConfChangeRequest {
+                        changes: vec![MemberChange::AddLearner(*id)],
+                        addresses: [(*id, address.clone())].into(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        // 2. Every node to promote has caught up.
+        let mut promote: Vec<u64> = plan.promote.clone();
+        for id in plan.voters.keys() {
+            let already_voter = members.members.iter().any(|m| m.id == *id && m.voter);
+            if !already_voter {
+                promote.push(*id);
+            }
+        }
+        self.wait_caught_up(&promote, deadline).await?;
+        // 3. One step: promotions and removals together.
+        let mut changes: Vec<MemberChange> = promote
+            .iter()
+            .map(|id| MemberChange::Promote(*id))
+            .collect();
+        changes.extend(plan.remove.iter().map(|id| MemberChange::Remove(*id)));
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.replica
+            .change_membership(ConfChangeRequest {
+                changes,
+                force: plan.force,
+                explicit: plan.explicit,
+                ..Default::default()
+            })
+            .await?;
+        if !plan.explicit {
+            self.wait_not_joint(deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves a joint configuration entered explicitly.
+    pub async fn leave_joint(&self, deadline: Instant) -> Result<(), ReplicaError> {
+        self.check_leader()?;
+        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+        self.replica
+            .change_membership(ConfChangeRequest {
+                leave_joint: true,
+                ..Default::default()
+            })
+            .await?;
+        self.wait_not_joint(deadline).await
+    }
+
+    /// The leader is being removed: move leadership to the most caught-up
+    /// live voter that stays, then answer `NotLeader` so the client sends
+    /// the request to the new leader.
+    async fn step_down(
+        &self,
+        plan: &ChangePlan,
+        members: &MembersInfo,
+        deadline: Instant,
+    ) -> ReplicaError {
+        let self_id = self.replica.node_id();
+        let target = members
+            .members
+            .iter()
+            .filter(|m| m.voter && m.reachable && m.id != self_id && !plan.remove.contains(&m.id))
+            .max_by_key(|m| m.match_index)
+            .map(|m| m.id);
+        let Some(target) = target else {
+            return ReplicaError::Rejected(
+                "cannot remove the leader: no other live voter stays to take over".into(),
+            );
+        };
+        if let Err(e) = self.transfer(target, deadline).await {
+            return e;
+        }
+        let (leader_id, leader_address) = self.replica.leader_hint();
+        ReplicaError::NotLeader {
+            leader_id,
+            leader_address,
+        }
+    }
+
+    /// Moves leadership to `to` and waits until this node no longer leads.
+    pub async fn transfer(&self, to: u64, deadline: Instant) -> Result<(), ReplicaError> {
+        self.check_leader()?;
+        if to == self.replica.node_id() {
+            return Ok(());
+        }
+        let give_up = deadline.min(Instant::now() + 3 * self.election_timeout);
+        loop {
+            self.replica.transfer_leader(to).await?;
+            let retry_at = Instant::now() + self.election_timeout;
+            while Instant::now() < retry_at.min(give_up) {
+                let status = self.replica.status();
+                if status.role != Role::Leader {
+                    return Ok(());
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            if Instant::now() >= give_up {
+                return Err(ReplicaError::Unavailable(format!(
+                    "leadership did not move to node {to} in time (is it up and caught up?); retry"
+                )));
+            }
+        }
+    }
+
+    async fn wait_caught_up(&self, ids: &[u64], deadline: Instant) -> Result<(), ReplicaError> {
+        loop {
+            let members = self.replica.members().await?;
+            let behind: Vec<&MemberInfo> = members
+                .members
+                .iter()
+                .filter(|m| ids.contains(&m.id) && m.lag > PROMOTE_MAX_LAG_ENTRIES)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() + POLL >= deadline {
+                let list: Vec<String> = behind
+                    .iter()
+                    .map(|m| format!("node {} is {} entries behind", m.id, m.lag))
+                    .collect();
+                return Err(ReplicaError::Unavailable(format!(
+                    "{} (promotion needs at most {PROMOTE_MAX_LAG_ENTRIES}); it was added as a \
+                     learner and keeps catching up: retry to promote it",
+                    list.join(", ")
+                )));
+            }
+            self.check_leader()?;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn wait_not_joint(&self, deadline: Instant) -> Result<(), ReplicaError> {
+        loop {
+            if !self.replica.members().await?.joint {
+                return Ok(());
+            }
+            if Instant::now() + POLL >= deadline {
+                return Err(ReplicaError::Unavailable(
+                    "the joint configuration was entered but not yet left; it will be left \
+                     automatically (check `raftkv cluster members`)"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Watches for this node having been removed while it was away. A removed
+/// voter learns it when a peer refuses its vote request (see
+/// `peer_service`); a removed learner never asks for votes, so while no
+/// leader is known this asks the other members for their configuration,
+/// and a newer one without this node means it was removed.
+pub async fn watch_for_removal(replica: Replica, election_timeout: Duration) {
+    let period = 2 * election_timeout;
+    let mut leaderless_checks = 0u32;
+    loop {
+        tokio::time::sleep(period).await;
+        let status = replica.status();
+        if status.role == Role::Removed {
+            return;
+        }
+        if status.leader_id != 0 {
+            leaderless_checks = 0;
+            continue;
+        }
+        leaderless_checks += 1;
+        if leaderless_checks < 2 {
+            continue;
+        }
+        let own = replica.membership();
+        if raftkv_replica::member_ids(&own.conf_state).is_empty() {
+            continue; // joining: not configured yet
+        }
+        for (id, address) in &own.addresses {
+            if *id == status.id {
+                continue;
+            }
+            let options = raftkv_client::ClientOptions {
+                timeout: election_timeout,
+                ..Default::default()
+            };
+            let Ok(client) =
+                raftkv_client::Client::with_options(std::slice::from_ref(address), options)
+            else {
+                continue;
+            };
+            if let Ok(reply) = client.members().await {
+                let listed = reply.members.iter().any(|m| m.id == status.id);
+                if reply.cluster_id == status.cluster_id
+                    && reply.config_index > own.index
+                    && !listed
+                {
+                    replica.report_removed(*id, reply.config_index);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The deadline a caller sent (`grpc-timeout`), less a margin for the
+/// reply to travel back; `DEFAULT_WAIT` when none was sent.
+pub fn deadline_of<T>(request: &tonic::Request<T>) -> Instant {
+    let wait = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(DEFAULT_WAIT, |d| {
+            d.saturating_sub(d / 10).min(Duration::from_secs(600))
+        });
+    Instant::now() + wait
+}
+
+/// `grpc-timeout` values: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_with_their_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_grpc_timeout("4999m"),
+            Some(Duration::from_millis(4999))
+        );
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("7"), None);
+        assert_eq!(parse_grpc_timeout("x5S"), None);
+        assert_eq!(parse_grpc_timeout("5X"), None);
+    }
+}
