@@ -214,21 +214,30 @@ impl Client {
             .clone()
             .unwrap_or_else(|| endpoints[0].clone());
         let mut backoff = FIRST_BACKOFF;
+        // Endpoints in a row that refused for themselves only (removed).
+        let mut refused_here = 0;
         loop {
             let channel = self.channel(&target)?;
             let result = match deadline.run(attempt(channel)).await {
                 Some(result) => result,
                 None => return Err(Error::Timeout(timeout)),
             };
-            let (error, from_server) = match result {
+            let (error, from_server, elsewhere) = match result {
                 Ok(value) => {
                     *self.inner.leader.lock().expect("leader lock") = Some(target);
                     return Ok(value);
                 }
-                Err(status) => (Error::from_status(&status), !status.details().is_empty()),
+                Err(status) => (
+                    Error::from_status(&status),
+                    !status.details().is_empty(),
+                    Error::refused_here_only(&status),
+                ),
             };
+            refused_here = if elsewhere { refused_here + 1 } else { 0 };
             let retryable = match (retry, &error) {
                 (_, Error::NotLeader { .. }) => true,
+                // Another endpoint may serve it, if any is left to ask.
+                _ if elsewhere => refused_here <= endpoints.len(),
                 (Retry::AnyRetryable, e) => e.is_retryable(),
                 // The server's own refusal ("a change is in progress", "not
                 // caught up yet") is the answer; only reaching it is retried.
@@ -509,10 +518,27 @@ impl Client {
     }
 
     /// Members as the leader sees them (match index and lag are only known
-    /// there): asks the first endpoint, then the leader it names; the first
-    /// endpoint's view when the leader does not answer.
+    /// there): asks the endpoints in order until one answers, then the
+    /// leader it names; that endpoint's own view if the leader does not
+    /// answer.
     pub async fn leader_members(&self) -> Result<pb::MembersResponse, Error> {
-        let first = self.members().await?;
+        let deadline = Deadline::new(self.inner.options.timeout);
+        let mut first = Err(Error::Unavailable("no endpoint answered".into()));
+        for endpoint in &self.inner.endpoints {
+            let channel = self.channel(endpoint)?;
+            first = match deadline
+                .run(ClusterClient::new(channel).members(pb::MembersRequest {}))
+                .await
+            {
+                Some(Ok(reply)) => Ok(reply.into_inner()),
+                Some(Err(status)) => Err(Error::from_status(&status)),
+                None => Err(Error::Timeout(deadline.timeout())),
+            };
+            if first.is_ok() {
+                break;
+            }
+        }
+        let first = first?;
         let own_id = first.header.as_ref().map_or(0, |h| h.node_id);
         let Some(leader) = first
             .members
@@ -522,7 +548,6 @@ impl Client {
             return Ok(first);
         };
         let channel = self.channel(&leader.address)?;
-        let deadline = Deadline::new(self.inner.options.timeout);
         let asked = deadline
             .run(ClusterClient::new(channel).members(pb::MembersRequest {}))
             .await;

@@ -63,6 +63,13 @@ impl Error {
         )
     }
 
+    /// A refusal by this node only ("this node was removed"): another
+    /// endpoint may serve the request.
+    pub(crate) fn refused_here_only(status: &Status) -> bool {
+        ErrorDetail::decode(status.details())
+            .is_ok_and(|detail| detail.kind == ErrorKind::Rejected as i32 && detail.retryable)
+    }
+
     /// Decodes a gRPC status from a RaftKV server (or the transport).
     pub(crate) fn from_status(status: &Status) -> Error {
         if !status.details().is_empty() {

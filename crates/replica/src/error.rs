@@ -23,6 +23,10 @@ pub enum ReplicaError {
     /// The disk is full: writes fail, reads go on.
     #[error("no space left on device: {0}")]
     NoSpace(String),
+    /// This node was removed from the cluster: it serves nothing, but the
+    /// cluster's other members may.
+    #[error("{0}")]
+    Removed(String),
     /// The node stopped (shut down or a fatal storage error).
     #[error("node stopped: {0}")]
     Stopped(String),

@@ -86,5 +86,7 @@ pub fn replica_status(error: ReplicaError, header: ResponseHeader) -> Status {
         ReplicaError::Rejected(m) => error_status(ErrorKind::Rejected, m, header, false),
         ReplicaError::NoSpace(m) => error_status(ErrorKind::NoSpace, m, header, true),
         ReplicaError::Stopped(m) => error_status(ErrorKind::Unavailable, m, header, true),
+        // Refused here for good, but another member may serve it.
+        ReplicaError::Removed(m) => error_status(ErrorKind::Rejected, m, header, true),
     }
 }

@@ -61,8 +61,8 @@ impl Membership {
         let status = self.replica.status();
         match status.role {
             Role::Leader => Ok(()),
-            Role::Removed => Err(ReplicaError::Rejected(format!(
-                "node {} has been removed from the cluster",
+            Role::Removed => Err(ReplicaError::Removed(format!(
+                "node {} has been removed from the cluster; send requests to a member",
                 status.id
             ))),
             _ => {

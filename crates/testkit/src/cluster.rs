@@ -46,6 +46,12 @@ struct Node {
     id: u64,
     port: u16,
     dir: PathBuf,
+    /// `Some` for a node added with `--join`: the first run joins through
+    /// this address; later runs need only `--data-dir` and `--listen`.
+    join: Option<JoinArgs>,
+    /// Removed from the cluster: left running if it was, but no longer
+    /// among the live nodes, endpoints or leader checks.
+    removed: bool,
     /// `None` while killed. Behind a mutex so `&self` methods can notice a
     /// process that exited on its own.
     process: Mutex<Option<ServerProcess>>,
@@ -68,9 +74,9 @@ impl Node {
         self.process.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Running and not paused: expected to answer requests.
+    /// A member, running and not paused: expected to answer requests.
     fn is_live(&self) -> bool {
-        self.process().as_ref().is_some_and(|p| !p.is_paused())
+        !self.removed && self.process().as_ref().is_some_and(|p| !p.is_paused())
     }
 
     /// One line describing the process, for failure messages.
@@ -84,6 +90,14 @@ impl Node {
             },
         }
     }
+}
+
+#[derive(Clone, Debug)]
+struct JoinArgs {
+    via: String,
+    learner: bool,
+    /// The first run happened (it joined); restarts do not pass `--join`.
+    joined: bool,
 }
 
 /// Pause between checks of a node expected to exit at start.
@@ -150,6 +164,8 @@ impl TestCluster {
                     id: i as u64 + 1,
                     port,
                     dir: node_dir,
+                    join: None,
+                    removed: false,
                     process: Mutex::new(None),
                 }
             })
@@ -197,9 +213,58 @@ impl TestCluster {
         self.node(id).address()
     }
 
-    /// Every node's address, in id order.
+    /// Every member's address, in id order (removed nodes left out).
     pub fn endpoint_list(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::address).collect()
+        self.nodes
+            .iter()
+            .filter(|n| !n.removed)
+            .map(Node::address)
+            .collect()
+    }
+
+    /// Ids of the nodes not marked removed, running or not.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.removed)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    // ---- Membership -----------------------------------------------------------
+
+    /// Starts a new node (the next id) on a free port with an empty data dir
+    /// and `raftkv server --id N --join ADDRESS-OF-via [--learner]`, and
+    /// waits until it answers `status` (it does once the cluster added it).
+    /// Restarts of it run without `--join`.
+    pub fn join_node(&mut self, via: u64, learner: bool) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_ports(1)[0];
+        let dir = self.dir().join(format!("node-{id}"));
+        fs::create_dir_all(&dir).expect("create node dir");
+        let via = self.address(via);
+        self.nodes.push(Node {
+            id,
+            port,
+            dir,
+            join: Some(JoinArgs {
+                via,
+                learner,
+                joined: false,
+            }),
+            removed: false,
+            process: Mutex::new(None),
+        });
+        self.spawn(id);
+        self.wait_answers(id, "joined");
+        id
+    }
+
+    /// Marks node `id` as removed from the cluster (after `cluster remove`):
+    /// it stays running if it was, but leaves the live set and endpoints.
+    pub fn set_removed(&mut self, id: u64) {
+        let index = self.index_of(id);
+        self.nodes[index].removed = true;
     }
 
     /// Every node's address, comma-joined (the `--endpoints` value).
@@ -272,6 +337,11 @@ impl TestCluster {
             "restart: node {id} is still running; kill it first"
         );
         self.spawn(id);
+        self.wait_answers(id, "restarted");
+    }
+
+    /// Waits until node `id`, just started, answers `status`.
+    fn wait_answers(&self, id: u64, what: &str) {
         let started = Instant::now();
         let answered = poll_until(NODE_ANSWER_WAIT, POLL_INTERVAL, || {
             if let Some(status) = self.node(id).process().as_mut().and_then(|p| p.exited()) {
@@ -281,7 +351,7 @@ impl TestCluster {
         });
         match answered {
             Ok(Ok(status)) => eprintln!(
-                "testkit: restarted node {id}; it answers after {:?} as {} (term {}, applied {})",
+                "testkit: {what} node {id}; it answers after {:?} as {} (term {}, applied {})",
                 started.elapsed(),
                 status.role,
                 status.term,
@@ -289,7 +359,7 @@ impl TestCluster {
             ),
             Ok(Err(message)) => self.fail(&message),
             Err(waited) => self.fail(&format!(
-                "restarted node {id} did not answer status in {waited:?}"
+                "{what} node {id} did not answer status in {waited:?}"
             )),
         }
     }
@@ -519,31 +589,56 @@ impl TestCluster {
         panic!("{message}\n\n{}", self.diagnostics())
     }
 
-    fn node(&self, id: u64) -> &Node {
+    fn index_of(&self, id: u64) -> usize {
         let index = usize::try_from(id).ok().and_then(|id| id.checked_sub(1));
         index
-            .and_then(|i| self.nodes.get(i))
+            .filter(|i| *i < self.nodes.len())
             .unwrap_or_else(|| panic!("no node {id} in a cluster of {}", self.nodes.len()))
     }
 
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[self.index_of(id)]
+    }
+
     fn spawn(&mut self, id: u64) {
-        let node = self.node(id);
+        let index = self.index_of(id);
+        let node = &self.nodes[index];
         let mut args = vec![
             "server".to_string(),
-            "--id".to_string(),
-            id.to_string(),
             "--data-dir".to_string(),
             node.data_dir().display().to_string(),
             "--listen".to_string(),
             node.address(),
-            "--peers".to_string(),
-            self.peers.clone(),
             "--election-timeout".to_string(),
             "1s".to_string(),
             "--heartbeat-interval".to_string(),
             "100ms".to_string(),
         ];
+        match &node.join {
+            None => args.extend([
+                "--id".to_string(),
+                id.to_string(),
+                "--peers".to_string(),
+                self.peers.clone(),
+            ]),
+            Some(join) if !join.joined => {
+                args.extend([
+                    "--id".to_string(),
+                    id.to_string(),
+                    "--join".to_string(),
+                    join.via.clone(),
+                ]);
+                if join.learner {
+                    args.push("--learner".to_string());
+                }
+            }
+            Some(_) => {}
+        }
         args.extend(self.extra_args.iter().cloned());
+        if let Some(join) = &mut self.nodes[index].join {
+            join.joined = true;
+        }
+        let node = &self.nodes[index];
         match ServerProcess::spawn(&self.bin, &args, &node.log_path()) {
             Ok(process) => *node.process() = Some(process),
             Err(e) => self.fail(&format!(

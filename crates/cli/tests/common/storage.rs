@@ -148,10 +148,10 @@ pub fn check(cluster: &TestCluster) -> Result<Vec<CheckLine>, String> {
             keys: num("keys")?,
         });
     }
-    if lines.len() != cluster.ids().len() {
+    if lines.len() != cluster.member_ids().len() {
         return Err(format!(
             "expected one line per endpoint ({}), got {}\n{}",
-            cluster.ids().len(),
+            cluster.member_ids().len(),
             lines.len(),
             out.describe()
         ));

@@ -84,8 +84,8 @@ impl Node {
         }
         if joint {
             return Err(ReplicaError::Unavailable(
-                "the configuration is joint (a membership change is being completed); retry \
-                 once it is done"
+                "a membership change is in progress (the configuration is joint); retry once \
+                 it is done"
                     .into(),
             ));
         }
@@ -241,7 +241,7 @@ impl Node {
     /// Refuses work on a node that was removed from the cluster.
     pub(super) fn check_serving(&self) -> Result<(), ReplicaError> {
         if self.removed {
-            return Err(ReplicaError::Rejected(format!(
+            return Err(ReplicaError::Removed(format!(
                 "node {} has been removed from the cluster; send requests to a member",
                 self.id
             )));
@@ -281,7 +281,7 @@ impl Node {
             );
         }
         self.removed = true;
-        self.proposals.fail_all(ReplicaError::Rejected(format!(
+        self.proposals.fail_all(ReplicaError::Removed(format!(
             "node {} was removed from the cluster",
             self.id
         )));

@@ -1,0 +1,488 @@
+//! Acceptance: dynamic membership (issue 5), with real processes — growing a
+//! cluster with `--join` and shrinking it (the leader among the removed)
+//! under a running writer, replacing a node in one joint-consensus step,
+//! learners that receive data without being needed for a quorum, removed
+//! nodes that stay quiet and refuse requests, membership that survives a
+//! restart of every node, bad requests refused without changing anything,
+//! and the debug commands on every node.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use raftkv_client::Consistency;
+use raftkv_testkit::TestCluster;
+use serde_json::Value;
+
+use common::storage::{assert_same_hash_when_idle, debug_json, single_json};
+use common::{assert_all_acked_present, bin, scan_all, Writer};
+
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
+const CHANGE_TIMEOUT: &str = "30s";
+
+/// One member as `cluster members --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Member {
+    role: String,
+    voter: bool,
+    address: String,
+    reachable: bool,
+}
+
+/// `cluster members --json` (the leader's view): id -> member, and joint.
+fn members(cluster: &TestCluster) -> Result<(BTreeMap<u64, Member>, bool), String> {
+    let out = cluster.cli(&["cluster", "members", "--json", "--timeout", "2s"]);
+    if out.code != 0 {
+        return Err(out.describe());
+    }
+    let json = single_json(&out);
+    let mut map = BTreeMap::new();
+    for m in json["members"].as_array().ok_or("no members array")? {
+        map.insert(
+            m["id"].as_u64().ok_or("member without id")?,
+            Member {
+                role: m["role"].as_str().unwrap_or_default().to_string(),
+                voter: m["voter"].as_bool().unwrap_or_default(),
+                address: m["address"].as_str().unwrap_or_default().to_string(),
+                reachable: m["reachable"].as_bool().unwrap_or_default(),
+            },
+        );
+    }
+    Ok((map, json["joint"].as_bool().unwrap_or_default()))
+}
+
+/// Voter ids and learner ids, from `members`.
+fn voters_and_learners(members: &BTreeMap<u64, Member>) -> (Vec<u64>, Vec<u64>) {
+    let voters = members.iter().filter(|(_, m)| m.voter).map(|(id, _)| *id);
+    let learners = members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id);
+    (voters.collect(), learners.collect())
+}
+
+/// Waits until the leader reports exactly these voters and learners, not
+/// joint.
+fn wait_members(cluster: &TestCluster, voters: &[u64], learners: &[u64]) {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < MEMBERSHIP_WAIT {
+        match members(cluster) {
+            Ok((map, joint)) => {
+                let (v, l) = voters_and_learners(&map);
+                if v == voters && l == learners && !joint {
+                    eprintln!(
+                        "members: voters {v:?} learners {l:?} after {:?}",
+                        started.elapsed()
+                    );
+                    return;
+                }
+                last = format!("voters {v:?} learners {l:?} joint {joint}");
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.fail(&format!(
+        "members did not become voters {voters:?} learners {learners:?} in {MEMBERSHIP_WAIT:?}; \
+         last: {last}"
+    ));
+}
+
+/// Waits until node `id` says its role is `role`.
+fn wait_role(cluster: &TestCluster, id: u64, role: &str) {
+    let started = Instant::now();
+    loop {
+        let seen = cluster.status(id).map(|s| s.role).unwrap_or_default();
+        if seen == role {
+            return;
+        }
+        if started.elapsed() > MEMBERSHIP_WAIT {
+            cluster.fail(&format!(
+                "node {id} is {seen:?}, not {role:?}, after {MEMBERSHIP_WAIT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn change(cluster: &TestCluster, args: &[&str]) -> raftkv_testkit::CliOutput {
+    let mut all = vec!["cluster"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--timeout", CHANGE_TIMEOUT]);
+    cluster.cli_bounded(&cluster.endpoints(), &all, Duration::from_secs(60))
+}
+
+/// `debug raft`, `debug storage`, `debug snapshot` and `debug check` answer
+/// on every member, each about itself.
+fn debug_commands_work_on_every_node(cluster: &TestCluster) {
+    for id in cluster.member_ids() {
+        let raft = debug_json(cluster, id, &["raft"]);
+        assert!(raft["term"].as_u64().unwrap_or(0) >= 1, "node {id}: {raft}");
+        assert!(raft["commit_index"].as_u64().is_some(), "node {id}: {raft}");
+        assert!(
+            raft["voters"].as_array().is_some_and(|v| !v.is_empty()),
+            "{raft}"
+        );
+        if raft["role"] == "leader" {
+            let progress = raft["progress"].as_array().expect("progress");
+            assert_eq!(
+                progress.len(),
+                cluster.member_ids().len(),
+                "node {id}: {raft}"
+            );
+        }
+        let storage = debug_json(cluster, id, &["storage"]);
+        assert!(
+            storage["last_index"].as_u64().unwrap_or(0) > 0,
+            "node {id}: {storage}"
+        );
+        let snapshot = debug_json(cluster, id, &["snapshot"]);
+        assert!(
+            snapshot["snapshot_index"].as_u64().unwrap_or(0) > 0,
+            "node {id}: {snapshot}"
+        );
+        let check = cluster.cli_at(id, &["debug", "check", "--json"]);
+        let check = single_json(check.assert_ok());
+        assert_eq!(check["id"].as_u64(), Some(id), "{check}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_one_to_five_with_join_and_shrink_to_three_under_a_writer() {
+    let mut cluster = TestCluster::start(bin(), 1);
+    let writer = Writer::spawn(cluster.client(), "grow/");
+    writer.wait_for_acks(100, Duration::from_secs(30)).await;
+
+    // 1 -> 3: two nodes join through node 1 and are promoted once caught up.
+    let two = cluster.join_node(1, false);
+    let three = cluster.join_node(1, false);
+    wait_members(&cluster, &[1, two, three], &[]);
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 100, Duration::from_secs(30))
+        .await;
+
+    // 3 -> 5, joining through a node other than the first.
+    let four = cluster.join_node(two, false);
+    let five = cluster.join_node(three, false);
+    wait_members(&cluster, &[1, two, three, four, five], &[]);
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 100, Duration::from_secs(30))
+        .await;
+    let grown = writer.stop().await;
+    eprintln!(
+        "grown to 5 with {} writes acknowledged ({} retried errors)",
+        grown.acked.len(),
+        grown.retried_errors.len()
+    );
+    assert_same_hash_when_idle(&cluster, Duration::from_secs(60));
+    let state = scan_all(&cluster.client(), "grow/", Consistency::Linearizable).await;
+    assert_all_acked_present(&grown.acked, &state, "after growing to 5 nodes");
+    for id in [two, three, four, five] {
+        let local = scan_all(&cluster.client_at(id), "grow/", Consistency::Stale).await;
+        assert_eq!(local, state, "joined node {id} holds all the data");
+    }
+
+    // 5 -> 3 under a new writer: the leader first, then another node.
+    let writer = Writer::spawn(cluster.client(), "shrink/");
+    writer.wait_for_acks(100, Duration::from_secs(30)).await;
+    let leader = cluster.leader();
+    change(&cluster, &["remove", &leader.to_string()]).assert_ok();
+    cluster.set_removed(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader, "leadership moved off the removed node");
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 100, Duration::from_secs(30))
+        .await;
+    let other = *cluster
+        .member_ids()
+        .iter()
+        .find(|id| **id != new_leader)
+        .expect("another member");
+    change(&cluster, &["remove", &other.to_string()]).assert_ok();
+    cluster.set_removed(other);
+    let remaining = cluster.member_ids();
+    assert_eq!(remaining.len(), 3);
+    wait_members(&cluster, &remaining, &[]);
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 100, Duration::from_secs(30))
+        .await;
+    let shrunk = writer.stop().await;
+    wait_role(&cluster, leader, "removed");
+    wait_role(&cluster, other, "removed");
+
+    let state = scan_all(&cluster.client(), "", Consistency::Linearizable).await;
+    assert_all_acked_present(&grown.acked, &state, "after shrinking (grow phase writes)");
+    assert_all_acked_present(&shrunk.acked, &state, "after shrinking");
+    assert_same_hash_when_idle(&cluster, Duration::from_secs(60));
+    debug_commands_work_on_every_node(&cluster);
+
+    // Restart every node, removed ones too: the membership is the new one.
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.leader();
+    wait_members(&cluster, &remaining, &[]);
+    for id in [leader, other] {
+        wait_role(&cluster, id, "removed");
+    }
+    let after = scan_all(&cluster.client(), "", Consistency::Linearizable).await;
+    assert_eq!(after, state, "data after restarting every node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_a_node_in_one_joint_step_under_load() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    let writer = Writer::spawn(cluster.client(), "replace/");
+    writer.wait_for_acks(100, Duration::from_secs(30)).await;
+
+    // The replacement starts as a learner, then one joint step swaps it in
+    // for node 2. The debug mode keeps the joint configuration until it is
+    // left by hand, so that `members` can be seen showing it.
+    let four = cluster.join_node(1, true);
+    wait_members(&cluster, &[1, 2, 3], &[four]);
+    let add = format!("{four}={}", cluster.address(four));
+    change(
+        &cluster,
+        &["change", "--add", &add, "--remove", "2", "--explicit-joint"],
+    )
+    .assert_ok();
+    let (joint_members, joint) = members(&cluster).expect("members while joint");
+    assert!(
+        joint,
+        "members shows the joint configuration: {joint_members:?}"
+    );
+    assert!(
+        joint_members.contains_key(&2),
+        "outgoing node 2 still listed while joint"
+    );
+    assert!(
+        joint_members[&four].voter,
+        "incoming node {four} is a voter while joint"
+    );
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 50, Duration::from_secs(30))
+        .await;
+    change(&cluster, &["change", "--leave-joint"]).assert_ok();
+    cluster.set_removed(2);
+    wait_members(&cluster, &[1, 3, four], &[]);
+
+    // The ordinary form: the new node is added, caught up and swapped in
+    // within one command, and the joint configuration is left by itself.
+    let five = cluster.join_node(1, true);
+    let add = format!("{five}={}", cluster.address(five));
+    let out = change(
+        &cluster,
+        &["change", "--add", &add, "--remove", "3", "--json"],
+    );
+    let reply = single_json(out.assert_ok());
+    assert_eq!(reply["joint"], Value::Bool(false), "{reply}");
+    cluster.set_removed(3);
+    wait_members(&cluster, &[1, four, five], &[]);
+
+    let acked = writer.acked_count();
+    writer
+        .wait_for_acks(acked + 100, Duration::from_secs(30))
+        .await;
+    let report = writer.stop().await;
+    let state = scan_all(&cluster.client(), "replace/", Consistency::Linearizable).await;
+    assert_all_acked_present(&report.acked, &state, "after replacing two nodes");
+    assert_same_hash_when_idle(&cluster, Duration::from_secs(60));
+}
+
+#[test]
+fn a_learner_gets_the_data_but_is_not_part_of_the_quorum() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    cluster.cli(&["put", "k", "v1"]).assert_ok();
+    let learner = cluster.join_node(1, true);
+    wait_members(&cluster, &[1, 2, 3], &[learner]);
+    assert_eq!(cluster.status(learner).unwrap().role, "learner");
+    cluster.cli(&["put", "k", "v2"]).assert_ok();
+    // The learner replicates: its local state catches up.
+    let started = Instant::now();
+    loop {
+        let out = cluster.cli_at(learner, &["get", "k", "--consistency", "stale"]);
+        if out.code == 0 && out.stdout == b"v2\n" {
+            break;
+        }
+        assert!(
+            started.elapsed() < MEMBERSHIP_WAIT,
+            "learner never got v2: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two of three voters down: no quorum, even with the learner up.
+    let leader = cluster.leader();
+    let down: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    for id in &down {
+        cluster.kill(*id);
+    }
+    let put = cluster.cli(&["put", "k", "v3", "--timeout", "3s"]);
+    put.assert_code(3);
+    assert!(put.error_line().is_some(), "{}", put.describe());
+    // With them back, writes resume.
+    for id in &down {
+        cluster.restart(*id);
+    }
+    cluster.leader();
+    let started = Instant::now();
+    while cluster.cli(&["put", "k", "v4"]).code != 0 {
+        assert!(started.elapsed() < MEMBERSHIP_WAIT, "writes did not resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cluster.cli(&["get", "k"]).assert_ok().stdout, b"v4\n");
+    // An operator promotes the caught-up learner.
+    change(&cluster, &["promote", &learner.to_string()]).assert_ok();
+    wait_members(&cluster, &[1, 2, 3, learner], &[]);
+}
+
+#[test]
+fn removed_nodes_stay_quiet_and_refuse_requests() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    let four = cluster.join_node(1, false);
+    let five = cluster.join_node(1, false);
+    wait_members(&cluster, &[1, 2, 3, four, five], &[]);
+    cluster.cli(&["put", "k", "v"]).assert_ok();
+
+    // Node 5 is removed while it is down (it cannot learn of it then);
+    // node 4 is removed while it runs.
+    cluster.kill(five);
+    change(&cluster, &["remove", &five.to_string()]).assert_ok();
+    cluster.set_removed(five);
+    change(&cluster, &["remove", &four.to_string()]).assert_ok();
+    cluster.set_removed(four);
+    wait_members(&cluster, &[1, 2, 3], &[]);
+    cluster.restart(five);
+
+    let leader = cluster.leader();
+    let term = cluster.status(leader).unwrap().term;
+    for id in [four, five] {
+        wait_role(&cluster, id, "removed");
+    }
+    // 30 s with both removed nodes running: no election in the cluster.
+    std::thread::sleep(Duration::from_secs(30));
+    for id in [1, 2, 3] {
+        let status = cluster.status(id).unwrap();
+        assert_eq!(status.leader_id, leader, "node {id}: {:?}", status.json);
+        assert_eq!(
+            status.term, term,
+            "node {id} saw an election: {:?}",
+            status.json
+        );
+    }
+    // Requests sent to a removed node are refused, saying why.
+    for id in [four, five] {
+        let out = cluster.cli_at(id, &["put", "k", "other"]);
+        out.assert_error(3, "removed from the cluster");
+        let out = cluster.cli_at(id, &["get", "k"]);
+        out.assert_error(3, "removed from the cluster");
+    }
+    assert_eq!(cluster.cli(&["get", "k"]).assert_ok().stdout, b"v\n");
+}
+
+#[test]
+fn bad_membership_requests_are_refused_and_change_nothing() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    let learner = cluster.join_node(1, true);
+    wait_members(&cluster, &[1, 2, 3], &[learner]);
+    let before = members(&cluster).unwrap();
+    let taken = cluster.address(2);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["add".into(), "2".into(), "127.0.0.1:1".into()],
+            "already a voter",
+        ),
+        (
+            vec!["add".into(), "9".into(), taken.clone()],
+            "belongs to node 2",
+        ),
+        (vec!["remove".into(), "9".into()], "not a member"),
+        (vec!["promote".into(), "2".into()], "already a voter"),
+        (vec!["promote".into(), "9".into()], "not a member"),
+        (
+            vec!["add".into(), "9".into(), "no-port".into()],
+            "invalid node address",
+        ),
+        (
+            vec!["change".into(), "--add".into(), format!("2={taken}")],
+            "already a voter",
+        ),
+        (
+            vec!["transfer-leader".into(), learner.to_string()],
+            "not a voter",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = change(&cluster, &args);
+        assert_ne!(out.code, 0, "{args:?} succeeded\n{}", out.describe());
+        let line = out.error_line().unwrap_or_default().to_string();
+        assert!(
+            line.contains(needle),
+            "{args:?}: expected {needle:?}\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            members(&cluster).unwrap(),
+            before,
+            "{args:?} changed the membership"
+        );
+    }
+
+    // A change while another is in progress (a joint configuration held
+    // open) is refused with a retryable error.
+    let add = format!("{learner}={}", cluster.address(learner));
+    change(
+        &cluster,
+        &["change", "--add", &add, "--remove", "3", "--explicit-joint"],
+    )
+    .assert_ok();
+    let out = change(&cluster, &["remove", "2"]);
+    out.assert_error(3, "unavailable");
+    assert!(
+        out.error_line().unwrap().contains("in progress"),
+        "{}",
+        out.describe()
+    );
+    change(&cluster, &["change", "--leave-joint"]).assert_ok();
+    cluster.set_removed(3);
+    wait_members(&cluster, &[1, 2, learner], &[]);
+
+    // Removing a node so that no quorum of live voters is left is refused
+    // without --force.
+    let leader = cluster.leader();
+    let victim = *[1, 2, learner].iter().find(|id| **id != leader).unwrap();
+    let keep = *[1, 2, learner]
+        .iter()
+        .find(|id| **id != leader && **id != victim)
+        .unwrap();
+    cluster.kill(victim);
+    // The leader notices the dead voter within a few heartbeats.
+    let started = Instant::now();
+    while members(&cluster)
+        .map(|(m, _)| m[&victim].reachable)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < MEMBERSHIP_WAIT,
+            "node {victim} still shown reachable"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = change(&cluster, &["remove", &keep.to_string()]);
+    out.assert_error(3, "live voter");
+    assert!(
+        out.error_line().unwrap().contains("--force"),
+        "{}",
+        out.describe()
+    );
+    let (after, _) = members(&cluster).unwrap();
+    assert!(after.contains_key(&keep), "refused removal changed nothing");
+}
