@@ -124,6 +124,8 @@ pub struct TestCluster {
     peers: String,
     extra_args: Vec<String>,
     nodes: Vec<Node>,
+    /// Ports set aside for nodes that will join later, in join order.
+    reserved_ports: Vec<u16>,
     /// Dropped after the processes are killed (see `Drop`).
     dir: Option<TempDir>,
     /// Dropped last: the permit is held until every process is gone.
@@ -175,6 +177,7 @@ impl TestCluster {
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             nodes,
+            reserved_ports: Vec::new(),
             dir: Some(dir),
             _permit: permit,
         };
@@ -239,7 +242,11 @@ impl TestCluster {
     /// Restarts of it run without `--join`.
     pub fn join_node(&mut self, via: u64, learner: bool) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let port = free_ports(1)[0];
+        let port = if self.reserved_ports.is_empty() {
+            free_ports(1)[0]
+        } else {
+            self.reserved_ports.remove(0)
+        };
         let dir = self.dir().join(format!("node-{id}"));
         fs::create_dir_all(&dir).expect("create node dir");
         let via = self.address(via);
@@ -258,6 +265,16 @@ impl TestCluster {
         self.spawn(id);
         self.wait_answers(id, "joined");
         id
+    }
+
+    /// Sets aside ports for the next `count` nodes to join, and returns
+    /// their addresses: a client can be given them before the nodes exist.
+    pub fn reserve_join_addresses(&mut self, count: usize) -> Vec<String> {
+        self.reserved_ports.extend(free_ports(count));
+        self.reserved_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect()
     }
 
     /// Marks node `id` as removed from the cluster (after `cluster remove`):
