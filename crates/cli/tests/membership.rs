@@ -484,3 +484,58 @@ fn bad_membership_requests_are_refused_and_change_nothing() {
     let (after, _) = members(&cluster).unwrap();
     assert!(after.contains_key(&keep), "refused removal changed nothing");
 }
+
+#[test]
+fn a_wiped_node_comes_back_only_by_being_removed_and_added_again() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    for i in 0..50 {
+        cluster
+            .cli(&["put", &format!("w/{i}"), "before"])
+            .assert_ok();
+    }
+    let learner = cluster.join_node(1, true);
+    wait_members(&cluster, &[1, 2, 3], &[learner]);
+    cluster.wait_caught_up(Duration::from_secs(30));
+    // The leader's latest snapshot now lists the learner.
+    let leader = cluster.leader();
+    debug_json(&cluster, leader, &["snapshot"]);
+
+    // Wiped, it may not take its old place: it lost what it had.
+    cluster.kill(learner);
+    cluster.wipe(learner);
+    let refused = cluster.start_expecting_failure(learner, Duration::from_secs(20));
+    assert!(
+        refused.exited,
+        "a wiped node was let back in:\n{}",
+        refused.log
+    );
+    assert_eq!(refused.code, Some(3), "exit code\n{}", refused.log);
+    assert!(refused.log.contains("must be removed"), "{}", refused.log);
+
+    // Removed and added again as a new member, it gets everything. Enough
+    // writes follow that the log is compacted past the old snapshot.
+    change(&cluster, &["remove", &learner.to_string()]).assert_ok();
+    for i in 0..50 {
+        cluster
+            .cli(&["put", &format!("w/{i}"), "after"])
+            .assert_ok();
+    }
+    debug_json(&cluster, leader, &["compact"]);
+    cluster.wipe(learner);
+    cluster.restart(learner);
+    wait_members(&cluster, &[1, 2, 3], &[learner]);
+    let started = Instant::now();
+    loop {
+        let out = cluster.cli_at(learner, &["get", "w/49", "--consistency", "stale"]);
+        if out.code == 0 && out.stdout == b"after\n" {
+            break;
+        }
+        assert!(
+            started.elapsed() < MEMBERSHIP_WAIT,
+            "re-added node never caught up: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cluster.status(learner).unwrap().role, "learner");
+}

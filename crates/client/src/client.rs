@@ -591,6 +591,21 @@ impl Client {
             id,
             address: address.to_string(),
             learner,
+            empty: false,
+        };
+        self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
+            .await
+    }
+
+    /// What a node starting with an empty data dir sends to join: add it
+    /// as a learner (refused if that id already received data: a wiped node
+    /// must be removed first). `id` 0 lets the leader pick one.
+    pub async fn join(&self, id: u64, address: &str) -> Result<pb::MembersResponse, Error> {
+        let request = pb::AddNodeRequest {
+            id,
+            address: address.to_string(),
+            learner: true,
+            empty: true,
         };
         self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
             .await

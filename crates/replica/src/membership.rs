@@ -20,6 +20,7 @@ pub fn bootstrap_membership(peers: &BTreeMap<u64, String>) -> MembershipRecord {
         index: 1,
         conf_state,
         addresses: peers.clone(),
+        max_node_id: peers.keys().max().copied().unwrap_or(0),
     }
 }
 

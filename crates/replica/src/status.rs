@@ -90,4 +90,6 @@ pub struct MemberInfo {
 pub struct MembersInfo {
     pub members: Vec<MemberInfo>,
     pub joint: bool,
+    /// Log index of the configuration these members are from.
+    pub config_index: u64,
 }

@@ -83,7 +83,7 @@ impl AdminService {
             members: members_of(&members),
             joint: members.joint,
             cluster_id: self.replica.cluster_id(),
-            config_index: self.replica.membership().index,
+            config_index: members.config_index,
         }))
     }
 
@@ -143,15 +143,11 @@ impl Cluster for AdminService {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let address = self.check_address(&request.address)?;
-        let id = match request.id {
-            0 => self
-                .membership
-                .assign_id(&address)
-                .await
-                .map_err(|e| self.replica_error(e))?,
-            id => id,
+        let id = request.id;
+        let mut plan = ChangePlan {
+            empty: request.empty,
+            ..Default::default()
         };
-        let mut plan = ChangePlan::default();
         if request.learner {
             plan.learners.insert(id, address);
         } else {

@@ -46,7 +46,7 @@ pub async fn join_as_learner(
     let mut attempts = 0u32;
     let reply = loop {
         attempts += 1;
-        match client.add_node(id, address, true).await {
+        match client.join(id, address).await {
             Ok(reply) => break reply,
             Err(e) if e.is_retryable() => {
                 if attempts == 1 || attempts.is_multiple_of(10) {

@@ -33,6 +33,8 @@ pub struct ChangePlan {
     pub remove: Vec<u64>,
     pub force: bool,
     pub explicit: bool,
+    /// The nodes to add say they start with an empty data dir (joining).
+    pub empty: bool,
 }
 
 pub struct Membership {
@@ -75,27 +77,79 @@ impl Membership {
         }
     }
 
-    /// A free id for a node joining without one: above every member's.
-    pub async fn assign_id(&self, address: &str) -> Result<u64, ReplicaError> {
-        self.check_leader()?;
+    /// The id for a node joining without one: the id a retried join was
+    /// given already, else one above every id ever used (never reused).
+    async fn assign_id(&self, address: &str) -> Result<u64, ReplicaError> {
         let members = self.replica.members().await?;
-        // A retried join finds the id it was given.
         if let Some(m) = members.members.iter().find(|m| m.address == address) {
             return Ok(m.id);
         }
-        let highest = self.replica.membership().addresses.keys().max().copied();
-        Ok(highest
-            .unwrap_or(0)
-            .max(members.members.iter().map(|m| m.id).max().unwrap_or(0))
-            + 1)
+        let highest = members.members.iter().map(|m| m.id).max().unwrap_or(0);
+        Ok(self.replica.membership().max_node_id.max(highest) + 1)
     }
 
-    /// Carries out `plan`: learners first (caught up), then one step with
-    /// every promotion and removal. Returns once the new configuration is
-    /// in force (not joint), or the deadline passes.
-    pub async fn change(&self, plan: ChangePlan, deadline: Instant) -> Result<(), ReplicaError> {
-        self.check_leader()?;
-        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+    /// Carries out `plan`: learners first, then (once they have caught up)
+    /// one step with every promotion and removal. Returns once the new
+    /// configuration is in force (not joint), or the deadline passes. The
+    /// change lock is not held while waiting for catch-up, so a slow
+    /// newcomer does not block every other membership request.
+    pub async fn change(
+        &self,
+        mut plan: ChangePlan,
+        deadline: Instant,
+    ) -> Result<(), ReplicaError> {
+        let promote = {
+            self.check_leader()?;
+            let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+            self.add_learners(&mut plan, deadline).await?
+        };
+        // Every node to promote has caught up (learner data streams in
+        // meanwhile; nothing is locked).
+        self.wait_caught_up(&promote, deadline).await?;
+        let mut changes: Vec<MemberChange> = promote
+            .iter()
+            .map(|id| MemberChange::Promote(*id))
+            .collect();
+        changes.extend(plan.remove.iter().map(|id| MemberChange::Remove(*id)));
+        if changes.is_empty() {
+            return Ok(());
+        }
+        {
+            self.check_leader()?;
+            let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+            // One step: promotions and removals together (validated again
+            // by the node thread against the configuration of this moment).
+            self.replica
+                .change_membership(ConfChangeRequest {
+                    changes,
+                    force: plan.force,
+                    explicit: plan.explicit,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        if !plan.explicit {
+            self.wait_not_joint(deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Validates the whole plan, moves leadership away if the leader is to
+    /// be removed, and adds new nodes as learners. Returns the ids to
+    /// promote. Called with the change lock held.
+    async fn add_learners(
+        &self,
+        plan: &mut ChangePlan,
+        deadline: Instant,
+    ) -> Result<Vec<u64>, ReplicaError> {
+        // A node joining without an id gets one here, under the lock, so
+        // two concurrent joins cannot be given the same id.
+        for map in [&mut plan.voters, &mut plan.learners] {
+            if let Some(address) = map.remove(&0) {
+                let id = self.assign_id(&address).await?;
+                map.insert(id, address);
+            }
+        }
         let adds: BTreeMap<u64, String> = plan
             .voters
             .iter()
@@ -118,24 +172,39 @@ impl Membership {
             })
             .await?;
         let members = self.replica.members().await?;
+        let member = |id: u64| members.members.iter().find(|m| m.id == id);
         for id in &plan.promote {
-            if !members.members.iter().any(|m| m.id == *id && !m.voter) {
-                return Err(match members.members.iter().find(|m| m.id == *id) {
-                    Some(_) => ReplicaError::Rejected(format!("node {id} is already a voter")),
-                    None => {
-                        ReplicaError::Rejected(format!("node {id} is not a member; add it first"))
-                    }
-                });
+            match member(*id) {
+                Some(m) if m.voter => {
+                    return Err(ReplicaError::Rejected(format!(
+                        "node {id} is already a voter"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ReplicaError::Rejected(format!(
+                        "node {id} is not a member; add it first"
+                    )))
+                }
+            }
+        }
+        for id in adds.keys().filter(|_| plan.empty) {
+            if let Some(m) = member(*id).filter(|m| m.match_index > 0) {
+                return Err(ReplicaError::Rejected(format!(
+                    "node {id} at {} already received data as a member, and this node \
+                     starts empty: a node whose data dir was wiped must be removed \
+                     (`raftkv cluster remove {id}`) and join again",
+                    m.address
+                )));
             }
         }
         let self_id = self.replica.node_id();
         if plan.remove.contains(&self_id) {
-            return Err(self.step_down(&plan, &members, deadline).await);
+            return Err(self.step_down(plan, &members, deadline).await);
         }
-        // 1. New nodes join as learners, one simple change each.
+        // New nodes join as learners, one simple change each.
         for (id, address) in &adds {
-            let is_member = members.members.iter().any(|m| m.id == *id);
-            if !is_member {
+            if member(*id).is_none() {
                 self.replica
                     .change_membership(ConfChangeRequest {
                         changes: vec![MemberChange::AddLearner(*id)],
@@ -145,36 +214,13 @@ impl Membership {
                     .await?;
             }
         }
-        // 2. Every node to promote has caught up.
-        let mut promote: Vec<u64> = plan.promote.clone();
-        for id in plan.voters.keys() {
-            let already_voter = members.members.iter().any(|m| m.id == *id && m.voter);
-            if !already_voter {
-                promote.push(*id);
-            }
-        }
-        self.wait_caught_up(&promote, deadline).await?;
-        // 3. One step: promotions and removals together.
-        let mut changes: Vec<MemberChange> = promote
-            .iter()
-            .map(|id| MemberChange::Promote(*id))
-            .collect();
-        changes.extend(plan.remove.iter().map(|id| MemberChange::Remove(*id)));
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.replica
-            .change_membership(ConfChangeRequest {
-                changes,
-                force: plan.force,
-                explicit: plan.explicit,
-                ..Default::default()
-            })
-            .await?;
-        if !plan.explicit {
-            self.wait_not_joint(deadline).await?;
-        }
-        Ok(())
+        let mut promote = plan.promote.clone();
+        promote.extend(
+            plan.voters
+                .keys()
+                .filter(|id| !member(**id).is_some_and(|m| m.voter)),
+        );
+        Ok(promote)
     }
 
     /// Leaves a joint configuration entered explicitly.

@@ -20,6 +20,8 @@ pub struct MembershipRecord {
     pub conf_state: ConfState,
     /// Node id -> address peers use to reach it.
     pub addresses: BTreeMap<u64, String>,
+    /// The highest node id that was ever a member (ids are never reused).
+    pub max_node_id: u64,
 }
 
 impl MembershipRecord {
@@ -40,6 +42,7 @@ impl MembershipRecord {
                     address: address.clone(),
                 })
                 .collect(),
+            max_node_id: self.max_node_id,
         }
     }
 
@@ -56,10 +59,14 @@ impl MembershipRecord {
                 return Err(format!("membership lists node {} twice", member.id));
             }
         }
+        let max_node_id = proto
+            .max_node_id
+            .max(addresses.keys().max().copied().unwrap_or(0));
         Ok(MembershipRecord {
             index: proto.index,
             conf_state,
             addresses,
+            max_node_id,
         })
     }
 
@@ -91,6 +98,7 @@ mod tests {
             index: 7,
             conf_state,
             addresses: BTreeMap::from([(1, "a:1".to_string()), (4, "d:4".to_string())]),
+            max_node_id: 6,
         };
         assert_eq!(MembershipRecord::decode(&record.encode()).unwrap(), record);
     }

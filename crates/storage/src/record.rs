@@ -325,6 +325,7 @@ mod tests {
         };
         membership.conf_state.voters = vec![1, 2];
         membership.addresses.insert(1, "h1:7001".into());
+        membership.max_node_id = 2;
         round_trip(Record::Membership(membership.clone()));
         round_trip(Record::LogStart { index: 10, term: 4 });
         let meta = SnapshotMeta { index: 12, term: 4 };

@@ -277,6 +277,22 @@ impl TestCluster {
             .collect()
     }
 
+    /// Deletes killed node `id`'s data dir. A node that joined will join
+    /// again (with `--join` and its old id) on its next start.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(self.pid(id).is_none(), "wipe: node {id} is still running");
+        let index = self.index_of(id);
+        let data = self.nodes[index].data_dir();
+        if data.exists() {
+            fs::remove_dir_all(&data).expect("remove data dir");
+        }
+        if let Some(join) = &mut self.nodes[index].join {
+            join.joined = false;
+        }
+        self.nodes[index].removed = false;
+        eprintln!("testkit: wiped node {id}'s data dir");
+    }
+
     /// Marks node `id` as removed from the cluster (after `cluster remove`):
     /// it stays running if it was, but leaves the live set and endpoints.
     pub fn set_removed(&mut self, id: u64) {

@@ -174,10 +174,12 @@ impl Node {
                 "the change would leave no voters".into(),
             ));
         }
-        let removes_voter = changes
-            .iter()
-            .any(|c| matches!(c, MemberChange::Remove(id) if is_voter(*id)));
-        if removes_voter && !request.force {
+        let changes_voters = changes.iter().any(|c| match c {
+            MemberChange::Remove(id) => is_voter(*id),
+            MemberChange::Promote(_) => true,
+            MemberChange::AddLearner(_) => false,
+        });
+        if changes_voters && !request.force {
             let live = voters.iter().filter(|id| self.is_live(**id)).count();
             let quorum = voters.len() / 2 + 1;
             if live < quorum {
@@ -200,15 +202,11 @@ impl Node {
         }
     }
 
-    /// Whether the leader heard from `id` recently.
-    fn is_live(&self, id: u64) -> bool {
-        id == self.id
-            || self
-                .raw
-                .raft
-                .prs()
-                .get(id)
-                .is_some_and(|pr| pr.recent_active && self.transport.is_reachable(id))
+    /// Whether `id` can be reached. (Not raft's `recent_active`: check-quorum
+    /// clears it for every peer once per election timeout, so right after
+    /// that every peer would look dead.)
+    pub(super) fn is_live(&self, id: u64) -> bool {
+        id == self.id || self.transport.is_reachable(id)
     }
 
     /// Starts moving leadership to `to`; the caller watches the status.
@@ -260,31 +258,48 @@ impl Node {
     /// refused its vote request: this node was removed while it was away.
     pub(super) fn on_removed_notice(&mut self, from: u64, index: u64) {
         let own = self.raw.store().membership();
-        if self.removed || own.conf_state == Default::default() || own.index >= index {
-            return;
+        if own.conf_state == Default::default() || own.index >= index {
+            return; // not configured yet, or it knows better
         }
-        tracing::warn!(
-            "node {}: node {from} says this node is not in the configuration as of index \
-             {index} (this node knows index {}); it was removed and stops taking part",
-            self.id,
-            own.index
-        );
-        self.mark_removed();
+        if self.removal_notice.is_none_or(|known| known < index) {
+            tracing::warn!(
+                "node {}: node {from} says this node is not in the configuration as of index \
+                 {index} (this node knows index {})",
+                self.id,
+                own.index
+            );
+            self.removal_notice = Some(index);
+        }
+        self.update_removed();
     }
 
-    pub(super) fn mark_removed(&mut self) {
-        if !self.removed {
+    /// Recomputes whether this node is removed: it is outside the
+    /// configuration it applied, or a peer's newer configuration lacks it.
+    /// A node added again (a newer configuration that holds it) is a member
+    /// again.
+    pub(super) fn update_removed(&mut self) {
+        let own_index = self.raw.store().membership().index;
+        let removed = self.is_outside_configuration()
+            || self.removal_notice.is_some_and(|index| index > own_index);
+        if removed == self.removed {
+            return;
+        }
+        self.removed = removed;
+        if removed {
             tracing::warn!(
                 "node {} is no longer a member of the cluster: it will not vote, campaign \
                  or serve reads and writes",
                 self.id
             );
+            // They may have been committed before the removal took effect.
+            self.proposals
+                .fail_all(ReplicaError::UnknownOutcome(format!(
+                    "node {} was removed from the cluster while the write was in flight",
+                    self.id
+                )));
+        } else {
+            tracing::info!("node {} is a member of the cluster again", self.id);
         }
-        self.removed = true;
-        self.proposals.fail_all(ReplicaError::Removed(format!(
-            "node {} was removed from the cluster",
-            self.id
-        )));
     }
 
     /// A leader in a joint configuration that raft did not leave (a leader
@@ -299,6 +314,24 @@ impl Node {
             || !raft.commit_to_current_term()
             || raft.raft_log.applied < raft.raft_log.committed
         {
+            return;
+        }
+        if !conf.voters.contains(&self.id) {
+            // Leaving would leave this node leading a configuration it is
+            // not part of: hand leadership to an incoming voter first.
+            let best = conf
+                .voters
+                .iter()
+                .filter_map(|id| self.raw.raft.prs().get(*id).map(|pr| (pr.matched, *id)))
+                .max();
+            if let (Some((_, to)), None) = (best, self.raw.raft.lead_transferee) {
+                tracing::info!(
+                    "node {} leads a joint configuration it leaves; transferring leadership \
+                     to node {to} first",
+                    self.id
+                );
+                self.raw.transfer_leader(to);
+            }
             return;
         }
         tracing::info!("node {} leaving the joint configuration", self.id);

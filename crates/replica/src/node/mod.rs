@@ -146,6 +146,11 @@ pub(crate) struct Node {
     /// This node was removed from the cluster: it no longer ticks (so it
     /// never campaigns) and refuses reads and writes.
     removed: bool,
+    /// The newest configuration index a peer said lacks this node.
+    removal_notice: Option<u64>,
+    /// Log index at which each peer last joined the configuration (as seen
+    /// by this node): a snapshot older than that cannot serve the peer.
+    peer_added_at: std::collections::HashMap<u64, u64>,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -228,6 +233,8 @@ impl Node {
             snapshot_waiters: Vec::new(),
             last_snapshot_index: snapshot_index,
             removed: false,
+            removal_notice: None,
+            peer_added_at: std::collections::HashMap::new(),
         })
     }
 
@@ -269,9 +276,7 @@ impl Node {
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
-        if self.is_outside_configuration() {
-            self.mark_removed();
-        }
+        self.update_removed();
         // A single-voter cluster need not wait out an election timeout.
         let voters = &self.raw.store().membership().conf_state.voters;
         if voters.len() == 1 && voters[0] == self.id {
@@ -590,11 +595,23 @@ impl Node {
         };
         let result = match applied {
             Ok(conf_state) => {
+                let max_node_id = member_ids(&conf_state)
+                    .last()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(current.max_node_id);
                 let record = MembershipRecord {
                     index: entry.index,
                     addresses: next_addresses(&current.addresses, &context, &conf_state),
                     conf_state,
+                    max_node_id,
                 };
+                let before = member_ids(&current.conf_state);
+                for id in member_ids(&record.conf_state) {
+                    if !before.contains(&id) {
+                        self.peer_added_at.insert(id, entry.index);
+                    }
+                }
                 tracing::info!(
                     "node {} applied membership change at index {}: voters {:?} learners {:?} outgoing {:?}",
                     self.id,
@@ -624,9 +641,7 @@ impl Node {
         if context.proposer == self.id {
             self.proposals.complete(context.proposal_id, result);
         }
-        if self.is_outside_configuration() {
-            self.mark_removed();
-        }
+        self.update_removed();
         Ok(())
     }
 

@@ -92,13 +92,7 @@ impl Node {
                 };
                 let pr = progress.iter().find(|p| p.id == id);
                 let match_index = pr.map_or(0, |p| p.match_index);
-                let reachable = if id == self.id {
-                    true
-                } else if is_leader {
-                    pr.is_some_and(|p| p.recent_active)
-                } else {
-                    self.transport.is_reachable(id)
-                };
+                let reachable = self.is_live(id);
                 MemberInfo {
                     id,
                     address: addresses.get(&id).cloned().unwrap_or_default(),
@@ -117,6 +111,7 @@ impl Node {
         MembersInfo {
             members,
             joint: !conf.voters_outgoing.is_empty(),
+            config_index: self.raw.store().membership().index,
         }
     }
 }

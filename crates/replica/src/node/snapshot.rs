@@ -81,9 +81,10 @@ impl Node {
         self.raw.raft.prs().iter().any(|(id, pr)| {
             *id != self.id
                 && pr.next_idx < first_index
-                && latest
-                    .as_ref()
-                    .is_none_or(|(_, m)| !member_ids(&m.conf_state).contains(id))
+                && latest.as_ref().is_none_or(|(_, m)| {
+                    !member_ids(&m.conf_state).contains(id)
+                        || self.peer_added_at.get(id).is_some_and(|at| m.index < *at)
+                })
         })
     }
 
@@ -239,6 +240,7 @@ impl Node {
             self.id,
             meta.index
         );
+        self.update_removed();
         self.prune_snapshots();
         Ok(())
     }

@@ -65,5 +65,6 @@ pub fn three_voters() -> MembershipRecord {
         addresses: (1..=3)
             .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
             .collect(),
+        max_node_id: 3,
     }
 }
