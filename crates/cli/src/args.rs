@@ -84,7 +84,8 @@ pub struct ServerArgs {
     /// Initial members of a static cluster: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     pub peers: Option<String>,
-    /// Join an existing cluster through any member's address (not implemented yet).
+    /// Join an existing cluster through any member's address (comma-separated): start empty,
+    /// be added as a learner, get a snapshot, be promoted once caught up.
     #[arg(long, value_delimiter = ',')]
     pub join: Option<Vec<String>>,
     /// With --join: stay a learner instead of being promoted.
