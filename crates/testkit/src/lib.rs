@@ -13,6 +13,7 @@
 
 mod cli;
 mod cluster;
+pub mod history;
 mod limit;
 mod ports;
 mod process;
