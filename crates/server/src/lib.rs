@@ -10,6 +10,7 @@ pub mod errors;
 mod join;
 mod kv_service;
 mod membership;
+pub mod net_faults;
 mod peer_service;
 mod transport;
 pub mod units;

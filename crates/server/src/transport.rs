@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::net_faults::{Fate, NetFaults};
+
 /// Largest piece of a raft message in one envelope.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Messages queued per control lane.
@@ -45,8 +47,11 @@ const STREAM_BUFFER_ENVELOPES: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A queued message and the earliest time to send it (test delay faults).
+type Queued = (Message, Option<std::time::Instant>);
+
 struct Lane {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Queued>,
     queued_bytes: Arc<AtomicU64>,
 }
 
@@ -77,6 +82,8 @@ pub struct GrpcTransport {
     peers: Mutex<HashMap<u64, PeerLink>>,
     replica: Arc<OnceLock<Replica>>,
     snapshots: SnapshotStore,
+    /// Test-only network faults (`RAFTKV_NET_FAULTS`).
+    faults: Option<NetFaults>,
 }
 
 impl GrpcTransport {
@@ -86,6 +93,7 @@ impl GrpcTransport {
         runtime: tokio::runtime::Handle,
         snapshots: SnapshotStore,
     ) -> Self {
+        let runtime_for_faults = runtime.clone();
         GrpcTransport {
             node_id,
             cluster_id,
@@ -93,6 +101,7 @@ impl GrpcTransport {
             peers: Mutex::new(HashMap::new()),
             replica: Arc::new(OnceLock::new()),
             snapshots,
+            faults: NetFaults::from_env(&runtime_for_faults),
         }
     }
 
@@ -104,6 +113,13 @@ impl GrpcTransport {
             address,
             replica: self.replica.clone(),
             snapshots: self.snapshots.clone(),
+        }
+    }
+
+    /// A snapshot the fault layer dropped: raft must hear it failed.
+    fn report_snapshot_failure(&self, to: u64) {
+        if let Some(replica) = self.replica.get().cloned() {
+            self.runtime.spawn_blocking(move || replica.report_snapshot(to, false));
         }
     }
 
@@ -160,6 +176,16 @@ impl Transport for GrpcTransport {
     fn send(&self, messages: Vec<Message>) {
         let peers = self.peers.lock().expect("peers lock poisoned");
         for message in messages {
+            let send_at = match self.faults.as_ref().map(|f| f.fate(message.to)) {
+                Some(Fate::Drop) => {
+                    if message.get_msg_type() == MessageType::MsgSnapshot {
+                        self.report_snapshot_failure(message.to);
+                    }
+                    continue;
+                }
+                Some(Fate::Send(at)) => at,
+                None => None,
+            };
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 // Never queued where it could be dropped unreported: raft
                 // keeps the follower paused until `send_snapshot` reports.
@@ -184,7 +210,7 @@ impl Transport for GrpcTransport {
                 }
             }
             lane.queued_bytes.fetch_add(size as u64, Ordering::Relaxed);
-            if lane.queue.try_send(message).is_err() {
+            if lane.queue.try_send((message, send_at)).is_err() {
                 lane.queued_bytes.fetch_sub(size as u64, Ordering::Relaxed);
             }
         }
@@ -254,8 +280,8 @@ impl LaneContext {
     }
 
     /// Drops everything queued (the peer is unreachable; raft will resend).
-    fn discard_queued(&self, receiver: &mut mpsc::Receiver<Message>) {
-        while let Ok(message) = receiver.try_recv() {
+    fn discard_queued(&self, receiver: &mut mpsc::Receiver<Queued>) {
+        while let Ok((message, _)) = receiver.try_recv() {
             self.dequeued(&message);
         }
     }
@@ -264,14 +290,14 @@ impl LaneContext {
 /// One lane to one peer: connect, open the stream, forward messages; on any
 /// failure, drop what is queued, report the peer unreachable, back off and
 /// reconnect. Ends when the link is dropped (peer removed).
-async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
+async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
     let mut backoff = Duration::from_millis(50);
     let uri = format!("http://{}", lane.address);
     loop {
         let Some(first) = receiver.recv().await else {
             return;
         };
-        lane.dequeued(&first);
+        lane.dequeued(&first.0);
         let connected = match Endpoint::from_shared(uri.clone()) {
             Ok(endpoint) => {
                 endpoint
@@ -315,16 +341,19 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Message>) {
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream_rx)).await });
         let mut next = Some(first);
         'stream: loop {
-            let message = match next.take() {
-                Some(message) => message,
+            let (message, send_at) = match next.take() {
+                Some(queued) => queued,
                 None => match receiver.recv().await {
-                    Some(message) => {
-                        lane.dequeued(&message);
-                        message
+                    Some(queued) => {
+                        lane.dequeued(&queued.0);
+                        queued
                     }
                     None => return,
                 },
             };
+            if let Some(at) = send_at {
+                tokio::time::sleep_until(at.into()).await;
+            }
             let encoded = match message.write_to_bytes() {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(e) => {

@@ -70,6 +70,11 @@ impl Node {
         self.dir.join("server.log")
     }
 
+    /// The rules file of the server's test-only network fault layer.
+    fn net_faults_path(&self) -> PathBuf {
+        self.dir.join("net-faults")
+    }
+
     fn process(&self) -> std::sync::MutexGuard<'_, Option<ServerProcess>> {
         self.process.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -291,6 +296,49 @@ impl TestCluster {
         }
         self.nodes[index].removed = false;
         eprintln!("testkit: wiped node {id}'s data dir");
+    }
+
+    /// Sets node `id`'s network fault rules (the server re-reads them within
+    /// 50 ms): `drop 2,3`, `loss 10`, `delay 50 25`, one per line; "" heals.
+    /// They apply to raft messages the node sends; see `raftkv-server`'s
+    /// `net_faults` module.
+    pub fn set_net_faults(&self, id: u64, rules: &str) {
+        let path = self.node(id).net_faults_path();
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, rules).expect("write net-faults");
+        fs::rename(&tmp, &path).expect("rename net-faults");
+        eprintln!("testkit: node {id} network faults: {:?}", rules.trim());
+    }
+
+    /// Cuts the cluster into `groups`: nodes in different groups drop every
+    /// raft message to each other. Nodes in no group are cut from everyone.
+    pub fn partition(&self, groups: &[&[u64]]) {
+        for id in self.ids() {
+            let own: Vec<u64> = groups
+                .iter()
+                .find(|g| g.contains(&id))
+                .map(|g| g.to_vec())
+                .unwrap_or_else(|| vec![id]);
+            let others: Vec<String> = self
+                .ids()
+                .into_iter()
+                .filter(|o| !own.contains(o))
+                .map(|o| o.to_string())
+                .collect();
+            let rules = if others.is_empty() {
+                String::new()
+            } else {
+                format!("drop {}\n", others.join(","))
+            };
+            self.set_net_faults(id, &rules);
+        }
+    }
+
+    /// Removes every network fault.
+    pub fn heal(&self) {
+        for id in self.ids() {
+            self.set_net_faults(id, "");
+        }
     }
 
     /// Marks node `id` as removed from the cluster (after `cluster remove`):
@@ -672,7 +720,12 @@ impl TestCluster {
             join.joined = true;
         }
         let node = &self.nodes[index];
-        match ServerProcess::spawn(&self.bin, &args, &node.log_path()) {
+        let faults = node.net_faults_path();
+        if !faults.exists() {
+            fs::write(&faults, "").expect("create the net-faults file");
+        }
+        let env = [("RAFTKV_NET_FAULTS", faults.into_os_string())];
+        match ServerProcess::spawn(&self.bin, &args, &node.log_path(), &env) {
             Ok(process) => *node.process() = Some(process),
             Err(e) => self.fail(&format!(
                 "cannot start node {id} ({}): {e}",

@@ -19,7 +19,12 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `bin args...` with stdout and stderr appended to `log_path`.
-    pub(crate) fn spawn(bin: &Path, args: &[String], log_path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn spawn(
+        bin: &Path,
+        args: &[String],
+        log_path: &Path,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> std::io::Result<Self> {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -44,6 +49,9 @@ impl ServerProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             // Logs are only read when a test fails; make them worth reading.
             command.env("RUST_LOG", "info");
+        }
+        for (name, value) in env {
+            command.env(name, value);
         }
         let child = command.spawn()?;
         Ok(ServerProcess {
