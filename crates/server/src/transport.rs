@@ -119,7 +119,8 @@ impl GrpcTransport {
     /// A snapshot the fault layer dropped: raft must hear it failed.
     fn report_snapshot_failure(&self, to: u64) {
         if let Some(replica) = self.replica.get().cloned() {
-            self.runtime.spawn_blocking(move || replica.report_snapshot(to, false));
+            self.runtime
+                .spawn_blocking(move || replica.report_snapshot(to, false));
         }
     }
 

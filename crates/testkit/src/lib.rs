@@ -14,6 +14,7 @@
 mod cli;
 mod cluster;
 pub mod history;
+pub mod jepsen;
 mod limit;
 mod ports;
 mod process;
