@@ -34,6 +34,10 @@ pub struct ReplicaConfig {
     /// Entries kept in the log below a new snapshot, so a follower slightly
     /// behind catches up from the log instead of a whole snapshot.
     pub snapshot_catch_up_entries: u64,
+    /// Below this much free space on the data dir's filesystem the node
+    /// refuses new writes (`NoSpace`) and takes no new entries from the
+    /// leader, so the log never runs into ENOSPC; reads go on.
+    pub min_free_bytes: u64,
 }
 
 impl ReplicaConfig {
@@ -53,6 +57,7 @@ impl ReplicaConfig {
             sessions: SessionLimits::default(),
             snapshot_entries: 10_000,
             snapshot_catch_up_entries: 5_000,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 

@@ -641,6 +641,11 @@ impl FileStorage {
         }
     }
 
+    /// Free bytes on the data dir's filesystem (see [`crate::disk`]).
+    pub fn free_bytes(&self) -> Option<u64> {
+        crate::disk::free_bytes(&self.data_dir)
+    }
+
     /// Bytes of entries currently held in the entry cache.
     pub fn entry_cache_bytes(&self) -> u64 {
         self.log.cache_bytes()

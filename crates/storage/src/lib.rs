@@ -83,6 +83,7 @@
 //! before its fsync, so a crash could in principle leave a later record of the batch
 //! intact behind a damaged earlier one; that is reported as corruption, not repaired.
 
+pub mod disk;
 mod entry_log;
 mod error;
 mod file_storage;

@@ -137,7 +137,10 @@ impl Segment {
     /// would report success for data that is gone.
     pub fn sync_data(&self) -> Result<(), StorageError> {
         let started = Instant::now();
-        let result = self.file.sync_data();
+        let result = match crate::disk::injected_fsync_error() {
+            Some(err) => Err(err),
+            None => self.file.sync_data(),
+        };
         let elapsed = started.elapsed();
         if elapsed > SLOW_FSYNC_WARN {
             tracing::warn!(path = %self.path.display(), elapsed_ms = elapsed.as_millis() as u64, "slow fsync");

@@ -75,6 +75,11 @@ impl Node {
         self.dir.join("net-faults")
     }
 
+    /// The rules file of the storage's test-only disk fault hook.
+    fn disk_faults_path(&self) -> PathBuf {
+        self.dir.join("disk-faults")
+    }
+
     fn process(&self) -> std::sync::MutexGuard<'_, Option<ServerProcess>> {
         self.process.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -308,6 +313,34 @@ impl TestCluster {
         fs::write(&tmp, rules).expect("write net-faults");
         fs::rename(&tmp, &path).expect("rename net-faults");
         eprintln!("testkit: node {id} network faults: {:?}", rules.trim());
+    }
+
+    /// Sets node `id`'s disk fault rules (read within 100 ms): `free BYTES`
+    /// (pretend the disk has that much free), `fsync-error` (every WAL fsync
+    /// fails); "" clears them. See `raftkv-storage`'s `disk` module.
+    pub fn set_disk_faults(&self, id: u64, rules: &str) {
+        let path = self.node(id).disk_faults_path();
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, rules).expect("write disk-faults");
+        fs::rename(&tmp, &path).expect("rename disk-faults");
+        eprintln!("testkit: node {id} disk faults: {:?}", rules.trim());
+    }
+
+    /// Waits (at most `timeout`) for node `id` to exit on its own; returns
+    /// its exit code (`Some(None)`: killed by a signal), or `None` if it is
+    /// still running. An exited node is reaped and counts as killed.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<Option<i32>> {
+        let exit = poll_until(timeout, EXIT_POLL_INTERVAL, || {
+            self.node(id).process().as_mut().and_then(|p| p.exited())
+        });
+        match exit {
+            Ok(status) => {
+                self.node(id).process().take();
+                eprintln!("testkit: node {id} exited on its own: {status}");
+                Some(status.code())
+            }
+            Err(_) => None,
+        }
     }
 
     /// Cuts the cluster into `groups`: nodes in different groups drop every
@@ -724,7 +757,13 @@ impl TestCluster {
         if !faults.exists() {
             fs::write(&faults, "").expect("create the net-faults file");
         }
-        let env = [("RAFTKV_NET_FAULTS", faults.into_os_string())];
+        let env = [
+            ("RAFTKV_NET_FAULTS", faults.into_os_string()),
+            (
+                "RAFTKV_DISK_FAULTS",
+                node.disk_faults_path().into_os_string(),
+            ),
+        ];
         match ServerProcess::spawn(&self.bin, &args, &node.log_path(), &env) {
             Ok(process) => *node.process() = Some(process),
             Err(e) => self.fail(&format!(

@@ -151,6 +151,9 @@ pub(crate) struct Node {
     /// Log index at which each peer last joined the configuration (as seen
     /// by this node): a snapshot older than that cannot serve the peer.
     peer_added_at: std::collections::HashMap<u64, u64>,
+    /// Free space is below `min_free_bytes`: writes are refused and new
+    /// entries from the leader are not taken (checked every tick).
+    no_space: bool,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -235,6 +238,7 @@ impl Node {
             removed: false,
             removal_notice: None,
             peer_added_at: std::collections::HashMap::new(),
+            no_space: false,
         })
     }
 
@@ -330,6 +334,7 @@ impl Node {
                 if !self.removed {
                     self.raw.tick();
                 }
+                self.check_free_space();
                 self.next_tick = now + self.tick_interval;
             }
             self.maybe_issue_read(now);
@@ -342,6 +347,14 @@ impl Node {
     fn handle_peer(&mut self, input: PeerInput) -> Result<(), FatalError> {
         match input {
             PeerInput::Raft(message) => {
+                if self.no_space
+                    && message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
+                    && !message.entries.is_empty()
+                {
+                    // Not taken: to the leader this follower looks slow,
+                    // and it is sent again once there is space.
+                    return Ok(());
+                }
                 if let Err(e) = self.raw.step(message) {
                     tracing::debug!("dropped a raft message: {e}");
                 }
@@ -404,7 +417,7 @@ impl Node {
     }
 
     fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: Reply) {
-        if let Err(e) = self.check_serving() {
+        if let Err(e) = self.check_serving().and_then(|()| self.check_space()) {
             let _ = reply.send(Err(e));
             return;
         }
@@ -444,6 +457,36 @@ impl Node {
                 ))));
             }
         }
+    }
+
+    /// Updates `no_space` from the data dir's free space.
+    fn check_free_space(&mut self) {
+        let free = self.raw.store().free_bytes();
+        let no_space = free.is_some_and(|free| free < self.config.min_free_bytes);
+        if no_space != self.no_space {
+            if no_space {
+                tracing::error!(
+                    "node {}: only {} bytes free on the data dir's filesystem (reserve {}): \
+                     refusing writes until space is freed; reads go on",
+                    self.id,
+                    free.unwrap_or(0),
+                    self.config.min_free_bytes
+                );
+            } else {
+                tracing::warn!("node {}: disk space is back; taking writes again", self.id);
+            }
+            self.no_space = no_space;
+        }
+    }
+
+    fn check_space(&self) -> Result<(), ReplicaError> {
+        if self.no_space {
+            return Err(ReplicaError::NoSpace(format!(
+                "node {} has less than {} bytes free on its data disk; free some space",
+                self.id, self.config.min_free_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// The time stamped on a new command: log time when leadership began
