@@ -98,7 +98,7 @@ fn a_failed_fsync_stops_the_node_and_it_returns_as_a_new_member() {
     let victim = cluster.followers()[0];
     cluster.set_disk_faults(victim, "fsync-error\n");
     std::thread::sleep(Duration::from_millis(300)); // the hook is re-read every 100 ms
-    // The next write reaches the victim's log; its fsync fails; it stops.
+                                                    // The next write reaches the victim's log; its fsync fails; it stops.
     put_eventually(&cluster, "f/1", "v1");
     let code = cluster.wait_exit(victim, WAIT);
     assert!(

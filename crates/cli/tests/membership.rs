@@ -539,3 +539,32 @@ fn a_wiped_node_comes_back_only_by_being_removed_and_added_again() {
     }
     assert_eq!(cluster.status(learner).unwrap().role, "learner");
 }
+
+#[test]
+fn a_wiped_static_node_is_refused_under_its_old_identity() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    for i in 0..10 {
+        cluster.cli(&["put", &format!("s/{i}"), "v"]).assert_ok();
+    }
+    cluster.wait_caught_up(Duration::from_secs(30));
+    let victim = cluster.followers()[0];
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    let refused = cluster.start_expecting_failure(victim, Duration::from_secs(20));
+    assert!(
+        refused.exited,
+        "a wiped node started again:\n{}",
+        refused.log
+    );
+    assert_eq!(refused.code, Some(3), "{}", refused.log);
+    assert!(refused.log.contains("wiped"), "{}", refused.log);
+    // The cluster is fine, and the way back is as a new member.
+    cluster.set_removed(victim);
+    change(&cluster, &["remove", &victim.to_string()]).assert_ok();
+    let via = cluster.leader();
+    let new = cluster.join_node(via, false);
+    let mut voters: Vec<u64> = cluster.member_ids();
+    voters.sort_unstable();
+    wait_members(&cluster, &voters, &[]);
+    assert!(voters.contains(&new));
+}

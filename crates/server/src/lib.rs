@@ -45,7 +45,7 @@ const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens the data dir, bootstrapping a fresh one: the stored identity and
 /// membership win over flags on restart (CONTRACT §1).
-fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
+async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
     let options = StorageOptions {
         wal_segment_size_bytes: config.wal_segment_size_bytes,
         ..Default::default()
@@ -90,6 +90,7 @@ fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
         node_id: id,
         cluster_id: cluster_id_of(&peers),
     };
+    refuse_if_wiped(&peers, identity).await?;
     storage
         .bootstrap(identity, bootstrap_membership(&peers))
         .with_context(|| format!("cannot initialize data dir {}", config.data_dir.display()))?;
@@ -102,11 +103,57 @@ fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
     Ok(storage)
 }
 
+/// A static node starting on an empty data dir may be new, or may have been
+/// wiped: then it forgot its votes and log, and must not take its old place
+/// (CONTRACT §4). Best effort: if the leader of the running cluster says
+/// this id already acknowledged entries, the start is refused. (A leader
+/// elected since the wipe knows no such thing; then nothing tells a wiped
+/// node from one never started.)
+async fn refuse_if_wiped(
+    peers: &std::collections::BTreeMap<u64, String>,
+    identity: NodeIdentity,
+) -> anyhow::Result<()> {
+    let others: Vec<String> = peers
+        .iter()
+        .filter(|(id, _)| **id != identity.node_id)
+        .map(|(_, address)| address.clone())
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let options = raftkv_client::ClientOptions {
+        timeout: std::time::Duration::from_secs(2),
+        connect_timeout: std::time::Duration::from_millis(500),
+    };
+    let Ok(client) = raftkv_client::Client::with_options(&others, options) else {
+        return Ok(());
+    };
+    let Ok(members) = client.leader_members().await else {
+        return Ok(()); // nobody up: a fresh cluster starting
+    };
+    let acknowledged = members
+        .members
+        .iter()
+        .find(|m| m.id == identity.node_id)
+        .is_some_and(|m| m.match_index > 1);
+    if members.cluster_id == identity.cluster_id && acknowledged {
+        bail!(
+            "node {} starts with an empty data dir, but the running cluster's leader has \
+             entries this node acknowledged before: its data dir was wiped, and it has \
+             forgotten its votes and log. Remove it (`raftkv cluster remove {}`) and start it \
+             empty with --join to add it as a new member.",
+            identity.node_id,
+            identity.node_id
+        );
+    }
+    Ok(())
+}
+
 /// Runs a node until `shutdown` resolves (clean exit) or the node stops on a
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let mut storage = open_storage(&config)?;
+    let mut storage = open_storage(&config).await?;
     let snapshots = SnapshotStore::open(&config.data_dir)
         .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -417,12 +417,16 @@ impl Node {
     }
 
     fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: Reply) {
-        if let Err(e) = self.check_serving().and_then(|()| self.check_space()) {
+        if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if let Err(e) = self.check_space() {
+            let _ = reply.send(Err(e));
             return;
         }
         if self.proposals.len() >= self.config.max_pending_proposals {
