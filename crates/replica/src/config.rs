@@ -38,6 +38,8 @@ pub struct ReplicaConfig {
     /// refuses new writes (`NoSpace`) and takes no new entries from the
     /// leader, so the log never runs into ENOSPC; reads go on.
     pub min_free_bytes: u64,
+    /// Serve lease reads from a leader lease (`--lease-read`).
+    pub lease_reads: bool,
 }
 
 impl ReplicaConfig {
@@ -58,7 +60,17 @@ impl ReplicaConfig {
             snapshot_entries: 10_000,
             snapshot_catch_up_entries: 5_000,
             min_free_bytes: 64 * 1024 * 1024,
+            lease_reads: true,
         }
+    }
+
+    /// How long a quorum-acknowledged heartbeat round keeps the leader's
+    /// lease, from the round's send time: 90% of the shortest time before a
+    /// follower that received it could vote for someone else (check-quorum
+    /// makes it wait `election_tick` ticks, the first possibly at once).
+    pub(crate) fn lease_duration(&self) -> Duration {
+        let (_, election_tick) = self.ticks();
+        self.heartbeat_interval * (election_tick.saturating_sub(1) as u32) * 9 / 10
     }
 
     /// raft's (heartbeat_tick, election_tick) with one tick per heartbeat.
@@ -66,5 +78,22 @@ impl ReplicaConfig {
         let hb = self.heartbeat_interval.as_millis().max(1);
         let election = (self.election_timeout.as_millis() / hb).max(2) as usize;
         (1, election)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_shorter_than_the_election_timeout() {
+        let config = ReplicaConfig::new(1, 1);
+        // 1 s election timeout, 100 ms ticks: 9 safe ticks, 90% of them.
+        assert_eq!(config.lease_duration(), Duration::from_millis(810));
+        let mut slow = ReplicaConfig::new(1, 1);
+        slow.election_timeout = Duration::from_secs(3);
+        slow.heartbeat_interval = Duration::from_millis(500);
+        assert_eq!(slow.lease_duration(), Duration::from_millis(2250));
+        assert!(slow.lease_duration() < slow.election_timeout);
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
-use crate::node::{CompactResult, Input, Node, NodeChannels, PeerInput, Query};
+use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -32,6 +32,7 @@ pub struct WriteSession {
 /// State the node thread publishes for everyone else.
 pub(crate) struct Shared {
     pub(crate) kv: RwLock<KvState>,
+    pub(crate) lease: Mutex<LeaseState>,
     pub(crate) status: Mutex<NodeStatus>,
     pub(crate) membership: RwLock<MembershipRecord>,
     pub(crate) stopped: watch::Sender<Option<String>>,
@@ -62,6 +63,7 @@ impl Replica {
         let membership = storage.membership().clone();
         let shared = Arc::new(Shared {
             kv: RwLock::new(KvState::new(config.sessions)),
+            lease: Mutex::new(LeaseState::default()),
             status: Mutex::new(NodeStatus {
                 id: config.node_id,
                 cluster_id: config.cluster_id,
@@ -168,6 +170,21 @@ impl Replica {
         let _ = self
             .peer_inputs
             .try_send(PeerInput::RemovedNotice { from, index });
+    }
+
+    /// Whether this node may serve a lease read now, without a quorum
+    /// round: it leads, its lease (see `node/lease.rs`) has not expired on
+    /// the monotonic clock, and it has applied every entry of earlier terms.
+    /// When false, the caller falls back to [`Replica::read_index`].
+    pub fn has_read_lease(&self) -> bool {
+        let lease = *self.shared.lease.lock().expect("lease lock poisoned");
+        let Some(until) = lease.until else {
+            return false;
+        };
+        let status = self.status();
+        status.role == crate::status::Role::Leader
+            && status.applied_index >= lease.floor
+            && std::time::Instant::now() < until
     }
 
     /// Hands a raft message from a peer to the node. Dropped if the node is

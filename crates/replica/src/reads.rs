@@ -99,14 +99,11 @@ impl ReadBatcher {
 
     /// raft answered the round `ctx`: it and every older round may proceed
     /// once `index` is applied.
-    pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) {
-        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
-            return;
-        };
-        let ctx = u64::from_be_bytes(ctx);
-        let Some(position) = self.in_flight.iter().position(|r| r.ctx == ctx) else {
-            return;
-        };
+    /// Returns when the answered round was issued.
+    pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) -> Option<Instant> {
+        let ctx = u64::from_be_bytes(<[u8; 8]>::try_from(ctx).ok()?);
+        let position = self.in_flight.iter().position(|r| r.ctx == ctx)?;
+        let issued_at = self.in_flight[position].issued_at;
         let waiters: Vec<Reply> = self
             .in_flight
             .drain(..=position)
@@ -114,6 +111,7 @@ impl ReadBatcher {
             .collect();
         let at = self.answered.partition_point(|(i, _)| *i <= index);
         self.answered.insert(at, (index, waiters));
+        Some(issued_at)
     }
 
     /// Releases every read whose index is applied.

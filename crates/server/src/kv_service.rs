@@ -66,8 +66,12 @@ pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<
     if consistency == Consistency::Stale {
         return Ok(());
     }
-    // Lease reads fall back to ReadIndex (CONTRACT §2) until the lease is
-    // implemented.
+    // A lease read needs no quorum round while this node holds the lease;
+    // otherwise (not leader, lease expired or being renewed, a transfer in
+    // progress, `--lease-read false`) it falls back to ReadIndex.
+    if consistency == Consistency::Lease && replica.has_read_lease() {
+        return Ok(());
+    }
     match tokio::time::timeout(SERVER_WAIT, replica.read_index()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(replica_status(e, header_of(replica))),

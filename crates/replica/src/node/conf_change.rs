@@ -230,6 +230,7 @@ impl Node {
                 )));
             }
             tracing::info!("node {} transferring leadership to node {to}", self.id);
+            self.drop_lease();
             self.raw.transfer_leader(to);
             Ok(())
         })();
@@ -330,6 +331,7 @@ impl Node {
                      to node {to} first",
                     self.id
                 );
+                self.drop_lease();
                 self.raw.transfer_leader(to);
             }
             return;

@@ -19,6 +19,7 @@
 //! than acknowledge anything it could not make durable.
 
 mod conf_change;
+mod lease;
 mod queries;
 mod snapshot;
 
@@ -47,6 +48,7 @@ use crate::snapshots::load_snapshot;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
 
 use crate::transport::Transport;
+pub(crate) use lease::LeaseState;
 pub use snapshot::CompactResult;
 
 /// Inputs taken in one turn at most, so a flood cannot starve ticks.
@@ -154,6 +156,7 @@ pub(crate) struct Node {
     /// Free space is below `min_free_bytes`: writes are refused and new
     /// entries from the leader are not taken (checked every tick).
     no_space: bool,
+    lease: lease::Lease,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -239,6 +242,7 @@ impl Node {
             removal_notice: None,
             peer_added_at: std::collections::HashMap::new(),
             no_space: false,
+            lease: lease::Lease::default(),
         })
     }
 
@@ -512,6 +516,7 @@ impl Node {
         if let Some(ctx) = self.reads.round_to_issue(now) {
             self.raw.read_index(ctx);
         }
+        self.maybe_renew_lease(now);
     }
 
     fn on_ready(&mut self) -> Result<(), FatalError> {
@@ -552,8 +557,12 @@ impl Node {
         if !rd.persisted_messages().is_empty() {
             self.transport.send(rd.take_persisted_messages());
         }
-        for rs in rd.read_states() {
-            self.reads.on_read_state(&rs.request_ctx, rs.index);
+        for rs in rd.take_read_states() {
+            if !self.on_lease_read_state(&rs.request_ctx) {
+                if let Some(sent) = self.reads.on_read_state(&rs.request_ctx, rs.index) {
+                    self.extend_lease(sent);
+                }
+            }
         }
         let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
@@ -742,8 +751,16 @@ impl Node {
     fn after_turn(&mut self) {
         let raft = &self.raw.raft;
         let leader_term = (raft.state == StateRole::Leader).then_some(raft.term);
+        let transferring = raft.lead_transferee.is_some();
+        let last_index = raft.raft_log.last_index();
         if self.leader_term != leader_term {
             self.leader_clock = None;
+            // A new term's lease starts from nothing; a lease read must also
+            // see every entry of earlier terms (at most the last index now).
+            self.reset_lease(leader_term.map(|_| last_index));
+        }
+        if transferring {
+            self.drop_lease();
         }
         if self.leader_term.is_some() && self.leader_term != leader_term {
             tracing::info!(

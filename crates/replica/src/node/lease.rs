@@ -1,0 +1,130 @@
+//! The leader lease (CONTRACT §2), kept by the host, not by raft-rs's
+//! `LeaseBased` option (raft runs with `ReadOnlyOption::Safe`).
+//!
+//! Every ReadIndex round a quorum answers proves that at the moment its
+//! heartbeats were *sent* this node was the leader, and that a quorum reset
+//! their election timers on receiving them, later. With check-quorum, a
+//! follower ignores vote requests until `election_tick` of its own ticks
+//! have passed since it last heard from the leader, so no other leader can
+//! be elected before `sent + (election_tick - 1) * tick` (a tick may fire
+//! right after the reset). The lease runs to `sent` plus 90% of that, on
+//! the monotonic clock: a wall-clock jump changes nothing, and a leader
+//! paused past its lease finds it expired when it resumes.
+//!
+//! The lease is dropped when leadership is lost or a leadership transfer
+//! starts (the transferee campaigns without waiting for timers), and a lease
+//! read also needs the state machine to have applied every entry of earlier
+//! terms (`floor`: the last index when this node became leader). While lease
+//! reads are on, the leader renews the lease with its own ReadIndex round
+//! once less than half of it is left.
+
+use std::time::{Duration, Instant};
+
+use raft::StateRole;
+
+use super::Node;
+
+/// What readers outside the node thread check.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LeaseState {
+    pub(crate) until: Option<Instant>,
+    /// Applied index a lease read needs (entries of earlier terms).
+    pub(crate) floor: u64,
+}
+
+/// Prefix of the ctx of lease-renewal ReadIndex rounds (the read batcher's
+/// ctxs are 8 bytes, these 9).
+const RENEW_CTX: u8 = b'L';
+
+#[derive(Debug, Default)]
+pub(crate) struct Lease {
+    until: Option<Instant>,
+    floor: u64,
+    next_ctx: u64,
+    /// The renewal round in flight: (ctx, sent at).
+    renewal: Option<(u64, Instant)>,
+}
+
+impl Node {
+    fn lease_duration(&self) -> Duration {
+        self.config.lease_duration()
+    }
+
+    fn publish_lease(&self) {
+        *self.shared.lease.lock().expect("lease lock poisoned") = LeaseState {
+            until: self.lease.until,
+            floor: self.lease.floor,
+        };
+    }
+
+    /// Leadership began (`Some(last index)`) or ended (`None`).
+    pub(super) fn reset_lease(&mut self, floor: Option<u64>) {
+        self.lease.until = None;
+        self.lease.renewal = None;
+        if let Some(floor) = floor {
+            self.lease.floor = floor;
+        }
+        self.publish_lease();
+    }
+
+    /// Drops the lease (a leadership transfer is starting).
+    pub(super) fn drop_lease(&mut self) {
+        if self.lease.until.is_some() {
+            self.lease.until = None;
+            self.publish_lease();
+        }
+    }
+
+    /// A ReadIndex round sent at `sent` was answered by a quorum.
+    pub(super) fn extend_lease(&mut self, sent: Instant) {
+        if !self.config.lease_reads
+            || self.raw.raft.state != StateRole::Leader
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let until = sent + self.lease_duration();
+        if self.lease.until.is_none_or(|current| until > current) {
+            self.lease.until = Some(until);
+            self.publish_lease();
+        }
+    }
+
+    /// Starts a renewal round when less than half the lease is left.
+    pub(super) fn maybe_renew_lease(&mut self, now: Instant) {
+        if !self.config.lease_reads || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let half = self.lease_duration() / 2;
+        let needed = self
+            .lease
+            .until
+            .is_none_or(|until| until.saturating_duration_since(now) < half);
+        let in_flight = self
+            .lease
+            .renewal
+            .is_some_and(|(_, sent)| now.duration_since(sent) < half);
+        if needed && !in_flight {
+            self.lease.next_ctx = self.lease.next_ctx.wrapping_add(1);
+            let mut ctx = vec![RENEW_CTX];
+            ctx.extend_from_slice(&self.lease.next_ctx.to_be_bytes());
+            self.raw.read_index(ctx);
+            self.lease.renewal = Some((self.lease.next_ctx, now));
+        }
+    }
+
+    /// Handles the answer to a renewal round; false if `ctx` is not one.
+    pub(super) fn on_lease_read_state(&mut self, ctx: &[u8]) -> bool {
+        if ctx.len() != 9 || ctx[0] != RENEW_CTX {
+            return false;
+        }
+        let id = u64::from_be_bytes(ctx[1..].try_into().expect("8 bytes"));
+        if let Some((pending, sent)) = self.lease.renewal {
+            if pending == id {
+                self.lease.renewal = None;
+                self.extend_lease(sent);
+            }
+        }
+        true
+    }
+}
