@@ -38,6 +38,7 @@ const SERVER_WAIT: Duration = Duration::from_secs(30);
 
 pub struct KvService {
     pub replica: Replica,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub max_value_bytes: u64,
 }
 
@@ -135,83 +136,101 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<GetChunk, Status>> + Send>>;
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let request = request.into_inner();
-        self.check_key(&request.key)?;
-        self.check_value_size(request.value.len() as u64)?;
-        let header = self
-            .write(
-                vec![Self::put_op(request.key, request.value)],
-                session_of(request.session),
-            )
-            .await?;
-        Ok(Response::new(PutResponse {
-            header: Some(header),
-        }))
+        let started = std::time::Instant::now();
+        let result: Result<Response<PutResponse>, Status> = async move {
+            let request = request.into_inner();
+            self.check_key(&request.key)?;
+            self.check_value_size(request.value.len() as u64)?;
+            let header = self
+                .write(
+                    vec![Self::put_op(request.key, request.value)],
+                    session_of(request.session),
+                )
+                .await?;
+            Ok(Response::new(PutResponse {
+                header: Some(header),
+            }))
+        }
+        .await;
+        self.metrics.observe("put", &result, started);
+        result
     }
 
     async fn put_stream(
         &self,
         request: Request<Streaming<PutChunk>>,
     ) -> Result<Response<PutResponse>, Status> {
-        let mut stream = request.into_inner();
-        let Some(first) = stream.message().await? else {
-            return Err(invalid_argument("empty put stream", self.header()));
-        };
-        self.check_key(&first.key)?;
-        self.check_value_size(first.value_size)?;
-        let expected = first.value_size as usize;
-        let mut value = BytesMut::with_capacity(expected);
-        value.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
-            if value.len() + chunk.data.len() > expected {
+        let started = std::time::Instant::now();
+        let result: Result<Response<PutResponse>, Status> = async move {
+            let mut stream = request.into_inner();
+            let Some(first) = stream.message().await? else {
+                return Err(invalid_argument("empty put stream", self.header()));
+            };
+            self.check_key(&first.key)?;
+            self.check_value_size(first.value_size)?;
+            let expected = first.value_size as usize;
+            let mut value = BytesMut::with_capacity(expected);
+            value.extend_from_slice(&first.data);
+            while let Some(chunk) = stream.message().await? {
+                if value.len() + chunk.data.len() > expected {
+                    return Err(invalid_argument(
+                        format!("put stream sent more than the announced {expected} bytes"),
+                        self.header(),
+                    ));
+                }
+                value.extend_from_slice(&chunk.data);
+            }
+            if value.len() != expected {
                 return Err(invalid_argument(
-                    format!("put stream sent more than the announced {expected} bytes"),
+                    format!(
+                        "put stream ended after {} of the announced {expected} bytes",
+                        value.len()
+                    ),
                     self.header(),
                 ));
             }
-            value.extend_from_slice(&chunk.data);
+            let header = self
+                .write(
+                    vec![Self::put_op(first.key, value.freeze())],
+                    session_of(first.session),
+                )
+                .await?;
+            Ok(Response::new(PutResponse {
+                header: Some(header),
+            }))
         }
-        if value.len() != expected {
-            return Err(invalid_argument(
-                format!(
-                    "put stream ended after {} of the announced {expected} bytes",
-                    value.len()
-                ),
-                self.header(),
-            ));
-        }
-        let header = self
-            .write(
-                vec![Self::put_op(first.key, value.freeze())],
-                session_of(first.session),
-            )
-            .await?;
-        Ok(Response::new(PutResponse {
-            header: Some(header),
-        }))
+        .await;
+        self.metrics.observe("put_stream", &result, started);
+        result
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let request = request.into_inner();
-        self.check_key(&request.key)?;
-        read_barrier(&self.replica, request.consistency).await?;
-        let value = self.replica.kv().get(&request.key);
-        let header = self.header();
-        match value {
-            None => Err(key_not_found(header)),
-            Some(value) if value.len() > INLINE_VALUE_BYTES => Ok(Response::new(GetResponse {
-                header: Some(header),
-                value: Bytes::new(),
-                use_stream: true,
-                value_size: value.len() as u64,
-            })),
-            Some(value) => Ok(Response::new(GetResponse {
-                header: Some(header),
-                value_size: value.len() as u64,
-                value,
-                use_stream: false,
-            })),
+        let started = std::time::Instant::now();
+        let result: Result<Response<GetResponse>, Status> = async move {
+            let request = request.into_inner();
+            self.check_key(&request.key)?;
+            read_barrier(&self.replica, request.consistency).await?;
+            let value = self.replica.kv().get(&request.key);
+            let header = self.header();
+            match value {
+                None => Err(key_not_found(header)),
+                Some(value) if value.len() > INLINE_VALUE_BYTES => Ok(Response::new(GetResponse {
+                    header: Some(header),
+                    value: Bytes::new(),
+                    use_stream: true,
+                    value_size: value.len() as u64,
+                })),
+                Some(value) => Ok(Response::new(GetResponse {
+                    header: Some(header),
+                    value_size: value.len() as u64,
+                    value,
+                    use_stream: false,
+                })),
+            }
         }
+        .await;
+        self.metrics.observe("get", &result, started);
+        result
     }
 
     type GetStreamStream = ChunkStream;
@@ -220,170 +239,202 @@ impl Kv for KvService {
         &self,
         request: Request<GetRequest>,
     ) -> Result<Response<Self::GetStreamStream>, Status> {
-        let request = request.into_inner();
-        self.check_key(&request.key)?;
-        read_barrier(&self.replica, request.consistency).await?;
-        let value = self.replica.kv().get(&request.key);
-        let header = self.header();
-        let Some(value) = value else {
-            return Err(key_not_found(header));
-        };
-        let size = value.len();
-        let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
-        let mut offset = 0;
-        loop {
-            let end = (offset + VALUE_CHUNK_BYTES).min(size);
-            chunks.push(Ok(GetChunk {
-                header: (offset == 0).then_some(header),
-                value_size: size as u64,
-                data: value.slice(offset..end),
-            }));
-            if end == size {
-                break;
+        let started = std::time::Instant::now();
+        let result: Result<Response<Self::GetStreamStream>, Status> = async move {
+            let request = request.into_inner();
+            self.check_key(&request.key)?;
+            read_barrier(&self.replica, request.consistency).await?;
+            let value = self.replica.kv().get(&request.key);
+            let header = self.header();
+            let Some(value) = value else {
+                return Err(key_not_found(header));
+            };
+            let size = value.len();
+            let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
+            let mut offset = 0;
+            loop {
+                let end = (offset + VALUE_CHUNK_BYTES).min(size);
+                chunks.push(Ok(GetChunk {
+                    header: (offset == 0).then_some(header),
+                    value_size: size as u64,
+                    data: value.slice(offset..end),
+                }));
+                if end == size {
+                    break;
+                }
+                offset = end;
             }
-            offset = end;
+            let stream: Self::GetStreamStream = Box::pin(tokio_stream::iter(chunks));
+            Ok(Response::new(stream))
         }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        .await;
+        self.metrics.observe("get_stream", &result, started);
+        result
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let request = request.into_inner();
-        self.check_key(&request.key)?;
-        let op = Op {
-            key: request.key,
-            value: Bytes::new(),
-            delete: true,
-        };
-        let header = self.write(vec![op], session_of(request.session)).await?;
-        Ok(Response::new(DeleteResponse {
-            header: Some(header),
-        }))
+        let started = std::time::Instant::now();
+        let result: Result<Response<DeleteResponse>, Status> = async move {
+            let request = request.into_inner();
+            self.check_key(&request.key)?;
+            let op = Op {
+                key: request.key,
+                value: Bytes::new(),
+                delete: true,
+            };
+            let header = self.write(vec![op], session_of(request.session)).await?;
+            Ok(Response::new(DeleteResponse {
+                header: Some(header),
+            }))
+        }
+        .await;
+        self.metrics.observe("delete", &result, started);
+        result
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let request = request.into_inner();
-        let limit = match request.limit {
-            0 => DEFAULT_SCAN_LIMIT,
-            n if n > MAX_SCAN_LIMIT => {
-                return Err(invalid_argument(
-                    format!("scan limit {n} is over the maximum of {MAX_SCAN_LIMIT}"),
-                    self.header(),
-                ))
+        let started = std::time::Instant::now();
+        let result: Result<Response<ScanResponse>, Status> = async move {
+            let request = request.into_inner();
+            let limit = match request.limit {
+                0 => DEFAULT_SCAN_LIMIT,
+                n if n > MAX_SCAN_LIMIT => {
+                    return Err(invalid_argument(
+                        format!("scan limit {n} is over the maximum of {MAX_SCAN_LIMIT}"),
+                        self.header(),
+                    ))
+                }
+                n => n,
+            };
+            read_barrier(&self.replica, request.consistency).await?;
+            let page = self.replica.kv().scan(&ScanQuery {
+                prefix: &request.prefix,
+                after: (!request.after.is_empty()).then_some(&request.after[..]),
+                offset: request.offset,
+                limit: limit as usize,
+                keys_only: request.keys_only,
+            });
+            let mut pairs = Vec::with_capacity(page.pairs.len());
+            let mut reply_bytes = 0;
+            let mut more = page.more;
+            for (key, value) in page.pairs {
+                if !pairs.is_empty() && reply_bytes + key.len() + value.len() > MAX_SCAN_REPLY_BYTES
+                {
+                    more = true;
+                    break;
+                }
+                reply_bytes += key.len() + value.len();
+                pairs.push(KeyValue { key, value });
             }
-            n => n,
-        };
-        read_barrier(&self.replica, request.consistency).await?;
-        let page = self.replica.kv().scan(&ScanQuery {
-            prefix: &request.prefix,
-            after: (!request.after.is_empty()).then_some(&request.after[..]),
-            offset: request.offset,
-            limit: limit as usize,
-            keys_only: request.keys_only,
-        });
-        let mut pairs = Vec::with_capacity(page.pairs.len());
-        let mut reply_bytes = 0;
-        let mut more = page.more;
-        for (key, value) in page.pairs {
-            if !pairs.is_empty() && reply_bytes + key.len() + value.len() > MAX_SCAN_REPLY_BYTES {
-                more = true;
-                break;
-            }
-            reply_bytes += key.len() + value.len();
-            pairs.push(KeyValue { key, value });
+            let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+            Ok(Response::new(ScanResponse {
+                header: Some(self.header()),
+                pairs,
+                more,
+                next_after,
+            }))
         }
-        let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
-        Ok(Response::new(ScanResponse {
-            header: Some(self.header()),
-            pairs,
-            more,
-            next_after,
-        }))
+        .await;
+        self.metrics.observe("scan", &result, started);
+        result
     }
 
     async fn batch(
         &self,
         request: Request<BatchRequest>,
     ) -> Result<Response<BatchResponse>, Status> {
-        let request = request.into_inner();
-        if request.ops.len() > MAX_BATCH_OPS {
-            return Err(invalid_argument(
-                format!(
-                    "batch of {} operations is over the maximum of {MAX_BATCH_OPS}",
-                    request.ops.len()
-                ),
-                self.header(),
-            ));
-        }
-        let mut ops = Vec::with_capacity(request.ops.len());
-        let mut total_bytes = 0u64;
-        for op in request.ops {
-            match op.op {
-                Some(batch_op::Op::Put(put)) => {
-                    self.check_key(&put.key)?;
-                    total_bytes += put.value.len() as u64;
-                    ops.push(Self::put_op(put.key, put.value));
-                }
-                Some(batch_op::Op::Delete(delete)) => {
-                    self.check_key(&delete.key)?;
-                    ops.push(Op {
-                        key: delete.key,
-                        value: Bytes::new(),
-                        delete: true,
-                    });
-                }
-                None => {
-                    return Err(invalid_argument(
-                        "batch operation without a kind",
-                        self.header(),
-                    ))
+        let started = std::time::Instant::now();
+        let result: Result<Response<BatchResponse>, Status> = async move {
+            let request = request.into_inner();
+            if request.ops.len() > MAX_BATCH_OPS {
+                return Err(invalid_argument(
+                    format!(
+                        "batch of {} operations is over the maximum of {MAX_BATCH_OPS}",
+                        request.ops.len()
+                    ),
+                    self.header(),
+                ));
+            }
+            let mut ops = Vec::with_capacity(request.ops.len());
+            let mut total_bytes = 0u64;
+            for op in request.ops {
+                match op.op {
+                    Some(batch_op::Op::Put(put)) => {
+                        self.check_key(&put.key)?;
+                        total_bytes += put.value.len() as u64;
+                        ops.push(Self::put_op(put.key, put.value));
+                    }
+                    Some(batch_op::Op::Delete(delete)) => {
+                        self.check_key(&delete.key)?;
+                        ops.push(Op {
+                            key: delete.key,
+                            value: Bytes::new(),
+                            delete: true,
+                        });
+                    }
+                    None => {
+                        return Err(invalid_argument(
+                            "batch operation without a kind",
+                            self.header(),
+                        ))
+                    }
                 }
             }
+            self.check_value_size(total_bytes)?;
+            let header = self.write(ops, session_of(request.session)).await?;
+            Ok(Response::new(BatchResponse {
+                header: Some(header),
+            }))
         }
-        self.check_value_size(total_bytes)?;
-        let header = self.write(ops, session_of(request.session)).await?;
-        Ok(Response::new(BatchResponse {
-            header: Some(header),
-        }))
+        .await;
+        self.metrics.observe("batch", &result, started);
+        result
     }
 
     async fn batch_get(
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
-        let request = request.into_inner();
-        if request.keys.len() > MAX_BATCH_OPS {
-            return Err(invalid_argument(
-                format!(
-                    "batch of {} keys is over the maximum of {MAX_BATCH_OPS}",
-                    request.keys.len()
-                ),
-                self.header(),
-            ));
+        let started = std::time::Instant::now();
+        let result: Result<Response<BatchGetResponse>, Status> = async move {
+            let request = request.into_inner();
+            if request.keys.len() > MAX_BATCH_OPS {
+                return Err(invalid_argument(
+                    format!(
+                        "batch of {} keys is over the maximum of {MAX_BATCH_OPS}",
+                        request.keys.len()
+                    ),
+                    self.header(),
+                ));
+            }
+            for key in &request.keys {
+                self.check_key(key)?;
+            }
+            read_barrier(&self.replica, request.consistency).await?;
+            let kv = self.replica.kv();
+            let results = request
+                .keys
+                .into_iter()
+                .map(|key| {
+                    let value = kv.get(&key);
+                    BatchGetResult {
+                        found: value.is_some(),
+                        value: value.unwrap_or_default(),
+                        key,
+                    }
+                })
+                .collect();
+            drop(kv);
+            Ok(Response::new(BatchGetResponse {
+                header: Some(self.header()),
+                results,
+            }))
         }
-        for key in &request.keys {
-            self.check_key(key)?;
-        }
-        read_barrier(&self.replica, request.consistency).await?;
-        let kv = self.replica.kv();
-        let results = request
-            .keys
-            .into_iter()
-            .map(|key| {
-                let value = kv.get(&key);
-                BatchGetResult {
-                    found: value.is_some(),
-                    value: value.unwrap_or_default(),
-                    key,
-                }
-            })
-            .collect();
-        drop(kv);
-        Ok(Response::new(BatchGetResponse {
-            header: Some(self.header()),
-            results,
-        }))
+        .await;
+        self.metrics.observe("batch_get", &result, started);
+        result
     }
 }

@@ -7,9 +7,11 @@
 mod admin_service;
 pub mod config;
 pub mod errors;
+mod http;
 mod join;
 mod kv_service;
 mod membership;
+pub mod metrics;
 pub mod net_faults;
 mod peer_service;
 mod transport;
@@ -214,8 +216,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ));
     }
 
+    let metrics = Arc::new(metrics::Metrics::new());
+    tokio::spawn(metrics.clone().watch_elections(replica.clone()));
+    let snapshots_for_http = snapshots.clone();
     let kv = KvServer::new(KvService {
         replica: replica.clone(),
+        metrics: metrics.clone(),
         max_value_bytes: config.max_value_bytes,
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -240,12 +246,40 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         identity.cluster_id
     );
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
         .add_service(kv)
         .add_service(ClusterServer::from_arc(admin.clone()))
         .add_service(DebugServer::from_arc(admin))
-        .add_service(peer)
+        .add_service(peer);
+    let mut routes = routes.routes();
+    let http = http::routes(http::HttpState {
+        replica: replica.clone(),
+        metrics: metrics.clone(),
+        snapshots: snapshots_for_http,
+    });
+    match &config.metrics_listen {
+        // /metrics and /health beside gRPC, on the same port (HTTP/1.1).
+        None => {
+            let grpc = std::mem::replace(routes.axum_router_mut(), axum::Router::new());
+            *routes.axum_router_mut() = grpc.merge(http);
+        }
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-listen {address}"))?;
+            tracing::info!("metrics on http://{address}/metrics");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, http).await {
+                    tracing::error!("metrics server failed: {e}");
+                }
+            });
+        }
+    }
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .accept_http1(true)
+        .add_routes(routes)
         // Accepted sockets need TCP_NODELAY set here: the builder's own
         // setting applies only to listeners it binds itself. Without it a
         // reply of a few hundred bytes waits ~40 ms for a delayed ACK.

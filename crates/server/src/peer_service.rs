@@ -104,6 +104,9 @@ impl Peer for PeerService {
             .map_err(|e| Status::internal(format!("cannot store the snapshot: {e}")))?;
         let mut chunk = first.data;
         loop {
+            crate::metrics::PEER_BYTES
+                .received
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             receiver
                 .write_chunk(&chunk)
                 .map_err(|e| Status::internal(format!("cannot store the snapshot: {e}")))?;
@@ -133,6 +136,10 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         let mut partial = BytesMut::new();
         while let Some(envelope) = stream.message().await? {
+            crate::metrics::PEER_BYTES.received.fetch_add(
+                envelope.chunk.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.check_sender(envelope.cluster_id, envelope.from, envelope.to)?;
             if partial.len() + envelope.chunk.len() > self.max_message_bytes {
                 return Err(Status::resource_exhausted(format!(

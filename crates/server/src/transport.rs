@@ -362,6 +362,9 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                     continue;
                 }
             };
+            crate::metrics::PEER_BYTES
+                .sent
+                .fetch_add(encoded.len() as u64, Ordering::Relaxed);
             for envelope in envelopes(lane.cluster_id, lane.from, lane.to, encoded) {
                 if stream_tx.send(envelope).await.is_err() {
                     break 'stream;
@@ -476,6 +479,9 @@ async fn stream_snapshot(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         offset += data.len() as u64;
+        crate::metrics::PEER_BYTES
+            .sent
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let chunk = match first.take() {
             Some(mut first) => {
                 first.data = data;

@@ -1,0 +1,122 @@
+//! Acceptance: `GET /metrics` and `GET /health` on a node's port (issue 7):
+//! every metric family the operator dashboard needs is there, and the
+//! counters move with the traffic.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use raftkv_testkit::TestCluster;
+
+use common::bin;
+
+/// `GET path` over HTTP/1.1: (status code, body).
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_string())
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix:?} in:\n{text}"))
+}
+
+const FAMILIES: &[&str] = &[
+    "raftkv_raft_term",
+    "raftkv_raft_is_leader",
+    "raftkv_raft_leader_changes_total",
+    "raftkv_raft_election_duration_seconds",
+    "raftkv_raft_commit_index",
+    "raftkv_raft_applied_index",
+    "raftkv_replication_match_index",
+    "raftkv_replication_lag_entries",
+    "raftkv_peer_reachable",
+    "raftkv_cluster_members",
+    "raftkv_wal_segments",
+    "raftkv_wal_disk_bytes",
+    "raftkv_log_first_index",
+    "raftkv_snapshot_index",
+    "raftkv_snapshot_bytes",
+    "raftkv_keys",
+    "raftkv_data_bytes",
+    "raftkv_requests_total",
+    "raftkv_request_duration_seconds",
+    "raftkv_network_peer_sent_bytes_total",
+    "raftkv_network_peer_received_bytes_total",
+    "raftkv_process_cpu_seconds_total",
+    "raftkv_process_resident_memory_bytes",
+    "raftkv_process_open_fds",
+];
+
+#[test]
+fn metrics_and_health_are_served_and_move_with_traffic() {
+    let cluster = TestCluster::start(bin(), 3);
+    let leader = cluster.leader();
+    let address = cluster.address(leader);
+    cluster.cli(&["put", "m/0", "x"]).assert_ok();
+    let (code, before) = http_get(&address, "/metrics");
+    assert_eq!(code, 200, "{before}");
+    for family in FAMILIES {
+        assert!(
+            before.contains(&format!("# TYPE {family} ")),
+            "metric {family} missing:\n{before}"
+        );
+    }
+    let puts_before = sample(&before, r#"raftkv_requests_total{op="put",result="ok"}"#);
+    let sent_before = sample(&before, "raftkv_network_peer_sent_bytes_total");
+    let applied_before = sample(&before, "raftkv_raft_applied_index");
+    for i in 0..20 {
+        cluster
+            .cli(&["put", &format!("m/{i}"), "value"])
+            .assert_ok();
+    }
+    cluster.cli(&["get", "m/missing"]).assert_code(1);
+    let (_, after) = http_get(&address, "/metrics");
+    assert_eq!(
+        sample(&after, r#"raftkv_requests_total{op="put",result="ok"}"#),
+        puts_before + 20.0
+    );
+    assert!(
+        sample(
+            &after,
+            r#"raftkv_requests_total{op="get",result="not_found"}"#
+        ) >= 1.0
+    );
+    assert!(sample(&after, "raftkv_network_peer_sent_bytes_total") > sent_before);
+    assert!(sample(&after, "raftkv_raft_applied_index") >= applied_before + 20.0);
+    assert_eq!(sample(&after, "raftkv_raft_is_leader"), 1.0);
+    assert_eq!(sample(&after, "raftkv_keys"), 20.0);
+    assert!(sample(&after, "raftkv_process_resident_memory_bytes") > 0.0);
+    assert!(
+        after.contains("raftkv_replication_match_index{peer="),
+        "{after}"
+    );
+
+    for id in cluster.ids() {
+        let (code, body) = http_get(&cluster.address(id), "/health");
+        assert_eq!(code, 200, "node {id}: {body}");
+        assert!(body.contains(r#""status":"ok""#), "node {id}: {body}");
+    }
+}

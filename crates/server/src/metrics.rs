@@ -1,0 +1,378 @@
+//! `GET /metrics` (Prometheus text format) and `GET /health`, served on the
+//! gRPC port (HTTP/1.1 next to gRPC's HTTP/2) or on `--metrics-listen`.
+//!
+//! Request counters and latency histograms are updated as requests finish;
+//! everything else (raft, replication, storage, state machine, process) is
+//! read when scraped, so a scrape always shows the current values.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use raftkv_replica::{Replica, Role};
+use tonic::Status;
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Bytes this process's peer traffic moved, counted by the transport and
+/// the peer service (one server per process).
+pub struct PeerBytes {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+pub static PEER_BYTES: PeerBytes = PeerBytes {
+    sent: AtomicU64::new(0),
+    received: AtomicU64::new(0),
+};
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    term: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntCounter,
+    election_seconds: Histogram,
+    commit_index: IntGauge,
+    applied_index: IntGauge,
+    match_index: IntGaugeVec,
+    lag_entries: IntGaugeVec,
+    peer_reachable: IntGaugeVec,
+    members: IntGauge,
+    wal_segments: IntGauge,
+    wal_bytes: IntGauge,
+    log_first_index: IntGauge,
+    snapshot_index: IntGauge,
+    snapshot_bytes: IntGauge,
+    keys: IntGauge,
+    data_bytes: IntGauge,
+    peer_sent_bytes: IntGauge,
+    peer_received_bytes: IntGauge,
+    cpu_seconds: prometheus::Gauge,
+    resident_bytes: IntGauge,
+    open_fds: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "raftkv_requests_total",
+                "Client requests finished, by operation and result",
+            ),
+            &["op", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "raftkv_request_duration_seconds",
+                "Time to serve a client request, by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique");
+        let leader_changes = IntCounter::new(
+            "raftkv_raft_leader_changes_total",
+            "Times this node saw the leader change (elections)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(leader_changes.clone()))
+            .expect("unique");
+        let election_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "raftkv_raft_election_duration_seconds",
+                "Time this node spent without a known leader, per election",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(election_seconds.clone()))
+            .expect("unique");
+        let cpu_seconds = prometheus::Gauge::new(
+            "raftkv_process_cpu_seconds_total",
+            "User and system CPU time of the server process",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cpu_seconds.clone()))
+            .expect("unique");
+        let r = &registry;
+        Metrics {
+            requests,
+            request_seconds,
+            term: gauge(r, "raftkv_raft_term", "Current raft term"),
+            is_leader: gauge(r, "raftkv_raft_is_leader", "1 if this node is the leader"),
+            leader_changes,
+            election_seconds,
+            commit_index: gauge(r, "raftkv_raft_commit_index", "Raft commit index"),
+            applied_index: gauge(
+                r,
+                "raftkv_raft_applied_index",
+                "Index applied to the state machine",
+            ),
+            match_index: gauge_vec(
+                r,
+                "raftkv_replication_match_index",
+                "Highest log index known replicated on each peer (leader only)",
+                &["peer"],
+            ),
+            lag_entries: gauge_vec(
+                r,
+                "raftkv_replication_lag_entries",
+                "Entries each peer is behind the leader's log (leader only)",
+                &["peer"],
+            ),
+            peer_reachable: gauge_vec(
+                r,
+                "raftkv_peer_reachable",
+                "1 if the last attempt to reach the peer succeeded",
+                &["peer"],
+            ),
+            members: gauge(r, "raftkv_cluster_members", "Members in the configuration"),
+            wal_segments: gauge(r, "raftkv_wal_segments", "WAL segment files"),
+            wal_bytes: gauge(
+                r,
+                "raftkv_wal_disk_bytes",
+                "Bytes of WAL segment files on disk",
+            ),
+            log_first_index: gauge(r, "raftkv_log_first_index", "First index still in the log"),
+            snapshot_index: gauge(r, "raftkv_snapshot_index", "Index of the latest snapshot"),
+            snapshot_bytes: gauge(
+                r,
+                "raftkv_snapshot_bytes",
+                "Size of the latest snapshot file",
+            ),
+            keys: gauge(r, "raftkv_keys", "Keys in the state machine"),
+            data_bytes: gauge(
+                r,
+                "raftkv_data_bytes",
+                "Bytes of keys and values in the state machine",
+            ),
+            peer_sent_bytes: gauge(
+                r,
+                "raftkv_network_peer_sent_bytes_total",
+                "Bytes of raft messages and snapshots sent to peers",
+            ),
+            peer_received_bytes: gauge(
+                r,
+                "raftkv_network_peer_received_bytes_total",
+                "Bytes of raft messages and snapshots received from peers",
+            ),
+            cpu_seconds,
+            resident_bytes: gauge(
+                r,
+                "raftkv_process_resident_memory_bytes",
+                "Resident memory of the server process",
+            ),
+            open_fds: gauge(r, "raftkv_process_open_fds", "Open file descriptors"),
+            registry,
+        }
+    }
+
+    /// Records one finished client request.
+    pub fn observe<T>(&self, op: &str, result: &Result<T, Status>, started: Instant) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(status) => match status.code() {
+                tonic::Code::NotFound => "not_found",
+                tonic::Code::InvalidArgument => "invalid_argument",
+                tonic::Code::FailedPrecondition => "not_leader",
+                tonic::Code::DeadlineExceeded => "timeout",
+                tonic::Code::ResourceExhausted => "no_space",
+                tonic::Code::Unavailable => "unavailable",
+                _ => "error",
+            },
+        };
+        self.requests.with_label_values(&[op, label]).inc();
+        self.request_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts leader changes and times elections, watching the status.
+    pub async fn watch_elections(self: Arc<Self>, replica: Replica) {
+        let mut last_leader = replica.status().leader_id;
+        let mut leaderless_since = (last_leader == 0).then(Instant::now);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let leader = replica.status().leader_id;
+            if leader == last_leader {
+                continue;
+            }
+            if leader == 0 {
+                leaderless_since = Some(Instant::now());
+            } else {
+                self.leader_changes.inc();
+                if let Some(since) = leaderless_since.take() {
+                    self.election_seconds.observe(since.elapsed().as_secs_f64());
+                }
+            }
+            last_leader = leader;
+        }
+    }
+
+    /// The Prometheus text of every metric, current as of now.
+    pub async fn render(
+        &self,
+        replica: &Replica,
+        snapshot_bytes: impl FnOnce(u64, u64) -> u64,
+    ) -> String {
+        let status = replica.status();
+        self.term.set(status.term as i64);
+        self.is_leader.set((status.role == Role::Leader) as i64);
+        self.commit_index.set(status.commit_index as i64);
+        self.applied_index.set(status.applied_index as i64);
+        if let Ok(members) = replica.members().await {
+            self.members.set(members.members.len() as i64);
+            self.match_index.reset();
+            self.lag_entries.reset();
+            self.peer_reachable.reset();
+            for m in members.members.iter().filter(|m| m.id != status.id) {
+                let peer = m.id.to_string();
+                self.peer_reachable
+                    .with_label_values(&[&peer])
+                    .set(m.reachable as i64);
+                if status.role == Role::Leader {
+                    self.match_index
+                        .with_label_values(&[&peer])
+                        .set(m.match_index as i64);
+                    self.lag_entries
+                        .with_label_values(&[&peer])
+                        .set(m.lag as i64);
+                }
+            }
+        }
+        if let Ok(stats) = replica.storage_stats().await {
+            self.wal_segments.set(stats.segments as i64);
+            self.wal_bytes.set(stats.disk_bytes as i64);
+            self.log_first_index.set(stats.first_index as i64);
+            self.snapshot_index.set(stats.snapshot_index as i64);
+            self.snapshot_bytes
+                .set(snapshot_bytes(stats.snapshot_index, stats.snapshot_term) as i64);
+        }
+        {
+            let kv = replica.kv();
+            self.keys.set(kv.len() as i64);
+            self.data_bytes.set(kv.data_bytes() as i64);
+        }
+        self.peer_sent_bytes
+            .set(PEER_BYTES.sent.load(Ordering::Relaxed) as i64);
+        self.peer_received_bytes
+            .set(PEER_BYTES.received.load(Ordering::Relaxed) as i64);
+        if let Some(process) = process_stats() {
+            self.cpu_seconds.set(process.cpu_seconds);
+            self.resident_bytes.set(process.resident_bytes as i64);
+            self.open_fds.set(process.open_fds as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding metrics into memory cannot fail");
+        String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    open_fds: usize,
+}
+
+/// CPU time, resident memory and open fds of this process, from /proc.
+fn process_stats() -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) in parens.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(ProcessStats {
+        cpu_seconds: ticks / per_second,
+        resident_bytes: rss_pages * page,
+        open_fds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_memory_and_fds() {
+        let stats = process_stats().expect("/proc/self readable");
+        assert!(stats.resident_bytes > 0);
+        assert!(stats.open_fds > 0);
+        assert!(stats.cpu_seconds >= 0.0);
+    }
+
+    #[test]
+    fn request_results_are_counted_by_op_and_kind() {
+        let metrics = Metrics::new();
+        metrics.observe::<()>("get", &Err(Status::not_found("x")), Instant::now());
+        metrics.observe("get", &Ok(()), Instant::now());
+        let text = {
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&metrics.registry.gather(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(
+            text.contains(r#"raftkv_requests_total{op="get",result="not_found"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"raftkv_requests_total{op="get",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("raftkv_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
