@@ -114,6 +114,31 @@ fn metrics_and_health_are_served_and_move_with_traffic() {
         "{after}"
     );
 
+    // Every metric the Grafana dashboard in the repo queries exists.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../ops/grafana/raftkv-dashboard.json"
+    ))
+    .expect("dashboard JSON");
+    let mut queried = 0;
+    for (at, _) in dashboard.match_indices("raftkv_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.as_str(), |n, suffix| {
+                n.strip_suffix(suffix).unwrap_or(n)
+            });
+        assert!(
+            after.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+        queried += 1;
+    }
+    assert!(queried >= 12, "the dashboard queries {queried} metrics");
+
     for id in cluster.ids() {
         let (code, body) = http_get(&cluster.address(id), "/health");
         assert_eq!(code, 200, "node {id}: {body}");
