@@ -240,6 +240,11 @@ pub enum DebugCommand {
 pub enum BenchOp {
     Put,
     Get,
+    /// Gets and puts; --read-pct sets the share of gets.
+    Mixed,
+    Delete,
+    /// Scans of 10 keys from a random key.
+    Scan,
 }
 
 #[derive(Args, Debug)]
@@ -264,8 +269,24 @@ pub struct BenchArgs {
     /// Stop after this many operations instead of a time.
     #[arg(long)]
     pub ops: Option<u64>,
+    /// Read consistency of gets and scans.
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
+    /// With --op mixed: percent of operations that are gets (0-100).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub read_pct: u8,
+    /// Load run before measuring (e.g. 2s); not counted.
+    #[arg(long, default_value = "0s")]
+    pub warmup: String,
+    /// Open loop: send this many operations per second in total, on a fixed
+    /// schedule; latency counts from the scheduled send time. Without it
+    /// each client sends its next operation when the last one returns.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Keys per operation: puts go as one atomic Batch, gets as one
+    /// BatchGet; throughput is also reported in keys/s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub batch: u64,
 }
 
 #[derive(Args, Debug)]
