@@ -85,12 +85,7 @@ async fn the_checker_catches_stale_reads_from_a_partitioned_follower() {
     let cluster = TestCluster::start(bin(), 3);
     let leader = cluster.leader();
     let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
-    let others: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|i| *i != follower)
-        .collect();
-    cluster.partition(&[&[follower], &others]);
+    cluster.isolate(follower);
     let config = WorkloadConfig {
         stale_reads_from: Some(cluster.address(follower)),
         ..Default::default()

@@ -308,10 +308,7 @@ impl TestCluster {
     /// They apply to raft messages the node sends; see `raftkv-server`'s
     /// `net_faults` module.
     pub fn set_net_faults(&self, id: u64, rules: &str) {
-        let path = self.node(id).net_faults_path();
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, rules).expect("write net-faults");
-        fs::rename(&tmp, &path).expect("rename net-faults");
+        replace_file(&self.node(id).net_faults_path(), rules);
         eprintln!("testkit: node {id} network faults: {:?}", rules.trim());
     }
 
@@ -319,10 +316,7 @@ impl TestCluster {
     /// (pretend the disk has that much free), `fsync-error` (every WAL fsync
     /// fails); "" clears them. See `raftkv-storage`'s `disk` module.
     pub fn set_disk_faults(&self, id: u64, rules: &str) {
-        let path = self.node(id).disk_faults_path();
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, rules).expect("write disk-faults");
-        fs::rename(&tmp, &path).expect("rename disk-faults");
+        replace_file(&self.node(id).disk_faults_path(), rules);
         eprintln!("testkit: node {id} disk faults: {:?}", rules.trim());
     }
 
@@ -365,6 +359,13 @@ impl TestCluster {
             };
             self.set_net_faults(id, &rules);
         }
+    }
+
+    /// Cuts node `id` off from every other node; returns the others.
+    pub fn isolate(&self, id: u64) -> Vec<u64> {
+        let others: Vec<u64> = self.ids().into_iter().filter(|i| *i != id).collect();
+        self.partition(&[&[id], &others]);
+        others
     }
 
     /// Removes every network fault.
@@ -817,6 +818,13 @@ fn describe_round(statuses: &[NodeStatus], problems: &[String]) -> String {
         .collect();
     lines.extend(problems.iter().cloned());
     lines.join("\n")
+}
+
+/// Replaces `path`'s contents atomically (a server may read it any time).
+fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
 /// `args` followed by `--endpoints ENDPOINTS` (a global client flag).

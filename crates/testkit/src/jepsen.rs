@@ -89,8 +89,7 @@ impl Scenario {
                 format!("killed leader {leader}, restarted it after {hold:?}")
             }
             Scenario::LeaderPartition => {
-                let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
-                cluster.partition(&[&[leader], &others]);
+                let others = cluster.isolate(leader);
                 std::thread::sleep(hold);
                 cluster.heal();
                 format!("isolated leader {leader} from {others:?} for {hold:?}")
@@ -102,12 +101,7 @@ impl Scenario {
                 format!("killed follower {follower}, restarted it after {hold:?}")
             }
             Scenario::FollowerPartition => {
-                let others: Vec<u64> = cluster
-                    .ids()
-                    .into_iter()
-                    .filter(|i| *i != follower)
-                    .collect();
-                cluster.partition(&[&[follower], &others]);
+                cluster.isolate(follower);
                 std::thread::sleep(hold);
                 cluster.heal();
                 format!("isolated follower {follower} for {hold:?}")
