@@ -39,7 +39,10 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 const CONTROL_QUEUE_MESSAGES: usize = 4096;
 /// Messages queued per data lane, and their total entry bytes.
 const DATA_QUEUE_MESSAGES: usize = 1024;
-const DATA_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+/// 64 MiB: what a catching-up follower can have queued on the leader. (256
+/// appends in flight of up to 1 MiB each would otherwise hold 256 MiB per
+/// follower; the soak showed such transient peaks.)
+const DATA_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envelopes buffered between a lane and its gRPC stream.
