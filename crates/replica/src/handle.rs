@@ -184,7 +184,7 @@ impl Replica {
         let status = self.status();
         status.role == crate::status::Role::Leader
             && status.applied_index >= lease.floor
-            && std::time::Instant::now() < until
+            && crate::clock::boot_time() < until
     }
 
     /// Hands a raft message from a peer to the node. Dropped if the node is

@@ -10,6 +10,7 @@
 //! Callers talk to the node through [`Replica`], a cheap handle that sends
 //! requests to the node thread over a bounded channel and awaits the answer.
 
+mod clock;
 mod conf_change;
 mod config;
 mod error;

@@ -24,6 +24,8 @@ const MAX_ROUNDS_IN_FLIGHT: usize = 64;
 struct Round {
     ctx: u64,
     issued_at: Instant,
+    /// `clock::boot_time()` when issued (what a lease is measured from).
+    issued_boot: Duration,
     waiters: Vec<Reply>,
 }
 
@@ -92,6 +94,7 @@ impl ReadBatcher {
         self.in_flight.push_back(Round {
             ctx,
             issued_at: now,
+            issued_boot: crate::clock::boot_time(),
             waiters: std::mem::take(&mut self.queued),
         });
         Some(ctx.to_be_bytes().to_vec())
@@ -99,11 +102,11 @@ impl ReadBatcher {
 
     /// raft answered the round `ctx`: it and every older round may proceed
     /// once `index` is applied.
-    /// Returns when the answered round was issued.
-    pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) -> Option<Instant> {
+    /// Returns when (boot clock) the answered round was issued.
+    pub(crate) fn on_read_state(&mut self, ctx: &[u8], index: u64) -> Option<Duration> {
         let ctx = u64::from_be_bytes(<[u8; 8]>::try_from(ctx).ok()?);
         let position = self.in_flight.iter().position(|r| r.ctx == ctx)?;
-        let issued_at = self.in_flight[position].issued_at;
+        let issued_at = self.in_flight[position].issued_boot;
         let waiters: Vec<Reply> = self
             .in_flight
             .drain(..=position)

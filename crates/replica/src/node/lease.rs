@@ -8,8 +8,17 @@
 //! have passed since it last heard from the leader, so no other leader can
 //! be elected before `sent + (election_tick - 1) * tick` (a tick may fire
 //! right after the reset). The lease runs to `sent` plus 90% of that, on
-//! the monotonic clock: a wall-clock jump changes nothing, and a leader
-//! paused past its lease finds it expired when it resumes.
+//! the boot clock (`crate::clock`): a wall-clock jump changes nothing, and
+//! a leader paused, or on a host suspended, past its lease finds it expired
+//! when it resumes. (Every voter must run with the same
+//! `--election-timeout` and `--heartbeat-interval`.)
+//!
+//! Two more ways another leader could appear early are closed: a node that
+//! just started knows no leader, so raft-rs would grant votes at once — the
+//! node ignores vote requests for an election timeout after it starts; and
+//! a leadership transfer lets the transferee campaign without waiting — once
+//! a transfer starts in a term, the lease is not taken again in that term
+//! (a transfer that times out can still be acted on late).
 //!
 //! The lease is dropped when leadership is lost or a leadership transfer
 //! starts (the transferee campaigns without waiting for timers), and a lease
@@ -20,6 +29,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::clock::boot_time;
+
 use raft::StateRole;
 
 use super::Node;
@@ -27,7 +38,8 @@ use super::Node;
 /// What readers outside the node thread check.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LeaseState {
-    pub(crate) until: Option<Instant>,
+    /// On the boot clock.
+    pub(crate) until: Option<Duration>,
     /// Applied index a lease read needs (entries of earlier terms).
     pub(crate) floor: u64,
 }
@@ -38,11 +50,13 @@ const RENEW_CTX: u8 = b'L';
 
 #[derive(Debug, Default)]
 pub(crate) struct Lease {
-    until: Option<Instant>,
+    until: Option<Duration>,
     floor: u64,
     next_ctx: u64,
-    /// The renewal round in flight: (ctx, sent at).
-    renewal: Option<(u64, Instant)>,
+    /// The renewal round in flight: (ctx, sent at, sent at on the boot clock).
+    renewal: Option<(u64, Instant, Duration)>,
+    /// A leadership transfer started in this term: no lease in it any more.
+    transfer_term: Option<u64>,
 }
 
 impl Node {
@@ -67,19 +81,23 @@ impl Node {
         self.publish_lease();
     }
 
-    /// Drops the lease (a leadership transfer is starting).
+    /// Drops the lease for the rest of the term: a leadership transfer is
+    /// starting.
     pub(super) fn drop_lease(&mut self) {
+        self.lease.transfer_term = Some(self.raw.raft.term);
         if self.lease.until.is_some() {
             self.lease.until = None;
             self.publish_lease();
         }
     }
 
-    /// A ReadIndex round sent at `sent` was answered by a quorum.
-    pub(super) fn extend_lease(&mut self, sent: Instant) {
+    /// A ReadIndex round sent at `sent` (boot clock) was answered by a
+    /// quorum.
+    pub(super) fn extend_lease(&mut self, sent: Duration) {
         if !self.config.lease_reads
             || self.raw.raft.state != StateRole::Leader
             || self.raw.raft.lead_transferee.is_some()
+            || self.lease.transfer_term == Some(self.raw.raft.term)
         {
             return;
         }
@@ -96,20 +114,21 @@ impl Node {
             return;
         }
         let half = self.lease_duration() / 2;
+        let boot_now = boot_time();
         let needed = self
             .lease
             .until
-            .is_none_or(|until| until.saturating_duration_since(now) < half);
+            .is_none_or(|until| until.saturating_sub(boot_now) < half);
         let in_flight = self
             .lease
             .renewal
-            .is_some_and(|(_, sent)| now.duration_since(sent) < half);
+            .is_some_and(|(_, sent, _)| now.duration_since(sent) < half);
         if needed && !in_flight {
             self.lease.next_ctx = self.lease.next_ctx.wrapping_add(1);
             let mut ctx = vec![RENEW_CTX];
             ctx.extend_from_slice(&self.lease.next_ctx.to_be_bytes());
             self.raw.read_index(ctx);
-            self.lease.renewal = Some((self.lease.next_ctx, now));
+            self.lease.renewal = Some((self.lease.next_ctx, now, boot_now));
         }
     }
 
@@ -119,7 +138,7 @@ impl Node {
             return false;
         }
         let id = u64::from_be_bytes(ctx[1..].try_into().expect("8 bytes"));
-        if let Some((pending, sent)) = self.lease.renewal {
+        if let Some((pending, _, sent)) = self.lease.renewal {
             if pending == id {
                 self.lease.renewal = None;
                 self.extend_lease(sent);

@@ -19,6 +19,7 @@
 //! than acknowledge anything it could not make durable.
 
 mod conf_change;
+mod disk_space;
 mod lease;
 mod queries;
 mod snapshot;
@@ -46,6 +47,7 @@ use crate::proposals::{Proposals, Reply};
 use crate::reads::ReadBatcher;
 use crate::snapshots::load_snapshot;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
+use disk_space::{entries_bytes, op_bytes};
 
 use crate::transport::Transport;
 pub(crate) use lease::LeaseState;
@@ -154,9 +156,14 @@ pub(crate) struct Node {
     /// by this node): a snapshot older than that cannot serve the peer.
     peer_added_at: std::collections::HashMap<u64, u64>,
     /// Free space is below `min_free_bytes`: writes are refused and new
-    /// entries from the leader are not taken (checked every tick).
+    /// entries from the leader are not taken (see `node/disk_space.rs`).
     no_space: bool,
+    /// Free bytes as of the last check, less what was appended since.
+    free_estimate: Option<u64>,
     lease: lease::Lease,
+    /// When this node started: it grants no votes for an election timeout
+    /// after (see `node/lease.rs`).
+    started_at: Instant,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -242,7 +249,9 @@ impl Node {
             removal_notice: None,
             peer_added_at: std::collections::HashMap::new(),
             no_space: false,
+            free_estimate: None,
             lease: lease::Lease::default(),
+            started_at: Instant::now(),
         })
     }
 
@@ -284,6 +293,7 @@ impl Node {
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
+        self.check_free_space();
         self.update_removed();
         // A single-voter cluster need not wait out an election timeout.
         let voters = &self.raw.store().membership().conf_state.voters;
@@ -351,9 +361,12 @@ impl Node {
     fn handle_peer(&mut self, input: PeerInput) -> Result<(), FatalError> {
         match input {
             PeerInput::Raft(message) => {
-                if self.no_space
-                    && message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
+                if self.votes_too_early(&message) {
+                    return Ok(());
+                }
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
                     && !message.entries.is_empty()
+                    && !self.has_room_for(entries_bytes(&message.entries))
                 {
                     // Not taken: to the leader this follower looks slow,
                     // and it is sent again once there is space.
@@ -429,7 +442,8 @@ impl Node {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        if let Err(e) = self.check_space() {
+        let size: u64 = ops.iter().map(op_bytes).sum();
+        if let Err(e) = self.check_space(size) {
             let _ = reply.send(Err(e));
             return;
         }
@@ -467,34 +481,16 @@ impl Node {
         }
     }
 
-    /// Updates `no_space` from the data dir's free space.
-    fn check_free_space(&mut self) {
-        let free = self.raw.store().free_bytes();
-        let no_space = free.is_some_and(|free| free < self.config.min_free_bytes);
-        if no_space != self.no_space {
-            if no_space {
-                tracing::error!(
-                    "node {}: only {} bytes free on the data dir's filesystem (reserve {}): \
-                     refusing writes until space is freed; reads go on",
-                    self.id,
-                    free.unwrap_or(0),
-                    self.config.min_free_bytes
-                );
-            } else {
-                tracing::warn!("node {}: disk space is back; taking writes again", self.id);
-            }
-            self.no_space = no_space;
-        }
-    }
-
-    fn check_space(&self) -> Result<(), ReplicaError> {
-        if self.no_space {
-            return Err(ReplicaError::NoSpace(format!(
-                "node {} has less than {} bytes free on its data disk; free some space",
-                self.id, self.config.min_free_bytes
-            )));
-        }
-        Ok(())
+    /// A node that just started knows no leader, so raft would grant votes
+    /// at once, even while the leader's lease (counted on the votes of
+    /// nodes that were up) still holds. It waits out one election timeout
+    /// first, as it would have if it had kept running. Transfers, which
+    /// the leader started itself, are not held back.
+    fn votes_too_early(&self, message: &Message) -> bool {
+        use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote)
+            && message.context.as_ref() != raft::CAMPAIGN_TRANSFER
+            && self.started_at.elapsed() < self.config.election_timeout
     }
 
     /// The time stamped on a new command: log time when leadership began
@@ -537,6 +533,10 @@ impl Node {
             })?;
         }
         self.apply_entries(rd.take_committed_entries())?;
+        if !rd.entries().is_empty() {
+            let appended = entries_bytes(rd.entries());
+            self.free_estimate = self.free_estimate.map(|f| f.saturating_sub(appended));
+        }
         let store = self.raw.mut_store();
         if !rd.entries().is_empty() {
             store

@@ -35,6 +35,16 @@ impl Node {
             return;
         }
         let state = self.shared.kv.read().expect("kv lock poisoned").clone();
+        if !self.has_room_for(state.data_bytes()) {
+            // It would not fit above the reserve; the log keeps everything
+            // meanwhile. Tried again on the next turn.
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(Err(ReplicaError::NoSpace(
+                    "not enough free disk space for a snapshot".into(),
+                )));
+            }
+            return;
+        }
         let meta = SnapshotMeta {
             index: state.applied_index(),
             term: state.applied_term(),

@@ -1,0 +1,73 @@
+//! Disk space: the node keeps `min_free_bytes` free on the data dir's
+//! filesystem so that the log never meets ENOSPC (a failed log write stops
+//! the node). The free space is read every tick (`statvfs`, or the test
+//! hook of `raftkv_storage::disk`) and between reads an estimate is kept by
+//! subtracting every entry appended. Below the reserve — or when an entry
+//! would take it there — the leader refuses writes with `NoSpace`, a
+//! follower does not take new entries (to the leader it looks slow; they
+//! come again), and no snapshot is started that would not fit. Reads,
+//! heartbeats and votes go on; writes resume once space is freed.
+
+use raft::eraftpb::Entry;
+use raftkv_kv::Op;
+
+use super::Node;
+use crate::error::ReplicaError;
+
+/// Bytes an entry takes in the log, roughly (payload plus framing).
+pub(super) fn entries_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.data.len() as u64 + e.context.len() as u64 + 64)
+        .sum()
+}
+
+/// Bytes an operation adds to a command, roughly.
+pub(super) fn op_bytes(op: &Op) -> u64 {
+    op.key.len() as u64 + op.value.len() as u64 + 16
+}
+
+impl Node {
+    /// Reads the free space again (every tick).
+    pub(super) fn check_free_space(&mut self) {
+        self.free_estimate = self.raw.store().free_bytes();
+        self.update_no_space();
+    }
+
+    fn update_no_space(&mut self) {
+        let no_space = !self.has_room_for(0);
+        if no_space != self.no_space {
+            if no_space {
+                tracing::error!(
+                    "node {}: about {} bytes free on the data dir's filesystem (reserve {}): \
+                     refusing writes until space is freed; reads go on",
+                    self.id,
+                    self.free_estimate.unwrap_or(0),
+                    self.config.min_free_bytes
+                );
+            } else {
+                tracing::warn!("node {}: disk space is back; taking writes again", self.id);
+            }
+            self.no_space = no_space;
+        }
+    }
+
+    /// Whether `bytes` more still leave the reserve free (unknown free
+    /// space counts as room).
+    pub(super) fn has_room_for(&self, bytes: u64) -> bool {
+        self.free_estimate
+            .is_none_or(|free| free >= self.config.min_free_bytes.saturating_add(bytes))
+    }
+
+    /// A write of `bytes` may be proposed.
+    pub(super) fn check_space(&self, bytes: u64) -> Result<(), ReplicaError> {
+        if self.no_space || !self.has_room_for(bytes) {
+            return Err(ReplicaError::NoSpace(format!(
+                "node {} has less than {} bytes free on its data disk beyond this write; free \
+                 some space",
+                self.id, self.config.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+}
