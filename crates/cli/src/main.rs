@@ -54,7 +54,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// glibc gives every thread that allocates its own 64 MiB malloc arena and
+/// seldom returns freed memory in them to the system; with short-lived
+/// threads (snapshot writers, blocking tasks) a server's RSS grew to ~1 GB
+/// of mostly free memory in a one-hour soak. Two arenas keep that bounded.
+#[cfg(target_env = "gnu")]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
