@@ -63,7 +63,8 @@ import json, sys
 store, nodes, workload, raw = sys.argv[1:5]
 j = json.loads(raw)
 l = j["latency_ms"]
-print(f"{store:6} {nodes} {workload:14} {j[\"ops_per_sec\"]:9.0f} ops/s  p50 {l[\"p50\"]:6.2f}  p99 {l[\"p99\"]:6.2f} ms  errors {j[\"errors\"]}")
+ops, p50, p99, errors = j["ops_per_sec"], l["p50"], l["p99"], j["errors"]
+print(f"{store:6} {nodes} {workload:14} {ops:9.0f} ops/s  p50 {p50:6.2f}  p99 {p99:6.2f} ms  errors {errors}")
 ' "$@"
 }
 
