@@ -104,6 +104,24 @@ fn wait_role(cluster: &TestCluster, id: u64, role: &str) {
     }
 }
 
+/// Waits until node `id`'s own state (a stale read there) has `key` = `value`.
+fn wait_local_value(cluster: &TestCluster, id: u64, key: &str, value: &str) {
+    let started = Instant::now();
+    let expected = format!("{value}\n");
+    loop {
+        let out = cluster.cli_at(id, &["get", key, "--consistency", "stale"]);
+        if out.code == 0 && out.stdout == expected.as_bytes() {
+            return;
+        }
+        assert!(
+            started.elapsed() < MEMBERSHIP_WAIT,
+            "node {id} never had {key} = {value}: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn change(cluster: &TestCluster, args: &[&str]) -> raftkv_testkit::CliOutput {
     let mut all = vec!["cluster"];
     all.extend_from_slice(args);
@@ -303,19 +321,7 @@ fn a_learner_gets_the_data_but_is_not_part_of_the_quorum() {
     assert_eq!(cluster.status(learner).unwrap().role, "learner");
     cluster.cli(&["put", "k", "v2"]).assert_ok();
     // The learner replicates: its local state catches up.
-    let started = Instant::now();
-    loop {
-        let out = cluster.cli_at(learner, &["get", "k", "--consistency", "stale"]);
-        if out.code == 0 && out.stdout == b"v2\n" {
-            break;
-        }
-        assert!(
-            started.elapsed() < MEMBERSHIP_WAIT,
-            "learner never got v2: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_local_value(&cluster, learner, "k", "v2");
     // Two of three voters down: no quorum, even with the learner up.
     let leader = cluster.leader();
     let down: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
@@ -524,19 +530,7 @@ fn a_wiped_node_comes_back_only_by_being_removed_and_added_again() {
     cluster.wipe(learner);
     cluster.restart(learner);
     wait_members(&cluster, &[1, 2, 3], &[learner]);
-    let started = Instant::now();
-    loop {
-        let out = cluster.cli_at(learner, &["get", "w/49", "--consistency", "stale"]);
-        if out.code == 0 && out.stdout == b"after\n" {
-            break;
-        }
-        assert!(
-            started.elapsed() < MEMBERSHIP_WAIT,
-            "re-added node never caught up: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_local_value(&cluster, learner, "w/49", "after");
     assert_eq!(cluster.status(learner).unwrap().role, "learner");
 }
 
