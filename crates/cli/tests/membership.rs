@@ -562,3 +562,22 @@ fn a_wiped_static_node_is_refused_under_its_old_identity() {
     wait_members(&cluster, &voters, &[]);
     assert!(voters.contains(&new));
 }
+
+#[test]
+fn a_joined_node_stopped_before_its_first_snapshot_restarts_without_join() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    cluster.cli(&["put", "k", "v"]).assert_ok();
+    // Node 4 will be added, but no raft message reaches it yet.
+    for id in cluster.ids() {
+        cluster.set_net_faults(id, "drop 4\n");
+    }
+    let four = cluster.join_node(1, true);
+    assert_eq!(four, 4);
+    cluster.kill(four);
+    // Restarted with only --data-dir and --listen: it knows the members it
+    // learned when it joined, and gets its snapshot once messages flow.
+    cluster.restart(four);
+    cluster.heal();
+    wait_members(&cluster, &[1, 2, 3], &[four]);
+    wait_local_value(&cluster, four, "k", "v");
+}

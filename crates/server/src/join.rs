@@ -6,6 +6,7 @@
 //! `PROMOTE_MAX_LAG_ENTRIES` of the leader.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -33,6 +34,7 @@ fn client_for(join: &[String]) -> anyhow::Result<Client> {
 /// the whole configuration. Records the node's identity in `storage`.
 pub async fn join_as_learner(
     storage: &mut FileStorage,
+    data_dir: &Path,
     join: &[String],
     requested_id: Option<u64>,
     address: &str,
@@ -72,11 +74,49 @@ pub async fn join_as_learner(
         identity.cluster_id,
         identity.node_id
     );
-    Ok(reply
+    let peers: BTreeMap<u64, String> = reply
         .members
         .iter()
         .map(|m| (m.id, m.address.clone()))
-        .collect())
+        .collect();
+    save_seed_peers(data_dir, &peers).context("cannot record the cluster's members")?;
+    Ok(peers)
+}
+
+/// Where a joined node keeps the members it learned when it joined, until
+/// its first snapshot brings the configuration: a restart before then still
+/// knows whom to answer.
+fn seed_peers_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("join-peers")
+}
+
+fn save_seed_peers(data_dir: &Path, peers: &BTreeMap<u64, String>) -> std::io::Result<()> {
+    let text: String = peers
+        .iter()
+        .map(|(id, address)| format!("{id} {address}\n"))
+        .collect();
+    let path = seed_peers_path(data_dir);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The members recorded by [`join_as_learner`], if any.
+pub fn load_seed_peers(data_dir: &Path) -> Option<BTreeMap<u64, String>> {
+    let text = std::fs::read_to_string(seed_peers_path(data_dir)).ok()?;
+    let peers: BTreeMap<u64, String> = text
+        .lines()
+        .filter_map(|line| {
+            let (id, address) = line.split_once(' ')?;
+            Some((id.parse().ok()?, address.to_string()))
+        })
+        .collect();
+    (!peers.is_empty()).then_some(peers)
 }
 
 /// Asks for promotion until this node is a voter (the leader answers once

@@ -66,7 +66,10 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
                 );
             }
         }
-        if !storage.is_initialized() && config.join.is_empty() {
+        if !storage.is_initialized()
+            && config.join.is_empty()
+            && join::load_seed_peers(&config.data_dir).is_none()
+        {
             bail!(
                 "data dir {} belongs to node {} that joined a cluster but has not received \
                  its first snapshot yet; start it again with --join",
@@ -168,6 +171,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     if !config.join.is_empty() && !storage.is_initialized() {
         let joining = join::join_as_learner(
             &mut storage,
+            &config.data_dir,
             &config.join,
             config.id,
             config.advertise_address(),
@@ -176,6 +180,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             peers = joining => seed_peers = Some(peers?),
             () = &mut shutdown => return Ok(()),
         }
+    } else if !storage.is_initialized() {
+        // Joined, but stopped before the first snapshot arrived: the
+        // members it learned when it joined are its way back.
+        seed_peers = join::load_seed_peers(&config.data_dir);
     } else if !config.join.is_empty() {
         tracing::info!("data dir already holds cluster state; --join does not add this node again");
     }
@@ -208,6 +216,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     tokio::spawn(membership::watch_for_removal(
         replica.clone(),
         config.election_timeout,
+        seed_peers.clone().unwrap_or_default(),
     ));
     if !config.join.is_empty() && !config.learner {
         tokio::spawn(join::promote_when_caught_up(

@@ -341,7 +341,15 @@ impl Membership {
 /// `peer_service`); a removed learner never asks for votes, so while no
 /// leader is known this asks the other members for their configuration,
 /// and a newer one without this node means it was removed.
-pub async fn watch_for_removal(replica: Replica, election_timeout: Duration) {
+///
+/// A joined node that has no configuration yet (stopped before its first
+/// snapshot) asks the members it learned when joining (`seeds`), and
+/// believes only the leader's answer: the leader applied its addition.
+pub async fn watch_for_removal(
+    replica: Replica,
+    election_timeout: Duration,
+    seeds: BTreeMap<u64, String>,
+) {
     let period = 2 * election_timeout;
     let mut leaderless_checks = 0u32;
     loop {
@@ -359,10 +367,9 @@ pub async fn watch_for_removal(replica: Replica, election_timeout: Duration) {
             continue;
         }
         let own = replica.membership();
-        if raftkv_replica::member_ids(&own.conf_state).is_empty() {
-            continue; // joining: not configured yet
-        }
-        for (id, address) in &own.addresses {
+        let configured = !raftkv_replica::member_ids(&own.conf_state).is_empty();
+        let addresses = if configured { &own.addresses } else { &seeds };
+        for (id, address) in addresses {
             if *id == status.id {
                 continue;
             }
@@ -377,7 +384,14 @@ pub async fn watch_for_removal(replica: Replica, election_timeout: Duration) {
             };
             if let Ok(reply) = client.members().await {
                 let listed = reply.members.iter().any(|m| m.id == status.id);
-                if reply.cluster_id == status.cluster_id
+                let from_leader = reply.header.as_ref().is_some_and(|h| {
+                    reply
+                        .members
+                        .iter()
+                        .any(|m| m.id == h.node_id && m.role == "leader")
+                });
+                if (configured || from_leader)
+                    && reply.cluster_id == status.cluster_id
                     && reply.config_index > own.index
                     && !listed
                 {

@@ -259,8 +259,8 @@ impl Node {
     /// refused its vote request: this node was removed while it was away.
     pub(super) fn on_removed_notice(&mut self, from: u64, index: u64) {
         let own = self.raw.store().membership();
-        if own.conf_state == Default::default() || own.index >= index {
-            return; // not configured yet, or it knows better
+        if own.index >= index {
+            return; // it knows better
         }
         if self.removal_notice.is_none_or(|known| known < index) {
             tracing::warn!(
@@ -280,6 +280,9 @@ impl Node {
     /// again.
     pub(super) fn update_removed(&mut self) {
         let own_index = self.raw.store().membership().index;
+        // (Not configured yet: index 0, so any notice counts; only the
+        // leader's word reaches a node in that state, see the server's
+        // removal watchdog.)
         let removed = self.is_outside_configuration()
             || self.removal_notice.is_some_and(|index| index > own_index);
         if removed == self.removed {
