@@ -292,10 +292,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         // Accepted sockets need TCP_NODELAY set here: the builder's own
         // setting applies only to listeners it binds itself. Without it a
         // reply of a few hundred bytes waits ~40 ms for a delayed ACK.
+        //
+        // Every connection coalesces its writes (raftkv-net): replies that
+        // finish together go out in one syscall.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(30))),
+            futures::StreamExt::map(
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(std::time::Duration::from_secs(30))),
+                |stream| stream.map(raftkv_net::CoalescingIo::new),
+            ),
             async {
                 let _ = serving_stopped.await;
             },

@@ -304,13 +304,14 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
         lane.dequeued(&first.0);
         let connected = match Endpoint::from_shared(uri.clone()) {
             Ok(endpoint) => {
+                // Messages queued together go out in one syscall
+                // (raftkv-net coalesces writes; TCP_NODELAY set there).
                 endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true)
-                    .connect()
+                    .connect_with_connector(raftkv_net::tcp_connector())
                     .await
             }
             Err(e) => {
