@@ -249,9 +249,13 @@ pub enum BenchOp {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Concurrent clients (each its own connection and session).
+    /// Concurrent clients (each its own write session).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Connections the clients share (client i uses connection i mod N;
+    /// each is a client of its own); 0 = one per client.
+    #[arg(long, default_value_t = 0)]
+    pub connections: usize,
     #[arg(long, value_enum, default_value = "put")]
     pub op: BenchOp,
     /// Key size in bytes.

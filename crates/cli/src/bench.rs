@@ -108,6 +108,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, Failure> {
     }
     Ok(Settings {
         clients: args.clients,
+        connections: args.connections,
         workload: match args.op {
             BenchOp::Put => Workload::Only(Kind::Put),
             BenchOp::Get => Workload::Only(Kind::Get),

@@ -76,7 +76,7 @@ impl Target for Etcd {
 fn usage(message: &str) -> ! {
     eprintln!("error: {message}");
     eprintln!(
-        "usage: etcd-bench --endpoints HOST:PORT[,..] [--op put|get] [--clients N] \
+        "usage: etcd-bench --endpoints HOST:PORT[,..] [--op put|get] [--clients N] [--connections N] \
          [--keys N] [--value-size B] [--duration S] [--warmup S] [--rate OPS] \
          [--serializable] [--json]"
     );
@@ -93,6 +93,7 @@ async fn main() {
     let mut endpoints = vec!["127.0.0.1:2379".to_string()];
     let mut settings = Settings {
         clients: 16,
+        connections: 0,
         workload: Workload::Only(Kind::Put),
         keys: 1000,
         key_size: 16,
@@ -121,6 +122,9 @@ async fn main() {
             }
             "--clients" => {
                 settings.clients = value().parse().unwrap_or_else(|_| usage("--clients"))
+            }
+            "--connections" => {
+                settings.connections = value().parse().unwrap_or_else(|_| usage("--connections"))
             }
             "--keys" => settings.keys = value().parse().unwrap_or_else(|_| usage("--keys")),
             "--value-size" => {

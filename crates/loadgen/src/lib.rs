@@ -74,6 +74,9 @@ pub trait Target: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub clients: usize,
+    /// Connections the clients share (client i uses connection i mod
+    /// `connections`); 0 = one per client.
+    pub connections: usize,
     pub workload: Workload,
     pub keys: u64,
     pub key_size: usize,
@@ -177,8 +180,12 @@ pub async fn load<T: Target>(target: &T, settings: &Settings) -> Result<(), Stri
 
 /// Runs the load and returns what was measured.
 pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, String> {
-    let conns: Vec<T::Conn> = (0..settings.clients)
-        .map(|i| target.connect(i))
+    let connections = match settings.connections {
+        0 => settings.clients,
+        n => n.min(settings.clients),
+    };
+    let conns: Vec<Arc<T::Conn>> = (0..connections)
+        .map(|i| target.connect(i).map(Arc::new))
         .collect::<Result<_, _>>()?;
     let shared = Arc::new(Shared {
         report: Mutex::new(Report::default()),
@@ -196,7 +203,8 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
     let schedule_start = Instant::now() + Duration::from_millis(10);
     let value = Bytes::from(vec![b'x'; settings.value_size]);
     let mut tasks = Vec::new();
-    for (i, conn) in conns.into_iter().enumerate() {
+    for i in 0..settings.clients {
+        let conn = conns[i % connections].clone();
         let shared = shared.clone();
         let settings = settings.clone();
         let value = value.clone();
@@ -426,6 +434,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             clients: 4,
+            connections: 0,
             workload: Workload::Only(Kind::Put),
             keys: 100,
             key_size: 16,

@@ -1,0 +1,66 @@
+# Shared by the bench scripts (sourced, not run): start and stop local
+# RaftKV and etcd clusters on loopback. Every process started is recorded
+# in PIDS and stopped by PID; nothing else is touched.
+#
+# Needs WORK (a scratch directory). Sets ENDPOINTS (comma-separated).
+
+PIDS=()
+ENDPOINTS=""
+RAFTKV_BASE_PORT=${RAFTKV_BASE_PORT:-27379}
+ETCD_BASE_PORT=${ETCD_BASE_PORT:-23790}
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# start_raftkv NODES [BINARY [SERVER FLAGS...]]: a fresh static cluster,
+# node i on port RAFTKV_BASE_PORT+i-1; returns once a write succeeds.
+start_raftkv() {
+  local n=$1 bin=${2:-$R} peers="" i
+  shift $(($# < 2 ? $# : 2))
+  rm -rf "$WORK"/raftkv-*
+  for i in $(seq 1 "$n"); do peers+="${peers:+,}$i=127.0.0.1:$((RAFTKV_BASE_PORT + i - 1))"; done
+  ENDPOINTS=""
+  for i in $(seq 1 "$n"); do
+    "$bin" server --id "$i" --data-dir "$WORK/raftkv-$i" \
+      --listen "127.0.0.1:$((RAFTKV_BASE_PORT + i - 1))" --peers "$peers" "$@" \
+      >"$WORK/raftkv-$i.log" 2>&1 &
+    PIDS+=($!)
+    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((RAFTKV_BASE_PORT + i - 1))"
+  done
+  for _ in $(seq 1 150); do
+    "$bin" --endpoints "$ENDPOINTS" put bench/ready 1 --timeout 1s >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "raftkv cluster of $n did not become ready (logs in $WORK)" >&2
+  return 1
+}
+
+# start_etcd NODES: a fresh etcd cluster (Debian's etcd-server), member i
+# serving clients on ETCD_BASE_PORT+2(i-1) and peers on the port after.
+start_etcd() {
+  local n=$1 cluster="" i
+  rm -rf "$WORK"/etcd-*
+  for i in $(seq 1 "$n"); do
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_BASE_PORT + 2 * i - 1))"
+  done
+  ENDPOINTS=""
+  for i in $(seq 1 "$n"); do
+    local client=$((ETCD_BASE_PORT + 2 * i - 2)) peer=$((ETCD_BASE_PORT + 2 * i - 1))
+    etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+      --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new >"$WORK/etcd-$i.log" 2>&1 &
+    PIDS+=($!)
+    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$client"
+  done
+  for _ in $(seq 1 150); do
+    "$E" --endpoints "$ENDPOINTS" --op put --clients 1 --duration 0.2 >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "etcd cluster of $n did not become ready (logs in $WORK)" >&2
+  return 1
+}
