@@ -29,9 +29,6 @@ pub struct StorageOptions {
     pub wal_segment_size_bytes: u64,
     /// Memory budget for recent entries kept to serve raft without disk reads.
     pub entry_cache_bytes: u64,
-    /// Prepare the next WAL segment as a file of zeros in the background
-    /// (`prealloc.rs`): syncs of appends into it are cheaper.
-    pub preallocate_segments: bool,
 }
 
 impl Default for StorageOptions {
@@ -39,7 +36,6 @@ impl Default for StorageOptions {
         StorageOptions {
             wal_segment_size_bytes: 64 * 1024 * 1024,
             entry_cache_bytes: 64 * 1024 * 1024,
-            preallocate_segments: true,
         }
     }
 }
@@ -127,71 +123,66 @@ impl FileStorage {
         let mut latest_snapshot: Option<SnapshotState> = None;
         let mut segment_max_entry_index = BTreeMap::new();
         // Pass 2: every record in order.
-        let mut wal = Wal::open(
-            data_dir,
-            opts.wal_segment_size_bytes,
-            opts.preallocate_segments,
-            |position, record| {
-                let corrupted = |reason: String| {
-                    StorageError::corrupted(position.path, position.offset_bytes, reason)
-                };
-                match record {
-                    Record::SegmentHeader(header) => {
-                        replay_log_start(&mut log, header.log_start_index, header.log_start_term)
-                            .map_err(corrupted)?;
-                        hard_state = header.hard_state.clone();
-                        membership = header.membership.clone();
-                        latest_snapshot = header.latest_snapshot.clone();
-                    }
-                    Record::Entry(entry) => {
-                        let max = segment_max_entry_index
-                            .entry(position.segment_seq)
-                            .or_insert(0u64);
-                        *max = (*max).max(entry.index);
-                        // Compacted: the log start was learned from a newer header.
-                        if entry.index <= log.start_index() {
-                            return Ok(());
-                        }
-                        log.check_next_index(entry.index).map_err(|reason| {
-                            corrupted(format!("{reason}; no log start record covers the gap"))
-                        })?;
-                        let location = EntryLocation {
-                            segment_seq: position.segment_seq,
-                            offset_bytes: position.offset_bytes,
-                            payload_len_bytes: position.payload_len_bytes,
-                        };
-                        log.push(entry.clone(), Some(location));
-                    }
-                    Record::HardState(state) => hard_state = state.clone(),
-                    Record::Membership(record) => membership = record.clone(),
-                    Record::LogStart { index, term } => {
-                        replay_log_start(&mut log, *index, *term).map_err(corrupted)?;
-                    }
-                    Record::SnapshotRecorded {
-                        meta,
-                        membership: snapshot_membership,
-                    } => {
-                        hard_state.commit = hard_state.commit.max(meta.index);
-                        latest_snapshot = Some((*meta, snapshot_membership.clone()));
-                    }
-                    Record::SnapshotInstalled {
-                        meta,
-                        membership: snapshot_membership,
-                    } => {
-                        if meta.index >= log.start_index() {
-                            log.reset(meta.index, meta.term);
-                        } else {
-                            // A newer header already moved the start past it.
-                            log.reset(log.start_index(), log.start_term());
-                        }
-                        hard_state.commit = hard_state.commit.max(meta.index);
-                        membership = snapshot_membership.clone();
-                        latest_snapshot = Some((*meta, snapshot_membership.clone()));
-                    }
+        let mut wal = Wal::open(data_dir, opts.wal_segment_size_bytes, |position, record| {
+            let corrupted = |reason: String| {
+                StorageError::corrupted(position.path, position.offset_bytes, reason)
+            };
+            match record {
+                Record::SegmentHeader(header) => {
+                    replay_log_start(&mut log, header.log_start_index, header.log_start_term)
+                        .map_err(corrupted)?;
+                    hard_state = header.hard_state.clone();
+                    membership = header.membership.clone();
+                    latest_snapshot = header.latest_snapshot.clone();
                 }
-                Ok(())
-            },
-        )?;
+                Record::Entry(entry) => {
+                    let max = segment_max_entry_index
+                        .entry(position.segment_seq)
+                        .or_insert(0u64);
+                    *max = (*max).max(entry.index);
+                    // Compacted: the log start was learned from a newer header.
+                    if entry.index <= log.start_index() {
+                        return Ok(());
+                    }
+                    log.check_next_index(entry.index).map_err(|reason| {
+                        corrupted(format!("{reason}; no log start record covers the gap"))
+                    })?;
+                    let location = EntryLocation {
+                        segment_seq: position.segment_seq,
+                        offset_bytes: position.offset_bytes,
+                        payload_len_bytes: position.payload_len_bytes,
+                    };
+                    log.push(entry.clone(), Some(location));
+                }
+                Record::HardState(state) => hard_state = state.clone(),
+                Record::Membership(record) => membership = record.clone(),
+                Record::LogStart { index, term } => {
+                    replay_log_start(&mut log, *index, *term).map_err(corrupted)?;
+                }
+                Record::SnapshotRecorded {
+                    meta,
+                    membership: snapshot_membership,
+                } => {
+                    hard_state.commit = hard_state.commit.max(meta.index);
+                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                }
+                Record::SnapshotInstalled {
+                    meta,
+                    membership: snapshot_membership,
+                } => {
+                    if meta.index >= log.start_index() {
+                        log.reset(meta.index, meta.term);
+                    } else {
+                        // A newer header already moved the start past it.
+                        log.reset(log.start_index(), log.start_term());
+                    }
+                    hard_state.commit = hard_state.commit.max(meta.index);
+                    membership = snapshot_membership.clone();
+                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                }
+            }
+            Ok(())
+        })?;
         if hard_state.commit > log.last_index() {
             return Err(StorageError::Inconsistent {
                 dir: data_dir.join(WAL_DIR_NAME),

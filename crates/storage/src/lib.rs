@@ -5,7 +5,6 @@
 //! <data-dir>/raftkv.id                          node id + cluster id (text, with a CRC32C line)
 //! <data-dir>/wal/<seq:016x>.wal                 WAL segments, consecutive seq; the oldest
 //!                                               ones disappear with compaction
-//! <data-dir>/wal/next-segment.zeros, .partial   the next segment, prepared (deleted at open)
 //! <data-dir>/snap/<term:016x>-<index:016x>.snap complete snapshot files
 //! <data-dir>/snap/*.snap.tmp, *.snap.partial    being written / received (deleted at open)
 //! ```
@@ -56,23 +55,14 @@
 //! and the next compaction deletes them. The *last* segment may end in a torn record —
 //! partial header, a length running past end of file, a final record whose payload
 //! checksum fails and which ends exactly at end of file, or trailing zeros — which is cut
-//! off and fsynced — or trailing zeros, which are kept (preallocated space: appends go
-//! over them). In the zeros of a preallocated segment a torn final write shows as a record
-//! whose payload checksum fails, that is followed only by zeros and that holds an all-zero
-//! 512-byte sector: it is cut off too. Any other failed check is
-//! `StorageError::Corrupted` naming the file and the record's offset; a bad record is
-//! never skipped.
+//! off and fsynced. Any other failed check is `StorageError::Corrupted` naming the file
+//! and the record's offset; a bad record is never skipped.
 //!
 //! # Writes
 //! `append`, `set_hard_state` and `set_membership` buffer; `sync` writes the buffer as
 //! records (entries, then hard state, then membership) and fdatasyncs once. When the
 //! active segment has reached `wal_segment_size_bytes`, `sync` starts the next segment
-//! (header + batch, fdatasync, fsync of `wal/`). The next segment is prepared in the
-//! background as a file of `wal_segment_size_bytes` zeros (`prealloc.rs`; one file ahead,
-//! skipped when free space is short) and renamed into place at rollover, after the
-//! finished segment is trimmed to its records; a segment that was not preallocated (the
-//! first one, one cut back by a repair) is left as soon as a prepared one is ready.
-//! fdatasync of an append into existing blocks skips the file-size journal commit. `record_snapshot`, `compact` and
+//! (header + batch, fdatasync, fsync of `wal/`). `record_snapshot`, `compact` and
 //! `apply_snapshot` sync what is buffered and then write and sync their own record. The
 //! commit index kept is never below the latest snapshot's index. A failed fsync is never
 //! retried: the storage refuses further writes (`FailStopped`) and the node must stop. A
@@ -100,7 +90,6 @@ mod file_storage;
 mod frame;
 mod identity;
 mod membership;
-mod prealloc;
 mod record;
 mod segment;
 mod snapshot_file;

@@ -51,9 +51,6 @@ pub(crate) struct ScanEnd {
     pub valid_len_bytes: u64,
     /// Set when the last segment ends in a torn record that must be cut off.
     pub torn_tail: Option<String>,
-    /// Everything past `valid_len_bytes` is zeros (preallocated space, or
-    /// zeros a crash left): nothing to cut, appends may overwrite it.
-    pub zero_tail: bool,
 }
 
 #[derive(Debug)]
@@ -61,11 +58,7 @@ pub(crate) struct Segment {
     seq: u64,
     path: PathBuf,
     file: File,
-    /// End of the records (where the next append goes).
     len_bytes: u64,
-    /// Length of the file: past `len_bytes` when it was preallocated
-    /// (zeros; see `prealloc.rs`).
-    file_len_bytes: u64,
 }
 
 impl Segment {
@@ -83,29 +76,7 @@ impl Segment {
             path,
             file,
             len_bytes: 0,
-            file_len_bytes: 0,
         })
-    }
-
-    /// Makes the prepared file of zeros at `prepared` segment `seq` (a
-    /// rename; the caller fsyncs the directory) and opens it for appending
-    /// from its start.
-    pub fn adopt_prepared(
-        wal_dir: &Path,
-        seq: u64,
-        prepared: &Path,
-    ) -> Result<Segment, StorageError> {
-        let path = wal_dir.join(segment_file_name(seq));
-        if path.exists() {
-            return Err(StorageError::io(
-                &path,
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "segment exists"),
-            ));
-        }
-        std::fs::rename(prepared, &path).map_err(|err| StorageError::io(&path, err))?;
-        let mut segment = Segment::open(wal_dir, seq, true)?;
-        segment.len_bytes = 0;
-        Ok(segment)
     }
 
     /// Opens an existing segment; `writable` for the one that may be repaired and appended to.
@@ -125,7 +96,6 @@ impl Segment {
             path,
             file,
             len_bytes,
-            file_len_bytes: len_bytes,
         })
     }
 
@@ -139,33 +109,6 @@ impl Segment {
 
     pub fn len_bytes(&self) -> u64 {
         self.len_bytes
-    }
-
-    /// Bytes the file takes, preallocated zeros included.
-    pub fn file_len_bytes(&self) -> u64 {
-        self.file_len_bytes
-    }
-
-    /// Whether appends go into preallocated blocks (zeros past the records).
-    pub fn has_room_preallocated(&self) -> bool {
-        self.file_len_bytes > self.len_bytes
-    }
-
-    /// Sets where the records end after a scan found only zeros past
-    /// `len_bytes` (preallocated space, or zeros a crash left): appends
-    /// overwrite them, so the file keeps its blocks.
-    pub fn keep_zero_tail(&mut self, len_bytes: u64) {
-        debug_assert!(len_bytes <= self.file_len_bytes);
-        self.len_bytes = len_bytes;
-    }
-
-    /// Cuts preallocated zeros past the records and makes that durable, so
-    /// that only the newest segment ever ends in zeros.
-    pub fn trim_preallocation(&mut self) -> Result<(), StorageError> {
-        if self.file_len_bytes > self.len_bytes {
-            self.truncate(self.len_bytes)?;
-        }
-        Ok(())
     }
 
     /// Writes `buf` at the end of the file (not durable until [`Segment::sync_data`]).
@@ -183,11 +126,9 @@ impl Segment {
                     ),
                 });
             }
-            self.file_len_bytes = self.len_bytes;
             return Err(StorageError::io(&self.path, err));
         }
         self.len_bytes += buf.len() as u64;
-        self.file_len_bytes = self.file_len_bytes.max(self.len_bytes);
         Ok(())
     }
 
@@ -214,7 +155,6 @@ impl Segment {
             .and_then(|()| self.file.sync_all())
             .map_err(|err| StorageError::io(&self.path, err))?;
         self.len_bytes = len_bytes;
-        self.file_len_bytes = len_bytes;
         Ok(())
     }
 
@@ -292,7 +232,6 @@ impl Segment {
                     Ok(ScanEnd {
                         valid_len_bytes: offset as u64,
                         torn_tail: Some(reason),
-                        zero_tail: false,
                     })
                 } else {
                     Err(StorageError::corrupted(&self.path, offset as u64, reason))
@@ -309,14 +248,8 @@ impl Segment {
                     Ok(header) => header,
                     // Zeros past the last record are what a crash after the file grew but
                     // before its data pages were written leaves behind.
-                    // Also what a preallocated segment holds past its records.
                     Err(_) if rest.iter().all(|byte| *byte == 0) => {
-                        return torn(format!("{} trailing zero bytes", rest.len())).map(|end| {
-                            ScanEnd {
-                                zero_tail: true,
-                                ..end
-                            }
-                        });
+                        return torn(format!("{} trailing zero bytes", rest.len()));
                     }
                     Err(problem) => {
                         return Err(StorageError::corrupted(
@@ -338,16 +271,6 @@ impl Segment {
                 if offset + record_len == file_len {
                     return torn("payload checksum mismatch in the final record".to_string());
                 }
-                // In preallocated space a torn final write is followed by
-                // zeros, and the sectors it did not reach are zeros too.
-                if rest[record_len..].iter().all(|byte| *byte == 0)
-                    && has_zero_sector(&data, offset, offset + record_len)
-                {
-                    return torn(
-                        "payload checksum mismatch in the final record (unwritten sectors)"
-                            .to_string(),
-                    );
-                }
                 return Err(StorageError::corrupted(
                     &self.path,
                     offset as u64,
@@ -363,26 +286,8 @@ impl Segment {
         Ok(ScanEnd {
             valid_len_bytes: file_len as u64,
             torn_tail: None,
-            zero_tail: false,
         })
     }
-}
-
-/// Sector size assumed for torn writes: a device writes whole sectors, so a
-/// write cut short leaves whole sectors unwritten.
-const SECTOR_BYTES: usize = 512;
-
-/// Whether some sector-aligned piece of `data[start..end]` is all zeros.
-fn has_zero_sector(data: &[u8], start: usize, end: usize) -> bool {
-    let mut from = start;
-    while from < end {
-        let to = ((from / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
-        if data[from..to].iter().all(|byte| *byte == 0) {
-            return true;
-        }
-        from = to;
-    }
-    false
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use crate::entry_log::EntryLocation;
 use crate::error::StorageError;
 use crate::frame::RecordKind;
 use crate::membership::MembershipRecord;
-use crate::prealloc::SegmentPreparer;
 use crate::record::{Record, SegmentHeader, SnapshotState};
 use crate::segment::{parse_segment_file_name, sync_dir, Segment};
 
@@ -91,8 +90,6 @@ pub(crate) struct Wal {
     /// Live segments by sequence number; the last one is the one being written.
     segments: BTreeMap<u64, Segment>,
     segment_size_limit_bytes: u64,
-    /// The next segment's file of zeros, prepared in the background.
-    preparer: SegmentPreparer,
     /// Why the WAL stopped accepting writes, once it has.
     fail_stopped: Option<String>,
 }
@@ -104,7 +101,6 @@ impl Wal {
     pub fn open(
         data_dir: &Path,
         segment_size_limit_bytes: u64,
-        preallocate: bool,
         mut visit: impl FnMut(RecordPosition<'_>, &Record) -> Result<(), StorageError>,
     ) -> Result<Wal, StorageError> {
         let dir = data_dir.join(WAL_DIR_NAME);
@@ -112,8 +108,6 @@ impl Wal {
             fs::create_dir_all(&dir).map_err(|err| StorageError::io(&dir, err))?;
             sync_dir(data_dir)?;
         }
-        // Removes an earlier run's prepared file before the listing.
-        let preparer = SegmentPreparer::new(&dir, segment_size_limit_bytes, preallocate);
         let seqs = list_segment_seqs(&dir)?;
         if let Some(pair) = seqs.windows(2).find(|pair| pair[1] != pair[0] + 1) {
             return Err(StorageError::Inconsistent {
@@ -139,15 +133,7 @@ impl Wal {
                 };
                 visit(position, record)
             })?;
-            if end.zero_tail {
-                // Preallocated space (or zeros a crash left): appends go over it.
-                tracing::debug!(
-                    path = %path.display(),
-                    records_end = end.valid_len_bytes,
-                    "newest WAL segment ends in zeros"
-                );
-                segment.keep_zero_tail(end.valid_len_bytes);
-            } else if let Some(reason) = end.torn_tail {
+            if let Some(reason) = end.torn_tail {
                 tracing::warn!(
                     path = %path.display(),
                     offset = end.valid_len_bytes,
@@ -164,23 +150,12 @@ impl Wal {
             }
             segments.insert(seq, segment);
         }
-        let wal = Wal {
+        Ok(Wal {
             dir,
             segments,
             segment_size_limit_bytes,
-            preparer,
             fail_stopped: None,
-        };
-        // A fresh log, or one whose newest segment grows with every append:
-        // the next write moves to a preallocated segment once one is ready.
-        if wal
-            .segments
-            .last_key_value()
-            .is_none_or(|(_, s)| !s.has_room_preallocated())
-        {
-            wal.preparer.request();
-        }
-        Ok(wal)
+        })
     }
 
     /// Makes sure the last segment exists and starts with a header: on a fresh directory,
@@ -203,39 +178,26 @@ impl Wal {
                 sync_dir(&self.dir)
             }
             None => {
-                let segment = self.create_segment(1, meta, &[], false)?;
+                let segment = self.create_segment(1, meta, &[])?;
                 self.segments.insert(1, segment);
                 Ok(())
             }
         }
     }
 
-    /// Creates segment `seq` (from the prepared file of zeros when
-    /// `use_prepared` and one is ready), writes its header then `batch`, fsyncs
-    /// it and the directory. If the write fails the file is removed again so a
-    /// retry starts clean; if a sync fails the error is `FailStopped`.
+    /// Creates segment `seq`, writes its header then `batch`, fsyncs it and the directory.
+    /// If the write fails the file is removed again so a retry starts clean; if a sync
+    /// fails the error is `FailStopped`.
     fn create_segment(
         &self,
         seq: u64,
         meta: &DurableMeta,
         batch: &[u8],
-        use_prepared: bool,
     ) -> Result<Segment, StorageError> {
         let mut buf = Vec::with_capacity(batch.len() + 256);
         meta.header_record(seq).encode_into(&mut buf)?;
         buf.extend_from_slice(batch);
-        let prepared = use_prepared.then(|| self.preparer.take()).flatten();
-        let mut segment = match prepared {
-            Some(prepared) => match Segment::adopt_prepared(&self.dir, seq, &prepared) {
-                Ok(segment) => segment,
-                Err(err) => {
-                    tracing::warn!("cannot use the prepared WAL segment: {err}");
-                    let _ = fs::remove_file(&prepared);
-                    Segment::create(&self.dir, seq)?
-                }
-            },
-            None => Segment::create(&self.dir, seq)?,
-        };
+        let mut segment = Segment::create(&self.dir, seq)?;
         if let Err(err) = segment.append(&buf) {
             let path = segment.path().to_path_buf();
             drop(segment);
@@ -324,31 +286,10 @@ impl Wal {
             .segments
             .last_key_value()
             .expect("ensure_writable_segment ran at open");
-        // The next segment is prepared after each rollover (retried half way
-        // through if that was declined); a segment that was not preallocated
-        // is left as soon as a prepared one is ready.
-        if active.len_bytes() >= self.segment_size_limit_bytes / 2 {
-            self.preparer.request();
-        }
-        let leave_unallocated = !active.has_room_preallocated() && self.preparer.is_ready();
-        if force_new_segment
-            || leave_unallocated
-            || active.len_bytes() >= self.segment_size_limit_bytes
-        {
-            // The active segment was fsynced by the sync that wrote its last
-            // batch; only the newest segment may end in preallocated zeros.
-            self.segments
-                .get_mut(&active_seq)
-                .expect("active segment exists")
-                .trim_preallocation()
-                .map_err(|err| StorageError::FailStopped {
-                    reason: format!("trimming the finished WAL segment failed: {err}"),
-                })?;
+        if force_new_segment || active.len_bytes() >= self.segment_size_limit_bytes {
+            // The active segment was fsynced by the sync that wrote its last batch.
             let seq = active_seq + 1;
-            let segment = self.create_segment(seq, meta, batch, true)?;
-            // One file ahead, as etcd's WAL keeps one: forced rollovers
-            // (compaction) find one ready too.
-            self.preparer.request();
+            let segment = self.create_segment(seq, meta, batch)?;
             let offset_bytes = segment.len_bytes() - batch.len() as u64;
             tracing::debug!(path = %segment.path().display(), "rolled over to a new WAL segment");
             self.segments.insert(seq, segment);
@@ -468,10 +409,8 @@ impl Wal {
         self.segments.len() as u64
     }
 
-    /// What the segment files take on disk (the newest one's preallocated
-    /// zeros included).
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(Segment::file_len_bytes).sum()
+        self.segments.values().map(Segment::len_bytes).sum()
     }
 }
 

@@ -2,7 +2,6 @@
 //! damaged log is repaired or refused, and the `raft::Storage` contract.
 
 mod compaction;
-mod preallocation;
 mod raft_semantics;
 mod recovery;
 mod round_trip;
@@ -23,18 +22,8 @@ pub fn entry(index: u64, term: u64, data: &str) -> Entry {
     }
 }
 
-/// Default options, but segments are not preallocated: which segment a record
-/// lands in must not depend on how fast a background thread runs
-/// (`preallocation.rs` tests that path).
-pub fn options() -> StorageOptions {
-    StorageOptions {
-        preallocate_segments: false,
-        ..StorageOptions::default()
-    }
-}
-
 pub fn open(dir: &Path) -> FileStorage {
-    FileStorage::open(dir, options()).expect("open storage")
+    FileStorage::open(dir, StorageOptions::default()).expect("open storage")
 }
 
 /// Tiny segments and no cache: reads after a reopen must come from the segment files.
@@ -42,7 +31,6 @@ pub fn small_options() -> StorageOptions {
     StorageOptions {
         wal_segment_size_bytes: 256,
         entry_cache_bytes: 0,
-        preallocate_segments: false,
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use raft::Storage as _;
-use raftkv_storage::{FileStorage, StorageError};
+use raftkv_storage::{FileStorage, StorageError, StorageOptions};
 
 use crate::{append_and_sync, entry, log_contents, open, segment_path, small_options};
 
@@ -40,7 +40,7 @@ fn flip_byte(path: &Path, offset: u64) {
 }
 
 fn expect_corrupted(dir: &Path, expected_path: &Path, expected_offset: u64) {
-    let err = FileStorage::open(dir, crate::options()).unwrap_err();
+    let err = FileStorage::open(dir, StorageOptions::default()).unwrap_err();
     match &err {
         StorageError::Corrupted { path, offset, .. } => {
             assert_eq!(path, expected_path);
@@ -97,85 +97,19 @@ fn cutting_the_last_record_at_every_byte_keeps_exactly_the_complete_records() {
 }
 
 #[test]
-fn trailing_zero_bytes_after_the_last_record_are_kept_and_written_over() {
-    // What a preallocated segment (or a crash after the file grew) holds.
+fn trailing_zero_bytes_after_the_last_record_are_cut() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 2);
     let segment = segment_path(dir.path(), 1);
-    let zeros_end = ends[1] + 4096;
     fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(zeros_end)
+        .set_len(ends[1] + 4096)
         .unwrap();
-    {
-        let mut storage = open(dir.path());
-        assert_eq!(storage.last_index().unwrap(), 2);
-        assert_eq!(fs::metadata(&segment).unwrap().len(), zeros_end);
-        append_and_sync(&mut storage, &[entry(3, 1, "over-the-zeros")]);
-        assert_eq!(
-            fs::metadata(&segment).unwrap().len(),
-            zeros_end,
-            "the append went into the zeros"
-        );
-    }
     let storage = open(dir.path());
-    let contents = log_contents(&storage);
-    assert_eq!(contents.len(), 3);
-    assert_eq!(contents[2], (3, 1, "over-the-zeros".to_string()));
-}
-
-#[test]
-fn a_final_record_torn_inside_preallocated_zeros_is_cut_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let long = "x".repeat(3000);
-    let mut ends = Vec::new();
-    {
-        let mut storage = open(dir.path());
-        for index in 1..=3 {
-            append_and_sync(&mut storage, &[entry(index, 1, &long)]);
-            ends.push(storage.stats().disk_bytes);
-        }
-    }
-    let segment = segment_path(dir.path(), 1);
-    // The last write reached the disk only in its first sectors: the
-    // sectors after are zeros, as is the preallocated space that follows.
-    let mut bytes = fs::read(&segment).unwrap();
-    let unwritten_from = (ends[1] as usize / 512 + 2) * 512;
-    assert!(unwritten_from < ends[2] as usize);
-    bytes[unwritten_from..].fill(0);
-    bytes.resize(ends[2] as usize + 8192, 0);
-    fs::write(&segment, &bytes).unwrap();
-    {
-        let mut storage = open(dir.path());
-        assert_eq!(storage.last_index().unwrap(), 2, "the torn record is gone");
-        assert_eq!(
-            fs::metadata(&segment).unwrap().len(),
-            ends[1],
-            "and cut off"
-        );
-        append_and_sync(&mut storage, &[entry(3, 2, "after-repair")]);
-    }
-    let contents = log_contents(&open(dir.path()));
-    assert_eq!(contents.len(), 3);
-    assert_eq!(contents[2], (3, 2, "after-repair".to_string()));
-}
-
-#[test]
-fn a_damaged_final_record_followed_by_zeros_but_fully_written_is_corruption() {
-    // No unwritten sector in it: not a torn write but damage.
-    let dir = tempfile::tempdir().unwrap();
-    let ends = write_one_record_per_sync(dir.path(), 3);
-    let segment = segment_path(dir.path(), 1);
-    flip_byte(&segment, ends[2] - 1);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(ends[2] + 4096)
-        .unwrap();
-    expect_corrupted(dir.path(), &segment, ends[1]);
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[1]);
 }
 
 #[test]
