@@ -130,8 +130,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
         self.poll_write_slices(cx, slices)
     }
 
+    /// False on purpose: h2 then copies DATA payloads under 1 KiB into its
+    /// own buffer (256 B when vectored) instead of keeping them aside as a
+    /// chained frame, which would make it flush — and so defer — after each
+    /// such frame. Small replies thus coalesce whole; the copy is into a
+    /// buffer written anyway.
     fn is_write_vectored(&self) -> bool {
-        true
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -198,7 +203,9 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut io = CoalescingIo::new(a);
         io.write_all(b"hello ").await.unwrap();
-        let big = vec![7u8; DIRECT_WRITE_BYTES * 3];
+        // Over the buffer bound: what is buffered is written first, then
+        // this goes straight through.
+        let big = vec![7u8; MAX_BUFFERED_BYTES * 2];
         io.write_all(&big).await.unwrap();
         io.write_all(b" world").await.unwrap();
         io.flush().await.unwrap();
@@ -207,6 +214,35 @@ mod tests {
         assert_eq!(&got[..6], b"hello ");
         assert_eq!(&got[6..6 + big.len()], &big[..]);
         assert_eq!(&got[6 + big.len()..], b" world");
+    }
+
+    #[tokio::test]
+    async fn a_flush_is_deferred_once_then_writes_everything() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut io = CoalescingIo::new(a);
+        io.write_all(b"abc").await.unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            Pin::new(&mut io).poll_flush(&mut cx).is_pending(),
+            "the first flush yields"
+        );
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+        // Nothing buffered: a flush does not yield.
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_is_buffered() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut io = CoalescingIo::new(a);
+        io.write_all(b"last words").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
     }
 
     #[tokio::test]
