@@ -289,15 +289,10 @@ impl Debug for AdminService {
             last_index: stats.last_index,
             snapshot_index: stats.snapshot_index,
             snapshot_term: stats.snapshot_term,
-            snapshot_bytes: self
-                .snapshots
-                .find(SnapshotMeta {
-                    index: stats.snapshot_index,
-                    term: stats.snapshot_term,
-                })
-                .ok()
-                .flatten()
-                .map_or(0, |info| info.size_bytes),
+            snapshot_bytes: self.snapshots.size_bytes(SnapshotMeta {
+                index: stats.snapshot_index,
+                term: stats.snapshot_term,
+            }),
             segments: stats.segments,
             disk_bytes: stats.disk_bytes,
         }))

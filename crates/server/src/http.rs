@@ -30,11 +30,7 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let text = state
         .metrics
         .render(&state.replica, move |index, term| {
-            snapshots
-                .find(SnapshotMeta { index, term })
-                .ok()
-                .flatten()
-                .map_or(0, |info| info.size_bytes)
+            snapshots.size_bytes(SnapshotMeta { index, term })
         })
         .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

@@ -108,6 +108,15 @@ impl SnapshotStore {
         }
     }
 
+    /// Size of the snapshot file for `meta`, 0 if it is gone (or unreadable):
+    /// for status and metrics, never for deciding what to send.
+    pub fn size_bytes(&self, meta: SnapshotMeta) -> u64 {
+        self.find(meta)
+            .ok()
+            .flatten()
+            .map_or(0, |info| info.size_bytes)
+    }
+
     /// A streaming reader over the snapshot's payloads; its header is checked now.
     pub fn open_reader(&self, info: &SnapshotInfo) -> Result<SnapshotReader, StorageError> {
         SnapshotReader::open(&info.path, Some(info.meta))
