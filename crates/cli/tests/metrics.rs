@@ -68,6 +68,8 @@ const FAMILIES: &[&str] = &[
     "raftkv_process_cpu_seconds_total",
     "raftkv_process_resident_memory_bytes",
     "raftkv_process_open_fds",
+    "raftkv_wal_sync_duration_seconds",
+    "raftkv_wal_entries_per_sync",
 ];
 
 #[test]
@@ -87,6 +89,8 @@ fn metrics_and_health_are_served_and_move_with_traffic() {
     let puts_before = sample(&before, r#"raftkv_requests_total{op="put",result="ok"}"#);
     let sent_before = sample(&before, "raftkv_network_peer_sent_bytes_total");
     let applied_before = sample(&before, "raftkv_raft_applied_index");
+    let syncs_before = sample(&before, "raftkv_wal_sync_duration_seconds_count");
+    let synced_entries_before = sample(&before, "raftkv_wal_entries_per_sync_sum");
     for i in 0..20 {
         cluster
             .cli(&["put", &format!("m/{i}"), "value"])
@@ -106,6 +110,10 @@ fn metrics_and_health_are_served_and_move_with_traffic() {
     );
     assert!(sample(&after, "raftkv_network_peer_sent_bytes_total") > sent_before);
     assert!(sample(&after, "raftkv_raft_applied_index") >= applied_before + 20.0);
+    // One put at a time: each waited for at least one WAL write + fdatasync
+    // on the leader, which made its entry durable.
+    assert!(sample(&after, "raftkv_wal_sync_duration_seconds_count") >= syncs_before + 20.0);
+    assert!(sample(&after, "raftkv_wal_entries_per_sync_sum") >= synced_entries_before + 20.0);
     assert_eq!(sample(&after, "raftkv_raft_is_leader"), 1.0);
     assert_eq!(sample(&after, "raftkv_keys"), 20.0);
     assert!(sample(&after, "raftkv_process_resident_memory_bytes") > 0.0);

@@ -196,6 +196,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     replica_config.lease_reads = config.lease_read;
     // Room for the largest entry on top of a fixed reserve.
     replica_config.min_free_bytes = config.max_value_bytes + 64 * 1024 * 1024;
+    let metrics = Arc::new(metrics::Metrics::new());
+    storage.set_sync_observer(metrics.wal_sync_observer());
     let transport = Arc::new(GrpcTransport::new(
         identity.node_id,
         identity.cluster_id,
@@ -225,7 +227,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ));
     }
 
-    let metrics = Arc::new(metrics::Metrics::new());
     tokio::spawn(metrics.clone().watch_elections(replica.clone()));
     let snapshots_for_http = snapshots.clone();
     let kv = KvServer::new(KvService {

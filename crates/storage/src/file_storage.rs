@@ -57,6 +57,25 @@ pub struct StorageStats {
     pub disk_bytes: u64,
 }
 
+/// What one `sync` wrote, for metrics (`FileStorage::set_sync_observer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Entry records in the batch (all that were appended since the last sync).
+    pub entries: usize,
+    pub bytes: usize,
+    /// The write and its fdatasync (and a segment rollover, if one happened).
+    pub duration: std::time::Duration,
+}
+
+/// Called after every successful `sync` that wrote something.
+pub struct SyncObserver(Box<dyn Fn(&SyncReport) + Send>);
+
+impl std::fmt::Debug for SyncObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncObserver")
+    }
+}
+
 /// The durable store of one raft node in its data directory.
 #[derive(Debug)]
 pub struct FileStorage {
@@ -77,6 +96,7 @@ pub struct FileStorage {
     membership_dirty: bool,
     /// What the WAL holds as of the last successful `sync`.
     durable: DurableMeta,
+    sync_observer: Option<SyncObserver>,
 }
 
 /// Applies a log start read from a segment header or a `LogStart` record during replay:
@@ -224,7 +244,15 @@ impl FileStorage {
             pending_records: Vec::new(),
             membership_dirty: false,
             durable,
+            sync_observer: None,
         })
+    }
+
+    /// Has `observer` told of every batch `sync` writes (entries, bytes, time
+    /// of the write and fdatasync); it runs on the caller's thread, so it
+    /// must be quick.
+    pub fn set_sync_observer(&mut self, observer: impl Fn(&SyncReport) + Send + 'static) {
+        self.sync_observer = Some(SyncObserver(Box::new(observer)));
     }
 
     /// The identity from `<dir>/raftkv.id`; `None` on a fresh directory.
@@ -369,7 +397,15 @@ impl FileStorage {
         if self.membership_dirty {
             Record::Membership(self.membership.clone()).encode_into(&mut batch)?;
         }
+        let started = std::time::Instant::now();
         let position = self.wal.write_batch(&batch, &self.durable)?;
+        if let Some(SyncObserver(observe)) = &self.sync_observer {
+            observe(&SyncReport {
+                entries: written_entries.len(),
+                bytes: batch.len(),
+                duration: started.elapsed(),
+            });
+        }
         if let Some(max_index) = written_entries.iter().map(|written| written.0).max() {
             let max = self
                 .segment_max_entry_index

@@ -97,7 +97,7 @@ mod snapshot_store;
 mod wal;
 
 pub use error::StorageError;
-pub use file_storage::{FileStorage, StorageOptions, StorageStats};
+pub use file_storage::{FileStorage, StorageOptions, StorageStats, SyncReport};
 pub use identity::{NodeIdentity, IDENTITY_FILE_NAME};
 pub use membership::MembershipRecord;
 pub use snapshot_file::{
