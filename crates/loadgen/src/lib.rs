@@ -124,6 +124,9 @@ struct Shared {
     /// Operations finished (ok or not) since the last progress line.
     done: AtomicU64,
     stop: AtomicBool,
+    /// Set with `stop`: wakes open-loop clients waiting for their next slot,
+    /// so that a run ends when its time is up, not a slot interval later.
+    stopped: tokio::sync::watch::Sender<bool>,
     issued: AtomicU64,
     measuring: AtomicBool,
 }
@@ -191,6 +194,7 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
         report: Mutex::new(Report::default()),
         done: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        stopped: tokio::sync::watch::channel(false).0,
         issued: AtomicU64::new(0),
         measuring: AtomicBool::new(settings.warmup.is_zero()),
     });
@@ -214,6 +218,7 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
             let offset = interval.map(|iv| iv.mul_f64(i as f64 / clients as f64));
             let mut slot = 0u32;
             let mut measuring = shared.measuring.load(Ordering::Relaxed);
+            let mut stopped = shared.stopped.subscribe();
             while !shared.stop.load(Ordering::Relaxed) {
                 if !measuring && shared.measuring.load(Ordering::Relaxed) {
                     // The warmup just ended: what came before does not count.
@@ -230,7 +235,10 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                         let due = schedule_start + off + iv * slot;
                         slot += 1;
                         if due > Instant::now() {
-                            tokio::time::sleep_until(due.into()).await;
+                            tokio::select! {
+                                () = tokio::time::sleep_until(due.into()) => {}
+                                _ = stopped.wait_for(|stop| *stop) => break,
+                            }
                         }
                         due
                     }
@@ -290,7 +298,6 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
     let started = Instant::now();
     let progress = {
         let shared = shared.clone();
-        let (limit, duration) = (settings.ops, settings.duration);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
@@ -314,17 +321,27 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                     done,
                     p99 as f64 / 1000.0
                 );
-                if limit.is_none() && started.elapsed() >= duration {
-                    shared.stop.store(true, Ordering::Relaxed);
-                }
             }
         })
     };
+    // Without an operation count the run ends when its time is up.
+    let timer = settings.ops.is_none().then(|| {
+        let shared = shared.clone();
+        let duration = settings.duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            shared.stop.store(true, Ordering::Relaxed);
+            shared.stopped.send_replace(true);
+        })
+    });
     for task in tasks {
         task.await
             .map_err(|e| format!("bench client failed: {e}"))?;
     }
     progress.abort();
+    if let Some(timer) = timer {
+        timer.abort();
+    }
     let mut report = std::mem::take(&mut *shared.report.lock().expect("report lock"));
     report.elapsed = started.elapsed();
     Ok(report)
@@ -481,6 +498,28 @@ mod tests {
         assert!(
             report.elapsed >= Duration::from_millis(980),
             "{:?}",
+            report.elapsed
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_run_ends_when_its_time_is_up_not_at_a_later_slot() {
+        // 2 clients at 2 ops/s in total: each has a slot every second
+        // (client 0 at 0 s, 1 s, 2 s; client 1 at 0.5 s, 1.5 s, 2.5 s).
+        let mut s = settings();
+        s.clients = 2;
+        s.rate = Some(2.0);
+        s.ops = None;
+        s.duration = Duration::from_millis(1500);
+        let report = run(&Fake, &s).await.unwrap();
+        assert!(
+            (3..=4).contains(&report.total_ops()),
+            "{} ops",
+            report.total_ops()
+        );
+        assert!(
+            report.elapsed < Duration::from_millis(2200),
+            "waited for a slot after the end: {:?}",
             report.elapsed
         );
     }
