@@ -220,11 +220,6 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
             let mut measuring = shared.measuring.load(Ordering::Relaxed);
             let mut stopped = shared.stopped.subscribe();
             while !shared.stop.load(Ordering::Relaxed) {
-                if !measuring && shared.measuring.load(Ordering::Relaxed) {
-                    // The warmup just ended: what came before does not count.
-                    local = Local::default();
-                    measuring = true;
-                }
                 if let Some(limit) = settings.ops {
                     if shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
                         break;
@@ -244,6 +239,13 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                     }
                     _ => Instant::now(),
                 };
+                // Checked when the operation is about to go out (an open-loop
+                // client may have slept into the measured time): an operation
+                // counts if it starts after the warmup.
+                if !measuring && shared.measuring.load(Ordering::Relaxed) {
+                    local = Local::default();
+                    measuring = true;
+                }
                 let kind = match settings.workload {
                     Workload::Only(kind) => kind,
                     Workload::Mixed { read_pct } => {
@@ -521,6 +523,23 @@ mod tests {
             report.elapsed < Duration::from_millis(2200),
             "waited for a slot after the end: {:?}",
             report.elapsed
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_warmup_an_open_loop_counts_every_scheduled_operation() {
+        // 4 clients at 8 ops/s in total (a slot every 0.5 s each): in a
+        // 2 s run after a 1 s warmup, 16 operations are due.
+        let mut s = settings();
+        s.rate = Some(8.0);
+        s.ops = None;
+        s.warmup = Duration::from_secs(1);
+        s.duration = Duration::from_secs(2);
+        let report = run(&Fake, &s).await.unwrap();
+        assert!(
+            (15..=17).contains(&report.total_ops()),
+            "{} ops counted",
+            report.total_ops()
         );
     }
 }
