@@ -11,7 +11,9 @@
 #   scripts/bench-table.py < matrix.jsonl          # the tables of BENCHMARKS.md
 #
 # DURATION (default 8s) is each case's measured time, after a 2 s warmup.
-# SECTIONs (default all): n1 n3 n5 n7 values. One JSON line per case on
+# SECTIONs (default all but floors): n1 n3 n5 n7 values, and floors (only
+# the acceptance cases; repeat it, e.g. `floors floors floors`, to see the
+# spread from run to run). One JSON line per case on
 # stdout: {"section", "nodes", "case", ...the `raftkv bench --json` line};
 # progress on stderr.
 set -euo pipefail
@@ -69,6 +71,36 @@ cluster_cases() { # nodes
   stop_all
 }
 
+# Only the cases behind issue 7's acceptance floors, each cluster fresh:
+# quick (about 3 minutes), so it can be repeated to see the machine's spread.
+floor_cases() {
+  NODES=1
+  SECTION=floors-n1
+  start_raftkv 1
+  run "$(timed --op put --clients 64)"
+  run "$(timed --op put --clients 64 --connections 4)"
+  run "$(timed --op put --clients 64 --rate 5000)"
+  run "$(timed --op get --clients 64 --consistency lease)"
+  run "$(timed --op get --clients 64 --connections 4 --consistency lease)"
+  run "$(timed --op get --clients 64 --rate 20000 --consistency lease)"
+  run "$(timed --op get --clients 64 --connections 4 --rate 20000 --consistency lease)"
+  stop_all
+  NODES=3
+  SECTION=floors-n3
+  start_raftkv 3
+  run "$(timed --op put --clients 64)"
+  run "$(timed --op put --clients 64 --connections 4)"
+  run "$(timed --op get --clients 64 --consistency linearizable)"
+  run "$(timed --op get --clients 64 --connections 4 --consistency linearizable)"
+  run "$(timed --op put --clients 64 --rate 2000)"
+  stop_all
+  NODES=5
+  SECTION=floors-n5
+  start_raftkv 5
+  run "$(timed --op put --clients 64 --rate 2000)"
+  stop_all
+}
+
 value_cases() {
   NODES=3
   SECTION=values
@@ -92,6 +124,7 @@ for section in "${SECTIONS[@]}"; do
     n5) cluster_cases 5 ;;
     n7) cluster_cases 7 ;;
     values) value_cases ;;
-    *) echo "unknown section $section (n1 n3 n5 n7 values)" >&2; exit 2 ;;
+    floors) floor_cases ;;
+    *) echo "unknown section $section (n1 n3 n5 n7 values floors)" >&2; exit 2 ;;
   esac
 done

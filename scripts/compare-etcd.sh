@@ -13,6 +13,9 @@
 #
 #   apt-get install etcd-server
 #   cargo build --release -p raftkv -p etcd-bench && scripts/compare-etcd.sh [SECONDS] [ROUNDS] [CONNS]
+#
+# WORKLOADS="op clients conns;..." and NODES="1 3" override what runs, e.g.
+#   NODES=1 WORKLOADS="put 1 0" scripts/compare-etcd.sh 10 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RAFTKV:-target/release/raftkv}
@@ -36,8 +39,12 @@ print(f"{store:6} {nodes} {workload:22} {ops:9.0f} ops/s  p50 {p50:6.2f}  p99 {p
 ' "$@"
 }
 
-WORKLOADS=("put 1 0" "put 64 0" "put 64 $CONNS" "get 64 0" "get 64 $CONNS")
-for nodes in 1 3; do
+if [[ -n ${WORKLOADS:-} ]]; then
+  IFS=';' read -r -a WORKLOADS <<<"$WORKLOADS"
+else
+  WORKLOADS=("put 1 0" "put 64 0" "put 64 $CONNS" "get 64 0" "get 64 $CONNS")
+fi
+for nodes in ${NODES:-1 3}; do
   for _ in $(seq 1 "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
       read -r op clients conns <<<"$w"
