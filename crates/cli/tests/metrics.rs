@@ -153,3 +153,38 @@ fn metrics_and_health_are_served_and_move_with_traffic() {
         assert!(body.contains(r#""status":"ok""#), "node {id}: {body}");
     }
 }
+
+#[test]
+fn followers_fdatasync_only_to_make_entries_durable() {
+    // A commit index that moved on its own (carried by a heartbeat or an
+    // empty append) is not worth a disk flush: it is written with the next
+    // entries. So on a follower nearly every WAL sync carries entries.
+    let cluster = TestCluster::start(bin(), 3);
+    let leader = cluster.leader();
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let address = cluster.address(follower);
+    cluster.cli(&["put", "f/0", "x"]).assert_ok();
+    let (_, before) = http_get(&address, "/metrics");
+    let syncs_before = sample(&before, "raftkv_wal_sync_duration_seconds_count");
+    let entry_syncs_before = sample(&before, "raftkv_wal_entries_per_sync_count");
+    for i in 0..30 {
+        cluster
+            .cli(&["put", &format!("f/{i}"), "value"])
+            .assert_ok();
+    }
+    let (_, after) = http_get(&address, "/metrics");
+    let syncs = sample(&after, "raftkv_wal_sync_duration_seconds_count") - syncs_before;
+    let entry_syncs = sample(&after, "raftkv_wal_entries_per_sync_count") - entry_syncs_before;
+    // One put at a time: the follower made each entry durable on its own.
+    assert!(entry_syncs >= 30.0, "{entry_syncs} syncs with entries");
+    // Each put also moved the commit index; at most an election's worth
+    // (term and vote) of syncs without entries.
+    assert!(
+        syncs - entry_syncs <= 3.0,
+        "{syncs} syncs, {entry_syncs} with entries"
+    );
+}

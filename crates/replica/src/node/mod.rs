@@ -543,14 +543,17 @@ impl Node {
                 .append(rd.entries())
                 .map_err(fatal("appending to the log"))?;
         }
-        // A changed hard state is synced even when raft does not require it
-        // (commit index only): a restarted follower then replays everything
-        // it knew was committed instead of waiting for the leader.
-        let hard_state_changed = rd.hs().is_some();
+        // Only what raft needs durable before it goes on is synced here:
+        // entries, term and vote. A hard state whose commit index alone
+        // moved is buffered and written with the next sync (as etcd does);
+        // a commit index lost in a crash is learned again from the leader,
+        // and every acknowledged entry is in the log already. On a follower
+        // a commit-only sync came with every heartbeat or empty append that
+        // carried a new commit index: up to one extra fdatasync per batch.
         if let Some(hs) = rd.hs() {
             store.set_hard_state(hs);
         }
-        if rd.must_sync() || hard_state_changed || self.membership_dirty {
+        if rd.must_sync() || self.membership_dirty {
             store.sync().map_err(fatal("syncing the log"))?;
             self.membership_dirty = false;
         }
