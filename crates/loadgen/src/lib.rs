@@ -9,9 +9,10 @@
 //! so a slow server cannot hide the queueing it causes (no coordinated
 //! omission). tokio's timer has millisecond ticks, so a client asks to be
 //! woken half a millisecond before its slot; one that the tick lets out
-//! early counts from when it really went out. Latency per op kind in HDR histograms (1 µs .. 60 s, 3
-//! significant digits); errors counted by kind, never hidden; warmup load is
-//! not counted; a progress line each second on stderr.
+//! early counts from when it really went out. Latency per op kind in HDR
+//! histograms (1 µs .. 60 s, 3 significant digits); errors counted by kind,
+//! never hidden; warmup load is not counted; a progress line each second on
+//! stderr.
 
 use std::collections::BTreeMap;
 use std::future::Future;
