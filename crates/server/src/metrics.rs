@@ -129,17 +129,12 @@ impl Metrics {
         registry
             .register(Box::new(leader_changes.clone()))
             .expect("unique");
-        let election_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "raftkv_raft_election_duration_seconds",
-                "Time this node spent without a known leader, per election",
-            )
-            .buckets(vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(election_seconds.clone()))
-            .expect("unique");
+        let election_seconds = histogram(
+            &registry,
+            "raftkv_raft_election_duration_seconds",
+            "Time this node spent without a known leader, per election",
+            &[0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0],
+        );
         let cpu_seconds = prometheus::Gauge::new(
             "raftkv_process_cpu_seconds_total",
             "User and system CPU time of the server process",
