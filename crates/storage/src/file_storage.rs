@@ -62,7 +62,6 @@ pub struct StorageStats {
 pub struct SyncReport {
     /// Entry records in the batch (all that were appended since the last sync).
     pub entries: usize,
-    pub bytes: usize,
     /// The write and its fdatasync (and a segment rollover, if one happened).
     pub duration: std::time::Duration,
 }
@@ -248,8 +247,8 @@ impl FileStorage {
         })
     }
 
-    /// Has `observer` told of every batch `sync` writes (entries, bytes, time
-    /// of the write and fdatasync); it runs on the caller's thread, so it
+    /// Has `observer` told of every batch `sync` writes (entries, time of the
+    /// write and fdatasync); it runs on the caller's thread, so it
     /// must be quick.
     pub fn set_sync_observer(&mut self, observer: impl Fn(&SyncReport) + Send + 'static) {
         self.sync_observer = Some(SyncObserver(Box::new(observer)));
@@ -402,7 +401,6 @@ impl FileStorage {
         if let Some(SyncObserver(observe)) = &self.sync_observer {
             observe(&SyncReport {
                 entries: written_entries.len(),
-                bytes: batch.len(),
                 duration: started.elapsed(),
             });
         }
