@@ -48,11 +48,11 @@ cluster_cases() { # nodes
   SECTION="n$1"
   start_raftkv "$NODES"
   for c in 1 16 64 256; do run "$(timed --op put --clients $c)"; done
-  run "$(timed --op put --clients 64 --connections 4)"
+  run "$(timed --op put --clients 64 --connections 0)"
   for consistency in linearizable lease; do
     run "$(timed --op get --clients 1 --consistency $consistency)"
     run "$(timed --op get --clients 64 --consistency $consistency)"
-    run "$(timed --op get --clients 64 --connections 4 --consistency $consistency)"
+    run "$(timed --op get --clients 64 --connections 0 --consistency $consistency)"
   done
   if [[ $NODES -le 3 ]]; then
     for b in 10 100; do
@@ -78,20 +78,20 @@ floor_cases() {
   SECTION=floors-n1
   start_raftkv 1
   run "$(timed --op put --clients 64)"
-  run "$(timed --op put --clients 64 --connections 4)"
+  run "$(timed --op put --clients 64 --connections 0)"
   run "$(timed --op put --clients 64 --rate 5000)"
   run "$(timed --op get --clients 64 --consistency lease)"
-  run "$(timed --op get --clients 64 --connections 4 --consistency lease)"
+  run "$(timed --op get --clients 64 --connections 0 --consistency lease)"
   run "$(timed --op get --clients 64 --rate 20000 --consistency lease)"
-  run "$(timed --op get --clients 64 --connections 4 --rate 20000 --consistency lease)"
+  run "$(timed --op get --clients 64 --connections 0 --rate 20000 --consistency lease)"
   stop_all
   NODES=3
   SECTION=floors-n3
   start_raftkv 3
   run "$(timed --op put --clients 64)"
-  run "$(timed --op put --clients 64 --connections 4)"
+  run "$(timed --op put --clients 64 --connections 0)"
   run "$(timed --op get --clients 64 --consistency linearizable)"
-  run "$(timed --op get --clients 64 --connections 4 --consistency linearizable)"
+  run "$(timed --op get --clients 64 --connections 0 --consistency linearizable)"
   run "$(timed --op put --clients 64 --rate 2000)"
   stop_all
   NODES=5

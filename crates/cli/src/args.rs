@@ -253,8 +253,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Connections the clients share (client i uses connection i mod N;
-    /// each is a client of its own); 0 = one per client.
-    #[arg(long, default_value_t = 0)]
+    /// each is a client of its own), like etcd's `benchmark --conns`;
+    /// 0 = one per client.
+    #[arg(long, default_value_t = raftkv_loadgen::DEFAULT_CONNECTIONS)]
     pub connections: usize,
     #[arg(long, value_enum, default_value = "put")]
     pub op: BenchOp,

@@ -170,6 +170,7 @@ fn print_report(
         print_json(&json!({
             "op": op,
             "clients": settings.clients,
+            "connections": settings.connection_count(),
             "value_size": settings.value_size,
             "keys": settings.keys,
             "batch": settings.batch,
@@ -201,8 +202,10 @@ fn print_report(
     };
     println!(
         "{op}: {ops} ops in {elapsed_s:.2}s = {ops_per_sec:.0} ops/s{batch}, {errors} errors \
-         ({} clients, {mode}, {}-byte values)",
-        settings.clients, settings.value_size
+         ({} clients on {} connections, {mode}, {}-byte values)",
+        settings.clients,
+        settings.connection_count(),
+        settings.value_size
     );
     print!("{}", report.table());
     Ok(())

@@ -64,6 +64,27 @@ fn bench_runs_every_op_and_reports_the_contract_fields() {
     assert_eq!(open["ops"], 100, "{open}");
     assert!(open["duration_s"].as_f64().unwrap() >= 0.98, "{open}");
     assert_eq!(open["rate"], 100.0);
+    // The clients share a few connections unless told otherwise; 0 gives
+    // each client its own.
+    let shared = single_json(&cluster.cli(&["bench", "--json", "--clients", "16", "--ops", "64"]));
+    assert_eq!(shared["connections"], 4, "{shared}");
+    let few = bench(&cluster, &["--connections", "9", "--ops", "20"]);
+    assert_eq!(
+        few["connections"], 4,
+        "never more than the 4 clients: {few}"
+    );
+    let own = single_json(&cluster.cli(&[
+        "bench",
+        "--json",
+        "--clients",
+        "16",
+        "--connections",
+        "0",
+        "--ops",
+        "64",
+    ]));
+    assert_eq!(own["connections"], 16, "{own}");
+    assert_eq!(own["errors"], 0, "{own}");
     // Bad input is a usage error.
     cluster
         .cli(&["bench", "--op", "scan", "--batch", "5"])

@@ -93,7 +93,7 @@ async fn main() {
     let mut endpoints = vec!["127.0.0.1:2379".to_string()];
     let mut settings = Settings {
         clients: 16,
-        connections: 0,
+        connections: raftkv_loadgen::DEFAULT_CONNECTIONS,
         workload: Workload::Only(Kind::Put),
         keys: 1000,
         key_size: 16,
@@ -158,6 +158,7 @@ async fn main() {
             json!({
                 "target": "etcd",
                 "clients": settings.clients,
+                "connections": settings.connection_count(),
                 "value_size": settings.value_size,
                 "ops": report.total_ops(),
                 "ops_per_sec": report.ops_per_sec(),

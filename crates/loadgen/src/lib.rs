@@ -88,11 +88,17 @@ pub trait Target: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// Connections a bench shares among its clients unless told otherwise: a
+/// few HTTP/2 connections carry many concurrent requests, as gRPC clients
+/// (and etcd's `benchmark --conns`) use them, and more than one lets a
+/// multi-core server spread the connection tasks over its workers.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub clients: usize,
     /// Connections the clients share (client i uses connection i mod
-    /// `connections`); 0 = one per client.
+    /// `connections`; never more than one per client); 0 = one per client.
     pub connections: usize,
     pub workload: Workload,
     pub keys: u64,
@@ -106,6 +112,16 @@ pub struct Settings {
     pub warmup: Duration,
     /// Open loop at this many operations per second in total.
     pub rate: Option<f64>,
+}
+
+impl Settings {
+    /// How many connections the run opens.
+    pub fn connection_count(&self) -> usize {
+        match self.connections {
+            0 => self.clients,
+            n => n.min(self.clients),
+        }
+    }
 }
 
 pub fn key_of(index: u64, key_size: usize) -> Bytes {
@@ -200,10 +216,7 @@ pub async fn load<T: Target>(target: &T, settings: &Settings) -> Result<(), Stri
 
 /// Runs the load and returns what was measured.
 pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, String> {
-    let connections = match settings.connections {
-        0 => settings.clients,
-        n => n.min(settings.clients),
-    };
+    let connections = settings.connection_count();
     let conns: Vec<Arc<T::Conn>> = (0..connections)
         .map(|i| target.connect(i).map(Arc::new))
         .collect::<Result<_, _>>()?;
