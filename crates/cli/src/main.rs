@@ -17,12 +17,6 @@ use std::process::ExitCode;
 use crate::args::{Cli, Command, GlobalArgs};
 use crate::failure::Failure;
 
-/// mimalloc instead of glibc's malloc: every request allocates and frees
-/// dozens of small buffers (h2 frames, protobuf messages, futures) across
-/// threads, where glibc's arenas are the slower path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Client options from the global flags (`--timeout`).
 pub fn client_options(global: &GlobalArgs) -> Result<ClientOptions, Failure> {
     let timeout = raftkv_server::units::parse_duration(&global.timeout)

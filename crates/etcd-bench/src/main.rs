@@ -23,11 +23,6 @@ use raftkv_loadgen::{Kind, Settings, Target, Workload};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
-/// The same allocator as `raftkv bench`, so both stores get the same load
-/// generator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 struct Etcd {
     endpoints: Vec<String>,
     serializable: bool,
