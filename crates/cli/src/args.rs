@@ -94,7 +94,8 @@ pub struct ServerArgs {
     /// Take a snapshot every N applied entries (default 10000).
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
-    /// Size of a WAL segment file (default 64MiB).
+    /// Size of a WAL segment file (default 64MiB); the segment being written is
+    /// preallocated to it.
     #[arg(long)]
     pub wal_segment_size: Option<String>,
     /// Largest value accepted (default 128MiB).

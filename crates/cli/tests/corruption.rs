@@ -140,16 +140,28 @@ async fn torn_final_log_record_is_repaired_silently() {
         .last()
         .unwrap_or_else(|| cluster.fail("no .wal file"))
         .clone();
-    let length = std::fs::metadata(&newest).unwrap().len();
-    assert!(length > 16, "newest segment {newest:?} has {length} bytes");
-    // Cut the last 5 bytes: the final record is now torn (as by a crash
-    // in the middle of writing it).
+    // The segment is preallocated: its data ends at its last non-zero byte (or
+    // a few zero bytes before that, which only makes the cut deeper).
+    let bytes = std::fs::read(&newest).unwrap();
+    let length = bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |at| at + 1) as u64;
+    assert!(
+        length > 16,
+        "newest segment {newest:?} has {length} bytes of data"
+    );
+    // Cut the last 5 bytes of data: the final record is now torn (as by a
+    // crash in the middle of writing it).
     OpenOptions::new()
         .write(true)
         .open(&newest)
         .and_then(|f| f.set_len(length - 5))
         .unwrap_or_else(|e| panic!("truncate {newest:?}: {e}"));
-    eprintln!("truncated {newest:?} from {length} to {} bytes", length - 5);
+    eprintln!(
+        "truncated {newest:?} from {length} bytes of data to {}",
+        length - 5
+    );
 
     // Panics (with the log) if the node exits at start.
     cluster.restart(1);

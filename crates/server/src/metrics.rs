@@ -180,7 +180,7 @@ impl Metrics {
             wal_bytes: gauge(
                 r,
                 "raftkv_wal_disk_bytes",
-                "Bytes of WAL segment files on disk",
+                "Bytes of log data in WAL segment files (the file being written is preallocated to --wal-segment-size)",
             ),
             log_first_index: gauge(r, "raftkv_log_first_index", "First index still in the log"),
             snapshot_index: gauge(r, "raftkv_snapshot_index", "Index of the latest snapshot"),

@@ -20,7 +20,7 @@ use crate::identity::{read_identity, write_identity, NodeIdentity};
 use crate::membership::MembershipRecord;
 use crate::record::{Record, SnapshotState};
 use crate::snapshot_file::SnapshotMeta;
-use crate::wal::{read_segment_headers, DurableMeta, Wal, WAL_DIR_NAME};
+use crate::wal::{new_batch, read_segment_headers, DurableMeta, Wal, WAL_DIR_NAME};
 
 /// Tuning knobs; the defaults suit a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,8 @@ pub struct StorageStats {
     pub log_start_index: u64,
     /// Number of WAL segment files.
     pub segments: u64,
-    /// Bytes of all WAL segments on disk (buffered, unsynced writes not included).
+    /// Bytes of log data in all WAL segments (buffered, unsynced writes not included);
+    /// the active segment's file is longer, preallocated to the segment size.
     pub disk_bytes: u64,
 }
 
@@ -378,7 +379,7 @@ impl FileStorage {
         if self.pending_records.is_empty() && !hard_state_changed && !self.membership_dirty {
             return Ok(());
         }
-        let mut batch = Vec::new();
+        let mut batch = new_batch();
         // (index, term, offset in batch, payload length) of every entry record.
         let mut written_entries = Vec::new();
         for record in &self.pending_records {
@@ -397,7 +398,7 @@ impl FileStorage {
             Record::Membership(self.membership.clone()).encode_into(&mut batch)?;
         }
         let started = std::time::Instant::now();
-        let position = self.wal.write_batch(&batch, &self.durable)?;
+        let position = self.wal.write_batch(&mut batch, &self.durable)?;
         if let Some(SyncObserver(observe)) = &self.sync_observer {
             observe(&SyncReport {
                 entries: written_entries.len(),
@@ -553,15 +554,15 @@ impl FileStorage {
         meta.log_start_index = compact_to;
         meta.log_start_term = term;
         if deletable.is_empty() {
-            let mut batch = Vec::new();
+            let mut batch = new_batch();
             Record::LogStart {
                 index: compact_to,
                 term,
             }
             .encode_into(&mut batch)?;
-            self.wal.write_batch(&batch, &self.durable)?;
+            self.wal.write_batch(&mut batch, &self.durable)?;
         } else {
-            self.wal.roll_over(&[], &meta)?;
+            self.wal.roll_over(&mut new_batch(), &meta)?;
         }
         self.log
             .advance_start(compact_to, term)
@@ -620,13 +621,13 @@ impl FileStorage {
         // Anything buffered is made durable first, so the new segment's header
         // describes it (buffered entries are then dropped with the rest).
         self.sync()?;
-        let mut batch = Vec::new();
+        let mut batch = new_batch();
         Record::SnapshotInstalled {
             meta,
             membership: membership.clone(),
         }
         .encode_into(&mut batch)?;
-        let position = self.wal.roll_over(&batch, &self.durable)?;
+        let position = self.wal.roll_over(&mut batch, &self.durable)?;
         self.log.reset(meta.index, meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.membership = membership.clone();

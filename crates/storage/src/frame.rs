@@ -38,6 +38,9 @@ pub(crate) enum RecordKind {
     LogStart = 5,
     SnapshotRecorded = 6,
     SnapshotInstalled = 7,
+    /// One group-commit write: the records of one `sync`, checked as a whole
+    /// (`segment.rs`). Since WAL format version 3.
+    Batch = 8,
     // Snapshot files.
     SnapshotFileHeader = 16,
     SnapshotData = 17,
@@ -54,6 +57,7 @@ impl RecordKind {
             5 => RecordKind::LogStart,
             6 => RecordKind::SnapshotRecorded,
             7 => RecordKind::SnapshotInstalled,
+            8 => RecordKind::Batch,
             16 => RecordKind::SnapshotFileHeader,
             17 => RecordKind::SnapshotData,
             18 => RecordKind::SnapshotTrailer,

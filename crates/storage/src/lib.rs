@@ -23,6 +23,14 @@
 //! recorded* (index, term, membership: `record_snapshot`) and *snapshot installed*
 //! (index, term, membership: `apply_snapshot`).
 //!
+//! Since format version 3 every write after the header is one *batch* record (kind 8):
+//! its payload is the batch's own offset and the segment's seq (u64 LE each), then the
+//! records of that write, each framed as above (`segment.rs`). The segment being
+//! written is preallocated to `wal_segment_size_bytes` with `fallocate`, so writes land
+//! inside the file and their fdatasync commits no size change (about 28% shorter on the
+//! reference VM, BENCHMARKS.md); a segment no longer written is cut back to its data.
+//! Version 1 and 2 segments (records without batches) are still read.
+//!
 //! Because every segment header repeats all metadata, any prefix of segments can be
 //! deleted without losing the hard state, the membership or the latest snapshot, as long
 //! as a newer segment exists. Compaction therefore starts a new segment whose header
@@ -52,10 +60,12 @@
 //!
 //! A crash after compaction's new segment is durable but before (all of) the deletions
 //! leaves old segments behind: their entries are at or below the log start and ignored,
-//! and the next compaction deletes them. The *last* segment may end in a torn record —
-//! partial header, a length running past end of file, a final record whose payload
-//! checksum fails and which ends exactly at end of file, or trailing zeros — which is cut
-//! off and fsynced. Any other failed check is `StorageError::Corrupted` naming the file
+//! and the next compaction deletes them. Zeros after the last intact record of any
+//! segment are free (preallocated) space. The *last* segment may end in a torn write: a
+//! record that fails a check with no intact batch anywhere after it (a crash may persist
+//! the last write's pages in any order, but a write starts only after the previous one
+//! was fsynced) — it is cut off and fsynced. Any other failed check is
+//! `StorageError::Corrupted` naming the file
 //! and the record's offset; a bad record is never skipped.
 //!
 //! # Writes

@@ -31,8 +31,9 @@ use crate::snapshot_file::SnapshotMeta;
 /// "RKVW" — tells a RaftKV segment from any other file that ended up in `wal/`.
 const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RKVW");
 /// Bumped on any incompatible change of the on-disk format. Version 2 added the latest
-/// snapshot to the segment header; version 1 headers are still accepted.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// snapshot to the segment header; version 3 wraps each group-commit write in a batch
+/// frame and preallocates segments. Versions 1 and 2 are still read.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// A snapshot recorded as durable, with the membership as of its index.
@@ -207,6 +208,7 @@ impl Record {
             | RecordKind::SnapshotTrailer => Err(format!(
                 "a snapshot-file record ({kind:?}) does not belong in a WAL segment"
             )),
+            RecordKind::Batch => Err("a batch frame is not a record of its own".to_string()),
         }
     }
 }

@@ -1,14 +1,27 @@
-//! One WAL segment file `<seq:016x>.wal`: creating it, appending to it, fsyncing it,
-//! scanning it record by record at startup, and positioned reads of single records.
+//! One WAL segment file `<seq:016x>.wal`: creating and preallocating it, appending batch
+//! frames to it, fsyncing it, scanning it at startup, and positioned reads of records.
 //!
-//! The scan applies the torn-tail rule, and only to the file the caller says is the
-//! last segment: a partial header, a record running past end of file, a final record
-//! whose payload checksum fails and which ends exactly at end of file, or trailing
-//! zero bytes mark where an interrupted write stopped. Any other failed check is
-//! corruption. This file must not interpret records (that is the caller's job) and
-//! must never skip a bad record to reach the ones after it.
+//! Since format version 3 a segment is its header record followed by *batch frames*, one
+//! per group-commit write: a record of kind `Batch` whose payload starts with the frame's
+//! own offset and the segment's seq (u64 LE each) and then holds the write's records,
+//! each still framed and checksummed on its own (an entry's location points at its inner
+//! record). Older segments hold the same records unwrapped; both are read.
+//!
+//! The active segment is preallocated (`fallocate`) to the segment size, so writes land
+//! inside the file and its fdatasync commits no size change. The price is that a crash
+//! can now persist the pages of the last, unacknowledged write in any order: its frame
+//! may be partly zeros, partly data. Hence the end-of-data rule: where the scan meets a
+//! frame that fails a check, the segment's data ends there if the rest of the file is
+//! zeros (preallocated space, not damage); otherwise, in the last segment only, the rest
+//! is a torn write to cut off if no intact batch frame starts anywhere after it — a
+//! write only starts after the previous one's fsync returned, so an intact frame after a
+//! bad one proves the bad one was acknowledged, and that is corruption. Any other failed
+//! check, and any bad record inside a batch whose checksum holds, is corruption. This
+//! file must not interpret records (that is the caller's job) and must never skip a bad
+//! record to reach the ones after it.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,13 +29,81 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::frame::{decode_header, RecordKind, HEADER_LEN_BYTES};
+use crate::frame::{decode_header, encode_header, FrameHeader, RecordKind, HEADER_LEN_BYTES};
 use crate::record::{Record, SegmentHeader};
 
 /// An fsync slower than this is logged: the disk is the cluster's latency floor.
 const SLOW_FSYNC_WARN: Duration = Duration::from_secs(1);
 
 const SEGMENT_SUFFIX: &str = ".wal";
+
+/// Bytes a batch frame puts before its records: the frame header, then the frame's own
+/// offset and the segment's seq, which tell a real frame from bytes that look like one.
+pub(crate) const BATCH_PREFIX_BYTES: usize = HEADER_LEN_BYTES + 16;
+
+/// Turns `batch` — `BATCH_PREFIX_BYTES` of room followed by framed records — into the
+/// batch frame that will be written at `offset_bytes` of segment `seq`.
+pub(crate) fn seal_batch(
+    batch: &mut [u8],
+    seq: u64,
+    offset_bytes: u64,
+) -> Result<(), StorageError> {
+    assert!(
+        batch.len() > BATCH_PREFIX_BYTES,
+        "a batch frame holds at least one record"
+    );
+    batch[HEADER_LEN_BYTES..HEADER_LEN_BYTES + 8].copy_from_slice(&offset_bytes.to_le_bytes());
+    batch[HEADER_LEN_BYTES + 8..BATCH_PREFIX_BYTES].copy_from_slice(&seq.to_le_bytes());
+    let header = encode_header(RecordKind::Batch, &batch[HEADER_LEN_BYTES..])?;
+    batch[..HEADER_LEN_BYTES].copy_from_slice(&header);
+    Ok(())
+}
+
+/// Checks the frame at `offset` of `data` (a whole segment, or a batch's extent): header,
+/// length, payload checksum and, for a batch frame, that it names this place.
+fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, String> {
+    let rest = &data[offset..];
+    if rest.len() < HEADER_LEN_BYTES {
+        return Err(format!(
+            "partial record header ({} of {HEADER_LEN_BYTES} bytes)",
+            rest.len()
+        ));
+    }
+    let header = decode_header(rest[..HEADER_LEN_BYTES].try_into().expect("header length"))
+        .map_err(|problem| problem.to_string())?;
+    let record_len = header.record_len_bytes() as usize;
+    if rest.len() < record_len {
+        return Err(format!(
+            "record of {record_len} bytes runs past the end ({} bytes left)",
+            rest.len()
+        ));
+    }
+    let payload = &rest[HEADER_LEN_BYTES..record_len];
+    if !header.payload_matches(payload) {
+        return Err("payload checksum mismatch".to_string());
+    }
+    if header.kind == RecordKind::Batch {
+        let named = |range: std::ops::Range<usize>| {
+            payload
+                .get(range)
+                .map(|bytes| u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+        };
+        if named(0..8) != Some(offset as u64) || named(8..16) != Some(seq) {
+            return Err("batch frame names another place".to_string());
+        }
+    }
+    Ok(header)
+}
+
+/// The offset of the first intact batch frame starting at or after `from`, if any.
+fn find_intact_batch(data: &[u8], from: usize, seq: u64) -> Option<usize> {
+    let last_start = data.len().checked_sub(BATCH_PREFIX_BYTES)?;
+    (from..=last_start).find(|&offset| {
+        data[offset + 4] == RecordKind::Batch as u8
+            && data[offset + 5..offset + 8] == [0, 0, 0]
+            && check_frame(data, offset, seq).is_ok()
+    })
+}
 
 pub(crate) fn segment_file_name(seq: u64) -> String {
     format!("{seq:016x}{SEGMENT_SUFFIX}")
@@ -47,7 +128,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// How a scan ended.
 #[derive(Debug)]
 pub(crate) struct ScanEnd {
-    /// Length of the intact prefix of the file.
+    /// Where the data ends: the intact frames, without the zeros (preallocated space)
+    /// or the torn write that may follow them.
     pub valid_len_bytes: u64,
     /// Set when the last segment ends in a torn record that must be cut off.
     pub torn_tail: Option<String>,
@@ -58,6 +140,8 @@ pub(crate) struct Segment {
     seq: u64,
     path: PathBuf,
     file: File,
+    /// Where the data ends (the file may be longer: preallocated). Before the scan at
+    /// open, the file's length.
     len_bytes: u64,
 }
 
@@ -130,6 +214,43 @@ impl Segment {
         }
         self.len_bytes += buf.len() as u64;
         Ok(())
+    }
+
+    /// Allocates the file up to `size_bytes` (fallocate, mode 0: the size grows, the new
+    /// blocks read as zeros), so that appends inside it change no file size and their
+    /// fdatasync commits less metadata. Best effort: where fallocate is unsupported or
+    /// space is short the file simply grows with each write.
+    pub fn preallocate(&self, size_bytes: u64) {
+        let Ok(physical) = self.file.metadata().map(|meta| meta.len()) else {
+            return;
+        };
+        if physical >= size_bytes {
+            return;
+        }
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(physical),
+            libc::off_t::try_from(size_bytes - physical),
+        ) else {
+            return;
+        };
+        // SAFETY: fallocate only reads its integer arguments; the fd is open for writing.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, offset, len) };
+        if rc != 0 {
+            tracing::debug!(path = %self.path.display(), error = %std::io::Error::last_os_error(), "WAL segment not preallocated");
+        }
+    }
+
+    /// Gives back the preallocated space past the data (a segment no longer written).
+    /// Not synced: zeros after the data are read as the end of the data anyway.
+    pub fn trim(&self) {
+        if let Err(err) = self.file.set_len(self.len_bytes) {
+            tracing::warn!(path = %self.path.display(), %err, "could not trim a WAL segment's preallocated space");
+        }
+    }
+
+    /// Where the data ends, as the scan found it (the file may be longer: preallocated).
+    pub fn set_data_len(&mut self, len_bytes: u64) {
+        self.len_bytes = len_bytes;
     }
 
     /// fdatasync. The caller must treat a failure as fatal and never retry: after a
@@ -211,9 +332,10 @@ impl Segment {
         }
     }
 
-    /// Reads the whole segment and hands every intact record to `visit` with its offset
-    /// and on-disk length. `is_last` enables the torn-tail rule; the repair itself
-    /// (truncation) is left to the caller, who logs it.
+    /// Reads the whole file and hands every intact record to `visit` with its offset and
+    /// on-disk length (a batch's records one by one, at their own offsets), applying the
+    /// end-of-data rule of this module's comment; `is_last` allows a torn tail. The
+    /// repair itself (truncation) is left to the caller, who logs it.
     pub fn scan(
         &self,
         is_last: bool,
@@ -223,70 +345,81 @@ impl Segment {
         self.file
             .read_exact_at(&mut data, 0)
             .map_err(|err| StorageError::io(&self.path, err))?;
-        let file_len = data.len();
+        let corrupted = |offset: usize, reason: String| {
+            StorageError::corrupted(&self.path, offset as u64, reason)
+        };
         let mut offset = 0usize;
-        while offset < file_len {
-            let rest = &data[offset..];
-            let torn = |reason: String| {
-                if is_last {
-                    Ok(ScanEnd {
+        while offset < data.len() {
+            let header = match check_frame(&data, offset, self.seq) {
+                Ok(header) => header,
+                Err(problem) => {
+                    let end = ScanEnd {
                         valid_len_bytes: offset as u64,
-                        torn_tail: Some(reason),
-                    })
-                } else {
-                    Err(StorageError::corrupted(&self.path, offset as u64, reason))
+                        torn_tail: None,
+                    };
+                    if data[offset..].iter().all(|byte| *byte == 0) {
+                        return Ok(end);
+                    }
+                    if !is_last {
+                        return Err(corrupted(offset, problem));
+                    }
+                    return match find_intact_batch(&data, offset + 1, self.seq) {
+                        None => Ok(ScanEnd {
+                            torn_tail: Some(problem),
+                            ..end
+                        }),
+                        Some(next) => Err(corrupted(
+                            offset,
+                            format!("{problem}, yet an intact batch follows at offset {next}"),
+                        )),
+                    };
                 }
             };
-            if rest.len() < HEADER_LEN_BYTES {
-                return torn(format!(
-                    "partial record header ({} of {HEADER_LEN_BYTES} bytes)",
-                    rest.len()
-                ));
-            }
-            let header =
-                match decode_header(rest[..HEADER_LEN_BYTES].try_into().expect("header length")) {
-                    Ok(header) => header,
-                    // Zeros past the last record are what a crash after the file grew but
-                    // before its data pages were written leaves behind.
-                    Err(_) if rest.iter().all(|byte| *byte == 0) => {
-                        return torn(format!("{} trailing zero bytes", rest.len()));
-                    }
-                    Err(problem) => {
-                        return Err(StorageError::corrupted(
-                            &self.path,
-                            offset as u64,
-                            problem.to_string(),
+            let record_end = offset + header.record_len_bytes() as usize;
+            if header.kind == RecordKind::Batch {
+                // The batch's checksum holds: whatever is wrong inside is damage, not a tear.
+                let batch = &data[..record_end];
+                let mut inner = offset + BATCH_PREFIX_BYTES;
+                while inner < record_end {
+                    let inner_header = check_frame(batch, inner, self.seq).map_err(|problem| {
+                        corrupted(inner, format!("inside a batch: {problem}"))
+                    })?;
+                    if matches!(
+                        inner_header.kind,
+                        RecordKind::Batch | RecordKind::SegmentHeader
+                    ) {
+                        return Err(corrupted(
+                            inner,
+                            format!("a {:?} record inside a batch", inner_header.kind),
                         ));
                     }
-                };
-            let record_len = header.record_len_bytes() as usize;
-            if rest.len() < record_len {
-                return torn(format!(
-                    "record of {record_len} bytes runs past end of file ({} bytes left)",
-                    rest.len()
-                ));
-            }
-            let payload = &rest[HEADER_LEN_BYTES..record_len];
-            if !header.payload_matches(payload) {
-                if offset + record_len == file_len {
-                    return torn("payload checksum mismatch in the final record".to_string());
+                    self.visit_record(batch, inner, inner_header, &mut visit)?;
+                    inner += inner_header.record_len_bytes() as usize;
                 }
-                return Err(StorageError::corrupted(
-                    &self.path,
-                    offset as u64,
-                    "payload checksum mismatch",
-                ));
+            } else {
+                self.visit_record(&data, offset, header, &mut visit)?;
             }
-            // Copy so a cached entry keeps only its own record alive, not the segment.
-            let record = Record::decode(header.kind, Bytes::copy_from_slice(payload))
-                .map_err(|reason| StorageError::corrupted(&self.path, offset as u64, reason))?;
-            visit(offset as u64, &record, header.payload_len_bytes)?;
-            offset += record_len;
+            offset = record_end;
         }
         Ok(ScanEnd {
-            valid_len_bytes: file_len as u64,
+            valid_len_bytes: data.len() as u64,
             torn_tail: None,
         })
+    }
+
+    /// Decodes the checked record at `offset` of `data` and hands it to `visit`.
+    fn visit_record(
+        &self,
+        data: &[u8],
+        offset: usize,
+        header: FrameHeader,
+        visit: &mut impl FnMut(u64, &Record, u32) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let payload = &data[offset + HEADER_LEN_BYTES..offset + header.record_len_bytes() as usize];
+        // Copy so a cached entry keeps only its own record alive, not the segment.
+        let record = Record::decode(header.kind, Bytes::copy_from_slice(payload))
+            .map_err(|reason| StorageError::corrupted(&self.path, offset as u64, reason))?;
+        visit(offset as u64, &record, header.payload_len_bytes)
     }
 }
 
@@ -326,5 +459,23 @@ mod tests {
             StorageError::Corrupted { offset, .. } => assert_eq!(offset, first_len as u64),
             other => panic!("expected Corrupted, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_batch_frame_is_intact_only_where_it_was_sealed_for() {
+        let mut batch = vec![0u8; BATCH_PREFIX_BYTES];
+        Record::LogStart { index: 1, term: 1 }
+            .encode_into(&mut batch)
+            .unwrap();
+        seal_batch(&mut batch, 7, 100).unwrap();
+        let mut data = vec![0u8; 100];
+        data.extend_from_slice(&batch);
+        assert_eq!(check_frame(&data, 100, 7).unwrap().kind, RecordKind::Batch);
+        assert_eq!(find_intact_batch(&data, 0, 7), Some(100));
+        // The same bytes in another segment, or at another offset, are not this batch.
+        assert!(check_frame(&data, 100, 8).is_err());
+        assert_eq!(find_intact_batch(&data, 0, 8), None);
+        let shifted: Vec<u8> = [0u8; 3].iter().chain(&data).copied().collect();
+        assert_eq!(find_intact_batch(&shifted, 0, 7), None);
     }
 }

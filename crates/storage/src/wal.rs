@@ -20,7 +20,7 @@ use crate::error::StorageError;
 use crate::frame::RecordKind;
 use crate::membership::MembershipRecord;
 use crate::record::{Record, SegmentHeader, SnapshotState};
-use crate::segment::{parse_segment_file_name, sync_dir, Segment};
+use crate::segment::{parse_segment_file_name, seal_batch, sync_dir, Segment, BATCH_PREFIX_BYTES};
 
 /// Name of the WAL directory inside the data directory.
 pub const WAL_DIR_NAME: &str = "wal";
@@ -121,7 +121,8 @@ impl Wal {
         let mut segments = BTreeMap::new();
         for (position, &seq) in seqs.iter().enumerate() {
             let is_last = position + 1 == seqs.len();
-            let mut segment = Segment::open(&dir, seq, is_last)?;
+            // Writable: the last may be repaired and appended to, older ones trimmed.
+            let mut segment = Segment::open(&dir, seq, true)?;
             let path = segment.path().to_path_buf();
             let end = segment.scan(is_last, |offset_bytes, record, payload_len_bytes| {
                 check_header_placement(&path, segment.seq(), offset_bytes, record)?;
@@ -142,6 +143,11 @@ impl Wal {
                     "truncating torn tail of the last WAL segment"
                 );
                 segment.truncate(end.valid_len_bytes)?;
+            } else {
+                segment.set_data_len(end.valid_len_bytes);
+                if !is_last {
+                    segment.trim();
+                }
             }
             // Only the newest segment may lack a header (a crash while creating it);
             // an empty older one means its records were lost.
@@ -167,36 +173,47 @@ impl Wal {
             .last_key_value()
             .map(|(seq, segment)| (*seq, segment.len_bytes()));
         match last {
-            Some((_, len_bytes)) if len_bytes > 0 => Ok(()),
-            Some((seq, _)) => {
+            Some((seq, 0)) => {
                 let segment = self.segments.get_mut(&seq).expect("segment exists");
                 let mut buf = Vec::new();
                 meta.header_record(seq).encode_into(&mut buf)?;
                 segment.append(&buf)?;
                 segment.sync_data()?;
                 // The file may date from a crash before its directory entry was synced.
-                sync_dir(&self.dir)
+                sync_dir(&self.dir)?;
             }
+            Some(_) => {}
             None => {
-                let segment = self.create_segment(1, meta, &[])?;
+                let segment = self.create_segment(1, meta, &mut new_batch())?;
                 self.segments.insert(1, segment);
-                Ok(())
             }
         }
+        let active = self
+            .segments
+            .values()
+            .next_back()
+            .expect("a segment exists");
+        active.preallocate(self.segment_size_limit_bytes);
+        Ok(())
     }
 
-    /// Creates segment `seq`, writes its header then `batch`, fsyncs it and the directory.
-    /// If the write fails the file is removed again so a retry starts clean; if a sync
-    /// fails the error is `FailStopped`.
+    /// Creates segment `seq`, writes its header then `batch` (see [`new_batch`]; nothing
+    /// if it holds no record), fsyncs it and the directory, then preallocates the file.
+    /// The first write appends to an empty file, so a crash keeps all of it or a prefix,
+    /// never a batch without the header. If the write fails the file is removed again so
+    /// a retry starts clean; if a sync fails the error is `FailStopped`.
     fn create_segment(
         &self,
         seq: u64,
         meta: &DurableMeta,
-        batch: &[u8],
+        batch: &mut [u8],
     ) -> Result<Segment, StorageError> {
         let mut buf = Vec::with_capacity(batch.len() + 256);
         meta.header_record(seq).encode_into(&mut buf)?;
-        buf.extend_from_slice(batch);
+        if batch.len() > BATCH_PREFIX_BYTES {
+            seal_batch(batch, seq, buf.len() as u64)?;
+            buf.extend_from_slice(batch);
+        }
         let mut segment = Segment::create(&self.dir, seq)?;
         if let Err(err) = segment.append(&buf) {
             let path = segment.path().to_path_buf();
@@ -217,6 +234,7 @@ impl Wal {
             .map_err(|err| StorageError::FailStopped {
                 reason: format!("fsync failed: {err}"),
             })?;
+        segment.preallocate(self.segment_size_limit_bytes);
         Ok(segment)
     }
 
@@ -225,12 +243,14 @@ impl Wal {
         self.fail_stopped.as_deref()
     }
 
-    /// Writes `batch` (whole framed records) and fdatasyncs once. Rolls over to a new
-    /// segment first when the current one has reached the size limit; the new segment's
-    /// header carries `meta`, which must describe what is durable *before* this batch.
+    /// Writes `batch` (from [`new_batch`], with the framed records appended) as one batch
+    /// frame and fdatasyncs once; the returned position is where `batch[0]` landed.
+    /// Rolls over to a new segment first when the current one has reached the size
+    /// limit; the new segment's header carries `meta`, which must describe what is
+    /// durable *before* this batch.
     pub fn write_batch(
         &mut self,
-        batch: &[u8],
+        batch: &mut [u8],
         meta: &DurableMeta,
     ) -> Result<BatchPosition, StorageError> {
         self.write(batch, meta, false)
@@ -241,7 +261,7 @@ impl Wal {
     /// are deleted.
     pub fn roll_over(
         &mut self,
-        batch: &[u8],
+        batch: &mut [u8],
         meta: &DurableMeta,
     ) -> Result<BatchPosition, StorageError> {
         self.write(batch, meta, true)
@@ -249,7 +269,7 @@ impl Wal {
 
     fn write(
         &mut self,
-        batch: &[u8],
+        batch: &mut [u8],
         meta: &DurableMeta,
         force_new_segment: bool,
     ) -> Result<BatchPosition, StorageError> {
@@ -278,7 +298,7 @@ impl Wal {
 
     fn write_batch_inner(
         &mut self,
-        batch: &[u8],
+        batch: &mut [u8],
         meta: &DurableMeta,
         force_new_segment: bool,
     ) -> Result<BatchPosition, StorageError> {
@@ -288,9 +308,15 @@ impl Wal {
             .expect("ensure_writable_segment ran at open");
         if force_new_segment || active.len_bytes() >= self.segment_size_limit_bytes {
             // The active segment was fsynced by the sync that wrote its last batch.
+            active.trim();
             let seq = active_seq + 1;
             let segment = self.create_segment(seq, meta, batch)?;
-            let offset_bytes = segment.len_bytes() - batch.len() as u64;
+            let written = if batch.len() > BATCH_PREFIX_BYTES {
+                batch.len()
+            } else {
+                0
+            };
+            let offset_bytes = segment.len_bytes() - written as u64;
             tracing::debug!(path = %segment.path().display(), "rolled over to a new WAL segment");
             self.segments.insert(seq, segment);
             return Ok(BatchPosition {
@@ -303,6 +329,13 @@ impl Wal {
             .get_mut(&active_seq)
             .expect("active segment exists");
         let offset_bytes = active.len_bytes();
+        if batch.len() <= BATCH_PREFIX_BYTES {
+            return Ok(BatchPosition {
+                segment_seq: active_seq,
+                offset_bytes,
+            });
+        }
+        seal_batch(batch, active_seq, offset_bytes)?;
         active.append(batch)?;
         // Not retryable: see `Segment::sync_data`.
         active
@@ -412,6 +445,13 @@ impl Wal {
     pub fn disk_bytes(&self) -> u64 {
         self.segments.values().map(Segment::len_bytes).sum()
     }
+}
+
+/// An empty batch: room for the batch frame's prefix, to which the caller appends framed
+/// records and then hands to [`Wal::write_batch`] or [`Wal::roll_over`]. A record's
+/// offset in the buffer plus the returned position is its offset in the segment.
+pub(crate) fn new_batch() -> Vec<u8> {
+    vec![0u8; BATCH_PREFIX_BYTES]
 }
 
 /// A failed write that was undone can be retried (after freeing space); a failed

@@ -1,5 +1,7 @@
 //! Startup on a damaged log: a torn tail is cut off, anything else is refused with the
-//! file and offset of the bad record.
+//! file and offset of the bad record. The active segment is preallocated, so a crash may
+//! leave the last write's pages in any order: zeros after the data are free space, a
+//! damaged last batch is a torn write, damage with an intact batch after it is not.
 
 use std::fs;
 use std::path::Path;
@@ -7,7 +9,21 @@ use std::path::Path;
 use raft::Storage as _;
 use raftkv_storage::{FileStorage, StorageError, StorageOptions};
 
-use crate::{append_and_sync, entry, log_contents, open, segment_path, small_options};
+use crate::{append_and_sync, entry, log_contents, segment_path, small_options};
+
+/// Preallocated segments of this size: big enough for every test's log to fit in one.
+const SEGMENT_BYTES: u64 = 64 * 1024;
+
+fn options() -> StorageOptions {
+    StorageOptions {
+        wal_segment_size_bytes: SEGMENT_BYTES,
+        ..StorageOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> FileStorage {
+    FileStorage::open(dir, options()).expect("open storage")
+}
 
 /// Writes entries 1..=count, one sync each; returns the segment length after each sync
 /// (so `ends[i]` is where entry `i + 1`'s record ends and the next one starts).
@@ -40,7 +56,7 @@ fn flip_byte(path: &Path, offset: u64) {
 }
 
 fn expect_corrupted(dir: &Path, expected_path: &Path, expected_offset: u64) {
-    let err = FileStorage::open(dir, StorageOptions::default()).unwrap_err();
+    let err = FileStorage::open(dir, options()).unwrap_err();
     match &err {
         StorageError::Corrupted { path, offset, .. } => {
             assert_eq!(path, expected_path);
@@ -77,11 +93,7 @@ fn cutting_the_last_record_at_every_byte_keeps_exactly_the_complete_records() {
 
         let mut storage = open(dir.path());
         assert_eq!(storage.last_index().unwrap(), 3, "cut at {cut}");
-        assert_eq!(
-            fs::metadata(&segment).unwrap().len(),
-            previous_end,
-            "cut at {cut}"
-        );
+        assert_eq!(storage.stats().disk_bytes, previous_end, "cut at {cut}");
         append_and_sync(&mut storage, &[entry(4, 2, "after-repair")]);
         drop(storage);
 
@@ -97,19 +109,20 @@ fn cutting_the_last_record_at_every_byte_keeps_exactly_the_complete_records() {
 }
 
 #[test]
-fn trailing_zero_bytes_after_the_last_record_are_cut() {
+fn the_active_segment_is_preallocated_and_its_zeros_are_free_space_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 2);
     let segment = segment_path(dir.path(), 1);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(ends[1] + 4096)
-        .unwrap();
-    let storage = open(dir.path());
+    assert_eq!(fs::metadata(&segment).unwrap().len(), SEGMENT_BYTES);
+    let mut storage = open(dir.path());
     assert_eq!(storage.last_index().unwrap(), 2);
-    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[1]);
+    assert_eq!(storage.stats().disk_bytes, ends[1]);
+    append_and_sync(&mut storage, &[entry(3, 1, "after-reopen")]);
+    drop(storage);
+    let storage = open(dir.path());
+    assert_eq!(log_contents(&storage).len(), 3);
+    assert_eq!(log_contents(&storage)[2].2, "after-reopen");
+    assert_eq!(fs::metadata(&segment).unwrap().len(), SEGMENT_BYTES);
 }
 
 #[test]
@@ -133,14 +146,15 @@ fn a_flipped_length_byte_in_a_middle_record_is_corruption_not_a_torn_tail() {
 }
 
 #[test]
-fn a_flipped_length_byte_in_the_final_record_is_corruption_too() {
-    // A torn write shortens a record; it does not rewrite a complete header. A header
-    // that fails its checksum is damage, wherever it is.
+fn a_damaged_header_of_the_final_batch_is_a_torn_write() {
+    // In a preallocated file the header's page may be the one a crash lost.
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 3);
     let segment = segment_path(dir.path(), 1);
     flip_byte(&segment, ends[1]);
-    expect_corrupted(dir.path(), &segment, ends[1]);
+    let storage = open(dir.path());
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(storage.stats().disk_bytes, ends[1]);
 }
 
 #[test]
@@ -151,7 +165,50 @@ fn a_flipped_payload_byte_in_the_final_record_is_repaired() {
     flip_byte(&segment, ends[2] - 1);
     let storage = open(dir.path());
     assert_eq!(storage.last_index().unwrap(), 2);
-    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[1]);
+    assert_eq!(storage.stats().disk_bytes, ends[1]);
+}
+
+fn zero_bytes(path: &Path, range: std::ops::Range<u64>) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[range.start as usize..range.end as usize].fill(0);
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_final_batch_whose_first_page_was_lost_is_cut_with_all_of_its_later_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 2);
+    {
+        // One write of four ~3 KiB entries: the batch spans several pages.
+        let mut storage = open(dir.path());
+        let big = "v".repeat(3000);
+        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
+        append_and_sync(&mut storage, &entries);
+    }
+    let segment = segment_path(dir.path(), 1);
+    // The crash persisted the batch's later pages (intact entry records among them) but
+    // not its first one.
+    zero_bytes(&segment, ends[1]..4096);
+    let mut storage = open(dir.path());
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(storage.stats().disk_bytes, ends[1]);
+    // The repair leaves no remnant behind for a later scan to trip over.
+    append_and_sync(&mut storage, &[entry(3, 2, "after-repair")]);
+    drop(storage);
+    let storage = open(dir.path());
+    let contents = log_contents(&storage);
+    assert_eq!(contents.len(), 3);
+    assert_eq!(contents[2], (3, 2, "after-repair".to_string()));
+}
+
+#[test]
+fn a_zeroed_middle_batch_is_corruption_not_the_end_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 3);
+    let segment = segment_path(dir.path(), 1);
+    // Looks like preallocated space, but an intact (acknowledged) batch follows it.
+    zero_bytes(&segment, ends[0]..ends[1]);
+    expect_corrupted(dir.path(), &segment, ends[0]);
 }
 
 #[test]
@@ -219,6 +276,7 @@ fn an_empty_newest_segment_left_by_a_crash_during_rollover_is_reused() {
     }
     let storage = open(dir.path());
     assert_eq!(storage.stats().segments, 2);
+    // Segment 1 is no longer written: its preallocated space was given back.
     assert_eq!(
         fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
         ends[1]
