@@ -28,7 +28,7 @@
 //! records of that write, each framed as above (`segment.rs`). The segment being
 //! written is preallocated to `wal_segment_size_bytes` with `fallocate`, so writes land
 //! inside the file and their fdatasync commits no size change (about 28% shorter on the
-//! reference VM, BENCHMARKS.md); a segment no longer written is cut back to its data.
+//! reference VM, BENCHMARKS.md); at rollover it is cut back to its data and fsynced.
 //! Version 1 and 2 segments (records without batches) are still read.
 //!
 //! Because every segment header repeats all metadata, any prefix of segments can be
@@ -60,12 +60,16 @@
 //!
 //! A crash after compaction's new segment is durable but before (all of) the deletions
 //! leaves old segments behind: their entries are at or below the log start and ignored,
-//! and the next compaction deletes them. Zeros after the last intact record of any
-//! segment are free (preallocated) space. The *last* segment may end in a torn write: a
-//! record that fails a check with no intact batch anywhere after it (a crash may persist
-//! the last write's pages in any order, but a write starts only after the previous one
-//! was fsynced) — it is cut off and fsynced. Any other failed check is
-//! `StorageError::Corrupted` naming the file
+//! and the next compaction deletes them. In the *last* segment, zeros after the last
+//! intact record are free (preallocated) space, and the segment may end in a torn write:
+//! past the header of a version 3 segment, a record that fails a check with no intact
+//! batch anywhere after it (a crash may persist the last write's pages in any order, but
+//! a write starts only after the previous one was fsynced); in what was appended (a
+//! header, and older segments' records), a partial header, a record running past the
+//! end of the file, or a final record whose payload checksum fails and which ends
+//! exactly there. It is cut off and fsynced. An older segment ends exactly at its data
+//! (it is cut back to it, durably, before the next segment is created). Any other failed
+//! check is `StorageError::Corrupted` naming the file
 //! and the record's offset; a bad record is never skipped.
 //!
 //! # Writes

@@ -43,6 +43,9 @@ pub(crate) type SnapshotState = (SnapshotMeta, MembershipRecord);
 /// was created, so every older segment can later be deleted without losing it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SegmentHeader {
+    /// The format version the segment was written in (new segments: `FORMAT_VERSION`);
+    /// from version 3 on, its writes are batch frames in preallocated space.
+    pub format_version: u32,
     pub seq: u64,
     pub log_start_index: u64,
     pub log_start_term: u64,
@@ -101,7 +104,7 @@ impl Record {
                 let membership = header.membership.encode();
                 let mut out = Vec::with_capacity(64 + hard_state.len() + membership.len());
                 out.extend_from_slice(&SEGMENT_MAGIC.to_le_bytes());
-                out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+                out.extend_from_slice(&header.format_version.to_le_bytes());
                 out.extend_from_slice(&header.seq.to_le_bytes());
                 out.extend_from_slice(&header.log_start_index.to_le_bytes());
                 out.extend_from_slice(&header.log_start_term.to_le_bytes());
@@ -170,6 +173,7 @@ impl Record {
                 };
                 reader.finish()?;
                 Ok(Record::SegmentHeader(Box::new(SegmentHeader {
+                    format_version: version,
                     seq,
                     log_start_index,
                     log_start_term,
@@ -340,6 +344,7 @@ mod tests {
             membership: membership.clone(),
         });
         let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
             seq: 3,
             log_start_index: 10,
             log_start_term: 4,
@@ -385,6 +390,7 @@ mod tests {
         assert_eq!(
             decoded,
             Record::SegmentHeader(Box::new(SegmentHeader {
+                format_version: 1,
                 seq: 7,
                 log_start_index: 3,
                 log_start_term: 1,

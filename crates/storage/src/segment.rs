@@ -7,18 +7,23 @@
 //! each still framed and checksummed on its own (an entry's location points at its inner
 //! record). Older segments hold the same records unwrapped; both are read.
 //!
-//! The active segment is preallocated (`fallocate`) to the segment size, so writes land
-//! inside the file and its fdatasync commits no size change. The price is that a crash
-//! can now persist the pages of the last, unacknowledged write in any order: its frame
-//! may be partly zeros, partly data. Hence the end-of-data rule: where the scan meets a
-//! frame that fails a check, the segment's data ends there if the rest of the file is
-//! zeros (preallocated space, not damage); otherwise, in the last segment only, the rest
-//! is a torn write to cut off if no intact batch frame starts anywhere after it — a
-//! write only starts after the previous one's fsync returned, so an intact frame after a
-//! bad one proves the bad one was acknowledged, and that is corruption. Any other failed
-//! check, and any bad record inside a batch whose checksum holds, is corruption. This
-//! file must not interpret records (that is the caller's job) and must never skip a bad
-//! record to reach the ones after it.
+//! The active segment is preallocated (`fallocate`), so writes land inside the file and
+//! its fdatasync commits no size change. The price is that a crash can now persist the
+//! pages of the last, unacknowledged write in any order: its frame may be partly zeros,
+//! partly data. Hence the end-of-data rule for the *last* segment: where the scan meets a
+//! frame that fails a check, the data ends there if the rest of the file is zeros
+//! (preallocated space, not damage); otherwise, past the header of a version 3 segment,
+//! the rest is a torn write to cut off if no intact batch frame starts anywhere after it
+//! — a write only starts after the previous one's fsync returned, so an intact frame
+//! after a bad one proves the bad one was acknowledged, and that is corruption. What was
+//! written by appending to the file (a version 3 segment's header, and every record of
+//! an older segment) keeps the append rule: only a partial header, a record running past
+//! the end of the file, or a final record whose payload fails and which ends exactly at
+//! the end of the file is a torn tail. Any other failed check, anything but an exact end
+//! in an older segment (which was cut back to its data and fsynced before the next one
+//! was created), and any bad record inside a batch whose checksum holds, is corruption.
+//! This file must not interpret records beyond a header's format version (that is the
+//! caller's job) and must never skip a bad record to reach the ones after it.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd as _;
@@ -31,6 +36,9 @@ use bytes::Bytes;
 use crate::error::StorageError;
 use crate::frame::{decode_header, encode_header, FrameHeader, RecordKind, HEADER_LEN_BYTES};
 use crate::record::{Record, SegmentHeader};
+
+/// The first format version whose segments are preallocated and written in batches.
+const BATCHED_FORMAT_VERSION: u32 = 3;
 
 /// An fsync slower than this is logged: the disk is the cluster's latency floor.
 const SLOW_FSYNC_WARN: Duration = Duration::from_secs(1);
@@ -59,28 +67,50 @@ pub(crate) fn seal_batch(
     Ok(())
 }
 
+/// Why a frame failed its checks, and whether the failure is what an interrupted append
+/// leaves at the end of a file (a partial header, a record running past the end, or a
+/// final record whose payload fails and which ends exactly at the end).
+#[derive(Debug)]
+struct FrameProblem {
+    reason: String,
+    torn_if_appended: bool,
+}
+
 /// Checks the frame at `offset` of `data` (a whole segment, or a batch's extent): header,
 /// length, payload checksum and, for a batch frame, that it names this place.
-fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, String> {
+fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, FrameProblem> {
+    let problem = |reason: String, torn_if_appended: bool| FrameProblem {
+        reason,
+        torn_if_appended,
+    };
     let rest = &data[offset..];
     if rest.len() < HEADER_LEN_BYTES {
-        return Err(format!(
-            "partial record header ({} of {HEADER_LEN_BYTES} bytes)",
-            rest.len()
+        return Err(problem(
+            format!(
+                "partial record header ({} of {HEADER_LEN_BYTES} bytes)",
+                rest.len()
+            ),
+            true,
         ));
     }
     let header = decode_header(rest[..HEADER_LEN_BYTES].try_into().expect("header length"))
-        .map_err(|problem| problem.to_string())?;
+        .map_err(|header_problem| problem(header_problem.to_string(), false))?;
     let record_len = header.record_len_bytes() as usize;
     if rest.len() < record_len {
-        return Err(format!(
-            "record of {record_len} bytes runs past the end ({} bytes left)",
-            rest.len()
+        return Err(problem(
+            format!(
+                "record of {record_len} bytes runs past the end ({} bytes left)",
+                rest.len()
+            ),
+            true,
         ));
     }
     let payload = &rest[HEADER_LEN_BYTES..record_len];
     if !header.payload_matches(payload) {
-        return Err("payload checksum mismatch".to_string());
+        return Err(problem(
+            "payload checksum mismatch".to_string(),
+            record_len == rest.len(),
+        ));
     }
     if header.kind == RecordKind::Batch {
         let named = |range: std::ops::Range<usize>| {
@@ -89,7 +119,10 @@ fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, Stri
                 .map(|bytes| u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
         };
         if named(0..8) != Some(offset as u64) || named(8..16) != Some(seq) {
-            return Err("batch frame names another place".to_string());
+            return Err(problem(
+                "batch frame names another place".to_string(),
+                false,
+            ));
         }
     }
     Ok(header)
@@ -133,6 +166,8 @@ pub(crate) struct ScanEnd {
     pub valid_len_bytes: u64,
     /// Set when the last segment ends in a torn record that must be cut off.
     pub torn_tail: Option<String>,
+    /// The segment's header says it is written in batch frames (format version 3 on).
+    pub batched: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +178,8 @@ pub(crate) struct Segment {
     /// Where the data ends (the file may be longer: preallocated). Before the scan at
     /// open, the file's length.
     len_bytes: u64,
+    /// Written in batch frames (format version 3 on), and so may be preallocated.
+    batched: bool,
 }
 
 impl Segment {
@@ -160,6 +197,7 @@ impl Segment {
             path,
             file,
             len_bytes: 0,
+            batched: true,
         })
     }
 
@@ -180,6 +218,7 @@ impl Segment {
             path,
             file,
             len_bytes,
+            batched: false,
         })
     }
 
@@ -221,6 +260,10 @@ impl Segment {
     /// fdatasync commits less metadata. Best effort: where fallocate is unsupported or
     /// space is short the file simply grows with each write.
     pub fn preallocate(&self, size_bytes: u64) {
+        if !self.batched {
+            // Records appended one by one rely on the file size to fence a torn write.
+            return;
+        }
         let Ok(physical) = self.file.metadata().map(|meta| meta.len()) else {
             return;
         };
@@ -240,17 +283,22 @@ impl Segment {
         }
     }
 
-    /// Gives back the preallocated space past the data (a segment no longer written).
-    /// Not synced: zeros after the data are read as the end of the data anyway.
-    pub fn trim(&self) {
-        if let Err(err) = self.file.set_len(self.len_bytes) {
-            tracing::warn!(path = %self.path.display(), %err, "could not trim a WAL segment's preallocated space");
-        }
+    /// Gives back the preallocated space past the data of a segment about to stop being
+    /// written, durably: an older segment must end exactly at its data (see the scan).
+    pub fn trim(&mut self) -> Result<(), StorageError> {
+        self.truncate(self.len_bytes)
     }
 
-    /// Where the data ends, as the scan found it (the file may be longer: preallocated).
-    pub fn set_data_len(&mut self, len_bytes: u64) {
-        self.len_bytes = len_bytes;
+    /// The segment has just been given a header of this build's format.
+    pub fn set_batched(&mut self) {
+        self.batched = true;
+    }
+
+    /// What the scan found: where the data ends (the file may be longer: preallocated)
+    /// and whether the segment is written in batch frames.
+    pub fn set_scanned(&mut self, end: &ScanEnd) {
+        self.len_bytes = end.valid_len_bytes;
+        self.batched = end.batched;
     }
 
     /// fdatasync. The caller must treat a failure as fatal and never retry: after a
@@ -334,8 +382,8 @@ impl Segment {
 
     /// Reads the whole file and hands every intact record to `visit` with its offset and
     /// on-disk length (a batch's records one by one, at their own offsets), applying the
-    /// end-of-data rule of this module's comment; `is_last` allows a torn tail. The
-    /// repair itself (truncation) is left to the caller, who logs it.
+    /// end-of-data rule of this module's comment; `is_last` allows a torn tail and free
+    /// space after the data. The repair itself (truncation) is left to the caller.
     pub fn scan(
         &self,
         is_last: bool,
@@ -348,31 +396,19 @@ impl Segment {
         let corrupted = |offset: usize, reason: String| {
             StorageError::corrupted(&self.path, offset as u64, reason)
         };
+        let mut batched = false;
         let mut offset = 0usize;
         while offset < data.len() {
             let header = match check_frame(&data, offset, self.seq) {
                 Ok(header) => header,
                 Err(problem) => {
-                    let end = ScanEnd {
-                        valid_len_bytes: offset as u64,
-                        torn_tail: None,
-                    };
-                    if data[offset..].iter().all(|byte| *byte == 0) {
-                        return Ok(end);
-                    }
-                    if !is_last {
-                        return Err(corrupted(offset, problem));
-                    }
-                    return match find_intact_batch(&data, offset + 1, self.seq) {
-                        None => Ok(ScanEnd {
-                            torn_tail: Some(problem),
-                            ..end
-                        }),
-                        Some(next) => Err(corrupted(
-                            offset,
-                            format!("{problem}, yet an intact batch follows at offset {next}"),
-                        )),
-                    };
+                    let (valid_len_bytes, torn_tail) =
+                        self.end_of_data(&data, offset, is_last, batched, problem)?;
+                    return Ok(ScanEnd {
+                        valid_len_bytes,
+                        torn_tail,
+                        batched,
+                    });
                 }
             };
             let record_end = offset + header.record_len_bytes() as usize;
@@ -382,7 +418,7 @@ impl Segment {
                 let mut inner = offset + BATCH_PREFIX_BYTES;
                 while inner < record_end {
                     let inner_header = check_frame(batch, inner, self.seq).map_err(|problem| {
-                        corrupted(inner, format!("inside a batch: {problem}"))
+                        corrupted(inner, format!("inside a batch: {}", problem.reason))
                     })?;
                     if matches!(
                         inner_header.kind,
@@ -393,33 +429,73 @@ impl Segment {
                             format!("a {:?} record inside a batch", inner_header.kind),
                         ));
                     }
-                    self.visit_record(batch, inner, inner_header, &mut visit)?;
+                    let record = self.decode_record(batch, inner, inner_header)?;
+                    visit(inner as u64, &record, inner_header.payload_len_bytes)?;
                     inner += inner_header.record_len_bytes() as usize;
                 }
             } else {
-                self.visit_record(&data, offset, header, &mut visit)?;
+                let record = self.decode_record(&data, offset, header)?;
+                if let Record::SegmentHeader(segment_header) = &record {
+                    batched = segment_header.format_version >= BATCHED_FORMAT_VERSION;
+                }
+                visit(offset as u64, &record, header.payload_len_bytes)?;
             }
             offset = record_end;
         }
         Ok(ScanEnd {
             valid_len_bytes: data.len() as u64,
             torn_tail: None,
+            batched,
         })
     }
 
-    /// Decodes the checked record at `offset` of `data` and hands it to `visit`.
-    fn visit_record(
+    /// The scan met a frame at `offset` that failed its checks: the data ends there,
+    /// with the torn tail's reason if one must be cut; or the corruption (the module
+    /// comment has the rule).
+    fn end_of_data(
+        &self,
+        data: &[u8],
+        offset: usize,
+        is_last: bool,
+        batched: bool,
+        problem: FrameProblem,
+    ) -> Result<(u64, Option<String>), StorageError> {
+        let corrupted = |reason: String| StorageError::corrupted(&self.path, offset as u64, reason);
+        let end = |torn_tail| (offset as u64, torn_tail);
+        if !is_last {
+            return Err(corrupted(problem.reason));
+        }
+        if data[offset..].iter().all(|byte| *byte == 0) {
+            return Ok(end(None));
+        }
+        if !batched {
+            // Written by appending: a crash leaves a prefix of the last write.
+            return if problem.torn_if_appended {
+                Ok(end(Some(problem.reason)))
+            } else {
+                Err(corrupted(problem.reason))
+            };
+        }
+        match find_intact_batch(data, offset + 1, self.seq) {
+            None => Ok(end(Some(problem.reason))),
+            Some(next) => Err(corrupted(format!(
+                "{}, yet an intact batch follows at offset {next}",
+                problem.reason
+            ))),
+        }
+    }
+
+    /// Decodes the checked record at `offset` of `data`.
+    fn decode_record(
         &self,
         data: &[u8],
         offset: usize,
         header: FrameHeader,
-        visit: &mut impl FnMut(u64, &Record, u32) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Record, StorageError> {
         let payload = &data[offset + HEADER_LEN_BYTES..offset + header.record_len_bytes() as usize];
         // Copy so a cached entry keeps only its own record alive, not the segment.
-        let record = Record::decode(header.kind, Bytes::copy_from_slice(payload))
-            .map_err(|reason| StorageError::corrupted(&self.path, offset as u64, reason))?;
-        visit(offset as u64, &record, header.payload_len_bytes)
+        Record::decode(header.kind, Bytes::copy_from_slice(payload))
+            .map_err(|reason| StorageError::corrupted(&self.path, offset as u64, reason))
     }
 }
 
@@ -477,5 +553,93 @@ mod tests {
         assert_eq!(find_intact_batch(&data, 0, 8), None);
         let shifted: Vec<u8> = [0u8; 3].iter().chain(&data).copied().collect();
         assert_eq!(find_intact_batch(&shifted, 0, 7), None);
+    }
+
+    fn header_record(format_version: u32) -> Vec<u8> {
+        let mut buf = Vec::new();
+        Record::SegmentHeader(Box::new(SegmentHeader {
+            format_version,
+            seq: 1,
+            log_start_index: 0,
+            log_start_term: 0,
+            hard_state: Default::default(),
+            membership: Default::default(),
+            latest_snapshot: None,
+        }))
+        .encode_into(&mut buf)
+        .unwrap();
+        buf
+    }
+
+    fn log_start(index: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        Record::LogStart { index, term: 1 }
+            .encode_into(&mut buf)
+            .unwrap();
+        buf
+    }
+
+    /// A segment file holding `bytes`, scanned as the last segment.
+    fn scan_last(bytes: &[u8]) -> Result<ScanEnd, StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut segment = Segment::create(dir.path(), 1).unwrap();
+        segment.append(bytes).unwrap();
+        let segment = Segment::open(dir.path(), 1, false).unwrap();
+        segment.scan(true, |_, _, _| Ok(()))
+    }
+
+    #[test]
+    fn an_older_format_segment_keeps_the_append_rule_for_its_last_records() {
+        let mut bytes = header_record(2);
+        let header_len = bytes.len();
+        bytes.extend(log_start(1));
+        let first_end = bytes.len();
+        bytes.extend(log_start(2));
+        bytes.extend(log_start(3));
+        // A damaged middle record (no batch frame anywhere) is still corruption...
+        let mut damaged = bytes.clone();
+        damaged[first_end + HEADER_LEN_BYTES] ^= 1;
+        match scan_last(&damaged) {
+            Err(StorageError::Corrupted { offset, .. }) => assert_eq!(offset, first_end as u64),
+            other => panic!("expected Corrupted, got {other:?}"),
+        }
+        // ...and a cut final record a torn tail.
+        let end = scan_last(&bytes[..bytes.len() - 3]).unwrap();
+        assert!(end.torn_tail.is_some());
+        assert!(!end.batched);
+        assert!(end.valid_len_bytes > header_len as u64);
+    }
+
+    #[test]
+    fn a_damaged_header_of_a_header_only_last_segment_is_corruption() {
+        // Compaction can leave a newest segment holding its header alone; cutting it
+        // would start the node with no term, vote or membership. The file was
+        // preallocated once the header was synced, so the header does not end the file
+        // the way an interrupted append would.
+        let mut bytes = header_record(crate::record::FORMAT_VERSION);
+        bytes[HEADER_LEN_BYTES + 20] ^= 1;
+        bytes.extend(vec![0u8; 4096]);
+        assert!(matches!(
+            scan_last(&bytes),
+            Err(StorageError::Corrupted { offset: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_bad_record_inside_a_batch_whose_checksum_holds_is_corruption() {
+        let mut bytes = header_record(crate::record::FORMAT_VERSION);
+        let batch_at = bytes.len();
+        let mut batch = vec![0u8; BATCH_PREFIX_BYTES];
+        batch.extend(log_start(1));
+        let inner_at = batch_at + batch.len();
+        let mut bad = log_start(2);
+        bad[HEADER_LEN_BYTES] ^= 1;
+        batch.extend(bad);
+        seal_batch(&mut batch, 1, batch_at as u64).unwrap();
+        bytes.extend(&batch);
+        match scan_last(&bytes) {
+            Err(StorageError::Corrupted { offset, .. }) => assert_eq!(offset, inner_at as u64),
+            other => panic!("expected Corrupted, got {other:?}"),
+        }
     }
 }

@@ -38,6 +38,7 @@ pub(crate) struct DurableMeta {
 impl DurableMeta {
     fn header_record(&self, seq: u64) -> Record {
         Record::SegmentHeader(Box::new(SegmentHeader {
+            format_version: crate::record::FORMAT_VERSION,
             seq,
             log_start_index: self.log_start_index,
             log_start_term: self.log_start_term,
@@ -134,7 +135,7 @@ impl Wal {
                 };
                 visit(position, record)
             })?;
-            if let Some(reason) = end.torn_tail {
+            if let Some(reason) = &end.torn_tail {
                 tracing::warn!(
                     path = %path.display(),
                     offset = end.valid_len_bytes,
@@ -143,12 +144,8 @@ impl Wal {
                     "truncating torn tail of the last WAL segment"
                 );
                 segment.truncate(end.valid_len_bytes)?;
-            } else {
-                segment.set_data_len(end.valid_len_bytes);
-                if !is_last {
-                    segment.trim();
-                }
             }
+            segment.set_scanned(&end);
             // Only the newest segment may lack a header (a crash while creating it);
             // an empty older one means its records were lost.
             if !is_last && end.valid_len_bytes == 0 {
@@ -179,6 +176,7 @@ impl Wal {
                 meta.header_record(seq).encode_into(&mut buf)?;
                 segment.append(&buf)?;
                 segment.sync_data()?;
+                segment.set_batched();
                 // The file may date from a crash before its directory entry was synced.
                 sync_dir(&self.dir)?;
             }
@@ -307,8 +305,15 @@ impl Wal {
             .last_key_value()
             .expect("ensure_writable_segment ran at open");
         if force_new_segment || active.len_bytes() >= self.segment_size_limit_bytes {
-            // The active segment was fsynced by the sync that wrote its last batch.
-            active.trim();
+            // The active segment was fsynced by the sync that wrote its last batch. It is
+            // about to become an older segment, which must end exactly at its data.
+            let active = self
+                .segments
+                .get_mut(&active_seq)
+                .expect("active segment exists");
+            active.trim().map_err(|err| StorageError::FailStopped {
+                reason: format!("cutting a full WAL segment back to its data failed: {err}"),
+            })?;
             let seq = active_seq + 1;
             let segment = self.create_segment(seq, meta, batch)?;
             let written = if batch.len() > BATCH_PREFIX_BYTES {

@@ -130,8 +130,9 @@ fn a_flipped_payload_byte_in_a_middle_record_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 3);
     let segment = segment_path(dir.path(), 1);
-    // Entry 2's record starts where entry 1's ends; its payload follows a 16-byte header.
-    flip_byte(&segment, ends[0] + 16 + 3);
+    // Entry 2's batch starts where entry 1's ends: a 16-byte frame header and 16 bytes
+    // naming the batch, then the entry's 16-byte record header and its payload.
+    flip_byte(&segment, ends[0] + 32 + 16 + 3);
     expect_corrupted(dir.path(), &segment, ends[0]);
 }
 
@@ -267,7 +268,14 @@ fn a_missing_first_segment_is_refused() {
 fn an_empty_newest_segment_left_by_a_crash_during_rollover_is_reused() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 2);
-    // A crash after creating segment 2 but before its header reached the disk.
+    // A crash after creating segment 2 but before its header reached the disk; the
+    // rollover had already cut segment 1 back to its data.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 1))
+        .unwrap()
+        .set_len(ends[1])
+        .unwrap();
     fs::File::create(segment_path(dir.path(), 2)).unwrap();
     {
         let mut storage = open(dir.path());
@@ -276,7 +284,6 @@ fn an_empty_newest_segment_left_by_a_crash_during_rollover_is_reused() {
     }
     let storage = open(dir.path());
     assert_eq!(storage.stats().segments, 2);
-    // Segment 1 is no longer written: its preallocated space was given back.
     assert_eq!(
         fs::metadata(segment_path(dir.path(), 1)).unwrap().len(),
         ends[1]
@@ -297,4 +304,54 @@ fn an_emptied_older_segment_is_corruption() {
     let second_segment = segment_path(dir.path(), 2);
     fs::File::create(&second_segment).unwrap();
     expect_corrupted(dir.path(), &second_segment, 0);
+}
+
+#[test]
+fn zeros_after_the_data_of_an_older_segment_are_corruption() {
+    // A segment stops being written only after it was cut back to its data and fsynced,
+    // so zeros there are lost records, not free space.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
+        for index in 1..=20 {
+            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+        }
+        assert!(storage.stats().segments >= 3);
+    }
+    let first_segment = segment_path(dir.path(), 1);
+    let len = fs::metadata(&first_segment).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&first_segment)
+        .unwrap()
+        .set_len(len + 100)
+        .unwrap();
+    let err = FileStorage::open(dir.path(), small_options()).unwrap_err();
+    match err {
+        StorageError::Corrupted { path, offset, .. } => {
+            assert_eq!(path, first_segment);
+            assert_eq!(offset, len);
+        }
+        other => panic!("expected Corrupted, got {other}"),
+    }
+}
+
+#[test]
+fn a_final_batch_cut_short_inside_preallocated_space_is_a_torn_write() {
+    // The crash persisted the batch's first pages; the rest still reads as zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 2);
+    let end_of_big_batch = {
+        let mut storage = open(dir.path());
+        let big = "v".repeat(3000);
+        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
+        append_and_sync(&mut storage, &entries);
+        storage.stats().disk_bytes
+    };
+    let segment = segment_path(dir.path(), 1);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), SEGMENT_BYTES);
+    zero_bytes(&segment, 8192..end_of_big_batch);
+    let storage = open(dir.path());
+    assert_eq!(storage.last_index().unwrap(), 2);
+    assert_eq!(storage.stats().disk_bytes, ends[1]);
 }
