@@ -41,6 +41,15 @@ fn write_one_record_per_sync(dir: &Path, count: u64) -> Vec<u64> {
     ends
 }
 
+/// Writes entries 1..=20 into tiny segments: three or more of them.
+fn write_several_segments(dir: &Path) {
+    let mut storage = FileStorage::open(dir, small_options()).unwrap();
+    for index in 1..=20 {
+        append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
+    }
+    assert!(storage.stats().segments >= 3);
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to.join("wal")).unwrap();
     for file in fs::read_dir(from.join("wal")).unwrap() {
@@ -215,13 +224,7 @@ fn a_zeroed_middle_batch_is_corruption_not_the_end_of_the_log() {
 #[test]
 fn a_damaged_final_record_of_an_older_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
-        for index in 1..=20 {
-            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
-        }
-        assert!(storage.stats().segments >= 3);
-    }
+    write_several_segments(dir.path());
     let first_segment = segment_path(dir.path(), 1);
     let len = fs::metadata(&first_segment).unwrap().len();
     flip_byte(&first_segment, len - 1);
@@ -238,13 +241,7 @@ fn a_damaged_final_record_of_an_older_segment_is_corruption() {
 #[test]
 fn a_missing_middle_segment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
-        for index in 1..=20 {
-            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
-        }
-        assert!(storage.stats().segments >= 3);
-    }
+    write_several_segments(dir.path());
     fs::remove_file(segment_path(dir.path(), 2)).unwrap();
     let err = FileStorage::open(dir.path(), small_options()).unwrap_err();
     assert!(matches!(err, StorageError::Inconsistent { .. }), "{err}");
@@ -294,13 +291,7 @@ fn an_empty_newest_segment_left_by_a_crash_during_rollover_is_reused() {
 #[test]
 fn an_emptied_older_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
-        for index in 1..=20 {
-            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
-        }
-        assert!(storage.stats().segments >= 3);
-    }
+    write_several_segments(dir.path());
     let second_segment = segment_path(dir.path(), 2);
     fs::File::create(&second_segment).unwrap();
     expect_corrupted(dir.path(), &second_segment, 0);
@@ -311,13 +302,7 @@ fn zeros_after_the_data_of_an_older_segment_are_corruption() {
     // A segment stops being written only after it was cut back to its data and fsynced,
     // so zeros there are lost records, not free space.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut storage = FileStorage::open(dir.path(), small_options()).unwrap();
-        for index in 1..=20 {
-            append_and_sync(&mut storage, &[entry(index, 1, "some value bytes")]);
-        }
-        assert!(storage.stats().segments >= 3);
-    }
+    write_several_segments(dir.path());
     let first_segment = segment_path(dir.path(), 1);
     let len = fs::metadata(&first_segment).unwrap().len();
     fs::OpenOptions::new()
