@@ -122,8 +122,7 @@ impl Wal {
         let mut segments = BTreeMap::new();
         for (position, &seq) in seqs.iter().enumerate() {
             let is_last = position + 1 == seqs.len();
-            // Writable: the last may be repaired and appended to, older ones trimmed.
-            let mut segment = Segment::open(&dir, seq, true)?;
+            let mut segment = Segment::open(&dir, seq, is_last)?;
             let path = segment.path().to_path_buf();
             let end = segment.scan(is_last, |offset_bytes, record, payload_len_bytes| {
                 check_header_placement(&path, segment.seq(), offset_bytes, record)?;
@@ -182,7 +181,7 @@ impl Wal {
             }
             Some(_) => {}
             None => {
-                let segment = self.create_segment(1, meta, &mut new_batch())?;
+                let (segment, _) = self.create_segment(1, meta, &mut new_batch())?;
                 self.segments.insert(1, segment);
             }
         }
@@ -196,7 +195,8 @@ impl Wal {
     }
 
     /// Creates segment `seq`, writes its header then `batch` (see [`new_batch`]; nothing
-    /// if it holds no record), fsyncs it and the directory, then preallocates the file.
+    /// if it holds no record), fsyncs it and the directory, then preallocates the file;
+    /// returns it with the offset `batch` went to.
     /// The first write appends to an empty file, so a crash keeps all of it or a prefix,
     /// never a batch without the header. If the write fails the file is removed again so
     /// a retry starts clean; if a sync fails the error is `FailStopped`.
@@ -205,11 +205,12 @@ impl Wal {
         seq: u64,
         meta: &DurableMeta,
         batch: &mut [u8],
-    ) -> Result<Segment, StorageError> {
+    ) -> Result<(Segment, u64), StorageError> {
         let mut buf = Vec::with_capacity(batch.len() + 256);
         meta.header_record(seq).encode_into(&mut buf)?;
-        if batch.len() > BATCH_PREFIX_BYTES {
-            seal_batch(batch, seq, buf.len() as u64)?;
+        let batch_offset = buf.len() as u64;
+        if holds_records(batch) {
+            seal_batch(batch, seq, batch_offset)?;
             buf.extend_from_slice(batch);
         }
         let mut segment = Segment::create(&self.dir, seq)?;
@@ -233,7 +234,7 @@ impl Wal {
                 reason: format!("fsync failed: {err}"),
             })?;
         segment.preallocate(self.segment_size_limit_bytes);
-        Ok(segment)
+        Ok((segment, batch_offset))
     }
 
     /// True once a write failure made the WAL refuse all further writes.
@@ -315,13 +316,7 @@ impl Wal {
                 reason: format!("cutting a full WAL segment back to its data failed: {err}"),
             })?;
             let seq = active_seq + 1;
-            let segment = self.create_segment(seq, meta, batch)?;
-            let written = if batch.len() > BATCH_PREFIX_BYTES {
-                batch.len()
-            } else {
-                0
-            };
-            let offset_bytes = segment.len_bytes() - written as u64;
+            let (segment, offset_bytes) = self.create_segment(seq, meta, batch)?;
             tracing::debug!(path = %segment.path().display(), "rolled over to a new WAL segment");
             self.segments.insert(seq, segment);
             return Ok(BatchPosition {
@@ -334,7 +329,7 @@ impl Wal {
             .get_mut(&active_seq)
             .expect("active segment exists");
         let offset_bytes = active.len_bytes();
-        if batch.len() <= BATCH_PREFIX_BYTES {
+        if !holds_records(batch) {
             return Ok(BatchPosition {
                 segment_seq: active_seq,
                 offset_bytes,
@@ -457,6 +452,11 @@ impl Wal {
 /// offset in the buffer plus the returned position is its offset in the segment.
 pub(crate) fn new_batch() -> Vec<u8> {
     vec![0u8; BATCH_PREFIX_BYTES]
+}
+
+/// Whether a batch from [`new_batch`] has had any record appended.
+fn holds_records(batch: &[u8]) -> bool {
+    batch.len() > BATCH_PREFIX_BYTES
 }
 
 /// A failed write that was undone can be retried (after freeing space); a failed
