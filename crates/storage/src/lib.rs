@@ -74,9 +74,10 @@
 //!
 //! # Writes
 //! `append`, `set_hard_state` and `set_membership` buffer; `sync` writes the buffer as
-//! records (entries, then hard state, then membership) and fdatasyncs once. When the
-//! active segment has reached `wal_segment_size_bytes`, `sync` starts the next segment
-//! (header + batch, fdatasync, fsync of `wal/`). `record_snapshot`, `compact` and
+//! records (entries, then hard state, then membership) as one batch frame and fdatasyncs
+//! once. When the active segment has reached `wal_segment_size_bytes`, `sync` cuts it
+//! back to its data (fsynced) and starts the next segment (header + batch appended,
+//! fdatasync, fsync of `wal/`, then `fallocate`). `record_snapshot`, `compact` and
 //! `apply_snapshot` sync what is buffered and then write and sync their own record. The
 //! commit index kept is never below the latest snapshot's index. A failed fsync is never
 //! retried: the storage refuses further writes (`FailStopped`) and the node must stop. A
