@@ -29,6 +29,8 @@
 //! written is preallocated to `wal_segment_size_bytes` with `fallocate`, so writes land
 //! inside the file and their fdatasync commits no size change (about 28% shorter on the
 //! reference VM, BENCHMARKS.md); at rollover it is cut back to its data and fsynced.
+//! The start-up scan reads only what `lseek(SEEK_DATA)` reports as data, so the
+//! unwritten tail costs nothing to open.
 //! Version 1 and 2 segments (records without batches) are still read.
 //!
 //! Because every segment header repeats all metadata, any prefix of segments can be

@@ -26,6 +26,7 @@
 //! caller's job) and must never skip a bad record to reach the ones after it.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,47 @@ fn find_intact_batch(data: &[u8], from: usize, seq: u64) -> Option<usize> {
             && data[offset + 5..offset + 8] == [0, 0, 0]
             && check_frame(data, offset, seq).is_ok()
     })
+}
+
+/// The byte ranges of the first `len_bytes` of `file` that may hold data, in order: what
+/// `lseek(SEEK_DATA / SEEK_HOLE)` reports. Holes and unwritten (preallocated) space read
+/// as zeros by definition, so a reader may skip them. The whole range where the file
+/// system cannot tell.
+fn data_extents(file: &File, len_bytes: u64) -> Vec<Range<usize>> {
+    let whole = std::iter::once(0..len_bytes as usize).collect::<Vec<_>>();
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut position = 0u64;
+    while position < len_bytes {
+        let Ok(from) = libc::off_t::try_from(position) else {
+            return whole;
+        };
+        // SAFETY: lseek only moves the file's offset, which nothing here relies on: every
+        // read and write of a segment is positioned.
+        let start = unsafe { libc::lseek(fd, from, libc::SEEK_DATA) };
+        if start < 0 {
+            return match std::io::Error::last_os_error().raw_os_error() {
+                // No data at or after `position`.
+                Some(libc::ENXIO) => extents,
+                _ => whole,
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
+            return whole;
+        };
+        if start >= len_bytes {
+            break;
+        }
+        let end = end.min(len_bytes);
+        if end <= start {
+            return whole;
+        }
+        extents.push(start as usize..end as usize);
+        position = end;
+    }
+    extents
 }
 
 pub(crate) fn segment_file_name(seq: u64) -> String {
@@ -380,7 +422,7 @@ impl Segment {
         }
     }
 
-    /// Reads the whole file and hands every intact record to `visit` with its offset and
+    /// Reads the file's data and hands every intact record to `visit` with its offset and
     /// on-disk length (a batch's records one by one, at their own offsets), applying the
     /// end-of-data rule of this module's comment; `is_last` allows a torn tail and free
     /// space after the data. The repair itself (truncation) is left to the caller.
@@ -389,10 +431,15 @@ impl Segment {
         is_last: bool,
         mut visit: impl FnMut(u64, &Record, u32) -> Result<(), StorageError>,
     ) -> Result<ScanEnd, StorageError> {
+        // Only the parts that may hold data are read: a preallocated segment is mostly
+        // unwritten space, which reads as the zeros the buffer already holds.
+        let extents = data_extents(&self.file, self.len_bytes);
         let mut data = vec![0u8; self.len_bytes as usize];
-        self.file
-            .read_exact_at(&mut data, 0)
-            .map_err(|err| StorageError::io(&self.path, err))?;
+        for extent in &extents {
+            self.file
+                .read_exact_at(&mut data[extent.clone()], extent.start as u64)
+                .map_err(|err| StorageError::io(&self.path, err))?;
+        }
         let corrupted = |offset: usize, reason: String| {
             StorageError::corrupted(&self.path, offset as u64, reason)
         };
@@ -403,7 +450,7 @@ impl Segment {
                 Ok(header) => header,
                 Err(problem) => {
                     let (valid_len_bytes, torn_tail) =
-                        self.end_of_data(&data, offset, is_last, batched, problem)?;
+                        self.end_of_data(&data, &extents, offset, is_last, batched, problem)?;
                     return Ok(ScanEnd {
                         valid_len_bytes,
                         torn_tail,
@@ -455,6 +502,7 @@ impl Segment {
     fn end_of_data(
         &self,
         data: &[u8],
+        extents: &[Range<usize>],
         offset: usize,
         is_last: bool,
         batched: bool,
@@ -465,7 +513,13 @@ impl Segment {
         if !is_last {
             return Err(corrupted(problem.reason));
         }
-        if data[offset..].iter().all(|byte| *byte == 0) {
+        // Outside the extents the buffer holds zeros it was never given: check only inside.
+        let zeros_from_offset = extents.iter().all(|extent| {
+            data[extent.start.max(offset)..extent.end.max(offset)]
+                .iter()
+                .all(|byte| *byte == 0)
+        });
+        if zeros_from_offset {
             return Ok(end(None));
         }
         if !batched {
@@ -510,6 +564,39 @@ mod tests {
         assert_eq!(parse_segment_file_name("ff.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000003.wal.tmp"), None);
         assert!(segment_file_name(9) < segment_file_name(10));
+    }
+
+    #[test]
+    fn data_extents_cover_every_written_byte_and_skip_preallocated_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("extents"))
+            .unwrap();
+        const MIB: u64 = 1 << 20;
+        file.write_all_at(&[7u8; 100], 0).unwrap();
+        file.write_all_at(&[9u8; 100], MIB).unwrap();
+        // SAFETY: plain integer arguments on an fd open for writing.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, 8 * MIB as libc::off_t) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let extents = data_extents(&file, 8 * MIB);
+        let covered = |offset: u64| {
+            extents
+                .iter()
+                .any(|extent| extent.contains(&(offset as usize)))
+        };
+        for offset in (0..100).chain(MIB..MIB + 100) {
+            assert!(covered(offset), "byte {offset} not in {extents:?}");
+        }
+        // The file system here (ext4, xfs, btrfs and tmpfs alike) reports unwritten space.
+        assert!(!covered(4 * MIB), "{extents:?}");
+        assert!(extents.windows(2).all(|pair| pair[0].end <= pair[1].start));
+        // Past the end asked for, nothing.
+        assert!(data_extents(&file, 50)
+            .iter()
+            .all(|extent| extent.end <= 50));
     }
 
     #[test]

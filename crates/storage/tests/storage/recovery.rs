@@ -212,6 +212,36 @@ fn a_final_batch_whose_first_page_was_lost_is_cut_with_all_of_its_later_pages() 
 }
 
 #[test]
+fn an_intact_batch_after_a_hole_in_the_last_segment_is_still_read() {
+    // The start-up scan skips what the file system reports as holes; data after one
+    // must still be seen.
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_one_record_per_sync(dir.path(), 2);
+    {
+        let mut storage = open(dir.path());
+        let big = "v".repeat(3000);
+        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
+        append_and_sync(&mut storage, &entries);
+        append_and_sync(&mut storage, &[entry(7, 1, "after the big batch")]);
+    }
+    let segment = segment_path(dir.path(), 1);
+    let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    // SAFETY: plain integer arguments on an fd open for writing.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            4096,
+            4096,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    drop(file);
+    // The big batch lost a page, yet the batch after it is intact: not a torn write.
+    expect_corrupted(dir.path(), &segment, ends[1]);
+}
+
+#[test]
 fn a_zeroed_middle_batch_is_corruption_not_the_end_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_one_record_per_sync(dir.path(), 3);
