@@ -1,7 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust): no system protoc needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["proto/raftkv.proto", "proto/internal.proto"], ["proto"])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::SmallBufferCodec")
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto/raftkv.proto");
     println!("cargo:rerun-if-changed=proto/internal.proto");
     Ok(())

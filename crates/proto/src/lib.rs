@@ -5,6 +5,8 @@
 //! raft log entries and persists. All `bytes` fields are `bytes::Bytes`, so
 //! decoding from a `Bytes` buffer slices instead of copying.
 
+pub mod codec;
+
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("raftkv.v1");
