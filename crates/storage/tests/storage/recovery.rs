@@ -41,6 +41,18 @@ fn write_one_record_per_sync(dir: &Path, count: u64) -> Vec<u64> {
     ends
 }
 
+/// Writes entries 1 and 2 one sync each, then entries 3..=6 of ~3 KiB each in one write
+/// (a batch spanning several pages); returns `write_one_record_per_sync`'s ends and the
+/// storage, still open.
+fn write_two_records_then_a_big_batch(dir: &Path) -> (Vec<u64>, FileStorage) {
+    let ends = write_one_record_per_sync(dir, 2);
+    let mut storage = open(dir);
+    let big = "v".repeat(3000);
+    let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
+    append_and_sync(&mut storage, &entries);
+    (ends, storage)
+}
+
 /// Writes entries 1..=20 into tiny segments: three or more of them.
 fn write_several_segments(dir: &Path) {
     let mut storage = FileStorage::open(dir, small_options()).unwrap();
@@ -187,14 +199,8 @@ fn zero_bytes(path: &Path, range: std::ops::Range<u64>) {
 #[test]
 fn a_final_batch_whose_first_page_was_lost_is_cut_with_all_of_its_later_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let ends = write_one_record_per_sync(dir.path(), 2);
-    {
-        // One write of four ~3 KiB entries: the batch spans several pages.
-        let mut storage = open(dir.path());
-        let big = "v".repeat(3000);
-        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
-        append_and_sync(&mut storage, &entries);
-    }
+    let (ends, storage) = write_two_records_then_a_big_batch(dir.path());
+    drop(storage);
     let segment = segment_path(dir.path(), 1);
     // The crash persisted the batch's later pages (intact entry records among them) but
     // not its first one.
@@ -216,14 +222,9 @@ fn an_intact_batch_after_a_hole_in_the_last_segment_is_still_read() {
     // The start-up scan skips what the file system reports as holes; data after one
     // must still be seen.
     let dir = tempfile::tempdir().unwrap();
-    let ends = write_one_record_per_sync(dir.path(), 2);
-    {
-        let mut storage = open(dir.path());
-        let big = "v".repeat(3000);
-        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
-        append_and_sync(&mut storage, &entries);
-        append_and_sync(&mut storage, &[entry(7, 1, "after the big batch")]);
-    }
+    let (ends, mut storage) = write_two_records_then_a_big_batch(dir.path());
+    append_and_sync(&mut storage, &[entry(7, 1, "after the big batch")]);
+    drop(storage);
     let segment = segment_path(dir.path(), 1);
     let file = fs::OpenOptions::new().write(true).open(&segment).unwrap();
     // SAFETY: plain integer arguments on an fd open for writing.
@@ -355,14 +356,9 @@ fn zeros_after_the_data_of_an_older_segment_are_corruption() {
 fn a_final_batch_cut_short_inside_preallocated_space_is_a_torn_write() {
     // The crash persisted the batch's first pages; the rest still reads as zeros.
     let dir = tempfile::tempdir().unwrap();
-    let ends = write_one_record_per_sync(dir.path(), 2);
-    let end_of_big_batch = {
-        let mut storage = open(dir.path());
-        let big = "v".repeat(3000);
-        let entries: Vec<_> = (3..=6).map(|index| entry(index, 1, &big)).collect();
-        append_and_sync(&mut storage, &entries);
-        storage.stats().disk_bytes
-    };
+    let (ends, storage) = write_two_records_then_a_big_batch(dir.path());
+    let end_of_big_batch = storage.stats().disk_bytes;
+    drop(storage);
     let segment = segment_path(dir.path(), 1);
     assert_eq!(fs::metadata(&segment).unwrap().len(), SEGMENT_BYTES);
     zero_bytes(&segment, 8192..end_of_big_batch);
