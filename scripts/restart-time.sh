@@ -9,7 +9,10 @@
 #   scripts/restart-time.sh BINARY_A BINARY_B ROUNDS [PUTS]
 #   e.g. scripts/restart-time.sh /tmp/raftkv-before target/release/raftkv 5 0
 #
-# PUTS=0 restarts a node that holds only its first entries.
+# PUTS=0 restarts a node that holds only its first entries. TORN=1 writes 4 KiB
+# of random bytes a little after the end of the data in the last WAL segment
+# before each start, as a crash in the middle of a write can leave: the node
+# cuts them off as a torn tail, after looking for an intact batch beyond them.
 set -euo pipefail
 [[ $# -ge 3 ]] || { echo "usage: $0 BINARY_A BINARY_B ROUNDS [PUTS]" >&2; exit 2; }
 A=$(realpath "$1") B=$(realpath "$2") ROUNDS=$3 PUTS=${4:-0}
@@ -54,12 +57,28 @@ done
 for round in $(seq 1 "$ROUNDS"); do
   for label in A B; do
     bin=$A; [[ $label == B ]] && bin=$B
-    python3 - "$WORK/$label/wal" <<'EOF'
+    python3 - "$WORK/$label/wal" "${TORN:-0}" <<'EOF'
 import os, sys
-for name in os.listdir(sys.argv[1]):
-    fd = os.open(os.path.join(sys.argv[1], name), os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
+wal, torn = sys.argv[1], sys.argv[2] == "1"
+def drop_cache():
+    for name in os.listdir(wal):
+        fd = os.open(os.path.join(wal, name), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+if torn:
+    # Read only up to the first hole: cached pages of the preallocated tail
+    # would count as data for SEEK_DATA, which a crash does not leave behind.
+    drop_cache()
+    last = os.path.join(wal, max(n for n in os.listdir(wal) if n.endswith(".wal")))
+    with open(last, "r+b") as f:
+        first_hole = os.lseek(f.fileno(), 0, os.SEEK_HOLE)
+        f.seek(0)
+        data = f.read(first_hole)
+        f.seek(len(data.rstrip(b"\0")) + 64)
+        f.write(os.urandom(4096))
+        f.flush()
+        os.fsync(f.fileno())
+drop_cache()
 EOF
     started=$(date +%s%N)
     serve "$bin" "$WORK/$label"

@@ -129,14 +129,31 @@ fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, Fram
     Ok(header)
 }
 
+/// Where a frame's kind lies: bytes 4..8 of its header.
+const KIND_AT: usize = 4;
+
 /// The offset of the first intact batch frame starting at or after `from`, if any.
-fn find_intact_batch(data: &[u8], from: usize, seq: u64) -> Option<usize> {
+/// A batch's kind is not zero, so it lies in one of `extents` (the parts of `data` that
+/// may hold data, in order): only offsets that put the kind there are tried.
+fn find_intact_batch(
+    data: &[u8],
+    extents: &[Range<usize>],
+    from: usize,
+    seq: u64,
+) -> Option<usize> {
     let last_start = data.len().checked_sub(BATCH_PREFIX_BYTES)?;
-    (from..=last_start).find(|&offset| {
-        data[offset + 4] == RecordKind::Batch as u8
-            && data[offset + 5..offset + 8] == [0, 0, 0]
-            && check_frame(data, offset, seq).is_ok()
-    })
+    extents
+        .iter()
+        .flat_map(|extent| {
+            let first = extent.start.saturating_sub(KIND_AT).max(from);
+            let last = extent.end.saturating_sub(KIND_AT).min(last_start + 1);
+            first..last
+        })
+        .find(|&offset| {
+            data[offset + KIND_AT] == RecordKind::Batch as u8
+                && data[offset + KIND_AT + 1..offset + KIND_AT + 4] == [0, 0, 0]
+                && check_frame(data, offset, seq).is_ok()
+        })
 }
 
 /// The byte ranges of the first `len_bytes` of `file` that may hold data, in order: what
@@ -530,7 +547,7 @@ impl Segment {
                 Err(corrupted(problem.reason))
             };
         }
-        match find_intact_batch(data, offset + 1, self.seq) {
+        match find_intact_batch(data, extents, offset + 1, self.seq) {
             None => Ok(end(Some(problem.reason))),
             Some(next) => Err(corrupted(format!(
                 "{}, yet an intact batch follows at offset {next}",
@@ -624,6 +641,10 @@ mod tests {
         }
     }
 
+    fn one_extent(range: Range<usize>) -> Vec<Range<usize>> {
+        std::iter::once(range).collect()
+    }
+
     #[test]
     fn a_batch_frame_is_intact_only_where_it_was_sealed_for() {
         let mut batch = vec![0u8; BATCH_PREFIX_BYTES];
@@ -634,12 +655,27 @@ mod tests {
         let mut data = vec![0u8; 100];
         data.extend_from_slice(&batch);
         assert_eq!(check_frame(&data, 100, 7).unwrap().kind, RecordKind::Batch);
-        assert_eq!(find_intact_batch(&data, 0, 7), Some(100));
+        let all = one_extent(0..data.len());
+        assert_eq!(find_intact_batch(&data, &all, 0, 7), Some(100));
         // The same bytes in another segment, or at another offset, are not this batch.
         assert!(check_frame(&data, 100, 8).is_err());
-        assert_eq!(find_intact_batch(&data, 0, 8), None);
+        assert_eq!(find_intact_batch(&data, &all, 0, 8), None);
         let shifted: Vec<u8> = [0u8; 3].iter().chain(&data).copied().collect();
-        assert_eq!(find_intact_batch(&shifted, 0, 7), None);
+        assert_eq!(
+            find_intact_batch(&shifted, &one_extent(0..shifted.len()), 0, 7),
+            None
+        );
+        // Found from the extent that holds its kind, even when its first bytes lie in
+        // the extent before; not from one that ends before the kind.
+        let kind_at = 100 + KIND_AT;
+        assert_eq!(
+            find_intact_batch(&data, &one_extent(kind_at..data.len()), 0, 7),
+            Some(100)
+        );
+        assert_eq!(
+            find_intact_batch(&data, &one_extent(0..kind_at), 0, 7),
+            None
+        );
     }
 
     fn header_record(format_version: u32) -> Vec<u8> {
