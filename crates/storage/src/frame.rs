@@ -21,6 +21,10 @@ use crate::error::StorageError;
 /// Size of the fixed record header.
 pub(crate) const HEADER_LEN_BYTES: usize = 16;
 
+/// Where the kind byte lies in the header (the layout above); the three reserved zero
+/// bytes follow it.
+pub(crate) const KIND_OFFSET: usize = 4;
+
 /// Upper bound on one payload. Raft entries are bounded far below this by the server's
 /// request limits; the bound keeps a single record from asking for absurd allocations.
 pub(crate) const MAX_PAYLOAD_BYTES: u32 = 256 * 1024 * 1024;
@@ -115,8 +119,9 @@ pub(crate) fn decode_header(bytes: &[u8; HEADER_LEN_BYTES]) -> Result<FrameHeade
         return Err(HeaderProblem::ChecksumMismatch);
     }
     let payload_len_bytes = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    let kind = RecordKind::from_u8(bytes[4]).ok_or(HeaderProblem::UnknownKind(bytes[4]))?;
-    if bytes[5..8] != [0, 0, 0] {
+    let kind_byte = bytes[KIND_OFFSET];
+    let kind = RecordKind::from_u8(kind_byte).ok_or(HeaderProblem::UnknownKind(kind_byte))?;
+    if bytes[KIND_OFFSET + 1..KIND_OFFSET + 4] != [0, 0, 0] {
         return Err(HeaderProblem::ReservedNotZero);
     }
     if payload_len_bytes > MAX_PAYLOAD_BYTES {
@@ -157,7 +162,7 @@ pub(crate) fn encode_header(
         })?;
     let mut header = [0u8; HEADER_LEN_BYTES];
     header[0..4].copy_from_slice(&payload_len_bytes.to_le_bytes());
-    header[4] = kind as u8;
+    header[KIND_OFFSET] = kind as u8;
     header[8..12].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     let header_crc = crc32c::crc32c(&header[0..12]);
     header[12..16].copy_from_slice(&header_crc.to_le_bytes());

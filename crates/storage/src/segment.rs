@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::frame::{decode_header, encode_header, FrameHeader, RecordKind, HEADER_LEN_BYTES};
+use crate::frame::{
+    decode_header, encode_header, FrameHeader, RecordKind, HEADER_LEN_BYTES, KIND_OFFSET,
+};
 use crate::record::{Record, SegmentHeader};
 
 /// The first format version whose segments are preallocated and written in batches.
@@ -129,9 +131,6 @@ fn check_frame(data: &[u8], offset: usize, seq: u64) -> Result<FrameHeader, Fram
     Ok(header)
 }
 
-/// Where a frame's kind lies: bytes 4..8 of its header.
-const KIND_AT: usize = 4;
-
 /// The offset of the first intact batch frame starting at or after `from`, if any.
 /// A batch's kind is not zero, so it lies in one of `extents` (the parts of `data` that
 /// may hold data, in order): only offsets that put the kind there are tried.
@@ -145,13 +144,13 @@ fn find_intact_batch(
     extents
         .iter()
         .flat_map(|extent| {
-            let first = extent.start.saturating_sub(KIND_AT).max(from);
-            let last = extent.end.saturating_sub(KIND_AT).min(last_start + 1);
+            let first = extent.start.saturating_sub(KIND_OFFSET).max(from);
+            let last = extent.end.saturating_sub(KIND_OFFSET).min(last_start + 1);
             first..last
         })
         .find(|&offset| {
-            data[offset + KIND_AT] == RecordKind::Batch as u8
-                && data[offset + KIND_AT + 1..offset + KIND_AT + 4] == [0, 0, 0]
+            data[offset + KIND_OFFSET] == RecordKind::Batch as u8
+                && data[offset + KIND_OFFSET + 1..offset + KIND_OFFSET + 4] == [0, 0, 0]
                 && check_frame(data, offset, seq).is_ok()
         })
 }
@@ -667,7 +666,7 @@ mod tests {
         );
         // Found from the extent that holds its kind, even when its first bytes lie in
         // the extent before; not from one that ends before the kind.
-        let kind_at = 100 + KIND_AT;
+        let kind_at = 100 + KIND_OFFSET;
         assert_eq!(
             find_intact_batch(&data, &one_extent(kind_at..data.len()), 0, 7),
             Some(100)
