@@ -8,6 +8,7 @@
 //! ```text
 //! free 0          # pretend the filesystem has this many bytes free
 //! fsync-error     # every WAL fsync fails (EIO): the node must fail-stop
+//! fsync-delay 5   # every WAL fsync takes 5 ms longer (a slow disk, for benchmarks)
 //! ```
 //!
 //! An empty or missing file means no faults. The real free space comes
@@ -28,6 +29,7 @@ const REREAD_EVERY: Duration = Duration::from_millis(100);
 struct Faults {
     free_bytes: Option<u64>,
     fsync_error: bool,
+    fsync_delay_ms: Option<u64>,
 }
 
 fn parse(text: &str) -> Faults {
@@ -37,6 +39,7 @@ fn parse(text: &str) -> Faults {
         match (words.next(), words.next()) {
             (Some("free"), Some(n)) => faults.free_bytes = n.parse().ok(),
             (Some("fsync-error"), _) => faults.fsync_error = true,
+            (Some("fsync-delay"), Some(ms)) => faults.fsync_delay_ms = ms.parse().ok(),
             _ => {}
         }
     }
@@ -77,9 +80,13 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// The test hook's injected fsync failure, if any.
+/// The test hook's injected fsync failure, if any, after its injected delay.
 pub(crate) fn injected_fsync_error() -> Option<std::io::Error> {
-    faults()
+    let faults = faults();
+    if let Some(ms) = faults.fsync_delay_ms {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    faults
         .fsync_error
         .then(|| std::io::Error::from_raw_os_error(libc::EIO))
 }
@@ -94,6 +101,8 @@ mod tests {
         let f = parse("free 1024\nfsync-error # boom\n");
         assert_eq!(f.free_bytes, Some(1024));
         assert!(f.fsync_error);
+        assert_eq!(f.fsync_delay_ms, None);
+        assert_eq!(parse("fsync-delay 5").fsync_delay_ms, Some(5));
     }
 
     #[test]
