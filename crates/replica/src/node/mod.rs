@@ -21,6 +21,7 @@
 mod conf_change;
 mod disk_space;
 mod lease;
+mod probes;
 mod queries;
 mod snapshot;
 
@@ -161,6 +162,8 @@ pub(crate) struct Node {
     /// Free bytes as of the last check, less what was appended since.
     free_estimate: Option<u64>,
     lease: lease::Lease,
+    /// The last probe sent to each probing follower (see `node/probes.rs`).
+    probes: probes::Probes,
     /// When this node started: it grants no votes for an election timeout
     /// after (see `node/lease.rs`).
     started_at: Instant,
@@ -251,6 +254,7 @@ impl Node {
             no_space: false,
             free_estimate: None,
             lease: lease::Lease::default(),
+            probes: probes::Probes::default(),
             started_at: Instant::now(),
         })
     }
@@ -521,7 +525,8 @@ impl Node {
         }
         let mut rd = self.raw.ready();
         if !rd.messages().is_empty() {
-            self.transport.send(rd.take_messages());
+            let messages = self.without_repeated_probes(rd.take_messages());
+            self.transport.send(messages);
         }
         if !rd.snapshot().is_empty() {
             // Before the entries that follow it (and before anything is
@@ -575,7 +580,8 @@ impl Node {
             store.set_hard_state(&hs);
         }
         if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
+            let messages = self.without_repeated_probes(light.take_messages());
+            self.transport.send(messages);
         }
         self.apply_entries(light.take_committed_entries())?;
         if self.membership_dirty {
