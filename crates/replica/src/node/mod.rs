@@ -307,6 +307,7 @@ impl Node {
             }
         }
         self.publish_status();
+        let mut peer_batch = Vec::new();
         loop {
             // Raft may have more to hand out (entries past the per-Ready
             // limit, a read round to start): then do not wait for a tick.
@@ -317,7 +318,7 @@ impl Node {
             };
             crossbeam_channel::select! {
                 recv(self.peer_inputs) -> input => match input {
-                    Ok(input) => self.handle_peer(input)?,
+                    Ok(input) => peer_batch.push(input),
                     Err(_) => return Ok(()),
                 },
                 recv(self.inputs) -> input => match input {
@@ -330,11 +331,15 @@ impl Node {
                 },
                 default(wait) => {}
             }
-            for _ in 0..MAX_PEER_INPUTS_PER_TURN {
+            while peer_batch.len() < MAX_PEER_INPUTS_PER_TURN {
                 match self.peer_inputs.try_recv() {
-                    Ok(input) => self.handle_peer(input)?,
+                    Ok(input) => peer_batch.push(input),
                     Err(_) => break,
                 }
+            }
+            probes::coalesce_heartbeat_responses(&mut peer_batch);
+            for input in peer_batch.drain(..) {
+                self.handle_peer(input)?;
             }
             for _ in 0..MAX_INPUTS_PER_TURN {
                 match self.inputs.try_recv() {

@@ -1,4 +1,5 @@
-//! Repeated probes to a lagging follower are not sent.
+//! Repeated probes to a lagging follower are not sent, and a follower's
+//! older heartbeat responses queued behind a newer one are not stepped.
 //!
 //! While a follower's progress is in the probe state (after a restart, a
 //! partition or a rejected append), raft-rs sends it entries from its next
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::{Message, MessageType};
 use raft::ProgressState;
 
-use super::Node;
+use super::{Node, PeerInput};
 
 /// The last probe sent to each probing follower: (previous index, its
 /// term) and when.
@@ -76,6 +77,34 @@ fn keep_probe(
     }
 }
 
+/// Drops from `batch` (in arrival order) every heartbeat response followed,
+/// later in the batch, by one from the same follower in the same term that
+/// supersedes it: any later one supersedes one without a ReadIndex context,
+/// a later one with a context supersedes one with a context.
+pub(super) fn coalesce_heartbeat_responses(batch: &mut Vec<PeerInput>) {
+    // (from, term) -> (a later response seen, a later one with a context seen)
+    let mut later: HashMap<(u64, u64), (bool, bool)> = HashMap::new();
+    let mut keep = vec![true; batch.len()];
+    for (position, input) in batch.iter().enumerate().rev() {
+        let PeerInput::Raft(message) = input else {
+            continue;
+        };
+        if message.get_msg_type() != MessageType::MsgHeartbeatResponse {
+            continue;
+        }
+        let has_context = !message.context.is_empty();
+        let seen = later.entry((message.from, message.term)).or_default();
+        keep[position] = !(seen.1 || (seen.0 && !has_context));
+        seen.0 = true;
+        seen.1 |= has_context;
+    }
+    let mut position = 0;
+    batch.retain(|_| {
+        position += 1;
+        keep[position - 1]
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +116,51 @@ mod tests {
         message.index = index;
         message.log_term = log_term;
         message
+    }
+
+    fn heartbeat_response(from: u64, term: u64, context: &[u8]) -> PeerInput {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeatResponse);
+        message.from = from;
+        message.term = term;
+        message.context = context.to_vec().into();
+        PeerInput::Raft(message)
+    }
+
+    fn described(batch: &[PeerInput]) -> Vec<(u64, u64, Vec<u8>)> {
+        batch
+            .iter()
+            .map(|input| match input {
+                PeerInput::Raft(m) => (m.from, m.term, m.context.to_vec()),
+                _ => (0, 0, Vec::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_newest_heartbeat_responses_of_a_follower_are_stepped() {
+        let mut batch = vec![
+            heartbeat_response(2, 5, b""),
+            heartbeat_response(2, 5, b"r1"),
+            heartbeat_response(3, 5, b"r1"),
+            heartbeat_response(2, 5, b"r2"),
+            PeerInput::Unreachable(4),
+            heartbeat_response(2, 5, b""),
+            heartbeat_response(2, 6, b""),
+        ];
+        coalesce_heartbeat_responses(&mut batch);
+        assert_eq!(
+            described(&batch),
+            vec![
+                // Follower 3's only answer, follower 2's newest answer to a
+                // round and its newest response of term 5, and of term 6.
+                (3, 5, b"r1".to_vec()),
+                (2, 5, b"r2".to_vec()),
+                (0, 0, Vec::new()),
+                (2, 5, Vec::new()),
+                (2, 6, Vec::new()),
+            ]
+        );
     }
 
     #[test]
