@@ -50,13 +50,18 @@ while kill -0 "$BENCH_PID" 2>/dev/null; do
     awk -v n="$i" '/VmRSS/ {print n, int($2 / 1024)}' "/proc/${PID[$i]}/status" 2>/dev/null || true
   done >>"$WORK/rss.txt"
   if [[ -z $killed && $(elapsed_ms) -ge 5000 ]]; then
+    leader=""
     for i in $(seq 1 "$N"); do
-      [[ $(wc -w <<<"$killed") -ge $KILL ]] && break
-      "$BIN" --endpoints "127.0.0.1:$((BASE + i - 1))" debug raft 2>/dev/null \
-        | grep -qi "role:.*leader" || killed+=" $i"
+      role=$("$BIN" --endpoints "127.0.0.1:$((BASE + i - 1))" debug raft 2>/dev/null \
+        | awk '/^role:/ {gsub(/"/, "", $2); print $2}')
+      if [[ $role == leader ]]; then
+        leader=$i
+      elif [[ $role == follower && $(wc -w <<<"$killed") -lt $KILL ]]; then
+        killed+=" $i"
+      fi
     done
     for i in $killed; do kill -9 "${PID[$i]}"; wait "${PID[$i]}" 2>/dev/null || true; done
-    echo "[$(elapsed_ms) ms] killed followers$killed" >&2
+    echo "[$(elapsed_ms) ms] leader $leader; killed followers$killed" >&2
   fi
   if [[ -n $killed && -z $restarted && $(elapsed_ms) -ge $((5000 + DOWN * 1000)) ]]; then
     for i in $killed; do start "$i"; done
@@ -67,6 +72,7 @@ while kill -0 "$BENCH_PID" 2>/dev/null; do
 done
 wait "$BENCH_PID" || true
 BENCH_PID=""
+"$BIN" --endpoints "$endpoints" status 2>/dev/null | grep -i -m1 "leader" >&2 || true
 python3 - "$WORK/rss.txt" "$WORK/bench.json" <<'PY'
 import json, sys
 peak = {}
