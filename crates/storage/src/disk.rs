@@ -80,8 +80,9 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// The test hook's injected fsync failure, if any, after its injected delay.
-pub(crate) fn injected_fsync_error() -> Option<std::io::Error> {
+/// Applies the test hook's fsync faults: sleeps for its injected delay, if any, then
+/// returns its injected failure, if any.
+pub(crate) fn apply_fsync_faults() -> Option<std::io::Error> {
     let faults = faults();
     if let Some(ms) = faults.fsync_delay_ms {
         std::thread::sleep(Duration::from_millis(ms));

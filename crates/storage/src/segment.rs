@@ -364,7 +364,7 @@ impl Segment {
     /// would report success for data that is gone.
     pub fn sync_data(&self) -> Result<(), StorageError> {
         let started = Instant::now();
-        let result = match crate::disk::injected_fsync_error() {
+        let result = match crate::disk::apply_fsync_faults() {
             Some(err) => Err(err),
             None => self.file.sync_data(),
         };
