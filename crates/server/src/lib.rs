@@ -27,7 +27,7 @@ use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::peer_server::PeerServer;
 use raftkv_replica::{
     bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, SnapshotStore,
-    StorageOptions,
+    StorageError, StorageOptions,
 };
 use tonic::transport::server::TcpIncoming;
 
@@ -52,8 +52,14 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
         wal_segment_size_bytes: config.wal_segment_size_bytes,
         ..Default::default()
     };
-    let mut storage = FileStorage::open(&config.data_dir, options)
-        .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?;
+    let mut storage = FileStorage::open(&config.data_dir, options).map_err(|e| match e {
+        // The message names the dir and the holder already.
+        StorageError::Locked { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!(
+            "cannot open data dir {}",
+            config.data_dir.display()
+        )),
+    })?;
     if let Some(identity) = storage.identity() {
         if let Some(id) = config.id {
             if id != identity.node_id {

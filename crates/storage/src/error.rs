@@ -33,6 +33,18 @@ pub enum StorageError {
     #[error("inconsistent storage in {dir}: {reason}")]
     Inconsistent { dir: PathBuf, reason: String },
 
+    /// Another process holds the data directory's lock (`lock.rs`): two servers on one
+    /// directory would destroy each other's log.
+    #[error(
+        "data dir {dir} is in use by another process{}; stop it first, or give this server \
+         its own --data-dir",
+        holder_pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Locked {
+        dir: PathBuf,
+        holder_pid: Option<u32>,
+    },
+
     /// `bootstrap` was called on a node that already has a configuration.
     #[error("storage is already initialized (it has a membership)")]
     AlreadyInitialized,

@@ -17,6 +17,7 @@ use raft::{GetEntriesContext, RaftState};
 use crate::entry_log::{EntryLocation, EntryLog};
 use crate::error::StorageError;
 use crate::identity::{read_identity, write_identity, NodeIdentity};
+use crate::lock::DataDirLock;
 use crate::membership::MembershipRecord;
 use crate::record::{Record, SnapshotState};
 use crate::snapshot_file::SnapshotMeta;
@@ -79,6 +80,8 @@ impl std::fmt::Debug for SyncObserver {
 /// The durable store of one raft node in its data directory.
 #[derive(Debug)]
 pub struct FileStorage {
+    /// Held for as long as the storage is open: one process per data directory.
+    _lock: DataDirLock,
     data_dir: PathBuf,
     identity: Option<NodeIdentity>,
     wal: Wal,
@@ -119,11 +122,13 @@ fn replay_log_start(log: &mut EntryLog, index: u64, term: u64) -> Result<(), Str
 }
 
 impl FileStorage {
-    /// Opens (creating if missing) the data dir and recovers the WAL under `<dir>/wal/`.
+    /// Locks (see `lock.rs`; `Locked` if another process holds it), opens (creating if
+    /// missing) the data dir and recovers the WAL under `<dir>/wal/`.
     /// A torn or partial final record of the last segment is truncated (logged at
     /// warn); a failed check anywhere else is `Err(Corrupted { path, offset, .. })`.
     pub fn open(data_dir: &Path, opts: StorageOptions) -> Result<FileStorage, StorageError> {
-        std::fs::create_dir_all(data_dir).map_err(|err| StorageError::io(data_dir, err))?;
+        // Before anything in the directory is read or written.
+        let lock = DataDirLock::acquire(data_dir)?;
         let identity = read_identity(data_dir)?;
         let mut log = EntryLog::new(opts.entry_cache_bytes);
         // Pass 1: the newest log start any segment header carries. Compaction writes its
@@ -233,6 +238,7 @@ impl FileStorage {
             "storage opened"
         );
         Ok(FileStorage {
+            _lock: lock,
             data_dir: data_dir.to_path_buf(),
             identity,
             wal,

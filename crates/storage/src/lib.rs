@@ -2,6 +2,8 @@
 //!
 //! # Layout of a data directory
 //! ```text
+//! <data-dir>/LOCK                             flock held by the process using the directory
+//!                                               (its PID inside)
 //! <data-dir>/raftkv.id                          node id + cluster id (text, with a CRC32C line)
 //! <data-dir>/wal/<seq:016x>.wal                 WAL segments, consecutive seq; the oldest
 //!                                               ones disappear with compaction
@@ -106,6 +108,7 @@ mod error;
 mod file_storage;
 mod frame;
 mod identity;
+mod lock;
 mod membership;
 mod record;
 mod segment;
@@ -116,6 +119,7 @@ mod wal;
 pub use error::StorageError;
 pub use file_storage::{FileStorage, StorageOptions, StorageStats, SyncReport};
 pub use identity::{NodeIdentity, IDENTITY_FILE_NAME};
+pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use membership::MembershipRecord;
 pub use snapshot_file::{
     read_chunk_at, SnapshotInfo, SnapshotMeta, SnapshotReader, SnapshotWriter,
