@@ -365,3 +365,82 @@ fn assert_state_equals(
         wrong.first()
     );
 }
+
+/// Makes a file undeletable (`chattr +i`) until dropped; `None` where the file
+/// system or the user cannot (the test then says so and stops).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A follower installs the leader's snapshot but one of its old WAL segments
+/// cannot be deleted (`chattr +i`); it is killed right after. Once the
+/// segment is deletable again it must start, catch up, and hold every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarts_after_an_install_that_could_not_delete_its_old_segments() {
+    let mut cluster = TestCluster::start_with(
+        bin(),
+        3,
+        &["--snapshot-entries", "1000", "--wal-segment-size", "4KiB"],
+    );
+    overwrite_keys(&cluster, "in/", 100, 300, 8, 200, LOAD_DEADLINE).await;
+    let lagging = cluster.followers()[0];
+    cluster.wait_caught_up(Duration::from_secs(30));
+    cluster.kill(lagging);
+    let load = overwrite_keys(&cluster, "in/", 100, 8_000, CLIENTS, 200, LOAD_DEADLINE).await;
+    cluster.wait_caught_up(Duration::from_secs(60));
+    for id in cluster.live_ids() {
+        take_snapshot(&cluster, id);
+        compact(&cluster, id);
+    }
+    let mut segments = wal_files(&cluster, lagging);
+    segments.sort();
+    assert!(
+        segments.len() >= 3,
+        "follower {lagging} has several old segments: {segments:?}"
+    );
+    let Some(stuck) = Immutable::set(&segments[1]) else {
+        eprintln!("SKIPPED: `chattr +i` is not available here (needs root and ext4 or similar)");
+        return;
+    };
+    cluster.restart(lagging);
+    cluster.wait_caught_up(CATCH_UP_WAIT);
+    let log = std::fs::read_to_string(cluster.log_path(lagging)).unwrap_or_default();
+    assert!(
+        log.contains("could not delete obsolete WAL segments"),
+        "follower {lagging} installed a snapshot and failed to delete {}",
+        segments[1].display()
+    );
+    cluster.kill(lagging);
+    drop(stuck);
+    cluster.restart(lagging);
+    cluster.wait_caught_up(CATCH_UP_WAIT);
+    let view = scan_all(&cluster.client_at(lagging), "in/", Consistency::Stale).await;
+    assert_state_equals(
+        &view,
+        &load.last_acked,
+        &format!("follower {lagging} after a restart over the install's leftovers"),
+    );
+    assert!(
+        !segments[1].exists(),
+        "the leftover segment is deleted at the start after the install"
+    );
+}

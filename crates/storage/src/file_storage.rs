@@ -21,7 +21,9 @@ use crate::lock::DataDirLock;
 use crate::membership::MembershipRecord;
 use crate::record::{Record, SnapshotState};
 use crate::snapshot_file::SnapshotMeta;
-use crate::wal::{new_batch, read_segment_headers, DurableMeta, Wal, WAL_DIR_NAME};
+use crate::wal::{
+    new_batch, obsolete_below_seq, read_segment_headers, DurableMeta, Wal, WAL_DIR_NAME,
+};
 
 /// Tuning knobs; the defaults suit a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,8 +136,11 @@ impl FileStorage {
         // Pass 1: the newest log start any segment header carries. Compaction writes its
         // log start into the header of a new segment before deleting older ones, so this
         // covers the gap in front of the oldest remaining segment's entries.
-        if let Some(floor) = read_segment_headers(data_dir)?
+        let headers = read_segment_headers(data_dir)?;
+        let obsolete_below = obsolete_below_seq(&headers);
+        if let Some(floor) = headers
             .into_iter()
+            .filter(|header| header.seq >= obsolete_below)
             .max_by_key(|header| header.log_start_index)
         {
             if floor.log_start_index > 0 {
@@ -148,66 +153,71 @@ impl FileStorage {
         let mut latest_snapshot: Option<SnapshotState> = None;
         let mut segment_max_entry_index = BTreeMap::new();
         // Pass 2: every record in order.
-        let mut wal = Wal::open(data_dir, opts.wal_segment_size_bytes, |position, record| {
-            let corrupted = |reason: String| {
-                StorageError::corrupted(position.path, position.offset_bytes, reason)
-            };
-            match record {
-                Record::SegmentHeader(header) => {
-                    replay_log_start(&mut log, header.log_start_index, header.log_start_term)
-                        .map_err(corrupted)?;
-                    hard_state = header.hard_state.clone();
-                    membership = header.membership.clone();
-                    latest_snapshot = header.latest_snapshot.clone();
-                }
-                Record::Entry(entry) => {
-                    let max = segment_max_entry_index
-                        .entry(position.segment_seq)
-                        .or_insert(0u64);
-                    *max = (*max).max(entry.index);
-                    // Compacted: the log start was learned from a newer header.
-                    if entry.index <= log.start_index() {
-                        return Ok(());
+        let mut wal = Wal::open(
+            data_dir,
+            opts.wal_segment_size_bytes,
+            obsolete_below,
+            |position, record| {
+                let corrupted = |reason: String| {
+                    StorageError::corrupted(position.path, position.offset_bytes, reason)
+                };
+                match record {
+                    Record::SegmentHeader(header) => {
+                        replay_log_start(&mut log, header.log_start_index, header.log_start_term)
+                            .map_err(corrupted)?;
+                        hard_state = header.hard_state.clone();
+                        membership = header.membership.clone();
+                        latest_snapshot = header.latest_snapshot.clone();
                     }
-                    log.check_next_index(entry.index).map_err(|reason| {
-                        corrupted(format!("{reason}; no log start record covers the gap"))
-                    })?;
-                    let location = EntryLocation {
-                        segment_seq: position.segment_seq,
-                        offset_bytes: position.offset_bytes,
-                        payload_len_bytes: position.payload_len_bytes,
-                    };
-                    log.push(entry.clone(), Some(location));
-                }
-                Record::HardState(state) => hard_state = state.clone(),
-                Record::Membership(record) => membership = record.clone(),
-                Record::LogStart { index, term } => {
-                    replay_log_start(&mut log, *index, *term).map_err(corrupted)?;
-                }
-                Record::SnapshotRecorded {
-                    meta,
-                    membership: snapshot_membership,
-                } => {
-                    hard_state.commit = hard_state.commit.max(meta.index);
-                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
-                }
-                Record::SnapshotInstalled {
-                    meta,
-                    membership: snapshot_membership,
-                } => {
-                    if meta.index >= log.start_index() {
-                        log.reset(meta.index, meta.term);
-                    } else {
-                        // A newer header already moved the start past it.
-                        log.reset(log.start_index(), log.start_term());
+                    Record::Entry(entry) => {
+                        let max = segment_max_entry_index
+                            .entry(position.segment_seq)
+                            .or_insert(0u64);
+                        *max = (*max).max(entry.index);
+                        // Compacted: the log start was learned from a newer header.
+                        if entry.index <= log.start_index() {
+                            return Ok(());
+                        }
+                        log.check_next_index(entry.index).map_err(|reason| {
+                            corrupted(format!("{reason}; no log start record covers the gap"))
+                        })?;
+                        let location = EntryLocation {
+                            segment_seq: position.segment_seq,
+                            offset_bytes: position.offset_bytes,
+                            payload_len_bytes: position.payload_len_bytes,
+                        };
+                        log.push(entry.clone(), Some(location));
                     }
-                    hard_state.commit = hard_state.commit.max(meta.index);
-                    membership = snapshot_membership.clone();
-                    latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                    Record::HardState(state) => hard_state = state.clone(),
+                    Record::Membership(record) => membership = record.clone(),
+                    Record::LogStart { index, term } => {
+                        replay_log_start(&mut log, *index, *term).map_err(corrupted)?;
+                    }
+                    Record::SnapshotRecorded {
+                        meta,
+                        membership: snapshot_membership,
+                    } => {
+                        hard_state.commit = hard_state.commit.max(meta.index);
+                        latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                    }
+                    Record::SnapshotInstalled {
+                        meta,
+                        membership: snapshot_membership,
+                    } => {
+                        if meta.index >= log.start_index() {
+                            log.reset(meta.index, meta.term);
+                        } else {
+                            // A newer header already moved the start past it.
+                            log.reset(log.start_index(), log.start_term());
+                        }
+                        hard_state.commit = hard_state.commit.max(meta.index);
+                        membership = snapshot_membership.clone();
+                        latest_snapshot = Some((*meta, snapshot_membership.clone()));
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         if hard_state.commit > log.last_index() {
             return Err(StorageError::Inconsistent {
                 dir: data_dir.join(WAL_DIR_NAME),
@@ -633,7 +643,16 @@ impl FileStorage {
             membership: membership.clone(),
         }
         .encode_into(&mut batch)?;
-        let position = self.wal.roll_over(&mut batch, &self.durable)?;
+        // The new segment's header already describes the installed state and marks
+        // every older segment obsolete: whichever of them a crash or an unlink error
+        // leaves behind, replay skips them (and deletes them).
+        let mut installed = self.durable.clone();
+        installed.log_start_index = meta.index;
+        installed.log_start_term = meta.term;
+        installed.hard_state.commit = installed.hard_state.commit.max(meta.index);
+        installed.membership = membership.clone();
+        installed.latest_snapshot = Some((meta, membership.clone()));
+        let position = self.wal.roll_over_replacing_older(&mut batch, &installed)?;
         self.log.reset(meta.index, meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.membership = membership.clone();

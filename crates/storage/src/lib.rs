@@ -18,7 +18,8 @@
 //! *segment header* (always and only the first record of a segment: magic, format
 //! version, the segment's seq, the log start, hard state, membership and — since format
 //! version 2; version 1 headers are still read — the latest snapshot with its membership,
-//! all as durable when the segment was created), *entry* (protobuf `eraftpb::Entry`),
+//! all as durable when the segment was created, and since version 4 whether it replaces
+//! every older segment), *entry* (protobuf `eraftpb::Entry`),
 //! *hard state* (protobuf), *membership* (prost `internal::Membership`), *log start*
 //! (index, term: entries up to index are compacted; written at bootstrap and by a
 //! compaction that deletes nothing; kind 5, formerly "snapshot marker"), *snapshot
@@ -40,13 +41,19 @@
 //! as a newer segment exists. Compaction therefore starts a new segment whose header
 //! carries the new log start, fsyncs it, and only then deletes the oldest segments whose
 //! entries are all at or below it (oldest first, stopping at the first that holds a
-//! newer entry), then fsyncs `wal/`. `apply_snapshot` starts a new segment whose first
-//! record after the header is *snapshot installed*, fsyncs it, then deletes every older
-//! segment.
+//! newer entry), then fsyncs `wal/`. `apply_snapshot` starts a new segment whose header
+//! already carries the installed state (log start, commit, membership, snapshot) and is
+//! marked *replaces older segments* (format version 4), and whose first record after the
+//! header is *snapshot installed*; it fsyncs it, then deletes every older segment. A
+//! crash or an unlink error can stop those deletions anywhere: replay skips (and
+//! deletes) every segment older than the newest header so marked, so any subset of
+//! leftovers starts.
 //!
 //! # Replay
-//! Pass 1 reads only the segment headers and takes the highest log start among them
-//! (a damaged header is skipped here and reported by pass 2). Pass 2 applies every
+//! Pass 1 reads only the segment headers: segments older than the newest one marked
+//! *replaces older segments* are obsolete (left out and deleted), and the highest log
+//! start among the rest is taken (a damaged header is skipped here and reported by
+//! pass 2). Pass 2 applies every
 //! record in order, starting from that log start:
 //! - an entry at or below the log start is ignored (it is compacted — this is how the
 //!   oldest remaining segment's prefix is skipped); otherwise it must be at most one past

@@ -15,7 +15,9 @@
 //! Segment header payload: magic u32, version u32, seq u64, log start index u64, log start
 //! term u64, hard state (u32 length + protobuf), membership (u32 length + prost); version 2
 //! then adds a flag byte (1 = a snapshot follows) and, if set, snapshot index u64, term u64
-//! and its membership (u32 length + prost). Version 1 headers (no snapshot) are still read.
+//! and its membership (u32 length + prost); version 4 then adds a flag byte (1 = this
+//! segment replaces every older one: see `SegmentHeader::replaces_older_segments`).
+//! Version 1 headers (no snapshot) are still read.
 //!
 //! Framing and checksums live in `frame.rs`; this file must not do I/O.
 
@@ -32,8 +34,9 @@ use crate::snapshot_file::SnapshotMeta;
 const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RKVW");
 /// Bumped on any incompatible change of the on-disk format. Version 2 added the latest
 /// snapshot to the segment header; version 3 wraps each group-commit write in a batch
-/// frame and preallocates segments. Versions 1 and 2 are still read.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// frame and preallocates segments; version 4 marks the segment a snapshot install
+/// starts as replacing every older one. Versions 1 to 3 are still read.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// A snapshot recorded as durable, with the membership as of its index.
@@ -52,6 +55,9 @@ pub(crate) struct SegmentHeader {
     pub hard_state: HardState,
     pub membership: MembershipRecord,
     pub latest_snapshot: Option<SnapshotState>,
+    /// Every segment with a lower sequence number is obsolete (a snapshot install
+    /// started this segment): replay skips them whether or not they were deleted yet.
+    pub replaces_older_segments: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +123,9 @@ impl Record {
                         put_snapshot(&mut out, meta, membership);
                     }
                 }
+                if header.format_version >= 4 {
+                    out.push(u8::from(header.replaces_older_segments));
+                }
                 out
             }
             Record::Entry(entry) => encode_protobuf(entry),
@@ -171,6 +180,15 @@ impl Record {
                 } else {
                     None
                 };
+                let replaces_older_segments = if version >= 4 {
+                    match reader.u8()? {
+                        0 => false,
+                        1 => true,
+                        flag => return Err(format!("replaces flag {flag} is neither 0 nor 1")),
+                    }
+                } else {
+                    false
+                };
                 reader.finish()?;
                 Ok(Record::SegmentHeader(Box::new(SegmentHeader {
                     format_version: version,
@@ -180,6 +198,7 @@ impl Record {
                     hard_state,
                     membership,
                     latest_snapshot,
+                    replaces_older_segments,
                 })))
             }
             // Parsing from `Bytes` lets the entry's data share the read buffer.
@@ -351,10 +370,12 @@ mod tests {
             hard_state,
             membership: membership.clone(),
             latest_snapshot: None,
+            replaces_older_segments: false,
         };
         round_trip(Record::SegmentHeader(Box::new(header.clone())));
         round_trip(Record::SegmentHeader(Box::new(SegmentHeader {
             latest_snapshot: Some((meta, membership)),
+            replaces_older_segments: true,
             ..header
         })));
     }
@@ -397,6 +418,7 @@ mod tests {
                 hard_state,
                 membership,
                 latest_snapshot: None,
+                replaces_older_segments: false,
             }))
         );
     }

@@ -687,6 +687,7 @@ mod tests {
             hard_state: Default::default(),
             membership: Default::default(),
             latest_snapshot: None,
+            replaces_older_segments: false,
         }))
         .encode_into(&mut buf)
         .unwrap();

@@ -25,6 +25,17 @@ use crate::segment::{parse_segment_file_name, seal_batch, sync_dir, Segment, BAT
 /// Name of the WAL directory inside the data directory.
 pub const WAL_DIR_NAME: &str = "wal";
 
+/// Where `Wal::write` puts a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// In the active segment (a new one once it is full).
+    Append,
+    /// At the start of a new segment.
+    NewSegment,
+    /// At the start of a new segment that marks every older one obsolete.
+    ReplacingOlderSegments,
+}
+
 /// The durable metadata a new segment's header carries.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct DurableMeta {
@@ -36,7 +47,7 @@ pub(crate) struct DurableMeta {
 }
 
 impl DurableMeta {
-    fn header_record(&self, seq: u64) -> Record {
+    fn header_record(&self, seq: u64, replaces_older_segments: bool) -> Record {
         Record::SegmentHeader(Box::new(SegmentHeader {
             format_version: crate::record::FORMAT_VERSION,
             seq,
@@ -45,8 +56,20 @@ impl DurableMeta {
             hard_state: self.hard_state.clone(),
             membership: self.membership.clone(),
             latest_snapshot: self.latest_snapshot.clone(),
+            replaces_older_segments,
         }))
     }
+}
+
+/// The sequence number below which every segment is obsolete: that of the newest
+/// intact header marked `replaces_older_segments` (0 if none).
+pub(crate) fn obsolete_below_seq(headers: &[SegmentHeader]) -> u64 {
+    headers
+        .iter()
+        .filter(|header| header.replaces_older_segments)
+        .map(|header| header.seq)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The intact headers of the segments in `<data_dir>/wal/` (best effort: a missing
@@ -67,6 +90,33 @@ pub(crate) fn read_segment_headers(data_dir: &Path) -> Result<Vec<SegmentHeader>
         }
     }
     Ok(headers)
+}
+
+/// Deletes segments a snapshot install made obsolete but a crash (or an unlink error)
+/// left behind. Best effort: one that cannot be deleted is skipped at every start
+/// until it can.
+fn remove_obsolete_segments(dir: &Path, seqs: &[u64]) {
+    let mut removed = false;
+    for seq in seqs {
+        let path = dir.join(crate::segment::segment_file_name(*seq));
+        match fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(err) => tracing::warn!(
+                path = %path.display(),
+                %err,
+                "cannot delete a WAL segment a snapshot install made obsolete; it is ignored"
+            ),
+        }
+    }
+    if removed {
+        if let Err(err) = sync_dir(dir) {
+            tracing::warn!(%err, "fsync of the WAL directory after deleting obsolete segments");
+        }
+    }
+    tracing::info!(
+        segments = seqs.len(),
+        "skipped WAL segments older than the last snapshot install"
+    );
 }
 
 /// Where a replayed record sits; handed to the replay visitor.
@@ -97,11 +147,14 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// Opens the WAL directory (creating it) and replays every record, in order, through
-    /// `visit(position, record)`. The last segment's torn tail is cut
-    /// off; every other problem is an error. Call [`Wal::ensure_writable_segment`] next.
+    /// `visit(position, record)`. Segments below `obsolete_below_seq` (see
+    /// [`obsolete_below_seq`]) are left out of the replay and deleted. The last
+    /// segment's torn tail is cut off; every other problem is an error. Call
+    /// [`Wal::ensure_writable_segment`] next.
     pub fn open(
         data_dir: &Path,
         segment_size_limit_bytes: u64,
+        obsolete_below_seq: u64,
         mut visit: impl FnMut(RecordPosition<'_>, &Record) -> Result<(), StorageError>,
     ) -> Result<Wal, StorageError> {
         let dir = data_dir.join(WAL_DIR_NAME);
@@ -109,7 +162,16 @@ impl Wal {
             fs::create_dir_all(&dir).map_err(|err| StorageError::io(&dir, err))?;
             sync_dir(data_dir)?;
         }
-        let seqs = list_segment_seqs(&dir)?;
+        let mut seqs = list_segment_seqs(&dir)?;
+        let obsolete: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| *seq < obsolete_below_seq)
+            .collect();
+        if !obsolete.is_empty() {
+            seqs.retain(|seq| *seq >= obsolete_below_seq);
+            remove_obsolete_segments(&dir, &obsolete);
+        }
         if let Some(pair) = seqs.windows(2).find(|pair| pair[1] != pair[0] + 1) {
             return Err(StorageError::Inconsistent {
                 dir,
@@ -172,7 +234,7 @@ impl Wal {
             Some((seq, 0)) => {
                 let segment = self.segments.get_mut(&seq).expect("segment exists");
                 let mut buf = Vec::new();
-                meta.header_record(seq).encode_into(&mut buf)?;
+                meta.header_record(seq, false).encode_into(&mut buf)?;
                 segment.append(&buf)?;
                 segment.sync_data()?;
                 segment.set_batched();
@@ -181,7 +243,7 @@ impl Wal {
             }
             Some(_) => {}
             None => {
-                let (segment, _) = self.create_segment(1, meta, &mut new_batch())?;
+                let (segment, _) = self.create_segment(1, meta, &mut new_batch(), false)?;
                 self.segments.insert(1, segment);
             }
         }
@@ -205,9 +267,11 @@ impl Wal {
         seq: u64,
         meta: &DurableMeta,
         batch: &mut [u8],
+        replaces_older_segments: bool,
     ) -> Result<(Segment, u64), StorageError> {
         let mut buf = Vec::with_capacity(batch.len() + 256);
-        meta.header_record(seq).encode_into(&mut buf)?;
+        meta.header_record(seq, replaces_older_segments)
+            .encode_into(&mut buf)?;
         let batch_offset = buf.len() as u64;
         if holds_records(batch) {
             seal_batch(batch, seq, batch_offset)?;
@@ -252,7 +316,7 @@ impl Wal {
         batch: &mut [u8],
         meta: &DurableMeta,
     ) -> Result<BatchPosition, StorageError> {
-        self.write(batch, meta, false)
+        self.write(batch, meta, Placement::Append)
     }
 
     /// Like [`Wal::write_batch`], but always starts a new segment, whose header carries
@@ -263,17 +327,28 @@ impl Wal {
         batch: &mut [u8],
         meta: &DurableMeta,
     ) -> Result<BatchPosition, StorageError> {
-        self.write(batch, meta, true)
+        self.write(batch, meta, Placement::NewSegment)
+    }
+
+    /// Like [`Wal::roll_over`], and the new segment's header marks every older segment
+    /// obsolete (a snapshot install): once it is durable, replay skips the older ones
+    /// however many of them are still on disk.
+    pub fn roll_over_replacing_older(
+        &mut self,
+        batch: &mut [u8],
+        meta: &DurableMeta,
+    ) -> Result<BatchPosition, StorageError> {
+        self.write(batch, meta, Placement::ReplacingOlderSegments)
     }
 
     fn write(
         &mut self,
         batch: &mut [u8],
         meta: &DurableMeta,
-        force_new_segment: bool,
+        placement: Placement,
     ) -> Result<BatchPosition, StorageError> {
         self.check_not_fail_stopped()?;
-        let result = self.write_batch_inner(batch, meta, force_new_segment);
+        let result = self.write_batch_inner(batch, meta, placement);
         if let Err(err) = &result {
             if !is_retryable(err) {
                 let reason = match err {
@@ -299,13 +374,13 @@ impl Wal {
         &mut self,
         batch: &mut [u8],
         meta: &DurableMeta,
-        force_new_segment: bool,
+        placement: Placement,
     ) -> Result<BatchPosition, StorageError> {
         let (&active_seq, active) = self
             .segments
             .last_key_value()
             .expect("ensure_writable_segment ran at open");
-        if force_new_segment || active.len_bytes() >= self.segment_size_limit_bytes {
+        if placement != Placement::Append || active.len_bytes() >= self.segment_size_limit_bytes {
             // The active segment was fsynced by the sync that wrote its last batch. It is
             // about to become an older segment, which must end exactly at its data.
             let active = self
@@ -316,7 +391,8 @@ impl Wal {
                 reason: format!("cutting a full WAL segment back to its data failed: {err}"),
             })?;
             let seq = active_seq + 1;
-            let (segment, offset_bytes) = self.create_segment(seq, meta, batch)?;
+            let replaces = placement == Placement::ReplacingOlderSegments;
+            let (segment, offset_bytes) = self.create_segment(seq, meta, batch, replaces)?;
             tracing::debug!(path = %segment.path().display(), "rolled over to a new WAL segment");
             self.segments.insert(seq, segment);
             return Ok(BatchPosition {
