@@ -4,44 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use raftkv_testkit::TestCluster;
 
-use common::bin;
-
-/// `GET path` over HTTP/1.1: (status code, body).
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_string())
-}
-
-/// The value of the first sample line starting with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix:?} in:\n{text}"))
-}
+use common::{bin, http_get, sample};
 
 const FAMILIES: &[&str] = &[
     "raftkv_raft_term",
@@ -70,6 +37,7 @@ const FAMILIES: &[&str] = &[
     "raftkv_process_open_fds",
     "raftkv_wal_sync_duration_seconds",
     "raftkv_wal_entries_per_sync",
+    "raftkv_peer_messages_rejected_total",
 ];
 
 #[test]

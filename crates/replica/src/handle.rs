@@ -17,6 +17,7 @@ use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
+use crate::peer_check::{Rejection, RejectionCounters};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) status: Mutex<NodeStatus>,
     pub(crate) membership: RwLock<MembershipRecord>,
     pub(crate) stopped: watch::Sender<Option<String>>,
+    /// Raft messages from the network refused before raft saw them.
+    pub(crate) peer_rejections: RejectionCounters,
 }
 
 /// A handle to a running replica. Cheap to clone.
@@ -71,6 +74,7 @@ impl Replica {
             }),
             membership: RwLock::new(membership),
             stopped: watch::channel(None).0,
+            peer_rejections: RejectionCounters::default(),
         });
         let node_id = config.node_id;
         let cluster_id = config.cluster_id;
@@ -187,10 +191,22 @@ impl Replica {
             && crate::clock::boot_time() < until
     }
 
-    /// Hands a raft message from a peer to the node. Dropped if the node is
-    /// overloaded: raft treats that as a lost packet.
+    /// Hands a raft message from a peer to the node, which checks it against its
+    /// state before raft sees it (see `peer_check.rs`); the caller has checked the
+    /// envelope (`check_envelope`). Dropped if the node is overloaded: raft treats
+    /// that as a lost packet.
     pub fn step(&self, message: Message) {
         let _ = self.peer_inputs.try_send(PeerInput::Raft(message));
+    }
+
+    /// Counts a peer message refused before it reached the node.
+    pub fn count_rejection(&self, rejection: Rejection) {
+        self.shared.peer_rejections.count(rejection);
+    }
+
+    /// Peer messages refused so far, by reason (every reason, zeros included).
+    pub fn peer_rejections(&self) -> Vec<(&'static str, u64)> {
+        self.shared.peer_rejections.snapshot()
     }
 
     /// Tells raft a peer could not be reached (it then probes gently).

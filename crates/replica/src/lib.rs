@@ -18,6 +18,7 @@ mod handle;
 mod logger;
 mod membership;
 mod node;
+mod peer_check;
 mod proposals;
 mod reads;
 mod snapshots;
@@ -29,6 +30,7 @@ pub use config::ReplicaConfig;
 pub use error::{FatalError, ReplicaError};
 pub use handle::{Replica, WriteSession};
 pub use membership::{bootstrap_membership, encode_conf_change_context, member_ids};
+pub use peer_check::{check_envelope, check_membership, Arrival, Rejection};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 

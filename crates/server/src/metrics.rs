@@ -62,6 +62,7 @@ pub struct Metrics {
     open_fds: IntGauge,
     wal_sync_seconds: Histogram,
     wal_entries_per_sync: Histogram,
+    peer_rejected: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -143,8 +144,20 @@ impl Metrics {
         registry
             .register(Box::new(cpu_seconds.clone()))
             .expect("unique");
+        let peer_rejected = IntCounterVec::new(
+            Opts::new(
+                "raftkv_peer_messages_rejected_total",
+                "Raft messages from the network dropped before raft saw them, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(peer_rejected.clone()))
+            .expect("unique");
         let r = &registry;
         Metrics {
+            peer_rejected,
             requests,
             request_seconds,
             term: gauge(r, "raftkv_raft_term", "Current raft term"),
@@ -329,6 +342,10 @@ impl Metrics {
             let kv = replica.kv();
             self.keys.set(kv.len() as i64);
             self.data_bytes.set(kv.data_bytes() as i64);
+        }
+        for (reason, count) in replica.peer_rejections() {
+            let counter = self.peer_rejected.with_label_values(&[reason]);
+            counter.inc_by(count.saturating_sub(counter.get()));
         }
         self.peer_sent_bytes
             .set(PEER_BYTES.sent.load(Ordering::Relaxed) as i64);

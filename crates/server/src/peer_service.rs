@@ -3,13 +3,22 @@
 //! each message to the replica) and `Peer.InstallSnapshot` (writes a snapshot
 //! file to disk as it arrives, verifies every checksum, and only then hands
 //! the leader's `MsgSnapshot` to raft).
+//!
+//! What a message must satisfy is decided by the replica's pure checks
+//! (`raftkv_replica::check_envelope` here, the rest on the node thread); this
+//! file only applies them and counts what they refuse. A stream whose envelopes
+//! are addressed wrongly is closed; a message that fails a check is dropped
+//! and the stream goes on.
 
 use bytes::BytesMut;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_server::Peer;
 use raftkv_proto::v1::{RaftAck, RaftEnvelope, SnapshotFileChunk};
-use raftkv_replica::{member_ids, Replica, SnapshotMeta, SnapshotStore};
+use raftkv_replica::{
+    check_envelope, check_membership, member_ids, Arrival, Rejection, Replica, SnapshotMeta,
+    SnapshotStore,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
@@ -24,6 +33,7 @@ impl PeerService {
         let own_cluster = self.replica.cluster_id();
         let node_id = self.replica.node_id();
         if cluster_id != own_cluster {
+            self.replica.count_rejection(Rejection::ClusterMismatch);
             tracing::warn!(
                 "refused raft traffic from node {from} of cluster {cluster_id:x} (this is cluster {own_cluster:x})"
             );
@@ -33,11 +43,31 @@ impl PeerService {
             )));
         }
         if to != node_id {
+            self.replica.count_rejection(Rejection::WrongRecipient);
             return Err(Status::failed_precondition(format!(
                 "message for node {to} reached node {node_id}"
             )));
         }
         Ok(())
+    }
+
+    /// Checks a decoded message against its envelope; counts and logs a refusal.
+    fn check_message(
+        &self,
+        message: &Message,
+        envelope_from: u64,
+        arrival: Arrival,
+    ) -> Result<(), Rejection> {
+        check_envelope(message, envelope_from, self.replica.node_id(), arrival).inspect_err(
+            |rejection| {
+                self.replica.count_rejection(*rejection);
+                tracing::debug!(
+                    "dropped a {:?} from node {envelope_from}: {}",
+                    message.get_msg_type(),
+                    rejection.label()
+                );
+            },
+        )
     }
 }
 
@@ -59,10 +89,10 @@ impl PeerService {
             return Ok(());
         }
         let membership = self.replica.membership();
-        let ids = member_ids(&membership.conf_state);
-        if ids.is_empty() || ids.contains(&message.from) {
+        if check_membership(message.from, &member_ids(&membership.conf_state)).is_ok() {
             return Ok(());
         }
+        self.replica.count_rejection(Rejection::NotAMember);
         let mut status = Status::failed_precondition(format!(
             "node {} is not a member of the cluster as of configuration index {}",
             message.from, membership.index
@@ -85,8 +115,14 @@ impl Peer for PeerService {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         self.check_sender(first.cluster_id, first.from, first.to)?;
-        let message = Message::parse_from_carllerche_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        let message = Message::parse_from_carllerche_bytes(&first.message).map_err(|e| {
+            self.replica.count_rejection(Rejection::Undecodable);
+            Status::invalid_argument(format!("undecodable snapshot message: {e}"))
+        })?;
+        self.check_message(&message, first.from, Arrival::InstallSnapshot)
+            .map_err(|rejection| {
+                Status::invalid_argument(format!("snapshot refused: {}", rejection.label()))
+            })?;
         let metadata = message.get_snapshot().get_metadata();
         let meta = SnapshotMeta {
             index: metadata.index,
@@ -158,13 +194,19 @@ impl Peer for PeerService {
             };
             match Message::parse_from_carllerche_bytes(&encoded) {
                 Ok(message) => {
-                    self.refuse_removed_candidate(&message)?;
-                    self.replica.step(message)
+                    if self
+                        .check_message(&message, envelope.from, Arrival::RaftStream)
+                        .is_ok()
+                    {
+                        self.refuse_removed_candidate(&message)?;
+                        self.replica.step(message)
+                    }
                 }
                 Err(e) => {
+                    self.replica.count_rejection(Rejection::Undecodable);
                     return Err(Status::invalid_argument(format!(
                         "undecodable raft message: {e}"
-                    )))
+                    )));
                 }
             }
         }

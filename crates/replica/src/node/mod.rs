@@ -370,6 +370,17 @@ impl Node {
     fn handle_peer(&mut self, input: PeerInput) -> Result<(), FatalError> {
         match input {
             PeerInput::Raft(message) => {
+                if let Err(rejection) = self.check_peer_message(&message) {
+                    tracing::debug!(
+                        "node {}: dropped a {:?} from node {}: {}",
+                        self.id,
+                        message.get_msg_type(),
+                        message.from,
+                        rejection.label()
+                    );
+                    self.shared.peer_rejections.count(rejection);
+                    return Ok(());
+                }
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }
@@ -488,6 +499,23 @@ impl Node {
                 ))));
             }
         }
+    }
+
+    /// Checks a message from the network against this node's state, so that
+    /// nothing raft-rs asserts on reaches it (`peer_check.rs`).
+    fn check_peer_message(&self, message: &Message) -> Result<(), crate::peer_check::Rejection> {
+        let raft = &self.raw.raft;
+        // Every member (joint and learners included) has a progress entry.
+        let is_member = |id: u64| raft.prs().get(id).is_some();
+        let configured = raft.prs().iter().next().is_some();
+        crate::peer_check::check_against_node(
+            message,
+            &crate::peer_check::NodeView {
+                is_member: configured.then_some(&is_member as &dyn Fn(u64) -> bool),
+                leader_id: raft.leader_id,
+                last_index: raft.raft_log.last_index(),
+            },
+        )
     }
 
     /// A node that just started knows no leader, so raft would grant votes
