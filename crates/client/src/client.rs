@@ -23,6 +23,11 @@ const STREAM_VALUE_ABOVE_BYTES: usize = 1024 * 1024;
 const VALUE_CHUNK_BYTES: usize = 1024 * 1024;
 /// gRPC messages the client accepts (scan pages, inline values).
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// A write is not sent again later than this after its first attempt. The
+/// state machine never drops a session active within the last two minutes of
+/// log time (`SessionLimits::min_idle_before_eviction_ms`), so every retry
+/// still finds the session of a write that was applied: it cannot apply twice.
+pub const WRITE_RETRY_WINDOW: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Retries while no leader serves are at most this far apart, so a client
 /// notices a new leader within ~100 ms of its election.
@@ -107,7 +112,9 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     /// Where the last leader-routed call succeeded.
     leader: Mutex<Option<String>>,
-    session: Session,
+    /// Shared by clones; replaced when the cluster says it expired (writes in
+    /// flight keep the one they started with).
+    session: Mutex<Arc<Session>>,
 }
 
 /// A RaftKV client. Cheap to clone; clones share connections and session.
@@ -145,7 +152,7 @@ impl Client {
                 options,
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
-                session: Session::new(),
+                session: Mutex::new(Arc::new(Session::new())),
             }),
         })
     }
@@ -236,17 +243,18 @@ impl Client {
             };
             refused_here = if elsewhere { refused_here + 1 } else { 0 };
             let retryable = match (retry, &error) {
+                (Retry::WriteUntil(until), _) if Instant::now() >= until => false,
                 (_, Error::NotLeader { .. }) => true,
                 // Another endpoint may serve it, if any is left to ask.
                 _ if elsewhere => refused_here <= endpoints.len(),
-                (Retry::AnyRetryable, e) => e.is_retryable(),
+                (Retry::AnyRetryable | Retry::WriteUntil(_), e) => e.is_retryable(),
                 // The server's own refusal ("a change is in progress", "not
                 // caught up yet") is the answer; only reaching it is retried.
                 (Retry::RedirectsOnly, e) => !from_server && e.is_retryable(),
             };
             match &error {
                 Error::NotLeader { leader_address, .. }
-                    if !leader_address.is_empty() && *leader_address != target =>
+                    if retryable && !leader_address.is_empty() && *leader_address != target =>
                 {
                     target = leader_address.clone();
                     continue;
@@ -330,18 +338,65 @@ impl Client {
             .await
     }
 
+    /// Runs a write under the client's session. If the state machine says the
+    /// session expired (it forgot it, see `Error::SessionExpired`), later
+    /// writes get a new session; the write itself is sent again under it only
+    /// if that refusal answered its first attempt (then nothing of it was
+    /// applied), and otherwise fails with an unknown outcome.
     async fn write_until<F, Fut>(&self, deadline: &Deadline, mut attempt: F) -> Result<(), Error>
     where
         F: FnMut(KvClient<Channel>, pb::WriteSession) -> Fut,
         Fut: Future<Output = Result<(), Status>>,
     {
-        let session = &self.inner.session;
-        let seq = session.begin();
-        let result = self
-            .call_leader_until(deadline, |client| attempt(client, session.for_request(seq)))
-            .await;
-        session.end(seq);
-        result
+        let mut renewed = false;
+        loop {
+            let session = self.session();
+            let seq = session.begin();
+            let mut attempts = 0u32;
+            let window_ends = Instant::now() + WRITE_RETRY_WINDOW;
+            let retry = Retry::WriteUntil(window_ends);
+            let result = self
+                .route_to_leader(deadline, retry, |channel| {
+                    attempts += 1;
+                    attempt(kv_client(channel), session.for_request(seq))
+                })
+                .await;
+            session.end(seq);
+            match result {
+                Err(Error::SessionExpired(message)) => {
+                    self.renew_session(&session);
+                    if attempts == 1 && !renewed {
+                        renewed = true;
+                        continue;
+                    }
+                    return Err(Error::UnknownOutcome(format!(
+                        "{message}; the write was sent more than once, so it may have been \
+                         applied before the session expired"
+                    )));
+                }
+                Err(e) if e.is_retryable() && Instant::now() >= window_ends => {
+                    return Err(Error::UnknownOutcome(format!(
+                        "{e}; not sent again after {}s, so it may or may not have been applied",
+                        WRITE_RETRY_WINDOW.as_secs()
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The write session new writes use.
+    fn session(&self) -> Arc<Session> {
+        self.inner.session.lock().expect("session lock").clone()
+    }
+
+    /// Replaces `expired` (if it is still current) with a new session.
+    fn renew_session(&self, expired: &Arc<Session>) {
+        let mut current = self.inner.session.lock().expect("session lock");
+        if Arc::ptr_eq(&current, expired) {
+            tracing::debug!("the cluster forgot this client's session; starting a new one");
+            *current = Arc::new(Session::new());
+        }
     }
 
     /// Stores `value` under `key`.
@@ -663,8 +718,12 @@ impl Client {
 /// Which failures a leader-routed call retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retry {
-    /// Every retryable error (data operations).
+    /// Every retryable error (reads).
     AnyRetryable,
+    /// Every retryable error, and redirects, until the instant given: a
+    /// write is never sent again after its session's retry window
+    /// (`WRITE_RETRY_WINDOW`), however long the caller's deadline.
+    WriteUntil(Instant),
     /// Redirects and failures to reach a server (membership changes: the
     /// server's refusals are answers for the operator).
     RedirectsOnly,

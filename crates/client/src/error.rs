@@ -33,6 +33,12 @@ pub enum Error {
     UnknownOutcome(String),
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The cluster no longer knows the client's write session (idle too
+    /// long), and the write might repeat one applied before: refused without
+    /// effect. Not retryable under the same session; the client starts a new
+    /// one for later writes.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
 }
 
 fn leader_hint(leader_id: u64, address: &str) -> String {
@@ -87,6 +93,7 @@ impl Error {
                     ErrorKind::NoSpace => Error::NoSpace(message),
                     ErrorKind::Corrupted => Error::Corrupted(message),
                     ErrorKind::UnknownOutcome => Error::UnknownOutcome(message),
+                    ErrorKind::SessionExpired => Error::SessionExpired(message),
                     ErrorKind::Rejected | ErrorKind::Unspecified => Error::Rejected(message),
                 };
             }

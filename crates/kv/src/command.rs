@@ -32,6 +32,7 @@ mod tests {
             seq: 5,
             first_incomplete_seq: 4,
             timestamp_ms: 1_700_000_000_000,
+            rules: 1,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

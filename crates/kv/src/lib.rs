@@ -17,6 +17,8 @@ mod snapshot;
 mod state;
 
 pub use command::{decode_command, encode_command, Command, Op};
-pub use session::{SessionLimits, SessionVerdict};
+pub use session::{
+    SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_STRICT_SESSIONS,
+};
 pub use snapshot::RestoreError;
 pub use state::{ApplyOutcome, KvState, ScanPage, ScanQuery};

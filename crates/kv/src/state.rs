@@ -24,6 +24,11 @@ pub enum ApplyOutcome {
     Duplicate,
     /// Refused without effect (the reason is for the client).
     Refused(String),
+    /// Refused without effect: the client's session is gone, and this write
+    /// might be a retry of one applied before it went (see `session.rs`).
+    SessionExpired,
+    /// Refused without effect: no room for a new session yet; retry later.
+    TooManySessions,
 }
 
 /// A scan request over the map.
@@ -80,6 +85,7 @@ impl KvState {
                 cmd.seq,
                 cmd.first_incomplete_seq,
                 self.clock_ms,
+                cmd.rules,
             ) {
                 SessionVerdict::Apply => {}
                 SessionVerdict::Duplicate => return ApplyOutcome::Duplicate,
@@ -88,6 +94,8 @@ impl KvState {
                         "too many writes in flight in this client session".into(),
                     )
                 }
+                SessionVerdict::Expired => return ApplyOutcome::SessionExpired,
+                SessionVerdict::TooManySessions => return ApplyOutcome::TooManySessions,
             }
         }
         for op in &cmd.ops {
@@ -408,5 +416,55 @@ mod tests {
         assert_eq!(snapshot.get(b"a").unwrap(), "a");
         assert_eq!(snapshot.get(b"b"), None);
         assert_eq!(s.get(b"a").unwrap(), "changed");
+    }
+
+    /// Raft thesis §6.3: client A's put(k, 1) applies but the reply is lost;
+    /// A's session is dropped; B puts (k, 2); A's retry must not set k back
+    /// to 1 (a reader would see 1, 2, 1).
+    #[test]
+    fn a_retry_after_its_session_was_dropped_does_not_apply_again() {
+        let limits = SessionLimits {
+            ttl_ms: 1_000,
+            max_sessions: 1,
+            max_in_flight_per_session: 10,
+            min_idle_before_eviction_ms: 1_000,
+        };
+        let run = |rules: u32| {
+            let mut s = KvState::new(limits);
+            let write = |client_id, seq, fis, at_ms, value: &str| Command {
+                client_id,
+                seq,
+                first_incomplete_seq: fis,
+                timestamp_ms: at_ms,
+                rules,
+                ops: vec![put("k", value)],
+                ..Default::default()
+            };
+            assert_eq!(
+                s.apply(1, 1, &write(1, 1, 1, 0, "0")),
+                ApplyOutcome::Applied
+            );
+            // A's second write applies; its reply is lost.
+            assert_eq!(
+                s.apply(2, 1, &write(1, 2, 2, 10, "1")),
+                ApplyOutcome::Applied
+            );
+            // B writes once A's session is idle past the window: A's is dropped.
+            assert_eq!(
+                s.apply(3, 1, &write(2, 1, 1, 2_000, "2")),
+                ApplyOutcome::Applied
+            );
+            let retry = s.apply(4, 1, &write(1, 2, 2, 2_001, "1"));
+            (retry, s.get(b"k"))
+        };
+        assert_eq!(
+            run(crate::CURRENT_RULES),
+            (ApplyOutcome::SessionExpired, Some(Bytes::from_static(b"2")))
+        );
+        // What an older build's log did, and still replays as.
+        assert_eq!(
+            run(crate::RULES_ORIGINAL),
+            (ApplyOutcome::Applied, Some(Bytes::from_static(b"1")))
+        );
     }
 }

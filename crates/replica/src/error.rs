@@ -20,6 +20,10 @@ pub enum ReplicaError {
     /// The state machine refused the command.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The state machine refused the write: its client session is gone and
+    /// the write may repeat one applied before (see `raftkv_kv`'s sessions).
+    #[error("session expired: {0}")]
+    SessionExpired(String),
     /// The disk is full: writes fail, reads go on.
     #[error("no space left on device: {0}")]
     NoSpace(String),

@@ -24,7 +24,7 @@ pub fn error_status(
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::NoSpace => Code::ResourceExhausted,
         ErrorKind::Corrupted => Code::DataLoss,
-        ErrorKind::Rejected => Code::Aborted,
+        ErrorKind::Rejected | ErrorKind::SessionExpired => Code::Aborted,
         ErrorKind::Unspecified => Code::Internal,
     };
     let detail = ErrorDetail {
@@ -84,6 +84,9 @@ pub fn replica_status(error: ReplicaError, header: ResponseHeader) -> Status {
         ReplicaError::UnknownOutcome(m) => error_status(ErrorKind::UnknownOutcome, m, header, true),
         ReplicaError::Unavailable(m) => error_status(ErrorKind::Unavailable, m, header, true),
         ReplicaError::Rejected(m) => error_status(ErrorKind::Rejected, m, header, false),
+        ReplicaError::SessionExpired(m) => {
+            error_status(ErrorKind::SessionExpired, m, header, false)
+        }
         ReplicaError::NoSpace(m) => error_status(ErrorKind::NoSpace, m, header, true),
         ReplicaError::Stopped(m) => error_status(ErrorKind::Unavailable, m, header, true),
         // Refused here for good, but another member may serve it.

@@ -160,6 +160,31 @@ async fn refuse_if_wiped(
     Ok(())
 }
 
+/// Test hook: `RAFTKV_TEST_SESSION_LIMITS="max_sessions=N,min_idle_ms=N,ttl_ms=N"`
+/// shrinks the state machine's client session table, so tests can make it
+/// drop sessions. Every node of a cluster must get the same value.
+fn test_session_limits() -> anyhow::Result<Option<raftkv_replica::SessionLimits>> {
+    let Ok(text) = std::env::var("RAFTKV_TEST_SESSION_LIMITS") else {
+        return Ok(None);
+    };
+    let mut limits = raftkv_replica::SessionLimits::default();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .with_context(|| format!("RAFTKV_TEST_SESSION_LIMITS: {item:?} is not NAME=VALUE"))?;
+        let value: u64 = value
+            .parse()
+            .with_context(|| format!("RAFTKV_TEST_SESSION_LIMITS: {item:?}"))?;
+        match name {
+            "max_sessions" => limits.max_sessions = value as usize,
+            "min_idle_ms" => limits.min_idle_before_eviction_ms = value,
+            "ttl_ms" => limits.ttl_ms = value,
+            other => bail!("RAFTKV_TEST_SESSION_LIMITS: unknown setting {other:?}"),
+        }
+    }
+    Ok(Some(limits))
+}
+
 /// Runs a node until `shutdown` resolves (clean exit) or the node stops on a
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -202,6 +227,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     replica_config.lease_reads = config.lease_read;
     // Room for the largest entry on top of a fixed reserve.
     replica_config.min_free_bytes = config.max_value_bytes + 64 * 1024 * 1024;
+    if let Some(limits) = test_session_limits()? {
+        tracing::warn!("test-only client session limits in force: {limits:?}");
+        replica_config.sessions = limits;
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     storage.set_sync_observer(metrics.wal_sync_observer());
     let transport = Arc::new(GrpcTransport::new(

@@ -133,6 +133,7 @@ pub struct TestCluster {
     bin: PathBuf,
     peers: String,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, std::ffi::OsString)>,
     nodes: Vec<Node>,
     /// Ports set aside for nodes that will join later, in join order.
     reserved_ports: Vec<u16>,
@@ -150,6 +151,17 @@ impl TestCluster {
 
     /// Like [`start`](Self::start), with `extra_args` added to every server.
     pub fn start_with(bin: impl AsRef<Path>, nodes: usize, extra_args: &[&str]) -> TestCluster {
+        TestCluster::start_with_env(bin, nodes, extra_args, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with environment variables (test
+    /// hooks such as `RAFTKV_TEST_SESSION_LIMITS`) set for every server.
+    pub fn start_with_env(
+        bin: impl AsRef<Path>,
+        nodes: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestCluster {
         assert!(
             (1..=9).contains(&nodes),
             "a test cluster has 1 to 9 nodes, not {nodes}"
@@ -186,6 +198,10 @@ impl TestCluster {
             bin: bin.as_ref().to_path_buf(),
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.into()))
+                .collect(),
             nodes,
             reserved_ports: Vec::new(),
             dir: Some(dir),
@@ -758,13 +774,18 @@ impl TestCluster {
         if !faults.exists() {
             fs::write(&faults, "").expect("create the net-faults file");
         }
-        let env = [
+        let mut env = vec![
             ("RAFTKV_NET_FAULTS", faults.into_os_string()),
             (
                 "RAFTKV_DISK_FAULTS",
                 node.disk_faults_path().into_os_string(),
             ),
         ];
+        env.extend(
+            self.extra_env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.clone())),
+        );
         match ServerProcess::spawn(&self.bin, &args, &node.log_path(), &env) {
             Ok(process) => *node.process() = Some(process),
             Err(e) => self.fail(&format!(

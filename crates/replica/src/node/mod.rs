@@ -482,6 +482,7 @@ impl Node {
             seq: session.seq,
             first_incomplete_seq: session.first_incomplete_seq,
             timestamp_ms: self.log_clock_ms(),
+            rules: raftkv_kv::CURRENT_RULES,
             ops,
         };
         match self.raw.propose(vec![], encode_command(&command)) {
@@ -650,6 +651,18 @@ impl Node {
                         let result = match outcome {
                             ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(()),
                             ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
+                            ApplyOutcome::SessionExpired => {
+                                Err(ReplicaError::SessionExpired(format!(
+                                    "the cluster no longer knows client session {:x}; start a \
+                                     new session",
+                                    command.client_id
+                                )))
+                            }
+                            ApplyOutcome::TooManySessions => Err(ReplicaError::Unavailable(
+                                "too many client sessions were active recently to open another; \
+                                 retry"
+                                    .into(),
+                            )),
                         };
                         self.proposals.complete(command.proposal_id, result);
                     }
