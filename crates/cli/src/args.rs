@@ -159,7 +159,8 @@ pub struct ScanArgs {
     /// Keys in one page (1..=10000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub limit: u32,
-    /// Skip this many matching keys first.
+    /// Skip this many matching keys first (at most 100000: skipping walks the
+    /// keys; page deeper with --after).
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
     /// Start after this key (exclusive): the cursor printed by the previous page.

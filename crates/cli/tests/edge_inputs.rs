@@ -278,6 +278,30 @@ fn a_2_mib_value_round_trips_on_three_nodes() {
     }
 }
 
+/// Skipping walks the map, so a scan's offset is bounded (100,000); deeper
+/// pages are reached with `--after`, which the error points to.
+#[test]
+fn a_scan_offset_over_the_bound_is_refused_and_points_to_after() {
+    let cluster = TestCluster::start(bin(), 1);
+    for key in ["o/a", "o/b", "o/c"] {
+        cluster.cli(&["put", key, "v"]).assert_ok();
+    }
+    for offset in ["100001", "18446744073709551615"] {
+        let out = cluster.cli(&["scan", "o/", "--offset", offset]);
+        out.assert_error(3, "invalid argument");
+        out.assert_error(3, "--after");
+    }
+    let out = cluster.cli(&["scan", "o/", "--offset", "100000", "--keys-only"]);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout_text(),
+        "",
+        "an offset past the matches is an empty page"
+    );
+    let out = cluster.cli(&["scan", "o/", "--offset", "1", "--keys-only"]);
+    assert_eq!(out.assert_ok().stdout_text(), "o/b\no/c\n");
+}
+
 #[test]
 fn bad_flags_are_a_usage_error_with_exit_2() {
     // No cluster needed: the arguments are rejected before any connection.

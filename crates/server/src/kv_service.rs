@@ -28,6 +28,13 @@ pub const INLINE_VALUE_BYTES: usize = 1024 * 1024;
 pub const VALUE_CHUNK_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Matches a scan may skip (`offset`): skipping walks the map, so it is
+/// bounded like every other piece of work a request can ask for. Deeper pages
+/// are reached with the `after` cursor, which costs nothing to skip.
+pub const MAX_SCAN_OFFSET: u64 = 100_000;
+/// Scans that may walk more than this many keys run on a blocking thread, not
+/// on an async worker.
+const INLINE_SCAN_KEYS: u64 = 2_000;
 /// A scan page stops early (with `more`) past this many bytes.
 pub const MAX_SCAN_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Operations in one batch.
@@ -309,14 +316,37 @@ impl Kv for KvService {
                 }
                 n => n,
             };
+            if request.offset > MAX_SCAN_OFFSET {
+                return Err(invalid_argument(
+                    format!(
+                        "scan offset {} is over the maximum of {MAX_SCAN_OFFSET}; page through \
+                         the keys with `after` (the previous page's last key, --after on the \
+                         command line) instead",
+                        request.offset
+                    ),
+                    self.header(),
+                ));
+            }
             read_barrier(&self.replica, request.consistency).await?;
-            let page = self.replica.kv().scan(&ScanQuery {
-                prefix: &request.prefix,
-                after: (!request.after.is_empty()).then_some(&request.after[..]),
-                offset: request.offset,
-                limit: limit as usize,
-                keys_only: request.keys_only,
-            });
+            // A point-in-time copy (O(1): a persistent map): the walk below
+            // never holds the lock the node thread needs to apply entries.
+            let state = self.replica.kv().clone();
+            let scan = move || {
+                state.scan(&ScanQuery {
+                    prefix: &request.prefix,
+                    after: (!request.after.is_empty()).then_some(&request.after[..]),
+                    offset: request.offset,
+                    limit: limit as usize,
+                    keys_only: request.keys_only,
+                })
+            };
+            let page = if request.offset + u64::from(limit) > INLINE_SCAN_KEYS {
+                tokio::task::spawn_blocking(scan)
+                    .await
+                    .map_err(|e| Status::internal(format!("scan failed: {e}")))?
+            } else {
+                scan()
+            };
             let mut pairs = Vec::with_capacity(page.pairs.len());
             let mut reply_bytes = 0;
             let mut more = page.more;
@@ -414,7 +444,8 @@ impl Kv for KvService {
                 self.check_key(key)?;
             }
             read_barrier(&self.replica, request.consistency).await?;
-            let kv = self.replica.kv();
+            // A point-in-time copy (O(1)), so the lookups never hold the lock.
+            let kv = self.replica.kv().clone();
             let results = request
                 .keys
                 .into_iter()
