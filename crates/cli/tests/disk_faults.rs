@@ -1,7 +1,8 @@
 //! Acceptance: disk faults (issue 6), through the storage's test-only hook
 //! (`RAFTKV_DISK_FAULTS`, see `raftkv_storage::disk`): a full disk makes
 //! writes fail with `NoSpace` while reads go on and nothing acknowledged is
-//! lost, and writes resume once space is back; a failed fsync stops the
+//! lost, and writes resume once space is back; a snapshot that would eat into
+//! a follower's disk reserve is refused until there is room; a failed fsync stops the
 //! node (fail-stop), and the node comes back only as a new member with an
 //! empty data dir.
 
@@ -9,10 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use raftkv_testkit::TestCluster;
+use raftkv_testkit::{poll_until, TestCluster};
 
 use common::bin;
-use common::storage::assert_same_hash_when_idle;
+use common::storage::{assert_same_hash_when_idle, compact, storage, take_snapshot};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -142,4 +143,46 @@ fn a_failed_fsync_stops_the_node_and_it_returns_as_a_new_member() {
             .stdout,
         b"v2\n"
     );
+}
+
+/// A follower whose disk has less free space than a snapshot needs above the
+/// reserve (`--max-value-size` + 64 MiB) refuses it instead of filling the
+/// disk; the leader sends it again later, and once space is back the
+/// follower installs it and catches up.
+#[test]
+fn a_follower_refuses_a_snapshot_that_would_eat_into_its_disk_reserve() {
+    const RESERVE: u64 = (1 << 20) + (64 << 20);
+    let mut cluster = TestCluster::start_with(bin(), 3, &["--max-value-size", "1MiB"]);
+    let lagging = cluster.followers()[0];
+    cluster.kill(lagging);
+    let value = "v".repeat(1000);
+    for i in 0..200 {
+        cluster
+            .cli(&["put", &format!("s/{i:03}"), &value])
+            .assert_ok();
+    }
+    for id in cluster.live_ids() {
+        take_snapshot(&cluster, id);
+        compact(&cluster, id);
+    }
+    cluster.set_disk_faults(lagging, &format!("free {}\n", RESERVE + 1000));
+    cluster.restart(lagging);
+    let refused = poll_until(WAIT, Duration::from_millis(200), || {
+        let log = std::fs::read_to_string(cluster.log_path(lagging)).unwrap_or_default();
+        log.contains("refused the snapshot").then_some(())
+    });
+    assert!(
+        refused.is_ok(),
+        "follower {lagging} never refused the snapshot"
+    );
+    assert_eq!(
+        storage(&cluster, lagging).snapshot_index,
+        0,
+        "follower {lagging} installed no snapshot"
+    );
+    cluster.cli(&["put", "s/during", "x"]).assert_ok();
+    cluster.set_disk_faults(lagging, "");
+    assert_same_hash_when_idle(&cluster, Duration::from_secs(60));
+    let got = cluster.cli_at(lagging, &["get", "s/199", "--consistency", "stale"]);
+    assert_eq!(got.assert_ok().stdout_text().trim_end(), value);
 }

@@ -49,6 +49,8 @@ pub struct Replica {
     peer_inputs: Sender<PeerInput>,
     node_id: u64,
     cluster_id: u64,
+    snapshots: SnapshotStore,
+    min_free_bytes: u64,
 }
 
 impl Replica {
@@ -78,6 +80,8 @@ impl Replica {
         });
         let node_id = config.node_id;
         let cluster_id = config.cluster_id;
+        let min_free_bytes = config.min_free_bytes;
+        let snapshot_store = snapshots.clone();
         let node = Node::new(
             storage,
             config,
@@ -100,6 +104,8 @@ impl Replica {
             peer_inputs,
             node_id,
             cluster_id,
+            snapshots: snapshot_store,
+            min_free_bytes,
         })
     }
 
@@ -197,6 +203,12 @@ impl Replica {
     /// that as a lost packet.
     pub fn step(&self, message: Message) {
         let _ = self.peer_inputs.try_send(PeerInput::Raft(message));
+    }
+
+    /// Whether a snapshot of `bytes` may be received now: it must fit above
+    /// the disk reserve (see `node/disk_space.rs`).
+    pub fn check_room_for_snapshot(&self, bytes: u64) -> Result<(), ReplicaError> {
+        crate::node::check_snapshot_room(self.snapshots.free_bytes(), bytes, self.min_free_bytes)
     }
 
     /// Counts a peer message refused before it reached the node.

@@ -128,6 +128,14 @@ impl Peer for PeerService {
             index: metadata.index,
             term: metadata.term,
         };
+        if let Err(e) = self.replica.check_room_for_snapshot(first.total_bytes) {
+            tracing::warn!(
+                "refused the snapshot at index {} from node {}: {e}",
+                meta.index,
+                first.from
+            );
+            return Err(Status::resource_exhausted(e.to_string()));
+        }
         tracing::info!(
             "receiving snapshot at index {} ({} bytes) from node {}",
             meta.index,

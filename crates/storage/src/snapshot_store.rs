@@ -30,6 +30,11 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
+    /// Free bytes on the filesystem of `snap/` (the test hook's figure when it is set).
+    pub fn free_bytes(&self) -> Option<u64> {
+        crate::disk::free_bytes(&self.dir)
+    }
+
     /// Opens `<data_dir>/snap/`, creating it, and deletes leftover `*.snap.tmp` and
     /// `*.snap.partial` files (unfinished writes and transfers from before a restart).
     /// Call it once at startup, before any writer or receiver exists.

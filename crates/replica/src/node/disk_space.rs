@@ -14,6 +14,26 @@ use raftkv_kv::Op;
 use super::Node;
 use crate::error::ReplicaError;
 
+/// Whether a received snapshot of `snapshot_bytes` fits above the reserve of
+/// `min_free_bytes` with `free` bytes free (unknown free space counts as room).
+/// A follower refuses one that does not, rather than fill the disk and stop at
+/// its next WAL rollover; the leader hears the refusal and sends it again later.
+pub(crate) fn check_snapshot_room(
+    free: Option<u64>,
+    snapshot_bytes: u64,
+    min_free_bytes: u64,
+) -> Result<(), ReplicaError> {
+    match free {
+        Some(free) if free < min_free_bytes.saturating_add(snapshot_bytes) => {
+            Err(ReplicaError::NoSpace(format!(
+                "a snapshot of {snapshot_bytes} bytes does not fit: {free} bytes free on the \
+                 data disk and {min_free_bytes} are kept in reserve; free some space"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Bytes an entry takes in the log, roughly (payload plus framing).
 pub(super) fn entries_bytes(entries: &[Entry]) -> u64 {
     entries
@@ -69,5 +89,20 @@ impl Node {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_must_fit_above_the_reserve() {
+        assert!(check_snapshot_room(Some(1_100), 100, 1_000).is_ok());
+        let refused = check_snapshot_room(Some(1_099), 100, 1_000).unwrap_err();
+        assert!(matches!(refused, ReplicaError::NoSpace(_)), "{refused}");
+        assert!(refused.to_string().contains("reserve"));
+        assert!(check_snapshot_room(None, u64::MAX, 1_000).is_ok());
+        assert!(check_snapshot_room(Some(u64::MAX), u64::MAX, 1).is_err());
     }
 }

@@ -20,6 +20,7 @@
 
 mod conf_change;
 mod disk_space;
+pub(crate) use disk_space::check_snapshot_room;
 mod lease;
 mod probes;
 mod queries;
