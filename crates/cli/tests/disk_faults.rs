@@ -186,3 +186,57 @@ fn a_follower_refuses_a_snapshot_that_would_eat_into_its_disk_reserve() {
     let got = cluster.cli_at(lagging, &["get", "s/199", "--consistency", "stale"]);
     assert_eq!(got.assert_ok().stdout_text().trim_end(), value);
 }
+
+/// Two followers of three out of space drop appends but still answer
+/// heartbeats. The leader hears of it with their messages and refuses new
+/// writes at once (`no space on a quorum`) instead of holding them until the
+/// caller gives up; reads go on; once space is back, writes resume and every
+/// acknowledged write is there. A write the leader cannot commit is answered
+/// at the caller's deadline as of unknown outcome (here: a leader cut off
+/// from its followers, with a deadline shorter than the election timeout).
+#[test]
+fn writes_are_refused_while_a_quorum_is_out_of_space() {
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.cli(&["put", "q/before", "1"]).assert_ok();
+    let leader = cluster.leader();
+    let followers = cluster.followers();
+    for follower in &followers {
+        cluster.set_disk_faults(*follower, "free 0\n");
+    }
+    let started = Instant::now();
+    let refused = loop {
+        let out = cluster.cli(&["put", "q/during", "x", "--timeout", "3s"]);
+        if out.code != 0 && out.stderr.contains("no space on a quorum") {
+            break out;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "writes were never refused for lack of space on a quorum: {}",
+            out.describe()
+        );
+    };
+    refused.assert_error(3, "no space");
+    let asked = Instant::now();
+    cluster
+        .cli(&["put", "q/during", "x", "--timeout", "3s"])
+        .assert_error(3, "no space on a quorum");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "refused at once, not at the deadline ({:?})",
+        asked.elapsed()
+    );
+    assert_eq!(cluster.cli(&["get", "q/before"]).assert_ok().stdout, b"1\n");
+    for follower in &followers {
+        cluster.set_disk_faults(*follower, "");
+    }
+    put_eventually(&cluster, "q/after", "2");
+    assert_eq!(cluster.cli(&["get", "q/after"]).assert_ok().stdout, b"2\n");
+
+    // A write that cannot commit: the caller's deadline ends the wait.
+    cluster.isolate(leader);
+    std::thread::sleep(Duration::from_millis(400)); // the rules are re-read every 100 ms
+    let out = cluster.cli_at(leader, &["put", "q/cut-off", "y", "--timeout", "600ms"]);
+    out.assert_error(3, "outcome unknown");
+    cluster.heal();
+    assert_same_hash_when_idle(&cluster, Duration::from_secs(60));
+}

@@ -268,7 +268,11 @@ impl Client {
                 _ => return Err(error),
             }
             if Instant::now() + backoff >= deadline.expires_at() {
-                return Err(Error::Timeout(timeout));
+                // A write the server could not settle in time says so.
+                return Err(match error {
+                    Error::UnknownOutcome(_) => error,
+                    _ => Error::Timeout(timeout),
+                });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -326,16 +330,6 @@ impl Client {
         } else {
             self.call_leader_until(deadline, attempt).await
         }
-    }
-
-    /// Runs a write with a session sequence number reused by its retries.
-    async fn write<F, Fut>(&self, attempt: F) -> Result<(), Error>
-    where
-        F: FnMut(KvClient<Channel>, pb::WriteSession) -> Fut,
-        Fut: Future<Output = Result<(), Status>>,
-    {
-        self.write_until(&Deadline::new(self.inner.options.timeout), attempt)
-            .await
     }
 
     /// Runs a write under the client's session. If the state machine says the
@@ -405,12 +399,15 @@ impl Client {
         if value.len() > STREAM_VALUE_ABOVE_BYTES {
             return self.put_streamed(key, value).await;
         }
-        self.write(|mut client, session| {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        self.write_until(&deadline, |mut client, session| {
             let request = pb::PutRequest {
                 key: key.clone(),
                 value: value.clone(),
                 session: Some(session),
             };
+            // The server answers an uncommitted write at this deadline.
+            let request = with_deadline(request, &deadline);
             async move { client.put(request).await.map(|_| ()) }
         })
         .await
@@ -443,11 +440,13 @@ impl Client {
     /// Removes `key`; succeeds if it was not there.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(), Error> {
         let key = key.into();
-        self.write(|mut client, session| {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        self.write_until(&deadline, |mut client, session| {
             let request = pb::DeleteRequest {
                 key: key.clone(),
                 session: Some(session),
             };
+            let request = with_deadline(request, &deadline);
             async move { client.delete(request).await.map(|_| ()) }
         })
         .await
@@ -455,11 +454,13 @@ impl Client {
 
     /// Applies puts and deletes atomically, in order, as one log entry.
     pub async fn batch(&self, ops: Vec<pb::BatchOp>) -> Result<(), Error> {
-        self.write(|mut client, session| {
+        let deadline = Deadline::new(self.inner.options.timeout);
+        self.write_until(&deadline, |mut client, session| {
             let request = pb::BatchRequest {
                 ops: ops.clone(),
                 session: Some(session),
             };
+            let request = with_deadline(request, &deadline);
             async move { client.batch(request).await.map(|_| ()) }
         })
         .await

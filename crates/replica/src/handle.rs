@@ -5,7 +5,10 @@
 //! every reply needs (status, membership, the state machine for reads) is
 //! shared behind locks so reads of it cost no round trip to the node thread.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::Message;
@@ -39,6 +42,12 @@ pub(crate) struct Shared {
     pub(crate) stopped: watch::Sender<Option<String>>,
     /// Raft messages from the network refused before raft saw them.
     pub(crate) peer_rejections: RejectionCounters,
+    /// This node cannot take entries for lack of disk space (told to peers
+    /// on every message it sends).
+    pub(crate) out_of_space: AtomicBool,
+    /// Peers whose messages said they were out of space, and when the last
+    /// one said so.
+    pub(crate) peers_out_of_space: Mutex<HashMap<u64, Instant>>,
 }
 
 /// A handle to a running replica. Cheap to clone.
@@ -77,6 +86,8 @@ impl Replica {
             membership: RwLock::new(membership),
             stopped: watch::channel(None).0,
             peer_rejections: RejectionCounters::default(),
+            out_of_space: AtomicBool::new(false),
+            peers_out_of_space: Mutex::new(HashMap::new()),
         });
         let node_id = config.node_id;
         let cluster_id = config.cluster_id;
@@ -209,6 +220,27 @@ impl Replica {
     /// the disk reserve (see `node/disk_space.rs`).
     pub fn check_room_for_snapshot(&self, bytes: u64) -> Result<(), ReplicaError> {
         crate::node::check_snapshot_room(self.snapshots.free_bytes(), bytes, self.min_free_bytes)
+    }
+
+    /// Whether this node is out of disk space for new entries (peers are
+    /// told with every message, see `Replica::note_peer_space`).
+    pub fn is_out_of_space(&self) -> bool {
+        self.shared.out_of_space.load(Ordering::Relaxed)
+    }
+
+    /// A message from peer `from` said whether it is out of space. A leader
+    /// refuses new writes while the peers with space do not make a quorum.
+    pub fn note_peer_space(&self, from: u64, out_of_space: bool) {
+        let mut peers = self
+            .shared
+            .peers_out_of_space
+            .lock()
+            .expect("peer space lock poisoned");
+        if out_of_space {
+            peers.insert(from, Instant::now());
+        } else {
+            peers.remove(&from);
+        }
     }
 
     /// Counts a peer message refused before it reached the node.

@@ -17,9 +17,10 @@ use raftkv_proto::v1::{
 use raftkv_replica::{MembersInfo, Replica, ReplicaError, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status};
 
+use crate::deadline::deadline_of;
 use crate::errors::{invalid_argument, replica_status};
 use crate::kv_service::header_of;
-use crate::membership::{deadline_of, ChangePlan, Membership};
+use crate::membership::{ChangePlan, Membership};
 
 pub struct AdminService {
     pub replica: Replica,

@@ -13,9 +13,10 @@ use raftkv_proto::v1::{
     Consistency, DeleteRequest, DeleteResponse, GetChunk, GetRequest, GetResponse, KeyValue,
     PutChunk, PutRequest, PutResponse, ResponseHeader, ScanRequest, ScanResponse,
 };
-use raftkv_replica::{Op, Replica, ScanQuery, WriteSession};
+use raftkv_replica::{Op, Replica, ReplicaError, ScanQuery, WriteSession};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::deadline::deadline_of;
 use crate::errors::{invalid_argument, key_not_found, replica_status, timed_out};
 use crate::units::format_size;
 
@@ -121,11 +122,27 @@ impl KvService {
         Ok(())
     }
 
-    async fn write(&self, ops: Vec<Op>, session: WriteSession) -> Result<ResponseHeader, Status> {
-        match tokio::time::timeout(SERVER_WAIT, self.replica.propose(ops, session)).await {
+    /// Proposes `ops` and waits until they are applied, or until `deadline`
+    /// (the caller's, see `deadline_of`): then the write is answered as of
+    /// unknown outcome, since an entry in the log may still commit later.
+    async fn write(
+        &self,
+        ops: Vec<Op>,
+        session: WriteSession,
+        deadline: tokio::time::Instant,
+    ) -> Result<ResponseHeader, Status> {
+        let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
+        match tokio::time::timeout_at(deadline, self.replica.propose(ops, session)).await {
             Ok(Ok(())) => Ok(self.header()),
             Ok(Err(e)) => Err(replica_status(e, self.header())),
-            Err(_) => Err(timed_out("write", self.header())),
+            Err(_) => Err(replica_status(
+                ReplicaError::UnknownOutcome(
+                    "the write was not committed before the deadline; it may still be applied \
+                     (retrying with the same session is safe)"
+                        .into(),
+                ),
+                self.header(),
+            )),
         }
     }
 
@@ -145,6 +162,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<PutResponse>, Status> = async move {
+            let deadline = deadline_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
             self.check_value_size(request.value.len() as u64)?;
@@ -152,6 +170,7 @@ impl Kv for KvService {
                 .write(
                     vec![Self::put_op(request.key, request.value)],
                     session_of(request.session),
+                    deadline,
                 )
                 .await?;
             Ok(Response::new(PutResponse {
@@ -196,10 +215,13 @@ impl Kv for KvService {
                     self.header(),
                 ));
             }
+            // The value may have taken long to arrive: the wait for the
+            // commit starts now.
             let header = self
                 .write(
                     vec![Self::put_op(first.key, value.freeze())],
                     session_of(first.session),
+                    tokio::time::Instant::now() + SERVER_WAIT,
                 )
                 .await?;
             Ok(Response::new(PutResponse {
@@ -285,6 +307,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<DeleteResponse>, Status> = async move {
+            let deadline = deadline_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
             let op = Op {
@@ -292,7 +315,9 @@ impl Kv for KvService {
                 value: Bytes::new(),
                 delete: true,
             };
-            let header = self.write(vec![op], session_of(request.session)).await?;
+            let header = self
+                .write(vec![op], session_of(request.session), deadline)
+                .await?;
             Ok(Response::new(DeleteResponse {
                 header: Some(header),
             }))
@@ -378,6 +403,7 @@ impl Kv for KvService {
     ) -> Result<Response<BatchResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<BatchResponse>, Status> = async move {
+            let deadline = deadline_of(&request);
             let request = request.into_inner();
             if request.ops.len() > MAX_BATCH_OPS {
                 return Err(invalid_argument(
@@ -414,7 +440,9 @@ impl Kv for KvService {
                 }
             }
             self.check_value_size(total_bytes)?;
-            let header = self.write(ops, session_of(request.session)).await?;
+            let header = self
+                .write(ops, session_of(request.session), deadline)
+                .await?;
             Ok(Response::new(BatchResponse {
                 header: Some(header),
             }))

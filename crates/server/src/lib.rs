@@ -6,6 +6,7 @@
 
 mod admin_service;
 pub mod config;
+mod deadline;
 pub mod errors;
 mod http;
 mod join;

@@ -179,12 +179,19 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         let mut partial = BytesMut::new();
+        let mut sender_out_of_space = false;
         while let Some(envelope) = stream.message().await? {
             crate::metrics::PEER_BYTES.received.fetch_add(
                 envelope.chunk.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
             self.check_sender(envelope.cluster_id, envelope.from, envelope.to)?;
+            // Told while it lasts (refreshing the time), and once when it ends.
+            if envelope.sender_out_of_space || sender_out_of_space {
+                self.replica
+                    .note_peer_space(envelope.from, envelope.sender_out_of_space);
+                sender_out_of_space = envelope.sender_out_of_space;
+            }
             if partial.len() + envelope.chunk.len() > self.max_message_bytes {
                 return Err(Status::resource_exhausted(format!(
                     "raft message larger than {} bytes",

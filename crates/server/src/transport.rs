@@ -240,7 +240,13 @@ impl Transport for GrpcTransport {
 }
 
 /// Splits an encoded message into envelopes of at most `CHUNK_BYTES`.
-pub fn envelopes(cluster_id: u64, from: u64, to: u64, encoded: Bytes) -> Vec<RaftEnvelope> {
+pub fn envelopes(
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+    encoded: Bytes,
+    sender_out_of_space: bool,
+) -> Vec<RaftEnvelope> {
     let mut out = Vec::with_capacity(encoded.len() / CHUNK_BYTES + 1);
     let mut offset = 0;
     loop {
@@ -251,6 +257,7 @@ pub fn envelopes(cluster_id: u64, from: u64, to: u64, encoded: Bytes) -> Vec<Raf
             to,
             chunk: encoded.slice(offset..end),
             last: end == encoded.len(),
+            sender_out_of_space,
         });
         if end == encoded.len() {
             return out;
@@ -369,7 +376,8 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
             crate::metrics::PEER_BYTES
                 .sent
                 .fetch_add(encoded.len() as u64, Ordering::Relaxed);
-            for envelope in envelopes(lane.cluster_id, lane.from, lane.to, encoded) {
+            let out_of_space = lane.replica.get().is_some_and(Replica::is_out_of_space);
+            for envelope in envelopes(lane.cluster_id, lane.from, lane.to, encoded, out_of_space) {
                 if stream_tx.send(envelope).await.is_err() {
                     break 'stream;
                 }
@@ -523,7 +531,7 @@ mod tests {
             3 * CHUNK_BYTES + 7,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let parts = envelopes(9, 1, 2, Bytes::from(data.clone()));
+            let parts = envelopes(9, 1, 2, Bytes::from(data.clone()), false);
             assert!(parts.iter().all(|e| e.chunk.len() <= CHUNK_BYTES));
             assert_eq!(parts.iter().filter(|e| e.last).count(), 1);
             assert!(parts.last().unwrap().last);

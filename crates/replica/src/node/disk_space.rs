@@ -7,6 +7,11 @@
 //! follower does not take new entries (to the leader it looks slow; they
 //! come again), and no snapshot is started that would not fit. Reads,
 //! heartbeats and votes go on; writes resume once space is freed.
+//!
+//! Peers hear of it: every message this node sends says whether it is out
+//! of space, and a leader refuses new writes (`no space on a quorum`) while
+//! the voters with room are too few to commit them, instead of piling up
+//! entries and proposals that cannot commit.
 
 use raft::eraftpb::Entry;
 use raftkv_kv::Op;
@@ -34,6 +39,12 @@ pub(crate) fn check_snapshot_room(
     }
 }
 
+/// Whether the voters for which `ok` holds are a majority of `voters` (an
+/// empty configuration, such as the outgoing half of a non-joint one, agrees).
+pub(crate) fn quorum_of(voters: &[u64], ok: impl Fn(u64) -> bool) -> bool {
+    voters.is_empty() || voters.iter().filter(|id| ok(**id)).count() > voters.len() / 2
+}
+
 /// Bytes an entry takes in the log, roughly (payload plus framing).
 pub(super) fn entries_bytes(entries: &[Entry]) -> u64 {
     entries
@@ -56,6 +67,9 @@ impl Node {
 
     fn update_no_space(&mut self) {
         let no_space = !self.has_room_for(0);
+        self.shared
+            .out_of_space
+            .store(no_space, std::sync::atomic::Ordering::Relaxed);
         if no_space != self.no_space {
             if no_space {
                 tracing::error!(
@@ -79,7 +93,18 @@ impl Node {
             .is_none_or(|free| free >= self.config.min_free_bytes.saturating_add(bytes))
     }
 
-    /// A write of `bytes` may be proposed.
+    /// A follower did not take an append for lack of space: its peers hear
+    /// it with its next messages (until the next tick reads the space again).
+    pub(super) fn note_append_refused_for_space(&self) {
+        self.shared
+            .out_of_space
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A write of `bytes` may be proposed: this node has room, and so do
+    /// enough voters to commit it. (Followers out of space drop appends but
+    /// still answer heartbeats; proposing anyway would only pile up entries
+    /// that cannot commit.)
     pub(super) fn check_space(&self, bytes: u64) -> Result<(), ReplicaError> {
         if self.no_space || !self.has_room_for(bytes) {
             return Err(ReplicaError::NoSpace(format!(
@@ -88,13 +113,48 @@ impl Node {
                 self.id, self.config.min_free_bytes
             )));
         }
+        let full = self.peers_out_of_space();
+        if !full.is_empty() {
+            let conf = self.raw.raft.prs().conf().to_conf_state();
+            let has_space = |id: u64| !full.contains(&id);
+            if !quorum_of(&conf.voters, has_space) || !quorum_of(&conf.voters_outgoing, has_space) {
+                return Err(ReplicaError::NoSpace(format!(
+                    "no space on a quorum: node(s) {full:?} are out of disk space, and the \
+                     voters with space cannot commit a write; free some space on them"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Peers that said they were out of space within the last two election
+    /// timeouts (a peer that said nothing since is unreachable or has room).
+    fn peers_out_of_space(&self) -> Vec<u64> {
+        let recent = 2 * self.config.election_timeout;
+        let mut peers = self
+            .shared
+            .peers_out_of_space
+            .lock()
+            .expect("peer space lock poisoned");
+        peers.retain(|_, at| at.elapsed() < recent);
+        let mut ids: Vec<u64> = peers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quorum_with_space_is_a_majority_of_each_half() {
+        assert!(quorum_of(&[], |_| false));
+        assert!(quorum_of(&[1, 2, 3], |id| id != 3));
+        assert!(!quorum_of(&[1, 2, 3], |id| id == 1));
+        assert!(!quorum_of(&[1, 2, 3, 4], |id| id <= 2));
+        assert!(quorum_of(&[1], |id| id == 1));
+    }
 
     #[test]
     fn a_snapshot_must_fit_above_the_reserve() {

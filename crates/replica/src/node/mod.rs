@@ -389,8 +389,10 @@ impl Node {
                     && !message.entries.is_empty()
                     && !self.has_room_for(entries_bytes(&message.entries))
                 {
-                    // Not taken: to the leader this follower looks slow,
-                    // and it is sent again once there is space.
+                    // Not taken: it is sent again once there is space; the
+                    // leader hears of the lack of space with this node's
+                    // next messages.
+                    self.note_append_refused_for_space();
                     return Ok(());
                 }
                 if let Err(e) = self.raw.step(message) {
