@@ -130,6 +130,7 @@ async fn send_on_raft_stream(address: &str, cluster_id: u64, to: u64, hostile: &
         to,
         chunk: hostile.bytes.clone(),
         last: true,
+        sender_out_of_space: false,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),
