@@ -581,3 +581,86 @@ fn a_joined_node_stopped_before_its_first_snapshot_restarts_without_join() {
     wait_members(&cluster, &[1, 2, 3], &[four]);
     wait_local_value(&cluster, four, "k", "v");
 }
+
+/// The new user's sequences: a change that adds a node that never starts
+/// promotes nobody and removes no voter; what it added is rolled back before
+/// it answers; a refused change leaves `cluster members` exactly as it was.
+#[test]
+fn a_change_adding_a_node_that_never_starts_changes_nothing() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    cluster.cli(&["put", "k", "v"]).assert_ok();
+    let before = members(&cluster).unwrap();
+    // Addresses where nothing runs.
+    let nowhere: Vec<String> = raftkv_testkit::free_ports(2)
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "change".into(),
+            "--add".into(),
+            format!("6={}", nowhere[0]),
+            "--remove".into(),
+            "3".into(),
+        ],
+        vec!["add".into(), "7".into(), nowhere[1].clone()],
+        vec![
+            "change".into(),
+            "--add".into(),
+            format!("7={}", nowhere[0]),
+            "--add".into(),
+            format!("8={}", nowhere[1]),
+        ],
+    ];
+    for args in &cases {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--timeout", "4s"]);
+        let out = cluster.cli(&[&["cluster"][..], &args].concat());
+        assert_eq!(out.code, 3, "{args:?}\n{}", out.describe());
+        let line = out.error_line().unwrap_or_default();
+        assert!(
+            line.contains("has not acknowledged any entry") && line.contains("rolled back"),
+            "{args:?}: the error says why and that it was undone\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            members(&cluster).unwrap(),
+            before,
+            "{args:?} left the membership changed"
+        );
+    }
+
+    // Refused up front (the removal would leave one live voter of two):
+    // nothing is added first.
+    let leader = cluster.leader();
+    let dead = cluster.followers()[0];
+    let other = *cluster
+        .ids()
+        .iter()
+        .find(|id| **id != leader && **id != dead)
+        .unwrap();
+    cluster.kill(dead);
+    let started = Instant::now();
+    while members(&cluster)
+        .map(|(m, _)| m[&dead].reachable)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < MEMBERSHIP_WAIT,
+            "node {dead} still shown reachable"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = members(&cluster).unwrap();
+    let add = format!("6={}", nowhere[0]);
+    let out = change(
+        &cluster,
+        &["change", "--add", &add, "--remove", &other.to_string()],
+    );
+    out.assert_error(3, "live voter");
+    assert_eq!(
+        members(&cluster).unwrap(),
+        before,
+        "a refused change added nothing"
+    );
+}

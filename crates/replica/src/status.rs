@@ -83,6 +83,10 @@ pub struct MemberInfo {
     pub match_index: u64,
     pub lag: u64,
     pub reachable: bool,
+    /// Leader only: why it could not be promoted now, as words that follow
+    /// "node N" (see `Node::catch_up_state`); `None` once it has caught up,
+    /// and always on other nodes.
+    pub not_caught_up: Option<String>,
 }
 
 /// `raftkv cluster members`.

@@ -4,19 +4,22 @@
 //! the leader itself is removed, and every wait bounded by the caller's
 //! deadline (`grpc-timeout`).
 //!
-//! The replica validates each step against the configuration raft holds;
-//! this layer sequences the steps and waits between them.
+//! The replica validates each step against the configuration raft holds
+//! (and decides when a learner has caught up); this layer sequences the
+//! steps, waits between them, and undoes the learners a change added when it
+//! does not complete, so a request either takes effect or leaves the
+//! membership as it was.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftkv_replica::{
-    ConfChangeRequest, MemberChange, MemberInfo, MembersInfo, Replica, ReplicaError, Role,
-    PROMOTE_MAX_LAG_ENTRIES,
-};
+use raftkv_replica::{ConfChangeRequest, MemberChange, MembersInfo, Replica, ReplicaError, Role};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// At most this much of a change's deadline is kept back (half of it used)
+/// for undoing what a failed change added.
+const ROLLBACK_TIME: Duration = Duration::from_secs(2);
 /// How often progress is checked while waiting.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -88,21 +91,40 @@ impl Membership {
 
     /// Carries out `plan`: learners first, then (once they have caught up)
     /// one step with every promotion and removal. Returns once the new
-    /// configuration is in force (not joint), or the deadline passes. The
-    /// change lock is not held while waiting for catch-up, so a slow
-    /// newcomer does not block every other membership request.
+    /// configuration is in force (not joint), or fails. A change that fails
+    /// after adding learners (they never caught up before the deadline, or
+    /// the last step was refused) removes them again before it answers, so a
+    /// failed or refused request leaves the membership as it was. The change
+    /// lock is held throughout: the deadline bounds it.
     pub async fn change(
         &self,
         mut plan: ChangePlan,
         deadline: Instant,
     ) -> Result<(), ReplicaError> {
-        let promote = {
-            self.check_leader()?;
-            let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
-            self.add_learners(&mut plan, deadline).await?
-        };
-        // Every node to promote has caught up (learner data streams in
-        // meanwhile; nothing is locked).
+        self.check_leader()?;
+        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+        // Time kept back for undoing what was added.
+        let steps_deadline = deadline - (deadline - Instant::now()).min(ROLLBACK_TIME) / 2;
+        let mut added = Vec::new();
+        let result = self
+            .change_steps(&mut plan, &mut added, steps_deadline)
+            .await;
+        match result {
+            Err(error) if !added.is_empty() => Err(self.roll_back(&added, error).await),
+            result => result,
+        }
+    }
+
+    async fn change_steps(
+        &self,
+        plan: &mut ChangePlan,
+        added: &mut Vec<u64>,
+        deadline: Instant,
+    ) -> Result<(), ReplicaError> {
+        let promote = self.add_learners(plan, added, deadline).await?;
+        // Every node to promote must have caught up first: no voter is
+        // removed, and no one promoted, on the strength of a node that is
+        // not running.
         self.wait_caught_up(&promote, deadline).await?;
         let mut changes: Vec<MemberChange> = promote
             .iter()
@@ -112,32 +134,70 @@ impl Membership {
         if changes.is_empty() {
             return Ok(());
         }
-        {
-            self.check_leader()?;
-            let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
-            // One step: promotions and removals together (validated again
-            // by the node thread against the configuration of this moment).
-            self.replica
-                .change_membership(ConfChangeRequest {
-                    changes,
-                    force: plan.force,
-                    explicit: plan.explicit,
-                    ..Default::default()
-                })
-                .await?;
-        }
+        self.check_leader()?;
+        // One step: promotions and removals together (validated again by the
+        // node thread against the configuration of this moment).
+        self.replica
+            .change_membership(ConfChangeRequest {
+                changes,
+                force: plan.force,
+                explicit: plan.explicit,
+                ..Default::default()
+            })
+            .await?;
         if !plan.explicit {
             self.wait_not_joint(deadline).await?;
         }
         Ok(())
     }
 
+    /// Removes the learners a failed change added; returns the error to
+    /// answer with, saying what was undone (or what could not be).
+    async fn roll_back(&self, added: &[u64], error: ReplicaError) -> ReplicaError {
+        let mut left = Vec::new();
+        for id in added {
+            let removed = self
+                .replica
+                .change_membership(ConfChangeRequest {
+                    changes: vec![MemberChange::Remove(*id)],
+                    force: true,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = removed {
+                tracing::warn!("cannot roll back the addition of node {id}: {e}");
+                left.push(*id);
+            }
+        }
+        let undone = if left.is_empty() {
+            format!(
+                "the change was rolled back: node(s) {added:?} added as learners for it were \
+                 removed again"
+            )
+        } else {
+            format!(
+                "learner(s) {left:?} added for it could not be removed again; remove them with \
+                 `raftkv cluster remove`"
+            )
+        };
+        tracing::info!("membership change failed ({error}); {undone}");
+        let message = format!("{error}; {undone}");
+        match error {
+            ReplicaError::Unavailable(_) => ReplicaError::Unavailable(message),
+            ReplicaError::NotLeader { .. } | ReplicaError::UnknownOutcome(_) => {
+                ReplicaError::UnknownOutcome(message)
+            }
+            _ => ReplicaError::Rejected(message),
+        }
+    }
+
     /// Validates the whole plan, moves leadership away if the leader is to
-    /// be removed, and adds new nodes as learners. Returns the ids to
-    /// promote. Called with the change lock held.
+    /// be removed, and adds new nodes as learners (recording each in
+    /// `added`). Returns the ids to promote. Called with the change lock held.
     async fn add_learners(
         &self,
         plan: &mut ChangePlan,
+        added: &mut Vec<u64>,
         deadline: Instant,
     ) -> Result<Vec<u64>, ReplicaError> {
         // A node joining without an id gets one here, under the lock, so
@@ -210,6 +270,7 @@ impl Membership {
                         ..Default::default()
                     })
                     .await?;
+                added.push(*id);
             }
         }
         let mut promote = plan.promote.clone();
@@ -290,26 +351,31 @@ impl Membership {
         }
     }
 
+    /// Waits until every node in `ids` could be promoted: reachable, has
+    /// acknowledged an entry of this leader's term, and within
+    /// `PROMOTE_MAX_LAG_ENTRIES` (the node thread checks it again when the
+    /// promotion is proposed).
     async fn wait_caught_up(&self, ids: &[u64], deadline: Instant) -> Result<(), ReplicaError> {
         loop {
             let members = self.replica.members().await?;
-            let behind: Vec<&MemberInfo> = members
+            let behind: Vec<String> = members
                 .members
                 .iter()
-                .filter(|m| ids.contains(&m.id) && m.lag > PROMOTE_MAX_LAG_ENTRIES)
+                .filter(|m| ids.contains(&m.id))
+                .filter_map(|m| {
+                    m.not_caught_up
+                        .as_ref()
+                        .map(|why| format!("node {} {why}", m.id))
+                })
                 .collect();
             if behind.is_empty() {
                 return Ok(());
             }
             if Instant::now() + POLL >= deadline {
-                let list: Vec<String> = behind
-                    .iter()
-                    .map(|m| format!("node {} is {} entries behind", m.id, m.lag))
-                    .collect();
                 return Err(ReplicaError::Unavailable(format!(
-                    "{} (promotion needs at most {PROMOTE_MAX_LAG_ENTRIES}); it was added as a \
-                     learner and keeps catching up: retry to promote it",
-                    list.join(", ")
+                    "{} before the deadline; a node is promoted only once it has caught up \
+                     (retry, or give a longer --timeout)",
+                    behind.join(", ")
                 )));
             }
             self.check_leader()?;

@@ -144,11 +144,9 @@ impl Node {
                             "node {id} is not a member; add it first"
                         )));
                     }
-                    let lag = self.lag_of(id);
-                    if lag > PROMOTE_MAX_LAG_ENTRIES {
+                    if let Err(why) = self.catch_up_state(id) {
                         return Err(ReplicaError::Unavailable(format!(
-                            "node {id} is {lag} entries behind the leader (promotion needs at \
-                             most {PROMOTE_MAX_LAG_ENTRIES}); retry once it has caught up"
+                            "node {id} {why}; it is promoted only once it has caught up: retry"
                         )));
                     }
                     changes.push(*change);
@@ -191,6 +189,41 @@ impl Node {
             }
         }
         Ok(changes)
+    }
+
+    /// Whether `id` has caught up enough to become a voter (leader only): it
+    /// is reachable, it has acknowledged an entry of this leader's term (so it
+    /// is running and takes this leader's log, whatever its lag was counted
+    /// from), and it is at most `PROMOTE_MAX_LAG_ENTRIES` behind. Otherwise
+    /// why not, as words that follow "node N".
+    pub(super) fn catch_up_state(&self, id: u64) -> Result<(), String> {
+        if id == self.id {
+            return Ok(());
+        }
+        let matched = self.raw.raft.prs().get(id).map_or(0, |pr| pr.matched);
+        if matched < self.term_start_index {
+            return Err(format!(
+                "has not acknowledged any entry from this leader (is it running and \
+                 reachable at {}?)",
+                self.raw
+                    .store()
+                    .membership()
+                    .addresses
+                    .get(&id)
+                    .map_or("its address", String::as_str)
+            ));
+        }
+        if !self.is_live(id) {
+            return Err("is unreachable".to_string());
+        }
+        let lag = self.lag_of(id);
+        if lag > PROMOTE_MAX_LAG_ENTRIES {
+            return Err(format!(
+                "is {lag} entries behind the leader (promotion needs at most \
+                 {PROMOTE_MAX_LAG_ENTRIES})"
+            ));
+        }
+        Ok(())
     }
 
     /// Entries `id` is behind the leader's last index (leader only).

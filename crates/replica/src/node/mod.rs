@@ -137,6 +137,10 @@ pub(crate) struct Node {
     membership_dirty: bool,
     /// `Some(term)` while this node is leader in `term`.
     leader_term: Option<u64>,
+    /// While leader: the index of the first entry of its term (the empty
+    /// entry raft appends on election). A peer that acknowledged it takes
+    /// this leader's log.
+    term_start_index: u64,
     /// While leader: the log time when leadership began and the monotonic
     /// instant it began at. Commands are stamped with base + elapsed, so a
     /// jump of the leader's wall clock cannot expire client sessions early.
@@ -241,6 +245,7 @@ impl Node {
             applied_index,
             membership_dirty: false,
             leader_term: None,
+            term_start_index: 0,
             leader_clock: None,
             tick_interval,
             next_tick: Instant::now() + tick_interval,
@@ -813,6 +818,12 @@ impl Node {
         let last_index = raft.raft_log.last_index();
         if self.leader_term != leader_term {
             self.leader_clock = None;
+            // Raft appended the term's first (empty) entry on election.
+            self.term_start_index = if leader_term.is_some() {
+                last_index
+            } else {
+                u64::MAX
+            };
             // A new term's lease starts from nothing; a lease read must also
             // see every entry of earlier terms (at most the last index now).
             self.reset_lease(leader_term.map(|_| last_index));

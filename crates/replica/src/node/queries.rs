@@ -105,6 +105,11 @@ impl Node {
                         0
                     },
                     reachable,
+                    not_caught_up: if is_leader {
+                        self.catch_up_state(id).err()
+                    } else {
+                        None
+                    },
                 }
             })
             .collect();
