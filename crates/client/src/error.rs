@@ -69,6 +69,19 @@ impl Error {
         )
     }
 
+    /// The server answered without applying anything (a redirect, bad
+    /// input, a refusal before proposing): a resend cannot apply it twice.
+    pub(crate) fn not_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::InvalidArgument(_)
+                | Error::NoSpace(_)
+                | Error::SessionExpired(_)
+                | Error::KeyNotFound
+        )
+    }
+
     /// A refusal by this node only ("this node was removed"): another
     /// endpoint may serve the request.
     pub(crate) fn refused_here_only(status: &Status) -> bool {

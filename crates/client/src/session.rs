@@ -3,7 +3,7 @@
 //! servers which applied writes they may forget.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use raftkv_proto::v1::WriteSession;
@@ -12,6 +12,11 @@ pub(crate) struct Session {
     client_id: u64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
+    /// A write of this session was applied (answered Ok): the state machine
+    /// knows the session. Until then every write says that none was answered
+    /// (`first_incomplete_seq` 1), since one refused without effect (bad
+    /// input, say) created no session the state machine could have dropped.
+    established: AtomicBool,
 }
 
 impl Session {
@@ -20,6 +25,7 @@ impl Session {
             client_id: rand::random::<u64>().max(1),
             next_seq: AtomicU64::new(1),
             in_flight: Mutex::new(BTreeSet::new()),
+            established: AtomicBool::new(false),
         }
     }
 
@@ -32,13 +38,16 @@ impl Session {
 
     /// The session fields to send with (a retry of) write `seq`.
     pub(crate) fn for_request(&self, seq: u64) -> WriteSession {
-        let first_incomplete_seq = self
-            .in_flight
-            .lock()
-            .expect("session lock")
-            .first()
-            .copied()
-            .unwrap_or(seq);
+        let first_incomplete_seq = if self.established.load(Ordering::Relaxed) {
+            self.in_flight
+                .lock()
+                .expect("session lock")
+                .first()
+                .copied()
+                .unwrap_or(seq)
+        } else {
+            1
+        };
         WriteSession {
             client_id: self.client_id,
             seq,
@@ -47,8 +56,12 @@ impl Session {
     }
 
     /// The write ended (answered, or given up): it will not be retried.
-    pub(crate) fn end(&self, seq: u64) {
+    /// `applied`: it was answered Ok.
+    pub(crate) fn end(&self, seq: u64, applied: bool) {
         self.in_flight.lock().expect("session lock").remove(&seq);
+        if applied {
+            self.established.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -62,11 +75,23 @@ mod tests {
         let a = s.begin();
         let b = s.begin();
         assert_eq!(s.for_request(b).first_incomplete_seq, a);
-        s.end(a);
+        s.end(a, true);
         assert_eq!(s.for_request(b).first_incomplete_seq, b);
         let c = s.begin();
-        s.end(b);
+        s.end(b, true);
         assert_eq!(s.for_request(c).first_incomplete_seq, c);
         assert!(c > b && b > a);
+    }
+
+    #[test]
+    fn until_a_write_applied_every_write_says_it_is_the_first() {
+        let s = Session::new();
+        let a = s.begin();
+        s.end(a, false); // refused before it was proposed
+        let b = s.begin();
+        assert_eq!(s.for_request(b).first_incomplete_seq, 1);
+        s.end(b, true);
+        let c = s.begin();
+        assert_eq!(s.for_request(c).first_incomplete_seq, c);
     }
 }
