@@ -1,6 +1,6 @@
 //! `status`, `cluster ...` and `debug ...`: each acts on the first endpoint
-//! given (that node's own view), except `status --cluster` and `debug
-//! check`, which ask every endpoint given.
+//! given (that node's own view), except `status --cluster`, which asks every
+//! endpoint given, and `debug check`, which asks every member and endpoint.
 
 use raftkv_client::proto as pb;
 use raftkv_client::proto::debug_client::DebugClient;
@@ -37,8 +37,9 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "keys": s.keys,
         "data_bytes": s.data_bytes,
         "disk_bytes": s.disk_bytes,
-        "cluster_id": format!("{:x}", s.cluster_id),
+        "cluster_id": format!("{:016x}", s.cluster_id),
         "address": s.address,
+        "problem": (!s.problem.is_empty()).then_some(&s.problem),
     })
 }
 
@@ -56,7 +57,14 @@ fn print_status_text(s: &pb::StatusResponse) {
     println!("applied index: {}", s.applied_index);
     println!("keys:          {} ({} bytes)", s.keys, s.data_bytes);
     println!("disk:          {} bytes", s.disk_bytes);
-    println!("cluster id:    {:x}", s.cluster_id);
+    if s.cluster_id == 0 {
+        println!("cluster id:    (not chosen yet)");
+    } else {
+        println!("cluster id:    {:016x}", s.cluster_id);
+    }
+    if !s.problem.is_empty() {
+        println!("PROBLEM:       {}", s.problem);
+    }
     println!(
         "members:{}",
         if s.joint {
@@ -272,34 +280,175 @@ pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Fai
                 global.json,
             )
         }
-        DebugCommand::Check => {
-            let mut failed = None;
-            for endpoint in &global.endpoints {
-                let reply = client_for(global, endpoint)?
-                    .call_first_endpoint(|ch| async move {
-                        Ok(DebugClient::new(ch)
-                            .check(pb::CheckRequest {})
-                            .await?
-                            .into_inner())
-                    })
-                    .await;
-                let line = match reply {
-                    Ok(c) => json!({"address": endpoint,
-                        "id": c.header.map(|h| h.node_id).unwrap_or_default(),
-                        "applied_index": c.applied_index, "hash": format!("{:016x}", c.hash),
-                        "keys": c.keys}),
-                    Err(e) => {
-                        failed = Some(Failure::Other(format!("{endpoint}: {e}")));
-                        json!({"address": endpoint, "error": e.to_string()})
-                    }
-                };
-                if global.json {
-                    print_json(&line)?;
-                } else {
-                    println!("{line}");
-                }
+        DebugCommand::Check => debug_check(global).await,
+    }
+}
+
+/// One node's answer to `debug check`.
+struct CheckAnswer {
+    address: String,
+    reply: Result<pb::CheckResponse, String>,
+}
+
+impl CheckAnswer {
+    fn json(&self) -> Value {
+        match &self.reply {
+            Ok(c) => {
+                let header = c.header.unwrap_or_default();
+                json!({"address": self.address, "id": header.node_id,
+                    "cluster_id": format!("{:016x}", header.cluster_id),
+                    "applied_index": c.applied_index, "hash": format!("{:016x}", c.hash),
+                    "keys": c.keys})
             }
-            failed.map_or(Ok(()), Err)
+            Err(e) => json!({"address": self.address, "error": e}),
         }
     }
+}
+
+/// The endpoints given and every member's address (as the first endpoint
+/// that answers knows them), each once.
+async fn check_targets(global: &GlobalArgs) -> Vec<String> {
+    let mut targets: Vec<String> = global.endpoints.clone();
+    for endpoint in &global.endpoints {
+        let Ok(client) = client_for(global, endpoint) else {
+            continue;
+        };
+        if let Ok(members) = client.members().await {
+            for m in members.members {
+                if !targets.contains(&m.address) {
+                    targets.push(m.address);
+                }
+            }
+            break;
+        }
+    }
+    targets
+}
+
+async fn check_round(global: &GlobalArgs, targets: &[String]) -> Vec<CheckAnswer> {
+    let mut answers = Vec::new();
+    for address in targets {
+        let reply = match client_for(global, address) {
+            Ok(client) => client
+                .call_first_endpoint(|ch| async move {
+                    Ok(DebugClient::new(ch)
+                        .check(pb::CheckRequest {})
+                        .await?
+                        .into_inner())
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        answers.push(CheckAnswer {
+            address: address.clone(),
+            reply,
+        });
+    }
+    answers
+}
+
+/// The verdict on one round: `Ok` when every node answered, all belong to one
+/// cluster and hold the same state at the same applied index.
+fn verdict(answers: &[CheckAnswer]) -> Result<String, String> {
+    let unreachable: Vec<&str> = answers
+        .iter()
+        .filter(|a| a.reply.is_err())
+        .map(|a| a.address.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        return Err(format!("unreachable: {}", unreachable.join(", ")));
+    }
+    let replies: Vec<&pb::CheckResponse> = answers
+        .iter()
+        .filter_map(|a| a.reply.as_ref().ok())
+        .collect();
+    let cluster_of = |c: &pb::CheckResponse| c.header.as_ref().map_or(0, |h| h.cluster_id);
+    let clusters: std::collections::BTreeSet<u64> = replies.iter().map(|c| cluster_of(c)).collect();
+    if clusters.len() > 1 {
+        let list: Vec<String> = answers
+            .iter()
+            .filter_map(|a| a.reply.as_ref().ok().map(|c| (a, c)))
+            .map(|(a, c)| format!("{} in {:016x}", a.address, cluster_of(c)))
+            .collect();
+        return Err(format!(
+            "MISMATCH: the nodes belong to different clusters ({})",
+            list.join(", ")
+        ));
+    }
+    let indexes: std::collections::BTreeSet<u64> =
+        replies.iter().map(|c| c.applied_index).collect();
+    if indexes.len() > 1 {
+        return Err(format!(
+            "cannot compare: the nodes are at different applied indexes ({}..{}); run it \
+             again once writes pause",
+            indexes.first().copied().unwrap_or(0),
+            indexes.last().copied().unwrap_or(0)
+        ));
+    }
+    let hashes: std::collections::BTreeSet<(u64, u64)> =
+        replies.iter().map(|c| (c.hash, c.keys)).collect();
+    let applied = indexes.first().copied().unwrap_or(0);
+    if hashes.len() > 1 {
+        return Err(format!(
+            "MISMATCH: the nodes hold different states at applied index {applied}"
+        ));
+    }
+    let (hash, keys) = hashes.first().copied().unwrap_or_default();
+    Ok(format!(
+        "consistent: {} node(s) of one cluster hold the same {keys} keys (hash {hash:016x}) \
+         at applied index {applied}",
+        replies.len()
+    ))
+}
+
+/// `debug check`: asks every member (and every endpoint given) for the hash of
+/// its state machine, until all stand at one applied index or `--timeout`
+/// passes, and says whether they agree. Exits non-zero unless they do.
+async fn debug_check(global: &GlobalArgs) -> Result<(), Failure> {
+    let targets = check_targets(global).await;
+    let give_up = std::time::Instant::now() + crate::client_options(global)?.timeout;
+    let (answers, outcome) = loop {
+        let answers = check_round(global, &targets).await;
+        let outcome = verdict(&answers);
+        let settling = matches!(&outcome, Err(e) if e.starts_with("cannot compare"));
+        if !settling || std::time::Instant::now() >= give_up {
+            break (answers, outcome);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let text = match &outcome {
+        Ok(t) | Err(t) => t.clone(),
+    };
+    if global.json {
+        print_json(&json!({
+            "consistent": outcome.is_ok(),
+            "verdict": text,
+            "nodes": answers.iter().map(CheckAnswer::json).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!(
+            "  {:<22} {:>4} {:<16} {:>13} {:<16} {:>8}",
+            "address", "id", "cluster", "applied_index", "hash", "keys"
+        );
+        for answer in &answers {
+            match &answer.reply {
+                Ok(c) => {
+                    let header = c.header.unwrap_or_default();
+                    println!(
+                        "  {:<22} {:>4} {:016x} {:>13} {:016x} {:>8}",
+                        answer.address,
+                        header.node_id,
+                        header.cluster_id,
+                        c.applied_index,
+                        c.hash,
+                        c.keys
+                    );
+                }
+                Err(e) => println!("  {:<22} unreachable: {e}", answer.address),
+            }
+        }
+        println!("verdict: {text}");
+    }
+    outcome.map(|_| ()).map_err(Failure::Other)
 }

@@ -234,7 +234,10 @@ pub enum DebugCommand {
     Snapshot,
     /// Compact the log up to the latest snapshot now.
     Compact,
-    /// State hash and applied index of every endpoint given, to compare replicas.
+    /// Compare the replicas: the state hash at one applied index on every member (and
+    /// every endpoint given), with a verdict; exits non-zero on a mismatch, a node of
+    /// another cluster, an unreachable member, or no common applied index within
+    /// --timeout.
     Check,
 }
 

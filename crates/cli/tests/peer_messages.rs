@@ -131,6 +131,7 @@ async fn send_on_raft_stream(address: &str, cluster_id: u64, to: u64, hostile: &
         chunk: hostile.bytes.clone(),
         last: true,
         sender_out_of_space: false,
+        bootstrap_id: 0,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),
@@ -156,6 +157,7 @@ async fn send_install_snapshot(address: &str, cluster_id: u64, from: u64, to: u6
         message: encoded(m),
         total_bytes: 64,
         data: Bytes::from(vec![7u8; 64]),
+        bootstrap_id: 0,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),
@@ -187,10 +189,15 @@ async fn no_peer_message_stops_a_node_and_refusals_are_counted() {
     let mut targets = cluster.followers();
     targets.push(leader);
     for &target in &targets {
-        let status = cluster.status(target).unwrap_or_else(|e| cluster.fail(&e));
-        let cluster_id =
-            u64::from_str_radix(status.json["cluster_id"].as_str().expect("cluster_id"), 16)
-                .expect("hexadecimal cluster id");
+        // Once the node has adopted the cluster's id (its first leader picks it).
+        let (status, cluster_id) =
+            raftkv_testkit::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+                let status = cluster.status(target).ok()?;
+                let id = status.json["cluster_id"].as_str()?;
+                let id = u64::from_str_radix(id, 16).expect("hexadecimal cluster id");
+                (id != 0).then_some((status, id))
+            })
+            .unwrap_or_else(|_| cluster.fail(&format!("node {target} adopted no cluster id")));
         // A member other than the target: the leader, or a follower when the
         // target is the leader.
         let others: Vec<u64> = cluster

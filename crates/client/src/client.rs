@@ -346,26 +346,38 @@ impl Client {
         loop {
             let session = self.session();
             let seq = session.begin();
-            let mut attempts = 0u32;
+            // Whether an attempt ended in a way that leaves it possibly applied.
+            let maybe_applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let window_ends = Instant::now() + WRITE_RETRY_WINDOW;
             let retry = Retry::WriteUntil(window_ends);
             let result = self
                 .route_to_leader(deadline, retry, |channel| {
-                    attempts += 1;
-                    attempt(kv_client(channel), session.for_request(seq))
+                    let sent = attempt(kv_client(channel), session.for_request(seq));
+                    let maybe_applied = maybe_applied.clone();
+                    async move {
+                        let result = sent.await;
+                        if result
+                            .as_ref()
+                            .is_err_and(|s| !Error::from_status(s).not_applied())
+                        {
+                            maybe_applied.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        result
+                    }
                 })
                 .await;
-            session.end(seq);
+            session.end(seq, result.is_ok());
             match result {
                 Err(Error::SessionExpired(message)) => {
                     self.renew_session(&session);
-                    if attempts == 1 && !renewed {
+                    let resend = !maybe_applied.load(std::sync::atomic::Ordering::Relaxed);
+                    if resend && !renewed {
                         renewed = true;
                         continue;
                     }
                     return Err(Error::UnknownOutcome(format!(
-                        "{message}; the write was sent more than once, so it may have been \
-                         applied before the session expired"
+                        "{message}; an earlier attempt of the write may have been applied \
+                         before the session expired"
                     )));
                 }
                 Err(e) if e.is_retryable() && Instant::now() >= window_ends => {
@@ -683,7 +695,25 @@ impl Client {
             .await
     }
 
-    /// Several changes in one joint-consensus step (see CONTRACT §1).
+    /// Records that member `id` is now reached at `address` (a member
+    /// restarted at another address asks this itself).
+    pub async fn set_member_address(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<pb::MembersResponse, Error> {
+        let request = pb::SetMemberAddressRequest {
+            id,
+            address: address.to_string(),
+        };
+        self.change_on_leader(
+            request,
+            |mut c, r| async move { c.set_member_address(r).await },
+        )
+        .await
+    }
+
+    /// Several changes in one joint-consensus step.
     pub async fn change_membership(
         &self,
         request: pb::ChangeMembershipRequest,

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-pub use raftkv_proto::internal::{Command, Op};
+pub use raftkv_proto::internal::{ClusterIdChoice, Command, MemberAddress, Op};
 
 /// Encodes a command for a log entry.
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
@@ -33,6 +33,8 @@ mod tests {
             first_incomplete_seq: 4,
             timestamp_ms: 1_700_000_000_000,
             rules: 1,
+            cluster_id: None,
+            member_address: None,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

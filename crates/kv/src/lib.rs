@@ -16,7 +16,7 @@ mod session;
 mod snapshot;
 mod state;
 
-pub use command::{decode_command, encode_command, Command, Op};
+pub use command::{decode_command, encode_command, ClusterIdChoice, Command, MemberAddress, Op};
 pub use session::{
     SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_STRICT_SESSIONS,
 };

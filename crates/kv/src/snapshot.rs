@@ -42,6 +42,8 @@ impl KvState {
             membership: Bytes::copy_from_slice(membership),
             keys: self.len() as u64,
             sessions: sessions.len() as u64,
+            cluster_id: self.cluster_id,
+            bootstrap_id: self.bootstrap_id,
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -106,6 +108,8 @@ impl KvState {
             )));
         }
         state.restore_position(header.applied_index, header.applied_term, header.clock_ms);
+        state.cluster_id = header.cluster_id;
+        state.bootstrap_id = header.bootstrap_id;
         Ok((state, header.membership))
     }
 }

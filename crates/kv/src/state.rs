@@ -61,6 +61,10 @@ pub struct KvState {
     clock_ms: u64,
     applied_index: u64,
     applied_term: u64,
+    /// The cluster's id as first chosen in the log (0: none yet), and the
+    /// bootstrap id its members started with.
+    pub(crate) cluster_id: u64,
+    pub(crate) bootstrap_id: u64,
 }
 
 impl KvState {
@@ -72,6 +76,8 @@ impl KvState {
             clock_ms: 0,
             applied_index: 0,
             applied_term: 0,
+            cluster_id: 0,
+            bootstrap_id: 0,
         }
     }
 
@@ -79,6 +85,19 @@ impl KvState {
     pub fn apply(&mut self, index: u64, term: u64, cmd: &Command) -> ApplyOutcome {
         self.mark_applied(index, term);
         self.clock_ms = self.clock_ms.max(cmd.timestamp_ms);
+        if let Some(choice) = &cmd.cluster_id {
+            // The first choice committed is the cluster's id; a later one (a
+            // leader that proposed before it learned of the first) is void.
+            if self.cluster_id == 0 {
+                self.cluster_id = choice.cluster_id;
+                self.bootstrap_id = choice.bootstrap_id;
+            }
+            return ApplyOutcome::Applied;
+        }
+        if cmd.member_address.is_some() {
+            // Membership is the replica's; nothing changes in the map.
+            return ApplyOutcome::Applied;
+        }
         if cmd.client_id != 0 {
             match self.sessions.admit(
                 cmd.client_id,
@@ -206,6 +225,16 @@ impl KvState {
 
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// The cluster's id as chosen in the log (0: not yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The bootstrap id of the cluster's first members (0: not known).
+    pub fn bootstrap_id(&self) -> u64 {
+        self.bootstrap_id
     }
 
     /// Log time: the largest command timestamp applied so far.
@@ -466,5 +495,22 @@ mod tests {
             run(crate::RULES_ORIGINAL),
             (ApplyOutcome::Applied, Some(Bytes::from_static(b"1")))
         );
+    }
+
+    #[test]
+    fn the_first_cluster_id_committed_is_the_cluster_s() {
+        let mut s = KvState::new(SessionLimits::default());
+        let choose = |id| Command {
+            cluster_id: Some(crate::command::ClusterIdChoice {
+                cluster_id: id,
+                bootstrap_id: 5,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(s.cluster_id(), 0);
+        assert_eq!(s.apply(1, 1, &choose(11)), ApplyOutcome::Applied);
+        assert_eq!(s.apply(2, 2, &choose(22)), ApplyOutcome::Applied);
+        assert_eq!((s.cluster_id(), s.bootstrap_id()), (11, 5));
+        assert!(s.is_empty(), "no key was written");
     }
 }

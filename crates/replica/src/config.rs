@@ -9,7 +9,11 @@ use raftkv_kv::SessionLimits;
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     pub node_id: u64,
+    /// The cluster's id as the data dir records it (0: not adopted yet; see
+    /// `cluster_id.rs`).
     pub cluster_id: u64,
+    /// The bootstrap id the data dir records (0: not known).
+    pub bootstrap_id: u64,
     /// Base election timeout; raft randomizes in [1x, 2x).
     pub election_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -47,6 +51,7 @@ impl ReplicaConfig {
         ReplicaConfig {
             node_id,
             cluster_id,
+            bootstrap_id: 0,
             election_timeout: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(100),
             max_append_bytes: 1024 * 1024,

@@ -31,6 +31,10 @@ pub enum ReplicaError {
     /// cluster's other members may.
     #[error("{0}")]
     Removed(String),
+    /// This node's data dir belongs to another cluster than the peers that
+    /// reach it: it serves nothing, but the cluster's members may.
+    #[error("{0}")]
+    WrongCluster(String),
     /// The node stopped (shut down or a fatal storage error).
     #[error("node stopped: {0}")]
     Stopped(String),

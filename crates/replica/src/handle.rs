@@ -16,6 +16,7 @@ use raftkv_kv::{KvState, Op};
 use raftkv_storage::{FileStorage, MembershipRecord, SnapshotInfo, SnapshotStore, StorageStats};
 use tokio::sync::{oneshot, watch};
 
+use crate::cluster_id::{ClusterContact, ClusterIds};
 use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
@@ -48,6 +49,10 @@ pub(crate) struct Shared {
     /// Peers whose messages said they were out of space, and when the last
     /// one said so.
     pub(crate) peers_out_of_space: Mutex<HashMap<u64, Instant>>,
+    /// This node's cluster ids (the cluster id once adopted from the log).
+    pub(crate) cluster: Mutex<ClusterIds>,
+    /// Whom this node hears from: its cluster's members, or another cluster.
+    pub(crate) contact: Mutex<ClusterContact>,
 }
 
 /// A handle to a running replica. Cheap to clone.
@@ -57,9 +62,9 @@ pub struct Replica {
     inputs: Sender<Input>,
     peer_inputs: Sender<PeerInput>,
     node_id: u64,
-    cluster_id: u64,
     snapshots: SnapshotStore,
     min_free_bytes: u64,
+    election_timeout: std::time::Duration,
 }
 
 impl Replica {
@@ -88,10 +93,15 @@ impl Replica {
             peer_rejections: RejectionCounters::default(),
             out_of_space: AtomicBool::new(false),
             peers_out_of_space: Mutex::new(HashMap::new()),
+            cluster: Mutex::new(ClusterIds {
+                cluster_id: config.cluster_id,
+                bootstrap_id: config.bootstrap_id,
+            }),
+            contact: Mutex::new(ClusterContact::new(Instant::now())),
         });
         let node_id = config.node_id;
-        let cluster_id = config.cluster_id;
         let min_free_bytes = config.min_free_bytes;
+        let election_timeout = config.election_timeout;
         let snapshot_store = snapshots.clone();
         let node = Node::new(
             storage,
@@ -114,9 +124,9 @@ impl Replica {
             inputs,
             peer_inputs,
             node_id,
-            cluster_id,
             snapshots: snapshot_store,
             min_free_bytes,
+            election_timeout,
         })
     }
 
@@ -124,8 +134,61 @@ impl Replica {
         self.node_id
     }
 
+    /// The cluster's id (0 while this node has not adopted one from the log).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        self.cluster_ids().cluster_id
+    }
+
+    /// The cluster id and bootstrap id this node goes by (see `cluster_id.rs`).
+    pub fn cluster_ids(&self) -> ClusterIds {
+        *self.shared.cluster.lock().expect("cluster lock poisoned")
+    }
+
+    /// A message from a member of this node's cluster was admitted.
+    pub fn note_member_contact(&self) {
+        self.shared
+            .contact
+            .lock()
+            .expect("contact lock poisoned")
+            .member_contact(Instant::now());
+    }
+
+    /// Peer `peer` turned out to belong to another cluster, `cluster_id`.
+    pub fn note_foreign_peer(&self, peer: u64, cluster_id: u64) {
+        self.shared
+            .contact
+            .lock()
+            .expect("contact lock poisoned")
+            .foreign_contact(peer, cluster_id, Instant::now());
+    }
+
+    /// Err when only nodes of another cluster reach this node lately: its data
+    /// dir is not the cluster's, and it must serve no client request (reads
+    /// included). Checked by every request.
+    pub fn check_cluster_contact(&self) -> Result<(), ReplicaError> {
+        let contact = self.shared.contact.lock().expect("contact lock poisoned");
+        if contact.is_plainly_fine() {
+            return Ok(());
+        }
+        let is_leader = self.status().role == crate::status::Role::Leader;
+        let has_peers = self
+            .shared
+            .membership
+            .read()
+            .expect("membership lock poisoned")
+            .addresses
+            .len()
+            > 1;
+        contact
+            .check(
+                self.cluster_ids(),
+                self.node_id,
+                has_peers,
+                is_leader,
+                2 * self.election_timeout,
+                Instant::now(),
+            )
+            .map_err(ReplicaError::WrongCluster)
     }
 
     fn submit(&self, input: Input) -> Result<(), ReplicaError> {
@@ -182,6 +245,13 @@ impl Replica {
     /// `status()` for the outcome.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ReplicaError> {
         self.ask(|reply| Input::TransferLeader { to, reply })
+            .await?
+    }
+
+    /// Records through the log that member `id` is now reached at `address`
+    /// (this node must lead); resolves once applied.
+    pub async fn set_member_address(&self, id: u64, address: String) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::SetMemberAddress { id, address, reply })
             .await?
     }
 

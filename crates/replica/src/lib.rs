@@ -11,6 +11,7 @@
 //! requests to the node thread over a bounded channel and awaits the answer.
 
 mod clock;
+mod cluster_id;
 mod conf_change;
 mod config;
 mod error;
@@ -25,6 +26,9 @@ mod snapshots;
 mod status;
 mod transport;
 
+pub use cluster_id::{
+    admit as admit_cluster, describe as describe_cluster, vote_allowed, ClusterIds,
+};
 pub use conf_change::{ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES};
 pub use config::ReplicaConfig;
 pub use error::{FatalError, ReplicaError};

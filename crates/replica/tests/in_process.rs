@@ -59,6 +59,7 @@ impl Cluster {
                     NodeIdentity {
                         node_id: id,
                         cluster_id: 7,
+                        bootstrap_id: 0,
                     },
                     bootstrap_membership(&peers),
                 )

@@ -10,9 +10,9 @@ use raftkv_proto::v1::debug_server::Debug;
 use raftkv_proto::v1::{
     AddNodeRequest, ChangeMembershipRequest, CheckRequest, CheckResponse, CompactRequest,
     CompactResponse, Member, MembersRequest, MembersResponse, PeerProgress, PromoteNodeRequest,
-    RaftStateRequest, RaftStateResponse, RemoveNodeRequest, StatusRequest, StatusResponse,
-    StorageStateRequest, StorageStateResponse, TransferLeaderRequest, TriggerSnapshotRequest,
-    TriggerSnapshotResponse,
+    RaftStateRequest, RaftStateResponse, RemoveNodeRequest, SetMemberAddressRequest, StatusRequest,
+    StatusResponse, StorageStateRequest, StorageStateResponse, TransferLeaderRequest,
+    TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use raftkv_replica::{MembersInfo, Replica, ReplicaError, SnapshotMeta, SnapshotStore};
 use tonic::{Request, Response, Status};
@@ -52,17 +52,8 @@ impl AdminService {
 
     /// An address peers can dial: HOST:PORT.
     fn check_address(&self, address: &str) -> Result<String, Status> {
-        let address = address.trim();
-        let valid = address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !valid {
-            return Err(invalid_argument(
-                format!("invalid node address {address:?} (expected HOST:PORT)"),
-                header_of(&self.replica),
-            ));
-        }
-        Ok(address.to_string())
+        crate::config::check_address(address, "node address")
+            .map_err(|e| invalid_argument(e, header_of(&self.replica)))
     }
 
     async fn apply(
@@ -85,6 +76,7 @@ impl AdminService {
             joint: members.joint,
             cluster_id: self.replica.cluster_id(),
             config_index: members.config_index,
+            bootstrap_id: self.replica.cluster_ids().bootstrap_id,
         }))
     }
 
@@ -127,6 +119,12 @@ impl Cluster for AdminService {
             disk_bytes: storage.disk_bytes,
             cluster_id: status.cluster_id,
             address: self.address.clone(),
+            problem: self
+                .replica
+                .check_cluster_contact()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -144,6 +142,12 @@ impl Cluster for AdminService {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let address = self.check_address(&request.address)?;
+        if self.replica.cluster_id() == 0 {
+            // A joining node records the id; it must be the cluster's own.
+            return Err(self.replica_error(ReplicaError::Unavailable(
+                "the cluster has not chosen its id yet (it was just bootstrapped); retry".into(),
+            )));
+        }
         let id = request.id;
         let mut plan = ChangePlan {
             empty: request.empty,
@@ -219,6 +223,20 @@ impl Cluster for AdminService {
             plan.voters.insert(node.id, address);
         }
         self.apply(plan, deadline).await
+    }
+
+    async fn set_member_address(
+        &self,
+        request: Request<SetMemberAddressRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let request = request.into_inner();
+        let address = self.check_address(&request.address)?;
+        self.membership
+            .set_address(request.id, address, deadline)
+            .await
+            .map_err(|e| self.replica_error(e))?;
+        self.members_reply().await
     }
 
     async fn transfer_leader(

@@ -85,8 +85,51 @@ impl ServerConfig {
         if self.peers.is_some() && !self.join.is_empty() {
             return Err("--peers (static cluster) and --join cannot be used together".into());
         }
+        check_address(&self.listen, "--listen")?;
+        if let Some(advertise) = &self.advertise {
+            check_address(advertise, "--advertise")?;
+        }
+        check_reachable(self.advertise_address())?;
+        for address in &self.join {
+            check_address(address, "--join")?;
+        }
+        if let Some(address) = &self.metrics_listen {
+            check_address(address, "--metrics-listen")?;
+        }
         Ok(())
     }
+}
+
+/// Checks that `address` is HOST:PORT with a port from 1 to 65535 (`what`
+/// names the flag in the message); returns it trimmed.
+pub fn check_address(address: &str, what: &str) -> Result<String, String> {
+    let address = address.trim();
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("invalid {what} {address:?} (expected HOST:PORT)"));
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) {
+        return Err(format!("invalid {what} {address:?} (expected HOST:PORT)"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(address.to_string()),
+        _ => Err(format!(
+            "invalid {what} {address:?}: the port must be a number from 1 to 65535"
+        )),
+    }
+}
+
+/// The address other nodes and clients are told to use must name a host they
+/// can reach, not "any address".
+fn check_reachable(advertise: &str) -> Result<(), String> {
+    let host = advertise.rsplit_once(':').map_or("", |(host, _)| host);
+    if matches!(host, "0.0.0.0" | "[::]" | "::") {
+        return Err(format!(
+            "{advertise} is where this node listens, not an address other nodes can reach; \
+             give --advertise HOST:PORT with this machine's address"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `1=host:port,2=host:port,...`.
@@ -102,13 +145,12 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
             .ok()
             .filter(|id| *id > 0)
             .ok_or_else(|| format!("invalid node id {id:?} in --peers (expected 1 or more)"))?;
-        let address = address.trim();
-        if !address.contains(':') {
-            return Err(format!(
-                "invalid address {address:?} for node {id} (expected HOST:PORT)"
-            ));
+        let address = check_address(address, &format!("address for node {id} in --peers"))?;
+        check_reachable(&address)?;
+        if peers.values().any(|a| *a == address) {
+            return Err(format!("address {address} is listed twice in --peers"));
         }
-        if peers.insert(id, address.to_string()).is_some() {
+        if peers.insert(id, address).is_some() {
             return Err(format!("node id {id} is listed twice in --peers"));
         }
     }
@@ -193,10 +235,12 @@ impl ConfigFile {
     }
 }
 
-/// The cluster id of a static cluster: a stable hash of its initial
-/// members, so every node started with the same `--peers` agrees on it
-/// and a node started with a different list is refused by the others.
-pub fn cluster_id_of(peers: &BTreeMap<u64, String>) -> u64 {
+/// The bootstrap id of a static cluster: a stable hash of its initial
+/// members, so every node started with the same `--peers` agrees on it and
+/// a node started with a different list is refused by the others. (Not the
+/// cluster's id: two clusters with the same flags share it; the cluster id
+/// is chosen at random through the log, see the replica's `cluster_id.rs`.)
+pub fn bootstrap_id_of(peers: &BTreeMap<u64, String>) -> u64 {
     let canonical: Vec<String> = peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in canonical.join(",").bytes() {
@@ -219,16 +263,43 @@ mod tests {
         assert!(parse_peers("1=nohostport")
             .unwrap_err()
             .contains("HOST:PORT"));
+        assert!(parse_peers("1=h:99999").unwrap_err().contains("port"));
         assert!(parse_peers("0=a:1").is_err());
     }
 
     #[test]
-    fn cluster_id_depends_on_the_member_list_only() {
+    fn bootstrap_id_depends_on_the_member_list_only() {
         let a = parse_peers("1=a:1,2=b:2").unwrap();
         let b = parse_peers("2=b:2,1=a:1").unwrap();
         let c = parse_peers("1=a:1,2=b:3").unwrap();
-        assert_eq!(cluster_id_of(&a), cluster_id_of(&b));
-        assert_ne!(cluster_id_of(&a), cluster_id_of(&c));
+        assert_eq!(bootstrap_id_of(&a), bootstrap_id_of(&b));
+        assert_ne!(bootstrap_id_of(&a), bootstrap_id_of(&c));
+    }
+
+    #[test]
+    fn addresses_are_checked_before_anything_is_written() {
+        let mut config = ServerConfig {
+            listen: "0.0.0.0:abc".into(),
+            ..Default::default()
+        };
+        assert!(config.validate().unwrap_err().contains("port"));
+        config.listen = "0.0.0.0:7379".into();
+        assert!(config.validate().unwrap_err().contains("--advertise"));
+        config.advertise = Some("10.0.0.5:7379".into());
+        assert!(config.validate().is_ok());
+        config.advertise = Some("10.0.0.5".into());
+        assert!(config.validate().unwrap_err().contains("HOST:PORT"));
+        for bad in ["", ":7379", "h:0", "h:70000", "a:b:1"] {
+            assert!(check_address(bad, "x").is_err(), "{bad:?}");
+        }
+        for good in ["h:1", "[::1]:7379", "127.0.0.1:65535"] {
+            assert_eq!(check_address(good, "x").as_deref(), Ok(good));
+        }
+        assert!(parse_peers("1=a:1,2=a:1").unwrap_err().contains("twice"));
+        assert!(parse_peers("1=0.0.0.0:1").is_err());
+        config.advertise = Some("10.0.0.5:7379".into());
+        config.join = vec!["nohost".into()];
+        assert!(config.validate().unwrap_err().contains("--join"));
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub fn replica_status(error: ReplicaError, header: ResponseHeader) -> Status {
         ReplicaError::NoSpace(m) => error_status(ErrorKind::NoSpace, m, header, true),
         ReplicaError::Stopped(m) => error_status(ErrorKind::Unavailable, m, header, true),
         // Refused here for good, but another member may serve it.
-        ReplicaError::Removed(m) => error_status(ErrorKind::Rejected, m, header, true),
+        ReplicaError::Removed(m) | ReplicaError::WrongCluster(m) => {
+            error_status(ErrorKind::Rejected, m, header, true)
+        }
     }
 }

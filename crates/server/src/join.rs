@@ -62,9 +62,13 @@ pub async fn join_as_learner(
     let Some(me) = reply.members.iter().find(|m| m.address == address) else {
         bail!("the cluster added this node but does not list it at {address}");
     };
+    if reply.cluster_id == 0 {
+        bail!("the cluster answered without its cluster id (is it an older raftkv?)");
+    }
     let identity = NodeIdentity {
         node_id: me.id,
         cluster_id: reply.cluster_id,
+        bootstrap_id: reply.bootstrap_id,
     };
     storage
         .set_identity(identity)

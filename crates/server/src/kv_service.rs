@@ -71,6 +71,10 @@ fn session_of(session: Option<raftkv_proto::v1::WriteSession>) -> WriteSession {
 
 /// Waits until this node (as leader) may serve a linearizable read.
 pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<(), Status> {
+    // Stale reads included: a node only another cluster reaches serves nothing.
+    replica
+        .check_cluster_contact()
+        .map_err(|e| replica_status(e, header_of(replica)))?;
     let consistency = Consistency::try_from(consistency).unwrap_or(Consistency::Linearizable);
     if consistency == Consistency::Stale {
         return Ok(());
@@ -131,6 +135,9 @@ impl KvService {
         session: WriteSession,
         deadline: tokio::time::Instant,
     ) -> Result<ResponseHeader, Status> {
+        self.replica
+            .check_cluster_contact()
+            .map_err(|e| replica_status(e, self.header()))?;
         let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
         match tokio::time::timeout_at(deadline, self.replica.propose(ops, session)).await {
             Ok(Ok(())) => Ok(self.header()),

@@ -4,6 +4,7 @@
 //! This crate wires things together; it holds no consensus logic (that is
 //! `raftkv-replica`) and no storage format (that is `raftkv-storage`).
 
+mod address;
 mod admin_service;
 pub mod config;
 mod deadline;
@@ -27,12 +28,12 @@ use raftkv_proto::v1::debug_server::DebugServer;
 use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::peer_server::PeerServer;
 use raftkv_replica::{
-    bootstrap_membership, FileStorage, NodeIdentity, Replica, ReplicaConfig, SnapshotStore,
-    StorageError, StorageOptions,
+    bootstrap_membership, ClusterIds, FileStorage, NodeIdentity, Replica, ReplicaConfig,
+    SnapshotStore, StorageError, StorageOptions,
 };
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{cluster_id_of, parse_peers, ConfigFile, ServerConfig};
+pub use config::{bootstrap_id_of, parse_peers, ConfigFile, ServerConfig};
 pub use kv_service::{DEFAULT_SCAN_LIMIT, MAX_KEY_BYTES, MAX_SCAN_LIMIT};
 
 use crate::admin_service::AdminService;
@@ -98,18 +99,22 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this node's id {id}");
     }
+    // The cluster's id is chosen by its first leader and adopted through the
+    // log; until then the node goes by the hash of its member list.
     let identity = NodeIdentity {
         node_id: id,
-        cluster_id: cluster_id_of(&peers),
+        cluster_id: 0,
+        bootstrap_id: bootstrap_id_of(&peers),
     };
     refuse_if_wiped(&peers, identity).await?;
     storage
         .bootstrap(identity, bootstrap_membership(&peers))
         .with_context(|| format!("cannot initialize data dir {}", config.data_dir.display()))?;
     tracing::info!(
-        "initialized data dir {} as node {id} of cluster {:x} with members {:?}",
+        "initialized data dir {} as node {id} of a new cluster (bootstrap {:016x}) with \
+         members {:?}",
         config.data_dir.display(),
-        identity.cluster_id,
+        identity.bootstrap_id,
         peers
     );
     Ok(storage)
@@ -148,7 +153,7 @@ async fn refuse_if_wiped(
         .iter()
         .find(|m| m.id == identity.node_id)
         .is_some_and(|m| m.match_index > 1);
-    if members.cluster_id == identity.cluster_id && acknowledged {
+    if members.bootstrap_id == identity.bootstrap_id && acknowledged {
         bail!(
             "node {} starts with an empty data dir, but the running cluster's leader has \
              entries this node acknowledged before: its data dir was wiped, and it has \
@@ -190,12 +195,13 @@ fn test_session_limits() -> anyhow::Result<Option<raftkv_replica::SessionLimits>
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let mut storage = open_storage(&config).await?;
-    let snapshots = SnapshotStore::open(&config.data_dir)
-        .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
+    // Before the data dir is touched: a port in use changes nothing there.
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let mut storage = open_storage(&config).await?;
+    let snapshots = SnapshotStore::open(&config.data_dir)
+        .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
     tokio::pin!(shutdown);
     // A node that joined (or is joining) and has no configuration yet asks
     // the cluster to add it; a restarted member skips this.
@@ -222,6 +228,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let identity = storage.identity().context("data dir has no identity")?;
 
     let mut replica_config = ReplicaConfig::new(identity.node_id, identity.cluster_id);
+    replica_config.bootstrap_id = identity.bootstrap_id;
     replica_config.election_timeout = config.election_timeout;
     replica_config.heartbeat_interval = config.heartbeat_interval;
     replica_config.snapshot_entries = config.snapshot_entries;
@@ -236,7 +243,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     storage.set_sync_observer(metrics.wal_sync_observer());
     let transport = Arc::new(GrpcTransport::new(
         identity.node_id,
-        identity.cluster_id,
+        ClusterIds {
+            cluster_id: identity.cluster_id,
+            bootstrap_id: identity.bootstrap_id,
+        },
         tokio::runtime::Handle::current(),
         snapshots.clone(),
     ));
@@ -286,11 +296,17 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_decoding_message_size(2 * transport::CHUNK_BYTES);
 
     tracing::info!(
-        "node {} serving on {} (cluster {:x})",
+        "node {} serving on {} ({})",
         identity.node_id,
         config.listen,
-        identity.cluster_id
+        raftkv_replica::describe_cluster(replica.cluster_ids())
     );
+    if seed_peers.is_none() {
+        tokio::spawn(address::record_own_address(
+            replica.clone(),
+            config.advertise_address().to_string(),
+        ));
+    }
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut routes = tonic::service::RoutesBuilder::default();
     routes

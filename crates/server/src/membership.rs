@@ -282,6 +282,27 @@ impl Membership {
         Ok(promote)
     }
 
+    /// Records through the log that member `id` is now at `address` (it was
+    /// restarted with a new `--advertise`/`--listen`).
+    pub async fn set_address(
+        &self,
+        id: u64,
+        address: String,
+        deadline: Instant,
+    ) -> Result<(), ReplicaError> {
+        self.check_leader()?;
+        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+        tokio::time::timeout_at(deadline, self.replica.set_member_address(id, address))
+            .await
+            .map_err(|_| {
+                ReplicaError::UnknownOutcome(
+                    "the address change was not applied before the deadline; check \
+                     `raftkv cluster members`"
+                        .into(),
+                )
+            })?
+    }
+
     /// Leaves a joint configuration entered explicitly.
     pub async fn leave_joint(&self, deadline: Instant) -> Result<(), ReplicaError> {
         self.check_leader()?;

@@ -16,8 +16,8 @@ use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_server::Peer;
 use raftkv_proto::v1::{RaftAck, RaftEnvelope, SnapshotFileChunk};
 use raftkv_replica::{
-    check_envelope, check_membership, member_ids, Arrival, Rejection, Replica, SnapshotMeta,
-    SnapshotStore,
+    admit_cluster, check_envelope, check_membership, member_ids, vote_allowed, Arrival, ClusterIds,
+    Rejection, Replica, SnapshotMeta, SnapshotStore,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,18 +29,24 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    fn check_sender(&self, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
-        let own_cluster = self.replica.cluster_id();
+    /// Checks an envelope's cluster ids and recipient (`admit_cluster`). A
+    /// sender of another cluster is refused with this node's cluster id in
+    /// the `CLUSTER_MISMATCH` metadata, and both sides remember the contact:
+    /// a node that only another cluster reaches serves no clients.
+    fn check_sender(&self, sender: ClusterIds, from: u64, to: u64) -> Result<(), Status> {
+        let own = self.replica.cluster_ids();
         let node_id = self.replica.node_id();
-        if cluster_id != own_cluster {
+        if let Err(refusal) = admit_cluster(own, sender) {
             self.replica.count_rejection(Rejection::ClusterMismatch);
-            tracing::warn!(
-                "refused raft traffic from node {from} of cluster {cluster_id:x} (this is cluster {own_cluster:x})"
-            );
-            return Err(Status::failed_precondition(format!(
-                "cluster id mismatch: node {node_id} belongs to cluster {own_cluster:x}, \
-                 the sender to {cluster_id:x}"
-            )));
+            self.replica.note_foreign_peer(from, sender.cluster_id);
+            tracing::warn!("refused raft traffic from node {from}: {refusal}");
+            let mut status = Status::failed_precondition(format!(
+                "node {node_id} refuses node {from}: {refusal}"
+            ));
+            if let Ok(value) = format!("{:016x}", own.cluster_id).parse() {
+                status.metadata_mut().insert(CLUSTER_MISMATCH, value);
+            }
+            return Err(status);
         }
         if to != node_id {
             self.replica.count_rejection(Rejection::WrongRecipient);
@@ -48,6 +54,7 @@ impl PeerService {
                 "message for node {to} reached node {node_id}"
             )));
         }
+        self.replica.note_member_contact();
         Ok(())
     }
 
@@ -56,24 +63,35 @@ impl PeerService {
         &self,
         message: &Message,
         envelope_from: u64,
+        sender: ClusterIds,
         arrival: Arrival,
     ) -> Result<(), Rejection> {
-        check_envelope(message, envelope_from, self.replica.node_id(), arrival).inspect_err(
-            |rejection| {
+        check_envelope(message, envelope_from, self.replica.node_id(), arrival)
+            .and_then(|()| {
+                if vote_allowed(self.replica.cluster_ids(), sender, message.get_msg_type()) {
+                    Ok(())
+                } else {
+                    Err(Rejection::VoteBeforeClusterId)
+                }
+            })
+            .inspect_err(|rejection| {
                 self.replica.count_rejection(*rejection);
                 tracing::debug!(
                     "dropped a {:?} from node {envelope_from}: {}",
                     message.get_msg_type(),
                     rejection.label()
                 );
-            },
-        )
+            })
     }
 }
 
 /// Metadata on the status that refuses a removed node's vote request: the
 /// index of the refusing node's configuration (see `REMOVED_AT` users).
 pub const REMOVED_AT: &str = "raftkv-removed-at";
+
+/// Metadata on the status that refuses a node of another cluster: the
+/// refusing node's cluster id (hexadecimal).
+pub const CLUSTER_MISMATCH: &str = "raftkv-cluster-mismatch";
 
 impl PeerService {
     /// A vote request from a node outside this node's configuration comes
@@ -114,12 +132,16 @@ impl Peer for PeerService {
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        self.check_sender(first.cluster_id, first.from, first.to)?;
+        let sender = ClusterIds {
+            cluster_id: first.cluster_id,
+            bootstrap_id: first.bootstrap_id,
+        };
+        self.check_sender(sender, first.from, first.to)?;
         let message = Message::parse_from_carllerche_bytes(&first.message).map_err(|e| {
             self.replica.count_rejection(Rejection::Undecodable);
             Status::invalid_argument(format!("undecodable snapshot message: {e}"))
         })?;
-        self.check_message(&message, first.from, Arrival::InstallSnapshot)
+        self.check_message(&message, first.from, sender, Arrival::InstallSnapshot)
             .map_err(|rejection| {
                 Status::invalid_argument(format!("snapshot refused: {}", rejection.label()))
             })?;
@@ -185,7 +207,11 @@ impl Peer for PeerService {
                 envelope.chunk.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            self.check_sender(envelope.cluster_id, envelope.from, envelope.to)?;
+            let sender = ClusterIds {
+                cluster_id: envelope.cluster_id,
+                bootstrap_id: envelope.bootstrap_id,
+            };
+            self.check_sender(sender, envelope.from, envelope.to)?;
             // Told while it lasts (refreshing the time), and once when it ends.
             if envelope.sender_out_of_space || sender_out_of_space {
                 self.replica
@@ -210,7 +236,7 @@ impl Peer for PeerService {
             match Message::parse_from_carllerche_bytes(&encoded) {
                 Ok(message) => {
                     if self
-                        .check_message(&message, envelope.from, Arrival::RaftStream)
+                        .check_message(&message, envelope.from, sender, Arrival::RaftStream)
                         .is_ok()
                     {
                         self.refuse_removed_candidate(&message)?;

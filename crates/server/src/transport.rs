@@ -26,7 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_client::PeerClient;
 use raftkv_proto::v1::{RaftEnvelope, SnapshotFileChunk};
-use raftkv_replica::{Replica, SnapshotMeta, SnapshotStore, Transport};
+use raftkv_replica::{ClusterIds, Replica, SnapshotMeta, SnapshotStore, Transport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -69,7 +69,8 @@ struct PeerLink {
 struct LaneContext {
     from: u64,
     to: u64,
-    cluster_id: u64,
+    /// The ids the node started with; once the replica is set, its current ones.
+    initial_ids: ClusterIds,
     address: String,
     reachable: Arc<AtomicBool>,
     queued_bytes: Arc<AtomicU64>,
@@ -80,7 +81,7 @@ struct LaneContext {
 /// The gRPC implementation of the replica's `Transport`.
 pub struct GrpcTransport {
     node_id: u64,
-    cluster_id: u64,
+    initial_ids: ClusterIds,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, PeerLink>>,
     replica: Arc<OnceLock<Replica>>,
@@ -92,14 +93,14 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     pub fn new(
         node_id: u64,
-        cluster_id: u64,
+        initial_ids: ClusterIds,
         runtime: tokio::runtime::Handle,
         snapshots: SnapshotStore,
     ) -> Self {
         let runtime_for_faults = runtime.clone();
         GrpcTransport {
             node_id,
-            cluster_id,
+            initial_ids,
             runtime,
             peers: Mutex::new(HashMap::new()),
             replica: Arc::new(OnceLock::new()),
@@ -112,7 +113,7 @@ impl GrpcTransport {
         SnapshotSender {
             from: self.node_id,
             to,
-            cluster_id: self.cluster_id,
+            initial_ids: self.initial_ids,
             address,
             replica: self.replica.clone(),
             snapshots: self.snapshots.clone(),
@@ -145,7 +146,7 @@ impl GrpcTransport {
         let context = LaneContext {
             from: self.node_id,
             to,
-            cluster_id: self.cluster_id,
+            initial_ids: self.initial_ids,
             address: address.to_string(),
             reachable: reachable.clone(),
             queued_bytes: queued_bytes.clone(),
@@ -241,7 +242,7 @@ impl Transport for GrpcTransport {
 
 /// Splits an encoded message into envelopes of at most `CHUNK_BYTES`.
 pub fn envelopes(
-    cluster_id: u64,
+    ids: ClusterIds,
     from: u64,
     to: u64,
     encoded: Bytes,
@@ -252,7 +253,8 @@ pub fn envelopes(
     loop {
         let end = (offset + CHUNK_BYTES).min(encoded.len());
         out.push(RaftEnvelope {
-            cluster_id,
+            cluster_id: ids.cluster_id,
+            bootstrap_id: ids.bootstrap_id,
             from,
             to,
             chunk: encoded.slice(offset..end),
@@ -270,11 +272,31 @@ pub fn envelopes(
 struct SnapshotSender {
     from: u64,
     to: u64,
-    cluster_id: u64,
+    initial_ids: ClusterIds,
     /// `None` when the membership has no address for `to`.
     address: Option<String>,
     replica: Arc<OnceLock<Replica>>,
     snapshots: SnapshotStore,
+}
+
+/// The node's cluster ids as of now (they change once, when the node adopts
+/// its cluster's id).
+fn current_ids(replica: &OnceLock<Replica>, initial: ClusterIds) -> ClusterIds {
+    replica.get().map_or(initial, Replica::cluster_ids)
+}
+
+/// Reads who refused a stream for belonging to another cluster (the
+/// `CLUSTER_MISMATCH` metadata) and tells the replica: it then serves no
+/// clients while only that other cluster reaches it.
+fn note_refusal(status: &tonic::Status, peer: u64, replica: &OnceLock<Replica>) {
+    let their_cluster = status
+        .metadata()
+        .get(crate::peer_service::CLUSTER_MISMATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok());
+    if let (Some(cluster_id), Some(replica)) = (their_cluster, replica.get()) {
+        replica.note_foreign_peer(peer, cluster_id);
+    }
 }
 
 impl LaneContext {
@@ -377,7 +399,8 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                 .sent
                 .fetch_add(encoded.len() as u64, Ordering::Relaxed);
             let out_of_space = lane.replica.get().is_some_and(Replica::is_out_of_space);
-            for envelope in envelopes(lane.cluster_id, lane.from, lane.to, encoded, out_of_space) {
+            let ids = current_ids(&lane.replica, lane.initial_ids);
+            for envelope in envelopes(ids, lane.from, lane.to, encoded, out_of_space) {
                 if stream_tx.send(envelope).await.is_err() {
                     break 'stream;
                 }
@@ -403,6 +426,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                 if let (Some(index), Some(replica)) = (removed_at, lane.replica.get()) {
                     replica.report_removed(lane.to, index);
                 }
+                note_refusal(&status, lane.to, &lane.replica);
             }
             Ok(Ok(_)) => {}
             Err(e) => tracing::warn!("peer stream task failed: {e}"),
@@ -473,8 +497,10 @@ async fn stream_snapshot(
         .max_encoding_message_size(2 * CHUNK_BYTES)
         .max_decoding_message_size(2 * CHUNK_BYTES);
     let call = tokio::spawn(async move { client.install_snapshot(ReceiverStream::new(rx)).await });
+    let ids = current_ids(&sender.replica, sender.initial_ids);
     let mut first = Some(SnapshotFileChunk {
-        cluster_id: sender.cluster_id,
+        cluster_id: ids.cluster_id,
+        bootstrap_id: ids.bootstrap_id,
         from: sender.from,
         to: sender.to,
         message: Bytes::from(encoded),
@@ -510,9 +536,10 @@ async fn stream_snapshot(
         }
     }
     drop(tx);
-    call.await
-        .map_err(|e| e.to_string())?
-        .map_err(|status| status.message().to_string())?;
+    call.await.map_err(|e| e.to_string())?.map_err(|status| {
+        note_refusal(&status, sender.to, &sender.replica);
+        status.message().to_string()
+    })?;
     Ok(info.size_bytes)
 }
 
@@ -531,7 +558,13 @@ mod tests {
             3 * CHUNK_BYTES + 7,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let parts = envelopes(9, 1, 2, Bytes::from(data.clone()), false);
+            let parts = envelopes(
+                ClusterIds::default(),
+                1,
+                2,
+                Bytes::from(data.clone()),
+                false,
+            );
             assert!(parts.iter().all(|e| e.chunk.len() <= CHUNK_BYTES));
             assert_eq!(parts.iter().filter(|e| e.last).count(), 1);
             assert!(parts.last().unwrap().last);

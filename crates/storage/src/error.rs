@@ -45,6 +45,15 @@ pub enum StorageError {
         holder_pid: Option<u32>,
     },
 
+    /// The data directory was written by a newer build, in a format this one cannot read.
+    #[error(
+        "data dir {dir} was written by a newer raftkv (data dir format {format}; this build \
+         reads formats {oldest} to {newest}); run a newer raftkv on it",
+        oldest = crate::identity::OLDEST_DATA_DIR_FORMAT,
+        newest = crate::identity::DATA_DIR_FORMAT
+    )]
+    NewerFormat { dir: PathBuf, format: u32 },
+
     /// `bootstrap` was called on a node that already has a configuration.
     #[error("storage is already initialized (it has a membership)")]
     AlreadyInitialized,

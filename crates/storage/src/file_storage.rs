@@ -16,7 +16,7 @@ use raft::{GetEntriesContext, RaftState};
 
 use crate::entry_log::{EntryLocation, EntryLog};
 use crate::error::StorageError;
-use crate::identity::{read_identity, write_identity, NodeIdentity};
+use crate::identity::{read_identity, write_identity, NodeIdentity, DATA_DIR_FORMAT};
 use crate::lock::DataDirLock;
 use crate::membership::MembershipRecord;
 use crate::record::{Record, SnapshotState};
@@ -131,7 +131,19 @@ impl FileStorage {
     pub fn open(data_dir: &Path, opts: StorageOptions) -> Result<FileStorage, StorageError> {
         // Before anything in the directory is read or written.
         let lock = DataDirLock::acquire(data_dir)?;
-        let identity = read_identity(data_dir)?;
+        let identity = match read_identity(data_dir)? {
+            Some(stored) if stored.format < DATA_DIR_FORMAT => {
+                // Upgrade: everything else of an older format is read as it is.
+                write_identity(data_dir, &stored.identity)?;
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    "upgraded the data dir from format {} to {DATA_DIR_FORMAT}",
+                    stored.format
+                );
+                Some(stored.identity)
+            }
+            stored => stored.map(|stored| stored.identity),
+        };
         let mut log = EntryLog::new(opts.entry_cache_bytes);
         // Pass 1: the newest log start any segment header carries. Compaction writes its
         // log start into the header of a new segment before deleting older ones, so this
@@ -334,6 +346,43 @@ impl FileStorage {
                 Ok(())
             }
         }
+    }
+
+    /// Records the cluster id this node adopted from the log (its identity had none
+    /// yet), or the bootstrap id it learned; a no-op if both are already stored.
+    /// `IdentityMismatch` if the identity holds another cluster id.
+    pub fn adopt_cluster_id(
+        &mut self,
+        cluster_id: u64,
+        bootstrap_id: u64,
+    ) -> Result<(), StorageError> {
+        let Some(existing) = self.identity else {
+            return Err(StorageError::InvalidRequest {
+                reason: "the data dir has no identity to record a cluster id in".into(),
+            });
+        };
+        if existing.cluster_id != 0 && existing.cluster_id != cluster_id {
+            return Err(StorageError::IdentityMismatch {
+                existing_node_id: existing.node_id,
+                existing_cluster_id: existing.cluster_id,
+                requested_node_id: existing.node_id,
+                requested_cluster_id: cluster_id,
+            });
+        }
+        let adopted = NodeIdentity {
+            cluster_id,
+            bootstrap_id: if existing.bootstrap_id == 0 {
+                bootstrap_id
+            } else {
+                existing.bootstrap_id
+            },
+            ..existing
+        };
+        if adopted != existing {
+            write_identity(&self.data_dir, &adopted)?;
+            self.identity = Some(adopted);
+        }
+        Ok(())
     }
 
     /// Buffers `entries` for the next `sync`; they are readable through `raft::Storage`

@@ -4,7 +4,8 @@
 //! ```text
 //! <data-dir>/LOCK                             flock held by the process using the directory
 //!                                               (its PID inside)
-//! <data-dir>/raftkv.id                          node id + cluster id (text, with a CRC32C line)
+//! <data-dir>/raftkv.id                          data dir format, node id, cluster id, bootstrap
+//!                                               id (text, with a CRC32C line)
 //! <data-dir>/wal/<seq:016x>.wal                 WAL segments, consecutive seq; the oldest
 //!                                               ones disappear with compaction
 //! <data-dir>/snap/<term:016x>-<index:016x>.snap complete snapshot files
@@ -125,7 +126,7 @@ mod wal;
 
 pub use error::StorageError;
 pub use file_storage::{FileStorage, StorageOptions, StorageStats, SyncReport};
-pub use identity::{NodeIdentity, IDENTITY_FILE_NAME};
+pub use identity::{NodeIdentity, DATA_DIR_FORMAT, IDENTITY_FILE_NAME, OLDEST_DATA_DIR_FORMAT};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use membership::MembershipRecord;
 pub use snapshot_file::{

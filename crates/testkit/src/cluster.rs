@@ -303,6 +303,20 @@ impl TestCluster {
             .collect()
     }
 
+    /// Gives killed node `id` a new (free) port: its next start listens and
+    /// advertises there, with the same data dir. Returns the new address.
+    pub fn move_to_new_port(&mut self, id: u64) -> String {
+        assert!(
+            self.pid(id).is_none(),
+            "move_to_new_port: node {id} is still running"
+        );
+        let index = self.index_of(id);
+        self.nodes[index].port = free_ports(1)[0];
+        let address = self.nodes[index].address();
+        eprintln!("testkit: node {id} moves to {address}");
+        address
+    }
+
     /// Deletes killed node `id`'s data dir. A node that joined will join
     /// again (with `--join` and its old id) on its next start.
     pub fn wipe(&mut self, id: u64) {

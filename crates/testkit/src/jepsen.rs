@@ -448,26 +448,25 @@ pub fn converge(cluster: &TestCluster, timeout: Duration) -> Result<(u64, String
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < timeout {
+        // `debug check` waits (within its --timeout) for one applied index on
+        // every member and gives the verdict; exit 0 only when they agree.
         let out = cluster.cli(&["debug", "check", "--json", "--timeout", "2s"]);
-        let lines: Vec<Value> = out
+        let report: Option<Value> = out
             .stdout_lines()
             .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if out.code == 0 && lines.len() == cluster.member_ids().len() {
-            let index = lines[0]["applied_index"].as_u64().unwrap_or(0);
-            if lines
-                .iter()
-                .all(|l| l["applied_index"].as_u64() == Some(index))
+            .find_map(|l| serde_json::from_str(l).ok());
+        if let Some(report) = &report {
+            let nodes = report["nodes"].as_array().cloned().unwrap_or_default();
+            if out.code == 0 && nodes.len() == cluster.member_ids().len() {
+                let index = nodes[0]["applied_index"].as_u64().unwrap_or(0);
+                let hash = nodes[0]["hash"].as_str().unwrap_or("").to_string();
+                return Ok((index, hash));
+            }
+            if report["verdict"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("MISMATCH"))
             {
-                let hash = lines[0]["hash"].as_str().unwrap_or("").to_string();
-                if lines
-                    .iter()
-                    .all(|l| l["hash"].as_str() == Some(hash.as_str()))
-                {
-                    return Ok((index, hash));
-                }
-                return Err(format!("state hashes differ at index {index}: {lines:?}"));
+                return Err(format!("replicas differ: {report}"));
             }
         }
         last = out.stdout_text();

@@ -116,29 +116,26 @@ pub fn compact(cluster: &TestCluster, id: u64) -> (u64, u64) {
 }
 
 /// `raftkv debug check --json --endpoints <every node>`: one line per node
-/// (Err with the output if the command failed or a line does not parse).
+/// (Err with the output if the command failed — replicas not at one applied
+/// index, say — or the object does not parse).
 pub fn check(cluster: &TestCluster) -> Result<Vec<CheckLine>, String> {
     let out = cluster.cli(&["debug", "check", "--json", "--timeout", DEBUG_TIMEOUT]);
     if out.code != 0 {
         return Err(out.describe());
     }
+    let json = single_json(&out);
     let mut lines = Vec::new();
-    for line in out.stdout_lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let json: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("not JSON ({e}): {line}\n{}", out.describe()))?;
+    for node in json["nodes"].as_array().ok_or("no nodes array")? {
         let text = |name: &str| {
-            json.get(name)
+            node.get(name)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| format!("field {name:?} missing or not a string in {line}"))
+                .ok_or_else(|| format!("field {name:?} missing or not a string in {node}"))
         };
         let num = |name: &str| {
-            json.get(name)
+            node.get(name)
                 .and_then(Value::as_u64)
-                .ok_or_else(|| format!("field {name:?} missing or not a number in {line}"))
+                .ok_or_else(|| format!("field {name:?} missing or not a number in {node}"))
         };
         lines.push(CheckLine {
             address: text("address")?,
@@ -150,7 +147,7 @@ pub fn check(cluster: &TestCluster) -> Result<Vec<CheckLine>, String> {
     }
     if lines.len() != cluster.member_ids().len() {
         return Err(format!(
-            "expected one line per endpoint ({}), got {}\n{}",
+            "expected one line per member ({}), got {}\n{}",
             cluster.member_ids().len(),
             lines.len(),
             out.describe()

@@ -29,7 +29,11 @@ pub(crate) fn check_snapshot_room(
     min_free_bytes: u64,
 ) -> Result<(), ReplicaError> {
     match free {
-        Some(free) if free < min_free_bytes.saturating_add(snapshot_bytes) => {
+        Some(free)
+            if free
+                .checked_sub(snapshot_bytes)
+                .is_none_or(|left| left < min_free_bytes) =>
+        {
             Err(ReplicaError::NoSpace(format!(
                 "a snapshot of {snapshot_bytes} bytes does not fit: {free} bytes free on the \
                  data disk and {min_free_bytes} are kept in reserve; free some space"

@@ -18,6 +18,7 @@
 //! A storage error here is fatal: the loop stops and the node exits rather
 //! than acknowledge anything it could not make durable.
 
+mod cluster_meta;
 mod conf_change;
 mod disk_space;
 pub(crate) use disk_space::check_snapshot_room;
@@ -109,6 +110,11 @@ pub(crate) enum Input {
         to: u64,
         reply: Reply,
     },
+    SetMemberAddress {
+        id: u64,
+        address: String,
+        reply: Reply,
+    },
     Shutdown,
 }
 
@@ -137,6 +143,8 @@ pub(crate) struct Node {
     membership_dirty: bool,
     /// `Some(term)` while this node is leader in `term`.
     leader_term: Option<u64>,
+    /// The term in which this node last proposed a cluster id.
+    cluster_id_proposed_in: Option<u64>,
     /// While leader: the index of the first entry of its term (the empty
     /// entry raft appends on election). A peer that acknowledged it takes
     /// this leader's log.
@@ -246,6 +254,7 @@ impl Node {
             membership_dirty: false,
             leader_term: None,
             term_start_index: 0,
+            cluster_id_proposed_in: None,
             leader_clock: None,
             tick_interval,
             next_tick: Instant::now() + tick_interval,
@@ -303,6 +312,8 @@ impl Node {
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
+        // A snapshot loaded at start may hold the cluster id.
+        self.adopt_cluster_id()?;
         self.check_free_space();
         self.update_removed();
         // A single-voter cluster need not wait out an election timeout.
@@ -367,6 +378,7 @@ impl Node {
                 self.next_tick = now + self.tick_interval;
             }
             self.maybe_issue_read(now);
+            self.maybe_propose_cluster_id();
             self.on_ready()?;
             self.after_turn();
             self.maybe_start_snapshot();
@@ -441,6 +453,9 @@ impl Node {
             Input::Query(query) => self.answer(query),
             Input::ChangeMembership { request, reply } => self.propose_conf_change(request, reply),
             Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Input::SetMemberAddress { id, address, reply } => {
+                self.propose_member_address(id, address, reply)
+            }
             Input::Shutdown => return false,
         }
         true
@@ -492,6 +507,8 @@ impl Node {
             timestamp_ms: self.log_clock_ms(),
             rules: raftkv_kv::CURRENT_RULES,
             ops,
+            cluster_id: None,
+            member_address: None,
         };
         match self.raw.propose(vec![], encode_command(&command)) {
             Ok(()) => self.proposals.insert(proposal_id, reply),
@@ -655,6 +672,9 @@ impl Node {
                         FatalError(format!("undecodable command in log entry {index}: {e}"))
                     })?;
                     let outcome = kv.apply(index, term, &command);
+                    if let Some(member) = &command.member_address {
+                        self.apply_member_address(index, member);
+                    }
                     if command.proposer == self.id {
                         let result = match outcome {
                             ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(()),
@@ -683,6 +703,7 @@ impl Node {
             self.applied_index = index;
         }
         drop(kv);
+        self.adopt_cluster_id()?;
         self.shared
             .status
             .lock()
@@ -793,7 +814,12 @@ impl Node {
     fn node_status(&self) -> NodeStatus {
         NodeStatus {
             id: self.id,
-            cluster_id: self.config.cluster_id,
+            cluster_id: self
+                .shared
+                .cluster
+                .lock()
+                .expect("cluster lock poisoned")
+                .cluster_id,
             role: self.role(),
             term: self.raw.raft.term,
             leader_id: self.raw.raft.leader_id,

@@ -232,6 +232,20 @@ impl Node {
     /// verified before raft saw the message).
     pub(super) fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), FatalError> {
         let (state, membership) = load_snapshot(&self.snapshots, meta, self.config.sessions)?;
+        let own = self
+            .shared
+            .cluster
+            .lock()
+            .expect("cluster lock poisoned")
+            .cluster_id;
+        if own != 0 && state.cluster_id() != 0 && state.cluster_id() != own {
+            return Err(FatalError(format!(
+                "the snapshot at index {} is of cluster {:016x}, this node's data dir of \
+                 cluster {own:016x}: it will not mix two clusters' data",
+                meta.index,
+                state.cluster_id()
+            )));
+        }
         self.raw
             .mut_store()
             .apply_snapshot(meta, membership.clone())
@@ -252,6 +266,6 @@ impl Node {
         );
         self.update_removed();
         self.prune_snapshots();
-        Ok(())
+        self.adopt_cluster_id()
     }
 }

@@ -32,6 +32,7 @@ fn node_with_log(dir: &Path, last: u64, commit: u64) -> FileStorage {
             NodeIdentity {
                 node_id: 1,
                 cluster_id: 7,
+                bootstrap_id: 0,
             },
             three_voters(),
         )

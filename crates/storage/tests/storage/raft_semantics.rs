@@ -41,6 +41,7 @@ fn term_and_entries_respect_the_snapshot_and_the_last_index() {
             NodeIdentity {
                 node_id: 1,
                 cluster_id: 1,
+                bootstrap_id: 0,
             },
             three_voters(),
         )

@@ -157,6 +157,7 @@ fn bootstrap_then_reopen_presents_the_initial_configuration() {
     let identity = NodeIdentity {
         node_id: 2,
         cluster_id: 77,
+        bootstrap_id: 0,
     };
     {
         let mut storage = open(dir.path());
@@ -193,6 +194,7 @@ fn a_bootstrapped_node_appends_after_the_bootstrap_log_start_across_reopens() {
     let identity = NodeIdentity {
         node_id: 1,
         cluster_id: 5,
+        bootstrap_id: 0,
     };
     {
         let mut storage = open(dir.path());
@@ -212,6 +214,7 @@ fn a_data_dir_keeps_its_identity() {
     let mine = NodeIdentity {
         node_id: 4,
         cluster_id: 9,
+        bootstrap_id: 0,
     };
     open(dir.path()).set_identity(mine).unwrap();
     let mut storage = open(dir.path());
@@ -224,6 +227,7 @@ fn a_data_dir_keeps_its_identity() {
     let other = NodeIdentity {
         node_id: 5,
         cluster_id: 9,
+        bootstrap_id: 0,
     };
     let err = storage.set_identity(other).unwrap_err();
     assert!(

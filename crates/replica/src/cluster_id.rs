@@ -1,0 +1,260 @@
+//! Telling clusters apart.
+//!
+//! Two clusters started with the same flags must never take each other's nodes in. A
+//! cluster's id is therefore not derived from its flags: its first leader picks one at
+//! random and proposes it in the log (`Command::cluster_id`); the first one committed is
+//! the cluster's, and every member adopts it when it applies it (or a snapshot holding
+//! it) and records it in its data dir for good. Until then a member knows only its
+//! *bootstrap id*, a hash of the initial member list, which the members of one bootstrap
+//! (and of any other bootstrap with the same flags) share.
+//!
+//! Every peer message carries the sender's ids, and `admit` decides by these rules:
+//!
+//! - a node that has adopted id C takes messages from nodes that adopted C, and from
+//!   nodes that have not adopted an id yet but share its bootstrap id (a member that is
+//!   still catching up); it refuses every other, with an error naming both ids;
+//! - a node that has not adopted an id takes messages from nodes with its bootstrap id —
+//!   but no vote request (`vote_allowed`) from one that has adopted an id: such a node
+//!   may come from another cluster started with the same flags, and with its longer log
+//!   it would win the election and take over. (A member that missed the whole first
+//!   election and finds it is needed for a quorum waits until a leader reaches it.)
+//!
+//! A node that its peers refuse, and that hears from no member of its own cluster, serves
+//! no client requests (`ClusterContact::check`): it would be serving another cluster's
+//! data. Everything here is a pure function of its inputs (the caller hands in the
+//! time); it must not do I/O.
+
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::MessageType;
+
+/// A node's cluster ids as it knows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterIds {
+    /// The cluster's id; 0 until adopted from the log.
+    pub cluster_id: u64,
+    /// The initial member list's hash; 0 when not known (an older build, or a node
+    /// that joined and has no snapshot yet).
+    pub bootstrap_id: u64,
+}
+
+/// Why `admit` refused a sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRefusal(pub String);
+
+impl std::fmt::Display for ClusterRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a node with ids `own` takes messages from a sender with ids `sender`.
+pub fn admit(own: ClusterIds, sender: ClusterIds) -> Result<(), ClusterRefusal> {
+    let same_bootstrap = own.bootstrap_id != 0 && sender.bootstrap_id == own.bootstrap_id;
+    let admitted = if own.cluster_id != 0 {
+        sender.cluster_id == own.cluster_id || (sender.cluster_id == 0 && same_bootstrap)
+    } else {
+        same_bootstrap
+    };
+    if admitted {
+        return Ok(());
+    }
+    Err(ClusterRefusal(format!(
+        "cluster id mismatch: this node belongs to {}, the sender to {}; a node whose data \
+         dir belongs to another cluster is not taken in (give it an empty data dir and add \
+         it with --join)",
+        describe(own),
+        describe(sender)
+    )))
+}
+
+/// Whether a node with ids `own` may consider a vote request from `sender` (already
+/// admitted): not while it has no cluster id and the candidate has one.
+pub fn vote_allowed(own: ClusterIds, sender: ClusterIds, kind: MessageType) -> bool {
+    let vote = matches!(
+        kind,
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    );
+    !(vote && own.cluster_id == 0 && sender.cluster_id != 0)
+}
+
+/// "cluster 1f2e..." or "a cluster still choosing its id (bootstrap 9a8b...)".
+pub fn describe(ids: ClusterIds) -> String {
+    if ids.cluster_id != 0 {
+        format!("cluster {:016x}", ids.cluster_id)
+    } else {
+        format!(
+            "a cluster still choosing its id (bootstrap {:016x})",
+            ids.bootstrap_id
+        )
+    }
+}
+
+/// What a node has heard from its peers lately: whether members of its own cluster
+/// reach it, and whether peers of another cluster do.
+#[derive(Clone, Debug)]
+pub struct ClusterContact {
+    started: Instant,
+    last_member_contact: Option<Instant>,
+    /// The latest peer that turned out to be of another cluster: its id, its cluster
+    /// id, and when.
+    foreign: Option<(u64, u64, Instant)>,
+}
+
+impl ClusterContact {
+    pub fn new(started: Instant) -> ClusterContact {
+        ClusterContact {
+            started,
+            last_member_contact: None,
+            foreign: None,
+        }
+    }
+
+    /// True when `check` passes whatever the rest: a member was heard and no
+    /// other cluster ever was (the common case, checked on every request).
+    pub fn is_plainly_fine(&self) -> bool {
+        self.foreign.is_none() && self.last_member_contact.is_some()
+    }
+
+    /// A message from a member of this node's cluster was admitted.
+    pub fn member_contact(&mut self, now: Instant) {
+        self.last_member_contact = Some(now);
+    }
+
+    /// Peer `peer` belongs to cluster `cluster_id` (it refused this node, or this
+    /// node refused it).
+    pub fn foreign_contact(&mut self, peer: u64, cluster_id: u64, now: Instant) {
+        self.foreign = Some((peer, cluster_id, now));
+    }
+
+    /// Err with the reason when, within `window`, peers of another cluster were heard
+    /// and no member of this one: then this node serves nothing. A leader has a quorum
+    /// of its own (it steps down without one), so it is never cut off here. A node with
+    /// peers that has heard from none of them since it started waits half a window
+    /// first: the first messages tell whether its data dir is its peers' cluster.
+    pub fn check(
+        &self,
+        own: ClusterIds,
+        node_id: u64,
+        has_peers: bool,
+        is_leader: bool,
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), String> {
+        let recent = |at: Instant| now.saturating_duration_since(at) < window;
+        if is_leader {
+            return Ok(());
+        }
+        let just_started = now.saturating_duration_since(self.started) < window / 2;
+        if has_peers && self.last_member_contact.is_none() && just_started {
+            return Err(format!(
+                "node {node_id} has just started and has not heard from its cluster yet; \
+                 retry in a moment or ask another member"
+            ));
+        }
+        let Some((peer, their_cluster, at)) = self.foreign else {
+            return Ok(());
+        };
+        if !recent(at) || self.last_member_contact.is_some_and(recent) {
+            return Ok(());
+        }
+        Err(format!(
+            "node {node_id} belongs to {}, but the peers it reaches belong to another \
+             cluster (node {peer} is in {}): it serves no requests. Its data dir is from \
+             another cluster; give it an empty data dir and add it with --join",
+            describe(own),
+            describe(ClusterIds {
+                cluster_id: their_cluster,
+                bootstrap_id: 0,
+            })
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(cluster_id: u64, bootstrap_id: u64) -> ClusterIds {
+        ClusterIds {
+            cluster_id,
+            bootstrap_id,
+        }
+    }
+
+    #[test]
+    fn a_node_with_an_id_takes_its_cluster_and_its_members_still_catching_up() {
+        let own = ids(7, 100);
+        assert!(admit(own, ids(7, 100)).is_ok());
+        assert!(admit(own, ids(7, 0)).is_ok(), "joined member");
+        assert!(admit(own, ids(0, 100)).is_ok(), "member without the id yet");
+        let refused = admit(own, ids(8, 100)).unwrap_err();
+        assert!(refused.0.contains("0000000000000007") && refused.0.contains("0000000000000008"));
+        assert!(admit(own, ids(0, 101)).is_err(), "another bootstrap");
+        assert!(admit(own, ids(0, 0)).is_err());
+    }
+
+    #[test]
+    fn a_node_without_an_id_takes_its_bootstrap_but_no_votes_from_nodes_with_an_id() {
+        let own = ids(0, 100);
+        assert!(admit(own, ids(0, 100)).is_ok());
+        assert!(
+            admit(own, ids(7, 100)).is_ok(),
+            "the elected leader's appends"
+        );
+        assert!(admit(own, ids(7, 0)).is_err());
+        assert!(admit(own, ids(0, 101)).is_err());
+        assert!(
+            admit(ids(0, 0), ids(0, 0)).is_err(),
+            "nothing known, nothing shared"
+        );
+        assert!(!vote_allowed(
+            own,
+            ids(7, 100),
+            MessageType::MsgRequestPreVote
+        ));
+        assert!(!vote_allowed(own, ids(7, 100), MessageType::MsgRequestVote));
+        assert!(vote_allowed(own, ids(0, 100), MessageType::MsgRequestVote));
+        assert!(vote_allowed(own, ids(7, 100), MessageType::MsgAppend));
+        assert!(vote_allowed(
+            ids(7, 100),
+            ids(7, 100),
+            MessageType::MsgRequestVote
+        ));
+    }
+
+    #[test]
+    fn a_node_only_foreign_peers_reach_is_cut_off() {
+        let own = ids(7, 100);
+        let start = Instant::now();
+        let window = Duration::from_secs(2);
+        let mut contact = ClusterContact::new(start);
+        let settled = start + Duration::from_secs(1);
+        assert!(contact.check(own, 3, true, false, window, settled).is_ok());
+        // Just started, nobody heard yet: not yet (unless alone, or leading).
+        let why = contact
+            .check(own, 3, true, false, window, start)
+            .unwrap_err();
+        assert!(why.contains("just started"), "{why}");
+        assert!(contact.check(own, 3, false, false, window, start).is_ok());
+        assert!(contact.check(own, 3, true, true, window, start).is_ok());
+        contact.foreign_contact(1, 9, settled);
+        let why = contact
+            .check(own, 3, true, false, window, settled)
+            .unwrap_err();
+        assert!(
+            why.contains("node 1") && why.contains("0000000000000009"),
+            "{why}"
+        );
+        assert!(
+            contact.check(own, 3, true, true, window, settled).is_ok(),
+            "a leader"
+        );
+        contact.member_contact(settled + Duration::from_millis(10));
+        let after = settled + Duration::from_millis(20);
+        assert!(contact.check(own, 3, true, false, window, after).is_ok());
+        // Old news either way once the window has passed.
+        let later = settled + Duration::from_secs(3);
+        assert!(contact.check(own, 3, true, false, window, later).is_ok());
+    }
+}

@@ -1,0 +1,71 @@
+//! A member restarted at another address (`--advertise`, or `--listen`
+//! without it) records the new one through the log, so that peers and
+//! clients' redirects find it. The membership the data dir holds wins at
+//! start (see `open_storage`); this task then asks the leader — through the
+//! members' addresses it knows, and its own — to replace its entry, until the
+//! membership it applied says the new address.
+
+use std::time::Duration;
+
+use raftkv_client::{Client, ClientOptions};
+use raftkv_replica::Replica;
+
+/// Pause between attempts while no leader takes the change.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Deadline of one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn record_own_address(replica: Replica, address: String) {
+    let id = replica.node_id();
+    let recorded = |replica: &Replica| replica.membership().addresses.get(&id).cloned();
+    let Some(old) = recorded(&replica) else {
+        return; // not a member (yet): nothing to correct
+    };
+    if old == address {
+        return;
+    }
+    tracing::warn!(
+        "node {id} is now at {address}, but the membership has {old}; recording the new \
+         address through the leader (peers reach this node once it is committed)"
+    );
+    let mut endpoints: Vec<String> = replica
+        .membership()
+        .addresses
+        .iter()
+        .filter(|(member, _)| **member != id)
+        .map(|(_, a)| a.clone())
+        .collect();
+    endpoints.push(address.clone());
+    let options = ClientOptions {
+        timeout: ATTEMPT_TIMEOUT,
+        ..Default::default()
+    };
+    let client = match Client::with_options(&endpoints, options) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("cannot record this node's new address: {e}");
+            return;
+        }
+    };
+    let mut attempts = 0u32;
+    while recorded(&replica).as_deref() != Some(address.as_str()) {
+        match client.set_member_address(id, &address).await {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => {
+                attempts += 1;
+                if attempts == 1 || attempts.is_multiple_of(20) {
+                    tracing::info!("recording node {id}'s new address: {e}; retrying");
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    "the cluster refused node {id}'s new address {address}: {e}; restart it \
+                     at {old}, or remove it (`raftkv cluster remove {id}`) and add it again"
+                );
+                return;
+            }
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+    tracing::info!("node {id}'s address {address} is recorded in the membership");
+}
