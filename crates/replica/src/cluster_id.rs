@@ -127,17 +127,21 @@ impl ClusterContact {
         self.foreign = Some((peer, cluster_id, now));
     }
 
-    /// Err with the reason when, within `window`, peers of another cluster were heard
-    /// and no member of this one: then this node serves nothing. A leader has a quorum
-    /// of its own (it steps down without one), so it is never cut off here. A node with
-    /// peers that has heard from none of them since it started waits half a window
-    /// first: the first messages tell whether its data dir is its peers' cluster.
+    /// Err with the reason when peers of another cluster were heard, and no member of
+    /// this one within `window`: then this node serves nothing. A leader has a quorum
+    /// of its own (it steps down without one), so it is never cut off here. For a
+    /// read of its own state (`stale`), a node with peers that has heard from none of
+    /// them since it started waits half a window first: the first messages tell
+    /// whether its data dir is its peers' cluster. (Anything else needs a leader,
+    /// which another cluster's node never has.)
+    #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
         own: ClusterIds,
         node_id: u64,
         has_peers: bool,
         is_leader: bool,
+        stale: bool,
         window: Duration,
         now: Instant,
     ) -> Result<(), String> {
@@ -146,16 +150,19 @@ impl ClusterContact {
             return Ok(());
         }
         let just_started = now.saturating_duration_since(self.started) < window / 2;
-        if has_peers && self.last_member_contact.is_none() && just_started {
+        if stale && has_peers && self.last_member_contact.is_none() && just_started {
             return Err(format!(
                 "node {node_id} has just started and has not heard from its cluster yet; \
                  retry in a moment or ask another member"
             ));
         }
-        let Some((peer, their_cluster, at)) = self.foreign else {
+        // Once another cluster was heard, only a member heard lately lifts it:
+        // another cluster's node that keeps refusing this one need not keep
+        // telling it so.
+        let Some((peer, their_cluster, _)) = self.foreign else {
             return Ok(());
         };
-        if !recent(at) || self.last_member_contact.is_some_and(recent) {
+        if self.last_member_contact.is_some_and(recent) {
             return Ok(());
         }
         Err(format!(
@@ -230,31 +237,51 @@ mod tests {
         let window = Duration::from_secs(2);
         let mut contact = ClusterContact::new(start);
         let settled = start + Duration::from_secs(1);
-        assert!(contact.check(own, 3, true, false, window, settled).is_ok());
+        assert!(contact
+            .check(own, 3, true, false, true, window, settled)
+            .is_ok());
         // Just started, nobody heard yet: not yet (unless alone, or leading).
         let why = contact
-            .check(own, 3, true, false, window, start)
+            .check(own, 3, true, false, true, window, start)
             .unwrap_err();
         assert!(why.contains("just started"), "{why}");
-        assert!(contact.check(own, 3, false, false, window, start).is_ok());
-        assert!(contact.check(own, 3, true, true, window, start).is_ok());
+        assert!(contact
+            .check(own, 3, false, false, true, window, start)
+            .is_ok());
+        assert!(contact
+            .check(own, 3, true, true, true, window, start)
+            .is_ok());
         contact.foreign_contact(1, 9, settled);
         let why = contact
-            .check(own, 3, true, false, window, settled)
+            .check(own, 3, true, false, true, window, settled)
             .unwrap_err();
         assert!(
             why.contains("node 1") && why.contains("0000000000000009"),
             "{why}"
         );
         assert!(
-            contact.check(own, 3, true, true, window, settled).is_ok(),
+            contact
+                .check(own, 3, true, true, true, window, settled)
+                .is_ok(),
             "a leader"
         );
         contact.member_contact(settled + Duration::from_millis(10));
         let after = settled + Duration::from_millis(20);
-        assert!(contact.check(own, 3, true, false, window, after).is_ok());
-        // Old news either way once the window has passed.
-        let later = settled + Duration::from_secs(3);
-        assert!(contact.check(own, 3, true, false, window, later).is_ok());
+        assert!(contact
+            .check(own, 3, true, false, true, window, after)
+            .is_ok());
+        // Members gone quiet again: cut off again, however long ago the other
+        // cluster was heard.
+        let later = settled + Duration::from_secs(10);
+        assert!(contact
+            .check(own, 3, true, false, true, window, later)
+            .is_err());
+        // A stray message from another cluster to a node that hears its members.
+        let mut healthy = ClusterContact::new(start);
+        healthy.member_contact(settled);
+        healthy.foreign_contact(9, 9, settled);
+        assert!(healthy
+            .check(own, 3, true, false, true, window, settled)
+            .is_ok());
     }
 }

@@ -164,8 +164,9 @@ impl Replica {
 
     /// Err when only nodes of another cluster reach this node lately: its data
     /// dir is not the cluster's, and it must serve no client request (reads
-    /// included). Checked by every request.
-    pub fn check_cluster_contact(&self) -> Result<(), ReplicaError> {
+    /// included). Checked by every request; `stale`: a read of this node's own
+    /// state (which also waits, right after a start, to hear from the cluster).
+    pub fn check_cluster_contact(&self, stale: bool) -> Result<(), ReplicaError> {
         let contact = self.shared.contact.lock().expect("contact lock poisoned");
         if contact.is_plainly_fine() {
             return Ok(());
@@ -185,6 +186,7 @@ impl Replica {
                 self.node_id,
                 has_peers,
                 is_leader,
+                stale,
                 2 * self.election_timeout,
                 Instant::now(),
             )

@@ -121,7 +121,7 @@ impl Cluster for AdminService {
             address: self.address.clone(),
             problem: self
                 .replica
-                .check_cluster_contact()
+                .check_cluster_contact(false)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default(),

@@ -40,7 +40,7 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     let status = state.replica.status();
     let problem = if status.role == Role::Removed {
         Some("removed from the cluster".to_string())
-    } else if let Err(e) = state.replica.check_cluster_contact() {
+    } else if let Err(e) = state.replica.check_cluster_contact(false) {
         Some(e.to_string())
     } else if status.leader_id == 0 {
         Some("no leader known".to_string())

@@ -72,10 +72,10 @@ fn session_of(session: Option<raftkv_proto::v1::WriteSession>) -> WriteSession {
 /// Waits until this node (as leader) may serve a linearizable read.
 pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<(), Status> {
     // Stale reads included: a node only another cluster reaches serves nothing.
-    replica
-        .check_cluster_contact()
-        .map_err(|e| replica_status(e, header_of(replica)))?;
     let consistency = Consistency::try_from(consistency).unwrap_or(Consistency::Linearizable);
+    replica
+        .check_cluster_contact(consistency == Consistency::Stale)
+        .map_err(|e| replica_status(e, header_of(replica)))?;
     if consistency == Consistency::Stale {
         return Ok(());
     }
@@ -136,7 +136,7 @@ impl KvService {
         deadline: tokio::time::Instant,
     ) -> Result<ResponseHeader, Status> {
         self.replica
-            .check_cluster_contact()
+            .check_cluster_contact(false)
             .map_err(|e| replica_status(e, self.header()))?;
         let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
         match tokio::time::timeout_at(deadline, self.replica.propose(ops, session)).await {

@@ -49,6 +49,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_BUFFER_ENVELOPES: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// Retry of a lane a peer of another cluster refused (it refuses again until
+/// an operator steps in; often enough to keep both sides' view current).
+const REFUSED_RETRY: Duration = Duration::from_secs(2);
 
 /// A queued message and the earliest time to send it (test delay faults).
 type Queued = (Message, Option<std::time::Instant>);
@@ -288,7 +291,8 @@ fn current_ids(replica: &OnceLock<Replica>, initial: ClusterIds) -> ClusterIds {
 /// Reads who refused a stream for belonging to another cluster (the
 /// `CLUSTER_MISMATCH` metadata) and tells the replica: it then serves no
 /// clients while only that other cluster reaches it.
-fn note_refusal(status: &tonic::Status, peer: u64, replica: &OnceLock<Replica>) {
+/// True if it was such a refusal.
+fn note_refusal(status: &tonic::Status, peer: u64, replica: &OnceLock<Replica>) -> bool {
     let their_cluster = status
         .metadata()
         .get(crate::peer_service::CLUSTER_MISMATCH)
@@ -297,6 +301,7 @@ fn note_refusal(status: &tonic::Status, peer: u64, replica: &OnceLock<Replica>) 
     if let (Some(cluster_id), Some(replica)) = (their_cluster, replica.get()) {
         replica.note_foreign_peer(peer, cluster_id);
     }
+    their_cluster.is_some()
 }
 
 impl LaneContext {
@@ -325,6 +330,7 @@ impl LaneContext {
 /// reconnect. Ends when the link is dropped (peer removed).
 async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
     let mut backoff = Duration::from_millis(50);
+    let mut refused_before = false;
     let uri = format!("http://{}", lane.address);
     loop {
         let Some(first) = receiver.recv().await else {
@@ -411,13 +417,35 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
         drop(stream_tx);
         match call.await {
             Ok(Err(status)) => {
-                tracing::warn!(
-                    "{} lane to node {} at {} closed: {}",
-                    lane.name,
-                    lane.to,
-                    lane.address,
-                    status.message()
-                );
+                if note_refusal(&status, lane.to, &lane.replica) {
+                    // It will refuse again: ask seldom, and say so once.
+                    if refused_before {
+                        tracing::debug!(
+                            "{} lane to node {}: {}",
+                            lane.name,
+                            lane.to,
+                            status.message()
+                        );
+                    } else {
+                        tracing::warn!(
+                            "{} lane to node {} at {} refused: {}",
+                            lane.name,
+                            lane.to,
+                            lane.address,
+                            status.message()
+                        );
+                    }
+                    refused_before = true;
+                    backoff = REFUSED_RETRY;
+                } else {
+                    tracing::warn!(
+                        "{} lane to node {} at {} closed: {}",
+                        lane.name,
+                        lane.to,
+                        lane.address,
+                        status.message()
+                    );
+                }
                 let removed_at = status
                     .metadata()
                     .get(crate::peer_service::REMOVED_AT)
@@ -426,7 +454,6 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                 if let (Some(index), Some(replica)) = (removed_at, lane.replica.get()) {
                     replica.report_removed(lane.to, index);
                 }
-                note_refusal(&status, lane.to, &lane.replica);
             }
             Ok(Ok(_)) => {}
             Err(e) => tracing::warn!("peer stream task failed: {e}"),
@@ -434,7 +461,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
         lane.report_unreachable();
         lane.discard_queued(&mut receiver);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF.max(backoff));
     }
 }
 
