@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use raftkv_testkit::{poll_until, TestCluster};
 use serde_json::Value;
 
-use common::bin;
 use common::http_get;
+use common::{bin, copy_dir};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -25,20 +24,6 @@ fn cluster_id(cluster: &TestCluster, id: u64) -> String {
         (!cluster_id.trim_start_matches('0').is_empty()).then_some(cluster_id)
     })
     .unwrap_or_else(|_| cluster.fail(&format!("node {id} adopted no cluster id")))
-}
-
-/// Copies directory `from` to `to` (files and subdirectories).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

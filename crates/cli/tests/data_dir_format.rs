@@ -14,7 +14,7 @@ use std::time::Duration;
 use raftkv_testkit::{free_ports, poll_until, run_cli, CliOutput};
 use serde_json::Value;
 
-use common::bin;
+use common::{bin, copy_dir};
 
 /// A server this test started; killed (by PID) when dropped.
 struct Server {
@@ -67,19 +67,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// What every fixture holds (the writes in `tests/fixtures/README.md`).

@@ -184,13 +184,6 @@ impl Node {
             member.id,
             member.address
         );
-        self.transport.update_peers(&record.addresses);
-        *self
-            .shared
-            .membership
-            .write()
-            .expect("membership lock poisoned") = record.clone();
-        self.raw.mut_store().set_membership(record);
-        self.membership_dirty = true;
+        self.set_membership(record);
     }
 }

@@ -760,14 +760,7 @@ impl Node {
                     record.conf_state.learners,
                     record.conf_state.voters_outgoing
                 );
-                self.transport.update_peers(&record.addresses);
-                *self
-                    .shared
-                    .membership
-                    .write()
-                    .expect("membership lock poisoned") = record.clone();
-                self.raw.mut_store().set_membership(record);
-                self.membership_dirty = true;
+                self.set_membership(record);
                 Ok(())
             }
             // Every replica refuses the same committed change the same way.
@@ -783,6 +776,19 @@ impl Node {
         }
         self.update_removed();
         Ok(())
+    }
+
+    /// A new membership record applied from the log: the transport, readers
+    /// and the WAL (synced before this turn's messages go out) learn it.
+    fn set_membership(&mut self, record: MembershipRecord) {
+        self.transport.update_peers(&record.addresses);
+        *self
+            .shared
+            .membership
+            .write()
+            .expect("membership lock poisoned") = record.clone();
+        self.raw.mut_store().set_membership(record);
+        self.membership_dirty = true;
     }
 
     fn role(&self) -> Role {

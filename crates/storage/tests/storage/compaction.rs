@@ -453,6 +453,12 @@ fn a_fresh_node_is_initialized_by_an_installed_snapshot() {
     assert_eq!(storage.latest_snapshot(), Some((installed, four_voters())));
 }
 
+/// The snapshot the tests below install over a log of 150 entries.
+const INSTALLED_OVER_OLD_LOG: SnapshotMeta = SnapshotMeta {
+    index: 100,
+    term: 9,
+};
+
 /// Installs a snapshot at 100 over a log of 150 entries (committed to 60) in many
 /// small segments, and returns the old segments' names and bytes as they were before
 /// the install, with what a restart must show.
@@ -477,13 +483,7 @@ fn install_over_many_segments(dir: &Path) -> Installed {
         .collect();
     assert!(old.len() >= 4, "the test needs several old segments");
     storage
-        .apply_snapshot(
-            SnapshotMeta {
-                index: 100,
-                term: 9,
-            },
-            four_voters(),
-        )
+        .apply_snapshot(INSTALLED_OVER_OLD_LOG, four_voters())
         .unwrap();
     let expected = observable(&storage);
     (old, expected)
@@ -554,13 +554,7 @@ fn an_unlink_error_during_an_install_leaves_a_data_dir_that_starts() {
     fs::create_dir(&stuck_path).unwrap();
     fs::write(stuck_path.join("keep"), b"x").unwrap();
     storage
-        .apply_snapshot(
-            SnapshotMeta {
-                index: 100,
-                term: 9,
-            },
-            four_voters(),
-        )
+        .apply_snapshot(INSTALLED_OVER_OLD_LOG, four_voters())
         .expect("the install is durable even if a deletion fails");
     let expected = observable(&storage);
     drop(storage);
