@@ -683,3 +683,24 @@ fn a_change_adding_a_node_that_never_starts_changes_nothing() {
         "a refused change added nothing"
     );
 }
+
+/// A follower that was down while a new member joined and took over as
+/// leader does not know that leader when it comes back; it must still take
+/// the leader's log (and so learn the change) rather than refuse a stranger.
+#[test]
+fn a_follower_back_from_downtime_follows_a_leader_it_has_not_heard_of() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    let away = cluster.followers()[0];
+    cluster.kill(away);
+    let leader = cluster.leader();
+    let new = cluster.join_node(leader, false);
+    let mut voters: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != new).collect();
+    voters.push(new);
+    voters.sort_unstable();
+    wait_members(&cluster, &voters, &[]);
+    change(&cluster, &["transfer-leader", &new.to_string()]).assert_ok();
+    assert_eq!(cluster.leader(), new);
+    cluster.cli(&["put", "while-away", "yes"]).assert_ok();
+    cluster.restart(away);
+    wait_local_value(&cluster, away, "while-away", "yes");
+}

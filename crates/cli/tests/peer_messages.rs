@@ -104,9 +104,17 @@ fn hostile_messages(from: u64, non_leader: u64, to: u64, term: u64) -> Vec<Hosti
         from,
         raft_message(MessageType::MsgHup, from, to, term),
     );
-    let mut stranger = raft_message(MessageType::MsgHeartbeat, 99, to, term + 1);
-    stranger.commit = 1;
-    add("heartbeat from a non-member", 99, stranger);
+    let mut stranger = raft_message(MessageType::MsgAppendResponse, 99, to, term);
+    stranger.index = 1;
+    add("append response from a non-member", 99, stranger);
+    let mut unmatched = raft_message(MessageType::MsgAppend, from, to, term);
+    unmatched.index = 1_000_000;
+    unmatched.commit = 1_000_000;
+    add(
+        "append matching nothing (log term 0) past the log",
+        from,
+        unmatched,
+    );
     add(
         "message whose sender is not the envelope's",
         from,

@@ -17,7 +17,8 @@
 //!   but no vote request (`vote_allowed`) from one that has adopted an id: such a node
 //!   may come from another cluster started with the same flags, and with its longer log
 //!   it would win the election and take over. (A member that missed the whole first
-//!   election and finds it is needed for a quorum waits until a leader reaches it.)
+//!   election, and is needed for a quorum before any leader reached it, votes again
+//!   after ten election timeouts without a leader: `Replica::may_vote_without_cluster_id`.)
 //!
 //! A node that its peers refuse, and that hears from no member of its own cluster, serves
 //! no client requests (`ClusterContact::check`): it would be serving another cluster's

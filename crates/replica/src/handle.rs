@@ -25,6 +25,10 @@ use crate::peer_check::{Rejection, RejectionCounters};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
+/// Election timeouts a node without a cluster id waits before it votes for
+/// nodes that have one (`Replica::may_vote_without_cluster_id`).
+const CLUSTER_ID_PATIENCE: u32 = 10;
+
 /// The client session of a write, for deduplication of retries
 /// (`client_id` 0: no session).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +69,7 @@ pub struct Replica {
     snapshots: SnapshotStore,
     min_free_bytes: u64,
     election_timeout: std::time::Duration,
+    started: Instant,
 }
 
 impl Replica {
@@ -127,6 +132,7 @@ impl Replica {
             snapshots: snapshot_store,
             min_free_bytes,
             election_timeout,
+            started: Instant::now(),
         })
     }
 
@@ -142,6 +148,18 @@ impl Replica {
     /// The cluster id and bootstrap id this node goes by (see `cluster_id.rs`).
     pub fn cluster_ids(&self) -> ClusterIds {
         *self.shared.cluster.lock().expect("cluster lock poisoned")
+    }
+
+    /// Whether this node, which has no cluster id, may now consider vote
+    /// requests from nodes that have one (see `cluster_id.rs`): only once it
+    /// has gone `CLUSTER_ID_PATIENCE` election timeouts since its start without
+    /// learning the id or a leader. Members of a fresh cluster elect their own
+    /// leader long before; a member that missed the whole first election must
+    /// not keep the rest from electing one forever.
+    pub fn may_vote_without_cluster_id(&self) -> bool {
+        self.cluster_id() == 0
+            && self.status().leader_id == 0
+            && self.started.elapsed() > CLUSTER_ID_PATIENCE * self.election_timeout
     }
 
     /// A message from a member of this node's cluster was admitted.

@@ -123,6 +123,8 @@ pub struct NodeView<'a> {
     /// The leader this node follows (0: none known).
     pub leader_id: u64,
     pub last_index: u64,
+    /// The node's current term.
+    pub term: u64,
 }
 
 fn is_vote_request(kind: MessageType) -> bool {
@@ -177,7 +179,10 @@ pub fn check_envelope(
 /// An append's entries must follow `index` one by one, in terms that never fall
 /// and never pass the message's term.
 fn check_append_shape(message: &Message) -> Result<(), Rejection> {
-    if message.log_term > message.term {
+    // Only the empty log's index 0 has term 0; raft-rs reads any index past
+    // its log as term 0 too, so such an append would "match" and commit past
+    // the log.
+    if message.log_term > message.term || (message.log_term == 0 && message.index != 0) {
         return Err(Rejection::Malformed);
     }
     let mut previous_term = message.log_term;
@@ -215,8 +220,13 @@ pub fn check_against_node(message: &Message, node: &NodeView<'_>) -> Result<(), 
     use MessageType::*;
     let kind = message.get_msg_type();
     // Vote requests from outside the configuration are answered by the peer service
-    // (the candidate learns it was removed); everything else must come from a member.
-    if !is_vote_request(kind) {
+    // (the candidate learns it was removed). A leader's messages of this term or a
+    // later one are taken from anyone: a follower that missed the change adding its
+    // new leader learns it only from that leader. Everything else must come from a
+    // member.
+    let from_a_leader =
+        matches!(kind, MsgAppend | MsgHeartbeat | MsgSnapshot) && message.term >= node.term;
+    if !is_vote_request(kind) && !from_a_leader {
         check_member(message.from, node.is_member)?;
     }
     match kind {
@@ -249,6 +259,7 @@ mod tests {
             is_member: (!members.is_empty()).then_some(&is_member as &dyn Fn(u64) -> bool),
             leader_id: 2,
             last_index: 10,
+            term: 3,
         };
         check_against_node(message, &view)
     }
@@ -340,6 +351,13 @@ mod tests {
                 Err(Rejection::Malformed)
             );
         }
+        let mut past_the_log = m.clone();
+        past_the_log.log_term = 0;
+        past_the_log.entries.clear();
+        assert_eq!(
+            check_envelope(&past_the_log, 2, 1, Arrival::RaftStream),
+            Err(Rejection::Malformed)
+        );
         let mut no_term = m;
         no_term.term = 0;
         assert_eq!(
@@ -367,9 +385,14 @@ mod tests {
 
     #[test]
     fn strangers_are_refused_but_a_joining_node_hears_anyone() {
+        let ack = message(MessageType::MsgAppendResponse, 9, 1, 3);
+        assert_eq!(check(&ack, &[1, 2, 3]), Err(Rejection::NotAMember));
+        assert_eq!(check(&ack, &[]), Ok(()));
+        // A leader this node does not know yet (added while it was away).
         let heartbeat = message(MessageType::MsgHeartbeat, 9, 1, 3);
-        assert_eq!(check(&heartbeat, &[1, 2, 3]), Err(Rejection::NotAMember));
-        assert_eq!(check(&heartbeat, &[]), Ok(()));
+        assert_eq!(check(&heartbeat, &[1, 2, 3]), Ok(()));
+        let stale = message(MessageType::MsgHeartbeat, 9, 1, 2);
+        assert_eq!(check(&stale, &[1, 2, 3]), Err(Rejection::NotAMember));
         // Vote requests from non-members are answered by the peer service.
         let vote = message(MessageType::MsgRequestVote, 9, 1, 3);
         assert_eq!(check(&vote, &[1, 2, 3]), Ok(()));

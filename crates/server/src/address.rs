@@ -1,4 +1,4 @@
-//! A member restarted at another address (`--advertise`, or `--listen`
+//! Addresses of members. A member restarted at another address (`--advertise`, or `--listen`
 //! without it) records the new one through the log, so that peers and
 //! clients' redirects find it. The membership the data dir holds wins at
 //! start (see `open_storage`); this task then asks the leader — through the
@@ -68,4 +68,56 @@ pub async fn record_own_address(replica: Replica, address: String) {
         tokio::time::sleep(RETRY_EVERY).await;
     }
     tracing::info!("node {id}'s address {address} is recorded in the membership");
+}
+
+/// A node that was away while a new member joined and took over as leader
+/// hears from that leader but has no address for it (its membership predates
+/// the change), so its answers go nowhere and the leader never brings it up to
+/// date. While that lasts, this asks the members it knows for their view and
+/// gives the transport the leader's address; applying the change then makes
+/// it part of the membership as usual. Only answers from its own cluster count.
+pub async fn reach_unknown_leader(
+    replica: Replica,
+    transport: std::sync::Arc<crate::transport::GrpcTransport>,
+    election_timeout: Duration,
+) {
+    loop {
+        tokio::time::sleep(election_timeout).await;
+        let status = replica.status();
+        let own = replica.membership().addresses;
+        if status.leader_id == 0 || own.contains_key(&status.leader_id) {
+            continue;
+        }
+        for (id, address) in &own {
+            if *id == status.id {
+                continue;
+            }
+            let options = ClientOptions {
+                timeout: election_timeout,
+                ..Default::default()
+            };
+            let Ok(client) = Client::with_options(std::slice::from_ref(address), options) else {
+                continue;
+            };
+            let Ok(reply) = client.members().await else {
+                continue;
+            };
+            if reply.cluster_id != replica.cluster_id() || reply.cluster_id == 0 {
+                continue;
+            }
+            if let Some(leader) = reply.members.iter().find(|m| m.id == status.leader_id) {
+                tracing::info!(
+                    "node {} follows node {}, which its membership does not hold yet; \
+                     reaching it at {} until the change is applied here",
+                    status.id,
+                    leader.id,
+                    leader.address
+                );
+                let mut peers = own.clone();
+                peers.insert(leader.id, leader.address.clone());
+                raftkv_replica::Transport::update_peers(&*transport, &peers);
+                break;
+            }
+        }
+    }
 }

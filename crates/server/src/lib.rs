@@ -261,6 +261,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     if let Some(peers) = &seed_peers {
         raftkv_replica::Transport::update_peers(&*transport, peers);
     }
+    tokio::spawn(address::reach_unknown_leader(
+        replica.clone(),
+        transport.clone(),
+        config.election_timeout,
+    ));
     tokio::spawn(membership::watch_for_removal(
         replica.clone(),
         config.election_timeout,

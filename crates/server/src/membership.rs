@@ -106,19 +106,28 @@ impl Membership {
         // Time kept back for undoing what was added.
         let steps_deadline = deadline - (deadline - Instant::now()).min(ROLLBACK_TIME) / 2;
         let mut added = Vec::new();
+        let mut final_step_taken = false;
         let result = self
-            .change_steps(&mut plan, &mut added, steps_deadline)
+            .change_steps(&mut plan, &mut added, &mut final_step_taken, steps_deadline)
             .await;
         match result {
-            Err(error) if !added.is_empty() => Err(self.roll_back(&added, error).await),
+            // Undone only while nothing of the last step can have taken effect:
+            // after it, the added nodes may be voters already.
+            Err(error) if !added.is_empty() && !final_step_taken => {
+                Err(self.roll_back(&added, error).await)
+            }
             result => result,
         }
     }
 
+    /// The steps of `change`: `added` gets each learner added, and
+    /// `final_step_taken` is set once the last step took effect or may have
+    /// (applied, or its outcome unknown).
     async fn change_steps(
         &self,
         plan: &mut ChangePlan,
         added: &mut Vec<u64>,
+        final_step_taken: &mut bool,
         deadline: Instant,
     ) -> Result<(), ReplicaError> {
         let promote = self.add_learners(plan, added, deadline).await?;
@@ -137,14 +146,17 @@ impl Membership {
         self.check_leader()?;
         // One step: promotions and removals together (validated again by the
         // node thread against the configuration of this moment).
-        self.replica
+        let last = self
+            .replica
             .change_membership(ConfChangeRequest {
                 changes,
                 force: plan.force,
                 explicit: plan.explicit,
                 ..Default::default()
             })
-            .await?;
+            .await;
+        *final_step_taken = matches!(last, Ok(()) | Err(ReplicaError::UnknownOutcome(_)));
+        last?;
         if !plan.explicit {
             self.wait_not_joint(deadline).await?;
         }
@@ -160,7 +172,6 @@ impl Membership {
                 .replica
                 .change_membership(ConfChangeRequest {
                     changes: vec![MemberChange::Remove(*id)],
-                    force: true,
                     ..Default::default()
                 })
                 .await;

@@ -68,7 +68,9 @@ impl PeerService {
     ) -> Result<(), Rejection> {
         check_envelope(message, envelope_from, self.replica.node_id(), arrival)
             .and_then(|()| {
-                if vote_allowed(self.replica.cluster_ids(), sender, message.get_msg_type()) {
+                if vote_allowed(self.replica.cluster_ids(), sender, message.get_msg_type())
+                    || self.replica.may_vote_without_cluster_id()
+                {
                     Ok(())
                 } else {
                     Err(Rejection::VoteBeforeClusterId)

@@ -48,7 +48,8 @@
 //! header is *snapshot installed*; it fsyncs it, then deletes every older segment. A
 //! crash or an unlink error can stop those deletions anywhere: replay skips (and
 //! deletes) every segment older than the newest header so marked, so any subset of
-//! leftovers starts.
+//! leftovers starts; while one of them cannot be deleted, no segment is (the marked one
+//! must outlive it).
 //!
 //! # Replay
 //! Pass 1 reads only the segment headers: segments older than the newest one marked

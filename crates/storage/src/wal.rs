@@ -95,17 +95,23 @@ pub(crate) fn read_segment_headers(data_dir: &Path) -> Result<Vec<SegmentHeader>
 /// Deletes segments a snapshot install made obsolete but a crash (or an unlink error)
 /// left behind. Best effort: one that cannot be deleted is skipped at every start
 /// until it can.
-fn remove_obsolete_segments(dir: &Path, seqs: &[u64]) {
+/// Returns the ones still there.
+fn remove_obsolete_segments(dir: &Path, seqs: &[u64]) -> Vec<u64> {
     let mut removed = false;
+    let mut left = Vec::new();
     for seq in seqs {
         let path = dir.join(crate::segment::segment_file_name(*seq));
         match fs::remove_file(&path) {
             Ok(()) => removed = true,
-            Err(err) => tracing::warn!(
-                path = %path.display(),
-                %err,
-                "cannot delete a WAL segment a snapshot install made obsolete; it is ignored"
-            ),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %err,
+                    "cannot delete a WAL segment a snapshot install made obsolete; it is ignored"
+                );
+                left.push(*seq);
+            }
         }
     }
     if removed {
@@ -113,10 +119,7 @@ fn remove_obsolete_segments(dir: &Path, seqs: &[u64]) {
             tracing::warn!(%err, "fsync of the WAL directory after deleting obsolete segments");
         }
     }
-    tracing::info!(
-        segments = seqs.len(),
-        "skipped WAL segments older than the last snapshot install"
-    );
+    left
 }
 
 /// Where a replayed record sits; handed to the replay visitor.
@@ -143,6 +146,10 @@ pub(crate) struct Wal {
     segment_size_limit_bytes: u64,
     /// Why the WAL stopped accepting writes, once it has.
     fail_stopped: Option<String>,
+    /// Segments a snapshot install made obsolete that could not be deleted yet.
+    /// While any is left, no segment is deleted: the one marking them obsolete
+    /// must stay (see `Wal::delete_segments_through`).
+    obsolete_left: Vec<u64>,
 }
 
 impl Wal {
@@ -170,8 +177,12 @@ impl Wal {
             .collect();
         if !obsolete.is_empty() {
             seqs.retain(|seq| *seq >= obsolete_below_seq);
-            remove_obsolete_segments(&dir, &obsolete);
+            tracing::info!(
+                segments = obsolete.len(),
+                "skipping WAL segments older than the last snapshot install"
+            );
         }
+        let obsolete_left = remove_obsolete_segments(&dir, &obsolete);
         if let Some(pair) = seqs.windows(2).find(|pair| pair[1] != pair[0] + 1) {
             return Err(StorageError::Inconsistent {
                 dir,
@@ -219,6 +230,7 @@ impl Wal {
             segments,
             segment_size_limit_bytes,
             fail_stopped: None,
+            obsolete_left,
         })
     }
 
@@ -455,10 +467,20 @@ impl Wal {
 
     /// Deletes every segment with a sequence number up to `last_seq`, oldest first, then
     /// fsyncs `wal/`. The active (newest) segment is never deleted. Deletion stops at the
-    /// first failure so the remaining segments stay consecutive. A failed directory
-    /// fsync fail-stops the WAL. Returns how many files were deleted.
+    /// first failure so the remaining segments stay consecutive. Nothing is deleted
+    /// while a segment a snapshot install made obsolete is still on disk (the oldest
+    /// live segment marks it so, and must outlive it). A failed directory fsync
+    /// fail-stops the WAL. Returns how many files were deleted.
     pub fn delete_segments_through(&mut self, last_seq: u64) -> Result<u64, StorageError> {
         self.check_not_fail_stopped()?;
+        if !self.obsolete_left.is_empty() {
+            self.obsolete_left = remove_obsolete_segments(&self.dir, &self.obsolete_left);
+            if !self.obsolete_left.is_empty() {
+                // The oldest live segment marks them obsolete: it stays, and so
+                // (to stay consecutive) do the ones after it.
+                return Ok(0);
+            }
+        }
         let active_seq = self.active_seq();
         let doomed: Vec<u64> = self
             .segments

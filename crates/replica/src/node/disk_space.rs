@@ -71,9 +71,10 @@ impl Node {
 
     fn update_no_space(&mut self) {
         let no_space = !self.has_room_for(0);
-        self.shared
-            .out_of_space
-            .store(no_space, std::sync::atomic::Ordering::Relaxed);
+        self.shared.out_of_space.store(
+            no_space || self.refusing_appends,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if no_space != self.no_space {
             if no_space {
                 tracing::error!(
@@ -97,12 +98,13 @@ impl Node {
             .is_none_or(|free| free >= self.config.min_free_bytes.saturating_add(bytes))
     }
 
-    /// A follower did not take an append for lack of space: its peers hear
-    /// it with its next messages (until the next tick reads the space again).
-    pub(super) fn note_append_refused_for_space(&self) {
-        self.shared
-            .out_of_space
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// A follower did not take an append for lack of space (or took one
+    /// again): its peers hear it with its next messages, until it takes one.
+    pub(super) fn note_append_space(&mut self, refused: bool) {
+        if self.refusing_appends != refused {
+            self.refusing_appends = refused;
+            self.update_no_space();
+        }
     }
 
     /// A write of `bytes` may be proposed: this node has room, and so do

@@ -174,6 +174,8 @@ pub(crate) struct Node {
     no_space: bool,
     /// Free bytes as of the last check, less what was appended since.
     free_estimate: Option<u64>,
+    /// The last append with entries was not taken for lack of space.
+    refusing_appends: bool,
     lease: lease::Lease,
     /// The last probe sent to each probing follower (see `node/probes.rs`).
     probes: probes::Probes,
@@ -268,6 +270,7 @@ impl Node {
             peer_added_at: std::collections::HashMap::new(),
             no_space: false,
             free_estimate: None,
+            refusing_appends: false,
             lease: lease::Lease::default(),
             probes: probes::Probes::default(),
             started_at: Instant::now(),
@@ -404,13 +407,15 @@ impl Node {
                 }
                 if message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
                     && !message.entries.is_empty()
-                    && !self.has_room_for(entries_bytes(&message.entries))
                 {
+                    let room = self.has_room_for(entries_bytes(&message.entries));
                     // Not taken: it is sent again once there is space; the
                     // leader hears of the lack of space with this node's
                     // next messages.
-                    self.note_append_refused_for_space();
-                    return Ok(());
+                    self.note_append_space(!room);
+                    if !room {
+                        return Ok(());
+                    }
                 }
                 if let Err(e) = self.raw.step(message) {
                     tracing::debug!("dropped a raft message: {e}");
@@ -540,6 +545,7 @@ impl Node {
                 is_member: configured.then_some(&is_member as &dyn Fn(u64) -> bool),
                 leader_id: raft.leader_id,
                 last_index: raft.raft_log.last_index(),
+                term: raft.term,
             },
         )
     }

@@ -567,3 +567,51 @@ fn an_unlink_error_during_an_install_leaves_a_data_dir_that_starts() {
     fs::write(&stuck_path, saved).unwrap();
     assert_restarts_as_installed(dir.path(), &(Vec::new(), expected), "unlink error");
 }
+
+/// An obsolete segment that still cannot be deleted when the node starts again
+/// is skipped, and no later compaction deletes the segment that marks it
+/// obsolete: once it can be deleted, the data dir still starts.
+#[test]
+fn an_obsolete_segment_stuck_across_restarts_never_outlives_its_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = node_with_log(dir.path(), 150, 60);
+    let names = segment_files(dir.path());
+    let stuck_path = dir.path().join("wal").join(&names[1]);
+    let saved = fs::read(&stuck_path).unwrap();
+    fs::remove_file(&stuck_path).unwrap();
+    fs::create_dir(&stuck_path).unwrap();
+    fs::write(stuck_path.join("keep"), b"x").unwrap();
+    storage
+        .apply_snapshot(INSTALLED_OVER_OLD_LOG, four_voters())
+        .unwrap();
+    drop(storage);
+    // Restarted with the segment still stuck; the log grows past several
+    // segments and is compacted to a snapshot well past the install.
+    let mut storage = open_small(dir.path());
+    let entries: Vec<_> = (101..=300)
+        .map(|i| entry(i, 9, &format!("after-{i}")))
+        .collect();
+    for chunk in entries.chunks(5) {
+        append_and_sync(&mut storage, chunk);
+    }
+    storage.set_hard_state(&HardState {
+        term: 9,
+        vote: 1,
+        commit: 300,
+        ..Default::default()
+    });
+    storage.sync().unwrap();
+    let snapshot = SnapshotMeta {
+        index: 290,
+        term: 9,
+    };
+    storage.record_snapshot(snapshot, four_voters()).unwrap();
+    storage.compact(290).unwrap();
+    let expected = observable(&storage);
+    drop(storage);
+    fs::remove_dir_all(&stuck_path).unwrap();
+    fs::write(&stuck_path, saved).unwrap();
+    let storage = open_small(dir.path());
+    assert_eq!(observable(&storage), expected);
+    assert_eq!(log_contents(&storage).len(), 10, "entries 291..=300");
+}
