@@ -419,7 +419,7 @@ impl Client {
                 session: Some(session),
             };
             // The server answers an uncommitted write at this deadline.
-            let request = with_deadline(request, &deadline);
+            let request = with_wait(request, &deadline);
             async move { client.put(request).await.map(|_| ()) }
         })
         .await
@@ -458,7 +458,7 @@ impl Client {
                 key: key.clone(),
                 session: Some(session),
             };
-            let request = with_deadline(request, &deadline);
+            let request = with_wait(request, &deadline);
             async move { client.delete(request).await.map(|_| ()) }
         })
         .await
@@ -472,7 +472,7 @@ impl Client {
                 ops: ops.clone(),
                 session: Some(session),
             };
-            let request = with_deadline(request, &deadline);
+            let request = with_wait(request, &deadline);
             async move { client.batch(request).await.map(|_| ()) }
         })
         .await
@@ -774,6 +774,22 @@ fn with_deadline<M>(message: M, deadline: &Deadline) -> tonic::Request<M> {
         .expires_at()
         .saturating_duration_since(Instant::now());
     request.set_timeout(left.max(Duration::from_millis(1)));
+    request
+}
+
+/// `message` as a request that tells the server how long this client waits
+/// (`raftkv-wait`, what is left of `deadline`): a write not committed by then
+/// is answered as of unknown outcome. Not `grpc-timeout`, for which the server
+/// would arm a timer of its own on every request.
+fn with_wait<M>(message: M, deadline: &Deadline) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    let left = deadline
+        .expires_at()
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    if let Ok(value) = format!("{}m", left.as_millis()).parse() {
+        request.metadata_mut().insert("raftkv-wait", value);
+    }
     request
 }
 

@@ -111,10 +111,14 @@ impl ClusterContact {
         }
     }
 
-    /// True when `check` passes whatever the rest: a member was heard and no
-    /// other cluster ever was (the common case, checked on every request).
-    pub fn is_plainly_fine(&self) -> bool {
-        self.foreign.is_none() && self.last_member_contact.is_some()
+    /// True when `check` passes whatever the rest (the common case, checked on
+    /// every request): no other cluster was ever heard, and for a `stale` read the
+    /// wait after the start (`grace`) is over or a member was heard.
+    pub fn is_plainly_fine(&self, stale: bool, grace: Duration, now: Instant) -> bool {
+        self.foreign.is_none()
+            && (!stale
+                || self.last_member_contact.is_some()
+                || now.saturating_duration_since(self.started) >= grace)
     }
 
     /// A message from a member of this node's cluster was admitted.

@@ -186,7 +186,8 @@ impl Replica {
     /// state (which also waits, right after a start, to hear from the cluster).
     pub fn check_cluster_contact(&self, stale: bool) -> Result<(), ReplicaError> {
         let contact = self.shared.contact.lock().expect("contact lock poisoned");
-        if contact.is_plainly_fine() {
+        let window = 2 * self.election_timeout;
+        if contact.is_plainly_fine(stale, window / 2, Instant::now()) {
             return Ok(());
         }
         let is_leader = self.status().role == crate::status::Role::Leader;
@@ -205,7 +206,7 @@ impl Replica {
                 has_peers,
                 is_leader,
                 stale,
-                2 * self.election_timeout,
+                window,
                 Instant::now(),
             )
             .map_err(ReplicaError::WrongCluster)

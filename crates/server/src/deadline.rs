@@ -8,12 +8,18 @@ use tokio::time::Instant;
 /// Longest a call waits when the caller set no deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// The deadline a caller sent (`grpc-timeout`), less a margin for the
-/// reply to travel back; `DEFAULT_WAIT` when none was sent.
+/// Metadata a client may send instead of `grpc-timeout` (same syntax): how
+/// long it waits. Unlike `grpc-timeout`, tonic arms no timer of its own for
+/// it; the server bounds its own wait (writes, see `kv_service`).
+pub const WAIT_HEADER: &str = "raftkv-wait";
+
+/// The deadline a caller sent (`grpc-timeout`, or `raftkv-wait`), less a
+/// margin for the reply to travel back; `DEFAULT_WAIT` when none was sent.
 pub fn deadline_of<T>(request: &tonic::Request<T>) -> Instant {
-    let wait = request
-        .metadata()
+    let metadata = request.metadata();
+    let wait = metadata
         .get("grpc-timeout")
+        .or_else(|| metadata.get(WAIT_HEADER))
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .map_or(DEFAULT_WAIT, |d| {

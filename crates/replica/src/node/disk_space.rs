@@ -142,6 +142,9 @@ impl Node {
             .peers_out_of_space
             .lock()
             .expect("peer space lock poisoned");
+        if peers.is_empty() {
+            return Vec::new();
+        }
         peers.retain(|_, at| at.elapsed() < recent);
         let mut ids: Vec<u64> = peers.keys().copied().collect();
         ids.sort_unstable();
