@@ -34,6 +34,30 @@ fn a_bad_address_is_refused_before_the_data_dir_is_touched() {
         out.assert_error(2, needle);
         assert!(!data.exists(), "{flags:?} wrote to the data dir");
     }
+    // Checks that need the system, also before the data dir is touched.
+    let port = raftkv_testkit::free_ports(2);
+    let listen = format!("127.0.0.1:{}", port[0]);
+    let other_peers = format!("1=127.0.0.1:{}", port[1]);
+    let cases = [
+        // The metrics port is taken (by this very server's --listen).
+        (
+            vec!["--listen", &listen, "--metrics-listen", &listen],
+            "--metrics-listen",
+        ),
+        // --peers gives this node another address than the one it listens at.
+        (
+            vec!["--id", "1", "--listen", &listen, "--peers", &other_peers],
+            "--peers gives node 1",
+        ),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["server".to_string(), "--data-dir".to_string()];
+        args.push(data.display().to_string());
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let out = raftkv_testkit::run_cli_bounded(&bin(), &args, Duration::from_secs(20));
+        out.assert_error(3, needle);
+        assert!(!data.exists(), "{flags:?} wrote to the data dir");
+    }
 }
 
 /// The leader's `cluster members --json`: id -> address.

@@ -56,12 +56,47 @@ fn two_clusters_bootstrapped_with_the_same_flags_get_different_ids() {
     );
 }
 
+/// Polls node 3 with stale reads of the first cluster's key from now until it
+/// says it is cut off from another cluster; it must never serve the key.
+fn refuse_old_data(cluster: &TestCluster) -> raftkv_testkit::CliOutput {
+    let started = Instant::now();
+    // It never serves the old data: not even a stale read, from its start on.
+    loop {
+        let out = cluster.cli_at(
+            3,
+            &["get", "old", "--consistency", "stale", "--timeout", "1s"],
+        );
+        assert_ne!(
+            out.code,
+            0,
+            "node 3 served the first cluster's data to a client of the second\n{}",
+            out.describe()
+        );
+        if out.stderr.contains("another cluster") {
+            break out;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "node 3 never said why: {}",
+            out.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_node_with_another_cluster_s_data_dir_never_serves_it() {
     let mut cluster = TestCluster::start(bin(), 3);
     cluster
         .cli(&["put", "old", "from the first cluster"])
         .assert_ok();
+    // Later writes make node 3's commit of "old" durable (a commit index is
+    // synced with the next entries), so it holds "old" after a restart.
+    for i in 0..3 {
+        cluster
+            .cli(&["put", &format!("later/{i}"), "x"])
+            .assert_ok();
+    }
     let old_id = cluster_id(&cluster, 1);
     cluster.wait_caught_up(WAIT);
     for id in cluster.ids() {
@@ -84,29 +119,7 @@ fn a_node_with_another_cluster_s_data_dir_never_serves_it() {
     // ... and node 3 on the first cluster's data dir.
     copy_dir(&saved, &cluster.data_dir(3));
     cluster.restart(3);
-    let started = Instant::now();
-    // It never serves the old data: not even a stale read, from its start on.
-    let refused = loop {
-        let out = cluster.cli_at(
-            3,
-            &["get", "old", "--consistency", "stale", "--timeout", "1s"],
-        );
-        assert_ne!(
-            out.code,
-            0,
-            "node 3 served the first cluster's data to a client of the second\n{}",
-            out.describe()
-        );
-        if out.stderr.contains("another cluster") {
-            break out;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "node 3 never said why: {}",
-            out.describe()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let refused = refuse_old_data(&cluster);
     assert!(refused.stderr.contains(&new_id), "{}", refused.describe());
     // It says why in status and /health.
     let status = cluster.status(3).unwrap_or_else(|e| cluster.fail(&e));
@@ -153,4 +166,43 @@ fn a_node_with_another_cluster_s_data_dir_never_serves_it() {
         "{}",
         out.describe()
     );
+}
+
+/// The same, with the old node started first, alone for a while: the new
+/// cluster's nodes, which have no cluster id yet when they first reach it, do
+/// not vouch for its data.
+#[test]
+fn a_node_with_another_cluster_s_data_dir_started_first_never_serves_it() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    cluster
+        .cli(&["put", "old", "from the first cluster"])
+        .assert_ok();
+    // Later writes make node 3's commit of "old" durable (a commit index is
+    // synced with the next entries), so it holds "old" after a restart.
+    for i in 0..3 {
+        cluster
+            .cli(&["put", &format!("later/{i}"), "x"])
+            .assert_ok();
+    }
+    cluster.wait_caught_up(WAIT);
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in [1, 2] {
+        cluster.wipe(id);
+    }
+    cluster.restart(3);
+    cluster.set_removed(3); // not of the new cluster, for the kit's leader checks
+                            // Alone, with its peers down, it has heard from no member since it
+                            // started: it serves nothing; and once the new cluster's nodes run, never.
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster
+        .cli_at(3, &["get", "old", "--consistency", "stale"])
+        .assert_error(3, "has not heard from a member of its cluster");
+    cluster.restart(1);
+    cluster.restart(2);
+    let refused = refuse_old_data(&cluster);
+    assert!(refused.stderr.contains("another cluster"));
+    cluster.wait_leader(WAIT);
+    cluster.cli_at(1, &["get", "old"]).assert_code(1);
 }

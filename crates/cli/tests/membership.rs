@@ -396,6 +396,9 @@ fn removed_nodes_stay_quiet_and_refuse_requests() {
         out.assert_error(3, "removed from the cluster");
         let out = cluster.cli_at(id, &["get", "k"]);
         out.assert_error(3, "removed from the cluster");
+        // Its own state stopped following the cluster's: not even stale reads.
+        let out = cluster.cli_at(id, &["get", "k", "--consistency", "stale"]);
+        out.assert_error(3, "removed from the cluster");
     }
     assert_eq!(cluster.cli(&["get", "k"]).assert_ok().stdout, b"v\n");
 }

@@ -93,32 +93,33 @@ pub fn describe(ids: ClusterIds) -> String {
 
 /// What a node has heard from its peers lately: whether members of its own cluster
 /// reach it, and whether peers of another cluster do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClusterContact {
-    started: Instant,
+    /// The last message from a node with this node's cluster id.
     last_member_contact: Option<Instant>,
+    /// The last message admitted from a node with no cluster id yet (a member
+    /// still catching up — or another bootstrap with the same flags): it
+    /// proves nothing about this node's data dir.
+    last_unconfirmed_contact: Option<Instant>,
     /// The latest peer that turned out to be of another cluster: its id, its cluster
     /// id, and when.
     foreign: Option<(u64, u64, Instant)>,
 }
 
 impl ClusterContact {
-    pub fn new(started: Instant) -> ClusterContact {
-        ClusterContact {
-            started,
-            last_member_contact: None,
-            foreign: None,
-        }
-    }
-
     /// True when `check` passes whatever the rest (the common case, checked on
-    /// every request): no other cluster was ever heard, and for a `stale` read the
-    /// wait after the start (`grace`) is over or a member was heard.
-    pub fn is_plainly_fine(&self, stale: bool, grace: Duration, now: Instant) -> bool {
+    /// every request): no other cluster was ever heard, and for a `stale` read a
+    /// member was, and no peer without a cluster id.
+    pub fn is_plainly_fine(&self, stale: bool) -> bool {
         self.foreign.is_none()
             && (!stale
-                || self.last_member_contact.is_some()
-                || now.saturating_duration_since(self.started) >= grace)
+                || (self.last_unconfirmed_contact.is_none() && self.last_member_contact.is_some()))
+    }
+
+    /// A message from a node without a cluster id was admitted (see
+    /// `last_unconfirmed_contact`).
+    pub fn unconfirmed_contact(&mut self, now: Instant) {
+        self.last_unconfirmed_contact = Some(now);
     }
 
     /// A message from a member of this node's cluster was admitted.
@@ -134,11 +135,13 @@ impl ClusterContact {
 
     /// Err with the reason when peers of another cluster were heard, and no member of
     /// this one within `window`: then this node serves nothing. A leader has a quorum
-    /// of its own (it steps down without one), so it is never cut off here. For a
-    /// read of its own state (`stale`), a node with peers that has heard from none of
-    /// them since it started waits half a window first: the first messages tell
-    /// whether its data dir is its peers' cluster. (Anything else needs a leader,
-    /// which another cluster's node never has.)
+    /// of its own (it steps down without one), so it is never cut off here. A read of
+    /// its own state (`stale`) needs more: a node with peers serves one only once it
+    /// has heard from a member of its cluster since it started (until then nothing
+    /// tells it its data dir is its cluster's: a node on another cluster's data dir
+    /// started before that cluster's nodes must not serve it meanwhile), and not while
+    /// it hears only peers without a cluster id. (Anything else needs a leader, which
+    /// another cluster's node never has.)
     #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
@@ -154,32 +157,45 @@ impl ClusterContact {
         if is_leader {
             return Ok(());
         }
-        let just_started = now.saturating_duration_since(self.started) < window / 2;
-        if stale && has_peers && self.last_member_contact.is_none() && just_started {
-            return Err(format!(
-                "node {node_id} has just started and has not heard from its cluster yet; \
-                 retry in a moment or ask another member"
-            ));
-        }
+        let member_heard = self.last_member_contact.is_some_and(recent);
         // Once another cluster was heard, only a member heard lately lifts it:
         // another cluster's node that keeps refusing this one need not keep
         // telling it so.
-        let Some((peer, their_cluster, _)) = self.foreign else {
-            return Ok(());
-        };
-        if self.last_member_contact.is_some_and(recent) {
-            return Ok(());
+        if let (Some((peer, their_cluster, _)), false) = (self.foreign, member_heard) {
+            return Err(format!(
+                "node {node_id} belongs to {}, but the peers it reaches belong to another \
+                 cluster (node {peer} is in {}): it serves no requests. Its data dir is from \
+                 another cluster: stop it, remove node {node_id} on the cluster (`raftkv \
+                 cluster remove {node_id}`) if it is a member there, and start it with an \
+                 empty data dir and --join",
+                describe(own),
+                describe(ClusterIds {
+                    cluster_id: their_cluster,
+                    bootstrap_id: 0,
+                })
+            ));
         }
-        Err(format!(
-            "node {node_id} belongs to {}, but the peers it reaches belong to another \
-             cluster (node {peer} is in {}): it serves no requests. Its data dir is from \
-             another cluster; give it an empty data dir and add it with --join",
-            describe(own),
-            describe(ClusterIds {
-                cluster_id: their_cluster,
-                bootstrap_id: 0,
-            })
-        ))
+        if stale && has_peers && self.last_member_contact.is_none() {
+            return Err(format!(
+                "node {node_id} has not heard from a member of its cluster since it started; \
+                 it serves stale reads once it has (ask another member meanwhile)"
+            ));
+        }
+        // Peers without a cluster id may be this cluster's members catching up,
+        // or another cluster bootstrapped with the same flags: until a peer
+        // with this node's id is heard, its own data is not served.
+        if stale
+            && own.cluster_id != 0
+            && !member_heard
+            && self.last_unconfirmed_contact.is_some_and(recent)
+        {
+            return Err(format!(
+                "node {node_id} belongs to {}, but the peers it hears have no cluster id \
+                 yet; it serves no stale reads until a member of its cluster is heard",
+                describe(own)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -240,22 +256,29 @@ mod tests {
         let own = ids(7, 100);
         let start = Instant::now();
         let window = Duration::from_secs(2);
-        let mut contact = ClusterContact::new(start);
+        let mut contact = ClusterContact::default();
         let settled = start + Duration::from_secs(1);
+        // No member heard since the start: no stale reads (unless alone, or
+        // leading), whatever else it serves.
+        let why = contact
+            .check(own, 3, true, false, true, window, settled)
+            .unwrap_err();
+        assert!(why.contains("since it started"), "{why}");
+        assert!(contact
+            .check(own, 3, true, false, false, window, settled)
+            .is_ok());
+        assert!(contact
+            .check(own, 3, false, false, true, window, settled)
+            .is_ok());
+        assert!(contact
+            .check(own, 3, true, true, true, window, settled)
+            .is_ok());
+        contact.member_contact(start);
         assert!(contact
             .check(own, 3, true, false, true, window, settled)
             .is_ok());
-        // Just started, nobody heard yet: not yet (unless alone, or leading).
-        let why = contact
-            .check(own, 3, true, false, true, window, start)
-            .unwrap_err();
-        assert!(why.contains("just started"), "{why}");
-        assert!(contact
-            .check(own, 3, false, false, true, window, start)
-            .is_ok());
-        assert!(contact
-            .check(own, 3, true, true, true, window, start)
-            .is_ok());
+        // Members quiet; another cluster heard.
+        let settled = start + Duration::from_secs(5);
         contact.foreign_contact(1, 9, settled);
         let why = contact
             .check(own, 3, true, false, true, window, settled)
@@ -282,11 +305,41 @@ mod tests {
             .check(own, 3, true, false, true, window, later)
             .is_err());
         // A stray message from another cluster to a node that hears its members.
-        let mut healthy = ClusterContact::new(start);
+        let mut healthy = ClusterContact::default();
         healthy.member_contact(settled);
         healthy.foreign_contact(9, 9, settled);
         assert!(healthy
             .check(own, 3, true, false, true, window, settled)
+            .is_ok());
+    }
+
+    #[test]
+    fn peers_without_a_cluster_id_do_not_vouch_for_stale_reads() {
+        let own = ids(7, 100);
+        let start = Instant::now();
+        let window = Duration::from_secs(2);
+        let mut contact = ClusterContact::default();
+        contact.member_contact(start);
+        let settled = start + Duration::from_secs(5);
+        contact.unconfirmed_contact(settled);
+        assert!(!contact.is_plainly_fine(true));
+        let why = contact
+            .check(own, 3, true, false, true, window, settled)
+            .unwrap_err();
+        assert!(why.contains("no cluster id yet"), "{why}");
+        assert!(contact
+            .check(own, 3, true, false, false, window, settled)
+            .is_ok());
+        contact.member_contact(settled);
+        assert!(contact
+            .check(own, 3, true, false, true, window, settled)
+            .is_ok());
+        // A node without an id itself has nothing to protect yet.
+        let mut fresh = ClusterContact::default();
+        fresh.unconfirmed_contact(settled);
+        fresh.member_contact(settled);
+        assert!(fresh
+            .check(ids(0, 100), 3, true, false, true, window, settled)
             .is_ok());
     }
 }

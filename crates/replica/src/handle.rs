@@ -102,7 +102,7 @@ impl Replica {
                 cluster_id: config.cluster_id,
                 bootstrap_id: config.bootstrap_id,
             }),
-            contact: Mutex::new(ClusterContact::new(Instant::now())),
+            contact: Mutex::new(ClusterContact::default()),
         });
         let node_id = config.node_id;
         let min_free_bytes = config.min_free_bytes;
@@ -162,13 +162,16 @@ impl Replica {
             && self.started.elapsed() > CLUSTER_ID_PATIENCE * self.election_timeout
     }
 
-    /// A message from a member of this node's cluster was admitted.
-    pub fn note_member_contact(&self) {
-        self.shared
-            .contact
-            .lock()
-            .expect("contact lock poisoned")
-            .member_contact(Instant::now());
+    /// A message from `sender` was admitted: a member of this node's cluster
+    /// if it has the same cluster id, unconfirmed if it has none yet.
+    pub fn note_peer_contact(&self, sender: ClusterIds) {
+        let own = self.cluster_ids();
+        let mut contact = self.shared.contact.lock().expect("contact lock poisoned");
+        if own.cluster_id != 0 && sender.cluster_id == 0 {
+            contact.unconfirmed_contact(Instant::now());
+        } else {
+            contact.member_contact(Instant::now());
+        }
     }
 
     /// Peer `peer` turned out to belong to another cluster, `cluster_id`.
@@ -187,7 +190,7 @@ impl Replica {
     pub fn check_cluster_contact(&self, stale: bool) -> Result<(), ReplicaError> {
         let contact = self.shared.contact.lock().expect("contact lock poisoned");
         let window = 2 * self.election_timeout;
-        if contact.is_plainly_fine(stale, window / 2, Instant::now()) {
+        if contact.is_plainly_fine(stale) {
             return Ok(());
         }
         let is_leader = self.status().role == crate::status::Role::Leader;

@@ -76,6 +76,17 @@ pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<
     replica
         .check_cluster_contact(consistency == Consistency::Stale)
         .map_err(|e| replica_status(e, header_of(replica)))?;
+    let status = replica.status();
+    if status.role == raftkv_replica::Role::Removed {
+        // Its state stopped following the cluster's when it was removed.
+        return Err(replica_status(
+            ReplicaError::Removed(format!(
+                "node {} has been removed from the cluster; send requests to a member",
+                status.id
+            )),
+            header_of(replica),
+        ));
+    }
     if consistency == Consistency::Stale {
         return Ok(());
     }

@@ -191,14 +191,51 @@ fn test_session_limits() -> anyhow::Result<Option<raftkv_replica::SessionLimits>
     Ok(Some(limits))
 }
 
+/// A node bootstrapping a static cluster must be at the address `--peers`
+/// gives it, or its peers would never reach it. (On a data dir already in
+/// use the stored membership wins, and a new address is recorded through the
+/// log: see `address.rs`.) Checked before the data dir is touched; it is
+/// only read here.
+fn check_bootstrap_address(config: &ServerConfig) -> anyhow::Result<()> {
+    let Some(peers) = &config.peers else {
+        return Ok(());
+    };
+    if config
+        .data_dir
+        .join(raftkv_storage::IDENTITY_FILE_NAME)
+        .exists()
+    {
+        return Ok(());
+    }
+    let id = config.id.unwrap_or(1);
+    match peers.get(&id) {
+        Some(listed) if listed != config.advertise_address() => bail!(
+            "--peers gives node {id} the address {listed}, but it listens at {} (and \
+             advertises that); give it --listen {listed}, or --advertise {listed} if that \
+             address reaches this --listen",
+            config.advertise_address()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a node until `shutdown` resolves (clean exit) or the node stops on a
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    check_bootstrap_address(&config)?;
     // Before the data dir is touched: a port in use changes nothing there.
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-listen {address}"))?,
+        ),
+        None => None,
+    };
     let mut storage = open_storage(&config).await?;
     let snapshots = SnapshotStore::open(&config.data_dir)
         .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
@@ -332,9 +369,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             *routes.axum_router_mut() = grpc.merge(http);
         }
         Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on --metrics-listen {address}"))?;
+            let listener = metrics_listener.expect("bound at start");
             tracing::info!("metrics on http://{address}/metrics");
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, http).await {

@@ -192,13 +192,13 @@ impl Membership {
             )
         };
         tracing::info!("membership change failed ({error}); {undone}");
-        let message = format!("{error}; {undone}");
         match error {
-            ReplicaError::Unavailable(_) => ReplicaError::Unavailable(message),
-            ReplicaError::NotLeader { .. } | ReplicaError::UnknownOutcome(_) => {
-                ReplicaError::UnknownOutcome(message)
+            ReplicaError::Unavailable(why) => ReplicaError::Unavailable(format!("{why}; {undone}")),
+            ReplicaError::UnknownOutcome(why) => {
+                ReplicaError::UnknownOutcome(format!("{why}; {undone}"))
             }
-            _ => ReplicaError::Rejected(message),
+            ReplicaError::Rejected(why) => ReplicaError::Rejected(format!("{why}; {undone}")),
+            other => ReplicaError::Rejected(format!("{other}; {undone}")),
         }
     }
 

@@ -54,7 +54,7 @@ impl PeerService {
                 "message for node {to} reached node {node_id}"
             )));
         }
-        self.replica.note_member_contact();
+        self.replica.note_peer_contact(sender);
         Ok(())
     }
 
