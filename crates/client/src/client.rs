@@ -33,7 +33,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// notices a new leader within ~100 ms of its election.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Read consistency (CONTRACT §2).
+/// Read consistency (docs/REFERENCE.md §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consistency {
     /// ReadIndex through the leader (the default).
@@ -133,18 +133,12 @@ impl Client {
     pub fn with_options(endpoints: &[String], options: ClientOptions) -> Result<Client, Error> {
         let endpoints: Vec<String> = endpoints
             .iter()
-            .map(|e| e.trim().to_string())
+            .map(|e| e.trim())
             .filter(|e| !e.is_empty())
-            .collect();
+            .map(parse_endpoint)
+            .collect::<Result<_, _>>()?;
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoints given".into()));
-        }
-        for endpoint in &endpoints {
-            if !endpoint.contains(':') {
-                return Err(Error::InvalidArgument(format!(
-                    "invalid endpoint {endpoint:?} (expected HOST:PORT)"
-                )));
-            }
         }
         Ok(Client {
             inner: Arc::new(Inner {
@@ -211,7 +205,6 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let timeout = deadline.timeout();
         let endpoints = &self.inner.endpoints;
         let mut next_endpoint = 0;
         let mut target = self
@@ -224,23 +217,30 @@ impl Client {
         let mut backoff = FIRST_BACKOFF;
         // Endpoints in a row that refused for themselves only (removed).
         let mut refused_here = 0;
+        let mut reach = Reachability::default();
         loop {
             let channel = self.channel(&target)?;
             let result = match deadline.run(attempt(channel)).await {
                 Some(result) => result,
-                None => return Err(Error::Timeout(timeout)),
+                None => return Err(reach.give_up(deadline, None)),
             };
             let (error, from_server, elsewhere) = match result {
                 Ok(value) => {
                     *self.inner.leader.lock().expect("leader lock") = Some(target);
                     return Ok(value);
                 }
-                Err(status) => (
-                    Error::from_status(&status),
-                    !status.details().is_empty(),
-                    Error::refused_here_only(&status),
-                ),
+                Err(status) => {
+                    reach.record(&target, &status);
+                    (
+                        Error::from_status(&status),
+                        !status.details().is_empty(),
+                        Error::refused_here_only(&status),
+                    )
+                }
             };
+            if reach.none_reachable(endpoints) {
+                return Err(reach.unreachable_error(endpoints));
+            }
             refused_here = if elsewhere { refused_here + 1 } else { 0 };
             let retryable = match (retry, &error) {
                 (Retry::WriteUntil(until), _) if Instant::now() >= until => false,
@@ -268,11 +268,7 @@ impl Client {
                 _ => return Err(error),
             }
             if Instant::now() + backoff >= deadline.expires_at() {
-                // A write the server could not settle in time says so.
-                return Err(match error {
-                    Error::UnknownOutcome(_) => error,
-                    _ => Error::Timeout(timeout),
-                });
+                return Err(reach.give_up(deadline, Some(error)));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -294,10 +290,11 @@ impl Client {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let channel = self.channel(&self.inner.endpoints[0])?;
+        let endpoint = &self.inner.endpoints[0];
+        let channel = self.channel(endpoint)?;
         match deadline.run(attempt(channel)).await {
             Some(Ok(value)) => Ok(value),
-            Some(Err(status)) => Err(Error::from_status(&status)),
+            Some(Err(status)) => Err(Error::from_status_at(endpoint, &status)),
             None => Err(Error::Timeout(deadline.timeout())),
         }
     }
@@ -600,7 +597,7 @@ impl Client {
                 .await
             {
                 Some(Ok(reply)) => Ok(reply.into_inner()),
-                Some(Err(status)) => Err(Error::from_status(&status)),
+                Some(Err(status)) => Err(Error::from_status_at(endpoint, &status)),
                 None => Err(Error::Timeout(deadline.timeout())),
             };
             if first.is_ok() {
@@ -746,6 +743,93 @@ impl Client {
     }
 }
 
+/// What one leader-routed call learnt about reaching the endpoints: to fail
+/// fast when none can be reached at all, and to say why it gave up.
+#[derive(Default)]
+struct Reachability {
+    /// Per address: attempts that could not connect in a row, and why.
+    unreachable: HashMap<String, (u32, String)>,
+    /// The last answer was "no leader is known", with the server's account.
+    no_leader: Option<String>,
+}
+
+impl Reachability {
+    /// Attempts each endpoint gets before the call gives up on reaching any
+    /// (a node restarting binds its port before anything else).
+    const ATTEMPTS_BEFORE_GIVING_UP: u32 = 2;
+
+    fn record(&mut self, address: &str, status: &Status) {
+        match Error::unreachable_cause(status) {
+            Some(cause) => {
+                let entry = self
+                    .unreachable
+                    .entry(address.to_string())
+                    .or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = cause;
+            }
+            None => {
+                self.unreachable.remove(address);
+                self.no_leader = match Error::from_status(status) {
+                    Error::NotLeader { leader_id: 0, .. } => Some(
+                        status
+                            .message()
+                            .trim_start_matches("not leader; ")
+                            .trim_start_matches("no leader is known: ")
+                            .to_string(),
+                    ),
+                    _ => None,
+                };
+            }
+        }
+    }
+
+    /// Every endpoint failed to connect, each more than once in a row.
+    fn none_reachable(&self, endpoints: &[String]) -> bool {
+        endpoints.iter().all(|e| {
+            self.unreachable
+                .get(e)
+                .is_some_and(|(n, _)| *n >= Self::ATTEMPTS_BEFORE_GIVING_UP)
+        })
+    }
+
+    fn unreachable_error(&self, endpoints: &[String]) -> Error {
+        let causes: Vec<String> = endpoints
+            .iter()
+            .map(|e| match self.unreachable.get(e) {
+                Some((_, cause)) if cause.starts_with("cannot resolve") => cause.clone(),
+                Some((_, cause)) => format!("{e}: {cause}"),
+                None => e.clone(),
+            })
+            .collect();
+        let what = if endpoints.len() == 1 {
+            "cannot reach"
+        } else {
+            "cannot reach any endpoint:"
+        };
+        let causes = causes.join("; ");
+        let message = if endpoints.len() == 1 && causes.starts_with("cannot resolve") {
+            causes
+        } else {
+            format!("{what} {causes}")
+        };
+        Error::Unavailable(message)
+    }
+
+    /// The error of a call whose deadline came: a write the server could not
+    /// settle says so; no leader says what the nodes saw.
+    fn give_up(&self, deadline: &Deadline, last: Option<Error>) -> Error {
+        match (last, &self.no_leader) {
+            (Some(error @ Error::UnknownOutcome(_)), _) => error,
+            (_, Some(detail)) => Error::NoLeader {
+                waited: deadline.timeout(),
+                detail: detail.clone(),
+            },
+            _ => Error::Timeout(deadline.timeout()),
+        }
+    }
+}
+
 /// Which failures a leader-routed call retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retry {
@@ -758,6 +842,34 @@ enum Retry {
     /// Redirects and failures to reach a server (membership changes: the
     /// server's refusals are answers for the operator).
     RedirectsOnly,
+}
+
+/// An endpoint as given (`HOST:PORT`, or `http://HOST:PORT` as etcd
+/// clients write it) in the `HOST:PORT` form the client dials.
+pub fn parse_endpoint(given: &str) -> Result<String, Error> {
+    let invalid = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid endpoint {given:?}: {why} (expected HOST:PORT, e.g. 127.0.0.1:7379)"
+        ))
+    };
+    if given.starts_with("https://") {
+        return Err(invalid("TLS is not supported yet; use HOST:PORT"));
+    }
+    let address = given.strip_prefix("http://").unwrap_or(given);
+    let address = address.strip_suffix('/').unwrap_or(address);
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(invalid("no port"));
+    };
+    if host.is_empty() || host.contains('/') || host.contains("://") {
+        return Err(invalid("no host"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(invalid("an IPv6 address goes in brackets, [::1]:7379"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(address.to_string()),
+        _ => Err(invalid(&format!("bad port {port:?}"))),
+    }
 }
 
 fn kv_client(channel: Channel) -> KvClient<Channel> {
@@ -829,6 +941,25 @@ mod tests {
         assert!(Client::new(&[]).is_err());
         assert!(Client::new(&["localhost".to_string()]).is_err());
         assert!(Client::new(&["127.0.0.1:7379".to_string()]).is_ok());
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            ":7379",
+            "::1:7379",
+            "https://127.0.0.1:7379",
+            "grpc://127.0.0.1:7379",
+        ] {
+            let error = parse_endpoint(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:7379/").unwrap(),
+            "127.0.0.1:7379"
+        );
+        assert_eq!(parse_endpoint("[::1]:7379").unwrap(), "[::1]:7379");
+        assert_eq!(parse_endpoint("localhost:7379").unwrap(), "localhost:7379");
     }
 
     #[test]

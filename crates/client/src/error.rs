@@ -19,6 +19,10 @@ pub enum Error {
     },
     #[error("timed out after {}", humanize(*.0))]
     Timeout(Duration),
+    /// No node knew a leader until the deadline; `detail` is what the last
+    /// node asked saw (e.g. which voters it cannot reach).
+    #[error("no leader after {}: {detail}", humanize(*waited))]
+    NoLeader { waited: Duration, detail: String },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("invalid argument: {0}")]
@@ -58,6 +62,23 @@ fn humanize(d: Duration) -> String {
 }
 
 impl Error {
+    /// A short machine-readable name of the kind (as `--json` reports it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::KeyNotFound => "key_not_found",
+            Error::NotLeader { .. } => "not_leader",
+            Error::Timeout(_) => "timeout",
+            Error::NoLeader { .. } => "no_leader",
+            Error::Unavailable(_) => "unavailable",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NoSpace(_) => "no_space",
+            Error::Corrupted(_) => "corrupted",
+            Error::UnknownOutcome(_) => "unknown_outcome",
+            Error::Rejected(_) => "rejected",
+            Error::SessionExpired(_) => "session_expired",
+        }
+    }
+
     /// Whether retrying (maybe elsewhere) can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -87,6 +108,46 @@ impl Error {
     pub(crate) fn refused_here_only(status: &Status) -> bool {
         ErrorDetail::decode(status.details())
             .is_ok_and(|detail| detail.kind == ErrorKind::Rejected as i32 && detail.retryable)
+    }
+
+    /// Why a call never reached a server (the connection could not be made),
+    /// or `None` if it did or the cause is unknown: a refused connection, a
+    /// host name that does not resolve, an unreachable host.
+    pub(crate) fn unreachable_cause(status: &Status) -> Option<String> {
+        let mut source = std::error::Error::source(status);
+        while let Some(error) = source {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if let Some(unresolved) = io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<raftkv_net::Unresolved>())
+                {
+                    return Some(unresolved.0.clone());
+                }
+                let cause = match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused",
+                    std::io::ErrorKind::HostUnreachable => "host unreachable",
+                    std::io::ErrorKind::NetworkUnreachable => "network unreachable",
+                    std::io::ErrorKind::AddrNotAvailable => "address not available",
+                    std::io::ErrorKind::TimedOut => "connect timed out",
+                    _ => "",
+                };
+                if !cause.is_empty() {
+                    return Some(cause.to_string());
+                }
+            }
+            source = error.source();
+        }
+        None
+    }
+
+    /// Decodes the status of a call to `address`, naming the address when it
+    /// could not be reached.
+    pub(crate) fn from_status_at(address: &str, status: &Status) -> Error {
+        match Error::unreachable_cause(status) {
+            Some(cause) if cause.starts_with("cannot resolve") => Error::Unavailable(cause),
+            Some(cause) => Error::Unavailable(format!("cannot reach {address}: {cause}")),
+            None => Error::from_status(status),
+        }
     }
 
     /// Decodes a gRPC status from a RaftKV server (or the transport).

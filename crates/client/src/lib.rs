@@ -19,6 +19,6 @@ mod deadline;
 mod error;
 mod session;
 
-pub use client::{Client, ClientOptions, Consistency, ScanOptions, ScanPage};
+pub use client::{parse_endpoint, Client, ClientOptions, Consistency, ScanOptions, ScanPage};
 pub use error::Error;
 pub use raftkv_proto::v1 as proto;

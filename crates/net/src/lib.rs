@@ -177,11 +177,29 @@ pub fn tcp_connector() -> impl tower::Service<
             .authority()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address has no host:port"))?
             .to_string();
-        let stream = tokio::net::TcpStream::connect(authority).await?;
+        let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&authority)
+            .await
+            .map_err(|e| io::Error::other(Unresolved(format!("cannot resolve {authority}: {e}"))))?
+            .collect();
+        let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
         stream.set_nodelay(true)?;
         Ok(hyper_util::rt::TokioIo::new(CoalescingIo::new(stream)))
     })
 }
+
+/// A connect failed because the host name did not resolve (it never will
+/// by retrying soon): the inner error of the `io::Error` the connector of
+/// [`tcp_connector`] returns then.
+#[derive(Debug)]
+pub struct Unresolved(pub String);
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unresolved {}
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
     for CoalescingIo<T>

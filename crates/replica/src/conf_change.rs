@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 
 /// A learner is promoted only when its log is at most this many entries
-/// behind the leader's (CONTRACT §1), so a slow newcomer never becomes a
+/// behind the leader's (docs/REFERENCE.md §1), so a slow newcomer never becomes a
 /// voter the quorum would have to wait for.
 pub const PROMOTE_MAX_LAG_ENTRIES: u64 = 1000;
 

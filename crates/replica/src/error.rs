@@ -5,10 +5,13 @@
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
     /// This node is not the leader; the hint names the leader when known.
+    /// With no leader known, `why` says what this node sees (which voters it
+    /// cannot reach), so a caller that gives up can say why.
     #[error("not leader")]
     NotLeader {
         leader_id: u64,
         leader_address: Option<String>,
+        why: String,
     },
     /// Leadership changed while the request was in flight: it may or may not
     /// have been applied. Retrying with the same session is safe.

@@ -2,7 +2,7 @@
 //!
 //! This is the only crate that touches raft-rs. It owns the `RawNode`, the
 //! `FileStorage` and the state machine, and follows raft-rs's `Ready`
-//! protocol exactly (see `node.rs`). It owns no sockets and no clock it is not
+//! protocol exactly (see `node/mod.rs`). It owns no sockets and no clock it is not
 //! handed: peers are reached through the [`Transport`] trait, time enters only
 //! as ticks of the node thread, and wall-clock time only as the leader's stamp
 //! on proposals (`Command::timestamp_ms`).

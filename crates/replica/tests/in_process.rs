@@ -196,6 +196,7 @@ async fn followers_refuse_writes_and_reads_naming_the_leader() {
     let expected = ReplicaError::NotLeader {
         leader_id: leader.node_id(),
         leader_address: Some(format!("node-{}", leader.node_id())),
+        why: String::new(),
     };
     assert_eq!(
         follower.propose(put("a", "b"), session(1)).await,

@@ -60,9 +60,12 @@ pub fn replica_status(error: ReplicaError, header: ResponseHeader) -> Status {
         ReplicaError::NotLeader {
             leader_id,
             leader_address,
+            why,
         } => {
             let leader_address = leader_address.unwrap_or_default();
-            let message = if leader_id == 0 {
+            let message = if leader_id == 0 && !why.is_empty() {
+                format!("not leader; no leader is known: {why}")
+            } else if leader_id == 0 {
                 "not leader; no leader is known yet".to_string()
             } else {
                 format!("not leader; leader is {leader_id} at {leader_address}")

@@ -73,6 +73,7 @@ impl Membership {
                 Err(ReplicaError::NotLeader {
                     leader_id,
                     leader_address,
+                    why: String::new(),
                 })
             }
         }
@@ -355,6 +356,7 @@ impl Membership {
         ReplicaError::NotLeader {
             leader_id,
             leader_address,
+            why: String::new(),
         }
     }
 

@@ -182,9 +182,14 @@ impl Node {
             let quorum = voters.len() / 2 + 1;
             if live < quorum {
                 return Err(ReplicaError::Rejected(format!(
-                    "the change would leave {live} live voter(s) of {} (a quorum needs {quorum}); \
-                     use --force to remove anyway",
-                    voters.len()
+                    "the change would leave {live} live voter(s) of {} (a quorum needs {quorum}){}",
+                    voters.len(),
+                    if changes.iter().any(|c| matches!(c, MemberChange::Remove(_))) {
+                        "; --force makes the change anyway, and the cluster may stop \
+                         taking writes until the dead voters come back"
+                    } else {
+                        "; wait until the members that are down are back"
+                    }
                 )));
             }
         }

@@ -1,4 +1,4 @@
-//! The leader lease (CONTRACT §2), kept by the host, not by raft-rs's
+//! The leader lease (docs/REFERENCE.md §2), kept by the host, not by raft-rs's
 //! `LeaseBased` option (raft runs with `ReadOnlyOption::Safe`).
 //!
 //! Every ReadIndex round a quorum answers proves that at the moment its

@@ -228,7 +228,7 @@ impl Node {
             max_inflight_msgs: config.max_inflight_appends,
             max_committed_size_per_ready: config.max_committed_bytes_per_ready,
             max_uncommitted_size: config.max_uncommitted_bytes,
-            // Lease reads are done by the host (see CONTRACT §2), never by
+            // Lease reads are done by the host (see docs/REFERENCE.md §2), never by
             // raft-rs's node-wide LeaseBased option.
             read_only_option: ReadOnlyOption::Safe,
             ..Default::default()
@@ -475,9 +475,50 @@ impl Node {
             .addresses
             .get(&leader_id)
             .cloned();
+        let why = if leader_id == 0 {
+            self.why_no_leader()
+        } else {
+            String::new()
+        };
         ReplicaError::NotLeader {
             leader_id,
             leader_address,
+            why,
+        }
+    }
+
+    /// What this node sees while it knows no leader: the voters it cannot
+    /// reach, against the quorum an election needs.
+    fn why_no_leader(&self) -> String {
+        let membership = self.raw.store().membership();
+        let voters = &membership.conf_state.voters;
+        let unreachable: Vec<String> = voters
+            .iter()
+            .filter(|id| **id != self.id && !self.transport.is_reachable(**id))
+            .map(|id| match membership.addresses.get(id) {
+                Some(address) => format!("{id} ({address})"),
+                None => id.to_string(),
+            })
+            .collect();
+        let quorum = voters.len() / 2 + 1;
+        if unreachable.is_empty() {
+            format!(
+                "node {} reaches every voter; an election is under way",
+                self.id
+            )
+        } else if voters.len() - unreachable.len() < quorum {
+            format!(
+                "quorum lost: node {} cannot reach voters {}; a leader needs {quorum} of the {} voters",
+                self.id,
+                unreachable.join(", "),
+                voters.len()
+            )
+        } else {
+            format!(
+                "node {} cannot reach voters {}; an election is under way",
+                self.id,
+                unreachable.join(", ")
+            )
         }
     }
 

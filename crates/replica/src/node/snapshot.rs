@@ -11,7 +11,7 @@ use crate::error::{FatalError, ReplicaError};
 use crate::membership::member_ids;
 use crate::snapshots::{load_snapshot, write_snapshot};
 
-/// Snapshot files kept (CONTRACT §5).
+/// Snapshot files kept (docs/REFERENCE.md §5).
 const SNAPSHOTS_KEPT: usize = 2;
 
 /// What `raftkv debug compact` reports.
