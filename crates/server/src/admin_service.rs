@@ -15,6 +15,8 @@ use raftkv_proto::v1::{
     TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use raftkv_replica::{MembersInfo, Replica, ReplicaError, SnapshotMeta, SnapshotStore};
+use std::path::Path;
+
 use tonic::{Request, Response, Status};
 
 use crate::deadline::deadline_of;
@@ -27,6 +29,18 @@ pub struct AdminService {
     pub membership: Membership,
     pub address: String,
     pub snapshots: SnapshotStore,
+}
+
+impl AdminService {
+    /// Bytes the data dir takes on disk (see `raftkv_storage::disk::allocated_bytes`).
+    async fn data_dir_bytes(&self) -> u64 {
+        let Some(data_dir) = self.snapshots.dir().parent().map(Path::to_path_buf) else {
+            return 0;
+        };
+        tokio::task::spawn_blocking(move || raftkv_storage::disk::allocated_bytes(&data_dir))
+            .await
+            .unwrap_or(0)
+    }
 }
 
 fn members_of(info: &MembersInfo) -> Vec<Member> {
@@ -92,11 +106,6 @@ impl AdminService {
 impl Cluster for AdminService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let members = self.members_info().await?;
-        let storage = self
-            .replica
-            .storage_stats()
-            .await
-            .map_err(|e| self.replica_error(e))?;
         let status = self.replica.status();
         let (leader_id, leader_address) = self.replica.leader_hint();
         let (keys, data_bytes) = {
@@ -116,7 +125,7 @@ impl Cluster for AdminService {
             joint: members.joint,
             keys,
             data_bytes,
-            disk_bytes: storage.disk_bytes,
+            disk_bytes: self.data_dir_bytes().await,
             cluster_id: status.cluster_id,
             address: self.address.clone(),
             problem: self
@@ -313,7 +322,8 @@ impl Debug for AdminService {
                 term: stats.snapshot_term,
             }),
             segments: stats.segments,
-            disk_bytes: stats.disk_bytes,
+            disk_bytes: self.data_dir_bytes().await,
+            log_bytes: stats.disk_bytes,
         }))
     }
 

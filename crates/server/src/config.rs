@@ -1,4 +1,4 @@
-//! Server configuration: defaults of CONTRACT §1, the TOML file of
+//! Server configuration: defaults of docs/REFERENCE.md §1, the TOML file of
 //! `--config` (same keys as the flags), and validation with clear messages.
 
 use std::collections::BTreeMap;

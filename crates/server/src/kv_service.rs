@@ -1,5 +1,5 @@
 //! The `KV` gRPC service: validates requests against the limits of
-//! CONTRACT §2, proposes writes through the replica, and serves reads at the
+//! docs/REFERENCE.md §2, proposes writes through the replica, and serves reads at the
 //! requested consistency.
 
 use std::pin::Pin;

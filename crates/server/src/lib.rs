@@ -48,12 +48,14 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens the data dir, bootstrapping a fresh one: the stored identity and
-/// membership win over flags on restart (CONTRACT §1).
+/// membership win over flags on restart (docs/REFERENCE.md §1).
 async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
     let options = StorageOptions {
         wal_segment_size_bytes: config.wal_segment_size_bytes,
         ..Default::default()
     };
+    let existed = config.data_dir.exists();
+    let shown = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let mut storage = FileStorage::open(&config.data_dir, options).map_err(|e| match e {
         // The message names the dir and the holder already.
         StorageError::Locked { .. } => anyhow::Error::new(e),
@@ -63,6 +65,11 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
         )),
     })?;
     if let Some(identity) = storage.identity() {
+        tracing::info!(
+            "opened data dir {} (node {}, applied data kept)",
+            shown.display(),
+            identity.node_id
+        );
         if let Some(id) = config.id {
             if id != identity.node_id {
                 bail!(
@@ -87,6 +94,13 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
         }
         return Ok(storage);
     }
+    // Loud: a server started from another working directory than before
+    // lands here with a relative --data-dir, and starts empty.
+    tracing::warn!(
+        "{} data dir {}: this node starts with no data",
+        if existed { "empty" } else { "created a new" },
+        shown.display()
+    );
     if !config.join.is_empty() {
         // Filled by `join::join_as_learner` and the leader's snapshot.
         return Ok(storage);
@@ -122,7 +136,7 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
 
 /// A static node starting on an empty data dir may be new, or may have been
 /// wiped: then it forgot its votes and log, and must not take its old place
-/// (CONTRACT §4). Best effort: if the leader of the running cluster says
+/// (docs/REFERENCE.md §4). Best effort: if the leader of the running cluster says
 /// this id already acknowledged entries, the start is refused. (A leader
 /// elected since the wipe knows no such thing; then nothing tells a wiped
 /// node from one never started.)

@@ -80,6 +80,24 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// Bytes the files under `dir` take on disk (allocated blocks, so a
+/// preallocated WAL segment counts in full), walking subdirectories;
+/// files that vanish meanwhile are skipped.
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Applies the test hook's fsync faults: sleeps for its injected delay, if any, then
 /// returns its injected failure, if any.
 pub(crate) fn apply_fsync_faults() -> Option<std::io::Error> {

@@ -10,12 +10,13 @@ use std::path::PathBuf;
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// An operating-system I/O call on `path` failed.
-    #[error("I/O error on {path}: {source}")]
+    /// An operating-system I/O call on `path` failed. The OS error is part of
+    /// the message and not a `source` too, so that a chain printed whole
+    /// (`{:#}`) does not repeat it.
+    #[error("I/O error on {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A record of a WAL segment or snapshot file failed a check (checksum, framing,
@@ -91,7 +92,7 @@ impl StorageError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StorageError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -111,9 +112,9 @@ impl StorageError {
     /// undone; the caller may retry once space is freed.
     pub fn is_no_space(&self) -> bool {
         match self {
-            StorageError::Io { source, .. } => {
-                source.kind() == std::io::ErrorKind::StorageFull
-                    || source.raw_os_error() == Some(ENOSPC)
+            StorageError::Io { cause, .. } => {
+                cause.kind() == std::io::ErrorKind::StorageFull
+                    || cause.raw_os_error() == Some(ENOSPC)
             }
             _ => false,
         }
