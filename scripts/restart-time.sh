@@ -30,7 +30,7 @@ serve() {
   for _ in $(seq 1 2000); do
     rc=0
     "$1" --endpoints "$ADDR" get bench/ready --timeout 1s >/dev/null 2>&1 || rc=$?
-    # 0: found, 1: not found (CONTRACT exit codes) — either way a get was served.
+    # 0: found, 1: not found (exit codes: docs/REFERENCE.md §1) — either way a get was served.
     [[ $rc -le 1 ]] && return 0
     sleep 0.005
   done

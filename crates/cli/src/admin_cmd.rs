@@ -7,9 +7,10 @@ use raftkv_client::proto::debug_client::DebugClient;
 use raftkv_client::Client;
 use serde_json::{json, Value};
 
-use crate::args::{ClusterCommand, DebugCommand, GlobalArgs, StatusArgs};
+use crate::args::{ClusterCommand, DebugCommand, StatusArgs};
 use crate::failure::Failure;
 use crate::output::print_json;
+use crate::ClientFlags;
 
 fn member_json(m: &pb::Member) -> Value {
     json!({
@@ -43,82 +44,105 @@ fn status_json(s: &pb::StatusResponse) -> Value {
     })
 }
 
-fn print_status_text(s: &pb::StatusResponse) {
+fn print_status_text(s: &pb::StatusResponse) -> Result<(), Failure> {
     let leader = if s.leader_id == 0 {
         "none known".to_string()
     } else {
         format!("{} ({})", s.leader_id, s.leader_address)
     };
-    println!("id:            {} ({})", s.id, s.address);
-    println!("role:          {}", s.role);
-    println!("term:          {}", s.term);
-    println!("leader:        {leader}");
-    println!("commit index:  {}", s.commit_index);
-    println!("applied index: {}", s.applied_index);
-    println!("keys:          {} ({} bytes)", s.keys, s.data_bytes);
-    println!("disk:          {} bytes", s.disk_bytes);
+    outln!("id:            {} ({})", s.id, s.address)?;
+    outln!("role:          {}", s.role)?;
+    outln!("term:          {}", s.term)?;
+    outln!("leader:        {leader}")?;
+    outln!("commit index:  {}", s.commit_index)?;
+    outln!("applied index: {}", s.applied_index)?;
+    outln!("keys:          {} ({} bytes)", s.keys, s.data_bytes)?;
+    outln!("disk:          {} bytes", s.disk_bytes)?;
     if s.cluster_id == 0 {
-        println!("cluster id:    (not chosen yet)");
+        outln!("cluster id:    (not chosen yet)")?;
     } else {
-        println!("cluster id:    {:016x}", s.cluster_id);
+        outln!("cluster id:    {:016x}", s.cluster_id)?;
     }
     if !s.problem.is_empty() {
-        println!("PROBLEM:       {}", s.problem);
+        outln!("PROBLEM:       {}", s.problem)?;
     }
-    println!(
+    outln!(
         "members:{}",
         if s.joint {
             " (joint configuration)"
         } else {
             ""
         }
-    );
-    print_members_text(&s.members);
+    )?;
+    print_members_text(&s.members, progress_known(s.id, &s.members))
 }
 
-fn print_members_text(members: &[pb::Member]) {
-    println!(
+/// Whether these members come from the leader, the only node that knows
+/// each member's match index and lag.
+fn progress_known(responder: u64, members: &[pb::Member]) -> bool {
+    members
+        .iter()
+        .any(|m| m.id == responder && m.role == "leader")
+}
+
+/// The members table; match index and lag show as `-` when the node that
+/// answered is not the leader (it does not know them).
+fn print_members_text(members: &[pb::Member], progress_known: bool) -> Result<(), Failure> {
+    outln!(
         "  {:>4}  {:<22} {:<10} {:>12} {:>8}  reachable",
-        "id", "address", "role", "match_index", "lag"
-    );
+        "id",
+        "address",
+        "role",
+        "match_index",
+        "lag"
+    )?;
     for m in members {
-        println!(
+        let (match_index, lag) = if progress_known {
+            (m.match_index.to_string(), m.lag.to_string())
+        } else {
+            ("-".to_string(), "-".to_string())
+        };
+        outln!(
             "  {:>4}  {:<22} {:<10} {:>12} {:>8}  {}",
             m.id,
             m.address,
             m.role,
-            m.match_index,
-            m.lag,
+            match_index,
+            lag,
             if m.reachable { "yes" } else { "no" }
-        );
+        )?;
     }
+    if !progress_known {
+        outln!("  (match_index and lag are known only to the leader, which did not answer)")?;
+    }
+    Ok(())
 }
 
-fn client_for(global: &GlobalArgs, endpoint: &str) -> Result<Client, Failure> {
-    crate::client_for(global, &[endpoint.to_string()])
+fn client_for(flags: &ClientFlags, endpoint: &str) -> Result<Client, Failure> {
+    flags.client_for(&[endpoint.to_string()])
 }
 
-pub async fn status(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure> {
+pub async fn status(flags: &ClientFlags, args: StatusArgs) -> Result<(), Failure> {
     let endpoints: Vec<String> = if args.cluster {
-        global.endpoints.clone()
+        flags.endpoints.clone()
     } else {
-        global.endpoints.iter().take(1).cloned().collect()
+        flags.endpoints.iter().take(1).cloned().collect()
     };
     let mut failed = None;
     for endpoint in &endpoints {
-        match client_for(global, endpoint)?.status().await {
-            Ok(status) if global.json => print_json(&status_json(&status))?,
+        match client_for(flags, endpoint)?.status().await {
+            Ok(status) if flags.json => print_json(&status_json(&status))?,
             Ok(status) => {
                 if args.cluster {
-                    println!("== {endpoint}");
+                    outln!("== {endpoint}")?;
                 }
-                print_status_text(&status);
+                print_status_text(&status)?;
             }
             Err(e) if args.cluster => {
-                if global.json {
+                if flags.json {
                     print_json(&json!({"address": endpoint, "error": e.to_string()}))?;
                 } else {
-                    println!("== {endpoint}\nerror: {e}");
+                    outln!("== {endpoint}\nerror: {e}")?;
                 }
                 failed = Some(Failure::Other(format!("{endpoint}: {e}")));
             }
@@ -128,22 +152,49 @@ pub async fn status(global: &GlobalArgs, args: StatusArgs) -> Result<(), Failure
     failed.map_or(Ok(()), Err)
 }
 
+fn responder(reply: &pb::MembersResponse) -> u64 {
+    reply.header.as_ref().map_or(0, |h| h.node_id)
+}
+
 fn print_members(reply: &pb::MembersResponse, json: bool) -> Result<(), Failure> {
+    let known = progress_known(responder(reply), &reply.members);
     if json {
         print_json(&json!({
             "members": reply.members.iter().map(member_json).collect::<Vec<_>>(),
             "joint": reply.joint,
+            "progress_known": known,
         }))?;
     } else {
         if reply.joint {
-            println!("(joint configuration: a membership change is in progress)");
+            outln!("(joint configuration: a membership change is in progress)")?;
         }
-        print_members_text(&reply.members);
+        print_members_text(&reply.members, known)?;
     }
     Ok(())
 }
 
-pub async fn cluster(client: &Client, command: ClusterCommand, json: bool) -> Result<(), Failure> {
+/// After a leadership transfer, the members as the new leader sees them once
+/// it has heard from every reachable member (a new leader knows no match
+/// index until then); gives up waiting after a few seconds.
+async fn members_after_transfer(client: &Client) -> Result<pb::MembersResponse, Failure> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let reply = client.leader_members().await?;
+        let settled = progress_known(responder(&reply), &reply.members)
+            && reply
+                .members
+                .iter()
+                .all(|m| !m.reachable || m.match_index > 0);
+        if settled || std::time::Instant::now() >= give_up {
+            return Ok(reply);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn cluster(flags: &ClientFlags, command: ClusterCommand) -> Result<(), Failure> {
+    let json = flags.json;
+    let client = &flags.client()?;
     let reply = match command {
         ClusterCommand::Members => client.leader_members().await?,
         ClusterCommand::Add {
@@ -188,7 +239,10 @@ pub async fn cluster(client: &Client, command: ClusterCommand, json: bool) -> Re
                 })
                 .await?
         }
-        ClusterCommand::TransferLeader { id } => client.transfer_leader(id).await?,
+        ClusterCommand::TransferLeader { id } => {
+            client.transfer_leader(id).await?;
+            members_after_transfer(client).await?
+        }
     };
     print_members(&reply, json)
 }
@@ -198,15 +252,15 @@ fn print_object(value: &Value, json: bool) -> Result<(), Failure> {
         print_json(value)?;
     } else if let Value::Object(map) = value {
         for (k, v) in map {
-            println!("{k}: {v}");
+            outln!("{k}: {v}")?;
         }
     }
     Ok(())
 }
 
-pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Failure> {
-    let first = global.endpoints.first().cloned().unwrap_or_default();
-    let client = client_for(global, &first)?;
+pub async fn debug(flags: &ClientFlags, command: DebugCommand) -> Result<(), Failure> {
+    let first = flags.endpoints.first().cloned().unwrap_or_default();
+    let client = client_for(flags, &first)?;
     match command {
         DebugCommand::Raft => {
             let s = client
@@ -232,7 +286,7 @@ pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Fai
                     "first_index": s.first_index, "last_index": s.last_index,
                     "voters": s.voters, "learners": s.learners, "voters_outgoing": s.voters_outgoing,
                     "progress": progress}),
-                global.json,
+                flags.json,
             )
         }
         DebugCommand::Storage => {
@@ -248,8 +302,8 @@ pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Fai
                 &json!({"first_index": s.first_index, "last_index": s.last_index,
                     "snapshot_index": s.snapshot_index, "snapshot_term": s.snapshot_term,
                     "snapshot_bytes": s.snapshot_bytes, "segments": s.segments,
-                    "disk_bytes": s.disk_bytes}),
-                global.json,
+                    "log_bytes": s.log_bytes, "disk_bytes": s.disk_bytes}),
+                flags.json,
             )
         }
         DebugCommand::Snapshot => {
@@ -263,7 +317,7 @@ pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Fai
                 .await?;
             print_object(
                 &json!({"snapshot_index": s.snapshot_index, "snapshot_bytes": s.snapshot_bytes}),
-                global.json,
+                flags.json,
             )
         }
         DebugCommand::Compact => {
@@ -277,10 +331,10 @@ pub async fn debug(global: &GlobalArgs, command: DebugCommand) -> Result<(), Fai
                 .await?;
             print_object(
                 &json!({"first_index": s.first_index, "segments_removed": s.segments_removed}),
-                global.json,
+                flags.json,
             )
         }
-        DebugCommand::Check => debug_check(global).await,
+        DebugCommand::Check => debug_check(flags).await,
     }
 }
 
@@ -307,10 +361,10 @@ impl CheckAnswer {
 
 /// The endpoints given and every member's address (as the first endpoint
 /// that answers knows them), each once.
-async fn check_targets(global: &GlobalArgs) -> Vec<String> {
-    let mut targets: Vec<String> = global.endpoints.clone();
-    for endpoint in &global.endpoints {
-        let Ok(client) = client_for(global, endpoint) else {
+async fn check_targets(flags: &ClientFlags) -> Vec<String> {
+    let mut targets: Vec<String> = flags.endpoints.clone();
+    for endpoint in &flags.endpoints {
+        let Ok(client) = client_for(flags, endpoint) else {
             continue;
         };
         if let Ok(members) = client.members().await {
@@ -325,10 +379,10 @@ async fn check_targets(global: &GlobalArgs) -> Vec<String> {
     targets
 }
 
-async fn check_round(global: &GlobalArgs, targets: &[String]) -> Vec<CheckAnswer> {
+async fn check_round(flags: &ClientFlags, targets: &[String]) -> Vec<CheckAnswer> {
     let mut answers = Vec::new();
     for address in targets {
-        let reply = match client_for(global, address) {
+        let reply = match client_for(flags, address) {
             Ok(client) => client
                 .call_first_endpoint(|ch| async move {
                     Ok(DebugClient::new(ch)
@@ -405,11 +459,11 @@ fn verdict(answers: &[CheckAnswer]) -> Result<String, String> {
 /// `debug check`: asks every member (and every endpoint given) for the hash of
 /// its state machine, until all stand at one applied index or `--timeout`
 /// passes, and says whether they agree. Exits non-zero unless they do.
-async fn debug_check(global: &GlobalArgs) -> Result<(), Failure> {
-    let targets = check_targets(global).await;
-    let give_up = std::time::Instant::now() + crate::client_options(global)?.timeout;
+async fn debug_check(flags: &ClientFlags) -> Result<(), Failure> {
+    let targets = check_targets(flags).await;
+    let give_up = std::time::Instant::now() + flags.timeout;
     let (answers, outcome) = loop {
-        let answers = check_round(global, &targets).await;
+        let answers = check_round(flags, &targets).await;
         let outcome = verdict(&answers);
         let settling = matches!(&outcome, Err(e) if e.starts_with("cannot compare"));
         if !settling || std::time::Instant::now() >= give_up {
@@ -420,22 +474,27 @@ async fn debug_check(global: &GlobalArgs) -> Result<(), Failure> {
     let text = match &outcome {
         Ok(t) | Err(t) => t.clone(),
     };
-    if global.json {
+    if flags.json {
         print_json(&json!({
             "consistent": outcome.is_ok(),
             "verdict": text,
             "nodes": answers.iter().map(CheckAnswer::json).collect::<Vec<_>>(),
         }))?;
     } else {
-        println!(
+        outln!(
             "  {:<22} {:>4} {:<16} {:>13} {:<16} {:>8}",
-            "address", "id", "cluster", "applied_index", "hash", "keys"
-        );
+            "address",
+            "id",
+            "cluster",
+            "applied_index",
+            "hash",
+            "keys"
+        )?;
         for answer in &answers {
             match &answer.reply {
                 Ok(c) => {
                     let header = c.header.unwrap_or_default();
-                    println!(
+                    outln!(
                         "  {:<22} {:>4} {:016x} {:>13} {:016x} {:>8}",
                         answer.address,
                         header.node_id,
@@ -443,12 +502,12 @@ async fn debug_check(global: &GlobalArgs) -> Result<(), Failure> {
                         c.applied_index,
                         c.hash,
                         c.keys
-                    );
+                    )?;
                 }
-                Err(e) => println!("  {:<22} unreachable: {e}", answer.address),
+                Err(e) => outln!("  {:<22} unreachable: {e}", answer.address)?,
             }
         }
-        println!("verdict: {text}");
+        outln!("verdict: {text}")?;
     }
     outcome.map(|_| ()).map_err(Failure::Other)
 }

@@ -1,4 +1,4 @@
-//! Command-line interface of `raftkv` (CONTRACT §1), declared with clap.
+//! Command-line interface of `raftkv` (docs/REFERENCE.md §1), declared with clap.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -13,30 +13,51 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "RaftKV: a strongly consistent, Raft-replicated key-value store.\n\n\
         Start a single-node store with `raftkv server`, then `raftkv put KEY VALUE` and \
         `raftkv get KEY`. `raftkv playground` starts a local 3-node cluster.\n\n\
+        The client options (--endpoints, --timeout, --json) go before or after the \
+        command.\n\n\
         Exit codes: 0 success, 1 key not found (get), 2 usage error, 3 any other error."
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub client: TopClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct GlobalArgs {
-    /// Cluster endpoints (any members), comma-separated HOST:PORT.
+/// The client options given before the command (`raftkv --endpoints A get K`).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Client options")]
+pub struct TopClientArgs {
+    /// Cluster endpoints (any members), comma-separated HOST:PORT
+    /// [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub endpoints: Option<Vec<String>>,
+    /// Deadline of a client command, retries included (e.g. 500ms, 5s, 2m) [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Machine-readable output: one compact JSON object per line (errors too, on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The client options given after the command (`raftkv get K --endpoints A`);
+/// they win over the same options given before it.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Client options")]
+pub struct ClientArgs {
+    /// Cluster endpoints (any members), comma-separated HOST:PORT
+    /// [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
     #[arg(
         long,
         global = true,
-        env = "RAFTKV_ENDPOINTS",
-        default_value = "127.0.0.1:7379",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "HOST:PORT,..."
     )]
-    pub endpoints: Vec<String>,
-    /// Overall deadline of a client command, retries included (e.g. 500ms, 5s, 2m).
-    #[arg(long, global = true, default_value = "5s")]
-    pub timeout: String,
-    /// Machine-readable output: one compact JSON object per line.
+    pub endpoints: Option<Vec<String>>,
+    /// Deadline of the command, retries included (e.g. 500ms, 5s, 2m) [default: 5s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Machine-readable output: one compact JSON object per line (errors too, on stderr).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -56,15 +77,31 @@ pub enum Command {
     /// Show a node's view: role, term, leader, indexes, members.
     Status(StatusArgs),
     /// Membership: list, add, promote, remove, change, transfer leadership.
-    #[command(subcommand)]
-    Cluster(ClusterCommand),
+    Cluster(ClusterArgs),
     /// Debug views: raft state, storage, snapshots, replica hashes.
-    #[command(subcommand)]
-    Debug(DebugCommand),
+    Debug(DebugArgs),
     /// Measure latency and throughput against a running cluster.
     Bench(BenchArgs),
     /// Start a local cluster of several nodes in the foreground (Ctrl-C stops it).
     Playground(PlaygroundArgs),
+}
+
+impl Command {
+    /// The client options given after the command (none for `server` and
+    /// `playground`, which are not clients).
+    pub fn client_args(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Server(_) | Command::Playground(_) => None,
+            Command::Put(a) => Some(&a.client),
+            Command::Get(a) => Some(&a.client),
+            Command::Delete(a) => Some(&a.client),
+            Command::Scan(a) => Some(&a.client),
+            Command::Status(a) => Some(&a.client),
+            Command::Cluster(a) => Some(&a.client),
+            Command::Debug(a) => Some(&a.client),
+            Command::Bench(a) => Some(&a.client),
+        }
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -72,7 +109,8 @@ pub struct ServerArgs {
     /// Node id (fresh data dir only; default 1). Must match a stored id.
     #[arg(long)]
     pub id: Option<u64>,
-    /// Data directory (default ./raftkv-data).
+    /// Data directory (default ./raftkv-data, relative to the working directory;
+    /// the server logs the absolute path and whether it created or opened it).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on for clients and peers (default 127.0.0.1:7379).
@@ -85,7 +123,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub peers: Option<String>,
     /// Join an existing cluster through any member's address (comma-separated): start empty,
-    /// be added as a learner, get a snapshot, be promoted once caught up.
+    /// be added as a learner, get a snapshot, be promoted once caught up. The node asks
+    /// for this itself; `raftkv cluster add` is only needed to choose its id from outside.
     #[arg(long, value_delimiter = ',')]
     pub join: Option<Vec<String>>,
     /// With --join: stay a learner instead of being promoted.
@@ -120,6 +159,7 @@ pub struct ServerArgs {
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
+    /// The key: 1 byte to 4 KiB, any bytes a command line can carry.
     pub key: OsString,
     /// The value (omit when using --file).
     #[arg(required_unless_present = "file", conflicts_with = "file")]
@@ -127,31 +167,48 @@ pub struct PutArgs {
     /// Read the value from a file ("-" = standard input), byte for byte.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConsistencyArg {
+    /// Through the leader, after a quorum confirms it still leads (ReadIndex):
+    /// sees every write acknowledged before the read began.
     #[default]
     Linearizable,
+    /// From the leader's lease, without a quorum round; falls back to
+    /// linearizable whenever the leader is unsure of its lease.
     Lease,
+    /// The first endpoint's own state, whatever its lag: fast, may be stale.
     Stale,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// The key to read.
     pub key: OsString,
+    /// How fresh the answer must be.
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
     /// Write the exact value bytes to this file instead of printing it.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
+    /// The key to delete.
     pub key: OsString,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
+/// Plain output is `KEY<TAB>VALUE` per line, raw bytes: a key or value holding
+/// a tab or a newline makes it ambiguous. `--escape` escapes them, `--json`
+/// gives one JSON object per pair.
 #[derive(Args, Debug)]
 pub struct ScanArgs {
     /// Key prefix ("" for every key).
@@ -169,8 +226,16 @@ pub struct ScanArgs {
     /// Print keys only.
     #[arg(long)]
     pub keys_only: bool,
+    /// Print keys and values escaped: backslash, tab, newline, carriage
+    /// return and other control or non-UTF-8 bytes as \\, \t, \n, \r, \xNN,
+    /// so every pair is exactly one line with one tab.
+    #[arg(long, conflicts_with = "json")]
+    pub escape: bool,
+    /// How fresh the answer must be.
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args, Debug)]
@@ -178,36 +243,67 @@ pub struct StatusArgs {
     /// Show every endpoint given, not just the first.
     #[arg(long)]
     pub cluster: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct DebugArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: DebugCommand,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// List members: id, address, role, match index, lag, reachability.
+    /// List members as the leader sees them: id, address, role, match index,
+    /// lag, reachability (and whether a joint configuration is in place).
     Members,
-    /// Add a node (started with --join) as a learner, then promote it.
+    /// Add a node from outside: as a learner, promoted once it has caught up.
+    ///
+    /// The node must be running with an empty data dir and `--join` (which
+    /// asks the cluster to add it by itself, so `cluster add` is needed only
+    /// to choose its id or to add it as a learner from outside). A node that
+    /// does not answer is not added; see `server --help` for --join.
     Add {
+        /// The new node's id (unused by any member, past or present).
         id: u64,
+        /// Where the members reach it: its --advertise (or --listen), HOST:PORT.
         address: String,
         /// Keep it a learner.
         #[arg(long)]
         learner: bool,
     },
-    /// Promote a learner to voter.
-    Promote { id: u64 },
-    /// Remove a node.
+    /// Promote a learner to voter once it has caught up (within --timeout).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a node (the leader too: leadership moves first).
     Remove {
+        /// The member's id.
         id: u64,
         /// Remove even if that leaves no quorum of live voters.
         #[arg(long)]
         force: bool,
     },
-    /// Several changes in one joint-consensus step.
+    /// Several changes in one joint-consensus step: nodes to add are added as
+    /// learners and caught up first, then all promotions and removals happen at once.
     Change {
-        /// ID=ADDR to add (repeatable).
-        #[arg(long = "add")]
+        /// ID=HOST:PORT of a node to add or of a learner to promote (repeatable).
+        #[arg(long = "add", value_name = "ID=HOST:PORT")]
         add: Vec<String>,
-        /// ID to remove (repeatable).
-        #[arg(long = "remove")]
+        /// ID of a member to remove (repeatable).
+        #[arg(long = "remove", value_name = "ID")]
         remove: Vec<u64>,
         /// Remove even if that leaves no quorum of live voters.
         #[arg(long)]
@@ -221,7 +317,10 @@ pub enum ClusterCommand {
         leave_joint: bool,
     },
     /// Move leadership to another voter.
-    TransferLeader { id: u64 },
+    TransferLeader {
+        /// The voter to lead.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +396,15 @@ pub struct BenchArgs {
     /// BatchGet; throughput is also reported in keys/s.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10000))]
     pub batch: u64,
+    /// Prefix of the keys it writes and reads [default: bench/ followed by a
+    /// run id, printed at the start].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Delete the keys it wrote when it is done.
+    #[arg(long)]
+    pub cleanup: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Args, Debug)]
@@ -307,7 +415,7 @@ pub struct PlaygroundArgs {
     /// Directory for the nodes' data and logs.
     #[arg(long, default_value = "raftkv-playground")]
     pub data_dir: PathBuf,
-    /// Port of node 1; node i listens on BASE+i-1.
-    #[arg(long, default_value_t = 7379)]
-    pub base_port: u16,
+    /// Port of node 1; node i listens on PORT+i-1 of 127.0.0.1.
+    #[arg(long, alias = "base-port", default_value_t = 7379)]
+    pub port: u16,
 }

@@ -1,4 +1,4 @@
-//! `raftkv bench` (CONTRACT §7): the `raftkv-loadgen` engine driving a
+//! `raftkv bench` (docs/REFERENCE.md §7): the `raftkv-loadgen` engine driving a
 //! RaftKV cluster through the client library. Ops put, get, mixed
 //! (`--read-pct`), delete, scan; `--batch N` keys per operation (Batch /
 //! BatchGet); closed loop, or open loop with `--rate`; `--warmup`; a
@@ -10,10 +10,11 @@ use raftkv_client::{Client, ClientOptions, Consistency, ScanOptions};
 use raftkv_loadgen::{Kind, Report, Settings, Target, Workload};
 use serde_json::json;
 
-use crate::args::{BenchArgs, BenchOp, GlobalArgs};
+use crate::args::{BenchArgs, BenchOp};
 use crate::failure::Failure;
 use crate::kv_cmd::consistency;
 use crate::output::print_json;
+use crate::ClientFlags;
 
 /// Keys a scan asks for.
 const SCAN_LIMIT: u32 = 10;
@@ -22,20 +23,13 @@ struct RaftKv {
     endpoints: Vec<String>,
     options: ClientOptions,
     consistency: Consistency,
+    prefix: Bytes,
 }
 
 struct Conn {
     client: Client,
     consistency: Consistency,
-}
-
-fn kind_of(e: &raftkv_client::Error) -> String {
-    let text = e.to_string();
-    text.split([':', ';'])
-        .next()
-        .unwrap_or("error")
-        .trim()
-        .to_string()
+    prefix: Bytes,
 }
 
 impl Target for RaftKv {
@@ -46,6 +40,7 @@ impl Target for RaftKv {
             client: Client::with_options(&self.endpoints, self.options.clone())
                 .map_err(|e| e.to_string())?,
             consistency: self.consistency,
+            prefix: self.prefix.clone(),
         })
     }
 
@@ -79,11 +74,23 @@ impl Target for RaftKv {
                     consistency: conn.consistency,
                     ..Default::default()
                 };
-                client.scan("bench/", options).await.map(|_| ())
+                client.scan(conn.prefix.clone(), options).await.map(|_| ())
             }
         };
-        result.map_err(|e| kind_of(&e))
+        result.map_err(|e| e.kind().to_string())
     }
+}
+
+/// `bench/` and a run id of 6 hex digits from the clock, so that runs do not
+/// read or overwrite each other's keys.
+fn run_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "bench/{:06x}/",
+        (nanos as u64 ^ u64::from(std::process::id())) & 0xff_ffff
+    )
 }
 
 fn settings(args: &BenchArgs) -> Result<Settings, Failure> {
@@ -106,7 +113,12 @@ fn settings(args: &BenchArgs) -> Result<Settings, Failure> {
             "--batch applies to put, get and mixed".into(),
         ));
     }
+    let prefix = args.prefix.clone().unwrap_or_else(run_prefix);
+    if prefix.is_empty() {
+        return Err(Failure::Usage("--prefix must not be empty".into()));
+    }
     Ok(Settings {
+        prefix,
         clients: args.clients,
         connections: args.connections,
         workload: match args.op {
@@ -131,15 +143,27 @@ fn settings(args: &BenchArgs) -> Result<Settings, Failure> {
     })
 }
 
-pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<(), Failure> {
+pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
     let settings = settings(&args)?;
     let target = RaftKv {
-        endpoints: global.endpoints.clone(),
-        options: crate::client_options(global)?,
+        endpoints: flags.endpoints.clone(),
+        options: flags.options(),
         consistency: consistency(args.consistency),
+        prefix: Bytes::from(settings.prefix.clone()),
     };
     // Validates the endpoints before any load starts.
     target.connect(0).map_err(Failure::Usage)?;
+    eprintln!(
+        "keys: {}{} ({} of them){}",
+        settings.prefix,
+        "N".repeat(10),
+        settings.keys,
+        if args.cleanup {
+            ", deleted at the end (--cleanup)"
+        } else {
+            "; they stay in the store (delete them with --cleanup)"
+        }
+    );
     if args.op != BenchOp::Put {
         eprintln!(
             "loading {} keys of {} bytes...",
@@ -151,8 +175,37 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<(), Failure> {
     }
     let report = raftkv_loadgen::run(&target, &settings)
         .await
-        .map_err(Failure::Other)?;
-    print_report(&report, &args, &settings, global.json)
+        .map_err(Failure::Other);
+    if args.cleanup {
+        cleanup(flags, &settings).await?;
+    }
+    print_report(&report?, &args, &settings, flags.json)
+}
+
+/// Deletes every key the run could have written, a thousand per atomic batch.
+async fn cleanup(flags: &ClientFlags, settings: &Settings) -> Result<(), Failure> {
+    let client = flags.client()?;
+    let keys: Vec<u64> = (0..settings.keys).collect();
+    for chunk in keys.chunks(1000) {
+        let ops = chunk
+            .iter()
+            .map(|&i| pb::BatchOp {
+                op: Some(pb::batch_op::Op::Delete(pb::DeleteRequest {
+                    key: raftkv_loadgen::key_of(&settings.prefix, i, settings.key_size),
+                    session: None,
+                })),
+            })
+            .collect();
+        client
+            .batch(ops)
+            .await
+            .map_err(|e| Failure::Other(format!("--cleanup: {e}")))?;
+    }
+    eprintln!(
+        "deleted the {} keys under {}",
+        settings.keys, settings.prefix
+    );
+    Ok(())
 }
 
 fn print_report(
@@ -200,13 +253,12 @@ fn print_report(
     } else {
         String::new()
     };
-    println!(
+    outln!(
         "{op}: {ops} ops in {elapsed_s:.2}s = {ops_per_sec:.0} ops/s{batch}, {errors} errors \
          ({} clients on {} connections, {mode}, {}-byte values)",
         settings.clients,
         settings.connection_count(),
         settings.value_size
-    );
-    print!("{}", report.table());
-    Ok(())
+    )?;
+    outln!("{}", report.table().trim_end())
 }

@@ -1,5 +1,6 @@
-//! How a command fails: the exit code of CONTRACT §1 and the one-line
-//! message printed after `error: `.
+//! How a command fails: the exit code (docs/REFERENCE.md §1), the kind and
+//! the one-line message printed after `error: ` (or as one JSON object on
+//! stderr under `--json`).
 
 use raftkv_client::Error;
 
@@ -9,8 +10,13 @@ pub enum Failure {
     NotFound,
     /// Exit 2: bad flags or arguments.
     Usage(String),
-    /// Exit 3: anything else; the message names the kind.
+    /// Exit 3: the client library's error, with its kind.
+    Client(Error),
+    /// Exit 3: anything else (a local file, a failed check).
     Other(String),
+    /// Whoever read standard output stopped reading (`raftkv scan "" | head`):
+    /// stop quietly, like standard tools, with exit 0.
+    StdoutClosed,
 }
 
 impl Failure {
@@ -18,8 +24,40 @@ impl Failure {
         match self {
             Failure::NotFound => 1,
             Failure::Usage(_) => 2,
-            Failure::Other(_) => 3,
+            Failure::Client(_) | Failure::Other(_) => 3,
+            Failure::StdoutClosed => 0,
         }
+    }
+
+    /// A short machine-readable name of what went wrong.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::NotFound => "key_not_found",
+            Failure::Usage(_) => "usage",
+            Failure::Client(e) => e.kind(),
+            Failure::Other(_) => "failed",
+            Failure::StdoutClosed => "stdout_closed",
+        }
+    }
+
+    /// Prints the failure to stderr: `error: MESSAGE`, or with `json` one
+    /// object `{"kind", "message", "exit_code"}`. Nothing for a closed stdout.
+    pub fn report(&self, json: bool) {
+        use std::io::Write as _;
+        if matches!(self, Failure::StdoutClosed) {
+            return;
+        }
+        let mut stderr = std::io::stderr().lock();
+        let _ = if json {
+            let object = serde_json::json!({
+                "kind": self.kind(),
+                "message": self.to_string(),
+                "exit_code": self.exit_code(),
+            });
+            writeln!(stderr, "{object}")
+        } else {
+            writeln!(stderr, "error: {self}")
+        };
     }
 }
 
@@ -28,6 +66,8 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::NotFound => f.write_str("key not found"),
             Failure::Usage(m) | Failure::Other(m) => f.write_str(m),
+            Failure::Client(e) => write!(f, "{e}"),
+            Failure::StdoutClosed => f.write_str("standard output closed"),
         }
     }
 }
@@ -36,7 +76,7 @@ impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         match error {
             Error::KeyNotFound => Failure::NotFound,
-            other => Failure::Other(other.to_string()),
+            other => Failure::Client(other),
         }
     }
 }

@@ -7,11 +7,13 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 
 use bytes::Bytes;
-use raftkv_client::{Client, Consistency, ScanOptions};
+use raftkv_client::{Consistency, ScanOptions};
+use serde_json::{Map, Value};
 
 use crate::args::{ConsistencyArg, DeleteArgs, GetArgs, PutArgs, ScanArgs};
 use crate::failure::Failure;
-use crate::output::{pair_json, print_json, write_stdout};
+use crate::output::{escaped, pair_json, print_json, put_bytes, write_stdout};
+use crate::ClientFlags;
 
 pub fn bytes_of(arg: &OsString) -> Bytes {
     Bytes::copy_from_slice(arg.as_bytes())
@@ -39,21 +41,41 @@ fn read_value_file(path: &std::path::Path) -> Result<Bytes, Failure> {
     Ok(Bytes::from(value))
 }
 
-pub async fn put(client: &Client, args: PutArgs) -> Result<(), Failure> {
+/// `{"ok": true, "op": OP, "key": KEY, ...}`: what a write printed under
+/// `--json` (plain output prints nothing, as etcdctl's `put` prints only OK).
+fn write_done(op: &str, key: &[u8], value_bytes: Option<usize>) -> Value {
+    let mut object = Map::new();
+    object.insert("ok".into(), Value::Bool(true));
+    object.insert("op".into(), Value::String(op.into()));
+    put_bytes(&mut object, "key", key);
+    if let Some(n) = value_bytes {
+        object.insert("value_bytes".into(), Value::from(n));
+    }
+    Value::Object(object)
+}
+
+pub async fn put(flags: &ClientFlags, args: PutArgs) -> Result<(), Failure> {
     let value = match (&args.file, &args.value) {
         (Some(path), _) => read_value_file(path)?,
         (None, Some(value)) => bytes_of(value),
         (None, None) => return Err(Failure::Usage("put needs a VALUE or --file PATH".into())),
     };
-    client.put(bytes_of(&args.key), value).await?;
+    let key = bytes_of(&args.key);
+    let value_bytes = value.len();
+    flags.client()?.put(key.clone(), value).await?;
+    if flags.json {
+        print_json(&write_done("put", &key, Some(value_bytes)))?;
+    }
     Ok(())
 }
 
-pub async fn get(client: &Client, args: GetArgs, json: bool) -> Result<(), Failure> {
+pub async fn get(flags: &ClientFlags, args: GetArgs) -> Result<(), Failure> {
     let key = bytes_of(&args.key);
-    let value = client
+    let value = flags
+        .client()?
         .get_with(key.clone(), consistency(args.consistency))
         .await?;
+    let json = flags.json;
     if let Some(path) = &args.out {
         std::fs::write(path, &value)
             .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))?;
@@ -65,13 +87,24 @@ pub async fn get(client: &Client, args: GetArgs, json: bool) -> Result<(), Failu
     Ok(())
 }
 
-pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), Failure> {
-    client.delete(bytes_of(&args.key)).await?;
+pub async fn delete(flags: &ClientFlags, args: DeleteArgs) -> Result<(), Failure> {
+    let key = bytes_of(&args.key);
+    flags.client()?.delete(key.clone()).await?;
+    if flags.json {
+        print_json(&write_done("delete", &key, None))?;
+    }
     Ok(())
 }
 
-pub async fn scan(client: &Client, args: ScanArgs, json: bool) -> Result<(), Failure> {
-    let page = client
+pub async fn scan(flags: &ClientFlags, args: ScanArgs) -> Result<(), Failure> {
+    let json = flags.json;
+    if json && args.escape {
+        return Err(Failure::Usage(
+            "--escape and --json do not go together".into(),
+        ));
+    }
+    let page = flags
+        .client()?
         .scan(
             bytes_of(&args.prefix),
             ScanOptions {
@@ -86,6 +119,11 @@ pub async fn scan(client: &Client, args: ScanArgs, json: bool) -> Result<(), Fai
     for (key, value) in &page.pairs {
         if json {
             print_json(&pair_json(key, (!args.keys_only).then_some(value)))?;
+        } else if args.escape && args.keys_only {
+            write_stdout(&[escaped(key).as_bytes(), b"\n"])?;
+        } else if args.escape {
+            let line = format!("{}\t{}\n", escaped(key), escaped(value));
+            write_stdout(&[line.as_bytes()])?;
         } else if args.keys_only {
             write_stdout(&[key, b"\n"])?;
         } else {

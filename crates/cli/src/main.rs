@@ -1,6 +1,15 @@
-//! `raftkv`: the one binary (CONTRACT §1). Parses the command line, runs the
+//! `raftkv`: the one binary (docs/REFERENCE.md §1). Parses the command line, runs the
 //! command, and turns its outcome into an exit code and a one-line error:
 //! 0 success, 1 key not found, 2 usage error, 3 any other error.
+
+/// `println!` that returns a [`failure::Failure`] instead of panicking when
+/// standard output is closed (`raftkv status | head -1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::output::stdout_failed)
+    }};
+}
 
 mod admin_cmd;
 mod args;
@@ -10,47 +19,116 @@ mod kv_cmd;
 mod output;
 mod server_cmd;
 
+use std::time::Duration;
+
 use clap::Parser as _;
 use raftkv_client::{Client, ClientOptions};
 use std::process::ExitCode;
 
-use crate::args::{Cli, Command, GlobalArgs};
+use crate::args::{Cli, ClientArgs, Command, TopClientArgs};
 use crate::failure::Failure;
 
-/// Client options from the global flags (`--timeout`).
-pub fn client_options(global: &GlobalArgs) -> Result<ClientOptions, Failure> {
-    let timeout = raftkv_server::units::parse_duration(&global.timeout)
-        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
-    Ok(ClientOptions {
-        timeout,
-        ..Default::default()
-    })
+/// Where a client command goes when no endpoint is given.
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:7379";
+/// A client command's deadline when no `--timeout` is given.
+const DEFAULT_TIMEOUT: &str = "5s";
+
+/// The client options of one command, resolved: given after the command,
+/// else before it, else `RAFTKV_ENDPOINTS`, else the defaults.
+pub struct ClientFlags {
+    pub endpoints: Vec<String>,
+    pub timeout: Duration,
+    pub json: bool,
 }
 
-/// A client for `endpoints` with the global flags' options.
-pub fn client_for(global: &GlobalArgs, endpoints: &[String]) -> Result<Client, Failure> {
-    Ok(Client::with_options(endpoints, client_options(global)?)?)
-}
-
-fn client(global: &GlobalArgs) -> Result<Client, Failure> {
-    client_for(global, &global.endpoints)
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let global = cli.global;
-    match cli.command {
-        Command::Server(args) => server_cmd::server(*args).await,
-        Command::Playground(args) => server_cmd::playground(args).await,
-        Command::Put(args) => kv_cmd::put(&client(&global)?, args).await,
-        Command::Get(args) => kv_cmd::get(&client(&global)?, args, global.json).await,
-        Command::Delete(args) => kv_cmd::delete(&client(&global)?, args).await,
-        Command::Scan(args) => kv_cmd::scan(&client(&global)?, args, global.json).await,
-        Command::Status(args) => admin_cmd::status(&global, args).await,
-        Command::Cluster(command) => {
-            admin_cmd::cluster(&client(&global)?, command, global.json).await
+impl ClientFlags {
+    fn resolve(top: &TopClientArgs, sub: &ClientArgs) -> Result<ClientFlags, Failure> {
+        let given = sub.endpoints.clone().or_else(|| top.endpoints.clone());
+        let endpoints = match given {
+            Some(list) => list,
+            None => match std::env::var("RAFTKV_ENDPOINTS") {
+                Ok(list) if !list.trim().is_empty() => {
+                    list.split(',').map(|e| e.trim().to_string()).collect()
+                }
+                _ => vec![DEFAULT_ENDPOINT.to_string()],
+            },
+        };
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                raftkv_client::parse_endpoint(e).map_err(|error| match error {
+                    raftkv_client::Error::InvalidArgument(m) => Failure::Usage(m),
+                    other => Failure::Usage(other.to_string()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(Failure::Usage("--endpoints: no endpoint given".into()));
         }
-        Command::Debug(command) => admin_cmd::debug(&global, command).await,
-        Command::Bench(args) => bench::run(&global, args).await,
+        let timeout = sub
+            .timeout
+            .as_deref()
+            .or(top.timeout.as_deref())
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = raftkv_server::units::parse_duration(timeout)
+            .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
+        if timeout.is_zero() {
+            return Err(Failure::Usage("--timeout must be more than 0".into()));
+        }
+        Ok(ClientFlags {
+            endpoints,
+            timeout,
+            json: sub.json || top.json,
+        })
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            timeout: self.timeout,
+            ..Default::default()
+        }
+    }
+
+    /// A client for every endpoint given.
+    pub fn client(&self) -> Result<Client, Failure> {
+        self.client_for(&self.endpoints)
+    }
+
+    /// A client for `endpoints` with these options.
+    pub fn client_for(&self, endpoints: &[String]) -> Result<Client, Failure> {
+        Ok(Client::with_options(endpoints, self.options())?)
+    }
+}
+
+async fn run(
+    top: TopClientArgs,
+    command: Command,
+    flags: Option<ClientFlags>,
+) -> Result<(), Failure> {
+    let Some(flags) = flags else {
+        if top.endpoints.is_some() || top.timeout.is_some() || top.json {
+            return Err(Failure::Usage(
+                "--endpoints, --timeout and --json are client options; `server` and \
+                 `playground` do not take them"
+                    .into(),
+            ));
+        }
+        return match command {
+            Command::Server(args) => server_cmd::server(*args).await,
+            Command::Playground(args) => server_cmd::playground(args).await,
+            _ => unreachable!("every client command has client options"),
+        };
+    };
+    match command {
+        Command::Server(_) | Command::Playground(_) => unreachable!("not client commands"),
+        Command::Put(args) => kv_cmd::put(&flags, args).await,
+        Command::Get(args) => kv_cmd::get(&flags, args).await,
+        Command::Delete(args) => kv_cmd::delete(&flags, args).await,
+        Command::Scan(args) => kv_cmd::scan(&flags, args).await,
+        Command::Status(args) => admin_cmd::status(&flags, args).await,
+        Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
+        Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,
+        Command::Bench(args) => bench::run(&flags, args).await,
     }
 }
 
@@ -70,23 +148,72 @@ fn limit_malloc_arenas() {
 #[cfg(not(target_env = "gnu"))]
 fn limit_malloc_arenas() {}
 
+/// Parses the command line. A usage error under `--json` is one JSON object
+/// on stderr like every other error; help and version print as usual.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let wants_json = std::env::args_os().any(|a| a == "--json");
+            let shown = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if !wants_json || shown {
+                e.exit();
+            }
+            let text = e.render().to_string();
+            // The error's own lines, without clap's usage and help hints.
+            let message = text
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.trim_start_matches("error: ");
+            Failure::Usage(message.to_string()).report(true);
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let flags = cli
+        .command
+        .client_args()
+        .map(|sub| ClientFlags::resolve(&cli.client, sub))
+        .transpose();
+    let json = cli.client.json || cli.command.client_args().is_some_and(|c| c.json);
+    let flags = match flags {
+        Ok(flags) => flags,
+        Err(failure) => {
+            failure.report(json);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
+            let failure = Failure::Other(format!("cannot start the async runtime: {e}"));
+            failure.report(json);
+            return ExitCode::from(failure.exit_code());
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.client, cli.command, flags)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            failure.report(json);
             ExitCode::from(failure.exit_code())
         }
     }

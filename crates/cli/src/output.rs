@@ -1,5 +1,7 @@
-//! Output helpers: raw bytes to stdout, and JSON encoding of keys and values
-//! that may not be UTF-8 (base64 under a `_base64` field name).
+//! Output helpers: raw bytes to stdout, JSON encoding of keys and values
+//! that may not be UTF-8 (base64 under a `_base64` field name), and the
+//! escaped form of `scan --escape`. A closed standard output (`| head`) is
+//! a quiet stop ([`Failure::StdoutClosed`]), never a panic.
 
 use std::io::Write;
 
@@ -7,6 +9,18 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use base64::Engine as _;
+
+use crate::failure::Failure;
+
+/// What a failed write to standard output means: a reader that went away
+/// (`raftkv scan "" | head -1`) is a quiet stop, anything else an error.
+pub fn stdout_failed(error: std::io::Error) -> Failure {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::StdoutClosed
+    } else {
+        Failure::Other(format!("cannot write to standard output: {error}"))
+    }
+}
 
 /// Adds `name` (UTF-8 text) or `name_base64` (anything else) to `object`.
 pub fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
@@ -22,20 +36,48 @@ pub fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
 }
 
 /// Prints one compact JSON object on its own line.
-pub fn print_json(value: &Value) -> std::io::Result<()> {
+pub fn print_json(value: &Value) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
-    out.write_all(b"\n")?;
-    out.flush()
+    serde_json::to_writer(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(stdout_failed)
 }
 
 /// Writes raw bytes to stdout.
-pub fn write_stdout(parts: &[&[u8]]) -> std::io::Result<()> {
+pub fn write_stdout(parts: &[&[u8]]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    for part in parts {
-        out.write_all(part)?;
+    parts
+        .iter()
+        .try_for_each(|part| out.write_all(part))
+        .and_then(|()| out.flush())
+        .map_err(stdout_failed)
+}
+
+/// `bytes` on one line without ambiguity: backslash, tab, newline and
+/// carriage return as `\\`, `\t`, `\n`, `\r`; other control bytes and bytes
+/// that are not UTF-8 as `\xNN`; other text as it is.
+pub fn escaped(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() && (c as u32) < 0x100 => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
     }
-    out.flush()
+    out
 }
 
 /// `{"key": ..., "value": ...}` for a pair.
@@ -61,5 +103,13 @@ mod tests {
         assert_eq!(v["key"], "键");
         assert_eq!(v["value_base64"], "/wA=");
         assert!(v.get("value").is_none());
+    }
+
+    #[test]
+    fn escaped_pairs_are_one_line_and_reversible_by_eye() {
+        assert_eq!(escaped(b"plain text"), "plain text");
+        assert_eq!(escaped(b"a\tb\nc\rd\\e"), "a\\tb\\nc\\rd\\\\e");
+        assert_eq!(escaped(b"\x00\x1b\xff"), "\\x00\\x1b\\xff");
+        assert_eq!(escaped("键".as_bytes()), "键");
     }
 }

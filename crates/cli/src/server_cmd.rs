@@ -83,19 +83,26 @@ fn init_logging() {
         .try_init();
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when
+/// this is called, not when the future is first polled, so a signal that
+/// comes right after what the caller prints next is not lost (and does not
+/// kill the process with the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
 
@@ -133,11 +140,111 @@ fn spawn_node(
         .map_err(|e| Failure::Other(format!("cannot start node {id}: {e}")))
 }
 
+/// How long the playground waits for its nodes to elect a leader.
+const PLAYGROUND_START: Duration = Duration::from_secs(20);
+
+/// The last lines of a node's log, to say why it stopped.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    tail.iter().map(|l| format!("\n    {l}")).collect()
+}
+
+/// SIGTERM to every node (they shut down cleanly), then waits for them.
+fn stop_all(children: &mut Vec<(u64, Child)>) {
+    for (_, child) in children.iter_mut() {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    for (_, child) in children.iter_mut() {
+        let _ = child.wait();
+    }
+    children.clear();
+}
+
+/// The first node that has exited, with its status.
+fn exited_node(children: &mut [(u64, Child)]) -> Option<(u64, std::process::ExitStatus)> {
+    children
+        .iter_mut()
+        .find_map(|(id, child)| match child.try_wait() {
+            Ok(Some(status)) => Some((*id, status)),
+            _ => None,
+        })
+}
+
+/// Waits until a node reports a leader, or a node exits, or time is up.
+async fn wait_for_leader(
+    children: &mut [(u64, Child)],
+    addresses: &[String],
+    dir: &Path,
+) -> Result<u64, Failure> {
+    let client = raftkv_client::Client::with_options(
+        addresses,
+        raftkv_client::ClientOptions {
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )?;
+    let give_up = std::time::Instant::now() + PLAYGROUND_START;
+    loop {
+        if let Some((id, status)) = exited_node(children) {
+            let log = dir.join(format!("n{id}")).join("server.log");
+            return Err(Failure::Other(format!(
+                "node {id} ({}) could not start ({status}); every node is stopped. Its log {} \
+                 ends with:{}",
+                addresses[id as usize - 1],
+                log.display(),
+                log_tail(&log)
+            )));
+        }
+        if let Ok(status) = client.status().await {
+            if status.leader_id != 0 {
+                return Ok(status.leader_id);
+            }
+        }
+        if std::time::Instant::now() >= give_up {
+            return Err(Failure::Other(format!(
+                "no leader after {}s; every node is stopped (logs in {}/n*/server.log)",
+                PLAYGROUND_START.as_secs(),
+                dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refuses to start when a port the playground needs is taken, naming it.
+fn check_ports_free(addresses: &[String]) -> Result<(), Failure> {
+    for address in addresses {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            return Err(Failure::Other(format!(
+                "cannot start the playground: {address} is not free ({e}); stop what uses it, \
+                 or move the playground with --port N (node i listens on N+i-1)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub async fn playground(args: PlaygroundArgs) -> Result<(), Failure> {
     let exe = std::env::current_exe()?;
+    let last = u64::from(args.port) + args.nodes - 1;
+    if args.port == 0 || last > u64::from(u16::MAX) {
+        return Err(Failure::Usage(format!(
+            "--port {}: the {} nodes need ports {}..={last}, within 1..=65535",
+            args.port, args.nodes, args.port
+        )));
+    }
     let addresses: Vec<String> = (0..args.nodes)
-        .map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i))
+        .map(|i| format!("127.0.0.1:{}", u64::from(args.port) + i))
         .collect();
+    check_ports_free(&addresses)?;
+    // From here on a signal stops the nodes too.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let peers = addresses
         .iter()
         .enumerate()
@@ -145,53 +252,65 @@ pub async fn playground(args: PlaygroundArgs) -> Result<(), Failure> {
         .collect::<Vec<_>>()
         .join(",");
     std::fs::create_dir_all(&args.data_dir)?;
-    let mut children = Vec::new();
+    let mut children: Vec<(u64, Child)> = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
-        let child = spawn_node(&exe, &args.data_dir, i as u64 + 1, address, &peers)?;
-        println!(
-            "node {} pid {} on {address} (log {}/n{}/server.log)",
-            i + 1,
-            child.id(),
-            args.data_dir.display(),
-            i + 1
-        );
-        children.push(child);
+        let id = i as u64 + 1;
+        match spawn_node(&exe, &args.data_dir, id, address, &peers) {
+            Ok(child) => {
+                outln!(
+                    "node {id} pid {} on {address} (log {}/n{id}/server.log)",
+                    child.id(),
+                    args.data_dir.display(),
+                )?;
+                children.push((id, child));
+            }
+            Err(failure) => {
+                stop_all(&mut children);
+                return Err(failure);
+            }
+        }
     }
+    let started = tokio::select! {
+        started = wait_for_leader(&mut children, &addresses, &args.data_dir) => started,
+        _ = &mut shutdown => Err(Failure::Other("stopped before the cluster was up".into())),
+    };
+    let leader = match started {
+        Ok(leader) => leader,
+        Err(failure) => {
+            stop_all(&mut children);
+            return Err(failure);
+        }
+    };
     let endpoints = addresses.join(",");
-    println!("\ncluster of {} nodes running; try:", args.nodes);
-    println!("  raftkv --endpoints {endpoints} put hello world");
-    println!("  raftkv --endpoints {endpoints} get hello");
-    println!("  raftkv --endpoints {endpoints} status --cluster");
-    println!("Ctrl-C stops every node.");
-    let mut exited = tokio::time::interval(Duration::from_millis(500));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    outln!(
+        "\ncluster of {} nodes running on {endpoints} (leader: node {leader}); try:",
+        args.nodes
+    )?;
+    outln!("  raftkv --endpoints {endpoints} put hello world")?;
+    outln!("  raftkv --endpoints {endpoints} get hello")?;
+    outln!("  raftkv --endpoints {endpoints} status --cluster")?;
+    outln!("(or export RAFTKV_ENDPOINTS={endpoints} once)")?;
+    outln!("Ctrl-C stops every node.")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = exited.tick() => {
-                for (i, child) in children.iter_mut().enumerate() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        eprintln!("node {} exited ({status}); see its log", i + 1);
-                    }
+            _ = tick.tick() => {
+                while let Some((id, status)) = exited_node(&mut children) {
+                    eprintln!(
+                        "node {id} exited ({status}); see {}/n{id}/server.log",
+                        args.data_dir.display()
+                    );
+                    children.retain(|(other, _)| *other != id);
                 }
-                children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
                 if children.is_empty() {
                     break Err(Failure::Other("every node has exited".into()));
                 }
             }
         }
     };
-    for child in &mut children {
-        // SIGTERM first: nodes shut down cleanly.
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    for child in &mut children {
-        let _ = child.wait();
-    }
-    println!("playground stopped");
+    stop_all(&mut children);
+    // Standard output may be gone by now (a closed terminal); say it on stderr.
+    eprintln!("playground stopped");
     result
 }

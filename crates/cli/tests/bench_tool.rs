@@ -1,4 +1,4 @@
-//! Acceptance: `raftkv bench` (CONTRACT §7) against a real node: every op,
+//! Acceptance: `raftkv bench` (docs/REFERENCE.md §7) against a real node: every op,
 //! --ops, --batch, --read-pct, open loop with --rate, and the --json summary
 //! fields. Figures themselves are measured in BENCHMARKS.md, not here.
 

@@ -1,4 +1,4 @@
-//! Acceptance: corruption on disk (issue 4, CONTRACT §5).
+//! Acceptance: corruption on disk (issue 4, docs/REFERENCE.md §5).
 //!
 //! - One flipped byte inside a `.snap` file of a stopped node: it refuses to
 //!   start (exits non-zero) with an error naming the file.

@@ -1,4 +1,4 @@
-//! Acceptance: large values (issue 4, CONTRACT §2).
+//! Acceptance: large values (issue 4, docs/REFERENCE.md §2).
 //!
 //! - 1 MiB, 10 MiB and 100 MiB values put through the CLI (`put --file`, with
 //!   the default flags: `--timeout` bounds waiting, not transferring) on a

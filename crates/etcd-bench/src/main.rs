@@ -92,6 +92,7 @@ fn seconds(text: &str) -> Duration {
 async fn main() {
     let mut endpoints = vec!["127.0.0.1:2379".to_string()];
     let mut settings = Settings {
+        prefix: "bench/".into(),
         clients: 16,
         connections: raftkv_loadgen::DEFAULT_CONNECTIONS,
         workload: Workload::Only(Kind::Put),

@@ -1,7 +1,7 @@
 //! The load generator behind `raftkv bench`, generic over the store it
 //! drives (a [`Target`]), so the same engine — same key choice, same
 //! schedule, same histograms — also drives etcd for the side-by-side figures
-//! in BENCHMARKS.md (`examples/etcd_bench.rs` in the `raftkv` package).
+//! in BENCHMARKS.md (the `etcd-bench` crate).
 //!
 //! Closed loop: each client sends its next operation when the last one
 //! returns. Open loop (`rate`): operations go out on one fixed schedule
@@ -96,6 +96,8 @@ pub const DEFAULT_CONNECTIONS: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// What every key starts with (followed by the key's index, 10 digits).
+    pub prefix: String,
     pub clients: usize,
     /// Connections the clients share (client i uses connection i mod
     /// `connections`; never more than one per client); 0 = one per client.
@@ -124,8 +126,10 @@ impl Settings {
     }
 }
 
-pub fn key_of(index: u64, key_size: usize) -> Bytes {
-    let mut key = format!("bench/{index:010}").into_bytes();
+/// The key of index `index`: `prefix`, the index in 10 digits, then dots up
+/// to `key_size` bytes (never shorter than the prefix and the digits).
+pub fn key_of(prefix: &str, index: u64, key_size: usize) -> Bytes {
+    let mut key = format!("{prefix}{index:010}").into_bytes();
     key.resize(key_size.max(key.len()), b'.');
     Bytes::from(key)
 }
@@ -143,14 +147,20 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// One client's results, merged into the shared report every 1000 ops.
+/// One client's results, merged into the shared report every 1000 ops or
+/// [`MERGE_INTERVAL`], whichever comes first.
 #[derive(Default)]
 struct Local {
     histograms: BTreeMap<Kind, Histogram<u64>>,
     ops: BTreeMap<Kind, u64>,
     errors: BTreeMap<String, u64>,
     pending: u64,
+    /// When it was last merged (`None`: not yet).
+    merged_at: Option<Instant>,
 }
+
+/// A client's results reach the progress line at least this often.
+const MERGE_INTERVAL: Duration = Duration::from_millis(250);
 
 struct Shared {
     report: Mutex<Report>,
@@ -196,13 +206,20 @@ pub async fn load<T: Target>(target: &T, settings: &Settings) -> Result<(), Stri
     for conn in target_conns {
         let next = next.clone();
         let (keys, key_size, value) = (settings.keys, settings.key_size, value.clone());
+        let prefix = settings.prefix.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= keys {
                     return Ok::<(), String>(());
                 }
-                T::run(&conn, Kind::Put, vec![key_of(index, key_size)], &value).await?;
+                T::run(
+                    &conn,
+                    Kind::Put,
+                    vec![key_of(&prefix, index, key_size)],
+                    &value,
+                )
+                .await?;
             }
         }));
     }
@@ -290,7 +307,8 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                 // clients cover every key once per `keys` operations.
                 let keys: Vec<Bytes> = (0..settings.batch)
                     .map(|_| {
-                        let key = key_of(index % settings.keys, settings.key_size);
+                        let key =
+                            key_of(&settings.prefix, index % settings.keys, settings.key_size);
                         index = index.wrapping_add(clients);
                         key
                     })
@@ -311,8 +329,10 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                 }
                 shared.done.fetch_add(1, Ordering::Relaxed);
                 local.pending += 1;
-                if local.pending >= 1000 {
+                let merged_at = *local.merged_at.get_or_insert(start);
+                if local.pending >= 1000 || merged_at.elapsed() >= MERGE_INTERVAL {
                     shared.merge(&mut local);
+                    local.merged_at = Some(Instant::now());
                 }
             }
             if measuring {
@@ -342,16 +362,17 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                     let p99 = report
                         .histograms
                         .values()
+                        .filter(|h| !h.is_empty())
                         .map(|h| h.value_at_quantile(0.99))
-                        .max()
-                        .unwrap_or(0);
+                        .max();
                     (errors, p99)
                 };
+                // No figure before the first operation has finished.
+                let p99 = p99.map_or("-".to_string(), |us| format!("{:.2}", us as f64 / 1000.0));
                 eprintln!(
-                    "[{:>4.0}s] {:>9} ops/s  p99 {:>8.2} ms  errors {errors}",
+                    "[{:>4.0}s] {:>9} ops/s  p99 {p99:>8} ms  errors {errors}",
                     started.elapsed().as_secs_f64(),
                     done,
-                    p99 as f64 / 1000.0
                 );
             }
         })
@@ -482,6 +503,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            prefix: "bench/".into(),
             clients: 4,
             connections: 0,
             workload: Workload::Only(Kind::Put),

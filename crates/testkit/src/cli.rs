@@ -40,7 +40,7 @@ impl CliOutput {
         self.stdout_text().lines().map(str::to_string).collect()
     }
 
-    /// The first stderr line that starts with `error: ` (CONTRACT §1).
+    /// The first stderr line that starts with `error: ` (docs/REFERENCE.md §1).
     pub fn error_line(&self) -> Option<&str> {
         self.stderr.lines().find(|line| line.starts_with("error: "))
     }

@@ -24,6 +24,6 @@ mod wait;
 pub use cli::{run_cli, run_cli_bounded, run_cli_with_stdin, CliOutput, CLI_KILL_AFTER};
 pub use cluster::{FailedStart, TestCluster, LEADER_WAIT};
 pub use limit::MAX_RUNNING_CLUSTERS;
-pub use ports::free_ports;
+pub use ports::{free_port_block, free_ports};
 pub use status::NodeStatus;
 pub use wait::poll_until;

@@ -64,3 +64,27 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     );
     ports
 }
+
+/// Returns the first of `count` consecutive ports that were all free on
+/// 127.0.0.1 a moment ago (for commands that number ports from a base, like
+/// `raftkv playground --port N`).
+pub fn free_port_block(count: u16) -> u16 {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    let (low, high) = non_ephemeral_range();
+    for _ in 0..MAX_BIND_ATTEMPTS {
+        let base = rand::Rng::gen_range(&mut rand::thread_rng(), low..high - count);
+        let ports: Vec<u16> = (base..base + count).collect();
+        if ports.iter().any(|p| handed_out.contains(p)) {
+            continue;
+        }
+        let bound: Vec<TcpListener> = ports
+            .iter()
+            .map_while(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
+        if bound.len() == ports.len() {
+            handed_out.extend(&ports);
+            return base;
+        }
+    }
+    panic!("could not find {count} consecutive free loopback ports");
+}

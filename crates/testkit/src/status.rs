@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-/// The CONTRACT §1 fields of one node's `status --json` line.
+/// The docs/REFERENCE.md §1 fields of one node's `status --json` line.
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
     pub id: u64,

@@ -1,7 +1,7 @@
 //! Helpers for the storage acceptance tests (issue 4): the `debug storage`,
 //! `debug snapshot`, `debug compact` and `debug check` commands parsed from
-//! their `--json` lines (CONTRACT §1), the `.snap` and `.wal` files a node has
-//! on disk (CONTRACT §5), a byte flipper, and an overwrite workload that
+//! their `--json` lines (docs/REFERENCE.md §1), the `.snap` and `.wal` files a node has
+//! on disk (docs/REFERENCE.md §5), a byte flipper, and an overwrite workload that
 //! remembers the last acknowledged value of every key.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,330 @@
+//! What a new user meets in the first hour, replayed with the real binary:
+//! errors that name their cause (and come at once when nothing can be
+//! reached), usage errors with exit 2, JSON on every command that writes and
+//! on errors, closed pipes, the playground on taken ports, help that lists
+//! only the flags a command takes, and the quorum-lost message.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftkv_testkit::{free_ports, run_cli, CliOutput, TestCluster, LEADER_WAIT};
+
+fn raftkv(args: &[&str]) -> CliOutput {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_cli(&common::bin(), &args)
+}
+
+/// A port nothing listens on (chosen free, not bound).
+fn closed_port() -> String {
+    format!("127.0.0.1:{}", free_ports(1)[0])
+}
+
+/// The one JSON error object `--json` prints on stderr.
+fn json_error(output: &CliOutput) -> serde_json::Value {
+    let line = output.stderr.lines().next().unwrap_or("");
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("stderr is not one JSON object ({e})\n{}", output.describe()))
+}
+
+#[test]
+fn a_closed_port_is_reported_at_once_naming_the_endpoint() {
+    let endpoint = closed_port();
+    for command in [
+        vec!["get", "k"],
+        vec!["put", "k", "v"],
+        vec!["delete", "k"],
+        vec!["scan", ""],
+        vec!["cluster", "members"],
+    ] {
+        let mut args = vec!["--endpoints", endpoint.as_str()];
+        args.extend(&command);
+        let out = raftkv(&args);
+        out.assert_error(3, &format!("cannot reach {endpoint}: connection refused"));
+        // The default --timeout is 5 s; a refused connection must not wait for it.
+        assert!(
+            out.elapsed < Duration::from_secs(3),
+            "{command:?} took {:?}\n{}",
+            out.elapsed,
+            out.describe()
+        );
+    }
+    // Every endpoint refused: all of them are named.
+    let other = closed_port();
+    let both = format!("{endpoint},{other}");
+    let out = raftkv(&["--endpoints", &both, "get", "k"]);
+    out.assert_code(3);
+    let line = out.error_line().expect("error line");
+    assert!(
+        line.contains(&endpoint) && line.contains(&other),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_named() {
+    let out = raftkv(&["--endpoints", "nosuchhost.invalid:7379", "get", "k"]);
+    out.assert_error(3, "cannot resolve nosuchhost.invalid:7379");
+    assert!(out.elapsed < Duration::from_secs(5), "{}", out.describe());
+}
+
+#[test]
+fn endpoints_are_checked_as_usage() {
+    // An http:// prefix is accepted (etcd users write it), https:// is not yet.
+    let endpoint = closed_port();
+    let http = format!("http://{endpoint}");
+    raftkv(&["--endpoints", &http, "get", "k"])
+        .assert_error(3, &format!("cannot reach {endpoint}"));
+    raftkv(&["--endpoints", "127.0.0.1", "get", "k"]).assert_error(2, "no port");
+    raftkv(&["get", "k", "--endpoints", "127.0.0.1:0"]).assert_error(2, "bad port");
+    raftkv(&["--endpoints", "https://127.0.0.1:7379", "get", "k"]).assert_error(2, "TLS");
+    raftkv(&["--timeout", "soon", "get", "k"]).assert_error(2, "--timeout");
+    // Client options belong to client commands.
+    raftkv(&["--endpoints", &endpoint, "server"]).assert_error(2, "client options");
+    let help = raftkv(&["server", "--help"]);
+    help.assert_ok();
+    let text = help.stdout_text();
+    for flag in ["--endpoints", "--timeout", "--json"] {
+        assert!(!text.contains(flag), "server --help lists {flag}:\n{text}");
+    }
+    assert!(text.contains("--data-dir"), "{text}");
+    let help = raftkv(&["get", "--help"]).stdout_text();
+    assert!(
+        help.contains("--endpoints") && help.contains("linearizable"),
+        "{help}"
+    );
+    assert!(help.contains("The key to read"), "{help}");
+}
+
+#[test]
+fn errors_under_json_are_one_object_with_kind_and_message() {
+    let endpoint = closed_port();
+    let out = raftkv(&["--json", "--endpoints", &endpoint, "get", "k"]);
+    out.assert_code(3);
+    let error = json_error(&out);
+    assert_eq!(error["kind"], "unavailable", "{}", out.describe());
+    assert_eq!(error["exit_code"], 3);
+    assert!(error["message"].as_str().unwrap_or("").contains(&endpoint));
+    // Usage errors too, whether clap or the endpoint check finds them.
+    let out = raftkv(&["get", "--json"]);
+    out.assert_code(2);
+    assert_eq!(json_error(&out)["kind"], "usage");
+    let out = raftkv(&["--endpoints", "nowhere", "get", "k", "--json"]);
+    out.assert_code(2);
+    assert_eq!(json_error(&out)["kind"], "usage");
+}
+
+#[test]
+fn writes_print_json_and_closed_pipes_stop_quietly() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    let out = cluster.cli(&["put", "k1", "hello", "--json"]);
+    out.assert_ok();
+    let put: serde_json::Value = serde_json::from_slice(&out.stdout).expect("put --json");
+    assert_eq!(put["ok"], true);
+    assert_eq!(put["op"], "put");
+    assert_eq!(put["key"], "k1");
+    assert_eq!(put["value_bytes"], 5);
+    let out = cluster.cli(&["delete", "k1", "--json"]);
+    out.assert_ok();
+    let deleted: serde_json::Value = serde_json::from_slice(&out.stdout).expect("delete --json");
+    assert_eq!(deleted["op"], "delete");
+    assert_eq!(deleted["key"], "k1");
+    // Without --json a write prints nothing.
+    let out = cluster.cli(&["put", "k1", "hello"]);
+    out.assert_ok();
+    assert!(out.stdout.is_empty());
+
+    // Enough output that the reader's going away is felt by the writer.
+    for i in 0..300 {
+        cluster
+            .cli(&["put", &format!("pipe/{i:04}"), &"v".repeat(200)])
+            .assert_ok();
+    }
+    for command in [vec!["scan", ""], vec!["status"], vec!["scan", "", "--json"]] {
+        // `raftkv ... | head -1`: stdout is a pipe whose reader stops after
+        // one line.
+        let mut child = Command::new(common::bin())
+            .args(["--endpoints", &cluster.endpoints()])
+            .args(&command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start raftkv");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 1];
+        stdout.read_exact(&mut first).expect("some output");
+        drop(stdout);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{command:?} hangs"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("stderr");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{command:?}: {status}; stderr: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{command:?} on a closed pipe: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn scan_escape_keeps_one_pair_per_line() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    cluster.cli(&["put", "a\tb", "line1\nline2\\"]).assert_ok();
+    let out = cluster.cli(&["scan", "a", "--escape"]);
+    out.assert_ok();
+    assert_eq!(out.stdout_text(), "a\\tb\tline1\\nline2\\\\\n");
+    cluster
+        .cli(&["scan", "a", "--escape", "--json"])
+        .assert_code(2);
+}
+
+#[test]
+fn debug_storage_reports_what_the_data_dir_takes_on_disk() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    let out = cluster.cli(&["debug", "storage", "--json"]);
+    out.assert_ok();
+    let storage: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let disk = storage["disk_bytes"].as_u64().expect("disk_bytes");
+    let log = storage["log_bytes"].as_u64().expect("log_bytes");
+    // The WAL segment being written is preallocated (64 MiB by default).
+    assert!(disk >= 64 * 1024 * 1024, "disk_bytes {disk}");
+    assert!(log < disk, "log_bytes {log}, disk_bytes {disk}");
+}
+
+#[test]
+fn bench_writes_under_its_own_prefix_and_cleans_up_when_asked() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    let out = cluster.cli(&[
+        "bench",
+        "--ops",
+        "200",
+        "--keys",
+        "50",
+        "--clients",
+        "2",
+        "--prefix",
+        "mine/",
+    ]);
+    out.assert_ok();
+    assert!(out.stderr.contains("mine/"), "{}", out.describe());
+    let scan = cluster.cli(&["scan", "mine/", "--keys-only"]);
+    assert_eq!(scan.stdout_lines().len(), 50, "{}", scan.describe());
+    // The default prefix differs from run to run, and --cleanup removes the keys.
+    let out = cluster.cli(&["bench", "--ops", "100", "--keys", "20", "--cleanup"]);
+    out.assert_ok();
+    assert!(out.stderr.contains("bench/"), "{}", out.describe());
+    let left = cluster.cli(&["scan", "bench/", "--keys-only"]);
+    left.assert_ok();
+    assert!(left.stdout.is_empty(), "{}", left.describe());
+}
+
+#[test]
+fn the_playground_refuses_taken_ports_and_moves_with_port() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    // The single node's port is the playground's first.
+    let taken = cluster.address(1);
+    let port = taken.rsplit(':').next().expect("port").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("pg");
+    let out = raftkv(&[
+        "playground",
+        "--port",
+        &port,
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+    ]);
+    out.assert_error(3, &format!("{taken} is not free"));
+    assert!(out.stderr.contains("--port"), "{}", out.describe());
+    // Nothing was started: the unrelated node still has its one key space.
+    cluster.cli(&["put", "still", "mine"]).assert_ok();
+
+    // On free ports it runs, prints the endpoints and the leader.
+    let base = raftkv_testkit::free_port_block(3);
+    let mut child = Command::new(common::bin())
+        .args(["playground", "--port", &base.to_string(), "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the playground");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let started = Instant::now();
+    let mut printed = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&printed).contains("Ctrl-C") {
+        assert!(
+            started.elapsed() < LEADER_WAIT * 3,
+            "playground output: {}",
+            String::from_utf8_lossy(&printed)
+        );
+        let n = stdout.read(&mut buffer).expect("read");
+        assert!(
+            n > 0,
+            "playground ended: {}",
+            String::from_utf8_lossy(&printed)
+        );
+        printed.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&printed).to_string();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    let endpoints = format!(
+        "127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}",
+        base + 1,
+        base + 2
+    );
+    assert!(text.contains(&endpoints), "{text}");
+    assert!(text.contains("leader: node"), "{text}");
+    assert!(status.success(), "playground stopped with {status}");
+}
+
+#[test]
+fn without_quorum_the_error_names_the_unreachable_members() {
+    let mut cluster = TestCluster::start(common::bin(), 3);
+    let leader = cluster.wait_leader(LEADER_WAIT);
+    let survivor = cluster.followers()[0];
+    for id in cluster.ids() {
+        if id != survivor {
+            cluster.kill(id);
+        }
+    }
+    let _ = leader;
+    let address = cluster.address(survivor);
+    let out = cluster.cli_with_endpoints(&address, &["put", "k", "v", "--timeout", "5s"]);
+    out.assert_code(3);
+    let line = out.error_line().expect("error line").to_string();
+    assert!(line.contains("quorum lost"), "{}", out.describe());
+    for id in cluster.ids() {
+        if id != survivor {
+            assert!(
+                line.contains(&cluster.address(id)),
+                "{id} not named: {}",
+                out.describe()
+            );
+        }
+    }
+}
