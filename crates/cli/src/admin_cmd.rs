@@ -34,6 +34,7 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+        "progress_known": progress_known(s.id, &s.members),
         "joint": s.joint,
         "keys": s.keys,
         "data_bytes": s.data_bytes,

@@ -153,7 +153,7 @@ pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
     };
     // Validates the endpoints before any load starts.
     target.connect(0).map_err(Failure::Usage)?;
-    eprintln!(
+    errln!(
         "keys: {}{} ({} of them){}",
         settings.prefix,
         "N".repeat(10),
@@ -165,9 +165,10 @@ pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
         }
     );
     if args.op != BenchOp::Put {
-        eprintln!(
+        errln!(
             "loading {} keys of {} bytes...",
-            settings.keys, settings.value_size
+            settings.keys,
+            settings.value_size
         );
         raftkv_loadgen::load(&target, &settings)
             .await
@@ -176,10 +177,12 @@ pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
     let report = raftkv_loadgen::run(&target, &settings)
         .await
         .map_err(Failure::Other);
+    // The figures first: a failed cleanup must not lose them.
+    let printed = report.and_then(|report| print_report(&report, &args, &settings, flags.json));
     if args.cleanup {
         cleanup(flags, &settings).await?;
     }
-    print_report(&report?, &args, &settings, flags.json)
+    printed
 }
 
 /// Deletes every key the run could have written, a thousand per atomic batch.
@@ -201,9 +204,10 @@ async fn cleanup(flags: &ClientFlags, settings: &Settings) -> Result<(), Failure
             .await
             .map_err(|e| Failure::Other(format!("--cleanup: {e}")))?;
     }
-    eprintln!(
+    errln!(
         "deleted the {} keys under {}",
-        settings.keys, settings.prefix
+        settings.keys,
+        settings.prefix
     );
     Ok(())
 }

@@ -132,10 +132,12 @@ pub async fn scan(flags: &ClientFlags, args: ScanArgs) -> Result<(), Failure> {
     }
     if page.more {
         if let Some(next) = &page.next_after {
-            eprintln!(
-                "more: next page with --after {}",
-                String::from_utf8_lossy(next)
-            );
+            let cursor = if args.escape {
+                escaped(next)
+            } else {
+                String::from_utf8_lossy(next).into_owned()
+            };
+            errln!("more: next page with --after {cursor}");
         }
     }
     Ok(())

@@ -11,6 +11,15 @@ macro_rules! outln {
     }};
 }
 
+/// `eprintln!` that ignores a closed standard error instead of panicking
+/// (`raftkv bench 2>&1 | head`): progress and notes are not worth a failure.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod admin_cmd;
 mod args;
 mod bench;
@@ -53,8 +62,10 @@ impl ClientFlags {
                 _ => vec![DEFAULT_ENDPOINT.to_string()],
             },
         };
+        // `a:1,` or a RAFTKV_ENDPOINTS ending in a comma: no empty endpoint.
         let endpoints = endpoints
             .iter()
+            .filter(|e| !e.trim().is_empty())
             .map(|e| {
                 raftkv_client::parse_endpoint(e).map_err(|error| match error {
                     raftkv_client::Error::InvalidArgument(m) => Failure::Usage(m),

@@ -56,8 +56,9 @@ pub fn write_stdout(parts: &[&[u8]]) -> Result<(), Failure> {
 }
 
 /// `bytes` on one line without ambiguity: backslash, tab, newline and
-/// carriage return as `\\`, `\t`, `\n`, `\r`; other control bytes and bytes
-/// that are not UTF-8 as `\xNN`; other text as it is.
+/// carriage return as `\\`, `\t`, `\n`, `\r`; other ASCII control bytes and
+/// bytes that are not UTF-8 as `\xNN`; other control characters as `\u{NNNN}`;
+/// other text as it is.
 pub fn escaped(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -67,9 +68,9 @@ pub fn escaped(bytes: &[u8]) -> String {
                 '\t' => out.push_str("\\t"),
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
-                c if c.is_control() && (c as u32) < 0x100 => {
-                    out.push_str(&format!("\\x{:02x}", c as u32))
-                }
+                c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                // C1 controls: valid UTF-8, but not to be sent to a terminal raw.
+                c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
                 c => out.push(c),
             }
         }
@@ -111,5 +112,6 @@ mod tests {
         assert_eq!(escaped(b"a\tb\nc\rd\\e"), "a\\tb\\nc\\rd\\\\e");
         assert_eq!(escaped(b"\x00\x1b\xff"), "\\x00\\x1b\\xff");
         assert_eq!(escaped("键".as_bytes()), "键");
+        assert_eq!(escaped("\u{85}".as_bytes()), "\\u{0085}");
     }
 }

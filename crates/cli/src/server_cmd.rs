@@ -151,6 +151,16 @@ fn log_tail(path: &Path) -> String {
     tail.iter().map(|l| format!("\n    {l}")).collect()
 }
 
+/// The playground's nodes: stopped however the playground ends (an error, a
+/// closed stdout, a panic), so none is left holding its port and data dir.
+struct Nodes(Vec<(u64, Child)>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        stop_all(&mut self.0);
+    }
+}
+
 /// SIGTERM to every node (they shut down cleanly), then waits for them.
 fn stop_all(children: &mut Vec<(u64, Child)>) {
     for (_, child) in children.iter_mut() {
@@ -252,34 +262,21 @@ pub async fn playground(args: PlaygroundArgs) -> Result<(), Failure> {
         .collect::<Vec<_>>()
         .join(",");
     std::fs::create_dir_all(&args.data_dir)?;
-    let mut children: Vec<(u64, Child)> = Vec::new();
+    let mut nodes = Nodes(Vec::new());
     for (i, address) in addresses.iter().enumerate() {
         let id = i as u64 + 1;
-        match spawn_node(&exe, &args.data_dir, id, address, &peers) {
-            Ok(child) => {
-                outln!(
-                    "node {id} pid {} on {address} (log {}/n{id}/server.log)",
-                    child.id(),
-                    args.data_dir.display(),
-                )?;
-                children.push((id, child));
-            }
-            Err(failure) => {
-                stop_all(&mut children);
-                return Err(failure);
-            }
-        }
+        let child = spawn_node(&exe, &args.data_dir, id, address, &peers)?;
+        let pid = child.id();
+        nodes.0.push((id, child));
+        outln!(
+            "node {id} pid {pid} on {address} (log {}/n{id}/server.log)",
+            args.data_dir.display(),
+        )?;
     }
-    let started = tokio::select! {
-        started = wait_for_leader(&mut children, &addresses, &args.data_dir) => started,
-        _ = &mut shutdown => Err(Failure::Other("stopped before the cluster was up".into())),
-    };
-    let leader = match started {
-        Ok(leader) => leader,
-        Err(failure) => {
-            stop_all(&mut children);
-            return Err(failure);
-        }
+    let children = &mut nodes.0;
+    let leader = tokio::select! {
+        started = wait_for_leader(children, &addresses, &args.data_dir) => started?,
+        _ = &mut shutdown => return Err(Failure::Other("stopped before the cluster was up".into())),
     };
     let endpoints = addresses.join(",");
     outln!(
@@ -296,8 +293,8 @@ pub async fn playground(args: PlaygroundArgs) -> Result<(), Failure> {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
-                while let Some((id, status)) = exited_node(&mut children) {
-                    eprintln!(
+                while let Some((id, status)) = exited_node(children) {
+                    errln!(
                         "node {id} exited ({status}); see {}/n{id}/server.log",
                         args.data_dir.display()
                     );
@@ -309,8 +306,8 @@ pub async fn playground(args: PlaygroundArgs) -> Result<(), Failure> {
             }
         }
     };
-    stop_all(&mut children);
+    stop_all(children);
     // Standard output may be gone by now (a closed terminal); say it on stderr.
-    eprintln!("playground stopped");
+    errln!("playground stopped");
     result
 }

@@ -5,7 +5,7 @@
 //! How blocks are marked (README.md says it too, for its editors):
 //! - ` ```sh ` : each line runs in order in one scratch directory and must exit
 //!   0, unless its comment says `(exit N)`; `# prints: X` means standard output
-//!   holds X, `# error: X` means standard error holds X. A line `NAME=VALUE`
+//!   holds X, `# error: X` means standard error holds the line `error: X`. A line `NAME=VALUE`
 //!   sets a variable for the lines after it.
 //! - ` ```sh background ` : each line starts a server or the playground in the
 //!   background; the next line waits until that node is a member of a cluster
@@ -67,9 +67,10 @@ fn expectation(comment: &str) -> (i32, Option<String>, Option<String>) {
     let stdout_has = before_exit
         .strip_prefix("prints: ")
         .map(|s| s.trim().to_string());
+    // The README shows the error line as the binary prints it.
     let stderr_has = before_exit
-        .strip_prefix("error: ")
-        .map(|s| s.trim().to_string());
+        .starts_with("error: ")
+        .then(|| before_exit.to_string());
     (code, stdout_has, stderr_has)
 }
 
@@ -227,14 +228,20 @@ impl Reader {
             return;
         }
         let command = command_line(line, self.base);
+        // Output goes to files, so a chatty command never blocks on a pipe.
+        let out_path = self.dir.path().join("last-command.stdout");
+        let err_path = self.dir.path().join("last-command.stderr");
         let mut child = self
             .shell(&command)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
             .spawn()
             .expect("start sh");
         let started = Instant::now();
-        while child.try_wait().expect("wait").is_none() {
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
             if started.elapsed() > COMMAND_DEADLINE {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -244,8 +251,12 @@ impl Reader {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = child.wait_with_output().expect("output");
+        };
+        let output = std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).expect("stdout"),
+            stderr: std::fs::read(&err_path).expect("stderr"),
+        };
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         let context = || {
@@ -440,7 +451,7 @@ fn readme_blocks_are_parsed_as_marked() {
                 line: "raftkv get j".into(),
                 code: 1,
                 stdout_has: None,
-                stderr_has: Some("key not found".into())
+                stderr_has: Some("error: key not found".into())
             },
             Step::Stop,
         ]

@@ -222,7 +222,9 @@ impl Client {
             let channel = self.channel(&target)?;
             let result = match deadline.run(attempt(channel)).await {
                 Some(result) => result,
-                None => return Err(reach.give_up(deadline, None)),
+                // The deadline came while an attempt was in flight: what
+                // earlier attempts saw says nothing about that one.
+                None => return Err(Error::Timeout(deadline.timeout())),
             };
             let (error, from_server, elsewhere) = match result {
                 Ok(value) => {
@@ -364,10 +366,18 @@ impl Client {
                 })
                 .await;
             session.end(seq, result.is_ok());
+            let maybe_applied_here = maybe_applied.load(std::sync::atomic::Ordering::Relaxed);
             match result {
+                // An attempt may have been applied before the cluster became
+                // unreachable or lost its leader: not "never applied".
+                Err(e @ (Error::Unavailable(_) | Error::NoLeader { .. })) if maybe_applied_here => {
+                    return Err(Error::UnknownOutcome(format!(
+                        "{e}; an earlier attempt of the write may have been applied"
+                    )));
+                }
                 Err(Error::SessionExpired(message)) => {
                     self.renew_session(&session);
-                    let resend = !maybe_applied.load(std::sync::atomic::Ordering::Relaxed);
+                    let resend = !maybe_applied_here;
                     if resend && !renewed {
                         renewed = true;
                         continue;
@@ -749,6 +759,8 @@ impl Client {
 struct Reachability {
     /// Per address: attempts that could not connect in a row, and why.
     unreachable: HashMap<String, (u32, String)>,
+    /// When the current run of failures to connect began.
+    failing_since: Option<Instant>,
     /// The last answer was "no leader is known", with the server's account.
     no_leader: Option<String>,
 }
@@ -757,10 +769,14 @@ impl Reachability {
     /// Attempts each endpoint gets before the call gives up on reaching any
     /// (a node restarting binds its port before anything else).
     const ATTEMPTS_BEFORE_GIVING_UP: u32 = 2;
+    /// ... and this long must have passed since the first of them: a node
+    /// that restarts is back within it, so a restart is ridden out.
+    const FAILING_BEFORE_GIVING_UP: Duration = Duration::from_millis(500);
 
     fn record(&mut self, address: &str, status: &Status) {
         match Error::unreachable_cause(status) {
             Some(cause) => {
+                self.failing_since.get_or_insert_with(Instant::now);
                 let entry = self
                     .unreachable
                     .entry(address.to_string())
@@ -770,6 +786,9 @@ impl Reachability {
             }
             None => {
                 self.unreachable.remove(address);
+                if self.unreachable.is_empty() {
+                    self.failing_since = None;
+                }
                 self.no_leader = match Error::from_status(status) {
                     Error::NotLeader { leader_id: 0, .. } => Some(
                         status
@@ -786,11 +805,15 @@ impl Reachability {
 
     /// Every endpoint failed to connect, each more than once in a row.
     fn none_reachable(&self, endpoints: &[String]) -> bool {
-        endpoints.iter().all(|e| {
-            self.unreachable
-                .get(e)
-                .is_some_and(|(n, _)| *n >= Self::ATTEMPTS_BEFORE_GIVING_UP)
-        })
+        let long_enough = self
+            .failing_since
+            .is_some_and(|since| since.elapsed() >= Self::FAILING_BEFORE_GIVING_UP);
+        long_enough
+            && endpoints.iter().all(|e| {
+                self.unreachable
+                    .get(e)
+                    .is_some_and(|(n, _)| *n >= Self::ATTEMPTS_BEFORE_GIVING_UP)
+            })
     }
 
     fn unreachable_error(&self, endpoints: &[String]) -> Error {

@@ -87,6 +87,7 @@ impl Error {
                 | Error::Unavailable(_)
                 | Error::UnknownOutcome(_)
                 | Error::Timeout(_)
+                | Error::NoLeader { .. }
         )
     }
 

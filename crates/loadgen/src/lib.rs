@@ -134,6 +134,12 @@ pub fn key_of(prefix: &str, index: u64, key_size: usize) -> Bytes {
     Bytes::from(key)
 }
 
+/// A line on standard error; a closed stderr (`bench 2>&1 | head`) is ignored.
+fn note(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
@@ -341,7 +347,7 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
         }));
     }
     if !settings.warmup.is_zero() {
-        eprintln!("warming up for {:?}...", settings.warmup);
+        note(format_args!("warming up for {:?}...", settings.warmup));
         tokio::time::sleep(settings.warmup).await;
         *shared.report.lock().expect("report lock") = Report::default();
         shared.measuring.store(true, Ordering::Relaxed);
@@ -369,11 +375,11 @@ pub async fn run<T: Target>(target: &T, settings: &Settings) -> Result<Report, S
                 };
                 // No figure before the first operation has finished.
                 let p99 = p99.map_or("-".to_string(), |us| format!("{:.2}", us as f64 / 1000.0));
-                eprintln!(
+                note(format_args!(
                     "[{:>4.0}s] {:>9} ops/s  p99 {p99:>8} ms  errors {errors}",
                     started.elapsed().as_secs_f64(),
                     done,
-                );
+                ));
             }
         })
     };

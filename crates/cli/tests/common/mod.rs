@@ -29,7 +29,10 @@ pub fn bin() -> PathBuf {
 pub fn is_retryable(error: &Error) -> bool {
     matches!(
         error,
-        Error::Timeout(_) | Error::Unavailable(_) | Error::UnknownOutcome(_)
+        Error::Timeout(_)
+            | Error::Unavailable(_)
+            | Error::UnknownOutcome(_)
+            | Error::NoLeader { .. }
     )
 }
 
