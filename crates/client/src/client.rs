@@ -222,9 +222,10 @@ impl Client {
             let channel = self.channel(&target)?;
             let result = match deadline.run(attempt(channel)).await {
                 Some(result) => result,
-                // The deadline came while an attempt was in flight: what
-                // earlier attempts saw says nothing about that one.
-                None => return Err(Error::Timeout(deadline.timeout())),
+                None => {
+                    let write = matches!(retry, Retry::WriteUntil(_));
+                    return Err(reach.deadline_in_flight(deadline, &target, write));
+                }
             };
             let (error, from_server, elsewhere) = match result {
                 Ok(value) => {
@@ -762,7 +763,7 @@ struct Reachability {
     /// When the current run of failures to connect began.
     failing_since: Option<Instant>,
     /// The last answer was "no leader is known", with the server's account.
-    no_leader: Option<String>,
+    no_leader: Option<(String, String)>,
 }
 
 impl Reachability {
@@ -790,13 +791,14 @@ impl Reachability {
                     self.failing_since = None;
                 }
                 self.no_leader = match Error::from_status(status) {
-                    Error::NotLeader { leader_id: 0, .. } => Some(
+                    Error::NotLeader { leader_id: 0, .. } => Some((
+                        address.to_string(),
                         status
                             .message()
                             .trim_start_matches("not leader; ")
                             .trim_start_matches("no leader is known: ")
                             .to_string(),
-                    ),
+                    )),
                     _ => None,
                 };
             }
@@ -839,12 +841,36 @@ impl Reachability {
         Error::Unavailable(message)
     }
 
+    /// The error of a call whose deadline came while an attempt on `target`
+    /// was in flight. If `target` last said it knows no leader, that is the
+    /// likely reason (for a write the attempt may still have been applied:
+    /// its outcome is unknown); otherwise earlier answers say nothing about
+    /// this one, and it is a plain timeout.
+    fn deadline_in_flight(&self, deadline: &Deadline, target: &str, write: bool) -> Error {
+        match &self.no_leader {
+            Some((at, detail)) if at == target => {
+                let error = Error::NoLeader {
+                    waited: deadline.timeout(),
+                    detail: detail.clone(),
+                };
+                if write {
+                    Error::UnknownOutcome(format!(
+                        "{error}; the last attempt was still waiting when the deadline came"
+                    ))
+                } else {
+                    error
+                }
+            }
+            _ => Error::Timeout(deadline.timeout()),
+        }
+    }
+
     /// The error of a call whose deadline came: a write the server could not
     /// settle says so; no leader says what the nodes saw.
     fn give_up(&self, deadline: &Deadline, last: Option<Error>) -> Error {
         match (last, &self.no_leader) {
             (Some(error @ Error::UnknownOutcome(_)), _) => error,
-            (_, Some(detail)) => Error::NoLeader {
+            (_, Some((_, detail))) => Error::NoLeader {
                 waited: deadline.timeout(),
                 detail: detail.clone(),
             },
