@@ -71,14 +71,11 @@ fn session_of(session: Option<raftkv_proto::v1::WriteSession>) -> WriteSession {
 
 /// Waits until this node (as leader) may serve a linearizable read.
 pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<(), Status> {
-    // Stale reads included: a node only another cluster reaches serves nothing.
     let consistency = Consistency::try_from(consistency).unwrap_or(Consistency::Linearizable);
-    replica
-        .check_cluster_contact(consistency == Consistency::Stale)
-        .map_err(|e| replica_status(e, header_of(replica)))?;
     let status = replica.status();
     if status.role == raftkv_replica::Role::Removed {
-        // Its state stopped following the cluster's when it was removed.
+        // Its state stopped following the cluster's when it was removed; said
+        // first, since a removed node that restarted hears no member either.
         return Err(replica_status(
             ReplicaError::Removed(format!(
                 "node {} has been removed from the cluster; send requests to a member",
@@ -87,6 +84,10 @@ pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<
             header_of(replica),
         ));
     }
+    // Stale reads included: a node only another cluster reaches serves nothing.
+    replica
+        .check_cluster_contact(consistency == Consistency::Stale)
+        .map_err(|e| replica_status(e, header_of(replica)))?;
     if consistency == Consistency::Stale {
         return Ok(());
     }
