@@ -43,6 +43,12 @@ fn a_closed_port_is_reported_at_once_naming_the_endpoint() {
         args.extend(&command);
         let out = raftkv(&args);
         out.assert_error(3, &format!("cannot reach {endpoint}: connection refused"));
+        // A refused connection carried no request: a write was not applied.
+        assert!(
+            !out.stderr.contains("outcome unknown"),
+            "{}",
+            out.describe()
+        );
         // The default --timeout is 5 s; a refused connection must not wait for it.
         assert!(
             out.elapsed < Duration::from_secs(3),

@@ -356,10 +356,9 @@ impl Client {
                     let maybe_applied = maybe_applied.clone();
                     async move {
                         let result = sent.await;
-                        if result
-                            .as_ref()
-                            .is_err_and(|s| !Error::from_status(s).not_applied())
-                        {
+                        if result.as_ref().is_err_and(|s| {
+                            !Error::from_status(s).not_applied() && !Error::never_sent(s)
+                        }) {
                             maybe_applied.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                         result

@@ -141,6 +141,18 @@ impl Error {
         None
     }
 
+    /// The call failed while connecting, before its request could reach a
+    /// server (the connection was refused, the name did not resolve): nothing
+    /// of it can have been applied. Errors that can also come from an
+    /// established connection (timeouts, unreachable hosts) do not count.
+    pub(crate) fn never_sent(status: &Status) -> bool {
+        Error::unreachable_cause(status).is_some_and(|cause| {
+            cause == "connection refused"
+                || cause == "address not available"
+                || cause.starts_with("cannot resolve")
+        })
+    }
+
     /// Decodes the status of a call to `address`, naming the address when it
     /// could not be reached.
     pub(crate) fn from_status_at(address: &str, status: &Status) -> Error {
