@@ -73,6 +73,10 @@ pub enum Command {
     /// Delete a key (succeeds if it does not exist).
     Delete(DeleteArgs),
     /// List keys with a prefix, in ascending byte order.
+    ///
+    /// Prints KEY<TAB>VALUE per line as raw bytes, so a key or value holding a tab
+    /// or a newline makes the output ambiguous: --escape escapes them, --json gives
+    /// one JSON object per pair.
     Scan(ScanArgs),
     /// Show a node's view: role, term, leader, indexes, members.
     Status(StatusArgs),
@@ -206,9 +210,6 @@ pub struct DeleteArgs {
     pub client: ClientArgs,
 }
 
-/// Plain output is `KEY<TAB>VALUE` per line, raw bytes: a key or value holding
-/// a tab or a newline makes it ambiguous. `--escape` escapes them, `--json`
-/// gives one JSON object per pair.
 #[derive(Args, Debug)]
 pub struct ScanArgs {
     /// Key prefix ("" for every key).

@@ -357,3 +357,110 @@ fn without_quorum_the_error_names_the_unreachable_members() {
         }
     }
 }
+
+#[test]
+fn after_transfer_leader_the_members_table_is_the_new_leaders() {
+    let cluster = TestCluster::start(common::bin(), 3);
+    let leader = cluster.wait_leader(LEADER_WAIT);
+    cluster.cli(&["put", "k", "v"]).assert_ok();
+    let target = cluster.followers()[0];
+    let out = cluster.cli(&[
+        "cluster",
+        "transfer-leader",
+        &target.to_string(),
+        "--json",
+        "--timeout",
+        "20s",
+    ]);
+    out.assert_ok();
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(members["progress_known"], true, "{}", out.describe());
+    for m in members["members"].as_array().expect("members") {
+        assert!(
+            m["match_index"].as_u64().unwrap_or(0) > 0,
+            "{}",
+            out.describe()
+        );
+        if m["id"] == target {
+            assert_eq!(m["role"], "leader", "{}", out.describe());
+        }
+    }
+    // A follower's own view shows no progress it does not know.
+    let follower = if leader == target {
+        cluster.followers()[0]
+    } else {
+        leader
+    };
+    let out = cluster.cli_at(follower, &["cluster", "members"]);
+    out.assert_ok();
+    let text = out.stdout_text();
+    assert!(text.contains("leader"), "{text}");
+}
+
+#[test]
+fn the_server_says_which_data_dir_it_uses_and_errors_once() {
+    let mut cluster = TestCluster::start(common::bin(), 1);
+    let data_dir = cluster.data_dir(1);
+    let log = std::fs::read_to_string(cluster.log_path(1)).expect("log");
+    assert!(
+        log.contains(&format!("created a new data dir {}", data_dir.display())),
+        "{log}"
+    );
+    cluster.kill(1);
+    cluster.restart(1);
+    let log = std::fs::read_to_string(cluster.log_path(1)).expect("log");
+    assert!(
+        log.contains(&format!("opened data dir {} (node 1", data_dir.display())),
+        "{log}"
+    );
+    // A data dir that cannot be created: the OS error once, not twice.
+    let port = free_ports(1)[0];
+    let out = raftkv(&[
+        "server",
+        "--data-dir",
+        "/proc/nope/raftkv",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    out.assert_error(3, "/proc/nope");
+    let line = out.error_line().expect("error line");
+    assert_eq!(line.matches("os error").count(), 1, "{}", out.describe());
+}
+
+#[test]
+fn bench_progress_shows_no_p99_it_has_not_measured() {
+    let cluster = TestCluster::start(common::bin(), 1);
+    let out = cluster.cli(&["bench", "--duration", "3s", "--clients", "2"]);
+    out.assert_ok();
+    let progress: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("p99"))
+        .collect();
+    assert!(!progress.is_empty(), "{}", out.describe());
+    for line in progress {
+        let p99 = line
+            .split("p99")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("a p99 field");
+        assert!(
+            p99 == "-" || p99.parse::<f64>().is_ok_and(|v| v > 0.0),
+            "progress line {line:?}"
+        );
+    }
+}
+
+#[test]
+fn help_explains_arguments_and_joining() {
+    let add = raftkv(&["cluster", "add", "--help"]).stdout_text();
+    assert!(add.contains("--join"), "{add}");
+    assert!(add.contains("The new node's id"), "{add}");
+    let get = raftkv(&["get", "--help"]).stdout_text();
+    assert!(get.contains("lease") && get.contains("stale"), "{get}");
+    let scan = raftkv(&["scan", "--help"]).stdout_text();
+    assert!(
+        scan.contains("--escape") && scan.contains("ambiguous"),
+        "{scan}"
+    );
+}
