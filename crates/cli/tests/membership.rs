@@ -707,3 +707,64 @@ fn a_follower_back_from_downtime_follows_a_leader_it_has_not_heard_of() {
     cluster.restart(away);
     wait_local_value(&cluster, away, "while-away", "yes");
 }
+
+/// A node that leads when the joint configuration removing it is left stops
+/// leading, and the remaining voters elect one of their own (it used to keep
+/// renewing its read lease, so they followed it and never elected).
+#[test]
+fn a_leader_removed_by_a_joint_change_steps_down() {
+    let mut cluster = TestCluster::start(bin(), 5);
+    let _ = cluster.wait_leader(raftkv_testkit::LEADER_WAIT);
+    change(
+        &cluster,
+        &[
+            "change",
+            "--remove",
+            "4",
+            "--remove",
+            "5",
+            "--explicit-joint",
+        ],
+    )
+    .assert_ok();
+    // Leadership on a node being removed, as an election in the middle of a
+    // change can put it there: pause leaders until 4 or 5 wins one.
+    let mut removed_leader = 0;
+    for _ in 0..20 {
+        let leader = cluster.wait_leader(raftkv_testkit::LEADER_WAIT);
+        if leader >= 4 {
+            removed_leader = leader;
+            break;
+        }
+        cluster.pause(leader);
+        let started = Instant::now();
+        while cluster.live_ids().iter().all(|id| {
+            *id == leader || cluster.status(*id).map(|s| s.role).unwrap_or_default() != "leader"
+        }) && started.elapsed() < MEMBERSHIP_WAIT
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.resume(leader);
+    }
+    assert!(
+        removed_leader >= 4,
+        "no election put node 4 or 5 in the lead"
+    );
+    change(&cluster, &["change", "--leave-joint"]).assert_ok();
+    wait_role(&cluster, removed_leader, "removed");
+    cluster.set_removed(4);
+    cluster.set_removed(5);
+    // A write goes through a leader among the remaining voters.
+    let out = cluster.cli_with_endpoints(
+        &format!(
+            "{},{},{}",
+            cluster.address(1),
+            cluster.address(2),
+            cluster.address(3)
+        ),
+        &["put", "after", "removal", "--timeout", "30s"],
+    );
+    out.assert_ok();
+    let leader = cluster.status(1).expect("status").leader_id;
+    assert!((1..=3).contains(&leader), "leader {leader}");
+}

@@ -380,6 +380,7 @@ impl Node {
                 self.check_free_space();
                 self.next_tick = now + self.tick_interval;
             }
+            self.step_down_if_removed();
             self.maybe_issue_read(now);
             self.maybe_propose_cluster_id();
             self.on_ready()?;
@@ -611,6 +612,21 @@ impl Node {
             (base_ms, Instant::now())
         });
         base_ms + since.elapsed().as_millis() as u64
+    }
+
+    /// A leader the cluster removed (it left a joint configuration that did
+    /// not hold it, or a peer told it) stops leading. Without this it kept
+    /// renewing its read lease with heartbeat rounds, so the remaining voters
+    /// kept following it and never elected a leader of their own.
+    fn step_down_if_removed(&mut self) {
+        if self.removed && self.raw.raft.state == StateRole::Leader {
+            let term = self.raw.raft.term;
+            tracing::warn!(
+                "node {} was removed while leading: stepping down so the members elect a leader",
+                self.id
+            );
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
     }
 
     fn maybe_issue_read(&mut self, now: Instant) {
