@@ -768,3 +768,33 @@ fn a_leader_removed_by_a_joint_change_steps_down() {
     let leader = cluster.status(1).expect("status").leader_id;
     assert!((1..=3).contains(&leader), "leader {leader}");
 }
+
+/// A member whose process is stopped (SIGSTOP) keeps its connections open
+/// but answers nothing: it does not count as live when a change is checked
+/// for the quorum it would leave.
+#[test]
+fn a_stopped_member_does_not_count_as_live() {
+    let mut cluster = TestCluster::start(bin(), 4);
+    let leader = cluster.wait_leader(raftkv_testkit::LEADER_WAIT);
+    let followers = cluster.followers();
+    let (paused, a, b) = (followers[0], followers[1], followers[2]);
+    cluster.pause(paused);
+    // Longer than an election timeout (1 s): it has not been heard since.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = cluster.cli_with_endpoints(
+        &cluster.address(leader),
+        &[
+            "cluster",
+            "change",
+            "--remove",
+            &a.to_string(),
+            "--remove",
+            &b.to_string(),
+            "--timeout",
+            CHANGE_TIMEOUT,
+        ],
+    );
+    out.assert_error(3, "would leave 1 live voter(s) of 2");
+    cluster.resume(paused);
+    wait_members(&cluster, &[1, 2, 3, 4], &[]);
+}

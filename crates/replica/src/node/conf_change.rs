@@ -243,8 +243,15 @@ impl Node {
     /// Whether `id` can be reached. (Not raft's `recent_active`: check-quorum
     /// clears it for every peer once per election timeout, so right after
     /// that every peer would look dead.)
+    /// Whether peer `id` counts as live for the quorum checks of a change:
+    /// reachable, and heard from within an election timeout (a stopped
+    /// process keeps its connection open but answers nothing).
     pub(super) fn is_live(&self, id: u64) -> bool {
-        id == self.id || self.transport.is_reachable(id)
+        let heard_lately = self
+            .last_heard
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < self.config.election_timeout);
+        id == self.id || (self.transport.is_reachable(id) && heard_lately)
     }
 
     /// Starts moving leadership to `to`; the caller watches the status.

@@ -27,6 +27,7 @@ mod probes;
 mod queries;
 mod snapshot;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,10 @@ pub(crate) struct Node {
     leader_clock: Option<(u64, Instant)>,
     tick_interval: Duration,
     next_tick: Instant,
+    /// When a raft message from each peer was last taken: a peer whose
+    /// process is stopped keeps its connection open (so the transport calls
+    /// it reachable) but sends nothing.
+    last_heard: HashMap<u64, Instant>,
     snapshots: SnapshotStore,
     /// The node's own event queue (the peer queue), for background work.
     events: Sender<PeerInput>,
@@ -260,6 +265,7 @@ impl Node {
             leader_clock: None,
             tick_interval,
             next_tick: Instant::now() + tick_interval,
+            last_heard: HashMap::new(),
             snapshots,
             events,
             snapshot_in_progress: false,
@@ -403,6 +409,7 @@ impl Node {
                     self.shared.peer_rejections.count(rejection);
                     return Ok(());
                 }
+                self.last_heard.insert(message.from, Instant::now());
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }

@@ -92,7 +92,13 @@ impl Node {
                 };
                 let pr = progress.iter().find(|p| p.id == id);
                 let match_index = pr.map_or(0, |p| p.match_index);
-                let reachable = self.is_live(id);
+                // Only a leader hears from every member; another node can
+                // tell only whether it holds a connection to it.
+                let reachable = if self.raw.raft.state == StateRole::Leader {
+                    self.is_live(id)
+                } else {
+                    id == self.id || self.transport.is_reachable(id)
+                };
                 MemberInfo {
                     id,
                     address: addresses.get(&id).cloned().unwrap_or_default(),
