@@ -798,3 +798,40 @@ fn a_stopped_member_does_not_count_as_live() {
     cluster.resume(paused);
     wait_members(&cluster, &[1, 2, 3, 4], &[]);
 }
+
+/// Leadership does not move while a membership change runs: the change
+/// would be left half done (a learner its leader could no longer remove).
+#[test]
+fn transfer_leader_waits_for_a_change_in_progress() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    let leader = cluster.wait_leader(raftkv_testkit::LEADER_WAIT);
+    let target = cluster.followers()[0];
+    // A node that never starts: the add waits for it until its deadline.
+    let address = cluster.reserve_join_addresses(1).remove(0);
+    let endpoints = cluster.endpoints();
+    let bin_path = bin();
+    let add = std::thread::spawn(move || {
+        raftkv_testkit::run_cli(
+            &bin_path,
+            &[
+                "cluster",
+                "add",
+                "9",
+                &address,
+                "--timeout",
+                "6s",
+                "--endpoints",
+                &endpoints,
+            ]
+            .map(String::from),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let out = cluster.cli(&["cluster", "transfer-leader", &target.to_string()]);
+    out.assert_error(3, "in progress");
+    let add = add.join().expect("add thread");
+    assert_ne!(add.code, 0, "{}", add.describe());
+    assert_eq!(cluster.wait_leader(raftkv_testkit::LEADER_WAIT), leader);
+    // The add rolled back what it added.
+    wait_members(&cluster, &[1, 2, 3], &[]);
+}

@@ -349,7 +349,7 @@ impl Membership {
                 "cannot remove the leader: no other live voter stays to take over".into(),
             );
         };
-        if let Err(e) = self.transfer(target, deadline).await {
+        if let Err(e) = self.move_leadership(target, deadline).await {
             return e;
         }
         let (leader_id, leader_address) = self.replica.leader_hint();
@@ -361,7 +361,17 @@ impl Membership {
     }
 
     /// Moves leadership to `to` and waits until this node no longer leads.
+    /// Not while a membership change runs: moving leadership in the middle
+    /// of one would leave it half done (an added learner the old leader can
+    /// no longer roll back).
     pub async fn transfer(&self, to: u64, deadline: Instant) -> Result<(), ReplicaError> {
+        self.check_leader()?;
+        let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
+        self.move_leadership(to, deadline).await
+    }
+
+    /// [`transfer`](Self::transfer) for a change that holds the lock.
+    async fn move_leadership(&self, to: u64, deadline: Instant) -> Result<(), ReplicaError> {
         self.check_leader()?;
         if to == self.replica.node_id() {
             return Ok(());
