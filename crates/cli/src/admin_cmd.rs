@@ -12,19 +12,21 @@ use crate::failure::Failure;
 use crate::output::print_json;
 use crate::ClientFlags;
 
-fn member_json(m: &pb::Member) -> Value {
+/// One member; match index and lag are `null` unless the leader answered.
+fn member_json(m: &pb::Member, progress_known: bool) -> Value {
     json!({
         "id": m.id,
         "address": m.address,
         "role": m.role,
         "voter": m.voter,
-        "match_index": m.match_index,
-        "lag": m.lag,
+        "match_index": progress_known.then_some(m.match_index),
+        "lag": progress_known.then_some(m.lag),
         "reachable": m.reachable,
     })
 }
 
 fn status_json(s: &pb::StatusResponse) -> Value {
+    let known = progress_known(s.id, &s.members);
     json!({
         "id": s.id,
         "role": s.role,
@@ -33,8 +35,8 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "leader_address": s.leader_address,
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
-        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-        "progress_known": progress_known(s.id, &s.members),
+        "members": s.members.iter().map(|m| member_json(m, known)).collect::<Vec<_>>(),
+        "progress_known": known,
         "joint": s.joint,
         "keys": s.keys,
         "data_bytes": s.data_bytes,
@@ -114,7 +116,7 @@ fn print_members_text(members: &[pb::Member], progress_known: bool) -> Result<()
         )?;
     }
     if !progress_known {
-        outln!("  (match_index and lag are known only to the leader, which did not answer)")?;
+        outln!("  (match_index and lag are known only to the leader; this node is not it)")?;
     }
     Ok(())
 }
@@ -161,7 +163,7 @@ fn print_members(reply: &pb::MembersResponse, json: bool) -> Result<(), Failure>
     let known = progress_known(responder(reply), &reply.members);
     if json {
         print_json(&json!({
-            "members": reply.members.iter().map(member_json).collect::<Vec<_>>(),
+            "members": reply.members.iter().map(|m| member_json(m, known)).collect::<Vec<_>>(),
             "joint": reply.joint,
             "progress_known": known,
         }))?;

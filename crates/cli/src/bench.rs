@@ -100,6 +100,11 @@ fn settings(args: &BenchArgs) -> Result<Settings, Failure> {
     if args.clients == 0 {
         return Err(Failure::Usage("--clients must be at least 1".into()));
     }
+    if args.key_size > 4096 {
+        return Err(Failure::Usage(
+            "--key-size: keys are at most 4096 bytes".into(),
+        ));
+    }
     if args.keys == 0 {
         return Err(Failure::Usage("--keys must be at least 1".into()));
     }
@@ -154,9 +159,17 @@ pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
     // Validates the endpoints before any load starts.
     target.connect(0).map_err(Failure::Usage)?;
     errln!(
-        "keys: {}{} ({} of them){}",
-        settings.prefix,
-        "N".repeat(10),
+        "keys: {} .. {} ({} of them){}",
+        String::from_utf8_lossy(&raftkv_loadgen::key_of(
+            &settings.prefix,
+            0,
+            settings.key_size
+        )),
+        String::from_utf8_lossy(&raftkv_loadgen::key_of(
+            &settings.prefix,
+            settings.keys - 1,
+            settings.key_size
+        )),
         settings.keys,
         if args.cleanup {
             ", deleted at the end (--cleanup)"
@@ -178,11 +191,26 @@ pub async fn run(flags: &ClientFlags, args: BenchArgs) -> Result<(), Failure> {
         .await
         .map_err(Failure::Other);
     // The figures first: a failed cleanup must not lose them.
-    let printed = report.and_then(|report| print_report(&report, &args, &settings, flags.json));
+    let report = report?;
+    print_report(&report, &args, &settings, flags.json)?;
+    if report.total_ops() == 0 && report.total_errors() > 0 {
+        // Nothing was measured: say why, as any other command would.
+        let kinds: Vec<String> = report
+            .errors
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let probe = flags.client()?.status().await.err();
+        return Err(Failure::Other(format!(
+            "every operation failed ({}){}",
+            kinds.join(", "),
+            probe.map_or(String::new(), |e| format!(": {e}"))
+        )));
+    }
     if args.cleanup {
         cleanup(flags, &settings).await?;
     }
-    printed
+    Ok(())
 }
 
 /// Deletes every key the run could have written, a thousand per atomic batch.

@@ -79,6 +79,11 @@ pub async fn get(flags: &ClientFlags, args: GetArgs) -> Result<(), Failure> {
     if let Some(path) = &args.out {
         std::fs::write(path, &value)
             .map_err(|e| Failure::Other(format!("cannot write {}: {e}", path.display())))?;
+        if json {
+            let mut done = write_done("get", &key, Some(value.len()));
+            done["out"] = Value::String(path.display().to_string());
+            print_json(&done)?;
+        }
     } else if json {
         print_json(&pair_json(&key, Some(&value)))?;
     } else {

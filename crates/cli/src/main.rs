@@ -167,12 +167,9 @@ fn parse() -> Result<Cli, ExitCode> {
         Err(e) => {
             use clap::error::ErrorKind;
             let wants_json = std::env::args_os().any(|a| a == "--json");
-            let shown = matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            );
+            // Asked for; a command without its subcommand is a usage error
+            // (under --json, reported as one).
+            let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
             if !wants_json || shown {
                 e.exit();
             }
@@ -184,7 +181,11 @@ fn parse() -> Result<Cli, ExitCode> {
                 .map(str::trim)
                 .collect::<Vec<_>>()
                 .join(" ");
-            let message = message.trim_start_matches("error: ");
+            let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                "a subcommand is missing (see --help)"
+            } else {
+                message.trim_start_matches("error: ")
+            };
             Failure::Usage(message.to_string()).report(true);
             Err(ExitCode::from(2))
         }

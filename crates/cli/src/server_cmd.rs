@@ -217,7 +217,9 @@ async fn wait_for_leader(
         }
         if std::time::Instant::now() >= give_up {
             return Err(Failure::Other(format!(
-                "no leader after {}s; every node is stopped (logs in {}/n*/server.log)",
+                "no leader after {}s; every node is stopped (logs in {}/n*/server.log). A data \
+                 dir from an earlier playground on other ports keeps those ports: use the \
+                 same --port, or another --data-dir",
                 PLAYGROUND_START.as_secs(),
                 dir.display()
             )));

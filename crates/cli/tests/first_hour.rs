@@ -122,6 +122,20 @@ fn errors_under_json_are_one_object_with_kind_and_message() {
     let out = raftkv(&["--endpoints", "nowhere", "get", "k", "--json"]);
     out.assert_code(2);
     assert_eq!(json_error(&out)["kind"], "usage");
+    // A command without its subcommand too.
+    let out = raftkv(&["--json", "cluster"]);
+    out.assert_code(2);
+    assert_eq!(json_error(&out)["kind"], "usage");
+    // A bench that measured nothing fails, saying why.
+    let out = raftkv(&["bench", "--duration", "1s", "--endpoints", &endpoint]);
+    out.assert_error(3, "every operation failed");
+    assert!(
+        out.stderr.contains("connection refused"),
+        "{}",
+        out.describe()
+    );
+    // --learner only means something with --join.
+    raftkv(&["server", "--learner"]).assert_error(2, "--join");
 }
 
 #[test]

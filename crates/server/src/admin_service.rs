@@ -128,12 +128,18 @@ impl Cluster for AdminService {
             disk_bytes: self.data_dir_bytes().await,
             cluster_id: status.cluster_id,
             address: self.address.clone(),
-            problem: self
-                .replica
-                .check_cluster_contact(false)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
+            problem: if status.role == raftkv_replica::Role::Removed {
+                format!(
+                    "node {} has been removed from the cluster: it serves nothing",
+                    status.id
+                )
+            } else {
+                self.replica
+                    .check_cluster_contact(false)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            },
         }))
     }
 

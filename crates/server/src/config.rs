@@ -82,6 +82,12 @@ impl ServerConfig {
                 return Err(format!("--peers does not list this node's id {id}"));
             }
         }
+        if self.learner && self.join.is_empty() {
+            return Err("--learner applies to a node that joins: give --join too".into());
+        }
+        if self.snapshot_entries == 0 {
+            return Err("--snapshot-entries must be 1 or more".into());
+        }
         if self.peers.is_some() && !self.join.is_empty() {
             return Err("--peers (static cluster) and --join cannot be used together".into());
         }
