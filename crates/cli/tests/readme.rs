@@ -513,11 +513,8 @@ fn the_repository_stands_alone() {
             .unwrap_or(file)
             .display()
             .to_string();
-        // This test names what it looks for.
-        if shown.ends_with("tests/readme.rs") {
-            continue;
-        }
-        for needle in ["../shared", "CONTRACT.md"] {
+        // Spelt in pieces, so that this file does not name them itself.
+        for needle in [concat!("..", "/shared"), concat!("CONTRACT", ".md")] {
             if text.contains(needle) {
                 problems.push(format!("{shown} mentions {needle}"));
             }

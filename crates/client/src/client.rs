@@ -271,7 +271,7 @@ impl Client {
                 _ => return Err(error),
             }
             if Instant::now() + backoff >= deadline.expires_at() {
-                return Err(reach.give_up(deadline, Some(error)));
+                return Err(reach.give_up(deadline, error));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -866,9 +866,9 @@ impl Reachability {
 
     /// The error of a call whose deadline came: a write the server could not
     /// settle says so; no leader says what the nodes saw.
-    fn give_up(&self, deadline: &Deadline, last: Option<Error>) -> Error {
+    fn give_up(&self, deadline: &Deadline, last: Error) -> Error {
         match (last, &self.no_leader) {
-            (Some(error @ Error::UnknownOutcome(_)), _) => error,
+            (error @ Error::UnknownOutcome(_), _) => error,
             (_, Some((_, detail))) => Error::NoLeader {
                 waited: deadline.timeout(),
                 detail: detail.clone(),
