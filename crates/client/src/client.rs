@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::deadline::Deadline;
-use crate::error::Error;
+use crate::error::{Error, Unreachable};
 use crate::session::Session;
 
 /// Values above this go through the streaming RPCs, in chunks.
@@ -357,7 +357,8 @@ impl Client {
                     async move {
                         let result = sent.await;
                         if result.as_ref().is_err_and(|s| {
-                            !Error::from_status(s).not_applied() && !Error::never_sent(s)
+                            !Error::from_status(s).not_applied()
+                                && !Unreachable::of(s).is_some_and(|u| u.never_sent())
                         }) {
                             maybe_applied.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -758,7 +759,7 @@ impl Client {
 #[derive(Default)]
 struct Reachability {
     /// Per address: attempts that could not connect in a row, and why.
-    unreachable: HashMap<String, (u32, String)>,
+    unreachable: HashMap<String, (u32, Unreachable)>,
     /// When the current run of failures to connect began.
     failing_since: Option<Instant>,
     /// The last answer was "no leader is known", with the server's account.
@@ -774,13 +775,13 @@ impl Reachability {
     const FAILING_BEFORE_GIVING_UP: Duration = Duration::from_millis(500);
 
     fn record(&mut self, address: &str, status: &Status) {
-        match Error::unreachable_cause(status) {
+        match Unreachable::of(status) {
             Some(cause) => {
                 self.failing_since.get_or_insert_with(Instant::now);
                 let entry = self
                     .unreachable
                     .entry(address.to_string())
-                    .or_insert((0, String::new()));
+                    .or_insert((0, cause.clone()));
                 entry.0 += 1;
                 entry.1 = cause;
             }
@@ -817,27 +818,20 @@ impl Reachability {
             })
     }
 
+    /// Every endpoint and why it could not be reached (called once
+    /// [`none_reachable`](Self::none_reachable) holds, so each has a cause).
     fn unreachable_error(&self, endpoints: &[String]) -> Error {
+        let cause = |e: &String| self.unreachable.get(e).map(|(_, cause)| cause);
+        if let [endpoint] = endpoints {
+            if let Some(cause) = cause(endpoint) {
+                return Error::Unavailable(cause.describe(endpoint));
+            }
+        }
         let causes: Vec<String> = endpoints
             .iter()
-            .map(|e| match self.unreachable.get(e) {
-                Some((_, cause)) if cause.starts_with("cannot resolve") => cause.clone(),
-                Some((_, cause)) => format!("{e}: {cause}"),
-                None => e.clone(),
-            })
+            .map(|e| cause(e).map_or_else(|| e.clone(), |cause| cause.at(e)))
             .collect();
-        let what = if endpoints.len() == 1 {
-            "cannot reach"
-        } else {
-            "cannot reach any endpoint:"
-        };
-        let causes = causes.join("; ");
-        let message = if endpoints.len() == 1 && causes.starts_with("cannot resolve") {
-            causes
-        } else {
-            format!("{what} {causes}")
-        };
-        Error::Unavailable(message)
+        Error::Unavailable(format!("cannot reach any endpoint: {}", causes.join("; ")))
     }
 
     /// The error of a call whose deadline came while an attempt on `target`

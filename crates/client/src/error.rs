@@ -19,8 +19,8 @@ pub enum Error {
     },
     #[error("timed out after {}", humanize(*.0))]
     Timeout(Duration),
-    /// No node knew a leader until the deadline; `detail` is what the last
-    /// node asked saw (e.g. which voters it cannot reach).
+    /// The last node that answered before the deadline knew no leader;
+    /// `detail` is what it saw (e.g. which voters it cannot reach).
     #[error("no leader after {}: {detail}", humanize(*waited))]
     NoLeader { waited: Duration, detail: String },
     #[error("unavailable: {0}")]
@@ -111,54 +111,11 @@ impl Error {
             .is_ok_and(|detail| detail.kind == ErrorKind::Rejected as i32 && detail.retryable)
     }
 
-    /// Why a call never reached a server (the connection could not be made),
-    /// or `None` if it did or the cause is unknown: a refused connection, a
-    /// host name that does not resolve, an unreachable host.
-    pub(crate) fn unreachable_cause(status: &Status) -> Option<String> {
-        let mut source = std::error::Error::source(status);
-        while let Some(error) = source {
-            if let Some(io) = error.downcast_ref::<std::io::Error>() {
-                if let Some(unresolved) = io
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<raftkv_net::Unresolved>())
-                {
-                    return Some(unresolved.0.clone());
-                }
-                let cause = match io.kind() {
-                    std::io::ErrorKind::ConnectionRefused => "connection refused",
-                    std::io::ErrorKind::HostUnreachable => "host unreachable",
-                    std::io::ErrorKind::NetworkUnreachable => "network unreachable",
-                    std::io::ErrorKind::AddrNotAvailable => "address not available",
-                    std::io::ErrorKind::TimedOut => "connect timed out",
-                    _ => "",
-                };
-                if !cause.is_empty() {
-                    return Some(cause.to_string());
-                }
-            }
-            source = error.source();
-        }
-        None
-    }
-
-    /// The call failed while connecting, before its request could reach a
-    /// server (the connection was refused, the name did not resolve): nothing
-    /// of it can have been applied. Errors that can also come from an
-    /// established connection (timeouts, unreachable hosts) do not count.
-    pub(crate) fn never_sent(status: &Status) -> bool {
-        Error::unreachable_cause(status).is_some_and(|cause| {
-            cause == "connection refused"
-                || cause == "address not available"
-                || cause.starts_with("cannot resolve")
-        })
-    }
-
     /// Decodes the status of a call to `address`, naming the address when it
     /// could not be reached.
     pub(crate) fn from_status_at(address: &str, status: &Status) -> Error {
-        match Error::unreachable_cause(status) {
-            Some(cause) if cause.starts_with("cannot resolve") => Error::Unavailable(cause),
-            Some(cause) => Error::Unavailable(format!("cannot reach {address}: {cause}")),
+        match Unreachable::of(status) {
+            Some(unreachable) => Error::Unavailable(unreachable.describe(address)),
             None => Error::from_status(status),
         }
     }
@@ -248,5 +205,82 @@ mod tests {
             Error::Timeout(Duration::from_millis(1500)).to_string(),
             "timed out after 1500ms"
         );
+    }
+}
+
+/// Why a connection to an endpoint could not be made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    /// The host name did not resolve; the text names it and says why.
+    Unresolved(String),
+    /// Connecting failed: refused, no route, no such local address, or the
+    /// connect timed out.
+    Connect(std::io::ErrorKind),
+}
+
+impl Unreachable {
+    /// Why a call could not connect, from its status's chain of sources, or
+    /// `None` if it connected or the cause is unknown.
+    pub(crate) fn of(status: &Status) -> Option<Unreachable> {
+        use std::io::ErrorKind::*;
+        let mut source = std::error::Error::source(status);
+        while let Some(error) = source {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if let Some(unresolved) = io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<raftkv_net::Unresolved>())
+                {
+                    return Some(Unreachable::Unresolved(unresolved.0.clone()));
+                }
+                if matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | AddrNotAvailable
+                        | TimedOut
+                ) {
+                    return Some(Unreachable::Connect(io.kind()));
+                }
+            }
+            source = error.source();
+        }
+        None
+    }
+
+    /// Nothing of the call reached a server (the connection was refused, the
+    /// name did not resolve), so nothing of it can have been applied. A
+    /// timeout or an unreachable host can also end an established
+    /// connection, so they do not count.
+    pub(crate) fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Unreachable::Unresolved(_)
+                | Unreachable::Connect(
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+                )
+        )
+    }
+
+    /// `ADDRESS: CAUSE` (or the resolver's account, which names the host).
+    pub(crate) fn at(&self, address: &str) -> String {
+        let cause = match self {
+            Unreachable::Unresolved(text) => return text.clone(),
+            Unreachable::Connect(std::io::ErrorKind::ConnectionRefused) => "connection refused",
+            Unreachable::Connect(std::io::ErrorKind::HostUnreachable) => "host unreachable",
+            Unreachable::Connect(std::io::ErrorKind::NetworkUnreachable) => "network unreachable",
+            Unreachable::Connect(std::io::ErrorKind::AddrNotAvailable) => "address not available",
+            Unreachable::Connect(_) => "connect timed out",
+        };
+        format!("{address}: {cause}")
+    }
+
+    /// The whole message for one endpoint: `cannot reach ADDRESS: CAUSE`, or
+    /// `cannot resolve HOST:PORT: ...`.
+    pub(crate) fn describe(&self, address: &str) -> String {
+        match self {
+            Unreachable::Unresolved(text) => text.clone(),
+            Unreachable::Connect(_) => format!("cannot reach {}", self.at(address)),
+        }
     }
 }

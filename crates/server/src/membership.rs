@@ -365,7 +365,6 @@ impl Membership {
     /// of one would leave it half done (an added learner the old leader can
     /// no longer roll back).
     pub async fn transfer(&self, to: u64, deadline: Instant) -> Result<(), ReplicaError> {
-        self.check_leader()?;
         let _guard = self.lock.try_lock().map_err(|_| in_progress())?;
         self.move_leadership(to, deadline).await
     }
