@@ -1,12 +1,39 @@
-//! The clock leases are measured on: `CLOCK_BOOTTIME`, which, unlike
-//! `CLOCK_MONOTONIC` (Rust's `Instant` on Linux), keeps counting while the
-//! machine is suspended, and is never set (a wall-clock jump changes
-//! nothing). A leader whose host slept through its lease finds it expired.
+//! The clocks a replica reads, handed to it rather than read directly, so a
+//! simulator can run it on simulated time.
+//!
+//! Two readings: `now`, monotonic (`Instant`), for tick deadlines and
+//! timeouts; and `boot`, the clock leases are measured on — in a real
+//! process `CLOCK_BOOTTIME`, which, unlike `CLOCK_MONOTONIC` (Rust's
+//! `Instant` on Linux), keeps counting while the machine is suspended, and
+//! is never set (a wall-clock jump changes nothing). A leader whose host
+//! slept through its lease finds it expired.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Where a replica gets the time. Implementations must never go backwards.
+pub trait Clock: Send + Sync + 'static {
+    /// Monotonic time.
+    fn now(&self) -> Instant;
+    /// Time on the lease clock (counts through suspend; never set).
+    fn boot(&self) -> Duration;
+}
+
+/// The process's real clocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn boot(&self) -> Duration {
+        boot_time()
+    }
+}
 
 /// Time since boot, suspend included.
-pub(crate) fn boot_time() -> Duration {
+fn boot_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -23,8 +50,8 @@ mod tests {
 
     #[test]
     fn boot_time_moves_forward() {
-        let a = boot_time();
+        let a = SystemClock.boot();
         std::thread::sleep(Duration::from_millis(2));
-        assert!(boot_time() >= a + Duration::from_millis(2));
+        assert!(SystemClock.boot() >= a + Duration::from_millis(2));
     }
 }

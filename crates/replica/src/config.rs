@@ -44,6 +44,10 @@ pub struct ReplicaConfig {
     pub min_free_bytes: u64,
     /// Serve lease reads from a leader lease (`--lease-read`).
     pub lease_reads: bool,
+    /// Draw every random choice (proposal ids, read contexts, election
+    /// timeouts, the cluster id) from this seed instead of the OS: for
+    /// deterministic simulation only.
+    pub seed: Option<u64>,
 }
 
 impl ReplicaConfig {
@@ -66,6 +70,7 @@ impl ReplicaConfig {
             snapshot_catch_up_entries: 5_000,
             min_free_bytes: 64 * 1024 * 1024,
             lease_reads: true,
+            seed: None,
         }
     }
 

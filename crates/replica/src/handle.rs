@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::Message;
@@ -16,10 +16,12 @@ use raftkv_kv::{KvState, Op};
 use raftkv_storage::{FileStorage, MembershipRecord, SnapshotInfo, SnapshotStore, StorageStats};
 use tokio::sync::{oneshot, watch};
 
+use crate::clock::{Clock, SystemClock};
 use crate::cluster_id::{ClusterContact, ClusterIds};
 use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
+use crate::log_store::LogStore;
 use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
@@ -68,8 +70,9 @@ pub struct Replica {
     node_id: u64,
     snapshots: SnapshotStore,
     min_free_bytes: u64,
-    election_timeout: std::time::Duration,
+    election_timeout: Duration,
     started: Instant,
+    clock: Arc<dyn Clock>,
 }
 
 impl Replica {
@@ -81,6 +84,26 @@ impl Replica {
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<Replica, FatalError> {
+        let node_id = config.node_id;
+        let (replica, node) =
+            Replica::assemble(storage, snapshots, config, transport, Arc::new(SystemClock))?;
+        std::thread::Builder::new()
+            .name(format!("raft-node-{node_id}"))
+            .spawn(move || node.run())
+            .map_err(|e| FatalError(format!("cannot start the node thread: {e}")))?;
+        Ok(replica)
+    }
+
+    /// The handle and the node it talks to, not yet running: `start` runs
+    /// the node on a thread of its own, a simulator turn by turn
+    /// ([`crate::ReplicaCore`]).
+    pub(crate) fn assemble<S: LogStore>(
+        storage: S,
+        snapshots: SnapshotStore,
+        config: ReplicaConfig,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Replica, Node<S>), FatalError> {
         let (inputs, receiver) = crossbeam_channel::bounded(config.max_queued_inputs);
         let (peer_inputs, peer_receiver) =
             crossbeam_channel::bounded(config.max_queued_peer_messages);
@@ -108,6 +131,7 @@ impl Replica {
         let min_free_bytes = config.min_free_bytes;
         let election_timeout = config.election_timeout;
         let snapshot_store = snapshots.clone();
+        let started = clock.now();
         let node = Node::new(
             storage,
             config,
@@ -119,12 +143,9 @@ impl Replica {
                 events: peer_inputs.clone(),
             },
             snapshots,
+            clock.clone(),
         )?;
-        std::thread::Builder::new()
-            .name(format!("raft-node-{node_id}"))
-            .spawn(move || node.run())
-            .map_err(|e| FatalError(format!("cannot start the node thread: {e}")))?;
-        Ok(Replica {
+        let replica = Replica {
             shared,
             inputs,
             peer_inputs,
@@ -132,8 +153,10 @@ impl Replica {
             snapshots: snapshot_store,
             min_free_bytes,
             election_timeout,
-            started: Instant::now(),
-        })
+            started,
+            clock,
+        };
+        Ok((replica, node))
     }
 
     pub fn node_id(&self) -> u64 {
@@ -159,7 +182,8 @@ impl Replica {
     pub fn may_vote_without_cluster_id(&self) -> bool {
         self.cluster_id() == 0
             && self.status().leader_id == 0
-            && self.started.elapsed() > CLUSTER_ID_PATIENCE * self.election_timeout
+            && self.clock.now().saturating_duration_since(self.started)
+                > CLUSTER_ID_PATIENCE * self.election_timeout
     }
 
     /// A message from `sender` was admitted: a member of this node's cluster
@@ -168,9 +192,9 @@ impl Replica {
         let own = self.cluster_ids();
         let mut contact = self.shared.contact.lock().expect("contact lock poisoned");
         if own.cluster_id != 0 && sender.cluster_id == 0 {
-            contact.unconfirmed_contact(Instant::now());
+            contact.unconfirmed_contact(self.clock.now());
         } else {
-            contact.member_contact(Instant::now());
+            contact.member_contact(self.clock.now());
         }
     }
 
@@ -180,7 +204,7 @@ impl Replica {
             .contact
             .lock()
             .expect("contact lock poisoned")
-            .foreign_contact(peer, cluster_id, Instant::now());
+            .foreign_contact(peer, cluster_id, self.clock.now());
     }
 
     /// Err when only nodes of another cluster reach this node lately: its data
@@ -210,7 +234,7 @@ impl Replica {
                 is_leader,
                 stale,
                 window,
-                Instant::now(),
+                self.clock.now(),
             )
             .map_err(ReplicaError::WrongCluster)
     }
@@ -299,7 +323,7 @@ impl Replica {
         let status = self.status();
         status.role == crate::status::Role::Leader
             && status.applied_index >= lease.floor
-            && crate::clock::boot_time() < until
+            && self.clock.boot() < until
     }
 
     /// Hands a raft message from a peer to the node, which checks it against its
@@ -331,7 +355,7 @@ impl Replica {
             .lock()
             .expect("peer space lock poisoned");
         if out_of_space {
-            peers.insert(from, Instant::now());
+            peers.insert(from, self.clock.now());
         } else {
             peers.remove(&from);
         }

@@ -14,8 +14,10 @@ mod clock;
 mod cluster_id;
 mod conf_change;
 mod config;
+mod core;
 mod error;
 mod handle;
+mod log_store;
 mod logger;
 mod membership;
 mod node;
@@ -26,13 +28,16 @@ mod snapshots;
 mod status;
 mod transport;
 
+pub use clock::{Clock, SystemClock};
 pub use cluster_id::{
     admit as admit_cluster, describe as describe_cluster, vote_allowed, ClusterIds,
 };
 pub use conf_change::{ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES};
 pub use config::ReplicaConfig;
+pub use core::{RaftView, ReplicaCore};
 pub use error::{FatalError, ReplicaError};
 pub use handle::{Replica, WriteSession};
+pub use log_store::LogStore;
 pub use membership::{bootstrap_membership, encode_conf_change_context, member_ids};
 pub use peer_check::{check_envelope, check_membership, Arrival, Rejection};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};

@@ -17,11 +17,11 @@ pub(crate) struct Proposals {
 }
 
 impl Proposals {
-    pub(crate) fn new() -> Self {
-        // Start from a random id so that an entry proposed before a restart
-        // can never be mistaken for one proposed after it.
+    /// `first_id`: random (an entry proposed before a restart must never
+    /// be mistaken for one proposed after it).
+    pub(crate) fn new(first_id: u64) -> Self {
         Proposals {
-            next_id: rand::random::<u64>() >> 1,
+            next_id: first_id,
             waiting: HashMap::new(),
         }
     }

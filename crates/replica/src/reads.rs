@@ -41,9 +41,9 @@ pub(crate) struct ReadBatcher {
 }
 
 impl ReadBatcher {
-    pub(crate) fn new(reissue_after: Duration) -> Self {
+    pub(crate) fn new(reissue_after: Duration, first_ctx: u64) -> Self {
         ReadBatcher {
-            next_ctx: rand::random::<u64>() >> 1,
+            next_ctx: first_ctx,
             queued: Vec::new(),
             in_flight: VecDeque::new(),
             answered: VecDeque::new(),
@@ -68,7 +68,7 @@ impl ReadBatcher {
     /// Returns the ctx of a round to issue now, if one should start: reads
     /// are queued and no round is in flight, or the newest round in flight
     /// is overdue (then a new round is issued even if no read is queued).
-    pub(crate) fn round_to_issue(&mut self, now: Instant) -> Option<Vec<u8>> {
+    pub(crate) fn round_to_issue(&mut self, now: Instant, boot: Duration) -> Option<Vec<u8>> {
         let newest_overdue = self
             .in_flight
             .back()
@@ -94,7 +94,7 @@ impl ReadBatcher {
         self.in_flight.push_back(Round {
             ctx,
             issued_at: now,
-            issued_boot: crate::clock::boot_time(),
+            issued_boot: boot,
             waiters: std::mem::take(&mut self.queued),
         });
         Some(ctx.to_be_bytes().to_vec())
@@ -155,14 +155,17 @@ mod tests {
 
     #[test]
     fn reads_arriving_together_share_one_round() {
-        let mut b = ReadBatcher::new(Duration::from_secs(1));
+        let mut b = ReadBatcher::new(Duration::from_secs(1), 0);
         let now = Instant::now();
         let (w1, mut r1) = waiter();
         let (w2, mut r2) = waiter();
         b.queue(w1);
         b.queue(w2);
-        let ctx = b.round_to_issue(now).expect("round starts");
-        assert!(b.round_to_issue(now).is_none(), "one round at a time");
+        let ctx = b.round_to_issue(now, Duration::ZERO).expect("round starts");
+        assert!(
+            b.round_to_issue(now, Duration::ZERO).is_none(),
+            "one round at a time"
+        );
         let (w3, mut r3) = waiter();
         b.queue(w3);
         b.on_read_state(&ctx, 10);
@@ -175,7 +178,7 @@ mod tests {
             r3.try_recv().is_err(),
             "the late read waits for its own round"
         );
-        let ctx2 = b.round_to_issue(now).expect("second round");
+        let ctx2 = b.round_to_issue(now, Duration::ZERO).expect("second round");
         assert_ne!(ctx, ctx2);
         b.on_read_state(&ctx2, 11);
         b.on_applied(11);
@@ -185,15 +188,19 @@ mod tests {
 
     #[test]
     fn an_unanswered_round_is_reissued_and_a_later_answer_releases_it() {
-        let mut b = ReadBatcher::new(Duration::from_millis(500));
+        let mut b = ReadBatcher::new(Duration::from_millis(500), 0);
         let t0 = Instant::now();
         let (w1, mut r1) = waiter();
         b.queue(w1);
-        let _dropped_by_raft = b.round_to_issue(t0).unwrap();
-        assert!(b.round_to_issue(t0 + Duration::from_millis(100)).is_none());
+        let _dropped_by_raft = b.round_to_issue(t0, Duration::ZERO).unwrap();
+        assert!(b
+            .round_to_issue(t0 + Duration::from_millis(100), Duration::ZERO)
+            .is_none());
         let (w2, mut r2) = waiter();
         b.queue(w2);
-        let reissued = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        let reissued = b
+            .round_to_issue(t0 + Duration::from_millis(600), Duration::ZERO)
+            .unwrap();
         b.on_read_state(&reissued, 7);
         b.on_applied(6);
         assert!(r1.try_recv().is_err(), "not before index 7 is applied");
@@ -204,14 +211,16 @@ mod tests {
 
     #[test]
     fn a_slow_answer_to_an_old_round_is_not_ignored() {
-        let mut b = ReadBatcher::new(Duration::from_millis(500));
+        let mut b = ReadBatcher::new(Duration::from_millis(500), 0);
         let t0 = Instant::now();
         let (w1, mut r1) = waiter();
         b.queue(w1);
-        let old = b.round_to_issue(t0).unwrap();
+        let old = b.round_to_issue(t0, Duration::ZERO).unwrap();
         let (w2, mut r2) = waiter();
         b.queue(w2);
-        let _new = b.round_to_issue(t0 + Duration::from_millis(600)).unwrap();
+        let _new = b
+            .round_to_issue(t0 + Duration::from_millis(600), Duration::ZERO)
+            .unwrap();
         // The quorum round trip is slower than the reissue interval.
         b.on_read_state(&old, 5);
         b.on_applied(5);
@@ -222,7 +231,7 @@ mod tests {
 
     #[test]
     fn rounds_in_flight_are_bounded_without_losing_reads() {
-        let mut b = ReadBatcher::new(Duration::from_millis(1));
+        let mut b = ReadBatcher::new(Duration::from_millis(1), 0);
         let mut now = Instant::now();
         let mut receivers = Vec::new();
         let mut last = Vec::new();
@@ -231,7 +240,7 @@ mod tests {
             receivers.push(r);
             b.queue(w);
             now += Duration::from_millis(2);
-            last = b.round_to_issue(now).unwrap();
+            last = b.round_to_issue(now, Duration::ZERO).unwrap();
         }
         assert!(b.in_flight.len() <= MAX_ROUNDS_IN_FLIGHT);
         b.on_read_state(&last, 1);
@@ -243,11 +252,11 @@ mod tests {
 
     #[test]
     fn leadership_loss_fails_every_read() {
-        let mut b = ReadBatcher::new(Duration::from_secs(1));
+        let mut b = ReadBatcher::new(Duration::from_secs(1), 0);
         let (w1, mut r1) = waiter();
         let (w2, mut r2) = waiter();
         b.queue(w1);
-        b.round_to_issue(Instant::now()).unwrap();
+        b.round_to_issue(Instant::now(), Duration::ZERO).unwrap();
         b.queue(w2);
         let err = ReplicaError::Unavailable("x".into());
         b.fail_all(&err);

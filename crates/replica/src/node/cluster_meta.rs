@@ -5,12 +5,14 @@
 use raft::StateRole;
 use raftkv_kv::{ClusterIdChoice, Command, MemberAddress};
 use raftkv_storage::MembershipRecord;
+use rand::Rng as _;
 
 use super::{fatal, Node};
 use crate::error::{FatalError, ReplicaError};
+use crate::log_store::LogStore;
 use crate::proposals::Reply;
 
-impl Node {
+impl<S: LogStore> Node<S> {
     /// Adopts the cluster id the state machine holds (applied from the log or
     /// restored from a snapshot) if this node has none yet: it is written to the
     /// data dir before anything else happens, and peers see it on the next
@@ -78,7 +80,7 @@ impl Node {
         let cluster_id = if own.cluster_id != 0 {
             own.cluster_id
         } else {
-            rand::random::<u64>().max(1)
+            self.rng.gen::<u64>().max(1)
         };
         self.cluster_id_proposed_in = Some(raft.term);
         let command = Command {

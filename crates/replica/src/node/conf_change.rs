@@ -10,10 +10,11 @@ use crate::conf_change::{
     to_conf_change_v2, ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES,
 };
 use crate::error::ReplicaError;
+use crate::log_store::LogStore;
 use crate::membership::{encode_conf_change_context, member_ids};
 use crate::proposals::Reply;
 
-impl Node {
+impl<S: LogStore> Node<S> {
     /// Proposes a membership change; `reply` is answered once it is applied
     /// (for a joint change: once the joint configuration is applied).
     pub(super) fn propose_conf_change(&mut self, request: ConfChangeRequest, reply: Reply) {
@@ -247,10 +248,9 @@ impl Node {
     /// reachable, and heard from within an election timeout (a stopped
     /// process keeps its connection open but answers nothing).
     pub(super) fn is_live(&self, id: u64) -> bool {
-        let heard_lately = self
-            .last_heard
-            .get(&id)
-            .is_some_and(|at| at.elapsed() < self.config.election_timeout);
+        let heard_lately = self.last_heard.get(&id).is_some_and(|at| {
+            self.now.saturating_duration_since(*at) < self.config.election_timeout
+        });
         id == self.id || (self.transport.is_reachable(id) && heard_lately)
     }
 

@@ -18,6 +18,7 @@ use raftkv_kv::Op;
 
 use super::Node;
 use crate::error::ReplicaError;
+use crate::log_store::LogStore;
 
 /// Whether a received snapshot of `snapshot_bytes` fits above the reserve of
 /// `min_free_bytes` with `free` bytes free (unknown free space counts as room).
@@ -62,7 +63,7 @@ pub(super) fn op_bytes(op: &Op) -> u64 {
     op.key.len() as u64 + op.value.len() as u64 + 16
 }
 
-impl Node {
+impl<S: LogStore> Node<S> {
     /// Reads the free space again (every tick).
     pub(super) fn check_free_space(&mut self) {
         self.free_estimate = self.raw.store().free_bytes();
@@ -145,7 +146,8 @@ impl Node {
         if peers.is_empty() {
             return Vec::new();
         }
-        peers.retain(|_, at| at.elapsed() < recent);
+        let now = self.now;
+        peers.retain(|_, at| now.saturating_duration_since(*at) < recent);
         let mut ids: Vec<u64> = peers.keys().copied().collect();
         ids.sort_unstable();
         ids

@@ -29,11 +29,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::clock::boot_time;
-
 use raft::StateRole;
 
 use super::Node;
+use crate::log_store::LogStore;
 
 /// What readers outside the node thread check.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,7 +58,7 @@ pub(crate) struct Lease {
     transfer_term: Option<u64>,
 }
 
-impl Node {
+impl<S: LogStore> Node<S> {
     fn lease_duration(&self) -> Duration {
         self.config.lease_duration()
     }
@@ -114,7 +113,7 @@ impl Node {
             return;
         }
         let half = self.lease_duration() / 2;
-        let boot_now = boot_time();
+        let boot_now = self.clock.boot();
         let needed = self
             .lease
             .until

@@ -36,15 +36,17 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use raftkv_kv::{decode_command, encode_command, ApplyOutcome, Command, KvState, Op};
-use raftkv_storage::{
-    FileStorage, MembershipRecord, SnapshotInfo, SnapshotMeta, SnapshotStore, StorageStats,
-};
+use raftkv_storage::{MembershipRecord, SnapshotInfo, SnapshotMeta, SnapshotStore, StorageStats};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
 use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::handle::{Shared, WriteSession};
+use crate::log_store::LogStore;
 use crate::logger::raft_logger;
 use crate::membership::{decode_conf_change_context, member_ids, next_addresses};
 use crate::proposals::{Proposals, Reply};
@@ -127,9 +129,17 @@ pub(crate) struct NodeChannels {
     pub(crate) events: Sender<PeerInput>,
 }
 
-pub(crate) struct Node {
+pub(crate) struct Node<S: LogStore> {
     id: u64,
-    raw: RawNode<FileStorage>,
+    raw: RawNode<S>,
+    clock: Arc<dyn Clock>,
+    /// The monotonic time this turn started at (every decision of a turn
+    /// is made at it).
+    now: Instant,
+    /// Every random choice of the node (proposal ids, read contexts,
+    /// election timeouts, the cluster id): seeded in a simulation.
+    rng: StdRng,
+    seeded: bool,
     config: ReplicaConfig,
     transport: Arc<dyn Transport>,
     shared: Arc<Shared>,
@@ -193,15 +203,16 @@ fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError +
     move |e| FatalError(format!("{context}: {e}"))
 }
 
-impl Node {
+impl<S: LogStore> Node<S> {
     pub(crate) fn new(
-        storage: FileStorage,
+        storage: S,
         config: ReplicaConfig,
         transport: Arc<dyn Transport>,
         shared: Arc<Shared>,
         channels: NodeChannels,
         snapshots: SnapshotStore,
-    ) -> Result<Node, FatalError> {
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node<S>, FatalError> {
         let NodeChannels {
             inputs,
             peer_inputs,
@@ -247,16 +258,29 @@ impl Node {
         transport.update_peers(&addresses);
         let applied_index = raw.raft.raft_log.applied;
         let tick_interval = config.heartbeat_interval;
-        Ok(Node {
+        let now = clock.now();
+        let (mut rng, seeded) = match config.seed {
+            Some(seed) => (StdRng::seed_from_u64(seed), true),
+            None => (StdRng::from_entropy(), false),
+        };
+        // Start from random ids so that an entry proposed (or a read round
+        // started) before a restart is never mistaken for one after it.
+        let first_proposal_id = rng.gen::<u64>() >> 1;
+        let first_read_ctx = rng.gen::<u64>() >> 1;
+        let mut node = Node {
             id: config.node_id,
             raw,
-            reads: ReadBatcher::new(config.election_timeout / 2),
+            clock,
+            now,
+            rng,
+            seeded,
+            reads: ReadBatcher::new(config.election_timeout / 2, first_read_ctx),
             config,
             transport,
             shared,
             inputs,
             peer_inputs,
-            proposals: Proposals::new(),
+            proposals: Proposals::new(first_proposal_id),
             applied_index,
             membership_dirty: false,
             leader_term: None,
@@ -264,7 +288,7 @@ impl Node {
             cluster_id_proposed_in: None,
             leader_clock: None,
             tick_interval,
-            next_tick: Instant::now() + tick_interval,
+            next_tick: now + tick_interval,
             last_heard: HashMap::new(),
             snapshots,
             events,
@@ -279,8 +303,25 @@ impl Node {
             refusing_appends: false,
             lease: lease::Lease::default(),
             probes: probes::Probes::default(),
-            started_at: Instant::now(),
-        })
+            started_at: now,
+        };
+        node.reseed_election_timeout();
+        Ok(node)
+    }
+
+    /// raft-rs draws a node's randomized election timeout from an unseeded
+    /// RNG whenever it resets its election timer (which leaves
+    /// `election_elapsed` at 0). With a seed, that draw is replaced by one
+    /// from the node's own RNG after every raft call that can reset it,
+    /// before the next tick compares against it: the same seed then gives
+    /// the same elections.
+    fn reseed_election_timeout(&mut self) {
+        if !self.seeded || self.raw.raft.election_elapsed != 0 {
+            return;
+        }
+        let (_, election_tick) = self.config.ticks();
+        let timeout = self.rng.gen_range(election_tick..2 * election_tick);
+        self.raw.raft.set_randomized_election_timeout(timeout);
     }
 
     /// Runs until shutdown or a fatal error, then fails everything waiting.
@@ -321,6 +362,37 @@ impl Node {
     }
 
     fn run_loop(&mut self) -> Result<(), FatalError> {
+        self.start()?;
+        let mut peer_batch = Vec::new();
+        loop {
+            // Raft may have more to hand out (entries past the per-Ready
+            // limit, a read round to start): then do not wait for a tick.
+            let wait = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                self.next_tick.saturating_duration_since(self.clock.now())
+            };
+            let mut first = None;
+            crossbeam_channel::select! {
+                recv(self.peer_inputs) -> input => match input {
+                    Ok(input) => peer_batch.push(input),
+                    Err(_) => return Ok(()),
+                },
+                recv(self.inputs) -> input => match input {
+                    Ok(input) => first = Some(input),
+                    Err(_) => return Ok(()),
+                },
+                default(wait) => {}
+            }
+            if !self.turn(&mut peer_batch, first)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// What the node does once before its first turn.
+    pub(crate) fn start(&mut self) -> Result<(), FatalError> {
+        self.now = self.clock.now();
         // A snapshot loaded at start may hold the cluster id.
         self.adopt_cluster_id()?;
         self.check_free_space();
@@ -331,68 +403,65 @@ impl Node {
             if let Err(e) = self.raw.campaign() {
                 tracing::warn!("node {}: cannot campaign at start: {e}", self.id);
             }
+            self.reseed_election_timeout();
         }
         self.publish_status();
-        let mut peer_batch = Vec::new();
-        loop {
-            // Raft may have more to hand out (entries past the per-Ready
-            // limit, a read round to start): then do not wait for a tick.
-            let wait = if self.raw.has_ready() {
-                Duration::ZERO
-            } else {
-                self.next_tick.saturating_duration_since(Instant::now())
-            };
-            crossbeam_channel::select! {
-                recv(self.peer_inputs) -> input => match input {
-                    Ok(input) => peer_batch.push(input),
-                    Err(_) => return Ok(()),
-                },
-                recv(self.inputs) -> input => match input {
-                    Ok(input) => {
-                        if !self.handle(input) {
-                            return Ok(());
-                        }
-                    }
-                    Err(_) => return Ok(()),
-                },
-                default(wait) => {}
+        Ok(())
+    }
+
+    /// One turn: takes `first` and every queued input (up to a bound; peer
+    /// inputs first, collected in `peer_batch`), ticks if a tick is due,
+    /// starts read rounds, and handles `Ready`. Everything it decides, it
+    /// decides at one reading of the clock. False: shut down.
+    pub(crate) fn turn(
+        &mut self,
+        peer_batch: &mut Vec<PeerInput>,
+        first: Option<Input>,
+    ) -> Result<bool, FatalError> {
+        self.now = self.clock.now();
+        if let Some(input) = first {
+            if !self.handle(input) {
+                return Ok(false);
             }
-            while peer_batch.len() < MAX_PEER_INPUTS_PER_TURN {
-                match self.peer_inputs.try_recv() {
-                    Ok(input) => peer_batch.push(input),
-                    Err(_) => break,
-                }
-            }
-            probes::coalesce_heartbeat_responses(&mut peer_batch);
-            for input in peer_batch.drain(..) {
-                self.handle_peer(input)?;
-            }
-            for _ in 0..MAX_INPUTS_PER_TURN {
-                match self.inputs.try_recv() {
-                    Ok(input) => {
-                        if !self.handle(input) {
-                            return Ok(());
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            let now = Instant::now();
-            if now >= self.next_tick {
-                // A removed node must not campaign against the cluster.
-                if !self.removed {
-                    self.raw.tick();
-                }
-                self.check_free_space();
-                self.next_tick = now + self.tick_interval;
-            }
-            self.step_down_if_removed();
-            self.maybe_issue_read(now);
-            self.maybe_propose_cluster_id();
-            self.on_ready()?;
-            self.after_turn();
-            self.maybe_start_snapshot();
         }
+        while peer_batch.len() < MAX_PEER_INPUTS_PER_TURN {
+            match self.peer_inputs.try_recv() {
+                Ok(input) => peer_batch.push(input),
+                Err(_) => break,
+            }
+        }
+        probes::coalesce_heartbeat_responses(peer_batch);
+        for input in peer_batch.drain(..) {
+            self.handle_peer(input)?;
+        }
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match self.inputs.try_recv() {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return Ok(false);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let now = self.now;
+        if now >= self.next_tick {
+            // A removed node must not campaign against the cluster.
+            if !self.removed {
+                self.raw.tick();
+                self.reseed_election_timeout();
+            }
+            self.check_free_space();
+            self.next_tick = now + self.tick_interval;
+        }
+        self.step_down_if_removed();
+        self.maybe_issue_read(now);
+        self.maybe_propose_cluster_id();
+        self.on_ready()?;
+        self.after_turn();
+        self.maybe_start_snapshot();
+        self.reseed_election_timeout();
+        Ok(true)
     }
 
     fn handle_peer(&mut self, input: PeerInput) -> Result<(), FatalError> {
@@ -409,7 +478,7 @@ impl Node {
                     self.shared.peer_rejections.count(rejection);
                     return Ok(());
                 }
-                self.last_heard.insert(message.from, Instant::now());
+                self.last_heard.insert(message.from, self.now);
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }
@@ -428,6 +497,7 @@ impl Node {
                 if let Err(e) = self.raw.step(message) {
                     tracing::debug!("dropped a raft message: {e}");
                 }
+                self.reseed_election_timeout();
             }
             PeerInput::Unreachable(id) => self.raw.report_unreachable(id),
             PeerInput::SnapshotStatus { to, delivered } => {
@@ -472,6 +542,27 @@ impl Node {
             Input::Shutdown => return false,
         }
         true
+    }
+
+    pub(crate) fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    pub(crate) fn raft(&self) -> &raft::Raft<S> {
+        &self.raw.raft
+    }
+
+    /// Whether a turn now would have anything to do: inputs are queued,
+    /// raft has a `Ready`, or a tick is due on the node's clock.
+    pub(crate) fn wants_turn(&self) -> bool {
+        !self.inputs.is_empty()
+            || !self.peer_inputs.is_empty()
+            || self.raw.has_ready()
+            || self.clock.now() >= self.next_tick
+    }
+
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied_index
     }
 
     fn not_leader(&self) -> ReplicaError {
@@ -608,7 +699,7 @@ impl Node {
         use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
         matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote)
             && message.context.as_ref() != raft::CAMPAIGN_TRANSFER
-            && self.started_at.elapsed() < self.config.election_timeout
+            && self.now.saturating_duration_since(self.started_at) < self.config.election_timeout
     }
 
     /// The time stamped on a new command: log time when leadership began
@@ -616,9 +707,9 @@ impl Node {
     fn log_clock_ms(&mut self) -> u64 {
         let (base_ms, since) = *self.leader_clock.get_or_insert_with(|| {
             let base_ms = self.shared.kv.read().expect("kv lock poisoned").clock_ms();
-            (base_ms, Instant::now())
+            (base_ms, self.now)
         });
-        base_ms + since.elapsed().as_millis() as u64
+        base_ms + self.now.saturating_duration_since(since).as_millis() as u64
     }
 
     /// A leader the cluster removed (it left a joint configuration that did
@@ -642,7 +733,7 @@ impl Node {
         if self.raw.raft.state != StateRole::Leader || !self.raw.raft.commit_to_current_term() {
             return;
         }
-        if let Some(ctx) = self.reads.round_to_issue(now) {
+        if let Some(ctx) = self.reads.round_to_issue(now, self.clock.boot()) {
             self.raw.read_index(ctx);
         }
         self.maybe_renew_lease(now);

@@ -26,6 +26,7 @@ use raft::eraftpb::{Message, MessageType};
 use raft::ProgressState;
 
 use super::{Node, PeerInput};
+use crate::log_store::LogStore;
 
 /// The last probe sent to each probing follower: (previous index, its
 /// term) and when.
@@ -34,12 +35,12 @@ pub(super) struct Probes {
     last: HashMap<u64, ((u64, u64), Instant)>,
 }
 
-impl Node {
+impl<S: LogStore> Node<S> {
     /// `messages` (a leader's) without the probes that repeat one sent to
     /// the same follower less than `every` ago.
     pub(super) fn without_repeated_probes(&mut self, mut messages: Vec<Message>) -> Vec<Message> {
         let every = self.tick_interval;
-        let now = Instant::now();
+        let now = self.now;
         let progress = self.raw.raft.prs();
         let last = &mut self.probes.last;
         messages.retain(|message| {

@@ -1,12 +1,13 @@
 //! The node thread's answers to queries: raft state, members, storage.
 
-use raft::{ProgressState, StateRole, Storage as _};
+use raft::{ProgressState, StateRole};
 
 use super::{Node, Query};
+use crate::log_store::LogStore;
 use crate::membership::member_ids;
 use crate::status::{MemberInfo, MembersInfo, PeerProgressInfo, RaftStateInfo, Role};
 
-impl Node {
+impl<S: LogStore> Node<S> {
     pub(super) fn answer(&mut self, query: Query) {
         match query {
             Query::RaftState(reply) => {

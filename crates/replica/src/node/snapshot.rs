@@ -2,12 +2,12 @@
 //! durable (record it, compact the log, keep the newest two files), and
 //! installing one the leader sent.
 
-use raft::Storage as _;
 use raftkv_storage::{SnapshotInfo, SnapshotMeta};
 use tokio::sync::oneshot;
 
 use super::{fatal, Node, PeerInput};
 use crate::error::{FatalError, ReplicaError};
+use crate::log_store::LogStore;
 use crate::membership::member_ids;
 use crate::snapshots::{load_snapshot, write_snapshot};
 
@@ -21,7 +21,7 @@ pub struct CompactResult {
     pub segments_removed: u64,
 }
 
-impl Node {
+impl<S: LogStore> Node<S> {
     /// Starts writing a snapshot in the background when one is due (or was
     /// asked for) and none is being written.
     pub(super) fn maybe_start_snapshot(&mut self) {

@@ -1,0 +1,1100 @@
+//! One simulated cluster, run from a seed: N replicas (the real replica
+//! code, `raftkv_replica::ReplicaCore`) in this thread, a simulated
+//! network, disks and clocks, clients, and the faults. Time moves in steps
+//! of one millisecond; in each step the due faults happen, the due messages
+//! are delivered, every running node that has something to do takes a
+//! turn, and clients see their answers.
+//!
+//! Every random choice comes from the seed, drawn from separate generators
+//! per concern (faults, network, clients, disks, each node), so a seed
+//! replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use raftkv_replica::{
+    bootstrap_membership, Op, RaftView, Replica, ReplicaConfig, ReplicaCore, ReplicaError,
+    SnapshotStore, Transport, WriteSession,
+};
+use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Verdict};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::clock::SimClock;
+use crate::disk::{SimDisk, SimStorage};
+use crate::trace::Trace;
+
+const STEP_US: u64 = 1_000;
+/// The bootstrap id every simulated node starts with.
+const BOOTSTRAP_ID: u64 = 0x5eed;
+/// How long a client waits for one attempt before it tries elsewhere.
+const ATTEMPT_TIMEOUT_US: u64 = 1_500_000;
+/// How long a client keeps retrying one operation.
+const OP_DEADLINE_US: u64 = 6_000_000;
+/// After the faulty phase: everything healed, this long for the cluster to
+/// settle before the final reads and checks.
+const SETTLE_US: u64 = 8_000_000;
+
+/// What one seed's cluster looks like and which faults it suffers (drawn
+/// from the seed, swarm-style: each seed has its own mix).
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub nodes: u64,
+    pub clients: u64,
+    pub keys: u64,
+    /// Per mille of messages lost, duplicated, delayed a long time.
+    pub drop_permille: u32,
+    pub duplicate_permille: u32,
+    pub slow_permille: u32,
+    pub delay_min_us: u64,
+    pub delay_jitter_us: u64,
+    pub partitions: bool,
+    pub crashes: bool,
+    pub pauses: bool,
+    pub disk_faults: bool,
+    pub max_drift_ppm: i64,
+    pub lease_reads: bool,
+    /// Mean time between faults.
+    pub fault_every_us: u64,
+}
+
+impl Params {
+    pub fn draw(rng: &mut StdRng) -> Params {
+        let pick = |rng: &mut StdRng, choices: &[u32]| choices[rng.gen_range(0..choices.len())];
+        Params {
+            nodes: if rng.gen_bool(0.7) { 3 } else { 5 },
+            clients: rng.gen_range(2..=5),
+            keys: rng.gen_range(1..=4),
+            drop_permille: pick(rng, &[0, 0, 10, 50, 200]),
+            duplicate_permille: pick(rng, &[0, 0, 10, 50]),
+            slow_permille: pick(rng, &[0, 5, 50]),
+            delay_min_us: rng.gen_range(50..2_000),
+            delay_jitter_us: pick(rng, &[0, 500, 5_000, 20_000]) as u64,
+            partitions: rng.gen_bool(0.6),
+            crashes: rng.gen_bool(0.6),
+            pauses: rng.gen_bool(0.4),
+            disk_faults: rng.gen_bool(0.2),
+            max_drift_ppm: pick(rng, &[0, 100, 10_000]) as i64,
+            lease_reads: rng.gen_bool(0.8),
+            fault_every_us: rng.gen_range(300_000..3_000_000),
+        }
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub params: Params,
+    /// Hash of every event: equal for two runs of one seed.
+    pub trace_hash: u64,
+    pub events: u64,
+    pub operations: u64,
+    pub acknowledged: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Empty when every check passed.
+    pub violations: Vec<String>,
+    /// The readable event log (replays only).
+    pub log: Vec<String>,
+}
+
+/// Messages the replicas sent, waiting for the simulator to route them.
+#[derive(Default)]
+struct Outbox(Mutex<Vec<Message>>);
+
+/// Which links are cut and which nodes are down: what a node's transport
+/// reports as reachable.
+#[derive(Default)]
+struct Links {
+    cut: BTreeSet<(u64, u64)>,
+    down: BTreeSet<u64>,
+}
+
+struct SimTransport {
+    from: u64,
+    outbox: Arc<Outbox>,
+    links: Arc<Mutex<Links>>,
+}
+
+impl Transport for SimTransport {
+    fn send(&self, messages: Vec<Message>) {
+        self.outbox.0.lock().expect("outbox").extend(messages);
+    }
+
+    fn update_peers(&self, _addresses: &BTreeMap<u64, String>) {}
+
+    fn is_reachable(&self, id: u64) -> bool {
+        let links = self.links.lock().expect("links");
+        !links.down.contains(&id) && !links.cut.contains(&(self.from, id))
+    }
+}
+
+struct Running {
+    replica: Replica,
+    core: ReplicaCore<SimStorage>,
+    /// True time this process started: messages sent to it earlier went
+    /// to its previous process's connections and are lost.
+    started_us: u64,
+    last_view: Option<RaftView>,
+}
+
+struct SimNode {
+    id: u64,
+    disk: SimDisk,
+    clock: Arc<SimClock>,
+    outbox: Arc<Outbox>,
+    running: Option<Running>,
+    paused_until: Option<u64>,
+    restart_at: Option<u64>,
+    incarnation: u64,
+}
+
+struct InFlight {
+    sent_us: u64,
+    message: Message,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<(), ReplicaError>>>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadLevel {
+    Linearizable,
+    Lease,
+}
+
+#[derive(Clone, Debug)]
+enum ClientOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    Get { key: String, level: ReadLevel },
+}
+
+struct Attempt {
+    node: u64,
+    started_us: u64,
+    answer: Answer,
+}
+
+struct Pending {
+    op: ClientOp,
+    invoked_us: u64,
+    session: WriteSession,
+    /// An attempt may have been applied (its outcome was unknown).
+    maybe_applied: bool,
+    attempt: Option<Attempt>,
+    retry_at: u64,
+}
+
+struct Client {
+    id: u64,
+    session_id: u64,
+    seq: u64,
+    leader_hint: u64,
+    next_op_at: u64,
+    pending: Option<Pending>,
+    values: u64,
+}
+
+pub struct World {
+    seed: u64,
+    params: Params,
+    now_us: u64,
+    nodes: Vec<SimNode>,
+    links: Arc<Mutex<Links>>,
+    network: BTreeMap<(u64, u64), (u64, InFlight)>,
+    message_seq: u64,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    fault_rng: StdRng,
+    net_rng: StdRng,
+    client_rng: StdRng,
+    disk_rng: StdRng,
+    trace: Trace,
+    faults: BTreeMap<&'static str, u64>,
+    next_fault_at: u64,
+    heal_at: Option<u64>,
+    violations: Vec<String>,
+    /// term -> the node that led in it.
+    leaders: BTreeMap<u64, u64>,
+    /// (term, true time won) of every leadership, for the lease check.
+    won: Vec<(u64, u64, u64)>,
+    /// index -> (term, data) of every entry any node reported committed.
+    committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// applied index -> state hash, across nodes.
+    states: BTreeMap<u64, u64>,
+    checked_commit: BTreeMap<u64, u64>,
+    snap_dir: tempfile::TempDir,
+    faults_on: bool,
+}
+
+fn noop_poll(answer: &mut Answer) -> Poll<Result<(), ReplicaError>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    answer.as_mut().poll(&mut cx)
+}
+
+impl World {
+    pub fn new(seed: u64, keep_log: bool) -> World {
+        let mut root = StdRng::seed_from_u64(seed);
+        let params = Params::draw(&mut root);
+        let fault_rng = StdRng::seed_from_u64(root.gen());
+        let net_rng = StdRng::seed_from_u64(root.gen());
+        let mut client_rng = StdRng::seed_from_u64(root.gen());
+        let disk_rng = StdRng::seed_from_u64(root.gen());
+        let base = Instant::now();
+        let peers: BTreeMap<u64, String> = (1..=params.nodes)
+            .map(|id| (id, format!("sim-node-{id}")))
+            .collect();
+        let membership = bootstrap_membership(&peers);
+        let nodes = (1..=params.nodes)
+            .map(|id| {
+                let drift = if params.max_drift_ppm == 0 {
+                    0
+                } else {
+                    root.gen_range(-params.max_drift_ppm..=params.max_drift_ppm)
+                };
+                SimNode {
+                    id,
+                    disk: SimDisk::bootstrapped(membership.clone(), BOOTSTRAP_ID),
+                    clock: Arc::new(SimClock::new(base, root.gen_range(0..10_000_000), drift)),
+                    outbox: Arc::new(Outbox::default()),
+                    running: None,
+                    paused_until: None,
+                    restart_at: None,
+                    incarnation: 0,
+                }
+            })
+            .collect();
+        let clients = (1..=params.clients)
+            .map(|id| Client {
+                id,
+                session_id: client_rng.gen::<u64>() | 1,
+                seq: 0,
+                leader_hint: 0,
+                next_op_at: client_rng.gen_range(0..200_000),
+                pending: None,
+                values: 0,
+            })
+            .collect();
+        let mut world = World {
+            seed,
+            params,
+            now_us: 0,
+            nodes,
+            links: Arc::new(Mutex::new(Links::default())),
+            network: BTreeMap::new(),
+            message_seq: 0,
+            clients,
+            history: Vec::new(),
+            fault_rng,
+            net_rng,
+            client_rng,
+            disk_rng,
+            trace: Trace::new(keep_log),
+            faults: BTreeMap::new(),
+            next_fault_at: 0,
+            heal_at: None,
+            violations: Vec::new(),
+            leaders: BTreeMap::new(),
+            won: Vec::new(),
+            committed: BTreeMap::new(),
+            states: BTreeMap::new(),
+            checked_commit: BTreeMap::new(),
+            snap_dir: tempfile::tempdir().expect("temp dir for snapshot stores"),
+            faults_on: true,
+        };
+        world.next_fault_at = world.draw_fault_gap();
+        for index in 0..world.nodes.len() {
+            world.start_node(index);
+        }
+        world
+    }
+
+    /// Runs `steps` milliseconds of faults and load, then heals everything,
+    /// lets the cluster settle, reads every key and checks the history.
+    pub fn run(mut self, steps: u64) -> Report {
+        let params = self.params.clone();
+        self.trace
+            .note(0, || format!("seed {} params {params:?}", self.seed));
+        for _ in 0..steps {
+            self.step();
+        }
+        self.heal_all();
+        let settle_end = self.now_us + SETTLE_US;
+        while self.now_us < settle_end {
+            self.step();
+        }
+        self.final_reads();
+        self.final_checks();
+        let operations = self.history.len() as u64;
+        let acknowledged = self
+            .history
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok)
+            .count() as u64;
+        Report {
+            seed: self.seed,
+            params: self.params.clone(),
+            trace_hash: self.trace.hash(),
+            events: self.trace.events(),
+            operations,
+            acknowledged,
+            faults: self.faults.clone(),
+            violations: std::mem::take(&mut self.violations),
+            log: self.trace.take_log(),
+        }
+    }
+
+    fn violation(&mut self, text: String) {
+        let t = self.now_us;
+        self.trace.note(t, || format!("VIOLATION: {text}"));
+        if self.violations.len() < 20 {
+            self.violations
+                .push(format!("at {:.3}s: {text}", t as f64 / 1e6));
+        }
+    }
+
+    fn config(&self, id: u64, cluster_id: u64, incarnation: u64) -> ReplicaConfig {
+        let mut config = ReplicaConfig::new(id, cluster_id);
+        config.bootstrap_id = BOOTSTRAP_ID;
+        config.election_timeout = Duration::from_millis(300);
+        config.heartbeat_interval = Duration::from_millis(30);
+        config.lease_reads = self.params.lease_reads;
+        // Snapshots are written by a background thread: out of reach here.
+        config.snapshot_entries = u64::MAX / 2;
+        config.seed = Some(
+            self.seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(id << 32 | incarnation),
+        );
+        config
+    }
+
+    fn start_node(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let (id, incarnation) = (node.id, node.incarnation + 1);
+        let storage = node.disk.open();
+        let cluster_id = node.disk.durable().cluster_id;
+        let config = self.config(id, cluster_id, incarnation);
+        let node = &mut self.nodes[index];
+        node.clock.set_true_time(self.now_us);
+        node.incarnation = incarnation;
+        let snapshots = SnapshotStore::open(&self.snap_dir.path().join(format!("n{id}")))
+            .expect("snapshot store");
+        let transport = Arc::new(SimTransport {
+            from: id,
+            outbox: node.outbox.clone(),
+            links: self.links.clone(),
+        });
+        match ReplicaCore::new(storage, snapshots, config, transport, node.clock.clone()) {
+            Ok((replica, core)) => {
+                node.running = Some(Running {
+                    replica,
+                    core,
+                    started_us: self.now_us,
+                    last_view: None,
+                });
+                node.restart_at = None;
+                self.links.lock().expect("links").down.remove(&id);
+                self.trace
+                    .note(self.now_us, || format!("node {id} started"));
+            }
+            Err(e) => {
+                node.restart_at = None;
+                let text = format!("node {id} cannot start: {e}");
+                self.violation(text);
+            }
+        }
+    }
+
+    fn crash_node(&mut self, index: usize, why: &str) {
+        let id = self.nodes[index].id;
+        if self.nodes[index].running.take().is_none() {
+            return;
+        }
+        let lost = self.nodes[index].disk.crash(&mut self.disk_rng);
+        self.nodes[index].paused_until = None;
+        self.links.lock().expect("links").down.insert(id);
+        self.nodes[index].outbox.0.lock().expect("outbox").clear();
+        let restart_in = self.fault_rng.gen_range(100_000..3_000_000);
+        self.nodes[index].restart_at = Some(self.now_us + restart_in);
+        self.trace.note(self.now_us, || {
+            format!("node {id} crashed ({why}); {lost} unsynced writes lost")
+        });
+    }
+
+    fn draw_fault_gap(&mut self) -> u64 {
+        let mean = self.params.fault_every_us;
+        self.fault_rng.gen_range(mean / 2..mean * 3 / 2)
+    }
+
+    fn count(&mut self, fault: &'static str) {
+        *self.faults.entry(fault).or_default() += 1;
+    }
+
+    fn maybe_fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        if self.heal_at.is_some_and(|at| self.now_us >= at) {
+            self.heal_at = None;
+            self.links.lock().expect("links").cut.clear();
+            self.trace.note(self.now_us, || "network healed".into());
+        }
+        if self.now_us < self.next_fault_at {
+            return;
+        }
+        self.next_fault_at = self.now_us + self.draw_fault_gap();
+        let n = self.nodes.len();
+        let mut kinds: Vec<&'static str> = Vec::new();
+        if self.params.partitions {
+            kinds.extend(["partition", "partition", "one-way"]);
+        }
+        if self.params.crashes {
+            kinds.extend(["crash", "crash"]);
+        }
+        if self.params.pauses {
+            kinds.push("pause");
+        }
+        if self.params.disk_faults {
+            kinds.extend(["fsync-error", "disk-full"]);
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let kind = kinds[self.fault_rng.gen_range(0..kinds.len())];
+        let target = self.fault_rng.gen_range(0..n);
+        let target_id = self.nodes[target].id;
+        match kind {
+            "partition" => {
+                // One node cut off, or a random split into two sides.
+                let side: BTreeSet<u64> = if self.fault_rng.gen_bool(0.5) {
+                    [target_id].into()
+                } else {
+                    (1..=n as u64)
+                        .filter(|_| self.fault_rng.gen_bool(0.5))
+                        .collect()
+                };
+                let mut links = self.links.lock().expect("links");
+                links.cut.clear();
+                for a in 1..=n as u64 {
+                    for b in 1..=n as u64 {
+                        if side.contains(&a) != side.contains(&b) {
+                            links.cut.insert((a, b));
+                        }
+                    }
+                }
+                drop(links);
+                self.heal_at = Some(self.now_us + self.fault_rng.gen_range(100_000..4_000_000));
+                self.trace
+                    .note(self.now_us, || format!("partition: {side:?} | the rest"));
+            }
+            "one-way" => {
+                let other = self.fault_rng.gen_range(1..=n as u64);
+                if other == target_id {
+                    return;
+                }
+                self.links
+                    .lock()
+                    .expect("links")
+                    .cut
+                    .insert((target_id, other));
+                self.heal_at = Some(self.now_us + self.fault_rng.gen_range(100_000..4_000_000));
+                self.trace
+                    .note(self.now_us, || format!("link {target_id} -> {other} cut"));
+            }
+            "crash" => {
+                if self.nodes[target].running.is_none() {
+                    return;
+                }
+                self.crash_node(target, "killed");
+            }
+            "pause" => {
+                if self.nodes[target].running.is_none() {
+                    return;
+                }
+                let until = self.now_us + self.fault_rng.gen_range(100_000..3_000_000);
+                self.nodes[target].paused_until = Some(until);
+                self.trace.note(self.now_us, || {
+                    format!(
+                        "node {target_id} paused for {:.3}s",
+                        (until - self.now_us) as f64 / 1e6
+                    )
+                });
+            }
+            "fsync-error" => {
+                self.nodes[target].disk.fail_next_fsync();
+                self.trace.note(self.now_us, || {
+                    format!("node {target_id}: next fsync fails")
+                });
+            }
+            "disk-full" => {
+                // Below the reserve for a while, then space again.
+                self.nodes[target].disk.set_free_bytes(1 << 20);
+                self.trace
+                    .note(self.now_us, || format!("node {target_id}: disk full"));
+            }
+            _ => unreachable!(),
+        }
+        self.count(kind);
+    }
+
+    fn heal_all(&mut self) {
+        self.faults_on = false;
+        self.heal_at = None;
+        self.links.lock().expect("links").cut.clear();
+        for index in 0..self.nodes.len() {
+            self.nodes[index].paused_until = None;
+            self.nodes[index].disk.set_free_bytes(1 << 40);
+            if self.nodes[index].running.is_none() {
+                self.start_node(index);
+            }
+        }
+        self.trace.note(self.now_us, || "everything healed".into());
+    }
+
+    fn step(&mut self) {
+        self.now_us += STEP_US;
+        self.maybe_fault();
+        for index in 0..self.nodes.len() {
+            // Clocks run whether or not their process does.
+            self.nodes[index].clock.set_true_time(self.now_us);
+            if self.nodes[index]
+                .restart_at
+                .is_some_and(|at| self.now_us >= at)
+            {
+                self.start_node(index);
+            }
+            if self.nodes[index]
+                .paused_until
+                .is_some_and(|at| self.now_us >= at)
+            {
+                self.nodes[index].paused_until = None;
+                let id = self.nodes[index].id;
+                self.trace
+                    .note(self.now_us, || format!("node {id} resumed"));
+            }
+            if self.faults_on
+                && self.nodes[index].disk.free_bytes_low()
+                && self.fault_rng.gen_ratio(1, 2_000)
+            {
+                self.nodes[index].disk.set_free_bytes(1 << 40);
+            }
+        }
+        self.deliver();
+        self.start_client_ops();
+        for index in 0..self.nodes.len() {
+            self.turn(index);
+        }
+        self.poll_clients();
+    }
+
+    fn deliver(&mut self) {
+        let due: Vec<(u64, u64)> = self
+            .network
+            .range(..(self.now_us + 1, 0))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let (to, flight) = self.network.remove(&key).expect("listed");
+            let index = (to - 1) as usize;
+            let Some(running) = &self.nodes[index].running else {
+                continue;
+            };
+            if flight.sent_us < running.started_us {
+                continue;
+            }
+            let bytes = flight.message.write_to_bytes().expect("encodable");
+            self.trace.event(self.now_us, to, b'd', &bytes);
+            if flight.message.get_msg_type() == MessageType::MsgSnapshot {
+                // Snapshots are not simulated yet (no node compacts its
+                // log here); tell raft the transfer failed, as the real
+                // transport does when a stream breaks.
+                running.replica.report_snapshot(to, false);
+                continue;
+            }
+            running.replica.step(flight.message);
+        }
+    }
+
+    /// Routes what node `index` sent: lost, duplicated, delayed per link.
+    fn route(&mut self, index: usize) {
+        let messages = std::mem::take(&mut *self.nodes[index].outbox.0.lock().expect("outbox"));
+        let from = self.nodes[index].id;
+        for message in messages {
+            let to = message.to;
+            let blocked = {
+                let links = self.links.lock().expect("links");
+                links.down.contains(&to) || links.cut.contains(&(from, to))
+            };
+            if blocked {
+                if let Some(running) = &self.nodes[index].running {
+                    running.replica.report_unreachable(to);
+                }
+                continue;
+            }
+            if self.net_rng.gen_ratio(self.params.drop_permille, 1000) {
+                continue;
+            }
+            let copies = if self.net_rng.gen_ratio(self.params.duplicate_permille, 1000) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let mut delay = self.params.delay_min_us;
+                if self.params.delay_jitter_us > 0 {
+                    delay += self.net_rng.gen_range(0..self.params.delay_jitter_us);
+                }
+                if self.net_rng.gen_ratio(self.params.slow_permille, 1000) {
+                    delay += self.net_rng.gen_range(0..300_000);
+                }
+                self.message_seq += 1;
+                self.network.insert(
+                    (self.now_us + delay, self.message_seq),
+                    (
+                        to,
+                        InFlight {
+                            sent_us: self.now_us,
+                            message: message.clone(),
+                        },
+                    ),
+                );
+            }
+        }
+    }
+
+    fn turn(&mut self, index: usize) {
+        if self.nodes[index].paused_until.is_some() {
+            return;
+        }
+        let now = self.now_us;
+        let node = &mut self.nodes[index];
+        let id = node.id;
+        let Some(running) = &mut node.running else {
+            return;
+        };
+        node.clock.set_true_time(now);
+        if !running.core.wants_turn() {
+            return;
+        }
+        match running.core.turn() {
+            Ok(true) => {}
+            Ok(false) => unreachable!("no node is asked to shut down"),
+            Err(e) => {
+                let why = format!("fatal: {e}");
+                self.route(index);
+                self.crash_node(index, &why);
+                return;
+            }
+        }
+        self.route(index);
+        let running = self.nodes[index].running.as_mut().expect("running");
+        let view = running.core.raft_view();
+        let changed = running.last_view != Some(view);
+        running.last_view = Some(view);
+        if changed {
+            self.trace.event(
+                now,
+                id,
+                b'v',
+                &[
+                    view.term,
+                    view.vote,
+                    view.leader_id,
+                    view.commit_index,
+                    view.applied_index,
+                    view.last_index,
+                    view.is_leader as u64,
+                ]
+                .map(u64::to_le_bytes)
+                .concat(),
+            );
+            self.check_view(index, view);
+        }
+    }
+
+    /// Invariants after a node's turn: one leader per term; every committed
+    /// index holds the same entry on every node; equal applied index, equal
+    /// state.
+    fn check_view(&mut self, index: usize, view: RaftView) {
+        let id = self.nodes[index].id;
+        if view.is_leader {
+            let leader = *self.leaders.entry(view.term).or_insert(id);
+            if leader != id {
+                self.violation(format!(
+                    "two leaders in term {}: nodes {leader} and {id}",
+                    view.term
+                ));
+            } else if !self.won.iter().any(|w| w.0 == view.term) {
+                self.won.push((view.term, id, self.now_us));
+                self.trace.note(self.now_us, || {
+                    format!("node {id} leads term {}", view.term)
+                });
+            }
+        }
+        let checked = self.checked_commit.get(&id).copied().unwrap_or(0);
+        if view.commit_index > checked {
+            let running = self.nodes[index].running.as_ref().expect("running");
+            let entries = running
+                .core
+                .store()
+                .entries_in(checked + 1, view.commit_index + 1);
+            let mut conflicts = Vec::new();
+            for entry in entries {
+                let seen = self
+                    .committed
+                    .entry(entry.index)
+                    .or_insert_with(|| (entry.term, entry.data.to_vec()));
+                if seen.0 != entry.term || seen.1 != entry.data.as_ref() {
+                    conflicts.push((entry.index, seen.0, entry.term));
+                }
+            }
+            self.checked_commit.insert(id, view.commit_index);
+            for (i, t1, t2) in conflicts {
+                self.violation(format!(
+                    "committed entry {i} differs: term {t1} elsewhere, term {t2} on node {id}"
+                ));
+            }
+        }
+        let running = self.nodes[index].running.as_ref().expect("running");
+        let hash = running.replica.kv().content_hash();
+        let seen = *self.states.entry(view.applied_index).or_insert(hash);
+        if seen != hash {
+            self.violation(format!(
+                "node {id} has another state at applied index {} than a node before it",
+                view.applied_index
+            ));
+        }
+    }
+
+    fn running_ids(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.running.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn start_client_ops(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
+            if client.pending.is_some() || self.now_us < client.next_op_at {
+                continue;
+            }
+            let key = format!("k{}", self.client_rng.gen_range(0..self.params.keys));
+            let op = match self.client_rng.gen_range(0..10) {
+                0..=3 => {
+                    self.clients[c].values += 1;
+                    let client = &self.clients[c];
+                    ClientOp::Put {
+                        key,
+                        value: format!("{}.{}", client.id, client.values),
+                    }
+                }
+                4 => ClientOp::Delete { key },
+                5..=7 if self.params.lease_reads => ClientOp::Get {
+                    key,
+                    level: ReadLevel::Lease,
+                },
+                _ => ClientOp::Get {
+                    key,
+                    level: ReadLevel::Linearizable,
+                },
+            };
+            self.invoke(c, op);
+        }
+    }
+
+    fn invoke(&mut self, c: usize, op: ClientOp) {
+        let client = &mut self.clients[c];
+        let session = if matches!(op, ClientOp::Get { .. }) {
+            WriteSession::default()
+        } else {
+            client.seq += 1;
+            WriteSession {
+                client_id: client.session_id,
+                seq: client.seq,
+                first_incomplete_seq: client.seq,
+            }
+        };
+        client.pending = Some(Pending {
+            op,
+            invoked_us: self.now_us,
+            session,
+            maybe_applied: false,
+            attempt: None,
+            retry_at: self.now_us,
+        });
+    }
+
+    fn poll_clients(&mut self) {
+        for c in 0..self.clients.len() {
+            self.poll_client(c);
+        }
+    }
+
+    fn poll_client(&mut self, c: usize) {
+        let now = self.now_us;
+        let Some(mut pending) = self.clients[c].pending.take() else {
+            return;
+        };
+        if pending.attempt.is_none() && now >= pending.retry_at {
+            if now - pending.invoked_us > OP_DEADLINE_US {
+                let outcome = if pending.maybe_applied {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Failed
+                };
+                self.complete(c, pending, outcome, None);
+                return;
+            }
+            self.attempt(c, &mut pending);
+        }
+        let Some(attempt) = pending.attempt.as_mut() else {
+            self.clients[c].pending = Some(pending);
+            return;
+        };
+        let result = match noop_poll(&mut attempt.answer) {
+            Poll::Pending if now - attempt.started_us > ATTEMPT_TIMEOUT_US => {
+                Err(ReplicaError::UnknownOutcome("the attempt timed out".into()))
+            }
+            Poll::Pending => {
+                self.clients[c].pending = Some(pending);
+                return;
+            }
+            Poll::Ready(result) => result,
+        };
+        let node = attempt.node;
+        pending.attempt = None;
+        let is_read = matches!(pending.op, ClientOp::Get { .. });
+        match result {
+            Ok(()) => {
+                let read = if let ClientOp::Get { key, .. } = &pending.op {
+                    let index = (node - 1) as usize;
+                    match &self.nodes[index].running {
+                        Some(running) => Some(
+                            running
+                                .replica
+                                .kv()
+                                .get(key.as_bytes())
+                                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        ),
+                        None => {
+                            // The node died between its answer and the read.
+                            pending.retry_at = now + 1_000;
+                            self.clients[c].pending = Some(pending);
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                self.complete(c, pending, Outcome::Ok, read);
+            }
+            Err(ReplicaError::NotLeader { leader_id, .. }) => {
+                self.clients[c].leader_hint = leader_id;
+                pending.retry_at = now + if leader_id == 0 { 20_000 } else { 1_000 };
+                self.clients[c].pending = Some(pending);
+            }
+            Err(ReplicaError::UnknownOutcome(_)) | Err(ReplicaError::Stopped(_)) => {
+                if !is_read {
+                    pending.maybe_applied = true;
+                }
+                self.clients[c].leader_hint = 0;
+                pending.retry_at = now + 10_000;
+                self.clients[c].pending = Some(pending);
+            }
+            Err(ReplicaError::SessionExpired(_)) => {
+                let outcome = if pending.maybe_applied {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Failed
+                };
+                self.complete(c, pending, outcome, None);
+            }
+            Err(_) => {
+                // Refused without effect (overloaded, no space, ...).
+                self.clients[c].leader_hint = 0;
+                pending.retry_at = now + 20_000;
+                self.clients[c].pending = Some(pending);
+            }
+        }
+    }
+
+    /// Sends one attempt of the pending op to the node the client believes
+    /// leads (or any running one).
+    fn attempt(&mut self, c: usize, pending: &mut Pending) {
+        let running = self.running_ids();
+        let hint = self.clients[c].leader_hint;
+        let node = if hint != 0 && running.contains(&hint) {
+            hint
+        } else if running.is_empty() {
+            pending.retry_at = self.now_us + 50_000;
+            return;
+        } else {
+            running[self.client_rng.gen_range(0..running.len())]
+        };
+        let index = (node - 1) as usize;
+        if let Some(until) = self.nodes[index].paused_until {
+            // A stopped process answers nothing: the request waits in its
+            // socket until the process resumes.
+            self.clients[c].leader_hint = node;
+            pending.retry_at = until;
+            return;
+        }
+        let replica = self.nodes[index]
+            .running
+            .as_ref()
+            .expect("running")
+            .replica
+            .clone();
+        let session = pending.session;
+        let answer: Answer = match &pending.op {
+            ClientOp::Put { key, value } => {
+                let ops = vec![Op {
+                    key: key.clone().into_bytes().into(),
+                    value: value.clone().into_bytes().into(),
+                    delete: false,
+                }];
+                Box::pin(async move { replica.propose(ops, session).await })
+            }
+            ClientOp::Delete { key } => {
+                let ops = vec![Op {
+                    key: key.clone().into_bytes().into(),
+                    value: Default::default(),
+                    delete: true,
+                }];
+                Box::pin(async move { replica.propose(ops, session).await })
+            }
+            ClientOp::Get { level, .. } => {
+                if *level == ReadLevel::Lease && replica.has_read_lease() {
+                    let term = replica.status().term;
+                    self.check_lease_read(node, term);
+                    Box::pin(std::future::ready(Ok(())))
+                } else {
+                    Box::pin(async move { replica.read_index().await })
+                }
+            }
+        };
+        pending.attempt = Some(Attempt {
+            node,
+            started_us: self.now_us,
+            answer,
+        });
+    }
+
+    /// A lease read served by `node` as leader of `term` now: no other node
+    /// may have won a later term before now (on the true time axis).
+    fn check_lease_read(&mut self, node: u64, term: u64) {
+        let now = self.now_us;
+        let rival = self
+            .won
+            .iter()
+            .find(|(t, _, at)| *t > term && *at <= now)
+            .copied();
+        if let Some((t, winner, at)) = rival {
+            self.violation(format!(
+                "node {node} served a lease read as leader of term {term} after node \
+                 {winner} had won term {t} at {:.3}s",
+                at as f64 / 1e6
+            ));
+        }
+    }
+
+    fn complete(
+        &mut self,
+        c: usize,
+        pending: Pending,
+        outcome: Outcome,
+        read: Option<Option<String>>,
+    ) {
+        let client = self.clients[c].id;
+        let op = match pending.op {
+            ClientOp::Put { key, value } => KvOp::Put { key, value },
+            ClientOp::Delete { key } => KvOp::Delete { key },
+            ClientOp::Get { key, .. } => KvOp::Get {
+                key,
+                value: read.flatten(),
+            },
+        };
+        let operation = Operation {
+            client,
+            op,
+            invoked: Duration::from_micros(pending.invoked_us),
+            completed: Duration::from_micros(self.now_us),
+            outcome,
+        };
+        self.trace.note(self.now_us, || operation.to_string());
+        self.history.push(operation);
+        self.clients[c].next_op_at = self.now_us + self.client_rng.gen_range(0..30_000);
+    }
+
+    /// After the settle phase: one linearizable read of every key by each
+    /// client in turn, so every acknowledged write must show.
+    fn final_reads(&mut self) {
+        // Let clients finish what they were doing.
+        let deadline = self.now_us + OP_DEADLINE_US + ATTEMPT_TIMEOUT_US;
+        while self.clients.iter().any(|c| c.pending.is_some()) && self.now_us < deadline {
+            self.step();
+        }
+        for k in 0..self.params.keys {
+            let c = (k % self.params.clients) as usize;
+            self.invoke(
+                c,
+                ClientOp::Get {
+                    key: format!("k{k}"),
+                    level: ReadLevel::Linearizable,
+                },
+            );
+            let deadline = self.now_us + OP_DEADLINE_US + ATTEMPT_TIMEOUT_US;
+            while self.clients[c].pending.is_some() && self.now_us < deadline {
+                self.step();
+            }
+            if let Some(last) = self.history.last() {
+                if last.outcome != Outcome::Ok {
+                    self.violation(format!(
+                        "the healed cluster did not serve a read of k{k} within {}s",
+                        OP_DEADLINE_US / 1_000_000
+                    ));
+                }
+            }
+        }
+    }
+
+    fn final_checks(&mut self) {
+        // Convergence: every node has applied the same index and holds the
+        // same state.
+        let mut applied = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(running) = &node.running {
+                let kv = running.replica.kv();
+                applied.insert(node.id, (kv.applied_index(), kv.content_hash()));
+            }
+        }
+        let distinct: BTreeSet<(u64, u64)> = applied.values().copied().collect();
+        if distinct.len() > 1 {
+            self.violation(format!(
+                "replicas did not converge after healing: (applied index, state hash) by node {applied:?}"
+            ));
+        }
+        match history::check(&self.history) {
+            Verdict::Linearizable => {}
+            Verdict::Violation(why) => self.violation(format!("not linearizable: {why}")),
+            Verdict::Unknown(why) => self.violation(format!("checker gave up: {why}")),
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(seed: u64, steps: u64, keep_log: bool) -> Report {
+    World::new(seed, keep_log).run(steps)
+}
