@@ -48,6 +48,32 @@ pub struct ReplicaConfig {
     /// timeouts, the cluster id) from this seed instead of the OS: for
     /// deterministic simulation only.
     pub seed: Option<u64>,
+    /// Deliberate bugs, for proving that the simulator catches them. They
+    /// take effect only in builds with the `bug-switches` feature.
+    pub bugs: Bugs,
+}
+
+/// Deliberate bugs (see `ReplicaConfig::bugs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Never fsync the log: writes are acknowledged before they are durable.
+    pub ack_before_fsync: bool,
+    /// A lease three election timeouts long.
+    pub lease_longer_than_election_timeout: bool,
+    /// The leader applies (and answers) entries as soon as it appends them.
+    pub apply_before_commit: bool,
+    /// A read is released once its read index is confirmed, before it is
+    /// applied.
+    pub read_before_applied: bool,
+    /// The vote is never written to the log.
+    pub forget_vote: bool,
+}
+
+impl Bugs {
+    /// Whether the bug `pick` chooses is on (never, without the feature).
+    pub(crate) fn on(&self, pick: impl Fn(&Bugs) -> bool) -> bool {
+        cfg!(feature = "bug-switches") && pick(self)
+    }
 }
 
 impl ReplicaConfig {
@@ -71,6 +97,7 @@ impl ReplicaConfig {
             min_free_bytes: 64 * 1024 * 1024,
             lease_reads: true,
             seed: None,
+            bugs: Bugs::default(),
         }
     }
 

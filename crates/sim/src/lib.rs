@@ -18,7 +18,30 @@ pub mod disk;
 pub mod trace;
 pub mod world;
 
-pub use world::{run_seed, Params, Report};
+pub use raftkv_replica::Bugs;
+pub use world::{run_seed, run_seed_with_bugs, Params, Report};
+
+/// Turns one deliberate bug on.
+pub type SetBug = fn(&mut Bugs);
+
+/// The deliberate bugs the simulator must catch, by name (`--bug NAME`).
+pub const BUGS: [(&str, SetBug); 5] = [
+    ("ack-before-fsync", |b| b.ack_before_fsync = true),
+    ("long-lease", |b| {
+        b.lease_longer_than_election_timeout = true
+    }),
+    ("apply-before-commit", |b| b.apply_before_commit = true),
+    ("read-before-applied", |b| b.read_before_applied = true),
+    ("forget-vote", |b| b.forget_vote = true),
+];
+
+/// The bug switches for `name` (one of [`BUGS`]).
+pub fn bug(name: &str) -> Option<Bugs> {
+    let (_, set) = BUGS.iter().find(|(n, _)| *n == name)?;
+    let mut bugs = Bugs::default();
+    set(&mut bugs);
+    Some(bugs)
+}
 
 /// Steps (simulated milliseconds of faults and load) per seed unless told.
 pub const DEFAULT_STEPS: u64 = 20_000;

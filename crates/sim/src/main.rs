@@ -9,20 +9,25 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use raftkv_sim::{run_seed, Report, DEFAULT_STEPS};
+use raftkv_sim::{bug, run_seed_with_bugs, Bugs, Report, BUGS, DEFAULT_STEPS};
 
 const USAGE: &str = "usage: raftkv-sim (--seed N | --seeds COUNT [--from FIRST]) [--steps M]
 
   --seed N        run seed N once and print its event log (a replay)
   --seeds COUNT   run COUNT seeds (FIRST, FIRST+1, ...) and print a summary
   --from FIRST    first seed of a sweep (default 0)
-  --steps M       simulated milliseconds of faults and load per seed (default 20000)";
+  --steps M       simulated milliseconds of faults and load per seed (default 20000)
+  --bug NAME      run the replicas with a deliberate bug, to see the checks catch it:
+                  ack-before-fsync, long-lease, apply-before-commit, read-before-applied,
+                  forget-vote";
 
 struct Args {
     seed: Option<u64>,
     seeds: Option<u64>,
     from: u64,
     steps: u64,
+    bugs: Bugs,
+    bug_name: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +36,8 @@ fn parse() -> Result<Args, String> {
         seeds: None,
         from: 0,
         steps: DEFAULT_STEPS,
+        bugs: Bugs::default(),
+        bug_name: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -38,6 +45,14 @@ fn parse() -> Result<Args, String> {
             return Err(String::new());
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--bug" {
+            args.bugs = bug(&value).ok_or_else(|| {
+                let names: Vec<&str> = BUGS.iter().map(|(n, _)| *n).collect();
+                format!("unknown bug {value} (one of {})", names.join(", "))
+            })?;
+            args.bug_name = Some(value);
+            continue;
+        }
         let number: u64 = value
             .parse()
             .map_err(|_| format!("{flag}: not a number: {value}"))?;
@@ -55,14 +70,19 @@ fn parse() -> Result<Args, String> {
     Ok(args)
 }
 
-fn print_failure(report: &Report, steps: u64) {
+fn print_failure(report: &Report, args: &Args) {
     eprintln!("seed {} FAILED:", report.seed);
     for v in &report.violations {
         eprintln!("  {v}");
     }
+    let bug = args
+        .bug_name
+        .as_ref()
+        .map(|name| format!(" --bug {name}"))
+        .unwrap_or_default();
     eprintln!(
-        "  replay: cargo run -p raftkv-sim --release -- --seed {} --steps {steps}",
-        report.seed
+        "  replay: cargo run -p raftkv-sim --release -- --seed {} --steps {}{bug}",
+        report.seed, args.steps
     );
 }
 
@@ -78,7 +98,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(seed) = args.seed {
-        let report = run_seed(seed, args.steps, true);
+        let report = run_seed_with_bugs(seed, args.steps, true, args.bugs);
         for line in &report.log {
             println!("{line}");
         }
@@ -90,7 +110,7 @@ fn main() -> ExitCode {
             println!("seed {seed}: every check passed");
             return ExitCode::SUCCESS;
         }
-        print_failure(&report, args.steps);
+        print_failure(&report, &args);
         return ExitCode::FAILURE;
     }
     let count = args.seeds.expect("checked");
@@ -99,14 +119,14 @@ fn main() -> ExitCode {
     let (mut operations, mut acknowledged) = (0u64, 0u64);
     let mut faults = std::collections::BTreeMap::new();
     for seed in args.from..args.from + count {
-        let report = run_seed(seed, args.steps, false);
+        let report = run_seed_with_bugs(seed, args.steps, false, args.bugs);
         operations += report.operations;
         acknowledged += report.acknowledged;
         for (kind, n) in &report.faults {
             *faults.entry(*kind).or_insert(0u64) += n;
         }
         if !report.violations.is_empty() {
-            print_failure(&report, args.steps);
+            print_failure(&report, &args);
             failed.push(seed);
         }
         let done = seed - args.from + 1;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use raftkv_replica::{
-    bootstrap_membership, Op, RaftView, Replica, ReplicaConfig, ReplicaCore, ReplicaError,
+    bootstrap_membership, Bugs, Op, RaftView, Replica, ReplicaConfig, ReplicaCore, ReplicaError,
     SnapshotStore, Transport, WriteSession,
 };
 use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Verdict};
@@ -60,6 +60,12 @@ pub struct Params {
     pub disk_faults: bool,
     pub max_drift_ppm: i64,
     pub lease_reads: bool,
+    /// Bytes of committed entries a node applies per `Ready` (small: apply
+    /// lags commit over several turns).
+    pub apply_batch_bytes: u64,
+    /// Restarts within a few milliseconds of a crash, not only after long
+    /// outages.
+    pub quick_restarts: bool,
     /// Mean time between faults.
     pub fault_every_us: u64,
 }
@@ -82,6 +88,8 @@ impl Params {
             disk_faults: rng.gen_bool(0.2),
             max_drift_ppm: pick(rng, &[0, 100, 10_000]) as i64,
             lease_reads: rng.gen_bool(0.8),
+            apply_batch_bytes: pick(rng, &[16 << 20, 16 << 20, 512, 64]) as u64,
+            quick_restarts: rng.gen_bool(0.3),
             fault_every_us: rng.gen_range(300_000..3_000_000),
         }
     }
@@ -231,6 +239,7 @@ pub struct World {
     checked_commit: BTreeMap<u64, u64>,
     snap_dir: tempfile::TempDir,
     faults_on: bool,
+    bugs: Bugs,
 }
 
 fn noop_poll(answer: &mut Answer) -> Poll<Result<(), ReplicaError>> {
@@ -239,7 +248,9 @@ fn noop_poll(answer: &mut Answer) -> Poll<Result<(), ReplicaError>> {
 }
 
 impl World {
-    pub fn new(seed: u64, keep_log: bool) -> World {
+    /// The cluster of `seed`, its replicas running with `bugs` (none, but
+    /// to show that the checks catch them).
+    pub fn new(seed: u64, keep_log: bool, bugs: Bugs) -> World {
         let mut root = StdRng::seed_from_u64(seed);
         let params = Params::draw(&mut root);
         let fault_rng = StdRng::seed_from_u64(root.gen());
@@ -307,6 +318,7 @@ impl World {
             checked_commit: BTreeMap::new(),
             snap_dir: tempfile::tempdir().expect("temp dir for snapshot stores"),
             faults_on: true,
+            bugs,
         };
         world.next_fault_at = world.draw_fault_gap();
         for index in 0..world.nodes.len() {
@@ -365,8 +377,10 @@ impl World {
         config.election_timeout = Duration::from_millis(300);
         config.heartbeat_interval = Duration::from_millis(30);
         config.lease_reads = self.params.lease_reads;
+        config.max_committed_bytes_per_ready = self.params.apply_batch_bytes;
         // Snapshots are written by a background thread: out of reach here.
         config.snapshot_entries = u64::MAX / 2;
+        config.bugs = self.bugs;
         config.seed = Some(
             self.seed
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -421,7 +435,11 @@ impl World {
         self.nodes[index].paused_until = None;
         self.links.lock().expect("links").down.insert(id);
         self.nodes[index].outbox.0.lock().expect("outbox").clear();
-        let restart_in = self.fault_rng.gen_range(100_000..3_000_000);
+        let restart_in = if self.params.quick_restarts && self.fault_rng.gen_bool(0.5) {
+            self.fault_rng.gen_range(1_000..50_000)
+        } else {
+            self.fault_rng.gen_range(100_000..3_000_000)
+        };
         self.nodes[index].restart_at = Some(self.now_us + restart_in);
         self.trace.note(self.now_us, || {
             format!("node {id} crashed ({why}); {lost} unsynced writes lost")
@@ -588,6 +606,11 @@ impl World {
         }
         self.deliver();
         self.start_client_ops();
+        // Clients are served before and after the nodes' turns: a server
+        // answers lease reads and stale reads from other threads than the
+        // node's, so a node resuming from a pause may serve one before it
+        // has read what arrived meanwhile.
+        self.poll_clients();
         for index in 0..self.nodes.len() {
             self.turn(index);
         }
@@ -652,7 +675,7 @@ impl World {
                     delay += self.net_rng.gen_range(0..self.params.delay_jitter_us);
                 }
                 if self.net_rng.gen_ratio(self.params.slow_permille, 1000) {
-                    delay += self.net_rng.gen_range(0..300_000);
+                    delay += self.net_rng.gen_range(0..1_000_000);
                 }
                 self.message_seq += 1;
                 self.network.insert(
@@ -1096,5 +1119,10 @@ impl World {
 
 /// Runs one seed.
 pub fn run_seed(seed: u64, steps: u64, keep_log: bool) -> Report {
-    World::new(seed, keep_log).run(steps)
+    World::new(seed, keep_log, Bugs::default()).run(steps)
+}
+
+/// Runs one seed with deliberate bugs in the replicas.
+pub fn run_seed_with_bugs(seed: u64, steps: u64, keep_log: bool, bugs: Bugs) -> Report {
+    World::new(seed, keep_log, bugs).run(steps)
 }

@@ -60,6 +60,13 @@ pub(crate) struct Lease {
 
 impl<S: LogStore> Node<S> {
     fn lease_duration(&self) -> Duration {
+        if self
+            .config
+            .bugs
+            .on(|b| b.lease_longer_than_election_timeout)
+        {
+            return self.config.election_timeout * 3;
+        }
         self.config.lease_duration()
     }
 

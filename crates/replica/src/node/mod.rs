@@ -768,6 +768,12 @@ impl<S: LogStore> Node<S> {
                 .append(rd.entries())
                 .map_err(fatal("appending to the log"))?;
         }
+        if self.config.bugs.on(|b| b.apply_before_commit)
+            && self.raw.raft.state == StateRole::Leader
+        {
+            self.apply_entries(rd.entries().to_vec())?;
+        }
+        let store = self.raw.mut_store();
         // Only what raft needs durable before it goes on is synced here:
         // entries, term and vote. A hard state whose commit index alone
         // moved is buffered and written with the next sync (as etcd does);
@@ -776,10 +782,18 @@ impl<S: LogStore> Node<S> {
         // a commit-only sync came with every heartbeat or empty append that
         // carried a new commit index: up to one extra fdatasync per batch.
         if let Some(hs) = rd.hs() {
-            store.set_hard_state(hs);
+            if self.config.bugs.on(|b| b.forget_vote) {
+                let mut hs = hs.clone();
+                hs.vote = 0;
+                store.set_hard_state(&hs);
+            } else {
+                store.set_hard_state(hs);
+            }
         }
         if rd.must_sync() || self.membership_dirty {
-            store.sync().map_err(fatal("syncing the log"))?;
+            if !self.config.bugs.on(|b| b.ack_before_fsync) {
+                store.sync().map_err(fatal("syncing the log"))?;
+            }
             self.membership_dirty = false;
         }
         if !rd.persisted_messages().is_empty() {
@@ -789,6 +803,9 @@ impl<S: LogStore> Node<S> {
             if !self.on_lease_read_state(&rs.request_ctx) {
                 if let Some(sent) = self.reads.on_read_state(&rs.request_ctx, rs.index) {
                     self.extend_lease(sent);
+                }
+                if self.config.bugs.on(|b| b.read_before_applied) {
+                    self.reads.on_applied(u64::MAX);
                 }
             }
         }
@@ -812,7 +829,13 @@ impl<S: LogStore> Node<S> {
             self.membership_dirty = false;
         }
         if self.applied_index > self.raw.raft.raft_log.applied {
-            self.raw.advance_apply_to(self.applied_index);
+            let mut applied = self.applied_index;
+            if self.config.bugs.on(|b| b.apply_before_commit) {
+                applied = applied.min(self.raw.raft.raft_log.committed);
+            }
+            if applied > self.raw.raft.raft_log.applied {
+                self.raw.advance_apply_to(applied);
+            }
         }
         self.reads.on_applied(self.applied_index);
         Ok(())
@@ -824,8 +847,12 @@ impl<S: LogStore> Node<S> {
         }
         let shared = self.shared.clone();
         let mut kv = shared.kv.write().expect("kv lock poisoned");
+        let early = self.config.bugs.on(|b| b.apply_before_commit);
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
+            if early && index <= self.applied_index {
+                continue;
+            }
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => kv.mark_applied(index, term),
                 EntryType::EntryNormal => {
