@@ -27,8 +27,6 @@
 
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::MessageType;
-
 /// A node's cluster ids as it knows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterIds {
@@ -71,12 +69,8 @@ pub fn admit(own: ClusterIds, sender: ClusterIds) -> Result<(), ClusterRefusal> 
 
 /// Whether a node with ids `own` may consider a vote request from `sender` (already
 /// admitted): not while it has no cluster id and the candidate has one.
-pub fn vote_allowed(own: ClusterIds, sender: ClusterIds, kind: MessageType) -> bool {
-    let vote = matches!(
-        kind,
-        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-    );
-    !(vote && own.cluster_id == 0 && sender.cluster_id != 0)
+pub fn vote_allowed(own: ClusterIds, sender: ClusterIds, is_vote_request: bool) -> bool {
+    !(is_vote_request && own.cluster_id == 0 && sender.cluster_id != 0)
 }
 
 /// "cluster 1f2e..." or "a cluster still choosing its id (bootstrap 9a8b...)".
@@ -236,19 +230,11 @@ mod tests {
             admit(ids(0, 0), ids(0, 0)).is_err(),
             "nothing known, nothing shared"
         );
-        assert!(!vote_allowed(
-            own,
-            ids(7, 100),
-            MessageType::MsgRequestPreVote
-        ));
-        assert!(!vote_allowed(own, ids(7, 100), MessageType::MsgRequestVote));
-        assert!(vote_allowed(own, ids(0, 100), MessageType::MsgRequestVote));
-        assert!(vote_allowed(own, ids(7, 100), MessageType::MsgAppend));
-        assert!(vote_allowed(
-            ids(7, 100),
-            ids(7, 100),
-            MessageType::MsgRequestVote
-        ));
+        assert!(!vote_allowed(own, ids(7, 100), true));
+        assert!(!vote_allowed(own, ids(7, 100), true));
+        assert!(vote_allowed(own, ids(0, 100), true));
+        assert!(vote_allowed(own, ids(7, 100), false));
+        assert!(vote_allowed(ids(7, 100), ids(7, 100), true));
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use raft::eraftpb::Message;
 use raftkv_kv::{KvState, Op};
 use raftkv_storage::{FileStorage, MembershipRecord, SnapshotInfo, SnapshotStore, StorageStats};
 use tokio::sync::{oneshot, watch};
@@ -24,6 +23,7 @@ use crate::error::{FatalError, ReplicaError};
 use crate::log_store::LogStore;
 use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
 use crate::peer_check::{Rejection, RejectionCounters};
+use crate::peer_message::PeerMessage;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -330,8 +330,26 @@ impl Replica {
     /// state before raft sees it (see `peer_check.rs`); the caller has checked the
     /// envelope (`check_envelope`). Dropped if the node is overloaded: raft treats
     /// that as a lost packet.
-    pub fn step(&self, message: Message) {
-        let _ = self.peer_inputs.try_send(PeerInput::Raft(message));
+    pub fn step(&self, message: PeerMessage) {
+        let _ = self.peer_inputs.try_send(PeerInput::Raft(message.0));
+    }
+
+    /// A vote request from a node outside this node's configuration comes
+    /// from a node that was removed without learning it (or from a member
+    /// this node does not know yet, which ignores the answer: its own
+    /// configuration is newer). Err with this node's configuration index,
+    /// for the candidate (see `report_removed`); counted as a rejection.
+    pub fn check_candidate_is_member(&self, message: &PeerMessage) -> Result<(), u64> {
+        if !message.is_vote_request() {
+            return Ok(());
+        }
+        let membership = self.membership();
+        let members = crate::membership::member_ids(&membership.conf_state);
+        if crate::peer_check::check_membership(message.from(), &members).is_ok() {
+            return Ok(());
+        }
+        self.count_rejection(Rejection::NotAMember);
+        Err(membership.index)
     }
 
     /// Whether a snapshot of `bytes` may be received now: it must fit above

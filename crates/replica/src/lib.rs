@@ -22,6 +22,7 @@ mod logger;
 mod membership;
 mod node;
 mod peer_check;
+mod peer_message;
 mod proposals;
 mod reads;
 mod snapshots;
@@ -40,6 +41,7 @@ pub use handle::{Replica, WriteSession};
 pub use log_store::LogStore;
 pub use membership::{bootstrap_membership, encode_conf_change_context, member_ids};
 pub use peer_check::{check_envelope, check_membership, Arrival, Rejection};
+pub use peer_message::{Lane, PeerMessage};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 

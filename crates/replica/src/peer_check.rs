@@ -136,6 +136,15 @@ fn is_vote_request(kind: MessageType) -> bool {
 
 /// Checks what needs no node state: addressing, sender, type and shape.
 pub fn check_envelope(
+    message: &crate::PeerMessage,
+    envelope_from: u64,
+    own_id: u64,
+    arrival: Arrival,
+) -> Result<(), Rejection> {
+    check_raft_envelope(&message.0, envelope_from, own_id, arrival)
+}
+
+pub(crate) fn check_raft_envelope(
     message: &Message,
     envelope_from: u64,
     own_id: u64,
@@ -267,18 +276,18 @@ mod tests {
     #[test]
     fn addressing_and_sender_must_match_the_envelope() {
         let m = message(MessageType::MsgHeartbeat, 2, 1, 3);
-        assert_eq!(check_envelope(&m, 2, 1, Arrival::RaftStream), Ok(()));
+        assert_eq!(check_raft_envelope(&m, 2, 1, Arrival::RaftStream), Ok(()));
         assert_eq!(
-            check_envelope(&m, 2, 3, Arrival::RaftStream),
+            check_raft_envelope(&m, 2, 3, Arrival::RaftStream),
             Err(Rejection::WrongRecipient)
         );
         assert_eq!(
-            check_envelope(&m, 3, 1, Arrival::RaftStream),
+            check_raft_envelope(&m, 3, 1, Arrival::RaftStream),
             Err(Rejection::SenderMismatch)
         );
         let own = message(MessageType::MsgHeartbeat, 1, 1, 3);
         assert_eq!(
-            check_envelope(&own, 1, 1, Arrival::RaftStream),
+            check_raft_envelope(&own, 1, 1, Arrival::RaftStream),
             Err(Rejection::SenderMismatch)
         );
     }
@@ -299,19 +308,19 @@ mod tests {
         ] {
             let m = message(kind, 2, 1, 3);
             assert_eq!(
-                check_envelope(&m, 2, 1, Arrival::RaftStream),
+                check_raft_envelope(&m, 2, 1, Arrival::RaftStream),
                 Err(Rejection::UnexpectedType),
                 "{kind:?}"
             );
         }
         let snapshot = message(MessageType::MsgSnapshot, 2, 1, 3);
         assert_eq!(
-            check_envelope(&snapshot, 2, 1, Arrival::InstallSnapshot),
+            check_raft_envelope(&snapshot, 2, 1, Arrival::InstallSnapshot),
             Ok(())
         );
         let append = message(MessageType::MsgAppend, 2, 1, 3);
         assert_eq!(
-            check_envelope(&append, 2, 1, Arrival::InstallSnapshot),
+            check_raft_envelope(&append, 2, 1, Arrival::InstallSnapshot),
             Err(Rejection::UnexpectedType)
         );
     }
@@ -334,7 +343,7 @@ mod tests {
             },
         ]
         .into();
-        assert_eq!(check_envelope(&m, 2, 1, Arrival::RaftStream), Ok(()));
+        assert_eq!(check_raft_envelope(&m, 2, 1, Arrival::RaftStream), Ok(()));
         let mut gap = m.clone();
         gap.entries[1].index = 11;
         let mut back_in_time = m.clone();
@@ -347,7 +356,7 @@ mod tests {
         overflow.index = u64::MAX;
         for bad in [gap, back_in_time, future, rewinds, overflow] {
             assert_eq!(
-                check_envelope(&bad, 2, 1, Arrival::RaftStream),
+                check_raft_envelope(&bad, 2, 1, Arrival::RaftStream),
                 Err(Rejection::Malformed)
             );
         }
@@ -355,13 +364,13 @@ mod tests {
         past_the_log.log_term = 0;
         past_the_log.entries.clear();
         assert_eq!(
-            check_envelope(&past_the_log, 2, 1, Arrival::RaftStream),
+            check_raft_envelope(&past_the_log, 2, 1, Arrival::RaftStream),
             Err(Rejection::Malformed)
         );
         let mut no_term = m;
         no_term.term = 0;
         assert_eq!(
-            check_envelope(&no_term, 2, 1, Arrival::RaftStream),
+            check_raft_envelope(&no_term, 2, 1, Arrival::RaftStream),
             Err(Rejection::Malformed)
         );
     }

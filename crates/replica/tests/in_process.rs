@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::eraftpb::Message;
 use raftkv_replica::{
-    bootstrap_membership, FileStorage, NodeIdentity, Op, Replica, ReplicaConfig, ReplicaError,
-    Role, SnapshotStore, StorageOptions, Transport, WriteSession,
+    bootstrap_membership, FileStorage, NodeIdentity, Op, PeerMessage, Replica, ReplicaConfig,
+    ReplicaError, Role, SnapshotStore, StorageOptions, Transport, WriteSession,
 };
 
 /// Delivers messages by calling `step` on the addressed replica; messages to
@@ -24,10 +23,10 @@ struct MemoryTransport {
 }
 
 impl Transport for MemoryTransport {
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&self, messages: Vec<PeerMessage>) {
         let replicas = self.replicas.lock().unwrap();
         for message in messages {
-            if let Some(replica) = replicas.get(&message.to) {
+            if let Some(replica) = replicas.get(&message.to()) {
                 replica.step(message);
             }
         }

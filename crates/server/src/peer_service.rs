@@ -11,13 +11,11 @@
 //! and the stream goes on.
 
 use bytes::BytesMut;
-use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_server::Peer;
 use raftkv_proto::v1::{RaftAck, RaftEnvelope, SnapshotFileChunk};
 use raftkv_replica::{
-    admit_cluster, check_envelope, check_membership, member_ids, vote_allowed, Arrival, ClusterIds,
-    Rejection, Replica, SnapshotMeta, SnapshotStore,
+    admit_cluster, check_envelope, vote_allowed, Arrival, ClusterIds, PeerMessage, Rejection,
+    Replica, SnapshotStore,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -61,15 +59,18 @@ impl PeerService {
     /// Checks a decoded message against its envelope; counts and logs a refusal.
     fn check_message(
         &self,
-        message: &Message,
+        message: &PeerMessage,
         envelope_from: u64,
         sender: ClusterIds,
         arrival: Arrival,
     ) -> Result<(), Rejection> {
         check_envelope(message, envelope_from, self.replica.node_id(), arrival)
             .and_then(|()| {
-                if vote_allowed(self.replica.cluster_ids(), sender, message.get_msg_type())
-                    || self.replica.may_vote_without_cluster_id()
+                if vote_allowed(
+                    self.replica.cluster_ids(),
+                    sender,
+                    message.is_vote_request(),
+                ) || self.replica.may_vote_without_cluster_id()
                 {
                     Ok(())
                 } else {
@@ -79,8 +80,8 @@ impl PeerService {
             .inspect_err(|rejection| {
                 self.replica.count_rejection(*rejection);
                 tracing::debug!(
-                    "dropped a {:?} from node {envelope_from}: {}",
-                    message.get_msg_type(),
+                    "dropped a {} from node {envelope_from}: {}",
+                    message.kind(),
                     rejection.label()
                 );
             })
@@ -101,23 +102,15 @@ impl PeerService {
     /// this node does not know yet, which ignores the answer: its own
     /// configuration is newer). The stream is refused with this node's
     /// configuration index, so a removed node stops campaigning.
-    fn refuse_removed_candidate(&self, message: &Message) -> Result<(), Status> {
-        if !matches!(
-            message.get_msg_type(),
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-        ) {
+    fn refuse_removed_candidate(&self, message: &PeerMessage) -> Result<(), Status> {
+        let Err(index) = self.replica.check_candidate_is_member(message) else {
             return Ok(());
-        }
-        let membership = self.replica.membership();
-        if check_membership(message.from, &member_ids(&membership.conf_state)).is_ok() {
-            return Ok(());
-        }
-        self.replica.count_rejection(Rejection::NotAMember);
+        };
         let mut status = Status::failed_precondition(format!(
-            "node {} is not a member of the cluster as of configuration index {}",
-            message.from, membership.index
+            "node {} is not a member of the cluster as of configuration index {index}",
+            message.from()
         ));
-        if let Ok(value) = membership.index.to_string().parse() {
+        if let Ok(value) = index.to_string().parse() {
             status.metadata_mut().insert(REMOVED_AT, value);
         }
         Err(status)
@@ -139,19 +132,17 @@ impl Peer for PeerService {
             bootstrap_id: first.bootstrap_id,
         };
         self.check_sender(sender, first.from, first.to)?;
-        let message = Message::parse_from_carllerche_bytes(&first.message).map_err(|e| {
-            self.replica.count_rejection(Rejection::Undecodable);
-            Status::invalid_argument(format!("undecodable snapshot message: {e}"))
+        let message = PeerMessage::decode(&first.message).map_err(|rejection| {
+            self.replica.count_rejection(rejection);
+            Status::invalid_argument("undecodable snapshot message")
         })?;
         self.check_message(&message, first.from, sender, Arrival::InstallSnapshot)
             .map_err(|rejection| {
                 Status::invalid_argument(format!("snapshot refused: {}", rejection.label()))
             })?;
-        let metadata = message.get_snapshot().get_metadata();
-        let meta = SnapshotMeta {
-            index: metadata.index,
-            term: metadata.term,
-        };
+        let meta = message
+            .snapshot_meta()
+            .ok_or_else(|| Status::invalid_argument("not a snapshot message"))?;
         if let Err(e) = self.replica.check_room_for_snapshot(first.total_bytes) {
             tracing::warn!(
                 "refused the snapshot at index {} from node {}: {e}",
@@ -235,7 +226,7 @@ impl Peer for PeerService {
                 }
                 partial.split().freeze()
             };
-            match Message::parse_from_carllerche_bytes(&encoded) {
+            match PeerMessage::decode(&encoded) {
                 Ok(message) => {
                     if self
                         .check_message(&message, envelope.from, sender, Arrival::RaftStream)
@@ -245,11 +236,9 @@ impl Peer for PeerService {
                         self.replica.step(message)
                     }
                 }
-                Err(e) => {
-                    self.replica.count_rejection(Rejection::Undecodable);
-                    return Err(Status::invalid_argument(format!(
-                        "undecodable raft message: {e}"
-                    )));
+                Err(rejection) => {
+                    self.replica.count_rejection(rejection);
+                    return Err(Status::invalid_argument("undecodable raft message"));
                 }
             }
         }

@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
 use raftkv_proto::v1::peer_client::PeerClient;
 use raftkv_proto::v1::{RaftEnvelope, SnapshotFileChunk};
-use raftkv_replica::{ClusterIds, Replica, SnapshotMeta, SnapshotStore, Transport};
+use raftkv_replica::{
+    ClusterIds, Lane as Route, PeerMessage, Replica, SnapshotMeta, SnapshotStore, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -54,7 +54,7 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 const REFUSED_RETRY: Duration = Duration::from_secs(2);
 
 /// A queued message and the earliest time to send it (test delay faults).
-type Queued = (Message, Option<std::time::Instant>);
+type Queued = (PeerMessage, Option<std::time::Instant>);
 
 struct Lane {
     queue: mpsc::Sender<Queued>,
@@ -174,42 +174,36 @@ impl GrpcTransport {
     }
 }
 
-/// Bytes of entry data (and snapshot data) a message carries.
-fn payload_bytes(message: &Message) -> usize {
-    let entries: usize = message.entries.iter().map(|e| e.data.len()).sum();
-    entries + message.get_snapshot().data.len()
-}
-
 impl Transport for GrpcTransport {
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&self, messages: Vec<PeerMessage>) {
         let peers = self.peers.lock().expect("peers lock poisoned");
         for message in messages {
-            let send_at = match self.faults.as_ref().map(|f| f.fate(message.to)) {
+            let to = message.to();
+            let route = message.lane();
+            let send_at = match self.faults.as_ref().map(|f| f.fate(to)) {
                 Some(Fate::Drop) => {
-                    if message.get_msg_type() == MessageType::MsgSnapshot {
-                        self.report_snapshot_failure(message.to);
+                    if route == Route::Snapshot {
+                        self.report_snapshot_failure(to);
                     }
                     continue;
                 }
                 Some(Fate::Send(at)) => at,
                 None => None,
             };
-            if message.get_msg_type() == MessageType::MsgSnapshot {
+            if route == Route::Snapshot {
                 // Never queued where it could be dropped unreported: raft
                 // keeps the follower paused until `send_snapshot` reports.
-                let address = peers.get(&message.to).map(|link| link.address.clone());
-                self.runtime.spawn(send_snapshot(
-                    self.snapshot_sender(message.to, address),
-                    message,
-                ));
+                let address = peers.get(&to).map(|link| link.address.clone());
+                self.runtime
+                    .spawn(send_snapshot(self.snapshot_sender(to, address), message));
                 continue;
             }
-            let Some(link) = peers.get(&message.to) else {
-                tracing::debug!("no address for node {}; message dropped", message.to);
+            let Some(link) = peers.get(&to) else {
+                tracing::debug!("no address for node {to}; message dropped");
                 continue;
             };
-            let size = payload_bytes(&message);
-            let data = message.get_msg_type() == MessageType::MsgAppend;
+            let size = message.payload_bytes();
+            let data = route == Route::Data;
             let lane = if data { &link.data } else { &link.control };
             if data {
                 let queued = lane.queued_bytes.load(Ordering::Relaxed);
@@ -312,9 +306,9 @@ impl LaneContext {
         }
     }
 
-    fn dequeued(&self, message: &Message) {
+    fn dequeued(&self, message: &PeerMessage) {
         self.queued_bytes
-            .fetch_sub(payload_bytes(message) as u64, Ordering::Relaxed);
+            .fetch_sub(message.payload_bytes() as u64, Ordering::Relaxed);
     }
 
     /// Drops everything queued (the peer is unreachable; raft will resend).
@@ -394,7 +388,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
             if let Some(at) = send_at {
                 tokio::time::sleep_until(at.into()).await;
             }
-            let encoded = match message.write_to_bytes() {
+            let encoded = match message.encode() {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(e) => {
                     tracing::error!("cannot encode a raft message: {e}");
@@ -467,12 +461,8 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
 
 /// Streams the snapshot file named by `message` to its follower, then tells
 /// raft whether it arrived (raft keeps the follower paused until then).
-async fn send_snapshot(sender: SnapshotSender, message: Message) {
-    let metadata = message.get_snapshot().get_metadata();
-    let meta = SnapshotMeta {
-        index: metadata.index,
-        term: metadata.term,
-    };
+async fn send_snapshot(sender: SnapshotSender, message: PeerMessage) {
+    let meta = message.snapshot_meta().expect("a snapshot message");
     let started = std::time::Instant::now();
     let result = stream_snapshot(&sender, meta, message).await;
     match &result {
@@ -498,7 +488,7 @@ async fn send_snapshot(sender: SnapshotSender, message: Message) {
 async fn stream_snapshot(
     sender: &SnapshotSender,
     meta: SnapshotMeta,
-    message: Message,
+    message: PeerMessage,
 ) -> Result<u64, String> {
     let address = sender
         .address
@@ -518,7 +508,7 @@ async fn stream_snapshot(
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let encoded = message.write_to_bytes().map_err(|e| e.to_string())?;
+    let encoded = message.encode()?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER_ENVELOPES);
     let mut client = PeerClient::new(channel)
         .max_encoding_message_size(2 * CHUNK_BYTES)

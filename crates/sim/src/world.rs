@@ -16,11 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
 use raftkv_replica::{
-    bootstrap_membership, Bugs, Op, RaftView, Replica, ReplicaConfig, ReplicaCore, ReplicaError,
-    SnapshotStore, Transport, WriteSession,
+    bootstrap_membership, Bugs, Lane, Op, PeerMessage, RaftView, Replica, ReplicaConfig,
+    ReplicaCore, ReplicaError, SnapshotStore, Transport, WriteSession,
 };
 use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Verdict};
 use rand::rngs::StdRng;
@@ -114,7 +112,7 @@ pub struct Report {
 
 /// Messages the replicas sent, waiting for the simulator to route them.
 #[derive(Default)]
-struct Outbox(Mutex<Vec<Message>>);
+struct Outbox(Mutex<Vec<PeerMessage>>);
 
 /// Which links are cut and which nodes are down: what a node's transport
 /// reports as reachable.
@@ -131,7 +129,7 @@ struct SimTransport {
 }
 
 impl Transport for SimTransport {
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&self, messages: Vec<PeerMessage>) {
         self.outbox.0.lock().expect("outbox").extend(messages);
     }
 
@@ -165,7 +163,7 @@ struct SimNode {
 
 struct InFlight {
     sent_us: u64,
-    message: Message,
+    message: PeerMessage,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<(), ReplicaError>>>>;
@@ -632,9 +630,9 @@ impl World {
             if flight.sent_us < running.started_us {
                 continue;
             }
-            let bytes = flight.message.write_to_bytes().expect("encodable");
+            let bytes = flight.message.encode().expect("encodable");
             self.trace.event(self.now_us, to, b'd', &bytes);
-            if flight.message.get_msg_type() == MessageType::MsgSnapshot {
+            if flight.message.lane() == Lane::Snapshot {
                 // Snapshots are not simulated yet (no node compacts its
                 // log here); tell raft the transfer failed, as the real
                 // transport does when a stream breaks.
@@ -650,7 +648,7 @@ impl World {
         let messages = std::mem::take(&mut *self.nodes[index].outbox.0.lock().expect("outbox"));
         let from = self.nodes[index].id;
         for message in messages {
-            let to = message.to;
+            let to = message.to();
             let blocked = {
                 let links = self.links.lock().expect("links");
                 links.down.contains(&to) || links.cut.contains(&(from, to))

@@ -35,7 +35,7 @@ use super::Node;
 use crate::log_store::LogStore;
 
 /// What readers outside the node thread check.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LeaseState {
     /// On the boot clock.
     pub(crate) until: Option<Duration>,
@@ -47,8 +47,23 @@ pub(crate) struct LeaseState {
 /// ctxs are 8 bytes, these 9).
 const RENEW_CTX: u8 = b'L';
 
-#[derive(Debug, Default)]
+/// Where the node stands, as far as the lease is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Leadership {
+    pub(crate) leading: bool,
+    pub(crate) term: u64,
+    /// A leadership transfer is in progress.
+    pub(crate) transferring: bool,
+}
+
+/// The leader lease: a plain value handed the time and the node's
+/// leadership; it never reads a clock or raft itself.
+#[derive(Debug)]
 pub(crate) struct Lease {
+    /// How long past a quorum-confirmed round's send time the lease runs.
+    duration: Duration,
+    /// Lease reads are on (`--lease-read`).
+    enabled: bool,
     until: Option<Duration>,
     floor: u64,
     next_ctx: u64,
@@ -58,98 +73,259 @@ pub(crate) struct Lease {
     transfer_term: Option<u64>,
 }
 
-impl<S: LogStore> Node<S> {
-    fn lease_duration(&self) -> Duration {
-        if self
-            .config
-            .bugs
-            .on(|b| b.lease_longer_than_election_timeout)
-        {
-            return self.config.election_timeout * 3;
+impl Lease {
+    pub(crate) fn new(duration: Duration, enabled: bool) -> Lease {
+        Lease {
+            duration,
+            enabled,
+            until: None,
+            floor: 0,
+            next_ctx: 0,
+            renewal: None,
+            transfer_term: None,
         }
-        self.config.lease_duration()
     }
 
+    pub(crate) fn state(&self) -> LeaseState {
+        LeaseState {
+            until: self.until,
+            floor: self.floor,
+        }
+    }
+
+    /// Leadership began (`Some(last index)`) or ended (`None`).
+    pub(crate) fn reset(&mut self, floor: Option<u64>) {
+        self.until = None;
+        self.renewal = None;
+        if let Some(floor) = floor {
+            self.floor = floor;
+        }
+    }
+
+    /// A leadership transfer is starting in `term`: no lease for the rest
+    /// of it.
+    pub(crate) fn drop_for_term(&mut self, term: u64) {
+        self.transfer_term = Some(term);
+        self.until = None;
+    }
+
+    /// A ReadIndex round sent at `sent` (boot clock) was answered by a
+    /// quorum.
+    pub(crate) fn extend(&mut self, sent: Duration, now: Leadership) {
+        if !self.enabled || !now.leading || now.transferring || self.transfer_term == Some(now.term)
+        {
+            return;
+        }
+        let until = sent + self.duration;
+        if self.until.is_none_or(|current| until > current) {
+            self.until = Some(until);
+        }
+    }
+
+    /// The ctx of a renewal round to start now, when less than half the
+    /// lease is left and no renewal is in flight (the caller leads).
+    pub(crate) fn renewal_round(
+        &mut self,
+        now: Instant,
+        boot_now: Duration,
+        transferring: bool,
+    ) -> Option<Vec<u8>> {
+        if !self.enabled || transferring {
+            return None;
+        }
+        let half = self.duration / 2;
+        let needed = self
+            .until
+            .is_none_or(|until| until.saturating_sub(boot_now) < half);
+        let in_flight = self
+            .renewal
+            .is_some_and(|(_, sent, _)| now.duration_since(sent) < half);
+        if !needed || in_flight {
+            return None;
+        }
+        self.next_ctx = self.next_ctx.wrapping_add(1);
+        let mut ctx = vec![RENEW_CTX];
+        ctx.extend_from_slice(&self.next_ctx.to_be_bytes());
+        self.renewal = Some((self.next_ctx, now, boot_now));
+        Some(ctx)
+    }
+
+    /// Handles the answer to a ReadIndex round; false if `ctx` is not a
+    /// renewal's (then it is a read batch's).
+    pub(crate) fn on_read_state(&mut self, ctx: &[u8], now: Leadership) -> bool {
+        if ctx.len() != 9 || ctx[0] != RENEW_CTX {
+            return false;
+        }
+        let id = u64::from_be_bytes(ctx[1..].try_into().expect("8 bytes"));
+        if let Some((pending, _, sent)) = self.renewal {
+            if pending == id {
+                self.renewal = None;
+                self.extend(sent, now);
+            }
+        }
+        true
+    }
+}
+
+impl<S: LogStore> Node<S> {
+    fn leadership(&self) -> Leadership {
+        let raft = &self.raw.raft;
+        Leadership {
+            leading: raft.state == StateRole::Leader,
+            term: raft.term,
+            transferring: raft.lead_transferee.is_some(),
+        }
+    }
+
+    /// Publishes the lease to readers outside the node thread if it changed.
     fn publish_lease(&self) {
-        *self.shared.lease.lock().expect("lease lock poisoned") = LeaseState {
-            until: self.lease.until,
-            floor: self.lease.floor,
-        };
+        let state = self.lease.state();
+        let mut shared = self.shared.lease.lock().expect("lease lock poisoned");
+        if *shared != state {
+            *shared = state;
+        }
     }
 
     /// Leadership began (`Some(last index)`) or ended (`None`).
     pub(super) fn reset_lease(&mut self, floor: Option<u64>) {
-        self.lease.until = None;
-        self.lease.renewal = None;
-        if let Some(floor) = floor {
-            self.lease.floor = floor;
-        }
+        self.lease.reset(floor);
         self.publish_lease();
     }
 
     /// Drops the lease for the rest of the term: a leadership transfer is
     /// starting.
     pub(super) fn drop_lease(&mut self) {
-        self.lease.transfer_term = Some(self.raw.raft.term);
-        if self.lease.until.is_some() {
-            self.lease.until = None;
-            self.publish_lease();
-        }
+        self.lease.drop_for_term(self.raw.raft.term);
+        self.publish_lease();
     }
 
     /// A ReadIndex round sent at `sent` (boot clock) was answered by a
     /// quorum.
     pub(super) fn extend_lease(&mut self, sent: Duration) {
-        if !self.config.lease_reads
-            || self.raw.raft.state != StateRole::Leader
-            || self.raw.raft.lead_transferee.is_some()
-            || self.lease.transfer_term == Some(self.raw.raft.term)
-        {
-            return;
-        }
-        let until = sent + self.lease_duration();
-        if self.lease.until.is_none_or(|current| until > current) {
-            self.lease.until = Some(until);
-            self.publish_lease();
-        }
+        let leadership = self.leadership();
+        self.lease.extend(sent, leadership);
+        self.publish_lease();
     }
 
     /// Starts a renewal round when less than half the lease is left.
     pub(super) fn maybe_renew_lease(&mut self, now: Instant) {
-        if !self.config.lease_reads || self.raw.raft.lead_transferee.is_some() {
-            return;
-        }
-        let half = self.lease_duration() / 2;
+        let transferring = self.raw.raft.lead_transferee.is_some();
         let boot_now = self.clock.boot();
-        let needed = self
-            .lease
-            .until
-            .is_none_or(|until| until.saturating_sub(boot_now) < half);
-        let in_flight = self
-            .lease
-            .renewal
-            .is_some_and(|(_, sent, _)| now.duration_since(sent) < half);
-        if needed && !in_flight {
-            self.lease.next_ctx = self.lease.next_ctx.wrapping_add(1);
-            let mut ctx = vec![RENEW_CTX];
-            ctx.extend_from_slice(&self.lease.next_ctx.to_be_bytes());
+        if let Some(ctx) = self.lease.renewal_round(now, boot_now, transferring) {
             self.raw.read_index(ctx);
-            self.lease.renewal = Some((self.lease.next_ctx, now, boot_now));
         }
     }
 
     /// Handles the answer to a renewal round; false if `ctx` is not one.
     pub(super) fn on_lease_read_state(&mut self, ctx: &[u8]) -> bool {
-        if ctx.len() != 9 || ctx[0] != RENEW_CTX {
-            return false;
+        let leadership = self.leadership();
+        let renewal = self.lease.on_read_state(ctx, leadership);
+        if renewal {
+            self.publish_lease();
         }
-        let id = u64::from_be_bytes(ctx[1..].try_into().expect("8 bytes"));
-        if let Some((pending, _, sent)) = self.lease.renewal {
-            if pending == id {
-                self.lease.renewal = None;
-                self.extend_lease(sent);
+        renewal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(810);
+
+    fn leading(term: u64) -> Leadership {
+        Leadership {
+            leading: true,
+            term,
+            transferring: false,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_confirmed_round_extends_the_lease_from_its_send_time_only_for_a_leader() {
+        let mut lease = Lease::new(LEASE, true);
+        lease.extend(ms(1_000), leading(3));
+        assert_eq!(lease.state().until, Some(ms(1_810)), "send time + duration");
+        // An older round never shortens it.
+        lease.extend(ms(900), leading(3));
+        assert_eq!(lease.state().until, Some(ms(1_810)));
+        let mut follower = Lease::new(LEASE, true);
+        follower.extend(
+            ms(1_000),
+            Leadership {
+                leading: false,
+                ..leading(3)
+            },
+        );
+        assert_eq!(follower.state().until, None, "no lease without leading");
+        let mut off = Lease::new(LEASE, false);
+        off.extend(ms(1_000), leading(3));
+        assert_eq!(off.state().until, None, "--lease-read false");
+    }
+
+    #[test]
+    fn a_transfer_ends_the_lease_for_the_rest_of_its_term() {
+        let mut lease = Lease::new(LEASE, true);
+        lease.extend(ms(1_000), leading(3));
+        lease.drop_for_term(3);
+        assert_eq!(lease.state().until, None);
+        lease.extend(ms(2_000), leading(3));
+        assert_eq!(lease.state().until, None, "not again in term 3");
+        let transferring = Leadership {
+            transferring: true,
+            ..leading(4)
+        };
+        lease.extend(ms(2_000), transferring);
+        assert_eq!(lease.state().until, None, "not while transferring");
+        lease.extend(ms(3_000), leading(4));
+        assert_eq!(lease.state().until, Some(ms(3_810)), "a new term may");
+    }
+
+    #[test]
+    fn a_renewal_starts_when_half_the_lease_is_left_and_counts_from_its_send_time() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(LEASE, true);
+        let ctx = lease
+            .renewal_round(t0, ms(1_000), false)
+            .expect("no lease yet: renew");
+        assert!(
+            lease.renewal_round(t0 + ms(10), ms(1_010), false).is_none(),
+            "one renewal in flight"
+        );
+        // The round is answered later; the lease counts from when it was sent.
+        assert!(lease.on_read_state(&ctx, leading(2)));
+        assert_eq!(lease.state().until, Some(ms(1_810)));
+        assert!(
+            lease
+                .renewal_round(t0 + ms(300), ms(1_300), false)
+                .is_none(),
+            "more than half left"
+        );
+        assert!(lease
+            .renewal_round(t0 + ms(500), ms(1_500), false)
+            .is_some());
+        assert!(
+            !lease.on_read_state(&7u64.to_be_bytes(), leading(2)),
+            "a read batch's ctx is not a renewal"
+        );
+    }
+
+    #[test]
+    fn losing_leadership_resets_the_lease_and_a_new_term_sets_its_floor() {
+        let mut lease = Lease::new(LEASE, true);
+        lease.reset(Some(41));
+        lease.extend(ms(1_000), leading(5));
+        lease.reset(None);
+        assert_eq!(
+            lease.state(),
+            LeaseState {
+                until: None,
+                floor: 41
             }
-        }
-        true
+        );
     }
 }

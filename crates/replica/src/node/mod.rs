@@ -55,6 +55,7 @@ use crate::snapshots::load_snapshot;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
 use disk_space::{entries_bytes, op_bytes};
 
+use crate::peer_message::PeerMessage;
 use crate::transport::Transport;
 pub(crate) use lease::LeaseState;
 pub use snapshot::CompactResult;
@@ -267,6 +268,12 @@ impl<S: LogStore> Node<S> {
         // started) before a restart is never mistaken for one after it.
         let first_proposal_id = rng.gen::<u64>() >> 1;
         let first_read_ctx = rng.gen::<u64>() >> 1;
+        let lease_duration = if config.bugs.on(|b| b.lease_longer_than_election_timeout) {
+            config.election_timeout * 3
+        } else {
+            config.lease_duration()
+        };
+        let lease_reads = config.lease_reads;
         let mut node = Node {
             id: config.node_id,
             raw,
@@ -301,7 +308,7 @@ impl<S: LogStore> Node<S> {
             no_space: false,
             free_estimate: None,
             refusing_appends: false,
-            lease: lease::Lease::default(),
+            lease: lease::Lease::new(lease_duration, lease_reads),
             probes: probes::Probes::default(),
             started_at: now,
         };
@@ -746,7 +753,8 @@ impl<S: LogStore> Node<S> {
         let mut rd = self.raw.ready();
         if !rd.messages().is_empty() {
             let messages = self.without_repeated_probes(rd.take_messages());
-            self.transport.send(messages);
+            self.transport
+                .send(messages.into_iter().map(PeerMessage).collect());
         }
         if !rd.snapshot().is_empty() {
             // Before the entries that follow it (and before anything is
@@ -797,7 +805,12 @@ impl<S: LogStore> Node<S> {
             self.membership_dirty = false;
         }
         if !rd.persisted_messages().is_empty() {
-            self.transport.send(rd.take_persisted_messages());
+            self.transport.send(
+                rd.take_persisted_messages()
+                    .into_iter()
+                    .map(PeerMessage)
+                    .collect(),
+            );
         }
         for rs in rd.take_read_states() {
             if !self.on_lease_read_state(&rs.request_ctx) {
@@ -818,7 +831,8 @@ impl<S: LogStore> Node<S> {
         }
         if !light.messages().is_empty() {
             let messages = self.without_repeated_probes(light.take_messages());
-            self.transport.send(messages);
+            self.transport
+                .send(messages.into_iter().map(PeerMessage).collect());
         }
         self.apply_entries(light.take_committed_entries())?;
         if self.membership_dirty {
