@@ -64,6 +64,10 @@ pub struct Params {
     /// Restarts within a few milliseconds of a crash, not only after long
     /// outages.
     pub quick_restarts: bool,
+    /// A node that has just granted a vote is sometimes killed at once (and
+    /// restarted within milliseconds): what it persisted before answering
+    /// is all it keeps.
+    pub crash_after_vote: bool,
     /// Mean time between faults.
     pub fault_every_us: u64,
 }
@@ -77,7 +81,7 @@ impl Params {
             keys: rng.gen_range(1..=4),
             drop_permille: pick(rng, &[0, 0, 10, 50, 200]),
             duplicate_permille: pick(rng, &[0, 0, 10, 50]),
-            slow_permille: pick(rng, &[0, 5, 50]),
+            slow_permille: pick(rng, &[0, 5, 50, 300]),
             delay_min_us: rng.gen_range(50..2_000),
             delay_jitter_us: pick(rng, &[0, 500, 5_000, 20_000]) as u64,
             partitions: rng.gen_bool(0.6),
@@ -88,6 +92,7 @@ impl Params {
             lease_reads: rng.gen_bool(0.8),
             apply_batch_bytes: pick(rng, &[16 << 20, 16 << 20, 512, 64]) as u64,
             quick_restarts: rng.gen_bool(0.3),
+            crash_after_vote: rng.gen_bool(0.3),
             fault_every_us: rng.gen_range(300_000..3_000_000),
         }
     }
@@ -425,6 +430,11 @@ impl World {
     }
 
     fn crash_node(&mut self, index: usize, why: &str) {
+        self.crash_node_restarting(index, why, false);
+    }
+
+    /// Crashes a node; `quick`: it restarts within milliseconds.
+    fn crash_node_restarting(&mut self, index: usize, why: &str, quick: bool) {
         let id = self.nodes[index].id;
         if self.nodes[index].running.take().is_none() {
             return;
@@ -433,7 +443,9 @@ impl World {
         self.nodes[index].paused_until = None;
         self.links.lock().expect("links").down.insert(id);
         self.nodes[index].outbox.0.lock().expect("outbox").clear();
-        let restart_in = if self.params.quick_restarts && self.fault_rng.gen_bool(0.5) {
+        let restart_in = if quick {
+            self.fault_rng.gen_range(1_000..20_000)
+        } else if self.params.quick_restarts && self.fault_rng.gen_bool(0.5) {
             self.fault_rng.gen_range(1_000..50_000)
         } else {
             self.fault_rng.gen_range(100_000..3_000_000)
@@ -718,6 +730,11 @@ impl World {
         let running = self.nodes[index].running.as_mut().expect("running");
         let view = running.core.raft_view();
         let changed = running.last_view != Some(view);
+        let voted = view.vote != 0
+            && view.vote != id
+            && running
+                .last_view
+                .is_none_or(|last| (last.term, last.vote) != (view.term, view.vote));
         running.last_view = Some(view);
         if changed {
             self.trace.event(
@@ -737,6 +754,24 @@ impl World {
                 .concat(),
             );
             self.check_view(index, view);
+        }
+        if voted && self.faults_on && self.params.crash_after_vote && self.fault_rng.gen_ratio(2, 3)
+        {
+            self.count("crash-after-vote");
+            let why = format!(
+                "killed right after voting for {} in term {}",
+                view.vote, view.term
+            );
+            self.crash_node_restarting(index, &why, true);
+            // ... and what the candidate it voted for sends it is held back
+            // for a while, so the restarted voter hears of no leader.
+            self.links
+                .lock()
+                .expect("links")
+                .cut
+                .insert((view.vote, id));
+            let until = self.now_us + self.fault_rng.gen_range(300_000..2_000_000);
+            self.heal_at = Some(self.heal_at.map_or(until, |at| at.max(until)));
         }
     }
 

@@ -81,6 +81,7 @@ fn planted_bugs_are_caught() {
         ("apply-before-commit", 20),
         ("long-lease", 150),
         ("read-before-applied", 200),
+        ("forget-vote", 60),
     ] {
         let seed = first_catch(bug, bound);
         println!("{bug}: first caught by seed {seed:?}");
