@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use raftkv_sim::{bug, run_seed_with_bugs, Bugs, Report, BUGS, DEFAULT_STEPS};
 
-const USAGE: &str = "usage: raftkv-sim (--seed N | --seeds COUNT [--from FIRST]) [--steps M]
+const USAGE: &str = "usage: raftkv-sim (--seed N | --seeds COUNT [--from FIRST] [--minutes T]) [--steps M]
 
   --seed N        run seed N once and print its event log (a replay)
   --seeds COUNT   run COUNT seeds (FIRST, FIRST+1, ...) and print a summary
   --from FIRST    first seed of a sweep (default 0)
+  --minutes T     stop a sweep after T minutes (the seed running then finishes)
   --steps M       simulated milliseconds of faults and load per seed (default 20000)
   --bug NAME      run the replicas with a deliberate bug, to see the checks catch it:
                   ack-before-fsync, long-lease, apply-before-commit, read-before-applied,
@@ -25,6 +26,7 @@ struct Args {
     seed: Option<u64>,
     seeds: Option<u64>,
     from: u64,
+    minutes: Option<u64>,
     steps: u64,
     bugs: Bugs,
     bug_name: Option<String>,
@@ -35,6 +37,7 @@ fn parse() -> Result<Args, String> {
         seed: None,
         seeds: None,
         from: 0,
+        minutes: None,
         steps: DEFAULT_STEPS,
         bugs: Bugs::default(),
         bug_name: None,
@@ -60,6 +63,7 @@ fn parse() -> Result<Args, String> {
             "--seed" => args.seed = Some(number),
             "--seeds" => args.seeds = Some(number),
             "--from" => args.from = number,
+            "--minutes" => args.minutes = Some(number),
             "--steps" => args.steps = number,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -118,7 +122,15 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let (mut operations, mut acknowledged) = (0u64, 0u64);
     let mut faults = std::collections::BTreeMap::new();
-    for seed in args.from..args.from + count {
+    let stop_at = args
+        .minutes
+        .map(|m| started + std::time::Duration::from_secs(60 * m));
+    let mut count = count;
+    for seed in args.from..args.from.saturating_add(count) {
+        if stop_at.is_some_and(|at| Instant::now() >= at) {
+            count = seed - args.from;
+            break;
+        }
         let report = run_seed_with_bugs(seed, args.steps, false, args.bugs);
         operations += report.operations;
         acknowledged += report.acknowledged;
@@ -130,7 +142,7 @@ fn main() -> ExitCode {
             failed.push(seed);
         }
         let done = seed - args.from + 1;
-        if done % 10 == 0 || done == count {
+        if done % 100 == 0 || done == count {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
                 "{done}/{count} seeds, {} failed, {:.1} seeds/min, {:.0} simulated ops/s",
