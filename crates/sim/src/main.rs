@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use raftkv_sim::{bug, run_seed_with_bugs, Bugs, Report, BUGS, DEFAULT_STEPS};
 
-const USAGE: &str = "usage: raftkv-sim (--seed N | --seeds COUNT [--from FIRST] [--minutes T]) [--steps M]
+const USAGE: &str =
+    "usage: raftkv-sim (--seed N | --seeds COUNT [--from FIRST] [--minutes T]) [--steps M]
 
   --seed N        run seed N once and print its event log (a replay)
   --seeds COUNT   run COUNT seeds (FIRST, FIRST+1, ...) and print a summary

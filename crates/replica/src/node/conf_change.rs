@@ -7,7 +7,8 @@ use tokio::sync::oneshot;
 
 use super::Node;
 use crate::conf_change::{
-    to_conf_change_v2, ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES,
+    to_conf_change_v2, validate_conf_change, ConfChangeRequest, ConfView, MemberChange,
+    PROMOTE_MAX_LAG_ENTRIES,
 };
 use crate::error::ReplicaError;
 use crate::log_store::LogStore;
@@ -69,132 +70,14 @@ impl<S: LogStore> Node<S> {
             return Err(self.not_leader());
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        let joint = !conf.voters_outgoing.is_empty();
-        if self.raw.raft.has_pending_conf() {
-            return Err(ReplicaError::Unavailable(
-                "another membership change is in progress; retry once it is done".into(),
-            ));
-        }
-        if request.leave_joint {
-            if !joint {
-                return Err(ReplicaError::Rejected(
-                    "the configuration is not joint; there is nothing to leave".into(),
-                ));
-            }
-            return Ok(Vec::new());
-        }
-        if joint {
-            return Err(ReplicaError::Unavailable(
-                "a membership change is in progress (the configuration is joint); retry once \
-                 it is done"
-                    .into(),
-            ));
-        }
-        let addresses = &self.raw.store().membership().addresses;
-        let is_voter = |id: u64| conf.voters.contains(&id);
-        let is_learner = |id: u64| conf.learners.contains(&id);
-        let mut changes = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for change in &request.changes {
-            let id = change.node_id();
-            if id == 0 {
-                return Err(ReplicaError::Rejected("node id 0 is not valid".into()));
-            }
-            if !seen.insert(id) {
-                return Err(ReplicaError::Rejected(format!(
-                    "node {id} appears more than once in one change"
-                )));
-            }
-            match *change {
-                MemberChange::AddLearner(_) => {
-                    let address = request.addresses.get(&id).ok_or_else(|| {
-                        ReplicaError::Rejected(format!("no address given for node {id}"))
-                    })?;
-                    if let Some((other, _)) = addresses
-                        .iter()
-                        .find(|(other, a)| *a == address && **other != id)
-                    {
-                        return Err(ReplicaError::Rejected(format!(
-                            "address {address} belongs to node {other} already"
-                        )));
-                    }
-                    if is_voter(id) {
-                        return Err(ReplicaError::Rejected(format!(
-                            "node {id} is already a voter"
-                        )));
-                    }
-                    if is_learner(id) {
-                        let current = addresses.get(&id).map(String::as_str).unwrap_or("");
-                        if current != address {
-                            return Err(ReplicaError::Rejected(format!(
-                                "node {id} is already a learner at {current}, not {address}"
-                            )));
-                        }
-                        continue; // already holds
-                    }
-                    changes.push(*change);
-                }
-                MemberChange::Promote(_) => {
-                    if is_voter(id) {
-                        return Err(ReplicaError::Rejected(format!(
-                            "node {id} is already a voter"
-                        )));
-                    }
-                    if !is_learner(id) {
-                        return Err(ReplicaError::Rejected(format!(
-                            "node {id} is not a member; add it first"
-                        )));
-                    }
-                    if let Err(why) = self.catch_up_state(id) {
-                        return Err(ReplicaError::Unavailable(format!(
-                            "node {id} {why}; it is promoted only once it has caught up: retry"
-                        )));
-                    }
-                    changes.push(*change);
-                }
-                MemberChange::Remove(_) => {
-                    if !member_ids(&conf).contains(&id) {
-                        return Err(ReplicaError::Rejected(format!("node {id} is not a member")));
-                    }
-                    changes.push(*change);
-                }
-            }
-        }
-        let mut voters: Vec<u64> = conf.voters.clone();
-        for change in &changes {
-            match *change {
-                MemberChange::Promote(id) => voters.push(id),
-                MemberChange::Remove(id) => voters.retain(|v| *v != id),
-                MemberChange::AddLearner(_) => {}
-            }
-        }
-        if voters.is_empty() {
-            return Err(ReplicaError::Rejected(
-                "the change would leave no voters".into(),
-            ));
-        }
-        let changes_voters = changes.iter().any(|c| match c {
-            MemberChange::Remove(id) => is_voter(*id),
-            MemberChange::Promote(_) => true,
-            MemberChange::AddLearner(_) => false,
-        });
-        if changes_voters && !request.force {
-            let live = voters.iter().filter(|id| self.is_live(**id)).count();
-            let quorum = voters.len() / 2 + 1;
-            if live < quorum {
-                return Err(ReplicaError::Rejected(format!(
-                    "the change would leave {live} live voter(s) of {} (a quorum needs {quorum}){}",
-                    voters.len(),
-                    if changes.iter().any(|c| matches!(c, MemberChange::Remove(_))) {
-                        "; --force makes the change anyway, and the cluster may stop \
-                         taking writes until the dead voters come back"
-                    } else {
-                        "; wait until the members that are down are back"
-                    }
-                )));
-            }
-        }
-        Ok(changes)
+        let view = ConfView {
+            conf: &conf,
+            addresses: &self.raw.store().membership().addresses,
+            change_pending: self.raw.raft.has_pending_conf(),
+            caught_up: &|id| self.catch_up_state(id),
+            is_live: &|id| self.is_live(id),
+        };
+        validate_conf_change(request, &view)
     }
 
     /// Whether `id` has caught up enough to become a voter (leader only): it

@@ -63,48 +63,119 @@ pub(super) fn op_bytes(op: &Op) -> u64 {
     op.key.len() as u64 + op.value.len() as u64 + 16
 }
 
+/// The reserve of free space, as a plain value handed each reading of the
+/// free space and each append: whether a write, an append or a snapshot
+/// still fits, and whether this node is out of space (what peers are told).
+#[derive(Debug)]
+pub(crate) struct DiskReserve {
+    min_free_bytes: u64,
+    /// Free bytes as of the last reading, less what was appended since.
+    free_estimate: Option<u64>,
+    /// Below the reserve as of the last reading (or append).
+    no_space: bool,
+    /// The last append with entries was not taken for lack of space.
+    refusing_appends: bool,
+}
+
+impl DiskReserve {
+    pub(crate) fn new(min_free_bytes: u64) -> DiskReserve {
+        DiskReserve {
+            min_free_bytes,
+            free_estimate: None,
+            no_space: false,
+            refusing_appends: false,
+        }
+    }
+
+    /// A new reading of the free space (`None`: unknown, counts as room).
+    /// Returns the new "below the reserve" state when it changed.
+    pub(crate) fn read_free(&mut self, free: Option<u64>) -> Option<bool> {
+        self.free_estimate = free;
+        self.update()
+    }
+
+    /// `bytes` were appended to the log since the last reading.
+    pub(crate) fn appended(&mut self, bytes: u64) {
+        self.free_estimate = self.free_estimate.map(|f| f.saturating_sub(bytes));
+    }
+
+    fn update(&mut self) -> Option<bool> {
+        let no_space = !self.has_room_for(0);
+        (no_space != self.no_space).then(|| {
+            self.no_space = no_space;
+            no_space
+        })
+    }
+
+    /// Whether `bytes` more still leave the reserve free.
+    pub(crate) fn has_room_for(&self, bytes: u64) -> bool {
+        self.free_estimate
+            .is_none_or(|free| free >= self.min_free_bytes.saturating_add(bytes))
+    }
+
+    /// A follower did not take an append for lack of space (or took one
+    /// again); true if that changed.
+    pub(crate) fn note_append_refused(&mut self, refused: bool) -> bool {
+        let changed = self.refusing_appends != refused;
+        self.refusing_appends = refused;
+        changed
+    }
+
+    /// What peers are told: below the reserve, or refusing appends.
+    pub(crate) fn out_of_space(&self) -> bool {
+        self.no_space || self.refusing_appends
+    }
+
+    /// Whether a write of `bytes` fits on this node.
+    pub(crate) fn fits_write(&self, bytes: u64) -> bool {
+        !self.no_space && self.has_room_for(bytes)
+    }
+
+    pub(crate) fn free_estimate(&self) -> Option<u64> {
+        self.free_estimate
+    }
+}
+
 impl<S: LogStore> Node<S> {
     /// Reads the free space again (every tick).
     pub(super) fn check_free_space(&mut self) {
-        self.free_estimate = self.raw.store().free_bytes();
-        self.update_no_space();
+        let changed = self.disk.read_free(self.raw.store().free_bytes());
+        self.publish_space(changed);
     }
 
-    fn update_no_space(&mut self) {
-        let no_space = !self.has_room_for(0);
+    /// Tells peers (through the shared flag) and the log what changed.
+    fn publish_space(&self, below_reserve: Option<bool>) {
         self.shared.out_of_space.store(
-            no_space || self.refusing_appends,
+            self.disk.out_of_space(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        if no_space != self.no_space {
-            if no_space {
-                tracing::error!(
-                    "node {}: about {} bytes free on the data dir's filesystem (reserve {}): \
-                     refusing writes until space is freed; reads go on",
-                    self.id,
-                    self.free_estimate.unwrap_or(0),
-                    self.config.min_free_bytes
-                );
-            } else {
-                tracing::warn!("node {}: disk space is back; taking writes again", self.id);
+        match below_reserve {
+            Some(true) => tracing::error!(
+                "node {}: about {} bytes free on the data dir's filesystem (reserve {}): \
+                 refusing writes until space is freed; reads go on",
+                self.id,
+                self.disk.free_estimate().unwrap_or(0),
+                self.config.min_free_bytes
+            ),
+            Some(false) => {
+                tracing::warn!("node {}: disk space is back; taking writes again", self.id)
             }
-            self.no_space = no_space;
+            None => {}
         }
     }
 
     /// Whether `bytes` more still leave the reserve free (unknown free
     /// space counts as room).
     pub(super) fn has_room_for(&self, bytes: u64) -> bool {
-        self.free_estimate
-            .is_none_or(|free| free >= self.config.min_free_bytes.saturating_add(bytes))
+        self.disk.has_room_for(bytes)
     }
 
     /// A follower did not take an append for lack of space (or took one
     /// again): its peers hear it with its next messages, until it takes one.
     pub(super) fn note_append_space(&mut self, refused: bool) {
-        if self.refusing_appends != refused {
-            self.refusing_appends = refused;
-            self.update_no_space();
+        if self.disk.note_append_refused(refused) {
+            let changed = self.disk.read_free(self.disk.free_estimate());
+            self.publish_space(changed);
         }
     }
 
@@ -113,7 +184,7 @@ impl<S: LogStore> Node<S> {
     /// still answer heartbeats; proposing anyway would only pile up entries
     /// that cannot commit.)
     pub(super) fn check_space(&self, bytes: u64) -> Result<(), ReplicaError> {
-        if self.no_space || !self.has_room_for(bytes) {
+        if !self.disk.fits_write(bytes) {
             return Err(ReplicaError::NoSpace(format!(
                 "node {} has less than {} bytes free on its data disk beyond this write; free \
                  some space",
@@ -157,6 +228,41 @@ impl<S: LogStore> Node<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_counts_appends_between_readings_and_reports_changes() {
+        let mut disk = DiskReserve::new(1_000);
+        assert!(disk.has_room_for(u64::MAX), "unknown free space is room");
+        assert_eq!(disk.read_free(Some(1_500)), None, "still above the reserve");
+        assert!(disk.fits_write(500));
+        assert!(!disk.fits_write(501), "it would reach into the reserve");
+        disk.appended(400);
+        assert!(
+            !disk.fits_write(200),
+            "the estimate counts what was appended"
+        );
+        assert_eq!(
+            disk.read_free(Some(900)),
+            Some(true),
+            "below the reserve now"
+        );
+        assert!(disk.out_of_space());
+        assert!(!disk.fits_write(0));
+        assert_eq!(disk.read_free(Some(5_000)), Some(false), "space is back");
+        assert!(!disk.out_of_space());
+    }
+
+    #[test]
+    fn a_follower_refusing_appends_tells_its_peers_until_it_takes_one() {
+        let mut disk = DiskReserve::new(1_000);
+        disk.read_free(Some(2_000));
+        assert!(disk.note_append_refused(true));
+        assert!(disk.out_of_space(), "peers hear it");
+        assert!(disk.fits_write(10), "its own reserve is not reached");
+        assert!(!disk.note_append_refused(true), "no change");
+        assert!(disk.note_append_refused(false));
+        assert!(!disk.out_of_space());
+    }
 
     #[test]
     fn a_quorum_with_space_is_a_majority_of_each_half() {

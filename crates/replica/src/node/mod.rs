@@ -185,13 +185,8 @@ pub(crate) struct Node<S: LogStore> {
     /// Log index at which each peer last joined the configuration (as seen
     /// by this node): a snapshot older than that cannot serve the peer.
     peer_added_at: std::collections::HashMap<u64, u64>,
-    /// Free space is below `min_free_bytes`: writes are refused and new
-    /// entries from the leader are not taken (see `node/disk_space.rs`).
-    no_space: bool,
-    /// Free bytes as of the last check, less what was appended since.
-    free_estimate: Option<u64>,
-    /// The last append with entries was not taken for lack of space.
-    refusing_appends: bool,
+    /// The free-space reserve (see `node/disk_space.rs`).
+    disk: disk_space::DiskReserve,
     lease: lease::Lease,
     /// The last probe sent to each probing follower (see `node/probes.rs`).
     probes: probes::Probes,
@@ -274,6 +269,7 @@ impl<S: LogStore> Node<S> {
             config.lease_duration()
         };
         let lease_reads = config.lease_reads;
+        let min_free_bytes = config.min_free_bytes;
         let mut node = Node {
             id: config.node_id,
             raw,
@@ -305,9 +301,7 @@ impl<S: LogStore> Node<S> {
             removed: false,
             removal_notice: None,
             peer_added_at: std::collections::HashMap::new(),
-            no_space: false,
-            free_estimate: None,
-            refusing_appends: false,
+            disk: disk_space::DiskReserve::new(min_free_bytes),
             lease: lease::Lease::new(lease_duration, lease_reads),
             probes: probes::Probes::default(),
             started_at: now,
@@ -768,7 +762,7 @@ impl<S: LogStore> Node<S> {
         self.apply_entries(rd.take_committed_entries())?;
         if !rd.entries().is_empty() {
             let appended = entries_bytes(rd.entries());
-            self.free_estimate = self.free_estimate.map(|f| f.saturating_sub(appended));
+            self.disk.appended(appended);
         }
         let store = self.raw.mut_store();
         if !rd.entries().is_empty() {
