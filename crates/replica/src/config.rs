@@ -48,6 +48,9 @@ pub struct ReplicaConfig {
     /// timeouts, the cluster id) from this seed instead of the OS: for
     /// deterministic simulation only.
     pub seed: Option<u64>,
+    /// Write snapshots on the node's own thread, within its turn, instead of
+    /// a background thread: for deterministic simulation only.
+    pub write_snapshots_inline: bool,
     /// Deliberate bugs, for proving that the simulator catches them. They
     /// take effect only in builds with the `bug-switches` feature.
     pub bugs: Bugs,
@@ -97,6 +100,7 @@ impl ReplicaConfig {
             min_free_bytes: 64 * 1024 * 1024,
             lease_reads: true,
             seed: None,
+            write_snapshots_inline: false,
             bugs: Bugs::default(),
         }
     }

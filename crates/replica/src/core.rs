@@ -8,8 +8,9 @@
 //! [`Transport`] it was given (messages) and the replies of the [`Replica`]
 //! handle's calls; everything it is told comes through that handle. Nothing
 //! else is read: no other clock, no unseeded randomness when
-//! `ReplicaConfig::seed` is set, no thread — except the background snapshot
-//! writer, so a simulation keeps `snapshot_entries` out of reach.
+//! `ReplicaConfig::seed` is set, no thread when
+//! `ReplicaConfig::write_snapshots_inline` is (snapshot files are still real
+//! files, in the `SnapshotStore`'s directory).
 
 use std::sync::Arc;
 

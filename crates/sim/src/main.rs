@@ -108,8 +108,14 @@ fn main() -> ExitCode {
             println!("{line}");
         }
         println!(
-            "seed {seed}: {} operations ({} acknowledged), faults {:?}, {} events, trace hash {:016x}",
-            report.operations, report.acknowledged, report.faults, report.events, report.trace_hash
+            "seed {seed}: {} operations ({} acknowledged), faults {:?}, {} snapshots sent, {} \
+             events, trace hash {:016x}",
+            report.operations,
+            report.acknowledged,
+            report.faults,
+            report.snapshots_sent,
+            report.events,
+            report.trace_hash
         );
         if report.violations.is_empty() {
             println!("seed {seed}: every check passed");
@@ -121,7 +127,7 @@ fn main() -> ExitCode {
     let count = args.seeds.expect("checked");
     let started = Instant::now();
     let mut failed = Vec::new();
-    let (mut operations, mut acknowledged) = (0u64, 0u64);
+    let (mut operations, mut acknowledged, mut snapshots) = (0u64, 0u64, 0u64);
     let mut faults = std::collections::BTreeMap::new();
     let stop_at = args
         .minutes
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
         let report = run_seed_with_bugs(seed, args.steps, false, args.bugs);
         operations += report.operations;
         acknowledged += report.acknowledged;
+        snapshots += report.snapshots_sent;
         for (kind, n) in &report.faults {
             *faults.entry(*kind).or_insert(0u64) += n;
         }
@@ -156,7 +163,8 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{count} seeds ({}..{}) of {} steps in {secs:.1}s: {:.1} seeds/min; {operations} \
-         operations ({acknowledged} acknowledged), {:.0} simulated ops/s; faults {faults:?}",
+         operations ({acknowledged} acknowledged), {:.0} simulated ops/s; faults {faults:?}; \
+         {snapshots} snapshots sent",
         args.from,
         args.from + count - 1,
         args.steps,

@@ -68,6 +68,11 @@ pub struct Params {
     /// restarted within milliseconds): what it persisted before answering
     /// is all it keeps.
     pub crash_after_vote: bool,
+    /// Snapshot every this many applied entries (`u64::MAX`: never), and
+    /// entries kept below one: small values make lagging followers catch up
+    /// by snapshot transfer.
+    pub snapshot_entries: u64,
+    pub snapshot_catch_up_entries: u64,
     /// Mean time between faults.
     pub fault_every_us: u64,
 }
@@ -93,6 +98,8 @@ impl Params {
             apply_batch_bytes: pick(rng, &[16 << 20, 16 << 20, 512, 64]) as u64,
             quick_restarts: rng.gen_bool(0.3),
             crash_after_vote: rng.gen_bool(0.3),
+            snapshot_entries: [u64::MAX, 100, 300, 1_000][rng.gen_range(0..4)],
+            snapshot_catch_up_entries: [5, 20, 200][rng.gen_range(0..3)],
             fault_every_us: rng.gen_range(300_000..3_000_000),
         }
     }
@@ -109,6 +116,8 @@ pub struct Report {
     pub operations: u64,
     pub acknowledged: u64,
     pub faults: BTreeMap<&'static str, u64>,
+    /// Snapshots streamed to a follower that was behind the leader's log.
+    pub snapshots_sent: u64,
     /// Empty when every check passed.
     pub violations: Vec<String>,
     /// The readable event log (replays only).
@@ -228,8 +237,10 @@ pub struct World {
     disk_rng: StdRng,
     trace: Trace,
     faults: BTreeMap<&'static str, u64>,
+    snapshots_sent: u64,
     next_fault_at: u64,
     heal_at: Option<u64>,
+    crash_leader_at: Option<u64>,
     violations: Vec<String>,
     /// term -> the node that led in it.
     leaders: BTreeMap<u64, u64>,
@@ -311,8 +322,10 @@ impl World {
             disk_rng,
             trace: Trace::new(keep_log),
             faults: BTreeMap::new(),
+            snapshots_sent: 0,
             next_fault_at: 0,
             heal_at: None,
+            crash_leader_at: None,
             violations: Vec::new(),
             leaders: BTreeMap::new(),
             won: Vec::new(),
@@ -360,6 +373,7 @@ impl World {
             operations,
             acknowledged,
             faults: self.faults.clone(),
+            snapshots_sent: self.snapshots_sent,
             violations: std::mem::take(&mut self.violations),
             log: self.trace.take_log(),
         }
@@ -381,8 +395,9 @@ impl World {
         config.heartbeat_interval = Duration::from_millis(30);
         config.lease_reads = self.params.lease_reads;
         config.max_committed_bytes_per_ready = self.params.apply_batch_bytes;
-        // Snapshots are written by a background thread: out of reach here.
-        config.snapshot_entries = u64::MAX / 2;
+        config.snapshot_entries = self.params.snapshot_entries;
+        config.snapshot_catch_up_entries = self.params.snapshot_catch_up_entries;
+        config.write_snapshots_inline = true;
         config.bugs = self.bugs;
         config.seed = Some(
             self.seed
@@ -473,6 +488,23 @@ impl World {
             self.heal_at = None;
             self.links.lock().expect("links").cut.clear();
             self.trace.note(self.now_us, || "network healed".into());
+            if self.params.crashes && self.fault_rng.gen_bool(0.5) {
+                // Faults in quick succession: the followers that were cut
+                // off are catching up (and applying) when the leader dies.
+                self.crash_leader_at = Some(self.now_us + self.fault_rng.gen_range(5_000..150_000));
+            }
+        }
+        if self.crash_leader_at.is_some_and(|at| self.now_us >= at) {
+            self.crash_leader_at = None;
+            let leader = self.nodes.iter().position(|n| {
+                n.running
+                    .as_ref()
+                    .is_some_and(|r| r.last_view.is_some_and(|v| v.is_leader))
+            });
+            if let Some(index) = leader {
+                self.count("crash-leader-after-heal");
+                self.crash_node(index, "killed soon after the network healed");
+            }
         }
         if self.now_us < self.next_fault_at {
             return;
@@ -636,22 +668,83 @@ impl World {
         for key in due {
             let (to, flight) = self.network.remove(&key).expect("listed");
             let index = (to - 1) as usize;
-            let Some(running) = &self.nodes[index].running else {
-                continue;
+            let lost = match &self.nodes[index].running {
+                None => true,
+                Some(running) => flight.sent_us < running.started_us,
             };
-            if flight.sent_us < running.started_us {
+            if lost {
+                if flight.message.lane() == Lane::Snapshot {
+                    // The stream broke: the sender hears of it (raft keeps
+                    // the follower paused until it does).
+                    self.report_snapshot_failure(flight.message.from(), to);
+                }
                 continue;
             }
+            let running = self.nodes[index].running.as_ref().expect("running");
             let bytes = flight.message.encode().expect("encodable");
             self.trace.event(self.now_us, to, b'd', &bytes);
             if flight.message.lane() == Lane::Snapshot {
-                // Snapshots are not simulated yet (no node compacts its
-                // log here); tell raft the transfer failed, as the real
-                // transport does when a stream breaks.
-                running.replica.report_snapshot(to, false);
+                self.transfer_snapshot(flight.message);
                 continue;
             }
             running.replica.step(flight.message);
+        }
+    }
+
+    /// Streams the snapshot a `MsgSnapshot` names from its sender's snapshot
+    /// directory into the receiver's (checked as the real receiver checks
+    /// it), hands the message to the receiver, and tells the sender how it
+    /// went, as the real transport does.
+    fn transfer_snapshot(&mut self, message: PeerMessage) {
+        let (from, to) = (message.from(), message.to());
+        let meta = message.snapshot_meta().expect("a snapshot message");
+        let source = self.snap_dir.path().join(format!("n{from}"));
+        let target = self.snap_dir.path().join(format!("n{to}"));
+        let copied = (|| -> Result<(), String> {
+            let source = SnapshotStore::open(&source).map_err(|e| e.to_string())?;
+            let info = source
+                .find(meta)
+                .map_err(|e| e.to_string())?
+                .ok_or("the snapshot is no longer on the sender's disk")?;
+            let receiver = self.nodes[(to - 1) as usize]
+                .running
+                .as_ref()
+                .ok_or("the receiver is down")?;
+            receiver
+                .replica
+                .check_room_for_snapshot(info.size_bytes)
+                .map_err(|e| e.to_string())?;
+            let target = SnapshotStore::open(&target).map_err(|e| e.to_string())?;
+            let mut incoming = target
+                .receive(meta, info.size_bytes)
+                .map_err(|e| e.to_string())?;
+            let mut offset = 0;
+            while offset < info.size_bytes {
+                let chunk = raftkv_replica::read_snapshot_chunk(&info, offset, 1 << 20)
+                    .map_err(|e| e.to_string())?;
+                incoming.write_chunk(&chunk).map_err(|e| e.to_string())?;
+                offset += chunk.len() as u64;
+            }
+            incoming.finish().map_err(|e| e.to_string())?;
+            receiver.replica.step(message);
+            Ok(())
+        })();
+        let delivered = copied.is_ok();
+        self.trace.note(self.now_us, || match &copied {
+            Ok(()) => format!("snapshot at {} sent from {from} to {to}", meta.index),
+            Err(e) => format!("snapshot at {} from {from} to {to} failed: {e}", meta.index),
+        });
+        if delivered {
+            self.snapshots_sent += 1;
+        }
+        if let Some(sender) = &self.nodes[(from - 1) as usize].running {
+            sender.replica.report_snapshot(to, delivered);
+        }
+    }
+
+    fn report_snapshot_failure(&self, from: u64, to: u64) {
+        if let Some(sender) = &self.nodes[(from - 1) as usize].running {
+            sender.replica.report_snapshot(to, false);
         }
     }
 
@@ -665,13 +758,20 @@ impl World {
                 let links = self.links.lock().expect("links");
                 links.down.contains(&to) || links.cut.contains(&(from, to))
             };
+            let snapshot = message.lane() == Lane::Snapshot;
             if blocked {
                 if let Some(running) = &self.nodes[index].running {
                     running.replica.report_unreachable(to);
                 }
+                if snapshot {
+                    self.report_snapshot_failure(from, to);
+                }
                 continue;
             }
             if self.net_rng.gen_ratio(self.params.drop_permille, 1000) {
+                if snapshot {
+                    self.report_snapshot_failure(from, to);
+                }
                 continue;
             }
             let copies = if self.net_rng.gen_ratio(self.params.duplicate_permille, 1000) {
@@ -716,13 +816,25 @@ impl World {
         if !running.core.wants_turn() {
             return;
         }
-        match running.core.turn() {
-            Ok(true) => {}
-            Ok(false) => unreachable!("no node is asked to shut down"),
-            Err(e) => {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| running.core.turn()));
+        match turn {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => unreachable!("no node is asked to shut down"),
+            Ok(Err(e)) => {
                 let why = format!("fatal: {e}");
                 self.route(index);
                 self.crash_node(index, &why);
+                return;
+            }
+            Err(panic) => {
+                // A real node stops on a panic; here it is a finding.
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                self.violation(format!("node {id} panicked: {message}"));
+                self.crash_node(index, "panicked");
                 return;
             }
         }

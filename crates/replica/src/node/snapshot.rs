@@ -66,6 +66,13 @@ impl<S: LogStore> Node<S> {
             self.id,
             meta.index
         );
+        if self.config.write_snapshots_inline {
+            // Deterministic: written now, its outcome handled next turn
+            // exactly as the background writer's would be.
+            let result = write_snapshot(&store, meta, &state, &membership);
+            let _ = events.send(PeerInput::SnapshotWritten { result, membership });
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name(format!("raft-snapshot-{}", self.id))
             .spawn(move || {
