@@ -53,6 +53,23 @@ pub struct ConfChangeRequest {
     pub dry_run: bool,
 }
 
+/// What a membership request asks for, as the leader carries it out (see
+/// `node/change_job.rs`): the nodes to end up as voters (added as learners
+/// first if needed) and as learners, learners to promote, nodes to remove.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangePlan {
+    pub voters: BTreeMap<u64, String>,
+    pub learners: BTreeMap<u64, String>,
+    pub promote: Vec<u64>,
+    pub remove: Vec<u64>,
+    /// Allow a removal that leaves fewer live voters than a quorum.
+    pub force: bool,
+    /// Stay in the joint configuration until asked to leave it (debug).
+    pub explicit: bool,
+    /// The nodes to add say they start with an empty data dir (joining).
+    pub empty: bool,
+}
+
 /// The raft form of `changes` (already validated and reduced).
 pub(crate) fn to_conf_change_v2(changes: &[MemberChange], explicit: bool) -> ConfChangeV2 {
     let mut cc = ConfChangeV2::default();

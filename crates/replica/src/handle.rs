@@ -289,6 +289,38 @@ impl Replica {
             .await?
     }
 
+    /// Carries out a whole membership change on this node (the leader):
+    /// learners added, promoted once caught up, leadership moved first if
+    /// this node is to be removed, what was added undone if the change does
+    /// not complete. Resolves once the new configuration is in force (not
+    /// joint), or with why not, within `timeout`.
+    pub async fn change(
+        &self,
+        plan: crate::conf_change::ChangePlan,
+        timeout: Duration,
+    ) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::Change {
+            plan,
+            timeout,
+            reply,
+        })
+        .await?
+    }
+
+    /// Moves leadership to voter `to`; resolves once this node no longer
+    /// leads (or it did not move within `timeout`, at most three election
+    /// timeouts). Waits for no membership change: refused while one runs.
+    pub async fn transfer(&self, to: u64, timeout: Duration) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::Transfer { to, timeout, reply })
+            .await?
+    }
+
+    /// Leaves a joint configuration entered explicitly; resolves once left.
+    pub async fn leave_joint(&self, timeout: Duration) -> Result<(), ReplicaError> {
+        self.ask(|reply| Input::LeaveJoint { timeout, reply })
+            .await?
+    }
+
     /// Starts moving leadership to voter `to` (this node must lead); watch
     /// `status()` for the outcome.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ReplicaError> {

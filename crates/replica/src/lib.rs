@@ -33,7 +33,7 @@ pub use clock::{Clock, SystemClock};
 pub use cluster_id::{
     admit as admit_cluster, describe as describe_cluster, vote_allowed, ClusterIds,
 };
-pub use conf_change::{ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES};
+pub use conf_change::{ChangePlan, ConfChangeRequest, MemberChange, PROMOTE_MAX_LAG_ENTRIES};
 pub use config::{Bugs, ReplicaConfig};
 pub use core::{RaftView, ReplicaCore};
 pub use error::{FatalError, ReplicaError};

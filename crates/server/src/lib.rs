@@ -340,7 +340,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = Arc::new(AdminService {
         replica: replica.clone(),
-        membership: membership::Membership::new(replica.clone(), config.election_timeout),
+        membership: membership::Membership::new(replica.clone()),
         address: config.advertise_address().to_string(),
         snapshots: snapshots.clone(),
     });

@@ -42,6 +42,10 @@ impl SimClock {
         self.local_us.fetch_max(local, Ordering::Relaxed);
     }
 
+    pub fn base(&self) -> Instant {
+        self.base
+    }
+
     pub fn drift_ppm(&self) -> i64 {
         self.drift_ppm
     }

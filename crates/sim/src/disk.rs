@@ -122,6 +122,23 @@ impl SimDisk {
         })))
     }
 
+    /// The disk of a node that joins a running cluster: no configuration
+    /// and an empty log until the leader's snapshot arrives.
+    pub fn joining(cluster_id: u64, bootstrap_id: u64) -> SimDisk {
+        let image = LogImage {
+            cluster_id,
+            bootstrap_id,
+            ..Default::default()
+        };
+        SimDisk(Arc::new(Mutex::new(DiskState {
+            durable: image,
+            unsynced: Vec::new(),
+            fail_next_fsync: false,
+            free_bytes: PLENTY_OF_SPACE,
+            fsyncs: 0,
+        })))
+    }
+
     /// The process stopped: of the writes not yet fsynced, a random prefix
     /// (possibly none, possibly all) reached the disk; the rest is lost.
     /// Returns how many were lost.

@@ -17,8 +17,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use raftkv_replica::{
-    bootstrap_membership, Bugs, Lane, Op, PeerMessage, RaftView, Replica, ReplicaConfig,
-    ReplicaCore, ReplicaError, SnapshotStore, Transport, WriteSession,
+    bootstrap_membership, Bugs, ChangePlan, Lane, Op, PeerMessage, RaftView, Replica,
+    ReplicaConfig, ReplicaCore, ReplicaError, SnapshotStore, Transport, WriteSession,
 };
 use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Verdict};
 use rand::rngs::StdRng;
@@ -73,6 +73,9 @@ pub struct Params {
     /// by snapshot transfer.
     pub snapshot_entries: u64,
     pub snapshot_catch_up_entries: u64,
+    /// Membership changes: voters removed (the node then retired) and
+    /// replaced by fresh nodes that join, leadership transfers.
+    pub membership: bool,
     /// Mean time between faults.
     pub fault_every_us: u64,
 }
@@ -100,6 +103,7 @@ impl Params {
             crash_after_vote: rng.gen_bool(0.3),
             snapshot_entries: [u64::MAX, 100, 300, 1_000][rng.gen_range(0..4)],
             snapshot_catch_up_entries: [5, 20, 200][rng.gen_range(0..3)],
+            membership: rng.gen_bool(0.4),
             fault_every_us: rng.gen_range(300_000..3_000_000),
         }
     }
@@ -173,7 +177,21 @@ struct SimNode {
     paused_until: Option<u64>,
     restart_at: Option<u64>,
     incarnation: u64,
+    /// Removed from the cluster and stopped for good.
+    retired: bool,
 }
+
+/// A membership request in flight, and what follows it.
+struct Admin {
+    what: String,
+    answer: Answer,
+    /// The voter a removal takes out: once it is out, it is retired and a
+    /// fresh node joins in its place.
+    replaces: Option<u64>,
+}
+
+/// Nodes a run may add in all (replacements of removed voters).
+const MAX_REPLACEMENTS: usize = 4;
 
 struct InFlight {
     sent_us: u64,
@@ -241,6 +259,7 @@ pub struct World {
     next_fault_at: u64,
     heal_at: Option<u64>,
     crash_leader_at: Option<u64>,
+    admin: Option<Admin>,
     violations: Vec<String>,
     /// term -> the node that led in it.
     leaders: BTreeMap<u64, u64>,
@@ -254,6 +273,14 @@ pub struct World {
     snap_dir: tempfile::TempDir,
     faults_on: bool,
     bugs: Bugs,
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 fn noop_poll(answer: &mut Answer) -> Poll<Result<(), ReplicaError>> {
@@ -292,6 +319,7 @@ impl World {
                     paused_until: None,
                     restart_at: None,
                     incarnation: 0,
+                    retired: false,
                 }
             })
             .collect();
@@ -326,6 +354,7 @@ impl World {
             next_fault_at: 0,
             heal_at: None,
             crash_leader_at: None,
+            admin: None,
             violations: Vec::new(),
             leaders: BTreeMap::new(),
             won: Vec::new(),
@@ -423,7 +452,21 @@ impl World {
             outbox: node.outbox.clone(),
             links: self.links.clone(),
         });
-        match ReplicaCore::new(storage, snapshots, config, transport, node.clock.clone()) {
+        let clock = node.clock.clone();
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ReplicaCore::new(storage, snapshots, config, transport, clock)
+        }));
+        let node = &mut self.nodes[index];
+        let started = match started {
+            Ok(started) => started,
+            Err(panic) => {
+                node.restart_at = None;
+                let message = panic_message(panic);
+                self.violation(format!("node {id} panicked while starting: {message}"));
+                return;
+            }
+        };
+        match started {
             Ok((replica, core)) => {
                 node.running = Some(Running {
                     replica,
@@ -524,11 +567,15 @@ impl World {
         if self.params.disk_faults {
             kinds.extend(["fsync-error", "disk-full"]);
         }
+        if self.params.membership {
+            kinds.extend(["replace-voter", "transfer-leader"]);
+        }
         if kinds.is_empty() {
             return;
         }
         let kind = kinds[self.fault_rng.gen_range(0..kinds.len())];
-        let target = self.fault_rng.gen_range(0..n);
+        let live: Vec<usize> = (0..n).filter(|i| !self.nodes[*i].retired).collect();
+        let target = live[self.fault_rng.gen_range(0..live.len())];
         let target_id = self.nodes[target].id;
         match kind {
             "partition" => {
@@ -575,6 +622,12 @@ impl World {
                 self.crash_node(target, "killed");
             }
             "pause" => {
+                // Half the time the leader: it resumes believing it leads.
+                let target = match self.leader_index() {
+                    Some(leader) if self.fault_rng.gen_bool(0.5) => leader,
+                    _ => target,
+                };
+                let target_id = self.nodes[target].id;
                 if self.nodes[target].running.is_none() {
                     return;
                 }
@@ -599,9 +652,147 @@ impl World {
                 self.trace
                     .note(self.now_us, || format!("node {target_id}: disk full"));
             }
+            "replace-voter" | "transfer-leader" => {
+                if !self.start_admin(kind) {
+                    return;
+                }
+            }
             _ => unreachable!(),
         }
         self.count(kind);
+    }
+
+    /// The node that leads (as of its last turn), running and not paused.
+    fn leader_index(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.paused_until.is_none()
+                && n.running
+                    .as_ref()
+                    .is_some_and(|r| r.last_view.is_some_and(|v| v.is_leader))
+        })
+    }
+
+    /// Sends a membership request to the leader, as an operator would.
+    fn start_admin(&mut self, kind: &str) -> bool {
+        if self.admin.is_some() {
+            return false;
+        }
+        let Some(leader) = self.leader_index() else {
+            return false;
+        };
+        let replica = self.nodes[leader]
+            .running
+            .as_ref()
+            .expect("running")
+            .replica
+            .clone();
+        let voters = replica.membership().conf_state.voters;
+        let pick = voters[self.fault_rng.gen_range(0..voters.len())];
+        let leader_id = self.nodes[leader].id;
+        let (what, answer, replaces): (String, Answer, Option<u64>) = match kind {
+            "replace-voter" => {
+                if self.nodes.len() >= self.params.nodes as usize + MAX_REPLACEMENTS
+                    || voters.len() < 3
+                {
+                    return false;
+                }
+                let plan = ChangePlan {
+                    remove: vec![pick],
+                    ..Default::default()
+                };
+                (
+                    format!("remove node {pick} (at node {leader_id})"),
+                    Box::pin(async move { replica.change(plan, Duration::from_secs(10)).await }),
+                    Some(pick),
+                )
+            }
+            _ => {
+                if pick == leader_id {
+                    return false;
+                }
+                (
+                    format!("transfer leadership from node {leader_id} to node {pick}"),
+                    Box::pin(async move { replica.transfer(pick, Duration::from_secs(3)).await }),
+                    None,
+                )
+            }
+        };
+        self.trace.note(self.now_us, || format!("asked: {what}"));
+        self.admin = Some(Admin {
+            what,
+            answer,
+            replaces,
+        });
+        true
+    }
+
+    /// Follows the membership request in flight; a removed voter is retired
+    /// and a fresh node joins in its place.
+    fn poll_admin(&mut self) {
+        let Some(mut admin) = self.admin.take() else {
+            return;
+        };
+        let Poll::Ready(result) = noop_poll(&mut admin.answer) else {
+            self.admin = Some(admin);
+            return;
+        };
+        let what = admin.what.clone();
+        self.trace
+            .note(self.now_us, || format!("{what}: {result:?}"));
+        let (Ok(()), Some(removed)) = (&result, admin.replaces) else {
+            return;
+        };
+        let index = (removed - 1) as usize;
+        self.nodes[index].running = None;
+        self.nodes[index].retired = true;
+        self.nodes[index].restart_at = None;
+        self.nodes[index].paused_until = None;
+        self.links.lock().expect("links").down.insert(removed);
+        self.trace
+            .note(self.now_us, || format!("node {removed} retired"));
+        let Some(leader) = self.leader_index() else {
+            return;
+        };
+        let id = self.nodes.len() as u64 + 1;
+        let cluster_id = self.nodes[leader].disk.durable().cluster_id;
+        let drift = if self.params.max_drift_ppm == 0 {
+            0
+        } else {
+            self.fault_rng
+                .gen_range(-self.params.max_drift_ppm..=self.params.max_drift_ppm)
+        };
+        let offset = self.fault_rng.gen_range(0..10_000_000);
+        let base = self.nodes[0].clock.base();
+        self.nodes.push(SimNode {
+            id,
+            disk: SimDisk::joining(cluster_id, BOOTSTRAP_ID),
+            clock: Arc::new(SimClock::new(base, offset, drift)),
+            outbox: Arc::new(Outbox::default()),
+            running: None,
+            paused_until: None,
+            restart_at: None,
+            incarnation: 0,
+            retired: false,
+        });
+        self.start_node(id as usize - 1);
+        let replica = self.nodes[leader]
+            .running
+            .as_ref()
+            .expect("running")
+            .replica
+            .clone();
+        let plan = ChangePlan {
+            voters: [(id, format!("sim-node-{id}"))].into(),
+            empty: true,
+            ..Default::default()
+        };
+        let what = format!("add node {id} as a voter");
+        self.trace.note(self.now_us, || format!("asked: {what}"));
+        self.admin = Some(Admin {
+            what,
+            answer: Box::pin(async move { replica.change(plan, Duration::from_secs(10)).await }),
+            replaces: None,
+        });
     }
 
     fn heal_all(&mut self) {
@@ -611,7 +802,7 @@ impl World {
         for index in 0..self.nodes.len() {
             self.nodes[index].paused_until = None;
             self.nodes[index].disk.set_free_bytes(1 << 40);
-            if self.nodes[index].running.is_none() {
+            if self.nodes[index].running.is_none() && !self.nodes[index].retired {
                 self.start_node(index);
             }
         }
@@ -647,6 +838,7 @@ impl World {
             }
         }
         self.deliver();
+        self.poll_admin();
         self.start_client_ops();
         // Clients are served before and after the nodes' turns: a server
         // answers lease reads and stale reads from other threads than the
@@ -685,6 +877,16 @@ impl World {
             self.trace.event(self.now_us, to, b'd', &bytes);
             if flight.message.lane() == Lane::Snapshot {
                 self.transfer_snapshot(flight.message);
+                continue;
+            }
+            // A vote request from outside the receiver's configuration is
+            // refused with its configuration index, and the candidate learns
+            // it was removed (what the peer service and transport do).
+            if let Err(config_index) = running.replica.check_candidate_is_member(&flight.message) {
+                let from = flight.message.from();
+                if let Some(sender) = self.nodes[(from - 1) as usize].running.as_ref() {
+                    sender.replica.report_removed(to, config_index);
+                }
                 continue;
             }
             running.replica.step(flight.message);
@@ -828,11 +1030,7 @@ impl World {
             }
             Err(panic) => {
                 // A real node stops on a panic; here it is a finding.
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
+                let message = panic_message(panic);
                 self.violation(format!("node {id} panicked: {message}"));
                 self.crash_node(index, "panicked");
                 return;
@@ -1242,8 +1440,17 @@ impl World {
         // Convergence: every node has applied the same index and holds the
         // same state.
         let mut applied = BTreeMap::new();
+        // A node the cluster removed stops applying where it left.
+        let members: Option<Vec<u64>> = self.leader_index().map(|leader| {
+            let running = self.nodes[leader].running.as_ref().expect("running");
+            raftkv_replica::member_ids(&running.replica.membership().conf_state)
+        });
         for node in &self.nodes {
             if let Some(running) = &node.running {
+                let member = members.as_ref().is_none_or(|m| m.contains(&node.id));
+                if !member || running.replica.status().role == raftkv_replica::Role::Removed {
+                    continue;
+                }
                 let kv = running.replica.kv();
                 applied.insert(node.id, (kv.applied_index(), kv.content_hash()));
             }

@@ -79,7 +79,7 @@ fn planted_bugs_are_caught() {
     for (bug, bound) in [
         ("ack-before-fsync", 20),
         ("apply-before-commit", 20),
-        ("long-lease", 200),
+        ("long-lease", 300),
         ("read-before-applied", 200),
         ("forget-vote", 60),
     ] {

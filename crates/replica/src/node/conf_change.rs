@@ -61,7 +61,7 @@ impl<S: LogStore> Node<S> {
     }
 
     /// The changes still to make, or why the request cannot be made now.
-    fn check_conf_change(
+    pub(super) fn check_conf_change(
         &self,
         request: &ConfChangeRequest,
     ) -> Result<Vec<MemberChange>, ReplicaError> {

@@ -18,6 +18,7 @@
 //! A storage error here is fatal: the loop stops and the node exits rather
 //! than acknowledge anything it could not make durable.
 
+mod change_job;
 mod cluster_meta;
 mod conf_change;
 mod disk_space;
@@ -114,6 +115,23 @@ pub(crate) enum Input {
         to: u64,
         reply: Reply,
     },
+    /// A whole membership change, carried out step by step (see
+    /// `node/change_job.rs`).
+    Change {
+        plan: crate::conf_change::ChangePlan,
+        timeout: Duration,
+        reply: Reply,
+    },
+    /// Move leadership and answer once this node no longer leads.
+    Transfer {
+        to: u64,
+        timeout: Duration,
+        reply: Reply,
+    },
+    LeaveJoint {
+        timeout: Duration,
+        reply: Reply,
+    },
     SetMemberAddress {
         id: u64,
         address: String,
@@ -193,6 +211,8 @@ pub(crate) struct Node<S: LogStore> {
     /// When this node started: it grants no votes for an election timeout
     /// after (see `node/lease.rs`).
     started_at: Instant,
+    /// The membership change this leader is carrying out (one at a time).
+    job: Option<change_job::ChangeJob>,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -305,6 +325,7 @@ impl<S: LogStore> Node<S> {
             lease: lease::Lease::new(lease_duration, lease_reads),
             probes: probes::Probes::default(),
             started_at: now,
+            job: None,
         };
         node.reseed_election_timeout();
         Ok(node)
@@ -460,6 +481,7 @@ impl<S: LogStore> Node<S> {
         self.maybe_propose_cluster_id();
         self.on_ready()?;
         self.after_turn();
+        self.advance_job();
         self.maybe_start_snapshot();
         self.reseed_election_timeout();
         Ok(true)
@@ -538,8 +560,19 @@ impl<S: LogStore> Node<S> {
             Input::ChangeMembership { request, reply } => self.propose_conf_change(request, reply),
             Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Input::SetMemberAddress { id, address, reply } => {
-                self.propose_member_address(id, address, reply)
+                if let Err(e) = self.change_in_progress() {
+                    let _ = reply.send(Err(e));
+                } else {
+                    self.propose_member_address(id, address, reply)
+                }
             }
+            Input::Change {
+                plan,
+                timeout,
+                reply,
+            } => self.start_change(plan, timeout, reply),
+            Input::Transfer { to, timeout, reply } => self.start_transfer(to, timeout, reply),
+            Input::LeaveJoint { timeout, reply } => self.start_leave_joint(timeout, reply),
             Input::Shutdown => return false,
         }
         true

@@ -29,7 +29,9 @@ impl<S: LogStore> Node<S> {
             return;
         }
         let due = self.applied_index
-            >= self.last_snapshot_index + self.config.snapshot_entries.max(1)
+            >= self
+                .last_snapshot_index
+                .saturating_add(self.config.snapshot_entries.max(1))
             || (self.applied_index > self.last_snapshot_index && self.peer_needs_new_snapshot());
         if !due && self.snapshot_waiters.is_empty() {
             return;
