@@ -21,6 +21,19 @@ pub struct CompactResult {
     pub segments_removed: u64,
 }
 
+/// Whether a snapshot is due: `every` entries were applied since the last
+/// one, or something new was applied and (as leader) a peer needs a
+/// snapshot the last one cannot serve (`peer_needs_new`, asked only then).
+pub(super) fn snapshot_due(
+    applied: u64,
+    last_snapshot: u64,
+    every: u64,
+    peer_needs_new: impl FnOnce() -> bool,
+) -> bool {
+    applied >= last_snapshot.saturating_add(every.max(1))
+        || (applied > last_snapshot && peer_needs_new())
+}
+
 impl<S: LogStore> Node<S> {
     /// Starts writing a snapshot in the background when one is due (or was
     /// asked for) and none is being written.
@@ -28,11 +41,12 @@ impl<S: LogStore> Node<S> {
         if self.snapshot_in_progress {
             return;
         }
-        let due = self.applied_index
-            >= self
-                .last_snapshot_index
-                .saturating_add(self.config.snapshot_entries.max(1))
-            || (self.applied_index > self.last_snapshot_index && self.peer_needs_new_snapshot());
+        let due = snapshot_due(
+            self.applied_index,
+            self.last_snapshot_index,
+            self.config.snapshot_entries,
+            || self.peer_needs_new_snapshot(),
+        );
         if !due && self.snapshot_waiters.is_empty() {
             return;
         }
@@ -276,5 +290,24 @@ impl<S: LogStore> Node<S> {
         self.update_removed();
         self.prune_snapshots();
         self.adopt_cluster_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn a_snapshot_is_due_every_n_entries_or_when_a_peer_needs_a_newer_one() {
+        assert!(!snapshot_due(199, 100, 100, || false));
+        assert!(snapshot_due(200, 100, 100, || false));
+        // Something new applied and a peer needs a newer snapshot.
+        assert!(snapshot_due(101, 100, 100, || true));
+        // Nothing new since the last one: no snapshot, whoever needs one.
+        assert!(!snapshot_due(100, 100, 100, || true));
+        // Snapshots effectively off: never due, and no overflow.
+        assert!(!snapshot_due(u64::MAX - 1, 5_000, u64::MAX, || false));
+        // 0 means every entry.
+        assert!(snapshot_due(101, 100, 0, || false));
     }
 }
