@@ -83,6 +83,14 @@ impl<S: LogStore> ReplicaCore<S> {
         !self.started || self.node.wants_turn()
     }
 
+    /// Callers the node still owes an answer: (proposals, reads, whether a
+    /// membership change is running). Once the cluster is quiet every one
+    /// must have been answered — a waiter never answered is a client that
+    /// hangs until its deadline.
+    pub fn waiting(&self) -> (usize, usize, bool) {
+        self.node.waiting()
+    }
+
     pub fn store(&self) -> &S {
         self.node.store()
     }

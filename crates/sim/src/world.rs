@@ -1409,7 +1409,9 @@ impl World {
     fn final_reads(&mut self) {
         // Let clients finish what they were doing.
         let deadline = self.now_us + OP_DEADLINE_US + ATTEMPT_TIMEOUT_US;
-        while self.clients.iter().any(|c| c.pending.is_some()) && self.now_us < deadline {
+        while (self.clients.iter().any(|c| c.pending.is_some()) || self.admin.is_some())
+            && self.now_us < deadline
+        {
             self.step();
         }
         for k in 0..self.params.keys {
@@ -1456,6 +1458,22 @@ impl World {
             }
         }
         let distinct: BTreeSet<(u64, u64)> = applied.values().copied().collect();
+        // Nothing leaked: once the cluster is quiet, every caller was answered.
+        let mut owed = Vec::new();
+        for node in &self.nodes {
+            if let Some(running) = &node.running {
+                let waiting = running.core.waiting();
+                if waiting != (0, 0, false) {
+                    owed.push((node.id, waiting));
+                }
+            }
+        }
+        if !owed.is_empty() {
+            self.violation(format!(
+                "callers never answered after the cluster went quiet, as (node, (proposals, \
+                 reads, membership job)): {owed:?}"
+            ));
+        }
         if distinct.len() > 1 {
             self.violation(format!(
                 "replicas did not converge after healing: (applied index, state hash) by node {applied:?}"

@@ -183,6 +183,8 @@ pub(crate) struct Node<S: LogStore> {
     /// instant it began at. Commands are stamped with base + elapsed, so a
     /// jump of the leader's wall clock cannot expire client sessions early.
     leader_clock: Option<(u64, Instant)>,
+    /// While leader: when this node became leader (on its clock).
+    leading_since: Option<Instant>,
     tick_interval: Duration,
     next_tick: Instant,
     /// When a raft message from each peer was last taken: a peer whose
@@ -310,6 +312,7 @@ impl<S: LogStore> Node<S> {
             term_start_index: 0,
             cluster_id_proposed_in: None,
             leader_clock: None,
+            leading_since: None,
             tick_interval,
             next_tick: now + tick_interval,
             last_heard: HashMap::new(),
@@ -593,6 +596,16 @@ impl<S: LogStore> Node<S> {
             || !self.peer_inputs.is_empty()
             || self.raw.has_ready()
             || self.clock.now() >= self.next_tick
+    }
+
+    /// Callers still waiting for an answer: proposals, reads, a
+    /// membership job.
+    pub(crate) fn waiting(&self) -> (usize, usize, bool) {
+        (
+            self.proposals.len(),
+            self.reads.pending(),
+            self.job.is_some(),
+        )
     }
 
     pub(crate) fn applied_index(&self) -> u64 {
@@ -1079,6 +1092,7 @@ impl<S: LogStore> Node<S> {
         let last_index = raft.raft_log.last_index();
         if self.leader_term != leader_term {
             self.leader_clock = None;
+            self.leading_since = leader_term.map(|_| self.now);
             // Raft appended the term's first (empty) entry on election.
             self.term_start_index = if leader_term.is_some() {
                 last_index

@@ -96,7 +96,13 @@ impl<S: LogStore> Node<S> {
                 // Only a leader hears from every member; another node can
                 // tell only whether it holds a connection to it.
                 let reachable = if self.raw.raft.state == StateRole::Leader {
-                    self.is_live(id)
+                    // A new leader has not heard from every member yet:
+                    // for its first election timeout, one it holds a
+                    // connection to counts as reachable.
+                    let new_leader = self.leading_since.is_some_and(|at| {
+                        self.now.saturating_duration_since(at) < self.config.election_timeout
+                    });
+                    self.is_live(id) || (new_leader && self.transport.is_reachable(id))
                 } else {
                     id == self.id || self.transport.is_reachable(id)
                 };
