@@ -181,6 +181,30 @@ struct SimNode {
     retired: bool,
 }
 
+impl SimNode {
+    /// A node that is not running yet, on `disk`, with a clock of its own
+    /// (offset and drift drawn from `rng`, in that order).
+    fn new(id: u64, disk: SimDisk, base: Instant, rng: &mut StdRng, max_drift_ppm: i64) -> SimNode {
+        let drift = if max_drift_ppm == 0 {
+            0
+        } else {
+            rng.gen_range(-max_drift_ppm..=max_drift_ppm)
+        };
+        let offset = rng.gen_range(0..10_000_000);
+        SimNode {
+            id,
+            disk,
+            clock: Arc::new(SimClock::new(base, offset, drift)),
+            outbox: Arc::new(Outbox::default()),
+            running: None,
+            paused_until: None,
+            restart_at: None,
+            incarnation: 0,
+            retired: false,
+        }
+    }
+}
+
 /// A membership request in flight, and what follows it.
 struct Admin {
     what: String,
@@ -305,22 +329,8 @@ impl World {
         let membership = bootstrap_membership(&peers);
         let nodes = (1..=params.nodes)
             .map(|id| {
-                let drift = if params.max_drift_ppm == 0 {
-                    0
-                } else {
-                    root.gen_range(-params.max_drift_ppm..=params.max_drift_ppm)
-                };
-                SimNode {
-                    id,
-                    disk: SimDisk::bootstrapped(membership.clone(), BOOTSTRAP_ID),
-                    clock: Arc::new(SimClock::new(base, root.gen_range(0..10_000_000), drift)),
-                    outbox: Arc::new(Outbox::default()),
-                    running: None,
-                    paused_until: None,
-                    restart_at: None,
-                    incarnation: 0,
-                    retired: false,
-                }
+                let disk = SimDisk::bootstrapped(membership.clone(), BOOTSTRAP_ID);
+                SimNode::new(id, disk, base, &mut root, params.max_drift_ppm)
             })
             .collect();
         let clients = (1..=params.clients)
@@ -755,25 +765,16 @@ impl World {
         };
         let id = self.nodes.len() as u64 + 1;
         let cluster_id = self.nodes[leader].disk.durable().cluster_id;
-        let drift = if self.params.max_drift_ppm == 0 {
-            0
-        } else {
-            self.fault_rng
-                .gen_range(-self.params.max_drift_ppm..=self.params.max_drift_ppm)
-        };
-        let offset = self.fault_rng.gen_range(0..10_000_000);
         let base = self.nodes[0].clock.base();
-        self.nodes.push(SimNode {
+        let disk = SimDisk::joining(cluster_id, BOOTSTRAP_ID);
+        let node = SimNode::new(
             id,
-            disk: SimDisk::joining(cluster_id, BOOTSTRAP_ID),
-            clock: Arc::new(SimClock::new(base, offset, drift)),
-            outbox: Arc::new(Outbox::default()),
-            running: None,
-            paused_until: None,
-            restart_at: None,
-            incarnation: 0,
-            retired: false,
-        });
+            disk,
+            base,
+            &mut self.fault_rng,
+            self.params.max_drift_ppm,
+        );
+        self.nodes.push(node);
         self.start_node(id as usize - 1);
         let replica = self.nodes[leader]
             .running

@@ -294,13 +294,15 @@ impl<S: LogStore> Node<S> {
         }
     }
 
+    /// Whether a job may start now: none is running and this node leads.
+    fn job_may_start(&self) -> Result<(), ReplicaError> {
+        self.change_in_progress()?;
+        self.check_leading()
+    }
+
     /// Moves leadership to `to` and answers once this node no longer leads.
     pub(super) fn start_transfer(&mut self, to: u64, timeout: Duration, reply: Reply) {
-        if self.job.is_some() {
-            let _ = reply.send(Err(in_progress()));
-            return;
-        }
-        if let Err(e) = self.check_leading() {
+        if let Err(e) = self.job_may_start() {
             let _ = reply.send(Err(e));
             return;
         }
@@ -314,11 +316,7 @@ impl<S: LogStore> Node<S> {
 
     /// Leaves a joint configuration entered explicitly.
     pub(super) fn start_leave_joint(&mut self, timeout: Duration, reply: Reply) {
-        if self.job.is_some() {
-            let _ = reply.send(Err(in_progress()));
-            return;
-        }
-        if let Err(e) = self.check_leading() {
+        if let Err(e) = self.job_may_start() {
             let _ = reply.send(Err(e));
             return;
         }
@@ -608,7 +606,7 @@ impl<S: LogStore> Node<S> {
     }
 
     /// The leader's id and address as this node knows them.
-    fn leader_hint(&self) -> (u64, Option<String>) {
+    pub(super) fn leader_hint(&self) -> (u64, Option<String>) {
         let leader_id = self.raw.raft.leader_id;
         let address = self
             .raw

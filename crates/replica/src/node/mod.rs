@@ -613,14 +613,7 @@ impl<S: LogStore> Node<S> {
     }
 
     fn not_leader(&self) -> ReplicaError {
-        let leader_id = self.raw.raft.leader_id;
-        let leader_address = self
-            .raw
-            .store()
-            .membership()
-            .addresses
-            .get(&leader_id)
-            .cloned();
+        let (leader_id, leader_address) = self.leader_hint();
         let why = if leader_id == 0 {
             self.why_no_leader()
         } else {
