@@ -21,7 +21,7 @@ use crate::config::ReplicaConfig;
 use crate::error::FatalError;
 use crate::handle::Replica;
 use crate::log_store::LogStore;
-use crate::node::{Node, PeerInput};
+use crate::node::{Node, PeerInput, QueueSizes};
 use crate::transport::Transport;
 use raftkv_storage::SnapshotStore;
 
@@ -89,6 +89,11 @@ impl<S: LogStore> ReplicaCore<S> {
     /// hangs until its deadline.
     pub fn waiting(&self) -> (usize, usize, bool) {
         self.node.waiting()
+    }
+
+    /// How much the node's queues and per-peer tables hold.
+    pub fn queue_sizes(&self) -> QueueSizes {
+        self.node.queue_sizes()
     }
 
     pub fn store(&self) -> &S {

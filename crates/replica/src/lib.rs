@@ -45,7 +45,7 @@ pub use peer_message::{Lane, PeerMessage};
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 
-pub use node::CompactResult;
+pub use node::{CompactResult, QueueSizes};
 pub use raftkv_kv::{KvState, Op, ScanPage, ScanQuery, SessionLimits};
 pub use raftkv_storage::{
     read_chunk_at as read_snapshot_chunk, FileStorage, MembershipRecord, NodeIdentity,

@@ -240,6 +240,13 @@ impl SimStorage {
     }
 
     /// The log entries this store holds in `[low, high)`.
+    /// A change durable at once (after what was buffered before it): made
+    /// to what the node reads and to what survives a crash alike.
+    fn write_through(&mut self, change: impl Fn(&mut LogImage)) {
+        change(&mut self.image);
+        change(&mut self.disk.0.lock().expect("disk lock").durable);
+    }
+
     pub fn entries_in(&self, low: u64, high: u64) -> Vec<Entry> {
         let first = self.image.first_index();
         let low = low.max(first);
@@ -295,19 +302,7 @@ impl raft::Storage for SimStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match &self.image.latest_snapshot {
-            Some((meta, membership)) if meta.index >= request_index => {
-                let mut snapshot = Snapshot::default();
-                let metadata = snapshot.mut_metadata();
-                metadata.index = meta.index;
-                metadata.term = meta.term;
-                metadata.set_conf_state(membership.conf_state.clone());
-                Ok(snapshot)
-            }
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
-        }
+        raftkv_storage::raft_snapshot(self.image.latest_snapshot.as_ref(), request_index)
     }
 }
 
@@ -366,8 +361,7 @@ impl LogStore for SimStorage {
             image.latest_snapshot = Some((meta, membership.clone()));
             image.hard_state.commit = image.hard_state.commit.max(meta.index);
         };
-        record(&mut self.image);
-        record(&mut self.disk.0.lock().expect("disk lock").durable);
+        self.write_through(record);
         Ok(())
     }
 
@@ -382,8 +376,7 @@ impl LogStore for SimStorage {
             image.entries.drain(..drop);
             image.start = (compact_to, term);
         };
-        compact(&mut self.image);
-        compact(&mut self.disk.0.lock().expect("disk lock").durable);
+        self.write_through(compact);
         Ok(0)
     }
 
@@ -400,8 +393,7 @@ impl LogStore for SimStorage {
             image.hard_state.commit = image.hard_state.commit.max(meta.index);
             image.latest_snapshot = Some((meta, membership.clone()));
         };
-        install(&mut self.image);
-        install(&mut self.disk.0.lock().expect("disk lock").durable);
+        self.write_through(install);
         Ok(())
     }
 
@@ -413,8 +405,7 @@ impl LogStore for SimStorage {
                 image.bootstrap_id = bootstrap_id;
             }
         };
-        adopt(&mut self.image);
-        adopt(&mut self.disk.0.lock().expect("disk lock").durable);
+        self.write_through(adopt);
         Ok(())
     }
 

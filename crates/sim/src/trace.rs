@@ -5,6 +5,19 @@
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+fn fnv_extend(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// A stable 64-bit hash of `bytes` (FNV-1a).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    fnv_extend(FNV_OFFSET, bytes)
+}
+
 pub struct Trace {
     hash: u64,
     events: u64,
@@ -41,10 +54,7 @@ impl Trace {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.hash ^= u64::from(*b);
-            self.hash = self.hash.wrapping_mul(FNV_PRIME);
-        }
+        self.hash = fnv_extend(self.hash, bytes);
     }
 
     pub fn hash(&self) -> u64 {

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::clock::SimClock;
 use crate::disk::{SimDisk, SimStorage};
-use crate::trace::Trace;
+use crate::trace::{fnv, Trace};
 
 const STEP_US: u64 = 1_000;
 /// The bootstrap id every simulated node starts with.
@@ -294,6 +294,11 @@ pub struct World {
     /// applied index -> state hash, across nodes.
     states: BTreeMap<u64, u64>,
     checked_commit: BTreeMap<u64, u64>,
+    /// (index, term) -> (hash of the data, term of the entry before) of
+    /// every entry seen in any node's log, committed or not: log matching.
+    log_entries: BTreeMap<(u64, u64), (u64, u64)>,
+    /// Nodes found over a bound once (reported once, not every turn).
+    over_bounds: BTreeSet<u64>,
     snap_dir: tempfile::TempDir,
     faults_on: bool,
     bugs: Bugs,
@@ -371,6 +376,8 @@ impl World {
             committed: BTreeMap::new(),
             states: BTreeMap::new(),
             checked_commit: BTreeMap::new(),
+            log_entries: BTreeMap::new(),
+            over_bounds: BTreeSet::new(),
             snap_dir: tempfile::tempdir().expect("temp dir for snapshot stores"),
             faults_on: true,
             bugs,
@@ -682,20 +689,21 @@ impl World {
         })
     }
 
+    /// The leader's handle (see `leader_index`).
+    fn leader_replica(&self) -> Option<(usize, Replica)> {
+        let leader = self.leader_index()?;
+        let running = self.nodes[leader].running.as_ref().expect("running");
+        Some((leader, running.replica.clone()))
+    }
+
     /// Sends a membership request to the leader, as an operator would.
     fn start_admin(&mut self, kind: &str) -> bool {
         if self.admin.is_some() {
             return false;
         }
-        let Some(leader) = self.leader_index() else {
+        let Some((leader, replica)) = self.leader_replica() else {
             return false;
         };
-        let replica = self.nodes[leader]
-            .running
-            .as_ref()
-            .expect("running")
-            .replica
-            .clone();
         let voters = replica.membership().conf_state.voters;
         let pick = voters[self.fault_rng.gen_range(0..voters.len())];
         let leader_id = self.nodes[leader].id;
@@ -1040,6 +1048,10 @@ impl World {
         self.route(index);
         let running = self.nodes[index].running.as_mut().expect("running");
         let view = running.core.raft_view();
+        if let Some(before) = running.last_view {
+            self.check_queues(index, before.applied_index, view);
+        }
+        let running = self.nodes[index].running.as_mut().expect("running");
         let changed = running.last_view != Some(view);
         let voted = view.vote != 0
             && view.vote != id
@@ -1129,6 +1141,7 @@ impl World {
                 ));
             }
         }
+        self.check_log_matching(index, view);
         let running = self.nodes[index].running.as_ref().expect("running");
         let hash = running.replica.kv().content_hash();
         let seen = *self.states.entry(view.applied_index).or_insert(hash);
@@ -1137,6 +1150,95 @@ impl World {
                 "node {id} has another state at applied index {} than a node before it",
                 view.applied_index
             ));
+        }
+    }
+
+    /// Log matching on the uncommitted suffix too (committed entries are
+    /// compared whole above): two entries with the same index and term hold
+    /// the same data and follow an entry of the same term, so two logs that
+    /// share an entry share everything before it.
+    fn check_log_matching(&mut self, index: usize, view: RaftView) {
+        let id = self.nodes[index].id;
+        let store = self.nodes[index]
+            .running
+            .as_ref()
+            .expect("running")
+            .core
+            .store();
+        let Ok(mut prev_term) = raft::Storage::term(store, view.commit_index) else {
+            return;
+        };
+        let mut differ = Vec::new();
+        for entry in store.entries_in(view.commit_index + 1, view.last_index + 1) {
+            let this = (fnv(&entry.data), prev_term);
+            let seen = *self
+                .log_entries
+                .entry((entry.index, entry.term))
+                .or_insert(this);
+            if seen != this {
+                differ.push((entry.index, entry.term, seen.1 != this.1));
+            }
+            prev_term = entry.term;
+        }
+        for (i, t, after_other) in differ {
+            let what = if after_other {
+                "follows an entry of another term"
+            } else {
+                "holds other data"
+            };
+            self.violation(format!(
+                "log matching: entry {i} of term {t} on node {id} {what} than on a node before"
+            ));
+        }
+    }
+
+    /// Bounds on what a node holds after a turn: its queues within their
+    /// capacities, its per-peer tables no larger than the membership (a
+    /// replaced node is forgotten), and — once snapshots are taken and the
+    /// disk is not made to fail — the log compacted to within the catch-up
+    /// margin of the last snapshot (what memory the log holds).
+    fn check_queues(&mut self, index: usize, applied_before: u64, view: RaftView) {
+        let id = self.nodes[index].id;
+        if self.over_bounds.contains(&id) {
+            return;
+        }
+        let running = self.nodes[index].running.as_ref().expect("running");
+        let q = running.core.queue_sizes();
+        let members = raftkv_replica::member_ids(
+            &raftkv_replica::LogStore::membership(running.core.store()).conf_state,
+        );
+        let config = ReplicaConfig::new(id, 0);
+        let mut over = Vec::new();
+        if q.proposals > config.max_pending_proposals {
+            over.push(format!("{} proposals pending", q.proposals));
+        }
+        if q.inputs > config.max_queued_inputs || q.peer_inputs > config.max_queued_peer_messages {
+            over.push(format!(
+                "{} inputs, {} peer inputs queued",
+                q.inputs, q.peer_inputs
+            ));
+        }
+        if q.peer_table_entries > members.len().max(1) {
+            over.push(format!(
+                "a per-peer table holds {} nodes, the membership {:?}",
+                q.peer_table_entries, members
+            ));
+        }
+        if self.params.snapshot_entries != u64::MAX && !self.params.disk_faults {
+            let bound = self.params.snapshot_entries
+                + self.params.snapshot_catch_up_entries
+                + view.applied_index.saturating_sub(applied_before);
+            if q.log_entries_below_applied > bound {
+                over.push(format!(
+                    "{} log entries kept at or below the applied index {} (last snapshot {}; \
+                     at most {bound} expected)",
+                    q.log_entries_below_applied, view.applied_index, q.last_snapshot_index
+                ));
+            }
+        }
+        if !over.is_empty() {
+            self.over_bounds.insert(id);
+            self.violation(format!("node {id}: {}", over.join("; ")));
         }
     }
 
@@ -1444,10 +1546,9 @@ impl World {
         // same state.
         let mut applied = BTreeMap::new();
         // A node the cluster removed stops applying where it left.
-        let members: Option<Vec<u64>> = self.leader_index().map(|leader| {
-            let running = self.nodes[leader].running.as_ref().expect("running");
-            raftkv_replica::member_ids(&running.replica.membership().conf_state)
-        });
+        let members: Option<Vec<u64>> = self
+            .leader_replica()
+            .map(|(_, replica)| raftkv_replica::member_ids(&replica.membership().conf_state));
         for node in &self.nodes {
             if let Some(running) = &node.running {
                 let member = members.as_ref().is_none_or(|m| m.contains(&node.id));

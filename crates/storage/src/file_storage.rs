@@ -859,18 +859,29 @@ impl raft::Storage for FileStorage {
     /// data: the transport finds the file in `SnapshotStore` by index and term. Until
     /// a snapshot at or above `request_index` is recorded, raft is told to retry later.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match &self.latest_snapshot {
-            Some((meta, membership)) if meta.index >= request_index => {
-                let mut snapshot = Snapshot::default();
-                let metadata = snapshot.mut_metadata();
-                metadata.index = meta.index;
-                metadata.term = meta.term;
-                metadata.set_conf_state(membership.conf_state.clone());
-                Ok(snapshot)
-            }
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
+        raft_snapshot(self.latest_snapshot.as_ref(), request_index)
+    }
+}
+
+/// What `raft::Storage::snapshot` answers for a store whose latest durable
+/// snapshot is `latest`: its metadata (the file itself travels apart), or
+/// "temporarily unavailable" while none at or past `request_index` exists
+/// (raft asks again later).
+pub fn raft_snapshot(
+    latest: Option<&(SnapshotMeta, MembershipRecord)>,
+    request_index: u64,
+) -> raft::Result<Snapshot> {
+    match latest {
+        Some((meta, membership)) if meta.index >= request_index => {
+            let mut snapshot = Snapshot::default();
+            let metadata = snapshot.mut_metadata();
+            metadata.index = meta.index;
+            metadata.term = meta.term;
+            metadata.set_conf_state(membership.conf_state.clone());
+            Ok(snapshot)
         }
+        _ => Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        )),
     }
 }

@@ -126,7 +126,7 @@ mod snapshot_store;
 mod wal;
 
 pub use error::StorageError;
-pub use file_storage::{FileStorage, StorageOptions, StorageStats, SyncReport};
+pub use file_storage::{raft_snapshot, FileStorage, StorageOptions, StorageStats, SyncReport};
 pub use identity::{NodeIdentity, DATA_DIR_FORMAT, IDENTITY_FILE_NAME, OLDEST_DATA_DIR_FORMAT};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use membership::MembershipRecord;

@@ -148,6 +148,26 @@ pub(crate) struct NodeChannels {
     pub(crate) events: Sender<PeerInput>,
 }
 
+/// How much a node's queues and per-peer tables hold (what a simulator
+/// checks stays bounded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSizes {
+    /// Writes and membership steps proposed, not yet answered.
+    pub proposals: usize,
+    /// Reads waiting for a read index or for apply to reach it.
+    pub reads: usize,
+    /// Client requests and peer messages queued for the node.
+    pub inputs: usize,
+    pub peer_inputs: usize,
+    pub snapshot_waiters: usize,
+    /// The largest per-peer table (last heard, joined at, last probe).
+    pub peer_table_entries: usize,
+    /// Log entries kept at or below the applied index (compaction keeps
+    /// this near the catch-up margin once snapshots are taken).
+    pub log_entries_below_applied: u64,
+    pub last_snapshot_index: u64,
+}
+
 pub(crate) struct Node<S: LogStore> {
     id: u64,
     raw: RawNode<S>,
@@ -504,7 +524,11 @@ impl<S: LogStore> Node<S> {
                     self.shared.peer_rejections.count(rejection);
                     return Ok(());
                 }
-                self.last_heard.insert(message.from, self.now);
+                if self.raw.raft.prs().get(message.from).is_some() {
+                    // Members only: a removed node that still sends must
+                    // not grow the table.
+                    self.last_heard.insert(message.from, self.now);
+                }
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }
@@ -606,6 +630,34 @@ impl<S: LogStore> Node<S> {
             self.reads.pending(),
             self.job.is_some(),
         )
+    }
+
+    /// Drops what the per-peer tables hold about nodes no longer members,
+    /// so replacing nodes over the years does not grow them.
+    pub(super) fn forget_departed_peers(&mut self, members: &[u64]) {
+        self.last_heard.retain(|id, _| members.contains(id));
+        self.peer_added_at.retain(|id, _| members.contains(id));
+        self.probes.retain(members);
+    }
+
+    /// How much the node's queues and per-peer tables hold now.
+    pub(crate) fn queue_sizes(&self) -> QueueSizes {
+        let store = self.raw.store();
+        let first = store.first_index().unwrap_or(1);
+        QueueSizes {
+            proposals: self.proposals.len(),
+            reads: self.reads.pending(),
+            inputs: self.inputs.len(),
+            peer_inputs: self.peer_inputs.len(),
+            snapshot_waiters: self.snapshot_waiters.len(),
+            peer_table_entries: self
+                .last_heard
+                .len()
+                .max(self.peer_added_at.len())
+                .max(self.probes.len()),
+            log_entries_below_applied: self.applied_index.saturating_sub(first - 1),
+            last_snapshot_index: self.last_snapshot_index,
+        }
     }
 
     pub(crate) fn applied_index(&self) -> u64 {
@@ -1016,6 +1068,7 @@ impl<S: LogStore> Node<S> {
     /// A new membership record applied from the log: the transport, readers
     /// and the WAL (synced before this turn's messages go out) learn it.
     fn set_membership(&mut self, record: MembershipRecord) {
+        self.forget_departed_peers(&member_ids(&record.conf_state));
         self.transport.update_peers(&record.addresses);
         *self
             .shared

@@ -35,6 +35,16 @@ pub(super) struct Probes {
     last: HashMap<u64, ((u64, u64), Instant)>,
 }
 
+impl Probes {
+    pub(super) fn retain(&mut self, members: &[u64]) {
+        self.last.retain(|id, _| members.contains(id));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.last.len()
+    }
+}
+
 impl<S: LogStore> Node<S> {
     /// `messages` (a leader's) without the probes that repeat one sent to
     /// the same follower less than `every` ago.

@@ -276,6 +276,7 @@ impl<S: LogStore> Node<S> {
         *self.shared.kv.write().expect("kv lock poisoned") = state;
         self.applied_index = meta.index;
         self.last_snapshot_index = meta.index;
+        self.forget_departed_peers(&member_ids(&membership.conf_state));
         self.transport.update_peers(&membership.addresses);
         *self
             .shared
