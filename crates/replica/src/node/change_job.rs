@@ -523,6 +523,12 @@ impl<S: LogStore> Node<S> {
                     if self.raw.raft.state != raft::StateRole::Leader {
                         if *then_not_leader {
                             let (leader_id, leader_address) = self.leader_hint();
+                            if leader_id == 0 && now < *give_up {
+                                // Stepped down, the new leader not heard
+                                // from yet: the caller is to be told where
+                                // to repeat the request.
+                                return None;
+                            }
                             return Some(Err(ReplicaError::NotLeader {
                                 leader_id,
                                 leader_address,

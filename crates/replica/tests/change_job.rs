@@ -1,0 +1,408 @@
+//! The leader's membership change job (`node/change_job.rs`), step by step
+//! on a cluster driven turn by turn on a manual clock: every node in this
+//! thread (`ReplicaCore`), messages delivered between turns, nothing timed
+//! by the machine — so each test runs the same way every time.
+//!
+//! What a caller of `raftkv cluster add/promote/remove/transfer-leader`
+//! relies on: a node is promoted only once caught up and the change ends
+//! outside the joint configuration; a change that cannot complete undoes
+//! what it added; removing the leader moves leadership first and names the
+//! new leader; one change at a time; refusals name their cause.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::ConfState;
+use raftkv_replica::{
+    member_ids, ChangePlan, Clock, FileStorage, MembershipRecord, NodeIdentity, PeerMessage,
+    Replica, ReplicaConfig, ReplicaCore, ReplicaError, SnapshotStore, StorageOptions, Transport,
+};
+
+const STEP: Duration = Duration::from_millis(1);
+
+/// Time moved by the test only.
+struct ManualClock {
+    base: Instant,
+    elapsed: Mutex<Duration>,
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + *self.elapsed.lock().unwrap()
+    }
+
+    fn boot(&self) -> Duration {
+        Duration::from_secs(1000) + *self.elapsed.lock().unwrap()
+    }
+}
+
+/// Collects what a node sends; the cluster delivers it after the turn.
+struct Outbox {
+    sent: Mutex<Vec<PeerMessage>>,
+    up: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Transport for Outbox {
+    fn send(&self, messages: Vec<PeerMessage>) {
+        self.sent.lock().unwrap().extend(messages);
+    }
+
+    fn update_peers(&self, _addresses: &BTreeMap<u64, String>) {}
+
+    fn is_reachable(&self, id: u64) -> bool {
+        self.up.lock().unwrap().contains(&id)
+    }
+}
+
+struct Node {
+    replica: Replica,
+    core: ReplicaCore<FileStorage>,
+    outbox: Arc<Outbox>,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    nodes: BTreeMap<u64, Node>,
+    /// Nodes whose process runs (the others are members that never
+    /// answer, as a node that was never started).
+    up: Arc<Mutex<Vec<u64>>>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<(), ReplicaError>>>>;
+
+impl Cluster {
+    /// Voters `voters` and learners `learners`, all bootstrapped with the
+    /// same configuration (so every one is caught up from the start); only
+    /// `running` are started.
+    fn new(voters: &[u64], learners: &[u64], running: &[u64]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addresses: BTreeMap<u64, String> = voters
+            .iter()
+            .chain(learners)
+            .map(|id| (*id, format!("node-{id}")))
+            .collect();
+        let membership = MembershipRecord {
+            index: 1,
+            conf_state: ConfState {
+                voters: voters.to_vec(),
+                learners: learners.to_vec(),
+                ..Default::default()
+            },
+            addresses: addresses.clone(),
+            max_node_id: addresses.keys().max().copied().unwrap_or(0),
+        };
+        let clock = Arc::new(ManualClock {
+            base: Instant::now(),
+            elapsed: Mutex::new(Duration::ZERO),
+        });
+        let up = Arc::new(Mutex::new(running.to_vec()));
+        let mut nodes = BTreeMap::new();
+        for &id in running {
+            let data_dir = dir.path().join(format!("n{id}"));
+            let mut storage = FileStorage::open(&data_dir, StorageOptions::default()).unwrap();
+            storage
+                .bootstrap(
+                    NodeIdentity {
+                        node_id: id,
+                        cluster_id: 7,
+                        bootstrap_id: 0,
+                    },
+                    membership.clone(),
+                )
+                .unwrap();
+            let snapshots = SnapshotStore::open(&data_dir).unwrap();
+            let mut config = ReplicaConfig::new(id, 7);
+            config.election_timeout = Duration::from_millis(300);
+            config.heartbeat_interval = Duration::from_millis(30);
+            config.seed = Some(id);
+            config.write_snapshots_inline = true;
+            let outbox = Arc::new(Outbox {
+                sent: Mutex::new(Vec::new()),
+                up: up.clone(),
+            });
+            let (replica, core) =
+                ReplicaCore::new(storage, snapshots, config, outbox.clone(), clock.clone())
+                    .unwrap();
+            nodes.insert(
+                id,
+                Node {
+                    replica,
+                    core,
+                    outbox,
+                },
+            );
+        }
+        Cluster {
+            _dir: dir,
+            clock,
+            nodes,
+            up,
+        }
+    }
+
+    /// One millisecond: every node takes a turn, then what they sent is
+    /// delivered (to running nodes only).
+    fn step(&mut self) {
+        *self.clock.elapsed.lock().unwrap() += STEP;
+        let mut sent = Vec::new();
+        for node in self.nodes.values_mut() {
+            if node.core.wants_turn() {
+                assert!(node.core.turn().expect("a node failed"));
+            }
+            sent.append(&mut node.outbox.sent.lock().unwrap());
+        }
+        let up = self.up.lock().unwrap().clone();
+        for message in sent {
+            if up.contains(&message.to()) {
+                self.nodes[&message.to()].replica.step(message);
+            }
+        }
+    }
+
+    /// Steps until `done` holds, at most `within` of simulated time.
+    fn run_until(&mut self, within: Duration, mut done: impl FnMut(&mut Cluster) -> bool) {
+        let steps = within.as_millis() as u64;
+        for _ in 0..steps {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!("not done within {within:?} of simulated time");
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.core.raft_view().is_leader)
+            .map(|(id, _)| *id)
+    }
+
+    fn wait_leader(&mut self) -> u64 {
+        self.run_until(Duration::from_secs(10), |c| c.leader().is_some());
+        self.leader().unwrap()
+    }
+
+    /// Runs until `answer` resolves (within `within`), noting every
+    /// configuration the leader held on the way.
+    fn finish(
+        &mut self,
+        mut answer: Answer,
+        within: Duration,
+    ) -> (Result<(), ReplicaError>, Vec<ConfState>) {
+        let mut seen: Vec<ConfState> = Vec::new();
+        let mut result = None;
+        self.run_until(within, |c| {
+            if let Some(leader) = c.leader() {
+                let conf = c.nodes[&leader].replica.membership().conf_state;
+                if seen.last() != Some(&conf) {
+                    seen.push(conf);
+                }
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(r) = answer.as_mut().poll(&mut cx) {
+                result = Some(r);
+            }
+            result.is_some()
+        });
+        (result.unwrap(), seen)
+    }
+
+    fn change(&mut self, at: u64, plan: ChangePlan, timeout: Duration) -> Answer {
+        let replica = self.nodes[&at].replica.clone();
+        Box::pin(async move { replica.change(plan, timeout).await })
+    }
+
+    fn conf(&self, at: u64) -> ConfState {
+        self.nodes[&at].replica.membership().conf_state
+    }
+}
+
+fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_learner_is_promoted_once_caught_up_and_the_change_leaves_the_joint_configuration() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[4], &[1, 2, 3, 4]);
+    let leader = cluster.wait_leader();
+    let plan = ChangePlan {
+        promote: vec![4],
+        ..Default::default()
+    };
+    let answer = cluster.change(leader, plan, Duration::from_secs(10));
+    let (result, seen) = cluster.finish(answer, Duration::from_secs(12));
+    result.expect("the promotion succeeds");
+    let conf = cluster.conf(leader);
+    assert_eq!(sorted(conf.voters.clone()), vec![1, 2, 3, 4]);
+    assert!(conf.learners.is_empty(), "{conf:?}");
+    assert!(
+        conf.voters_outgoing.is_empty(),
+        "answered while still joint: {conf:?}"
+    );
+    // Every configuration on the way had node 4 as a learner or a voter.
+    assert!(seen
+        .iter()
+        .all(|c| member_ids(c).contains(&4) && c.voters.len() <= 4));
+}
+
+#[test]
+fn a_voter_that_never_catches_up_is_rolled_back_and_the_membership_is_as_before() {
+    // Node 5 is asked for but never runs: it is added as a learner, cannot
+    // catch up, and must not stay behind as a member.
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let leader = cluster.wait_leader();
+    let before = cluster.conf(leader);
+    let plan = ChangePlan {
+        voters: [(5, "node-5".to_string())].into(),
+        ..Default::default()
+    };
+    let answer = cluster.change(leader, plan, Duration::from_secs(4));
+    let (result, seen) = cluster.finish(answer, Duration::from_secs(6));
+    let error = result.expect_err("a node that never answers is not promoted");
+    let text = error.to_string();
+    assert!(text.contains("node 5"), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+    assert!(
+        seen.iter().any(|c| c.learners.contains(&5)),
+        "node 5 was never added as a learner: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|c| !c.voters.contains(&5)),
+        "node 5 became a voter: {seen:?}"
+    );
+    cluster.run_until(Duration::from_secs(2), |c| c.conf(leader) == before);
+}
+
+#[test]
+fn removing_the_leader_moves_leadership_first_and_names_the_new_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let leader = cluster.wait_leader();
+    let plan = ChangePlan {
+        remove: vec![leader],
+        ..Default::default()
+    };
+    let answer = cluster.change(leader, plan.clone(), Duration::from_secs(10));
+    let (result, _) = cluster.finish(answer, Duration::from_secs(12));
+    let new_leader = match result {
+        Err(ReplicaError::NotLeader { leader_id, .. }) => leader_id,
+        other => panic!("expected NotLeader naming the new leader, got {other:?}"),
+    };
+    assert_ne!(new_leader, leader);
+    assert_ne!(new_leader, 0, "the new leader is named");
+    // Nothing was removed yet: the caller repeats the request there.
+    assert_eq!(sorted(cluster.conf(new_leader).voters), vec![1, 2, 3]);
+    cluster.run_until(Duration::from_secs(5), |c| c.leader() == Some(new_leader));
+    let answer = cluster.change(new_leader, plan, Duration::from_secs(10));
+    let (result, _) = cluster.finish(answer, Duration::from_secs(12));
+    result.expect("the removal succeeds at the new leader");
+    let conf = cluster.conf(new_leader);
+    assert!(!member_ids(&conf).contains(&leader), "{conf:?}");
+    assert_eq!(conf.voters.len(), 2);
+    assert!(conf.voters_outgoing.is_empty(), "{conf:?}");
+}
+
+#[test]
+fn one_change_at_a_time() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let leader = cluster.wait_leader();
+    let slow = ChangePlan {
+        voters: [(5, "node-5".to_string())].into(),
+        ..Default::default()
+    };
+    let mut first = cluster.change(leader, slow, Duration::from_secs(4));
+    // Sent to the node (a request is sent when first polled), and started.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    for _ in 0..50 {
+        cluster.step();
+    }
+    let second = ChangePlan {
+        remove: vec![if leader == 3 { 2 } else { 3 }],
+        ..Default::default()
+    };
+    let second = cluster.change(leader, second, Duration::from_secs(4));
+    let (result, _) = cluster.finish(second, Duration::from_secs(1));
+    let text = result.expect_err("refused while another runs").to_string();
+    assert!(
+        text.contains("another membership change is in progress"),
+        "{text}"
+    );
+    let (result, _) = cluster.finish(first, Duration::from_secs(6));
+    assert!(result.is_err());
+    // Once the first is done, the next is taken.
+    let remove = if leader == 3 { 2 } else { 3 };
+    let plan = ChangePlan {
+        remove: vec![remove],
+        ..Default::default()
+    };
+    let answer = cluster.change(leader, plan, Duration::from_secs(10));
+    let (result, _) = cluster.finish(answer, Duration::from_secs(12));
+    result.expect("the removal succeeds");
+    assert!(!member_ids(&cluster.conf(leader)).contains(&remove));
+}
+
+#[test]
+fn refusals_name_their_cause_and_change_nothing() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[4], &[1, 2, 3, 4]);
+    let leader = cluster.wait_leader();
+    let before = cluster.conf(leader);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let cases: Vec<(u64, ChangePlan, &str)> = vec![
+        (
+            leader,
+            ChangePlan {
+                promote: vec![9],
+                ..Default::default()
+            },
+            "node 9 is not a member; add it first",
+        ),
+        (
+            leader,
+            ChangePlan {
+                promote: vec![follower],
+                ..Default::default()
+            },
+            "is already a voter",
+        ),
+        (
+            follower,
+            ChangePlan {
+                promote: vec![4],
+                ..Default::default()
+            },
+            "",
+        ),
+    ];
+    for (at, plan, expected) in cases {
+        let answer = cluster.change(at, plan, Duration::from_secs(5));
+        let (result, _) = cluster.finish(answer, Duration::from_secs(1));
+        match result {
+            Err(ReplicaError::NotLeader { leader_id, .. }) if expected.is_empty() => {
+                assert_eq!(leader_id, leader, "a follower names the leader");
+            }
+            Err(e) => assert!(e.to_string().contains(expected), "{e}"),
+            Ok(()) => panic!("accepted: expected {expected:?}"),
+        }
+        assert_eq!(cluster.conf(leader), before);
+    }
+}
+
+#[test]
+fn a_transfer_answers_once_the_target_leads() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let leader = cluster.wait_leader();
+    let to = if leader == 3 { 1 } else { 3 };
+    let replica = cluster.nodes[&leader].replica.clone();
+    let answer: Answer =
+        Box::pin(async move { replica.transfer(to, Duration::from_secs(5)).await });
+    let (result, _) = cluster.finish(answer, Duration::from_secs(6));
+    result.expect("the transfer succeeds");
+    cluster.run_until(Duration::from_secs(2), |c| c.leader() == Some(to));
+}
