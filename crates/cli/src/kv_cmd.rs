@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::args::{ConsistencyArg, DeleteArgs, GetArgs, PutArgs, ScanArgs};
 use crate::failure::Failure;
-use crate::output::{escaped, pair_json, print_json, put_bytes, write_stdout};
+use crate::output::{escaped, pair_json, print_json, put_bytes, with_revisions, write_stdout};
 use crate::ClientFlags;
 
 pub fn bytes_of(arg: &OsString) -> Bytes {
@@ -71,9 +71,9 @@ pub async fn put(flags: &ClientFlags, args: PutArgs) -> Result<(), Failure> {
 
 pub async fn get(flags: &ClientFlags, args: GetArgs) -> Result<(), Failure> {
     let key = bytes_of(&args.key);
-    let value = flags
+    let (value, revisions) = flags
         .client()?
-        .get_with(key.clone(), consistency(args.consistency))
+        .get_revisions(key.clone(), consistency(args.consistency))
         .await?;
     let json = flags.json;
     if let Some(path) = &args.out {
@@ -85,7 +85,7 @@ pub async fn get(flags: &ClientFlags, args: GetArgs) -> Result<(), Failure> {
             print_json(&done)?;
         }
     } else if json {
-        print_json(&pair_json(&key, Some(&value)))?;
+        print_json(&with_revisions(pair_json(&key, Some(&value)), &revisions))?;
     } else {
         write_stdout(&[&value, b"\n"])?;
     }
@@ -121,9 +121,10 @@ pub async fn scan(flags: &ClientFlags, args: ScanArgs) -> Result<(), Failure> {
             },
         )
         .await?;
-    for (key, value) in &page.pairs {
+    for ((key, value), revisions) in page.pairs.iter().zip(&page.revisions) {
         if json {
-            print_json(&pair_json(key, (!args.keys_only).then_some(value)))?;
+            let pair = pair_json(key, (!args.keys_only).then_some(value));
+            print_json(&with_revisions(pair, revisions))?;
         } else if args.escape && args.keys_only {
             write_stdout(&[escaped(key).as_bytes(), b"\n"])?;
         } else if args.escape {

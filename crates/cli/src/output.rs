@@ -82,6 +82,19 @@ pub fn escaped(bytes: &[u8]) -> String {
 }
 
 /// `{"key": ..., "value": ...}` for a pair.
+/// Adds a key's revisions to its JSON object (etcd's field names).
+pub fn with_revisions(mut pair: Value, revisions: &raftkv_client::KeyRevisions) -> Value {
+    if let Value::Object(object) = &mut pair {
+        object.insert("create_revision".into(), revisions.create_revision.into());
+        object.insert("mod_revision".into(), revisions.mod_revision.into());
+        object.insert("version".into(), revisions.version.into());
+        if revisions.lease != 0 {
+            object.insert("lease".into(), revisions.lease.into());
+        }
+    }
+    pair
+}
+
 pub fn pair_json(key: &Bytes, value: Option<&Bytes>) -> Value {
     let mut object = Map::new();
     put_bytes(&mut object, "key", key);

@@ -66,6 +66,48 @@ fn delete_of_a_missing_key_succeeds() {
         .assert_error(1, "key not found");
 }
 
+/// `get --json` and `scan --json` show a key's revisions with etcd's
+/// meaning, the same on every member: the store starts at revision 1 and a
+/// write request that changes something takes the next one (a delete of a
+/// missing key takes none); a delete ends the key's generation.
+#[test]
+fn get_and_scan_json_show_the_key_s_revisions() {
+    let cluster = TestCluster::start(bin(), 3);
+    let revisions = |line: &str| {
+        let object: Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let n = |f: &str| {
+            object[f]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {f} in {line}"))
+        };
+        (n("create_revision"), n("mod_revision"), n("version"))
+    };
+    let get = |id: u64| {
+        let out = cluster.cli_at(
+            id,
+            &["get", "r/k", "--json", "--consistency", "linearizable"],
+        );
+        revisions(&out.assert_ok().stdout_text())
+    };
+    cluster.cli(&["put", "r/k", "a"]).assert_ok(); // revision 2
+    cluster.cli(&["put", "r/k", "a"]).assert_ok(); // 3: the same value counts
+    cluster.cli(&["delete", "r/missing"]).assert_ok(); // no revision
+    cluster.cli(&["put", "r/other", "x"]).assert_ok(); // 4
+    for id in cluster.ids() {
+        assert_eq!(get(id), (2, 3, 2), "r/k via node {id}");
+    }
+    cluster.cli(&["delete", "r/k"]).assert_ok(); // 5
+    cluster.cli(&["put", "r/k", "b"]).assert_ok(); // 6: a new generation
+    assert_eq!(get(cluster.ids()[0]), (6, 6, 1));
+    let out = cluster
+        .cli(&["scan", "r/", "--json"])
+        .assert_ok()
+        .stdout_text();
+    let lines: Vec<(u64, u64, u64)> = out.lines().map(revisions).collect();
+    assert_eq!(lines, vec![(6, 6, 1), (4, 4, 1)], "r/k then r/other\n{out}");
+}
+
 #[test]
 fn scan_returns_exactly_the_prefixed_keys_sorted() {
     let cluster = TestCluster::start(bin(), 3);

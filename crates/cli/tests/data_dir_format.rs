@@ -89,6 +89,18 @@ fn assert_fixture_data(server: &Server) {
     assert_eq!(out.assert_ok().stdout_lines().len(), 35);
 }
 
+/// (create_revision, mod_revision, version) of `key`, from `get --json`.
+fn revisions(server: &Server, key: &str) -> (u64, u64, u64) {
+    let out = server.cli(&["get", key, "--json"]);
+    let pair: Value = serde_json::from_str(out.assert_ok().stdout_text().trim()).unwrap();
+    let n = |field: &str| {
+        pair[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field}: {pair}"))
+    };
+    (n("create_revision"), n("mod_revision"), n("version"))
+}
+
 fn status(server: &Server) -> Value {
     let out = server.cli(&["status", "--json"]);
     serde_json::from_str(out.assert_ok().stdout_text().trim()).unwrap()
@@ -109,6 +121,18 @@ fn every_older_data_dir_format_opens_with_its_data() {
             let server = Server::start(&data);
             server.wait_serving();
             assert_fixture_data(&server);
+            // Written before revisions existed: created and modified at
+            // revision 1; the first write since takes revision 2, and keeps
+            // it across the restart.
+            assert_eq!(revisions(&server, "fixture/key1"), (1, 1, 1), "{name}");
+            if round == "first start" {
+                server.cli(&["put", "upgraded/new", "v"]).assert_ok();
+            }
+            assert_eq!(
+                revisions(&server, "upgraded/new"),
+                (2, 2, 1),
+                "{name}, {round}"
+            );
             let status = status(&server);
             if let Some(id) = cluster_id {
                 assert_eq!(status["cluster_id"], id, "{name}, {round}: {status}");

@@ -96,10 +96,36 @@ impl Default for ScanOptions {
     }
 }
 
+/// A key's revisions (etcd's meaning): the store revision that created the
+/// key's current generation, the one that last wrote it, and the puts since
+/// it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyRevisions {
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: u64,
+}
+
+impl KeyRevisions {
+    fn from_proto(revisions: Option<pb::Revisions>) -> KeyRevisions {
+        let r = revisions.unwrap_or_default();
+        KeyRevisions {
+            create_revision: r.create_revision,
+            mod_revision: r.mod_revision,
+            version: r.version,
+            lease: r.lease,
+        }
+    }
+}
+
 /// One page of a scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanPage {
     pub pairs: Vec<(Bytes, Bytes)>,
+    /// The revisions of each pair's key, in the same order.
+    pub revisions: Vec<KeyRevisions>,
     /// More keys with the prefix follow.
     pub more: bool,
     /// Cursor for the next page (`ScanOptions::after`).
@@ -497,6 +523,15 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Bytes, Error> {
+        Ok(self.get_revisions(key, consistency).await?.0)
+    }
+
+    /// Read of `key` at the given consistency, with the key's revisions.
+    pub async fn get_revisions(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<(Bytes, KeyRevisions), Error> {
         let request = pb::GetRequest {
             key: key.into(),
             consistency: consistency.to_proto(),
@@ -508,7 +543,7 @@ impl Client {
             async move {
                 let reply = client.get(request.clone()).await?.into_inner();
                 if !reply.use_stream {
-                    return Ok(reply.value);
+                    return Ok((reply.value, KeyRevisions::from_proto(reply.revisions)));
                 }
                 fetch_streamed(client, request, &progress).await
             }
@@ -558,14 +593,16 @@ impl Client {
             let request = request.clone();
             async move {
                 let reply = client.scan(request).await?.into_inner();
+                let (pairs, revisions) = reply
+                    .pairs
+                    .into_iter()
+                    .map(|kv| ((kv.key, kv.value), KeyRevisions::from_proto(kv.revisions)))
+                    .unzip();
                 Ok(ScanPage {
                     next_after: (!reply.next_after.is_empty()).then_some(reply.next_after),
                     more: reply.more,
-                    pairs: reply
-                        .pairs
-                        .into_iter()
-                        .map(|kv| (kv.key, kv.value))
-                        .collect(),
+                    pairs,
+                    revisions,
                 })
             }
         };
@@ -961,17 +998,21 @@ async fn fetch_streamed(
     mut client: KvClient<Channel>,
     request: pb::GetRequest,
     deadline: &Deadline,
-) -> Result<Bytes, Status> {
+) -> Result<(Bytes, KeyRevisions), Status> {
     let mut stream = client.get_stream(request).await?.into_inner();
     let mut value = bytes::BytesMut::new();
+    let mut revisions = KeyRevisions::default();
     while let Some(chunk) = stream.message().await? {
         deadline.progress();
+        if chunk.revisions.is_some() {
+            revisions = KeyRevisions::from_proto(chunk.revisions);
+        }
         if value.is_empty() {
             value.reserve(chunk.value_size as usize);
         }
         value.extend_from_slice(&chunk.data);
     }
-    Ok(value.freeze())
+    Ok((value.freeze(), revisions))
 }
 
 #[cfg(test)]

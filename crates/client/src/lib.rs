@@ -19,6 +19,8 @@ mod deadline;
 mod error;
 mod session;
 
-pub use client::{parse_endpoint, Client, ClientOptions, Consistency, ScanOptions, ScanPage};
+pub use client::{
+    parse_endpoint, Client, ClientOptions, Consistency, KeyRevisions, ScanOptions, ScanPage,
+};
 pub use error::Error;
 pub use raftkv_proto::v1 as proto;

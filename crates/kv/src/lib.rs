@@ -18,7 +18,8 @@ mod state;
 
 pub use command::{decode_command, encode_command, ClusterIdChoice, Command, MemberAddress, Op};
 pub use session::{
-    SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_STRICT_SESSIONS,
+    SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_REVISIONS,
+    RULES_STRICT_SESSIONS,
 };
 pub use snapshot::RestoreError;
-pub use state::{ApplyOutcome, KvState, ScanPage, ScanQuery};
+pub use state::{ApplyOutcome, KvState, Record, ScanPage, ScanQuery};

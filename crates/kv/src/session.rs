@@ -32,8 +32,11 @@ use raftkv_proto::internal::SessionState;
 pub const RULES_ORIGINAL: u32 = 0;
 /// Unknown sessions' later writes are refused; capacity evicts only idle sessions.
 pub const RULES_STRICT_SESSIONS: u32 = 1;
+/// Writes count store revisions and keep per-key create/mod revisions and
+/// versions (etcd's MVCC metadata; see `state.rs`).
+pub const RULES_REVISIONS: u32 = 2;
 /// The rules new commands are proposed under.
-pub const CURRENT_RULES: u32 = RULES_STRICT_SESSIONS;
+pub const CURRENT_RULES: u32 = RULES_REVISIONS;
 
 /// Bounds on client sessions.
 #[derive(Clone, Copy, Debug)]

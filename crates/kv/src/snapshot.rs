@@ -44,6 +44,7 @@ impl KvState {
             sessions: sessions.len() as u64,
             cluster_id: self.cluster_id,
             bootstrap_id: self.bootstrap_id,
+            revision: self.revision,
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -56,11 +57,15 @@ impl KvState {
                 chunk_bytes = 0;
             }
         }
-        for (key, value) in self.map.iter() {
-            chunk_bytes += key.len() + value.len() + 8;
+        for (key, record) in self.map.iter() {
+            chunk_bytes += key.len() + record.value.len() + 40;
             chunk.pairs.push(SnapshotPair {
                 key: key.clone(),
-                value: value.clone(),
+                value: record.value.clone(),
+                create_revision: record.create_revision,
+                mod_revision: record.mod_revision,
+                version: record.version,
+                lease: record.lease,
             });
             if chunk_bytes >= RECORD_TARGET_BYTES {
                 sink(&std::mem::take(&mut chunk).encode_to_vec())?;
@@ -96,7 +101,19 @@ impl KvState {
                 state.sessions.import(session);
             }
             for pair in chunk.pairs {
-                state.restore_pair(pair.key, pair.value);
+                // A snapshot from before revisions existed has none.
+                let record = if pair.mod_revision == 0 {
+                    crate::state::Record::unrevisioned(pair.value)
+                } else {
+                    crate::state::Record {
+                        value: pair.value,
+                        create_revision: pair.create_revision,
+                        mod_revision: pair.mod_revision,
+                        version: pair.version,
+                        lease: pair.lease,
+                    }
+                };
+                state.restore_pair(pair.key, record);
             }
         }
         if state.len() as u64 != header.keys || sessions != header.sessions {
@@ -110,6 +127,7 @@ impl KvState {
         state.restore_position(header.applied_index, header.applied_term, header.clock_ms);
         state.cluster_id = header.cluster_id;
         state.bootstrap_id = header.bootstrap_id;
+        state.revision = header.revision.max(1);
         Ok((state, header.membership))
     }
 }
@@ -135,6 +153,12 @@ mod tests {
                         value: Bytes::from(vec![seq as u8; (client * 100) as usize]),
                         delete: false,
                     }],
+                    // Half from before revisions existed.
+                    rules: if client % 2 == 0 {
+                        crate::CURRENT_RULES
+                    } else {
+                        crate::RULES_ORIGINAL
+                    },
                     ..Default::default()
                 };
                 s.apply(index, 2, &cmd);
@@ -186,6 +210,11 @@ mod tests {
         assert_eq!(restored.applied_term(), original.applied_term());
         assert_eq!(restored.clock_ms(), original.clock_ms());
         assert_eq!(restored.sessions(), original.sessions());
+        assert_eq!(restored.revision(), original.revision());
+        assert!(original.revision() > 50);
+        for key in [&b"k/002/3"[..], b"k/003/1", b"big\0\xff"] {
+            assert_eq!(restored.get_record(key), original.get_record(key));
+        }
     }
 
     #[test]

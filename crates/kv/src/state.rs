@@ -43,18 +43,52 @@ pub struct ScanQuery<'a> {
     pub keys_only: bool,
 }
 
-/// One page of scan results, in ascending key order.
+/// One page of scan results, in ascending key order (values empty when
+/// `keys_only`; the revisions are there either way).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanPage {
-    pub pairs: Vec<(Bytes, Bytes)>,
+    pub pairs: Vec<(Bytes, Record)>,
     /// Whether more keys with the prefix follow the last returned one.
     pub more: bool,
+}
+
+/// A key's value and its revisions, with etcd's meaning: the store
+/// revision counts write transactions (a command that changed something),
+/// starting at 1 for an empty store; `create_revision` is the revision
+/// that created this generation of the key (a delete ends a generation),
+/// `mod_revision` the one that last wrote it, `version` the puts since it
+/// was created (1 after the first). Keys written by commands from before
+/// revisions existed (an older build's log or snapshot) read as created
+/// and modified at revision 1, version 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub value: Bytes,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: u64,
+}
+
+impl Record {
+    /// A key from before revisions existed.
+    pub(crate) fn unrevisioned(value: Bytes) -> Record {
+        Record {
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 0,
+        }
+    }
 }
 
 /// The replicated state machine. `Clone` is O(1) (persistent map).
 #[derive(Clone, Debug)]
 pub struct KvState {
-    pub(crate) map: OrdMap<Bytes, Bytes>,
+    pub(crate) map: OrdMap<Bytes, Record>,
+    /// The store revision: 1 when empty, +1 per command that changed a key.
+    pub(crate) revision: u64,
     data_bytes: u64,
     pub(crate) sessions: Sessions,
     /// Log time: the largest command timestamp applied so far.
@@ -71,6 +105,7 @@ impl KvState {
     pub fn new(limits: SessionLimits) -> Self {
         KvState {
             map: OrdMap::new(),
+            revision: 1,
             data_bytes: 0,
             sessions: Sessions::new(limits),
             clock_ms: 0,
@@ -117,17 +152,42 @@ impl KvState {
                 SessionVerdict::TooManySessions => return ApplyOutcome::TooManySessions,
             }
         }
+        // One revision for the whole command, taken only if it changed
+        // something (a put always does, even of the same value; a delete
+        // only of a key that exists).
+        let counted = cmd.rules >= crate::session::RULES_REVISIONS;
+        let revision = self.revision + 1;
+        let mut changed = false;
         for op in &cmd.ops {
             if op.delete {
-                self.remove(&op.key);
+                changed |= self.remove(&op.key);
             } else {
                 let value = if op.value.len() < COPY_VALUES_BELOW_BYTES {
                     Bytes::copy_from_slice(&op.value)
                 } else {
                     op.value.clone()
                 };
-                self.insert(Bytes::copy_from_slice(&op.key), value);
+                let record = if counted {
+                    let (create_revision, version) = match self.map.get(&op.key[..]) {
+                        Some(old) => (old.create_revision, old.version + 1),
+                        None => (revision, 1),
+                    };
+                    Record {
+                        value,
+                        create_revision,
+                        mod_revision: revision,
+                        version,
+                        lease: 0,
+                    }
+                } else {
+                    Record::unrevisioned(value)
+                };
+                self.insert(Bytes::copy_from_slice(&op.key), record);
+                changed = true;
             }
+        }
+        if counted && changed {
+            self.revision = revision;
         }
         ApplyOutcome::Applied
     }
@@ -146,13 +206,11 @@ impl KvState {
 
     /// Adds a pair read from a snapshot (small values get their own buffer,
     /// as in `apply`).
-    pub(crate) fn restore_pair(&mut self, key: Bytes, value: Bytes) {
-        let value = if value.len() < COPY_VALUES_BELOW_BYTES {
-            Bytes::copy_from_slice(&value)
-        } else {
-            value
-        };
-        self.insert(Bytes::copy_from_slice(&key), value);
+    pub(crate) fn restore_pair(&mut self, key: Bytes, mut record: Record) {
+        if record.value.len() < COPY_VALUES_BELOW_BYTES {
+            record.value = Bytes::copy_from_slice(&record.value);
+        }
+        self.insert(Bytes::copy_from_slice(&key), record);
     }
 
     /// Sets the log position and time a snapshot was taken at.
@@ -162,22 +220,37 @@ impl KvState {
         self.clock_ms = clock_ms;
     }
 
-    fn insert(&mut self, key: Bytes, value: Bytes) {
-        let added = (key.len() + value.len()) as u64;
-        if let Some(old) = self.map.insert(key.clone(), value) {
-            self.data_bytes -= (key.len() + old.len()) as u64;
+    fn insert(&mut self, key: Bytes, record: Record) {
+        let added = (key.len() + record.value.len()) as u64;
+        if let Some(old) = self.map.insert(key.clone(), record) {
+            self.data_bytes -= (key.len() + old.value.len()) as u64;
         }
         self.data_bytes += added;
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        if let Some(old) = self.map.remove(key) {
-            self.data_bytes -= (key.len() + old.len()) as u64;
+    /// Whether the key existed.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.data_bytes -= (key.len() + old.value.len()) as u64;
+                true
+            }
+            None => false,
         }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.map.get(key).cloned()
+        self.map.get(key).map(|r| r.value.clone())
+    }
+
+    /// The key's value with its revisions.
+    pub fn get_record(&self, key: &[u8]) -> Option<&Record> {
+        self.map.get(key)
+    }
+
+    /// The store revision (1 for a store never written).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Keys with `query.prefix` in ascending byte order, after the cursor,
@@ -193,13 +266,12 @@ impl KvState {
             .take_while(|(key, _)| key.starts_with(query.prefix))
             .skip(usize::try_from(query.offset).unwrap_or(usize::MAX));
         let mut page = ScanPage::default();
-        for (key, value) in matches.by_ref().take(query.limit) {
-            let value = if query.keys_only {
-                Bytes::new()
-            } else {
-                value.clone()
-            };
-            page.pairs.push((key.clone(), value));
+        for (key, record) in matches.by_ref().take(query.limit) {
+            let mut record = record.clone();
+            if query.keys_only {
+                record.value = Bytes::new();
+            }
+            page.pairs.push((key.clone(), record));
         }
         page.more = matches.next().is_some();
         page
@@ -246,13 +318,22 @@ impl KvState {
         self.applied_term
     }
 
-    /// Stable hash of every key and value, for comparing replicas at the
-    /// same applied index.
+    /// Stable hash of every key and value with its revisions, and the store
+    /// revision, for comparing replicas at the same applied index.
     pub fn content_hash(&self) -> u64 {
         let mut hasher = StableHasher::new();
-        for (key, value) in self.map.iter() {
+        hasher.write(&self.revision.to_le_bytes());
+        for (key, record) in self.map.iter() {
             hasher.write_field(key);
-            hasher.write_field(value);
+            hasher.write_field(&record.value);
+            for n in [
+                record.create_revision,
+                record.mod_revision,
+                record.version,
+                record.lease,
+            ] {
+                hasher.write(&n.to_le_bytes());
+            }
         }
         hasher.finish()
     }
@@ -367,7 +448,7 @@ mod tests {
         });
         assert_eq!(keys(&page), vec!["b", "b1", "b10", "b2"]);
         assert!(!page.more);
-        assert_eq!(page.pairs[1].1, "b1");
+        assert_eq!(page.pairs[1].1.value, "b1");
     }
 
     #[test]
@@ -425,7 +506,9 @@ mod tests {
             limit: 10,
             keys_only: true,
         });
-        assert_eq!(page.pairs, vec![(Bytes::from_static(b"k1"), Bytes::new())]);
+        assert_eq!(page.pairs.len(), 1);
+        assert_eq!(page.pairs[0].0, "k1");
+        assert_eq!(page.pairs[0].1.value, Bytes::new());
     }
 
     #[test]
@@ -495,6 +578,72 @@ mod tests {
             run(crate::RULES_ORIGINAL),
             (ApplyOutcome::Applied, Some(Bytes::from_static(b"1")))
         );
+    }
+
+    fn revisioned(ops: Vec<Op>) -> Command {
+        Command {
+            rules: crate::CURRENT_RULES,
+            ops,
+            ..Default::default()
+        }
+    }
+
+    fn revs(s: &KvState, key: &str) -> Option<(u64, u64, u64)> {
+        s.get_record(key.as_bytes())
+            .map(|r| (r.create_revision, r.mod_revision, r.version))
+    }
+
+    /// etcd's semantics: an empty store is at revision 1 and its first write
+    /// gets 2; every put counts (even of the same value), a delete only if
+    /// the key existed; a command is one revision however many keys it
+    /// writes; a delete ends the key's generation (version back to 1 on the
+    /// next put, created anew).
+    #[test]
+    fn revisions_count_write_transactions_as_etcd_does() {
+        let mut s = KvState::new(SessionLimits::default());
+        assert_eq!(s.revision(), 1);
+        s.apply(1, 1, &revisioned(vec![put("a", "1")]));
+        assert_eq!((s.revision(), revs(&s, "a")), (2, Some((2, 2, 1))));
+        s.apply(2, 1, &revisioned(vec![put("a", "1")]));
+        assert_eq!((s.revision(), revs(&s, "a")), (3, Some((2, 3, 2))));
+        s.apply(3, 1, &revisioned(vec![put("b", "x"), put("a", "2")]));
+        assert_eq!(s.revision(), 4);
+        assert_eq!(revs(&s, "a"), Some((2, 4, 3)));
+        assert_eq!(revs(&s, "b"), Some((4, 4, 1)));
+        s.apply(4, 1, &revisioned(vec![del("never-there")]));
+        assert_eq!(s.revision(), 4, "a delete of nothing is no revision");
+        s.apply(5, 1, &revisioned(vec![del("a")]));
+        assert_eq!((s.revision(), revs(&s, "a")), (5, None));
+        s.apply(6, 1, &revisioned(vec![put("a", "again")]));
+        assert_eq!((s.revision(), revs(&s, "a")), (6, Some((6, 6, 1))));
+        // Entries without a command (elections, membership) are no revision.
+        s.mark_applied(7, 2);
+        assert_eq!(s.revision(), 6);
+    }
+
+    /// A log written before revisions existed replays without counting
+    /// them (a replica restoring an older snapshot, which has none, and one
+    /// replaying the whole log must agree).
+    #[test]
+    fn commands_from_before_revisions_count_none() {
+        let mut s = KvState::new(SessionLimits::default());
+        s.apply(1, 1, &cmd(0, 0, vec![put("old", "1")]));
+        s.apply(2, 1, &cmd(0, 0, vec![put("old", "2")]));
+        assert_eq!((s.revision(), revs(&s, "old")), (1, Some((1, 1, 1))));
+        s.apply(3, 1, &revisioned(vec![put("old", "3")]));
+        assert_eq!((s.revision(), revs(&s, "old")), (2, Some((1, 2, 2))));
+    }
+
+    #[test]
+    fn revisions_are_part_of_the_state_hash() {
+        let mut a = KvState::new(SessionLimits::default());
+        a.apply(1, 1, &revisioned(vec![put("k", "v")]));
+        let mut b = KvState::new(SessionLimits::default());
+        b.apply(1, 1, &revisioned(vec![put("k", "v")]));
+        assert_eq!(a.content_hash(), b.content_hash());
+        b.apply(2, 1, &revisioned(vec![put("k", "v")]));
+        assert_eq!(a.get(b"k"), b.get(b"k"));
+        assert_ne!(a.content_hash(), b.content_hash());
     }
 
     #[test]

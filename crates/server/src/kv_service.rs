@@ -11,7 +11,7 @@ use raftkv_proto::v1::kv_server::Kv;
 use raftkv_proto::v1::{
     batch_op, BatchGetRequest, BatchGetResponse, BatchGetResult, BatchRequest, BatchResponse,
     Consistency, DeleteRequest, DeleteResponse, GetChunk, GetRequest, GetResponse, KeyValue,
-    PutChunk, PutRequest, PutResponse, ResponseHeader, ScanRequest, ScanResponse,
+    PutChunk, PutRequest, PutResponse, ResponseHeader, Revisions, ScanRequest, ScanResponse,
 };
 use raftkv_replica::{Op, Replica, ReplicaError, ScanQuery, WriteSession};
 use tonic::{Request, Response, Status, Streaming};
@@ -58,6 +58,17 @@ pub(crate) fn header_of(replica: &Replica) -> ResponseHeader {
         applied_index: status.applied_index,
         cluster_id: status.cluster_id,
         leader_id: status.leader_id,
+        revision: replica.kv().revision(),
+    }
+}
+
+/// A key's revisions as the API carries them.
+fn revisions_of(record: &raftkv_replica::Record) -> Revisions {
+    Revisions {
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+        version: record.version,
+        lease: record.lease,
     }
 }
 
@@ -258,20 +269,24 @@ impl Kv for KvService {
             let request = request.into_inner();
             self.check_key(&request.key)?;
             read_barrier(&self.replica, request.consistency).await?;
-            let value = self.replica.kv().get(&request.key);
+            let record = self.replica.kv().get_record(&request.key).cloned();
             let header = self.header();
-            match value {
+            match record {
                 None => Err(key_not_found(header)),
-                Some(value) if value.len() > INLINE_VALUE_BYTES => Ok(Response::new(GetResponse {
+                Some(record) if record.value.len() > INLINE_VALUE_BYTES => {
+                    Ok(Response::new(GetResponse {
+                        header: Some(header),
+                        value: Bytes::new(),
+                        use_stream: true,
+                        value_size: record.value.len() as u64,
+                        revisions: Some(revisions_of(&record)),
+                    }))
+                }
+                Some(record) => Ok(Response::new(GetResponse {
                     header: Some(header),
-                    value: Bytes::new(),
-                    use_stream: true,
-                    value_size: value.len() as u64,
-                })),
-                Some(value) => Ok(Response::new(GetResponse {
-                    header: Some(header),
-                    value_size: value.len() as u64,
-                    value,
+                    value_size: record.value.len() as u64,
+                    revisions: Some(revisions_of(&record)),
+                    value: record.value,
                     use_stream: false,
                 })),
             }
@@ -292,11 +307,13 @@ impl Kv for KvService {
             let request = request.into_inner();
             self.check_key(&request.key)?;
             read_barrier(&self.replica, request.consistency).await?;
-            let value = self.replica.kv().get(&request.key);
+            let record = self.replica.kv().get_record(&request.key).cloned();
             let header = self.header();
-            let Some(value) = value else {
+            let Some(record) = record else {
                 return Err(key_not_found(header));
             };
+            let revisions = revisions_of(&record);
+            let value = record.value;
             let size = value.len();
             let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
             let mut offset = 0;
@@ -306,6 +323,7 @@ impl Kv for KvService {
                     header: (offset == 0).then_some(header),
                     value_size: size as u64,
                     data: value.slice(offset..end),
+                    revisions: (offset == 0).then_some(revisions),
                 }));
                 if end == size {
                     break;
@@ -394,14 +412,18 @@ impl Kv for KvService {
             let mut pairs = Vec::with_capacity(page.pairs.len());
             let mut reply_bytes = 0;
             let mut more = page.more;
-            for (key, value) in page.pairs {
-                if !pairs.is_empty() && reply_bytes + key.len() + value.len() > MAX_SCAN_REPLY_BYTES
-                {
+            for (key, record) in page.pairs {
+                let size = key.len() + record.value.len();
+                if !pairs.is_empty() && reply_bytes + size > MAX_SCAN_REPLY_BYTES {
                     more = true;
                     break;
                 }
-                reply_bytes += key.len() + value.len();
-                pairs.push(KeyValue { key, value });
+                reply_bytes += size;
+                pairs.push(KeyValue {
+                    key,
+                    revisions: Some(revisions_of(&record)),
+                    value: record.value,
+                });
             }
             let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
             Ok(Response::new(ScanResponse {
