@@ -49,6 +49,20 @@ fn sweep_of_seeds_200_to_399() {
     sweep(SEEDS_PER_SWEEP);
 }
 
+/// Seeds that failed in long sweeps, kept once what they showed was mended
+/// (TESTING.md says what each found).
+#[test]
+fn seeds_found_by_long_sweeps() {
+    for seed in [11928] {
+        let report = run_checked(seed, DEFAULT_STEPS);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {}\n  replay: cargo run -p raftkv-sim --release -- --seed {seed}",
+            report.violations.join("\n  ")
+        );
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let a = run_checked(11, 5_000);
