@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             print_failure(&report, &args);
             failed.push(seed);
         }
-        if ran % 100 == 0 || ran == count {
+        if ran.is_multiple_of(100) || ran == count {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
                 "{ran}/{count} seeds, {} failed, {:.1} seeds/min, {:.0} simulated ops/s",
