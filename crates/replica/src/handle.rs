@@ -24,6 +24,7 @@ use crate::log_store::LogStore;
 use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::peer_message::PeerMessage;
+use crate::proposals::WriteResult;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -264,8 +265,12 @@ impl Replica {
     }
 
     /// Proposes `ops` as one atomic command; resolves once it is committed
-    /// and applied (or failed).
-    pub async fn propose(&self, ops: Vec<Op>, session: WriteSession) -> Result<(), ReplicaError> {
+    /// and applied (or failed), with the store revision it left.
+    pub async fn propose(
+        &self,
+        ops: Vec<Op>,
+        session: WriteSession,
+    ) -> Result<WriteResult, ReplicaError> {
         self.ask(|reply| Input::Propose {
             ops,
             session,

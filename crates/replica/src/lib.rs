@@ -42,6 +42,7 @@ pub use log_store::LogStore;
 pub use membership::{bootstrap_membership, encode_conf_change_context, member_ids};
 pub use peer_check::{check_envelope, check_membership, Arrival, Rejection};
 pub use peer_message::{Lane, PeerMessage};
+pub use proposals::WriteResult;
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 

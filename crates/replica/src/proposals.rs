@@ -10,10 +10,53 @@ use crate::error::ReplicaError;
 
 pub(crate) type Reply = oneshot::Sender<Result<(), ReplicaError>>;
 
+/// What an applied write tells its caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The store revision once the write was applied: the write's own
+    /// revision if it changed something, else the revision it left as it
+    /// was (etcd's header revision for a write).
+    pub revision: u64,
+}
+
+pub(crate) type WriteReply = oneshot::Sender<Result<WriteResult, ReplicaError>>;
+
+/// A caller waiting for its entry: a write (told its revision) or anything
+/// else (membership changes, cluster metadata: told only the outcome).
+pub(crate) enum Waiter {
+    Write(WriteReply),
+    Done(Reply),
+}
+
+impl Waiter {
+    fn send(self, result: Result<WriteResult, ReplicaError>) {
+        match self {
+            Waiter::Write(reply) => {
+                let _ = reply.send(result);
+            }
+            Waiter::Done(reply) => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+impl From<Reply> for Waiter {
+    fn from(reply: Reply) -> Waiter {
+        Waiter::Done(reply)
+    }
+}
+
+impl From<WriteReply> for Waiter {
+    fn from(reply: WriteReply) -> Waiter {
+        Waiter::Write(reply)
+    }
+}
+
 pub(crate) struct Proposals {
     /// This node's id goes into every entry it proposes.
     next_id: u64,
-    waiting: HashMap<u64, Reply>,
+    waiting: HashMap<u64, Waiter>,
 }
 
 impl Proposals {
@@ -36,21 +79,21 @@ impl Proposals {
         self.next_id
     }
 
-    pub(crate) fn insert(&mut self, id: u64, reply: Reply) {
-        self.waiting.insert(id, reply);
+    pub(crate) fn insert(&mut self, id: u64, waiter: impl Into<Waiter>) {
+        self.waiting.insert(id, waiter.into());
     }
 
     /// Answers the proposal `id`, if it is still waiting.
-    pub(crate) fn complete(&mut self, id: u64, result: Result<(), ReplicaError>) {
-        if let Some(reply) = self.waiting.remove(&id) {
-            let _ = reply.send(result);
+    pub(crate) fn complete(&mut self, id: u64, result: Result<WriteResult, ReplicaError>) {
+        if let Some(waiter) = self.waiting.remove(&id) {
+            waiter.send(result);
         }
     }
 
     /// Answers every waiting proposal with `error` (leadership lost, stop).
     pub(crate) fn fail_all(&mut self, error: ReplicaError) {
-        for (_, reply) in self.waiting.drain() {
-            let _ = reply.send(Err(error.clone()));
+        for (_, waiter) in self.waiting.drain() {
+            waiter.send(Err(error.clone()));
         }
     }
 }

@@ -239,3 +239,29 @@ async fn a_retried_write_is_applied_once() {
     leader.read_index().await.unwrap();
     assert_eq!(leader.kv().get(b"x").unwrap(), "second");
 }
+
+/// A write is answered with its own revision (etcd's header revision): the
+/// next one for a write that changed something, the current one for a
+/// delete of a missing key; a retry that was applied already is answered,
+/// not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_answered_with_its_revision() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let first = leader.propose(put("r", "1"), session(1)).await.unwrap();
+    assert_eq!(first.revision, 2, "an empty store is at 1");
+    let second = leader.propose(put("r", "1"), session(2)).await.unwrap();
+    assert_eq!(second.revision, 3);
+    let missing = vec![Op {
+        key: Bytes::from_static(b"never-written"),
+        value: Bytes::new(),
+        delete: true,
+    }];
+    let nothing = leader.propose(missing, session(3)).await.unwrap();
+    assert_eq!(nothing.revision, 3, "a delete of nothing takes no revision");
+    let record = leader.kv().get_record(b"r").cloned().unwrap();
+    assert_eq!(
+        (record.create_revision, record.mod_revision, record.version),
+        (2, 3, 2)
+    );
+}

@@ -163,7 +163,11 @@ impl KvService {
             .map_err(|e| replica_status(e, self.header()))?;
         let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
         match tokio::time::timeout_at(deadline, self.replica.propose(ops, session)).await {
-            Ok(Ok(())) => Ok(self.header()),
+            Ok(Ok(written)) => Ok(ResponseHeader {
+                // The write's own revision, not whatever came after it.
+                revision: written.revision,
+                ..self.header()
+            }),
             Ok(Err(e)) => Err(replica_status(e, self.header())),
             Err(_) => Err(replica_status(
                 ReplicaError::UnknownOutcome(

@@ -1439,7 +1439,7 @@ impl World {
                     value: value.clone().into_bytes().into(),
                     delete: false,
                 }];
-                Box::pin(async move { replica.propose(ops, session).await })
+                Box::pin(async move { replica.propose(ops, session).await.map(|_| ()) })
             }
             ClientOp::Delete { key } => {
                 let ops = vec![Op {
@@ -1447,7 +1447,7 @@ impl World {
                     value: Default::default(),
                     delete: true,
                 }];
-                Box::pin(async move { replica.propose(ops, session).await })
+                Box::pin(async move { replica.propose(ops, session).await.map(|_| ()) })
             }
             ClientOp::Get { level, .. } => {
                 if *level == ReadLevel::Lease && replica.has_read_lease() {

@@ -50,7 +50,7 @@ use crate::handle::{Shared, WriteSession};
 use crate::log_store::LogStore;
 use crate::logger::raft_logger;
 use crate::membership::{decode_conf_change_context, member_ids, next_addresses};
-use crate::proposals::{Proposals, Reply};
+use crate::proposals::{Proposals, Reply, WriteReply, WriteResult};
 use crate::reads::ReadBatcher;
 use crate::snapshots::load_snapshot;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
@@ -101,7 +101,7 @@ pub(crate) enum Input {
     Propose {
         ops: Vec<Op>,
         session: WriteSession,
-        reply: Reply,
+        reply: WriteReply,
     },
     Read {
         reply: Reply,
@@ -713,7 +713,7 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: Reply) {
+    fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: WriteReply) {
         if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
@@ -964,7 +964,9 @@ impl<S: LogStore> Node<S> {
                     }
                     if command.proposer == self.id {
                         let result = match outcome {
-                            ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(()),
+                            ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(WriteResult {
+                                revision: kv.revision(),
+                            }),
                             ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
                             ApplyOutcome::SessionExpired => {
                                 Err(ReplicaError::SessionExpired(format!(
@@ -1059,6 +1061,7 @@ impl<S: LogStore> Node<S> {
             }
         };
         if context.proposer == self.id {
+            let result = result.map(|()| WriteResult::default());
             self.proposals.complete(context.proposal_id, result);
         }
         self.update_removed();
