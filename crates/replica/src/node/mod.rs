@@ -746,6 +746,7 @@ impl<S: LogStore> Node<S> {
             ops,
             cluster_id: None,
             member_address: None,
+            compact_revision: 0,
         };
         match self.raw.propose(vec![], encode_command(&command)) {
             Ok(()) => self.proposals.insert(proposal_id, reply),
@@ -808,6 +809,14 @@ impl<S: LogStore> Node<S> {
     /// not hold it, or a peer told it) stops leading. Without this it kept
     /// renewing its read lease with heartbeat rounds, so the remaining voters
     /// kept following it and never elected a leader of their own.
+    ///
+    /// Called at the start of every turn and as soon as a membership change
+    /// that removes this node applies: a node can lead when its own removal
+    /// applies (the leader before it proposed the removal and crashed, and
+    /// this node won the next election with the entry in its log), and
+    /// raft-rs keeps such a leader leading and panics when it next persists
+    /// an entry, its own progress gone (found by the simulator, seed 14907).
+    /// Stepping down in the same term is safe: no vote changes.
     fn step_down_if_removed(&mut self) {
         if self.removed && self.raw.raft.state == StateRole::Leader {
             let term = self.raw.raft.term;
@@ -815,6 +824,9 @@ impl<S: LogStore> Node<S> {
                 "node {} was removed while leading: stepping down so the members elect a leader",
                 self.id
             );
+            // raft-rs treats a follower with messages queued between a
+            // Ready and its advance as fatal; dropping one is always safe.
+            self.raw.raft.msgs.clear();
             self.raw.raft.become_follower(term, raft::INVALID_ID);
         }
     }
@@ -1065,6 +1077,7 @@ impl<S: LogStore> Node<S> {
             self.proposals.complete(context.proposal_id, result);
         }
         self.update_removed();
+        self.step_down_if_removed();
         Ok(())
     }
 
