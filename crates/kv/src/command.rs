@@ -35,6 +35,7 @@ mod tests {
             rules: 1,
             cluster_id: None,
             member_address: None,
+            compact_revision: 0,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

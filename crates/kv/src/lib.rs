@@ -12,14 +12,16 @@
 
 mod command;
 mod hash;
+mod history;
 mod session;
 mod snapshot;
 mod state;
 
 pub use command::{decode_command, encode_command, ClusterIdChoice, Command, MemberAddress, Op};
+pub use history::{Event, HistoryLimits, RevisionError};
 pub use session::{
     SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_REVISIONS,
     RULES_STRICT_SESSIONS,
 };
 pub use snapshot::RestoreError;
-pub use state::{ApplyOutcome, KvState, Record, ScanPage, ScanQuery};
+pub use state::{ApplyOutcome, KeyRange, KvState, Record, ScanPage, ScanQuery};

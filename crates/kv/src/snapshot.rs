@@ -9,7 +9,32 @@
 
 use bytes::Bytes;
 use prost::Message as _;
-use raftkv_proto::internal::{SnapshotChunk, SnapshotHeader, SnapshotPair};
+use raftkv_proto::internal::{
+    RecordState, SnapshotChunk, SnapshotEvent, SnapshotHeader, SnapshotPair,
+};
+
+use crate::history::Event;
+use crate::state::Record;
+
+fn record_state(record: &Record) -> RecordState {
+    RecordState {
+        value: record.value.clone(),
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+        version: record.version,
+        lease: record.lease,
+    }
+}
+
+fn record_of(state: RecordState) -> Record {
+    Record {
+        value: state.value,
+        create_revision: state.create_revision,
+        mod_revision: state.mod_revision,
+        version: state.version,
+        lease: state.lease,
+    }
+}
 
 use crate::session::{SessionLimits, Sessions};
 use crate::state::KvState;
@@ -45,6 +70,9 @@ impl KvState {
             cluster_id: self.cluster_id,
             bootstrap_id: self.bootstrap_id,
             revision: self.revision,
+            compacted_revision: self.compacted,
+            history_from: self.history.complete_from(),
+            events: self.history.len() as u64,
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -72,7 +100,24 @@ impl KvState {
                 chunk_bytes = 0;
             }
         }
-        if !chunk.pairs.is_empty() || !chunk.sessions.is_empty() {
+        for event in self.history.events() {
+            chunk_bytes += event.key.len()
+                + [&event.record, &event.prev]
+                    .iter()
+                    .map(|r| r.as_ref().map_or(0, |r| r.value.len() + 40))
+                    .sum::<usize>();
+            chunk.events.push(SnapshotEvent {
+                revision: event.revision,
+                key: event.key.clone(),
+                record: event.record.as_ref().map(record_state),
+                prev: event.prev.as_ref().map(record_state),
+            });
+            if chunk_bytes >= RECORD_TARGET_BYTES {
+                sink(&std::mem::take(&mut chunk).encode_to_vec())?;
+                chunk_bytes = 0;
+            }
+        }
+        if !chunk.pairs.is_empty() || !chunk.sessions.is_empty() || !chunk.events.is_empty() {
             sink(&chunk.encode_to_vec())?;
         }
         Ok(())
@@ -93,6 +138,7 @@ impl KvState {
         let mut state = KvState::new(limits);
         state.sessions = Sessions::new(limits);
         let mut sessions = 0u64;
+        let mut events = Vec::new();
         while let Some(record) = source().map_err(RestoreError::Source)? {
             let chunk = SnapshotChunk::decode(record)
                 .map_err(|e| RestoreError::Malformed(format!("chunk: {e}")))?;
@@ -103,9 +149,9 @@ impl KvState {
             for pair in chunk.pairs {
                 // A snapshot from before revisions existed has none.
                 let record = if pair.mod_revision == 0 {
-                    crate::state::Record::unrevisioned(pair.value)
+                    Record::unrevisioned(pair.value)
                 } else {
-                    crate::state::Record {
+                    Record {
                         value: pair.value,
                         create_revision: pair.create_revision,
                         mod_revision: pair.mod_revision,
@@ -115,6 +161,19 @@ impl KvState {
                 };
                 state.restore_pair(pair.key, record);
             }
+            events.extend(chunk.events.into_iter().map(|e| Event {
+                revision: e.revision,
+                key: e.key,
+                record: e.record.map(record_of),
+                prev: e.prev.map(record_of),
+            }));
+        }
+        if events.len() as u64 != header.events {
+            return Err(RestoreError::Malformed(format!(
+                "header promises {} history events, records hold {}",
+                header.events,
+                events.len()
+            )));
         }
         if state.len() as u64 != header.keys || sessions != header.sessions {
             return Err(RestoreError::Malformed(format!(
@@ -128,6 +187,8 @@ impl KvState {
         state.cluster_id = header.cluster_id;
         state.bootstrap_id = header.bootstrap_id;
         state.revision = header.revision.max(1);
+        state.compacted = header.compacted_revision;
+        state.history.restore(header.history_from, events);
         Ok((state, header.membership))
     }
 }

@@ -8,6 +8,7 @@ use imbl::OrdMap;
 
 use crate::command::Command;
 use crate::hash::StableHasher;
+use crate::history::{Event, History, HistoryLimits, RevisionError};
 use crate::session::{SessionLimits, SessionVerdict, Sessions};
 
 /// Values shorter than this are copied out of the log entry they arrived in,
@@ -29,6 +30,49 @@ pub enum ApplyOutcome {
     SessionExpired,
     /// Refused without effect: no room for a new session yet; retry later.
     TooManySessions,
+}
+
+/// Keys as etcd names them: one key, every key from one on, or
+/// `[start, end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    Key(Bytes),
+    From(Bytes),
+    Between(Bytes, Bytes),
+}
+
+impl KeyRange {
+    /// etcd's encoding: `range_end` empty is one key, `"\0"` every key from
+    /// `key` on (and `key` `"\0"` too: all keys), anything else the end.
+    pub fn from_etcd(key: Bytes, range_end: Bytes) -> KeyRange {
+        match &range_end[..] {
+            [] => KeyRange::Key(key),
+            [0] => KeyRange::From(key),
+            _ => KeyRange::Between(key, range_end),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(k) => key == &k[..],
+            KeyRange::From(start) => key >= &start[..],
+            KeyRange::Between(start, end) => key >= &start[..] && key < &end[..],
+        }
+    }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        match self {
+            KeyRange::Key(k) => (Bound::Included(&k[..]), Bound::Included(&k[..])),
+            KeyRange::From(start) => (Bound::Included(&start[..]), Bound::Unbounded),
+            KeyRange::Between(start, end) if start < end => {
+                (Bound::Included(&start[..]), Bound::Excluded(&end[..]))
+            }
+            // An empty range (etcd answers it with nothing).
+            KeyRange::Between(start, _) => {
+                (Bound::Included(&start[..]), Bound::Excluded(&start[..]))
+            }
+        }
+    }
 }
 
 /// A scan request over the map.
@@ -89,6 +133,11 @@ pub struct KvState {
     pub(crate) map: OrdMap<Bytes, Record>,
     /// The store revision: 1 when empty, +1 per command that changed a key.
     pub(crate) revision: u64,
+    /// The revision compacted to through the log (0: never): older
+    /// revisions are not served on any replica.
+    pub(crate) compacted: u64,
+    /// The changes since then (see `history.rs`).
+    pub(crate) history: History,
     data_bytes: u64,
     pub(crate) sessions: Sessions,
     /// Log time: the largest command timestamp applied so far.
@@ -106,6 +155,8 @@ impl KvState {
         KvState {
             map: OrdMap::new(),
             revision: 1,
+            compacted: 0,
+            history: History::new(HistoryLimits::default()),
             data_bytes: 0,
             sessions: Sessions::new(limits),
             clock_ms: 0,
@@ -152,6 +203,12 @@ impl KvState {
                 SessionVerdict::TooManySessions => return ApplyOutcome::TooManySessions,
             }
         }
+        if cmd.compact_revision != 0 {
+            return match self.compact(cmd.compact_revision) {
+                Ok(()) => ApplyOutcome::Applied,
+                Err(e) => ApplyOutcome::Refused(e.to_string()),
+            };
+        }
         // One revision for the whole command, taken only if it changed
         // something (a put always does, even of the same value; a delete
         // only of a key that exists).
@@ -160,7 +217,19 @@ impl KvState {
         let mut changed = false;
         for op in &cmd.ops {
             if op.delete {
-                changed |= self.remove(&op.key);
+                let prev = self.remove(&op.key);
+                if let (true, Some(prev)) = (counted, &prev) {
+                    self.history.record(
+                        Event {
+                            revision,
+                            key: op.key.clone(),
+                            record: None,
+                            prev: Some(prev.clone()),
+                        },
+                        revision,
+                    );
+                }
+                changed |= prev.is_some();
             } else {
                 let value = if op.value.len() < COPY_VALUES_BELOW_BYTES {
                     Bytes::copy_from_slice(&op.value)
@@ -182,7 +251,19 @@ impl KvState {
                 } else {
                     Record::unrevisioned(value)
                 };
-                self.insert(Bytes::copy_from_slice(&op.key), record);
+                let key = Bytes::copy_from_slice(&op.key);
+                let prev = self.insert(key.clone(), record.clone());
+                if counted {
+                    self.history.record(
+                        Event {
+                            revision,
+                            key,
+                            record: Some(record),
+                            prev,
+                        },
+                        revision,
+                    );
+                }
                 changed = true;
             }
         }
@@ -220,23 +301,114 @@ impl KvState {
         self.clock_ms = clock_ms;
     }
 
-    fn insert(&mut self, key: Bytes, record: Record) {
+    /// Returns the record it replaced.
+    fn insert(&mut self, key: Bytes, record: Record) -> Option<Record> {
         let added = (key.len() + record.value.len()) as u64;
-        if let Some(old) = self.map.insert(key.clone(), record) {
+        let old = self.map.insert(key.clone(), record);
+        if let Some(old) = &old {
             self.data_bytes -= (key.len() + old.value.len()) as u64;
         }
         self.data_bytes += added;
+        old
     }
 
-    /// Whether the key existed.
-    fn remove(&mut self, key: &[u8]) -> bool {
-        match self.map.remove(key) {
-            Some(old) => {
-                self.data_bytes -= (key.len() + old.value.len()) as u64;
-                true
-            }
-            None => false,
+    /// Returns the record removed, if the key existed.
+    fn remove(&mut self, key: &[u8]) -> Option<Record> {
+        let old = self.map.remove(key)?;
+        self.data_bytes -= (key.len() + old.value.len()) as u64;
+        Some(old)
+    }
+
+    /// Compacts to `revision` (a `Compact` request applied from the log):
+    /// revisions before it are no longer served; reading at it still is.
+    pub fn compact(&mut self, revision: u64) -> Result<(), RevisionError> {
+        if revision > self.revision {
+            return Err(RevisionError::Future {
+                current: self.revision,
+            });
         }
+        if revision <= self.compacted {
+            return Err(RevisionError::Compacted {
+                compact_revision: self.compacted,
+            });
+        }
+        self.compacted = revision;
+        self.history.compact(revision);
+        Ok(())
+    }
+
+    /// The revision compacted to through the log (0: never).
+    pub fn compacted_revision(&self) -> u64 {
+        self.compacted
+    }
+
+    /// The oldest revision this node still serves (at least the compacted
+    /// one; later when the history outgrew its memory bound here).
+    pub fn oldest_served_revision(&self) -> u64 {
+        self.history.complete_from()
+    }
+
+    /// Bytes and events the history window holds.
+    pub fn history_size(&self) -> (u64, usize) {
+        (self.history.bytes(), self.history.len())
+    }
+
+    /// Sets the history window's memory bound (trimmed at the next write).
+    pub fn set_history_limits(&mut self, limits: HistoryLimits) {
+        self.history.set_limits(limits);
+    }
+
+    /// The pairs of `range` as of `revision` (0: the current one), in key
+    /// order, at most `limit` (0: all) and whether more follow.
+    pub fn range_at(
+        &self,
+        range: &KeyRange,
+        revision: u64,
+        limit: usize,
+    ) -> Result<(Vec<(Bytes, Record)>, bool), RevisionError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        if revision == 0 || revision == self.revision {
+            let mut pairs: Vec<(Bytes, Record)> = self
+                .map
+                .range::<_, [u8]>(range.bounds())
+                .take(limit.saturating_add(1))
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect();
+            let more = pairs.len() > limit;
+            pairs.truncate(limit);
+            return Ok((pairs, more));
+        }
+        self.history.check(revision, self.revision)?;
+        // The current pairs with every later change undone, newest first.
+        let mut then: std::collections::BTreeMap<Bytes, Record> = self
+            .map
+            .range::<_, [u8]>(range.bounds())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        let later = self.history.since(revision + 1);
+        for event in later.iter().rev().filter(|e| range.contains(&e.key)) {
+            match &event.prev {
+                Some(prev) => then.insert(event.key.clone(), prev.clone()),
+                None => then.remove(&event.key),
+            };
+        }
+        let more = then.len() > limit;
+        Ok((then.into_iter().take(limit).collect(), more))
+    }
+
+    /// The changes to `range` at or after revision `from`, oldest first: a
+    /// watcher's catch-up. `from` may be the next revision (nothing yet).
+    pub fn changes_since(&self, range: &KeyRange, from: u64) -> Result<Vec<Event>, RevisionError> {
+        if from <= self.revision {
+            self.history.check(from, self.revision)?;
+        }
+        Ok(self
+            .history
+            .since(from)
+            .iter()
+            .filter(|e| range.contains(&e.key))
+            .cloned()
+            .collect())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
@@ -323,6 +495,7 @@ impl KvState {
     pub fn content_hash(&self) -> u64 {
         let mut hasher = StableHasher::new();
         hasher.write(&self.revision.to_le_bytes());
+        hasher.write(&self.compacted.to_le_bytes());
         for (key, record) in self.map.iter() {
             hasher.write_field(key);
             hasher.write_field(&record.value);
