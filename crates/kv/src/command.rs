@@ -36,6 +36,7 @@ mod tests {
             cluster_id: None,
             member_address: None,
             compact_revision: 0,
+            etcd_txn: None,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

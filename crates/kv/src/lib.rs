@@ -11,6 +11,7 @@
 //! log (see `Command::timestamp_ms`).
 
 mod command;
+pub mod etcd;
 mod hash;
 mod history;
 mod session;

@@ -17,10 +17,13 @@ use crate::session::{SessionLimits, SessionVerdict, Sessions};
 const COPY_VALUES_BELOW_BYTES: usize = 64 * 1024;
 
 /// Result of applying one command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ApplyOutcome {
     /// The command's operations took effect.
     Applied,
+    /// An etcd transaction took effect (or its compares failed and its
+    /// failure branch ran): its response, header revision set.
+    Txn(Box<raftkv_proto::etcdserverpb::TxnResponse>),
     /// A retry of a write already applied: nothing changed, success.
     Duplicate,
     /// Refused without effect (the reason is for the client).
@@ -94,6 +97,17 @@ pub struct ScanPage {
     pub pairs: Vec<(Bytes, Record)>,
     /// Whether more keys with the prefix follow the last returned one.
     pub more: bool,
+}
+
+/// A value as the map keeps it: a short one copied out of the log entry it
+/// arrived in, so it does not keep a large batched entry alive; a long one
+/// sharing the entry's buffer (no second copy of a 100 MB value).
+pub(crate) fn owned_value(value: Bytes) -> Bytes {
+    if value.len() < COPY_VALUES_BELOW_BYTES {
+        Bytes::copy_from_slice(&value)
+    } else {
+        value
+    }
 }
 
 /// A key's value and its revisions, with etcd's meaning: the store
@@ -209,6 +223,12 @@ impl KvState {
                 Err(e) => ApplyOutcome::Refused(e.to_string()),
             };
         }
+        if let Some(txn) = &cmd.etcd_txn {
+            return match self.apply_etcd_txn(txn) {
+                Ok(response) => ApplyOutcome::Txn(Box::new(response)),
+                Err(why) => ApplyOutcome::Refused(why),
+            };
+        }
         // One revision for the whole command, taken only if it changed
         // something (a put always does, even of the same value; a delete
         // only of a key that exists).
@@ -217,25 +237,13 @@ impl KvState {
         let mut changed = false;
         for op in &cmd.ops {
             if op.delete {
-                let prev = self.remove(&op.key);
-                if let (true, Some(prev)) = (counted, &prev) {
-                    self.history.record(
-                        Event {
-                            revision,
-                            key: op.key.clone(),
-                            record: None,
-                            prev: Some(prev.clone()),
-                        },
-                        revision,
-                    );
-                }
-                changed |= prev.is_some();
-            } else {
-                let value = if op.value.len() < COPY_VALUES_BELOW_BYTES {
-                    Bytes::copy_from_slice(&op.value)
+                changed |= if counted {
+                    self.delete_record(&op.key, revision).is_some()
                 } else {
-                    op.value.clone()
+                    self.remove(&op.key).is_some()
                 };
+            } else {
+                let value = owned_value(op.value.clone());
                 let record = if counted {
                     let (create_revision, version) = match self.map.get(&op.key[..]) {
                         Some(old) => (old.create_revision, old.version + 1),
@@ -252,17 +260,10 @@ impl KvState {
                     Record::unrevisioned(value)
                 };
                 let key = Bytes::copy_from_slice(&op.key);
-                let prev = self.insert(key.clone(), record.clone());
                 if counted {
-                    self.history.record(
-                        Event {
-                            revision,
-                            key,
-                            record: Some(record),
-                            prev,
-                        },
-                        revision,
-                    );
+                    self.write_record(key, record, revision);
+                } else {
+                    self.insert(key, record);
                 }
                 changed = true;
             }
@@ -288,9 +289,7 @@ impl KvState {
     /// Adds a pair read from a snapshot (small values get their own buffer,
     /// as in `apply`).
     pub(crate) fn restore_pair(&mut self, key: Bytes, mut record: Record) {
-        if record.value.len() < COPY_VALUES_BELOW_BYTES {
-            record.value = Bytes::copy_from_slice(&record.value);
-        }
+        record.value = owned_value(record.value);
         self.insert(Bytes::copy_from_slice(&key), record);
     }
 
@@ -302,7 +301,7 @@ impl KvState {
     }
 
     /// Returns the record it replaced.
-    fn insert(&mut self, key: Bytes, record: Record) -> Option<Record> {
+    pub(crate) fn insert(&mut self, key: Bytes, record: Record) -> Option<Record> {
         let added = (key.len() + record.value.len()) as u64;
         let old = self.map.insert(key.clone(), record);
         if let Some(old) = &old {
@@ -313,7 +312,7 @@ impl KvState {
     }
 
     /// Returns the record removed, if the key existed.
-    fn remove(&mut self, key: &[u8]) -> Option<Record> {
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Record> {
         let old = self.map.remove(key)?;
         self.data_bytes -= (key.len() + old.value.len()) as u64;
         Some(old)

@@ -21,7 +21,7 @@ use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::log_store::LogStore;
-use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query};
+use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query, Write};
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::peer_message::PeerMessage;
 use crate::proposals::WriteResult;
@@ -271,8 +271,19 @@ impl Replica {
         ops: Vec<Op>,
         session: WriteSession,
     ) -> Result<WriteResult, ReplicaError> {
+        self.write(Write::Ops(ops), session).await
+    }
+
+    /// Proposes a write of any kind (see [`Write`]); resolves once it is
+    /// applied, with the store revision it left and, for an etcd
+    /// transaction, its response.
+    pub async fn write(
+        &self,
+        write: Write,
+        session: WriteSession,
+    ) -> Result<WriteResult, ReplicaError> {
         self.ask(|reply| Input::Propose {
-            ops,
+            write,
             session,
             reply,
         })

@@ -11,12 +11,15 @@ use crate::error::ReplicaError;
 pub(crate) type Reply = oneshot::Sender<Result<(), ReplicaError>>;
 
 /// What an applied write tells its caller.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteResult {
     /// The store revision once the write was applied: the write's own
     /// revision if it changed something, else the revision it left as it
     /// was (etcd's header revision for a write).
     pub revision: u64,
+    /// An etcd transaction's response (header revision set, the rest of
+    /// the header the server's).
+    pub txn: Option<Box<raftkv_proto::etcdserverpb::TxnResponse>>,
 }
 
 pub(crate) type WriteReply = oneshot::Sender<Result<WriteResult, ReplicaError>>;

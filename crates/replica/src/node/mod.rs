@@ -97,9 +97,31 @@ pub(crate) enum PeerInput {
     },
 }
 
+/// What a write proposes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// `raftkv.v1` puts and deletes, applied in order at one revision.
+    Ops(Vec<Op>),
+    /// An etcd transaction (a single Put or DeleteRange is one too).
+    EtcdTxn(raftkv_proto::etcdserverpb::TxnRequest),
+    /// etcd's Compact: revisions before this one are no longer served.
+    Compact(u64),
+}
+
+impl Write {
+    /// Bytes it adds to the log (for the disk reserve).
+    fn bytes(&self) -> u64 {
+        match self {
+            Write::Ops(ops) => ops.iter().map(op_bytes).sum(),
+            Write::EtcdTxn(txn) => prost::Message::encoded_len(txn) as u64,
+            Write::Compact(_) => 16,
+        }
+    }
+}
+
 pub(crate) enum Input {
     Propose {
-        ops: Vec<Op>,
+        write: Write,
         session: WriteSession,
         reply: WriteReply,
     },
@@ -570,10 +592,10 @@ impl<S: LogStore> Node<S> {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Propose {
-                ops,
+                write,
                 session,
                 reply,
-            } => self.propose(ops, session, reply),
+            } => self.propose(write, session, reply),
             Input::Read { reply } => {
                 if let Err(e) = self.check_serving() {
                     let _ = reply.send(Err(e));
@@ -713,7 +735,7 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    fn propose(&mut self, ops: Vec<Op>, session: WriteSession, reply: WriteReply) {
+    fn propose(&mut self, write: Write, session: WriteSession, reply: WriteReply) {
         if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
@@ -722,8 +744,7 @@ impl<S: LogStore> Node<S> {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let size: u64 = ops.iter().map(op_bytes).sum();
-        if let Err(e) = self.check_space(size) {
+        if let Err(e) = self.check_space(write.bytes()) {
             let _ = reply.send(Err(e));
             return;
         }
@@ -743,10 +764,22 @@ impl<S: LogStore> Node<S> {
             first_incomplete_seq: session.first_incomplete_seq,
             timestamp_ms: self.log_clock_ms(),
             rules: raftkv_kv::CURRENT_RULES,
-            ops,
+            ops: Vec::new(),
             cluster_id: None,
             member_address: None,
             compact_revision: 0,
+            etcd_txn: None,
+        };
+        let command = match write {
+            Write::Ops(ops) => Command { ops, ..command },
+            Write::EtcdTxn(txn) => Command {
+                etcd_txn: Some(txn),
+                ..command
+            },
+            Write::Compact(revision) => Command {
+                compact_revision: revision,
+                ..command
+            },
         };
         match self.raw.propose(vec![], encode_command(&command)) {
             Ok(()) => self.proposals.insert(proposal_id, reply),
@@ -978,6 +1011,11 @@ impl<S: LogStore> Node<S> {
                         let result = match outcome {
                             ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(WriteResult {
                                 revision: kv.revision(),
+                                txn: None,
+                            }),
+                            ApplyOutcome::Txn(response) => Ok(WriteResult {
+                                revision: kv.revision(),
+                                txn: Some(response),
                             }),
                             ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
                             ApplyOutcome::SessionExpired => {
