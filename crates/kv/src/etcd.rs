@@ -227,6 +227,14 @@ impl KvState {
         })
     }
 
+    /// A transaction that only reads, evaluated on this state (nothing
+    /// changes; served after a read barrier, not through the log).
+    pub fn read_only_txn(&self, txn: &TxnRequest) -> Result<TxnResponse, String> {
+        debug_assert!(is_read_only(txn));
+        let mut scratch = self.clone();
+        scratch.apply_etcd_txn(txn)
+    }
+
     /// Applies an etcd transaction from the log. Refused (with etcd's text)
     /// before anything changes, or applied whole at one revision.
     pub(crate) fn apply_etcd_txn(&mut self, txn: &TxnRequest) -> Result<TxnResponse, String> {

@@ -1,0 +1,404 @@
+//! etcd's v3 `KV` service (`etcdserverpb.KV`) on the node's port, beside
+//! `raftkv.v1`, so etcdctl and etcd client libraries work unchanged.
+//!
+//! etcd clients spread requests over every endpoint and do not follow
+//! redirects, so every member takes every request: a member that does not
+//! lead forwards writes and linearizable reads to the leader's same service
+//! (one hop: a forwarded request that finds no leader is answered as etcd
+//! answers a leader change), and serves `serializable` reads from its own
+//! state. Writes go into the log as etcd transactions and are applied with
+//! etcd's semantics (`raftkv_kv::etcd`); errors carry etcd's codes and
+//! texts, which clients match on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use raftkv_kv::etcd::{is_read_only, single, KEY_NOT_FOUND, LEASE_NOT_FOUND};
+use raftkv_proto::etcdserverpb::kv_client::KvClient;
+use raftkv_proto::etcdserverpb::kv_server::Kv;
+use raftkv_proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use raftkv_replica::{Replica, ReplicaError, Write, WriteSession};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+/// etcd's `--max-request-bytes` default: a request (and so a value) larger
+/// than this is refused; large values belong on `raftkv.v1`.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's `--max-txn-ops` default.
+pub const MAX_TXN_OPS: usize = 128;
+/// How long a write or a read barrier is waited for.
+const WAIT: Duration = Duration::from_secs(10);
+/// Marks a request one member forwarded to the leader.
+const FORWARDED: &str = "raftkv-forwarded";
+
+// etcd's texts (api/v3rpc/rpctypes), which clients match on.
+const EMPTY_KEY: &str = "etcdserver: key is not provided";
+const TOO_LARGE: &str = "etcdserver: request is too large";
+const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+const NO_LEADER: &str = "etcdserver: no leader";
+const LEADER_CHANGED: &str = "etcdserver: leader changed";
+const TIMED_OUT: &str = "etcdserver: request timed out";
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+pub struct EtcdKv {
+    pub replica: Replica,
+    /// Channels to the members writes are forwarded to, by address.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// etcd's status for a replica error.
+pub fn etcd_status(error: ReplicaError) -> Status {
+    match error {
+        ReplicaError::NotLeader { leader_id: 0, .. } => Status::unavailable(NO_LEADER),
+        ReplicaError::NotLeader { .. } => Status::unavailable(LEADER_CHANGED),
+        ReplicaError::UnknownOutcome(_) => Status::unavailable(TIMED_OUT),
+        ReplicaError::NoSpace(_) => Status::resource_exhausted(NO_SPACE),
+        ReplicaError::Rejected(text) => {
+            let code = if text == KEY_NOT_FOUND {
+                Code::InvalidArgument
+            } else if text == LEASE_NOT_FOUND {
+                Code::NotFound
+            } else if text.starts_with("mvcc: ") {
+                Code::OutOfRange
+            } else {
+                Code::FailedPrecondition
+            };
+            Status::new(code, text)
+        }
+        other => Status::unavailable(format!("etcdserver: {other}")),
+    }
+}
+
+fn revision_status(error: raftkv_kv::RevisionError) -> Status {
+    Status::out_of_range(error.to_string())
+}
+
+/// Checks what etcd checks before proposing a transaction: sizes, the
+/// number of operations, and that no branch writes a key twice (nested
+/// transactions included; the two branches apart).
+fn check_txn(txn: &TxnRequest) -> Result<(), Status> {
+    for branch in [&txn.success, &txn.failure] {
+        if count_ops(branch) > MAX_TXN_OPS || txn.compare.len() > MAX_TXN_OPS {
+            return Err(Status::invalid_argument(TOO_MANY_OPS));
+        }
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        collect_writes(branch, &mut puts, &mut deletes);
+        puts.sort();
+        if puts.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Status::invalid_argument(DUPLICATE_KEY));
+        }
+        let overlaps = puts.iter().any(|key| {
+            deletes
+                .iter()
+                .any(|range: &raftkv_kv::KeyRange| range.contains(key))
+        });
+        if overlaps {
+            return Err(Status::invalid_argument(DUPLICATE_KEY));
+        }
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
+                return Err(Status::invalid_argument(EMPTY_KEY))
+            }
+            Some(request_op::Request::RequestPut(p)) if p.key.is_empty() => {
+                return Err(Status::invalid_argument(EMPTY_KEY))
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(Status::invalid_argument(EMPTY_KEY))
+            }
+            Some(request_op::Request::RequestTxn(nested)) => check_txn(nested)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn count_ops(branch: &[RequestOp]) -> usize {
+    branch
+        .iter()
+        .map(|op| match &op.request {
+            Some(request_op::Request::RequestTxn(t)) => {
+                1 + count_ops(&t.success).max(count_ops(&t.failure))
+            }
+            _ => 1,
+        })
+        .sum()
+}
+
+fn collect_writes(
+    branch: &[RequestOp],
+    puts: &mut Vec<bytes::Bytes>,
+    deletes: &mut Vec<raftkv_kv::KeyRange>,
+) {
+    for op in branch {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => puts.push(p.key.clone()),
+            Some(request_op::Request::RequestDeleteRange(d)) => deletes.push(
+                raftkv_kv::KeyRange::from_etcd(d.key.clone(), d.range_end.clone()),
+            ),
+            Some(request_op::Request::RequestTxn(t)) => {
+                // Either branch of a nested transaction may run.
+                collect_writes(&t.success, puts, deletes);
+                collect_writes(&t.failure, puts, deletes);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+impl EtcdKv {
+    pub fn new(replica: Replica) -> EtcdKv {
+        EtcdKv {
+            replica,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// etcd's header: cluster id, this member, the store revision, the term.
+    fn header(&self, revision: Option<u64>) -> ResponseHeader {
+        let status = self.replica.status();
+        ResponseHeader {
+            cluster_id: status.cluster_id,
+            member_id: status.id,
+            revision: revision.unwrap_or_else(|| self.replica.kv().revision()) as i64,
+            raft_term: status.term,
+        }
+    }
+
+    /// A client of the leader's etcd KV service, or why there is none.
+    fn leader(&self) -> Result<KvClient<Channel>, Status> {
+        let status = self.replica.status();
+        if status.leader_id == 0 || status.leader_id == status.id {
+            return Err(Status::unavailable(NO_LEADER));
+        }
+        let Some(address) = self
+            .replica
+            .membership()
+            .addresses
+            .get(&status.leader_id)
+            .cloned()
+        else {
+            return Err(Status::unavailable(NO_LEADER));
+        };
+        let mut channels = self.channels.lock().expect("channels lock");
+        let channel = match channels.get(&address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Channel::from_shared(format!("http://{address}"))
+                    .map_err(|e| Status::unavailable(format!("etcdserver: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                channels.insert(address, channel.clone());
+                channel
+            }
+        };
+        Ok(KvClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// `request` for the leader, marked as forwarded.
+    fn forwarded<T>(request: T) -> Request<T> {
+        let mut request = Request::new(request);
+        request.set_timeout(WAIT);
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        request
+    }
+
+    /// Waits until a read of this node's state is linearizable (this node
+    /// leads and has confirmed it, by its lease or a ReadIndex round).
+    async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        self.replica.check_cluster_contact(false)?;
+        if self.replica.has_read_lease() {
+            return Ok(());
+        }
+        match tokio::time::timeout(WAIT, self.replica.read_index()).await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicaError::UnknownOutcome(
+                "read barrier timed out".into(),
+            )),
+        }
+    }
+
+    /// Proposes `txn` here if this node leads; the leader's response.
+    async fn propose(&self, txn: TxnRequest) -> Result<TxnResponse, ReplicaError> {
+        self.replica.check_cluster_contact(false)?;
+        let write = self
+            .replica
+            .write(Write::EtcdTxn(txn), WriteSession::default());
+        let written = match tokio::time::timeout(WAIT, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ReplicaError::UnknownOutcome("not applied in time".into())),
+        };
+        let mut response = *written.txn.expect("an etcd transaction has a response");
+        response.header = Some(self.header(Some(written.revision)));
+        Ok(response)
+    }
+
+    /// A write: proposed here, or forwarded once to the leader.
+    async fn txn_write(&self, txn: TxnRequest, forwarded: bool) -> Result<TxnResponse, Status> {
+        match self.propose(txn.clone()).await {
+            Ok(response) => Ok(response),
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                let mut leader = self.leader()?;
+                Ok(leader.txn(Self::forwarded(txn)).await?.into_inner())
+            }
+            Err(e) => Err(etcd_status(e)),
+        }
+    }
+
+    fn only_response(response: TxnResponse) -> Result<response_op::Response, Status> {
+        response
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|r| r.response)
+            .ok_or_else(|| Status::internal("etcdserver: empty transaction response"))
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for EtcdKv {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(Status::invalid_argument(EMPTY_KEY));
+        }
+        if !request.serializable {
+            match self.read_barrier().await {
+                Ok(()) => {}
+                Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                    let mut leader = self.leader()?;
+                    return leader.range(Self::forwarded(request)).await;
+                }
+                Err(e) => return Err(etcd_status(e)),
+            }
+        } else {
+            self.replica
+                .check_cluster_contact(true)
+                .map_err(etcd_status)?;
+        }
+        let mut response = self
+            .replica
+            .kv()
+            .etcd_range(&request)
+            .map_err(revision_status)?;
+        let revision = response.header.as_ref().map(|h| h.revision as u64);
+        response.header = Some(self.header(revision));
+        Ok(Response::new(response))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(Status::invalid_argument(EMPTY_KEY));
+        }
+        if request.key.len() + request.value.len() > MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument(TOO_LARGE));
+        }
+        let txn = single(request_op::Request::RequestPut(request));
+        let response = self.txn_write(txn, forwarded).await?;
+        let header = response.header;
+        match Self::only_response(response)? {
+            response_op::Response::ResponsePut(put) => {
+                Ok(Response::new(PutResponse { header, ..put }))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected response")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(Status::invalid_argument(EMPTY_KEY));
+        }
+        let txn = single(request_op::Request::RequestDeleteRange(request));
+        let response = self.txn_write(txn, forwarded).await?;
+        let header = response.header;
+        match Self::only_response(response)? {
+            response_op::Response::ResponseDeleteRange(delete) => {
+                Ok(Response::new(DeleteRangeResponse { header, ..delete }))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected response")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let txn = request.into_inner();
+        if prost::Message::encoded_len(&txn) > MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument(TOO_LARGE));
+        }
+        check_txn(&txn)?;
+        if !is_read_only(&txn) {
+            return Ok(Response::new(self.txn_write(txn, forwarded).await?));
+        }
+        // Only reads: served like a linearizable range, not through the log.
+        match self.read_barrier().await {
+            Ok(()) => {}
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                let mut leader = self.leader()?;
+                return leader.txn(Self::forwarded(txn)).await;
+            }
+            Err(e) => return Err(etcd_status(e)),
+        }
+        let state = self.replica.kv().clone();
+        let mut response = state
+            .read_only_txn(&txn)
+            .map_err(|text| etcd_status(ReplicaError::Rejected(text)))?;
+        response.header = Some(self.header(Some(state.revision())));
+        Ok(Response::new(response))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        let revision = request.revision.max(0) as u64;
+        self.replica
+            .check_cluster_contact(false)
+            .map_err(etcd_status)?;
+        let write = self
+            .replica
+            .write(Write::Compact(revision), WriteSession::default());
+        let result = match tokio::time::timeout(WAIT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicaError::UnknownOutcome("not applied in time".into())),
+        };
+        match result {
+            Ok(written) => Ok(Response::new(CompactionResponse {
+                header: Some(self.header(Some(written.revision))),
+            })),
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                let mut leader = self.leader()?;
+                leader.compact(Self::forwarded(request)).await
+            }
+            Err(e) => Err(etcd_status(e)),
+        }
+    }
+}
