@@ -249,3 +249,147 @@ async fn a_compacted_revision_is_refused_with_etcd_s_error() {
         .unwrap_err();
     assert_eq!(error.code(), Code::OutOfRange);
 }
+
+mod watch {
+    use super::*;
+    use raftkv_proto::etcdserverpb::watch_client::WatchClient;
+    use raftkv_proto::etcdserverpb::{
+        watch_request, WatchCreateRequest, WatchRequest, WatchResponse,
+    };
+    use raftkv_proto::mvccpb::event::EventType;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tonic::Streaming;
+
+    async fn open(
+        cluster: &TestCluster,
+        id: u64,
+        start_revision: i64,
+    ) -> (mpsc::Sender<WatchRequest>, Streaming<WatchResponse>) {
+        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: b("w/"),
+                    range_end: b("w0"),
+                    start_revision,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+        let stream = WatchClient::new(channel)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, stream)
+    }
+
+    /// (revision, PUT/DELETE, key, value) of events until `count` arrived.
+    async fn events(
+        stream: &mut Streaming<WatchResponse>,
+        count: usize,
+    ) -> Vec<(i64, bool, String, String)> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < count {
+            let response = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .expect("events within 20 s")
+                .unwrap()
+                .expect("the stream stays open");
+            assert!(!response.canceled, "{response:?}");
+            for event in response.events {
+                let kv = event.kv.unwrap();
+                seen.push((
+                    kv.mod_revision,
+                    event.r#type == EventType::Put as i32,
+                    String::from_utf8(kv.key.to_vec()).unwrap(),
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
+                ));
+            }
+        }
+        seen
+    }
+
+    /// A watcher on a follower sees every change to its prefix once and in
+    /// revision order while writes go through every member; another,
+    /// started from a past revision, replays the same changes from there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_sees_each_change_once_in_order_and_replays_from_a_past_revision() {
+        let cluster = TestCluster::start(bin(), 3);
+        cluster.wait_leader(Duration::from_secs(10));
+        let ids = cluster.ids();
+        let watcher_node = cluster.followers()[0];
+        let (_keep, mut stream) = open(&cluster, watcher_node, 0).await;
+        let created = stream.message().await.unwrap().unwrap();
+        assert!(created.created);
+        let mut expected = Vec::new();
+        for i in 0..15 {
+            let mut client = etcd(&cluster, ids[i % ids.len()]).await;
+            let key = format!("w/{}", i % 4);
+            let revision = put(&mut client, &key, &format!("v{i}")).await;
+            expected.push((revision, true, key.clone(), format!("v{i}")));
+            put(&mut client, "other", "x").await; // outside the prefix
+            if i % 5 == 4 {
+                let reply = client
+                    .delete_range(DeleteRangeRequest {
+                        key: b(&key),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                expected.push((reply.header.unwrap().revision, false, key, String::new()));
+            }
+        }
+        let seen = events(&mut stream, expected.len()).await;
+        assert_eq!(seen, expected);
+        // From a past revision: the tail, the same.
+        let from = expected[5].0;
+        let (_keep2, mut replay) = open(&cluster, ids[0], from).await;
+        assert!(replay.message().await.unwrap().unwrap().created);
+        let tail = events(&mut replay, expected.len() - 5).await;
+        assert_eq!(tail, expected[5..].to_vec());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_from_a_compacted_revision_is_cancelled_with_the_compact_revision() {
+        let cluster = TestCluster::start(bin(), 1);
+        cluster.wait_leader(Duration::from_secs(10));
+        let id = cluster.ids()[0];
+        let mut client = etcd(&cluster, id).await;
+        for i in 0..4 {
+            put(&mut client, "w/k", &i.to_string()).await;
+        }
+        client
+            .compact(CompactionRequest {
+                revision: 4,
+                physical: false,
+            })
+            .await
+            .unwrap();
+        let (_keep, mut stream) = open(&cluster, id, 2).await;
+        let mut cancelled = None;
+        while let Some(response) = stream.message().await.unwrap() {
+            if response.canceled {
+                cancelled = Some(response);
+                break;
+            }
+        }
+        let cancelled = cancelled.expect("cancelled");
+        assert_eq!(cancelled.compact_revision, 4);
+        assert!(
+            cancelled.cancel_reason.contains("compacted"),
+            "{cancelled:?}"
+        );
+    }
+}

@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) status: Mutex<NodeStatus>,
     pub(crate) membership: RwLock<MembershipRecord>,
     pub(crate) stopped: watch::Sender<Option<String>>,
+    /// The store revision of the applied state, sent after every apply
+    /// (what watchers wait on).
+    pub(crate) revision: watch::Sender<u64>,
     /// Raft messages from the network refused before raft saw them.
     pub(crate) peer_rejections: RejectionCounters,
     /// This node cannot take entries for lack of disk space (told to peers
@@ -119,6 +122,7 @@ impl Replica {
             }),
             membership: RwLock::new(membership),
             stopped: watch::channel(None).0,
+            revision: watch::channel(1).0,
             peer_rejections: RejectionCounters::default(),
             out_of_space: AtomicBool::new(false),
             peers_out_of_space: Mutex::new(HashMap::new()),
@@ -363,6 +367,12 @@ impl Replica {
     /// round: it leads, its lease (see `node/lease.rs`) has not expired on
     /// the monotonic clock, and it has applied every entry of earlier terms.
     /// When false, the caller falls back to [`Replica::read_index`].
+    /// Follows the store revision of the applied state: a receiver that
+    /// wakes whenever applying entries changed it.
+    pub fn subscribe_revision(&self) -> watch::Receiver<u64> {
+        self.shared.revision.subscribe()
+    }
+
     pub fn has_read_lease(&self) -> bool {
         let lease = *self.shared.lease.lock().expect("lease lock poisoned");
         let Some(until) = lease.until else {

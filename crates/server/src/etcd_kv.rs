@@ -52,6 +52,18 @@ pub struct EtcdKv {
     channels: Mutex<HashMap<String, Channel>>,
 }
 
+/// etcd's header: cluster id, this member, the store revision (`None`: the
+/// current one), the term.
+pub fn etcd_header(replica: &Replica, revision: Option<u64>) -> ResponseHeader {
+    let status = replica.status();
+    ResponseHeader {
+        cluster_id: status.cluster_id,
+        member_id: status.id,
+        revision: revision.unwrap_or_else(|| replica.kv().revision()) as i64,
+        raft_term: status.term,
+    }
+}
+
 /// etcd's status for a replica error.
 pub fn etcd_status(error: ReplicaError) -> Status {
     match error {
@@ -166,15 +178,8 @@ impl EtcdKv {
         }
     }
 
-    /// etcd's header: cluster id, this member, the store revision, the term.
     fn header(&self, revision: Option<u64>) -> ResponseHeader {
-        let status = self.replica.status();
-        ResponseHeader {
-            cluster_id: status.cluster_id,
-            member_id: status.id,
-            revision: revision.unwrap_or_else(|| self.replica.kv().revision()) as i64,
-            raft_term: status.term,
-        }
+        etcd_header(&self.replica, revision)
     }
 
     /// A client of the leader's etcd KV service, or why there is none.

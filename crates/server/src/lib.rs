@@ -10,6 +10,7 @@ pub mod config;
 mod deadline;
 pub mod errors;
 mod etcd_kv;
+mod etcd_watch;
 mod http;
 mod join;
 mod kv_service;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use raftkv_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcdserverpb::watch_server::WatchServer;
 use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::debug_server::DebugServer;
 use raftkv_proto::v1::kv_server::KvServer;
@@ -369,10 +371,15 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let etcd_kv = EtcdKvServer::new(etcd_kv::EtcdKv::new(replica.clone()))
         .max_decoding_message_size(etcd_kv::MAX_REQUEST_BYTES + 512 * 1024)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let etcd_watch = WatchServer::new(etcd_watch::EtcdWatch {
+        replica: replica.clone(),
+    })
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(kv)
         .add_service(etcd_kv)
+        .add_service(etcd_watch)
         .add_service(ClusterServer::from_arc(admin.clone()))
         .add_service(DebugServer::from_arc(admin))
         .add_service(peer);

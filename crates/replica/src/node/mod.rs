@@ -284,6 +284,7 @@ impl<S: LogStore> Node<S> {
         let snapshot_index = match latest_snapshot {
             Some(meta) => {
                 let (state, _) = load_snapshot(&snapshots, meta, config.sessions)?;
+                shared.revision.send_replace(state.revision());
                 *shared.kv.write().expect("kv lock poisoned") = state;
                 meta.index
             }
@@ -990,6 +991,17 @@ impl<S: LogStore> Node<S> {
             return Ok(());
         }
         let shared = self.shared.clone();
+        let result = self.apply_entries_to(&shared, entries);
+        let revision = shared.kv.read().expect("kv lock poisoned").revision();
+        shared.revision.send_if_modified(|current| {
+            let changed = *current != revision;
+            *current = revision;
+            changed
+        });
+        result
+    }
+
+    fn apply_entries_to(&mut self, shared: &Shared, entries: Vec<Entry>) -> Result<(), FatalError> {
         let mut kv = shared.kv.write().expect("kv lock poisoned");
         let early = self.config.bugs.on(|b| b.apply_before_commit);
         for entry in entries {

@@ -273,7 +273,9 @@ impl<S: LogStore> Node<S> {
             .mut_store()
             .apply_snapshot(meta, membership.clone())
             .map_err(fatal("installing a snapshot"))?;
+        let revision = state.revision();
         *self.shared.kv.write().expect("kv lock poisoned") = state;
+        self.shared.revision.send_replace(revision);
         self.applied_index = meta.index;
         self.last_snapshot_index = meta.index;
         self.forget_departed_peers(&member_ids(&membership.conf_state));

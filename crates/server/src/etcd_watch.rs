@@ -1,0 +1,314 @@
+//! etcd's v3 `Watch` service: a bidirectional stream on which a client
+//! creates watchers on a key or a range from a revision, cancels them and
+//! asks for progress.
+//!
+//! Every member serves its watchers from its own applied state: a watcher
+//! is a position in the history window (`KvState::changes_since`) and a
+//! task that wakes when the store revision moves, reads the changes after
+//! its position and sends them — whole revisions in order, each change
+//! once. Nothing is queued per watcher beyond the one batch being sent: a
+//! slow client blocks only its own watchers (never a write), and a watcher
+//! that falls behind the window is cancelled with the compacted revision,
+//! as etcd cancels a watcher whose start was compacted. A client resumes
+//! from the last revision it saw + 1, on any member.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use raftkv_kv::etcd::key_value;
+use raftkv_kv::{Event, KeyRange, RevisionError};
+use raftkv_proto::etcdserverpb::watch_create_request::FilterType;
+use raftkv_proto::etcdserverpb::watch_server::Watch;
+use raftkv_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
+use raftkv_proto::mvccpb;
+use raftkv_replica::Replica;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::etcd_kv::etcd_header;
+
+/// Responses queued per stream (each at most about `BATCH_BYTES`).
+const QUEUED_RESPONSES: usize = 16;
+/// A response is cut at a revision boundary past this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const DUPLICATE_ID: &str = "etcdserver: duplicate watch ID provided on the WatchStream";
+
+pub struct EtcdWatch {
+    pub replica: Replica,
+}
+
+type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
+
+/// What one watcher asked for.
+struct Watcher {
+    id: i64,
+    range: KeyRange,
+    next: u64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+}
+
+fn event_of(event: &Event, prev_kv: bool) -> mvccpb::Event {
+    let (kind, kv) = match &event.record {
+        Some(record) => (
+            mvccpb::event::EventType::Put,
+            key_value(&event.key, record, false),
+        ),
+        None => (
+            mvccpb::event::EventType::Delete,
+            mvccpb::KeyValue {
+                key: event.key.clone(),
+                mod_revision: event.revision as i64,
+                ..Default::default()
+            },
+        ),
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv: event
+            .prev
+            .as_ref()
+            .filter(|_| prev_kv)
+            .map(|p| key_value(&event.key, p, false)),
+    }
+}
+
+impl Watcher {
+    fn wanted(&self, event: &Event) -> bool {
+        match event.record {
+            Some(_) => !self.no_put,
+            None => !self.no_delete,
+        }
+    }
+
+    /// Sends what happened since its position, then waits for the next
+    /// revision, until cancelled, compacted past, or the stream ends.
+    async fn run(mut self, replica: Replica, tx: Sender) {
+        let mut revisions = replica.subscribe_revision();
+        loop {
+            revisions.borrow_and_update();
+            let (current, changes) = {
+                let kv = replica.kv();
+                let current = kv.revision();
+                if self.next > current {
+                    (current, Ok(Vec::new()))
+                } else {
+                    (current, kv.changes_since(&self.range, self.next))
+                }
+            };
+            match changes {
+                Err(RevisionError::Compacted { compact_revision }) => {
+                    let _ = tx
+                        .send(Ok(WatchResponse {
+                            header: Some(etcd_header(&replica, Some(current))),
+                            watch_id: self.id,
+                            canceled: true,
+                            compact_revision: compact_revision as i64,
+                            cancel_reason: COMPACTED.into(),
+                            ..Default::default()
+                        }))
+                        .await;
+                    return;
+                }
+                Err(RevisionError::Future { .. }) => {}
+                Ok(changes) => {
+                    if !self.send(&replica, &tx, &changes).await {
+                        return;
+                    }
+                    self.next = self.next.max(current + 1);
+                }
+            }
+            if revisions.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends `changes` in responses of whole revisions; false once the
+    /// stream is gone.
+    async fn send(&self, replica: &Replica, tx: &Sender, changes: &[Event]) -> bool {
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        for (i, change) in changes.iter().enumerate() {
+            if self.wanted(change) {
+                bytes += change.key.len()
+                    + change.record.as_ref().map_or(0, |r| r.value.len())
+                    + if self.prev_kv {
+                        change.prev.as_ref().map_or(0, |r| r.value.len())
+                    } else {
+                        0
+                    };
+                events.push(event_of(change, self.prev_kv));
+            }
+            let revision_ends = changes
+                .get(i + 1)
+                .is_none_or(|next| next.revision != change.revision);
+            let last = i + 1 == changes.len();
+            if !events.is_empty() && revision_ends && (bytes >= BATCH_BYTES || last) {
+                let response = WatchResponse {
+                    header: Some(etcd_header(replica, Some(change.revision))),
+                    watch_id: self.id,
+                    events: std::mem::take(&mut events),
+                    ..Default::default()
+                };
+                bytes = 0;
+                if tx.send(Ok(response)).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// One client stream: its watchers by id.
+struct Session {
+    replica: Replica,
+    tx: Sender,
+    watchers: HashMap<i64, JoinHandle<()>>,
+    next_id: i64,
+}
+
+impl Session {
+    async fn reply(&self, response: WatchResponse) -> bool {
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+
+    fn header(&self) -> Option<raftkv_proto::etcdserverpb::ResponseHeader> {
+        Some(etcd_header(&self.replica, None))
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> bool {
+        self.watchers.retain(|_, task| !task.is_finished());
+        let id = if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                return self
+                    .reply(WatchResponse {
+                        header: self.header(),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: DUPLICATE_ID.into(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        self.next_id = self.next_id.max(id + 1);
+        // etcd: an empty key watches from the first key on.
+        let key = if create.key.is_empty() {
+            Bytes::from_static(b"\0")
+        } else {
+            create.key
+        };
+        let current = self.replica.kv().revision();
+        let watcher = Watcher {
+            id,
+            range: KeyRange::from_etcd(key, create.range_end),
+            next: if create.start_revision > 0 {
+                create.start_revision as u64
+            } else {
+                current + 1
+            },
+            no_put: create.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: create.prev_kv,
+        };
+        // The created reply goes before any event of the watcher.
+        let created = WatchResponse {
+            header: Some(etcd_header(&self.replica, Some(current))),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        if !self.reply(created).await {
+            return false;
+        }
+        let task = tokio::spawn(watcher.run(self.replica.clone(), self.tx.clone()));
+        self.watchers.insert(id, task);
+        true
+    }
+
+    async fn handle(&mut self, request: WatchRequest) -> bool {
+        match request.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
+                let Some(task) = self.watchers.remove(&cancel.watch_id) else {
+                    return true;
+                };
+                task.abort();
+                self.reply(WatchResponse {
+                    header: self.header(),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                self.reply(WatchResponse {
+                    header: self.header(),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => true,
+        }
+    }
+
+    async fn run(mut self, mut requests: Streaming<WatchRequest>) {
+        loop {
+            let request = tokio::select! {
+                request = requests.message() => request,
+                () = self.tx.closed() => break,
+            };
+            match request {
+                Ok(Some(request)) => {
+                    if !self.handle(request).await {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for task in self.watchers.values() {
+            task.abort();
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for EtcdWatch {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
+        let session = Session {
+            replica: self.replica.clone(),
+            tx,
+            watchers: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(session.run(request.into_inner()));
+        let stream: Self::WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(stream))
+    }
+}
