@@ -393,3 +393,45 @@ mod watch {
         );
     }
 }
+
+/// What `etcdctl member list` and `etcdctl endpoint status` ask for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_and_status_describe_the_cluster() {
+    use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
+    use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use raftkv_proto::etcdserverpb::{MemberListRequest, StatusRequest};
+    let cluster = TestCluster::start(bin(), 3);
+    let leader = cluster.wait_leader(std::time::Duration::from_secs(10));
+    for id in cluster.ids() {
+        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let members = ClusterClient::new(channel.clone())
+            .member_list(MemberListRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut listed: Vec<(u64, Vec<String>)> = members
+            .members
+            .iter()
+            .map(|m| (m.id, m.client_ur_ls.clone()))
+            .collect();
+        listed.sort();
+        let expected: Vec<(u64, Vec<String>)> = cluster
+            .ids()
+            .into_iter()
+            .map(|m| (m, vec![format!("http://{}", cluster.address(m))]))
+            .collect();
+        assert_eq!(listed, expected, "via node {id}");
+        let status = MaintenanceClient::new(channel)
+            .status(StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.leader, leader, "via node {id}");
+        assert_eq!(status.header.unwrap().member_id, id);
+        assert!(status.raft_term > 0 && status.raft_applied_index > 0);
+    }
+}

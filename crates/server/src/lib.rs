@@ -9,6 +9,7 @@ mod admin_service;
 pub mod config;
 mod deadline;
 pub mod errors;
+mod etcd_cluster;
 mod etcd_kv;
 mod etcd_watch;
 mod http;
@@ -25,7 +26,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+use raftkv_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use raftkv_proto::etcdserverpb::watch_server::WatchServer;
 use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::debug_server::DebugServer;
@@ -375,11 +378,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         replica: replica.clone(),
     })
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster {
+        replica: replica.clone(),
+    });
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(kv)
         .add_service(etcd_kv)
         .add_service(etcd_watch)
+        .add_service(EtcdClusterServer::from_arc(etcd_cluster.clone()))
+        .add_service(MaintenanceServer::from_arc(etcd_cluster))
         .add_service(ClusterServer::from_arc(admin.clone()))
         .add_service(DebugServer::from_arc(admin))
         .add_service(peer);
