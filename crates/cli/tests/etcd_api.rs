@@ -435,3 +435,92 @@ async fn member_list_and_status_describe_the_cluster() {
         assert!(status.raft_term > 0 && status.raft_applied_index > 0);
     }
 }
+
+/// A lease kept alive (through a follower) outlives its TTL; once no
+/// longer kept alive it expires, and its key is deleted on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
+    use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+    use raftkv_proto::etcdserverpb::{
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest,
+    };
+    use std::time::{Duration, Instant};
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(Duration::from_secs(10));
+    let follower = cluster.followers()[0];
+    let channel = Channel::from_shared(format!("http://{}", cluster.address(follower)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut leases = LeaseClient::new(channel.clone());
+    let granted = leases
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(granted.id > 0 && granted.ttl >= 2, "{granted:?}");
+    let mut kv = KvClient::new(channel);
+    kv.put(PutRequest {
+        key: b("leased"),
+        value: b("v"),
+        lease: granted.id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Kept alive for three TTLs.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = leases
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let kept_until = Instant::now() + Duration::from_secs(3 * granted.ttl as u64);
+    while Instant::now() < kept_until {
+        tx.send(LeaseKeepAliveRequest { id: granted.id })
+            .await
+            .unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        assert_eq!(reply.ttl, granted.ttl, "kept alive");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        get(&mut kv, "leased", 0).await.is_some(),
+        "alive past its TTL"
+    );
+    drop(tx);
+    // Then it expires: the key is gone on every member.
+    let deadline = Instant::now() + Duration::from_secs(granted.ttl as u64 + 10);
+    for id in cluster.ids() {
+        let mut client = etcd(&cluster, id).await;
+        loop {
+            let reply = client
+                .range(RangeRequest {
+                    key: b("leased"),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if reply.kvs.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} still has the key");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let gone = leases
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        gone.ttl, -1,
+        "etcd's answer for a lease that no longer exists"
+    );
+}

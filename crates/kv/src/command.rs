@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-pub use raftkv_proto::internal::{ClusterIdChoice, Command, MemberAddress, Op};
+pub use raftkv_proto::internal::{ClusterIdChoice, Command, LeaseGrant, MemberAddress, Op};
 
 /// Encodes a command for a log entry.
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
@@ -37,6 +37,8 @@ mod tests {
             member_address: None,
             compact_revision: 0,
             etcd_txn: None,
+            lease_grant: None,
+            lease_revoke: 0,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

@@ -152,8 +152,7 @@ fn check_requests(
                 if (put.ignore_value || put.ignore_lease) && state.get_record(&put.key).is_none() {
                     return Err(KEY_NOT_FOUND);
                 }
-                if put.lease != 0 && !put.ignore_lease {
-                    // No lease exists yet (leases are not built).
+                if put.lease != 0 && !put.ignore_lease && state.lease(put.lease as u64).is_none() {
                     return Err(LEASE_NOT_FOUND);
                 }
             }

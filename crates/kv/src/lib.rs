@@ -14,11 +14,14 @@ mod command;
 pub mod etcd;
 mod hash;
 mod history;
+pub mod leases;
 mod session;
 mod snapshot;
 mod state;
 
-pub use command::{decode_command, encode_command, ClusterIdChoice, Command, MemberAddress, Op};
+pub use command::{
+    decode_command, encode_command, ClusterIdChoice, Command, LeaseGrant, MemberAddress, Op,
+};
 pub use history::{Event, HistoryLimits, RevisionError};
 pub use session::{
     SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_REVISIONS,

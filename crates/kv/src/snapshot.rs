@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use prost::Message as _;
 use raftkv_proto::internal::{
-    RecordState, SnapshotChunk, SnapshotEvent, SnapshotHeader, SnapshotPair,
+    LeaseGrant, RecordState, SnapshotChunk, SnapshotEvent, SnapshotHeader, SnapshotPair,
 };
 
 use crate::history::Event;
@@ -73,6 +73,7 @@ impl KvState {
             compacted_revision: self.compacted,
             history_from: self.history.complete_from(),
             events: self.history.len() as u64,
+            leases: self.leases.len() as u64,
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -117,7 +118,14 @@ impl KvState {
                 chunk_bytes = 0;
             }
         }
-        if !chunk.pairs.is_empty() || !chunk.sessions.is_empty() || !chunk.events.is_empty() {
+        for (id, ttl) in self.leases() {
+            chunk.leases.push(LeaseGrant { id, ttl });
+        }
+        if !chunk.pairs.is_empty()
+            || !chunk.sessions.is_empty()
+            || !chunk.events.is_empty()
+            || !chunk.leases.is_empty()
+        {
             sink(&chunk.encode_to_vec())?;
         }
         Ok(())
@@ -161,6 +169,11 @@ impl KvState {
                 };
                 state.restore_pair(pair.key, record);
             }
+            for lease in chunk.leases {
+                state
+                    .grant_lease(lease.id, lease.ttl)
+                    .map_err(|e| RestoreError::Malformed(format!("lease {}: {e}", lease.id)))?;
+            }
             events.extend(chunk.events.into_iter().map(|e| Event {
                 revision: e.revision,
                 key: e.key,
@@ -189,6 +202,14 @@ impl KvState {
         state.revision = header.revision.max(1);
         state.compacted = header.compacted_revision;
         state.history.restore(header.history_from, events);
+        if state.leases.len() as u64 != header.leases {
+            return Err(RestoreError::Malformed(format!(
+                "header promises {} leases, records hold {}",
+                header.leases,
+                state.leases.len()
+            )));
+        }
+        state.rebuild_lease_keys();
         Ok((state, header.membership))
     }
 }

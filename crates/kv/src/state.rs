@@ -152,6 +152,8 @@ pub struct KvState {
     pub(crate) compacted: u64,
     /// The changes since then (see `history.rs`).
     pub(crate) history: History,
+    /// etcd's leases (see `leases.rs`).
+    pub(crate) leases: crate::leases::Leases,
     data_bytes: u64,
     pub(crate) sessions: Sessions,
     /// Log time: the largest command timestamp applied so far.
@@ -171,6 +173,7 @@ impl KvState {
             revision: 1,
             compacted: 0,
             history: History::new(HistoryLimits::default()),
+            leases: imbl::OrdMap::new(),
             data_bytes: 0,
             sessions: Sessions::new(limits),
             clock_ms: 0,
@@ -221,6 +224,18 @@ impl KvState {
             return match self.compact(cmd.compact_revision) {
                 Ok(()) => ApplyOutcome::Applied,
                 Err(e) => ApplyOutcome::Refused(e.to_string()),
+            };
+        }
+        if let Some(grant) = &cmd.lease_grant {
+            return match self.grant_lease(grant.id, grant.ttl) {
+                Ok(()) => ApplyOutcome::Applied,
+                Err(why) => ApplyOutcome::Refused(why),
+            };
+        }
+        if cmd.lease_revoke != 0 {
+            return match self.revoke_lease(cmd.lease_revoke) {
+                Ok(()) => ApplyOutcome::Applied,
+                Err(why) => ApplyOutcome::Refused(why),
             };
         }
         if let Some(txn) = &cmd.etcd_txn {
@@ -301,13 +316,16 @@ impl KvState {
     }
 
     /// Returns the record it replaced.
+    /// Keeps the lease a key names attached to it (see `leases.rs`).
     pub(crate) fn insert(&mut self, key: Bytes, record: Record) -> Option<Record> {
         let added = (key.len() + record.value.len()) as u64;
+        let lease = record.lease;
         let old = self.map.insert(key.clone(), record);
         if let Some(old) = &old {
             self.data_bytes -= (key.len() + old.value.len()) as u64;
         }
         self.data_bytes += added;
+        self.reattach(&key, old.as_ref().map_or(0, |o| o.lease), lease);
         old
     }
 
@@ -315,6 +333,9 @@ impl KvState {
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Record> {
         let old = self.map.remove(key)?;
         self.data_bytes -= (key.len() + old.value.len()) as u64;
+        if old.lease != 0 {
+            self.reattach(&Bytes::copy_from_slice(key), old.lease, 0);
+        }
         Some(old)
     }
 
@@ -495,6 +516,10 @@ impl KvState {
         let mut hasher = StableHasher::new();
         hasher.write(&self.revision.to_le_bytes());
         hasher.write(&self.compacted.to_le_bytes());
+        for (id, ttl) in self.leases() {
+            hasher.write(&id.to_le_bytes());
+            hasher.write(&ttl.to_le_bytes());
+        }
         for (key, record) in self.map.iter() {
             hasher.write_field(key);
             hasher.write_field(&record.value);

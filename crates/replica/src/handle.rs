@@ -21,7 +21,9 @@ use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::log_store::LogStore;
-use crate::node::{CompactResult, Input, LeaseState, Node, NodeChannels, PeerInput, Query, Write};
+use crate::node::{
+    CompactResult, Input, LeaseInfo, LeaseState, Node, NodeChannels, PeerInput, Query, Write,
+};
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::peer_message::PeerMessage;
 use crate::proposals::WriteResult;
@@ -367,6 +369,19 @@ impl Replica {
     /// round: it leads, its lease (see `node/lease.rs`) has not expired on
     /// the monotonic clock, and it has applied every entry of earlier terms.
     /// When false, the caller falls back to [`Replica::read_index`].
+    /// etcd's LeaseKeepAlive at this node (which must lead): the lease's
+    /// granted TTL once its timer restarted, or 0 when it does not exist.
+    pub async fn lease_keep_alive(&self, id: u64) -> Result<u64, ReplicaError> {
+        self.ask(|reply| Input::LeaseKeepAlive { id, reply })
+            .await?
+    }
+
+    /// etcd's LeaseTimeToLive at this node (which must lead).
+    pub async fn lease_time_to_live(&self, id: u64) -> Result<Option<LeaseInfo>, ReplicaError> {
+        self.ask(|reply| Input::LeaseTimeToLive { id, reply })
+            .await?
+    }
+
     /// Follows the store revision of the applied state: a receiver that
     /// wakes whenever applying entries changed it.
     pub fn subscribe_revision(&self) -> watch::Receiver<u64> {

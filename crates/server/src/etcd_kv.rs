@@ -48,8 +48,60 @@ const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 pub struct EtcdKv {
     pub replica: Replica,
-    /// Channels to the members writes are forwarded to, by address.
+    forward: Forwarder,
+}
+
+/// Channels to the leader, for what a member that does not lead forwards.
+pub struct Forwarder {
+    replica: Replica,
+    /// By address.
     channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Forwarder {
+    pub fn new(replica: Replica) -> Forwarder {
+        Forwarder {
+            replica,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A channel to the leader, or why there is none.
+    pub fn leader(&self) -> Result<Channel, Status> {
+        let status = self.replica.status();
+        if status.leader_id == 0 || status.leader_id == status.id {
+            return Err(Status::unavailable(NO_LEADER));
+        }
+        let Some(address) = self
+            .replica
+            .membership()
+            .addresses
+            .get(&status.leader_id)
+            .cloned()
+        else {
+            return Err(Status::unavailable(NO_LEADER));
+        };
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(channel) = channels.get(&address) {
+            return Ok(channel.clone());
+        }
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::unavailable(format!("etcdserver: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        channels.insert(address, channel.clone());
+        Ok(channel)
+    }
+
+    /// `request` for the leader, marked as forwarded.
+    pub fn request<T>(request: T) -> Request<T> {
+        let mut request = Request::new(request);
+        request.set_timeout(WAIT);
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        request
+    }
 }
 
 /// etcd's header: cluster id, this member, the store revision (`None`: the
@@ -76,6 +128,8 @@ pub fn etcd_status(error: ReplicaError) -> Status {
                 Code::InvalidArgument
             } else if text == LEASE_NOT_FOUND {
                 Code::NotFound
+            } else if text == raftkv_kv::leases::LEASE_EXISTS {
+                Code::FailedPrecondition
             } else if text.starts_with("mvcc: ") {
                 Code::OutOfRange
             } else {
@@ -166,15 +220,15 @@ fn collect_writes(
     }
 }
 
-fn is_forwarded<T>(request: &Request<T>) -> bool {
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
 impl EtcdKv {
     pub fn new(replica: Replica) -> EtcdKv {
         EtcdKv {
+            forward: Forwarder::new(replica.clone()),
             replica,
-            channels: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,44 +238,13 @@ impl EtcdKv {
 
     /// A client of the leader's etcd KV service, or why there is none.
     fn leader(&self) -> Result<KvClient<Channel>, Status> {
-        let status = self.replica.status();
-        if status.leader_id == 0 || status.leader_id == status.id {
-            return Err(Status::unavailable(NO_LEADER));
-        }
-        let Some(address) = self
-            .replica
-            .membership()
-            .addresses
-            .get(&status.leader_id)
-            .cloned()
-        else {
-            return Err(Status::unavailable(NO_LEADER));
-        };
-        let mut channels = self.channels.lock().expect("channels lock");
-        let channel = match channels.get(&address) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Channel::from_shared(format!("http://{address}"))
-                    .map_err(|e| Status::unavailable(format!("etcdserver: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_lazy();
-                channels.insert(address, channel.clone());
-                channel
-            }
-        };
-        Ok(KvClient::new(channel)
+        Ok(KvClient::new(self.forward.leader()?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
     }
 
-    /// `request` for the leader, marked as forwarded.
     fn forwarded<T>(request: T) -> Request<T> {
-        let mut request = Request::new(request);
-        request.set_timeout(WAIT);
-        request
-            .metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        request
+        Forwarder::request(request)
     }
 
     /// Waits until a read of this node's state is linearizable (this node

@@ -11,6 +11,7 @@ mod deadline;
 pub mod errors;
 mod etcd_cluster;
 mod etcd_kv;
+mod etcd_lease;
 mod etcd_watch;
 mod http;
 mod join;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use raftkv_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcdserverpb::lease_server::LeaseServer;
 use raftkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use raftkv_proto::etcdserverpb::watch_server::WatchServer;
 use raftkv_proto::v1::cluster_server::ClusterServer;
@@ -386,6 +388,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(kv)
         .add_service(etcd_kv)
         .add_service(etcd_watch)
+        .add_service(LeaseServer::new(etcd_lease::EtcdLease::new(
+            replica.clone(),
+            config.election_timeout,
+        )))
         .add_service(EtcdClusterServer::from_arc(etcd_cluster.clone()))
         .add_service(MaintenanceServer::from_arc(etcd_cluster))
         .add_service(ClusterServer::from_arc(admin.clone()))

@@ -24,6 +24,7 @@ mod conf_change;
 mod disk_space;
 pub(crate) use disk_space::check_snapshot_room;
 mod lease;
+mod lease_timers;
 mod probes;
 mod queries;
 mod snapshot;
@@ -59,6 +60,7 @@ use disk_space::{entries_bytes, op_bytes};
 use crate::peer_message::PeerMessage;
 use crate::transport::Transport;
 pub(crate) use lease::LeaseState;
+pub use lease_timers::LeaseInfo;
 pub use snapshot::CompactResult;
 
 /// Inputs taken in one turn at most, so a flood cannot starve ticks.
@@ -106,6 +108,12 @@ pub enum Write {
     EtcdTxn(raftkv_proto::etcdserverpb::TxnRequest),
     /// etcd's Compact: revisions before this one are no longer served.
     Compact(u64),
+    /// etcd's LeaseGrant (the id chosen by the proposer) and LeaseRevoke.
+    LeaseGrant {
+        id: u64,
+        ttl: u64,
+    },
+    LeaseRevoke(u64),
 }
 
 impl Write {
@@ -114,7 +122,7 @@ impl Write {
         match self {
             Write::Ops(ops) => ops.iter().map(op_bytes).sum(),
             Write::EtcdTxn(txn) => prost::Message::encoded_len(txn) as u64,
-            Write::Compact(_) => 16,
+            Write::Compact(_) | Write::LeaseGrant { .. } | Write::LeaseRevoke(_) => 16,
         }
     }
 }
@@ -158,6 +166,17 @@ pub(crate) enum Input {
         id: u64,
         address: String,
         reply: Reply,
+    },
+    /// etcd's LeaseKeepAlive (this node must lead): the granted TTL, or
+    /// 0 when the lease does not exist.
+    LeaseKeepAlive {
+        id: u64,
+        reply: oneshot::Sender<Result<u64, ReplicaError>>,
+    },
+    /// etcd's LeaseTimeToLive (this node must lead).
+    LeaseTimeToLive {
+        id: u64,
+        reply: oneshot::Sender<Result<Option<lease_timers::LeaseInfo>, ReplicaError>>,
     },
     Shutdown,
 }
@@ -257,6 +276,8 @@ pub(crate) struct Node<S: LogStore> {
     started_at: Instant,
     /// The membership change this leader is carrying out (one at a time).
     job: Option<change_job::ChangeJob>,
+    /// While leader: when each etcd lease expires.
+    lease_timers: lease_timers::LeaseTimers,
 }
 
 fn fatal(context: &str) -> impl Fn(raftkv_storage::StorageError) -> FatalError + '_ {
@@ -372,6 +393,7 @@ impl<S: LogStore> Node<S> {
             probes: probes::Probes::default(),
             started_at: now,
             job: None,
+            lease_timers: Default::default(),
         };
         node.reseed_election_timeout();
         Ok(node)
@@ -523,6 +545,7 @@ impl<S: LogStore> Node<S> {
             self.next_tick = now + self.tick_interval;
         }
         self.step_down_if_removed();
+        self.revoke_expired_leases();
         self.maybe_issue_read(now);
         self.maybe_propose_cluster_id();
         self.on_ready()?;
@@ -597,6 +620,12 @@ impl<S: LogStore> Node<S> {
                 session,
                 reply,
             } => self.propose(write, session, reply),
+            Input::LeaseKeepAlive { id, reply } => {
+                let _ = reply.send(self.keep_lease_alive(id));
+            }
+            Input::LeaseTimeToLive { id, reply } => {
+                let _ = reply.send(self.lease_time_to_live(id));
+            }
             Input::Read { reply } => {
                 if let Err(e) = self.check_serving() {
                     let _ = reply.send(Err(e));
@@ -770,6 +799,8 @@ impl<S: LogStore> Node<S> {
             member_address: None,
             compact_revision: 0,
             etcd_txn: None,
+            lease_grant: None,
+            lease_revoke: 0,
         };
         let command = match write {
             Write::Ops(ops) => Command { ops, ..command },
@@ -779,6 +810,14 @@ impl<S: LogStore> Node<S> {
             },
             Write::Compact(revision) => Command {
                 compact_revision: revision,
+                ..command
+            },
+            Write::LeaseGrant { id, ttl } => Command {
+                lease_grant: Some(raftkv_kv::LeaseGrant { id, ttl }),
+                ..command
+            },
+            Write::LeaseRevoke(id) => Command {
+                lease_revoke: id,
                 ..command
             },
         };
@@ -1016,6 +1055,12 @@ impl<S: LogStore> Node<S> {
                         FatalError(format!("undecodable command in log entry {index}: {e}"))
                     })?;
                     let outcome = kv.apply(index, term, &command);
+                    if outcome == ApplyOutcome::Applied
+                        && (command.lease_grant.is_some() || command.lease_revoke != 0)
+                    {
+                        let granted = command.lease_grant.as_ref().map(|g| (g.id, g.ttl));
+                        self.on_lease_applied(granted, command.lease_revoke);
+                    }
                     if let Some(member) = &command.member_address {
                         self.apply_member_address(index, member);
                     }
@@ -1203,6 +1248,7 @@ impl<S: LogStore> Node<S> {
         let transferring = raft.lead_transferee.is_some();
         let last_index = raft.raft_log.last_index();
         if self.leader_term != leader_term {
+            self.restart_lease_timers(leader_term.is_some());
             self.leader_clock = None;
             self.leading_since = leader_term.map(|_| self.now);
             // Raft appended the term's first (empty) entry on election.
