@@ -11,9 +11,7 @@
 //! leader and serve linearizable reads through it). Gets are linearizable
 //! (etcd's default) unless `--serializable`.
 
-mod pb {
-    tonic::include_proto!("etcdserverpb");
-}
+use raftkv_proto::etcdserverpb as pb;
 
 use std::time::Duration;
 
@@ -56,6 +54,7 @@ impl Target for Etcd {
                 .put(pb::PutRequest {
                     key: keys[0].clone(),
                     value: value.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
