@@ -413,16 +413,7 @@ mod tests {
             &[("c", Some("1"))],
         ]);
         s.compact(3).unwrap();
-        let mut records = Vec::new();
-        s.write_snapshot(b"", |r| {
-            records.push(Bytes::copy_from_slice(r));
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-        let mut iter = records.into_iter();
-        let (restored, _) =
-            KvState::restore_snapshot(SessionLimits::default(), || Ok::<_, ()>(iter.next()))
-                .unwrap();
+        let restored = crate::snapshot::round_trip(&s);
         assert_eq!(restored.content_hash(), s.content_hash());
         assert_eq!(restored.compacted_revision(), 3);
         assert_eq!(restored.oldest_served_revision(), 3);

@@ -213,16 +213,7 @@ mod tests {
         grant(&mut s, 4, 20);
         put(&mut s, "x", 3);
         put(&mut s, "y", 4);
-        let mut records = Vec::new();
-        s.write_snapshot(b"", |r| {
-            records.push(Bytes::copy_from_slice(r));
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-        let mut iter = records.into_iter();
-        let (restored, _) =
-            KvState::restore_snapshot(SessionLimits::default(), || Ok::<_, ()>(iter.next()))
-                .unwrap();
+        let restored = crate::snapshot::round_trip(&s);
         assert_eq!(
             restored.leases().collect::<Vec<_>>(),
             vec![(3, 10), (4, 20)]

@@ -214,6 +214,22 @@ impl KvState {
     }
 }
 
+/// `state` written as a snapshot and restored (for tests).
+#[cfg(test)]
+pub(crate) fn round_trip(state: &KvState) -> KvState {
+    let mut records = Vec::new();
+    state
+        .write_snapshot(b"", |r| {
+            records.push(Bytes::copy_from_slice(r));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    let mut iter = records.into_iter();
+    KvState::restore_snapshot(SessionLimits::default(), || Ok::<_, ()>(iter.next()))
+        .unwrap()
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
