@@ -33,8 +33,8 @@ pub struct HistoryLimits {
 impl Default for HistoryLimits {
     fn default() -> Self {
         HistoryLimits {
-            max_revisions: 100_000,
-            max_bytes: 256 * 1024 * 1024,
+            max_revisions: 10_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
