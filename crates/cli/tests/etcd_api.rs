@@ -524,3 +524,67 @@ async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
         "etcd's answer for a lease that no longer exists"
     );
 }
+
+/// etcd's lock service: a second holder waits until the first unlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_held_by_one_caller_at_a_time() {
+    use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+    use raftkv_proto::etcdserverpb::LeaseGrantRequest;
+    use raftkv_proto::v3lockpb::lock_client::LockClient;
+    use raftkv_proto::v3lockpb::{LockRequest, UnlockRequest};
+    use std::time::Duration;
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(Duration::from_secs(10));
+    let ids = cluster.ids();
+    let mut locks = Vec::new();
+    let mut leases = Vec::new();
+    for id in &ids[..2] {
+        let channel = Channel::from_shared(format!("http://{}", cluster.address(*id)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let lease = LeaseClient::new(channel.clone())
+            .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        leases.push(lease);
+        locks.push(LockClient::new(channel));
+    }
+    let first = locks[0]
+        .lock(LockRequest {
+            name: b("job"),
+            lease: leases[0],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut second_client = locks[1].clone();
+    let lease = leases[1];
+    let second = tokio::spawn(async move {
+        second_client
+            .lock(LockRequest {
+                name: b("job"),
+                lease,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !second.is_finished(),
+        "the second caller waits while the first holds it"
+    );
+    locks[0]
+        .unlock(UnlockRequest { key: first.key })
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second caller gets the lock once it is released")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert!(held.key.starts_with(b"job/"), "{:?}", held.key);
+}

@@ -278,7 +278,7 @@ impl EtcdKv {
     }
 
     /// A write: proposed here, or forwarded once to the leader.
-    async fn txn_write(&self, txn: TxnRequest, forwarded: bool) -> Result<TxnResponse, Status> {
+    pub async fn txn_write(&self, txn: TxnRequest, forwarded: bool) -> Result<TxnResponse, Status> {
         match self.propose(txn.clone()).await {
             Ok(response) => Ok(response),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {

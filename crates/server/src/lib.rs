@@ -12,6 +12,7 @@ pub mod errors;
 mod etcd_cluster;
 mod etcd_kv;
 mod etcd_lease;
+mod etcd_lock;
 mod etcd_watch;
 mod http;
 mod join;
@@ -36,6 +37,7 @@ use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::debug_server::DebugServer;
 use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::peer_server::PeerServer;
+use raftkv_proto::v3lockpb::lock_server::LockServer;
 use raftkv_replica::{
     bootstrap_membership, ClusterIds, FileStorage, NodeIdentity, Replica, ReplicaConfig,
     SnapshotStore, StorageError, StorageOptions,
@@ -373,7 +375,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ));
     }
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let etcd_kv = EtcdKvServer::new(etcd_kv::EtcdKv::new(replica.clone()))
+    let etcd_kv_service = Arc::new(etcd_kv::EtcdKv::new(replica.clone()));
+    let etcd_lock = LockServer::new(etcd_lock::EtcdLock {
+        kv: etcd_kv_service.clone(),
+    });
+    let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service)
         .max_decoding_message_size(etcd_kv::MAX_REQUEST_BYTES + 512 * 1024)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let etcd_watch = WatchServer::new(etcd_watch::EtcdWatch {
@@ -388,6 +394,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(kv)
         .add_service(etcd_kv)
         .add_service(etcd_watch)
+        .add_service(etcd_lock)
         .add_service(LeaseServer::new(etcd_lease::EtcdLease::new(
             replica.clone(),
             config.election_timeout,
