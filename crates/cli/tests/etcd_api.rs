@@ -588,3 +588,91 @@ async fn a_lock_is_held_by_one_caller_at_a_time() {
         .into_inner();
     assert!(held.key.starts_with(b"job/"), "{:?}", held.key);
 }
+
+/// etcd's election service: the first campaigner leads, proclaims a value
+/// others read, and the next campaigner leads once it resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_has_one_leader_until_it_resigns() {
+    use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+    use raftkv_proto::etcdserverpb::LeaseGrantRequest;
+    use raftkv_proto::v3electionpb::election_client::ElectionClient;
+    use raftkv_proto::v3electionpb::{
+        CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
+    };
+    use std::time::Duration;
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(Duration::from_secs(10));
+    let channel = Channel::from_shared(format!(
+        "http://{}",
+        cluster.address(cluster.followers()[0])
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let leases = LeaseClient::new(channel.clone());
+    let grant = || {
+        let mut leases = leases.clone();
+        async move {
+            leases
+                .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let (first_lease, second_lease) = (grant().await, grant().await);
+    let mut election = ElectionClient::new(channel);
+    let campaign = |lease: i64, value: &str| CampaignRequest {
+        name: b("boss"),
+        lease,
+        value: b(value),
+    };
+    let first = election
+        .campaign(campaign(first_lease, "alice"))
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let mut second_client = election.clone();
+    let second =
+        tokio::spawn(async move { second_client.campaign(campaign(second_lease, "bob")).await });
+    election
+        .proclaim(ProclaimRequest {
+            leader: Some(first.clone()),
+            value: b("alice-2"),
+        })
+        .await
+        .unwrap();
+    let leader = election
+        .leader(LeaderRequest { name: b("boss") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leader.kv.unwrap().value, "alice-2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "one leader at a time");
+    election
+        .resign(ResignRequest {
+            leader: Some(first.clone()),
+        })
+        .await
+        .unwrap();
+    let won = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second campaigner leads once the first resigns")
+        .unwrap()
+        .unwrap();
+    assert_ne!(won.into_inner().leader.unwrap().key, first.key);
+    // The resigned leader can no longer proclaim.
+    let error = election
+        .proclaim(ProclaimRequest {
+            leader: Some(first),
+            value: b("late"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.message(), "election: not leader");
+}

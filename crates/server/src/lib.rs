@@ -37,6 +37,7 @@ use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::debug_server::DebugServer;
 use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::peer_server::PeerServer;
+use raftkv_proto::v3electionpb::election_server::ElectionServer;
 use raftkv_proto::v3lockpb::lock_server::LockServer;
 use raftkv_replica::{
     bootstrap_membership, ClusterIds, FileStorage, NodeIdentity, Replica, ReplicaConfig,
@@ -379,6 +380,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let etcd_lock = LockServer::new(etcd_lock::EtcdLock {
         kv: etcd_kv_service.clone(),
     });
+    let etcd_election = ElectionServer::new(etcd_lock::EtcdElection {
+        kv: etcd_kv_service.clone(),
+    });
     let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service)
         .max_decoding_message_size(etcd_kv::MAX_REQUEST_BYTES + 512 * 1024)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -395,6 +399,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(etcd_kv)
         .add_service(etcd_watch)
         .add_service(etcd_lock)
+        .add_service(etcd_election)
         .add_service(LeaseServer::new(etcd_lease::EtcdLease::new(
             replica.clone(),
             config.election_timeout,
