@@ -353,6 +353,21 @@ mod watch {
         }
         let seen = events(&mut stream, expected.len()).await;
         assert_eq!(seen, expected);
+        // The node's metrics count the watcher and what it was sent.
+        let (_, metrics) = common::http_get(&cluster.address(watcher_node), "/metrics");
+        assert_eq!(
+            common::sample(&metrics, "raftkv_watchers "),
+            1.0,
+            "{metrics}"
+        );
+        assert!(
+            common::sample(&metrics, "raftkv_watch_events_sent_total ") >= expected.len() as f64,
+            "{metrics}"
+        );
+        assert!(
+            common::sample(&metrics, "raftkv_revision ") > 30.0,
+            "{metrics}"
+        );
         // From a past revision: the tail, the same.
         let from = expected[5].0;
         let (_keep2, mut replay) = open(&cluster, ids[0], from).await;

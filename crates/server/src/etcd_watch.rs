@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::etcd_kv::etcd_header;
+use crate::metrics::Metrics;
 
 /// Responses queued per stream (each at most about `BATCH_BYTES`).
 const QUEUED_RESPONSES: usize = 16;
@@ -39,6 +41,7 @@ const DUPLICATE_ID: &str = "etcdserver: duplicate watch ID provided on the Watch
 
 pub struct EtcdWatch {
     pub replica: Replica,
+    pub metrics: Arc<Metrics>,
 }
 
 type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
@@ -46,6 +49,7 @@ type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
 /// What one watcher asked for.
 struct Watcher {
     id: i64,
+    metrics: Arc<Metrics>,
     range: KeyRange,
     next: u64,
     no_put: bool,
@@ -89,7 +93,14 @@ impl Watcher {
 
     /// Sends what happened since its position, then waits for the next
     /// revision, until cancelled, compacted past, or the stream ends.
-    async fn run(mut self, replica: Replica, tx: Sender) {
+    async fn run(self, replica: Replica, tx: Sender) {
+        let metrics = self.metrics.clone();
+        metrics.watchers.inc();
+        self.watch(replica, tx).await;
+        metrics.watchers.dec();
+    }
+
+    async fn watch(mut self, replica: Replica, tx: Sender) {
         let mut revisions = replica.subscribe_revision();
         loop {
             revisions.borrow_and_update();
@@ -104,6 +115,7 @@ impl Watcher {
             };
             match changes {
                 Err(RevisionError::Compacted { compact_revision }) => {
+                    self.metrics.watchers_compacted.inc();
                     let _ = tx
                         .send(Ok(WatchResponse {
                             header: Some(etcd_header(&replica, Some(current))),
@@ -151,6 +163,7 @@ impl Watcher {
                 .is_none_or(|next| next.revision != change.revision);
             let last = i + 1 == changes.len();
             if !events.is_empty() && revision_ends && (bytes >= BATCH_BYTES || last) {
+                self.metrics.watch_events_sent.inc_by(events.len() as u64);
                 let response = WatchResponse {
                     header: Some(etcd_header(replica, Some(change.revision))),
                     watch_id: self.id,
@@ -170,6 +183,7 @@ impl Watcher {
 /// One client stream: its watchers by id.
 struct Session {
     replica: Replica,
+    metrics: Arc<Metrics>,
     tx: Sender,
     watchers: HashMap<i64, JoinHandle<()>>,
     next_id: i64,
@@ -216,6 +230,7 @@ impl Session {
         let current = self.replica.kv().revision();
         let watcher = Watcher {
             id,
+            metrics: self.metrics.clone(),
             range: KeyRange::from_etcd(key, create.range_end),
             next: if create.start_revision > 0 {
                 create.start_revision as u64
@@ -303,6 +318,7 @@ impl Watch for EtcdWatch {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let session = Session {
             replica: self.replica.clone(),
+            metrics: self.metrics.clone(),
             tx,
             watchers: HashMap::new(),
             next_id: 0,

@@ -55,6 +55,17 @@ pub struct Metrics {
     snapshot_bytes: IntGauge,
     keys: IntGauge,
     data_bytes: IntGauge,
+    revision: IntGauge,
+    compacted_revision: IntGauge,
+    history_bytes: IntGauge,
+    history_events: IntGauge,
+    leases: IntGauge,
+    /// etcd watchers open on this node (the watch service counts them).
+    pub watchers: IntGauge,
+    /// Watch events sent, and watchers cancelled for falling out of the
+    /// history window.
+    pub watch_events_sent: IntCounter,
+    pub watchers_compacted: IntCounter,
     peer_sent_bytes: IntGauge,
     peer_received_bytes: IntGauge,
     cpu_seconds: prometheus::Gauge,
@@ -63,6 +74,14 @@ pub struct Metrics {
     wal_sync_seconds: Histogram,
     wal_entries_per_sync: Histogram,
     peer_rejected: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -203,6 +222,30 @@ impl Metrics {
                 "Size of the latest snapshot file",
             ),
             keys: gauge(r, "raftkv_keys", "Keys in the state machine"),
+            revision: gauge(r, "raftkv_revision", "Store revision (etcd's)"),
+            compacted_revision: gauge(
+                r,
+                "raftkv_compacted_revision",
+                "Revision compacted to through the log (0: never)",
+            ),
+            history_bytes: gauge(
+                r,
+                "raftkv_history_bytes",
+                "Bytes of keys and values the history window holds",
+            ),
+            history_events: gauge(r, "raftkv_history_events", "Changes in the history window"),
+            leases: gauge(r, "raftkv_leases", "etcd leases granted and not yet revoked"),
+            watchers: gauge(r, "raftkv_watchers", "etcd watchers open on this node"),
+            watch_events_sent: counter(
+                r,
+                "raftkv_watch_events_sent_total",
+                "Watch events sent to watchers on this node",
+            ),
+            watchers_compacted: counter(
+                r,
+                "raftkv_watchers_compacted_total",
+                "Watchers cancelled because their position fell out of the history window",
+            ),
             data_bytes: gauge(
                 r,
                 "raftkv_data_bytes",
@@ -342,6 +385,12 @@ impl Metrics {
             let kv = replica.kv();
             self.keys.set(kv.len() as i64);
             self.data_bytes.set(kv.data_bytes() as i64);
+            self.revision.set(kv.revision() as i64);
+            self.compacted_revision.set(kv.compacted_revision() as i64);
+            let (history_bytes, history_events) = kv.history_size();
+            self.history_bytes.set(history_bytes as i64);
+            self.history_events.set(history_events as i64);
+            self.leases.set(kv.leases().count() as i64);
         }
         for (reason, count) in replica.peer_rejections() {
             let counter = self.peer_rejected.with_label_values(&[reason]);
