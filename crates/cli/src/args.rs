@@ -72,6 +72,13 @@ pub enum Command {
     Get(GetArgs),
     /// Delete a key (succeeds if it does not exist).
     Delete(DeleteArgs),
+    /// Print every change to a key (or a prefix) as it happens, from now or
+    /// from a past revision, until interrupted: `PUT<TAB>KEY<TAB>VALUE` or
+    /// `DELETE<TAB>KEY` per line (raw bytes; --json: one object per event).
+    Watch(WatchArgs),
+    /// Compact the history: revisions before REV are no longer served
+    /// (reads and watches from them are refused as compacted).
+    Compact(CompactArgs),
     /// List keys with a prefix, in ascending byte order.
     ///
     /// Prints KEY<TAB>VALUE per line as raw bytes, so a key or value holding a tab
@@ -100,6 +107,8 @@ impl Command {
             Command::Get(a) => Some(&a.client),
             Command::Delete(a) => Some(&a.client),
             Command::Scan(a) => Some(&a.client),
+            Command::Watch(a) => Some(&a.client),
+            Command::Compact(a) => Some(&a.client),
             Command::Status(a) => Some(&a.client),
             Command::Cluster(a) => Some(&a.client),
             Command::Debug(a) => Some(&a.client),
@@ -198,6 +207,31 @@ pub struct GetArgs {
     /// Write the exact value bytes to this file instead of printing it.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Read the key as of this store revision (from the history window;
+    /// linearizable).
+    #[arg(long, value_name = "N", conflicts_with_all = ["consistency", "out"])]
+    pub rev: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The key to watch (with --prefix: every key starting with it).
+    pub key: OsString,
+    #[arg(long)]
+    pub prefix: bool,
+    /// Start from this store revision (default: changes after now).
+    #[arg(long, value_name = "N")]
+    pub rev: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// The oldest revision still served after the compaction.
+    pub rev: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

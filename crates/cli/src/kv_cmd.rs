@@ -71,6 +71,9 @@ pub async fn put(flags: &ClientFlags, args: PutArgs) -> Result<(), Failure> {
 
 pub async fn get(flags: &ClientFlags, args: GetArgs) -> Result<(), Failure> {
     let key = bytes_of(&args.key);
+    if let Some(revision) = args.rev {
+        return crate::etcd_cmd::get_at(flags, key, revision).await;
+    }
     let (value, revisions) = flags
         .client()?
         .get_revisions(key.clone(), consistency(args.consistency))

@@ -23,6 +23,7 @@ macro_rules! errln {
 mod admin_cmd;
 mod args;
 mod bench;
+mod etcd_cmd;
 mod failure;
 mod kv_cmd;
 mod output;
@@ -136,6 +137,8 @@ async fn run(
         Command::Get(args) => kv_cmd::get(&flags, args).await,
         Command::Delete(args) => kv_cmd::delete(&flags, args).await,
         Command::Scan(args) => kv_cmd::scan(&flags, args).await,
+        Command::Watch(args) => etcd_cmd::watch(&flags, args).await,
+        Command::Compact(args) => etcd_cmd::compact(&flags, args).await,
         Command::Status(args) => admin_cmd::status(&flags, args).await,
         Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
         Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,
