@@ -76,6 +76,9 @@ pub enum Command {
     /// from a past revision, until interrupted: `PUT<TAB>KEY<TAB>VALUE` or
     /// `DELETE<TAB>KEY` per line (raw bytes; --json: one object per event).
     Watch(WatchArgs),
+    /// Leases (etcd's): grant, keep-alive, revoke, list, ttl. Keys put with
+    /// --lease are deleted when their lease expires or is revoked.
+    Lease(LeaseArgs),
     /// Compact the history: revisions before REV are no longer served
     /// (reads and watches from them are refused as compacted).
     Compact(CompactArgs),
@@ -109,6 +112,7 @@ impl Command {
             Command::Scan(a) => Some(&a.client),
             Command::Watch(a) => Some(&a.client),
             Command::Compact(a) => Some(&a.client),
+            Command::Lease(a) => Some(&a.client),
             Command::Status(a) => Some(&a.client),
             Command::Cluster(a) => Some(&a.client),
             Command::Debug(a) => Some(&a.client),
@@ -180,8 +184,48 @@ pub struct PutArgs {
     /// Read the value from a file ("-" = standard input), byte for byte.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Write only if the key is at this version (puts since it was created);
+    /// otherwise nothing is written and the command exits 1.
+    #[arg(long, value_name = "N", conflicts_with_all = ["if_value", "if_absent"])]
+    pub if_version: Option<u64>,
+    /// Write only if the key holds this value (compare-and-swap).
+    #[arg(long, value_name = "V", conflicts_with = "if_absent")]
+    pub if_value: Option<OsString>,
+    /// Write only if the key does not exist.
+    #[arg(long)]
+    pub if_absent: bool,
+    /// Attach the key to this lease (hex id, from `raftkv lease grant`): it
+    /// is deleted when the lease expires or is revoked.
+    #[arg(long, value_name = "ID")]
+    pub lease: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    #[command(subcommand)]
+    pub command: LeaseCommand,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL seconds; prints its id (hex).
+    Grant { ttl: u64 },
+    /// Keep a lease alive until interrupted, printing each renewal.
+    KeepAlive { id: String },
+    /// Revoke a lease: its keys are deleted.
+    Revoke { id: String },
+    /// List the leases.
+    List,
+    /// A lease's remaining and granted TTL (with --keys, its keys).
+    Ttl {
+        id: String,
+        #[arg(long)]
+        keys: bool,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

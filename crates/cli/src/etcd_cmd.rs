@@ -180,3 +180,214 @@ pub async fn watch(flags: &ClientFlags, args: WatchArgs) -> Result<(), Failure> 
     drop(tx);
     Ok(())
 }
+
+fn lease_id(text: &str) -> Result<i64, Failure> {
+    i64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Failure::Usage(format!("lease id {text:?}: expected a hex id")))
+}
+
+/// `put KEY VALUE --if-version N | --if-value V | --if-absent | --lease ID`:
+/// one etcd transaction; exit 1 when the condition does not hold.
+pub async fn conditional_put(
+    flags: &ClientFlags,
+    args: &crate::args::PutArgs,
+    key: Bytes,
+    value: Bytes,
+) -> Result<(), Failure> {
+    use raftkv_proto::etcdserverpb::{
+        compare, request_op, Compare, PutRequest, RequestOp, TxnRequest,
+    };
+    let condition = |target: compare::CompareTarget, union: compare::TargetUnion| Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.clone(),
+        target_union: Some(union),
+        range_end: Bytes::new(),
+    };
+    let mut compares = Vec::new();
+    if let Some(version) = args.if_version {
+        compares.push(condition(
+            compare::CompareTarget::Version,
+            compare::TargetUnion::Version(version as i64),
+        ));
+    }
+    if let Some(expected) = &args.if_value {
+        compares.push(condition(
+            compare::CompareTarget::Value,
+            compare::TargetUnion::Value(bytes_of(expected)),
+        ));
+    }
+    if args.if_absent {
+        compares.push(condition(
+            compare::CompareTarget::Version,
+            compare::TargetUnion::Version(0),
+        ));
+    }
+    let lease = args
+        .lease
+        .as_deref()
+        .map(lease_id)
+        .transpose()?
+        .unwrap_or(0);
+    let value_bytes = value.len();
+    let txn = TxnRequest {
+        compare: compares,
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value,
+                lease,
+                ..Default::default()
+            })),
+        }],
+        failure: Vec::new(),
+    };
+    let mut request = tonic::Request::new(txn);
+    request.set_timeout(flags.timeout);
+    let mut kv = KvClient::new(channel(flags).await?);
+    let reply = kv.txn(request).await.map_err(status_failure)?.into_inner();
+    if !reply.succeeded {
+        return Err(Failure::ConditionFailed(
+            "not written: the condition did not hold".into(),
+        ));
+    }
+    if flags.json {
+        let mut done = crate::kv_cmd::write_done("put", &key, Some(value_bytes));
+        let revision = reply.header.map_or(0, |h| h.revision);
+        done["revision"] = Value::from(revision);
+        print_json(&done)?;
+    }
+    Ok(())
+}
+
+/// `lease grant | keep-alive | revoke | list | ttl`.
+pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> Result<(), Failure> {
+    use crate::args::LeaseCommand;
+    use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
+    use raftkv_proto::etcdserverpb::{
+        LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
+        LeaseTimeToLiveRequest,
+    };
+    let mut leases = LeaseClient::new(channel(flags).await?);
+    fn timed<T>(flags: &ClientFlags, request: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(flags.timeout);
+        request
+    }
+    let say = |text: String, json: Value| {
+        if flags.json {
+            print_json(&json)
+        } else {
+            write_stdout(&[text.as_bytes(), b"\n"])
+        }
+    };
+    match command {
+        LeaseCommand::Grant { ttl } => {
+            let reply = leases
+                .lease_grant(timed(
+                    flags,
+                    LeaseGrantRequest {
+                        ttl: ttl as i64,
+                        id: 0,
+                    },
+                ))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            say(
+                format!("lease {:x} granted with TTL({}s)", reply.id, reply.ttl),
+                serde_json::json!({"id": format!("{:x}", reply.id), "ttl": reply.ttl}),
+            )
+        }
+        LeaseCommand::Revoke { id } => {
+            let id = lease_id(&id)?;
+            leases
+                .lease_revoke(timed(flags, LeaseRevokeRequest { id }))
+                .await
+                .map_err(status_failure)?;
+            say(
+                format!("lease {id:x} revoked"),
+                serde_json::json!({"ok": true, "op": "revoke", "id": format!("{id:x}")}),
+            )
+        }
+        LeaseCommand::List => {
+            let reply = leases
+                .lease_leases(timed(flags, LeaseLeasesRequest {}))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            for lease in reply.leases {
+                say(
+                    format!("{:x}", lease.id),
+                    serde_json::json!({"id": format!("{:x}", lease.id)}),
+                )?;
+            }
+            Ok(())
+        }
+        LeaseCommand::Ttl { id, keys } => {
+            let id = lease_id(&id)?;
+            let reply = leases
+                .lease_time_to_live(timed(flags, LeaseTimeToLiveRequest { id, keys }))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if reply.ttl < 0 {
+                return Err(Failure::NotFound);
+            }
+            let names: Vec<String> = reply
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            say(
+                format!(
+                    "lease {id:x}: {}s left of {}s{}",
+                    reply.ttl,
+                    reply.granted_ttl,
+                    if keys {
+                        format!(", keys [{}]", names.join(", "))
+                    } else {
+                        String::new()
+                    }
+                ),
+                serde_json::json!({"id": format!("{id:x}"), "ttl": reply.ttl,
+                    "granted_ttl": reply.granted_ttl, "keys": names}),
+            )
+        }
+        LeaseCommand::KeepAlive { id } => {
+            let id = lease_id(&id)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut replies = leases
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            loop {
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    return Ok(());
+                }
+                let Some(reply) = replies.message().await.map_err(status_failure)? else {
+                    return Err(Failure::Other(
+                        "the server ended the keep-alive stream".into(),
+                    ));
+                };
+                if reply.ttl <= 0 {
+                    return Err(Failure::Other(format!(
+                        "lease {id:x} expired or was revoked"
+                    )));
+                }
+                say(
+                    format!("lease {id:x} kept alive with TTL({}s)", reply.ttl),
+                    serde_json::json!({"id": format!("{id:x}"), "ttl": reply.ttl}),
+                )?;
+                // Renew at a third of the TTL, as etcd's clients do.
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    reply.ttl as u64 * 1000 / 3,
+                ))
+                .await;
+            }
+        }
+    }
+}

@@ -8,6 +8,9 @@ use raftkv_client::Error;
 pub enum Failure {
     /// Exit 1: the key does not exist (get).
     NotFound,
+    /// Exit 1: a conditional write's condition did not hold (nothing was
+    /// written).
+    ConditionFailed(String),
     /// Exit 2: bad flags or arguments.
     Usage(String),
     /// Exit 3: the client library's error, with its kind.
@@ -22,7 +25,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::NotFound => 1,
+            Failure::NotFound | Failure::ConditionFailed(_) => 1,
             Failure::Usage(_) => 2,
             Failure::Client(_) | Failure::Other(_) => 3,
             Failure::StdoutClosed => 0,
@@ -33,6 +36,7 @@ impl Failure {
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::NotFound => "key_not_found",
+            Failure::ConditionFailed(_) => "condition_failed",
             Failure::Usage(_) => "usage",
             Failure::Client(e) => e.kind(),
             Failure::Other(_) => "failed",
@@ -65,7 +69,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::NotFound => f.write_str("key not found"),
-            Failure::Usage(m) | Failure::Other(m) => f.write_str(m),
+            Failure::Usage(m) | Failure::Other(m) | Failure::ConditionFailed(m) => f.write_str(m),
             Failure::Client(e) => write!(f, "{e}"),
             Failure::StdoutClosed => f.write_str("standard output closed"),
         }

@@ -43,7 +43,7 @@ fn read_value_file(path: &std::path::Path) -> Result<Bytes, Failure> {
 
 /// `{"ok": true, "op": OP, "key": KEY, ...}`: what a write printed under
 /// `--json` (plain output prints nothing, as etcdctl's `put` prints only OK).
-fn write_done(op: &str, key: &[u8], value_bytes: Option<usize>) -> Value {
+pub(crate) fn write_done(op: &str, key: &[u8], value_bytes: Option<usize>) -> Value {
     let mut object = Map::new();
     object.insert("ok".into(), Value::Bool(true));
     object.insert("op".into(), Value::String(op.into()));
@@ -62,6 +62,13 @@ pub async fn put(flags: &ClientFlags, args: PutArgs) -> Result<(), Failure> {
     };
     let key = bytes_of(&args.key);
     let value_bytes = value.len();
+    if args.if_version.is_some()
+        || args.if_value.is_some()
+        || args.if_absent
+        || args.lease.is_some()
+    {
+        return crate::etcd_cmd::conditional_put(flags, &args, key, value).await;
+    }
     flags.client()?.put(key.clone(), value).await?;
     if flags.json {
         print_json(&write_done("put", &key, Some(value_bytes)))?;

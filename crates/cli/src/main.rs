@@ -139,6 +139,7 @@ async fn run(
         Command::Scan(args) => kv_cmd::scan(&flags, args).await,
         Command::Watch(args) => etcd_cmd::watch(&flags, args).await,
         Command::Compact(args) => etcd_cmd::compact(&flags, args).await,
+        Command::Lease(args) => etcd_cmd::lease(&flags, args.command).await,
         Command::Status(args) => admin_cmd::status(&flags, args).await,
         Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
         Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,

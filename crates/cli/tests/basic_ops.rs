@@ -356,3 +356,56 @@ fn watch_get_at_a_revision_and_compact() {
     );
     out.assert_error(3, "watch canceled");
 }
+
+/// Conditional puts and leases with the real binary: `put --if-absent`,
+/// `--if-version`, `--if-value` write only when the condition holds (exit 1
+/// otherwise, nothing written); a key put with `--lease` goes when the
+/// lease is revoked.
+#[test]
+fn conditional_puts_and_leases() {
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.cli(&["put", "c", "1", "--if-absent"]).assert_ok();
+    cluster
+        .cli(&["put", "c", "2", "--if-absent"])
+        .assert_error(1, "the condition did not hold");
+    cluster
+        .cli(&["put", "c", "2", "--if-version", "1"])
+        .assert_ok();
+    cluster
+        .cli(&["put", "c", "3", "--if-version", "1"])
+        .assert_error(1, "the condition did not hold");
+    cluster
+        .cli(&["put", "c", "3", "--if-value", "2"])
+        .assert_ok();
+    assert_eq!(cluster.cli(&["get", "c"]).assert_ok().stdout, b"3\n");
+    let granted = cluster
+        .cli(&["lease", "grant", "60"])
+        .assert_ok()
+        .stdout_text();
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID granted ...")
+        .to_string();
+    cluster
+        .cli(&["put", "leased", "v", "--lease", &id])
+        .assert_ok();
+    let ttl = cluster
+        .cli(&["lease", "ttl", &id, "--keys"])
+        .assert_ok()
+        .stdout_text();
+    assert!(ttl.contains("[leased]"), "{ttl}");
+    assert!(cluster
+        .cli(&["lease", "list"])
+        .assert_ok()
+        .stdout_text()
+        .contains(&id));
+    cluster.cli(&["lease", "revoke", &id]).assert_ok();
+    cluster
+        .cli(&["get", "leased"])
+        .assert_error(1, "key not found");
+    cluster.cli(&["lease", "ttl", &id]).assert_code(1);
+    cluster
+        .cli(&["put", "x", "v", "--lease", "zz"])
+        .assert_error(2, "expected a hex id");
+}
