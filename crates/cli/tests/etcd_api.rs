@@ -449,6 +449,38 @@ async fn member_list_and_status_describe_the_cluster() {
         assert_eq!(status.header.unwrap().member_id, id);
         assert!(status.raft_term > 0 && status.raft_applied_index > 0);
     }
+    // HashKV at one revision is the same on every member (what `etcdctl
+    // endpoint hashkv` compares), and differs at another revision.
+    let mut client = etcd(&cluster, leader).await;
+    put(&mut client, "h", "1").await;
+    let at = put(&mut client, "h", "2").await;
+    cluster.wait_caught_up(std::time::Duration::from_secs(10));
+    let mut hashes = Vec::new();
+    for id in cluster.ids() {
+        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut maintenance =
+            raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel);
+        let hash = |revision| raftkv_proto::etcdserverpb::HashKvRequest { revision };
+        let now = maintenance
+            .hash_kv(hash(at))
+            .await
+            .unwrap()
+            .into_inner()
+            .hash;
+        let before = maintenance
+            .hash_kv(hash(at - 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .hash;
+        assert_ne!(now, before, "node {id}");
+        hashes.push(now);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
 }
 
 /// A lease kept alive (through a follower) outlives its TTL; once no

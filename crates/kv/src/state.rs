@@ -416,6 +416,28 @@ impl KvState {
         Ok((then.into_iter().take(limit).collect(), more))
     }
 
+    /// A stable hash of every key with its value and revisions as of
+    /// `revision` (0: the current one): equal on every replica that serves
+    /// it (etcd's HashKV, for comparing members).
+    pub fn hash_at(&self, revision: u64) -> Result<u64, RevisionError> {
+        let everything = KeyRange::From(Bytes::from_static(b"\0"));
+        let (pairs, _) = self.range_at(&everything, revision, 0)?;
+        let mut hasher = StableHasher::new();
+        for (key, record) in pairs {
+            hasher.write_field(&key);
+            hasher.write_field(&record.value);
+            for n in [
+                record.create_revision,
+                record.mod_revision,
+                record.version,
+                record.lease,
+            ] {
+                hasher.write(&n.to_le_bytes());
+            }
+        }
+        Ok(hasher.finish())
+    }
+
     /// The changes to `range` at or after revision `from`, oldest first: a
     /// watcher's catch-up. `from` may be the next revision (nothing yet).
     pub fn changes_since(&self, range: &KeyRange, from: u64) -> Result<Vec<Event>, RevisionError> {

@@ -168,11 +168,35 @@ impl Maintenance for EtcdCluster {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_here("Hash", "`raftkv debug check`"))
+        let (hash, revision) = {
+            let kv = self.replica.kv();
+            (kv.content_hash(), kv.revision())
+        };
+        Ok(Response::new(HashResponse {
+            header: Some(etcd_header(&self.replica, Some(revision))),
+            hash: (hash ^ (hash >> 32)) as u32,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_here("HashKV", "`raftkv debug check`"))
+    /// A hash of the keyspace as of a revision, equal on every member that
+    /// serves it (`etcdctl endpoint hashkv` compares members with it).
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = request.into_inner().revision.max(0) as u64;
+        let (hash, current, compacted) = {
+            let kv = self.replica.kv();
+            let hash = kv
+                .hash_at(revision)
+                .map_err(|e| Status::out_of_range(e.to_string()))?;
+            (hash, kv.revision(), kv.compacted_revision())
+        };
+        Ok(Response::new(HashKvResponse {
+            header: Some(etcd_header(&self.replica, Some(current))),
+            hash: (hash ^ (hash >> 32)) as u32,
+            compact_revision: compacted as i64,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
