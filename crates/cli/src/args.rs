@@ -166,6 +166,15 @@ pub struct ServerArgs {
     /// Serve `--consistency lease` reads from a leader lease (default true).
     #[arg(long)]
     pub lease_read: Option<bool>,
+    /// etcd's automatic compaction: `periodic` (keep the revisions of the
+    /// last --auto-compaction-retention, a duration or hours) or `revision`
+    /// (keep the last N revisions). Default periodic.
+    #[arg(long, value_name = "MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// What automatic compaction keeps (see --auto-compaction-mode); 0, the
+    /// default, is off.
+    #[arg(long, value_name = "RETENTION")]
+    pub auto_compaction_retention: Option<String>,
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,

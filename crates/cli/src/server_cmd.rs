@@ -69,6 +69,13 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
     }
+    if args.auto_compaction_mode.is_some() || args.auto_compaction_retention.is_some() {
+        config.auto_compaction = raftkv_server::config::AutoCompaction::parse(
+            args.auto_compaction_mode.as_deref(),
+            args.auto_compaction_retention.as_deref(),
+        )
+        .map_err(usage)?;
+    }
     config.validate().map_err(usage)?;
     Ok(config)
 }

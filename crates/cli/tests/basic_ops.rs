@@ -409,3 +409,40 @@ fn conditional_puts_and_leases() {
         .cli(&["put", "x", "v", "--lease", "zz"])
         .assert_error(2, "expected a hex id");
 }
+
+/// etcd's automatic compaction by revision: the leader compacts to the
+/// current revision minus the retention, so older revisions are refused
+/// and the retained ones served.
+#[test]
+fn auto_compaction_keeps_the_last_revisions() {
+    let cluster = TestCluster::start_with(
+        bin(),
+        1,
+        &[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "2",
+        ],
+    );
+    for i in 0..6 {
+        cluster.cli(&["put", "ac", &i.to_string()]).assert_ok(); // revisions 2..=7
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = cluster.cli(&["get", "ac", "--rev", "2"]);
+        if out.code == 3 && out.stderr.contains("compacted") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted in 30 s: {}",
+            out.describe()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        cluster.cli(&["get", "ac", "--rev", "6"]).assert_ok().stdout,
+        b"4\n"
+    );
+}

@@ -32,6 +32,55 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub lease_read: bool,
     pub metrics_listen: Option<String>,
+    /// etcd's automatic compaction (off by default, as etcd's).
+    pub auto_compaction: AutoCompaction,
+}
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoCompaction {
+    #[default]
+    Off,
+    /// Keep the last N revisions.
+    Revisions(u64),
+    /// Keep the revisions of the last period.
+    Period(Duration),
+}
+
+impl AutoCompaction {
+    /// From etcd's two flags: `mode` `periodic` (the default) takes a
+    /// duration ("1h", "30m") or a number of hours; `revision` a number of
+    /// revisions; a retention of 0 is off.
+    pub fn parse(mode: Option<&str>, retention: Option<&str>) -> Result<AutoCompaction, String> {
+        let retention = retention.unwrap_or("0").trim();
+        match mode.unwrap_or("periodic") {
+            "revision" => {
+                let n: u64 = retention.parse().map_err(|_| {
+                    format!("--auto-compaction-retention {retention:?}: a number of revisions")
+                })?;
+                Ok(if n == 0 {
+                    AutoCompaction::Off
+                } else {
+                    AutoCompaction::Revisions(n)
+                })
+            }
+            "periodic" => {
+                let period = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => parse_duration(retention)
+                        .map_err(|e| format!("--auto-compaction-retention {retention:?}: {e}"))?,
+                };
+                Ok(if period.is_zero() {
+                    AutoCompaction::Off
+                } else {
+                    AutoCompaction::Period(period)
+                })
+            }
+            other => Err(format!(
+                "--auto-compaction-mode {other:?}: periodic or revision"
+            )),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -51,6 +100,7 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             lease_read: true,
             metrics_listen: None,
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }
@@ -184,6 +234,8 @@ pub struct ConfigFile {
     pub heartbeat_interval: Option<String>,
     pub lease_read: Option<bool>,
     pub metrics_listen: Option<String>,
+    pub auto_compaction_mode: Option<String>,
+    pub auto_compaction_retention: Option<String>,
 }
 
 impl ConfigFile {
@@ -237,6 +289,12 @@ impl ConfigFile {
         if let Some(v) = &self.metrics_listen {
             config.metrics_listen = Some(v.clone());
         }
+        if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
+            config.auto_compaction = AutoCompaction::parse(
+                self.auto_compaction_mode.as_deref(),
+                self.auto_compaction_retention.as_deref(),
+            )?;
+        }
         Ok(())
     }
 }
@@ -258,6 +316,29 @@ pub fn bootstrap_id_of(peers: &BTreeMap<u64, String>) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn auto_compaction_takes_etcd_s_flags() {
+        use super::AutoCompaction as A;
+        assert_eq!(A::parse(None, None), Ok(A::Off));
+        assert_eq!(
+            A::parse(Some("revision"), Some("1000")),
+            Ok(A::Revisions(1000))
+        );
+        assert_eq!(
+            A::parse(None, Some("1")),
+            Ok(A::Period(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            A::parse(Some("periodic"), Some("30m")),
+            Ok(A::Period(Duration::from_secs(1800)))
+        );
+        assert_eq!(A::parse(Some("revision"), Some("0")), Ok(A::Off));
+        assert!(A::parse(Some("hourly"), Some("1"))
+            .unwrap_err()
+            .contains("periodic or revision"));
+        assert!(A::parse(Some("revision"), Some("1h")).is_err());
+    }
+
     use super::*;
 
     #[test]

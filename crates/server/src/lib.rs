@@ -6,6 +6,7 @@
 
 mod address;
 mod admin_service;
+mod auto_compaction;
 pub mod config;
 mod deadline;
 pub mod errors;
@@ -342,6 +343,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     }
 
     tokio::spawn(metrics.clone().watch_elections(replica.clone()));
+    tokio::spawn(auto_compaction::run(
+        replica.clone(),
+        config.auto_compaction,
+    ));
     let snapshots_for_http = snapshots.clone();
     let kv = KvServer::new(KvService {
         replica: replica.clone(),
