@@ -26,6 +26,9 @@ pub(super) struct LeaseTimers {
     expiry: HashMap<u64, Instant>,
     /// Revokes proposed, and when to propose again if not applied by then.
     revoking: HashMap<u64, Instant>,
+    /// Expiry is looked for once per tick, not on every turn (a turn per
+    /// message would otherwise walk every lease).
+    next_check: Option<Instant>,
 }
 
 impl LeaseTimers {
@@ -102,6 +105,12 @@ impl<S: LogStore> Node<S> {
             return;
         }
         let now = self.now;
+        if self.lease_timers.expiry.is_empty()
+            || self.lease_timers.next_check.is_some_and(|at| now < at)
+        {
+            return;
+        }
+        self.lease_timers.next_check = Some(now + self.tick_interval);
         for id in self.lease_timers.due(now, REVOKES_PER_TURN) {
             let retry = now + 3 * self.config.election_timeout;
             self.lease_timers.revoking.insert(id, retry);
