@@ -175,6 +175,10 @@ pub struct ServerArgs {
     /// default, is off.
     #[arg(long, value_name = "RETENTION")]
     pub auto_compaction_retention: Option<String>,
+    /// Largest request on the etcd API (default 1.5MiB, etcd's); larger
+    /// values go through raftkv.v1 (up to --max-value-size).
+    #[arg(long, value_name = "SIZE")]
+    pub max_request_bytes: Option<String>,
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,

@@ -69,6 +69,10 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
     }
+    if let Some(v) = &args.max_request_bytes {
+        config.max_request_bytes =
+            parse_size(v).map_err(|e| usage(format!("--max-request-bytes: {e}")))?;
+    }
     if args.auto_compaction_mode.is_some() || args.auto_compaction_retention.is_some() {
         config.auto_compaction = raftkv_server::config::AutoCompaction::parse(
             args.auto_compaction_mode.as_deref(),

@@ -723,3 +723,22 @@ async fn an_election_has_one_leader_until_it_resigns() {
         .unwrap_err();
     assert_eq!(error.message(), "election: not leader");
 }
+
+/// `--max-request-bytes` bounds requests on the etcd API, with etcd's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_max_request_bytes_is_refused() {
+    let cluster = TestCluster::start_with(bin(), 1, &["--max-request-bytes", "1KiB"]);
+    cluster.wait_leader(std::time::Duration::from_secs(10));
+    let mut client = etcd(&cluster, cluster.ids()[0]).await;
+    let error = client
+        .put(PutRequest {
+            key: b("big"),
+            value: Bytes::from(vec![b'v'; 2048]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(error.message(), "etcdserver: request is too large");
+    put(&mut client, "small", "fits").await;
+}

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<String>,
     /// etcd's automatic compaction (off by default, as etcd's).
     pub auto_compaction: AutoCompaction,
+    /// etcd's `--max-request-bytes`: the largest request on the etcd API.
+    pub max_request_bytes: u64,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             lease_read: true,
             metrics_listen: None,
             auto_compaction: AutoCompaction::Off,
+            max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -236,6 +239,7 @@ pub struct ConfigFile {
     pub metrics_listen: Option<String>,
     pub auto_compaction_mode: Option<String>,
     pub auto_compaction_retention: Option<String>,
+    pub max_request_bytes: Option<String>,
 }
 
 impl ConfigFile {
@@ -288,6 +292,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.metrics_listen {
             config.metrics_listen = Some(v.clone());
+        }
+        if let Some(v) = &self.max_request_bytes {
+            config.max_request_bytes = parse_size(v)?;
         }
         if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
             config.auto_compaction = AutoCompaction::parse(

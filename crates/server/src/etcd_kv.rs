@@ -28,7 +28,7 @@ use tonic::{Code, Request, Response, Status};
 
 /// etcd's `--max-request-bytes` default: a request (and so a value) larger
 /// than this is refused; large values belong on `raftkv.v1`.
-pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS: usize = 128;
 /// How long a write or a read barrier is waited for.
@@ -49,6 +49,8 @@ const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 pub struct EtcdKv {
     pub replica: Replica,
     forward: Forwarder,
+    /// `--max-request-bytes`.
+    max_request_bytes: usize,
 }
 
 /// Channels to the leader, for what a member that does not lead forwards.
@@ -225,10 +227,11 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 }
 
 impl EtcdKv {
-    pub fn new(replica: Replica) -> EtcdKv {
+    pub fn new(replica: Replica, max_request_bytes: u64) -> EtcdKv {
         EtcdKv {
             forward: Forwarder::new(replica.clone()),
             replica,
+            max_request_bytes: max_request_bytes as usize,
         }
     }
 
@@ -340,7 +343,7 @@ impl Kv for EtcdKv {
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
-        if request.key.len() + request.value.len() > MAX_REQUEST_BYTES {
+        if request.key.len() + request.value.len() > self.max_request_bytes {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
         let txn = single(request_op::Request::RequestPut(request));
@@ -377,7 +380,7 @@ impl Kv for EtcdKv {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let txn = request.into_inner();
-        if prost::Message::encoded_len(&txn) > MAX_REQUEST_BYTES {
+        if prost::Message::encoded_len(&txn) > self.max_request_bytes {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
         check_txn(&txn)?;

@@ -381,7 +381,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ));
     }
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let etcd_kv_service = Arc::new(etcd_kv::EtcdKv::new(replica.clone()));
+    let etcd_kv_service = Arc::new(etcd_kv::EtcdKv::new(
+        replica.clone(),
+        config.max_request_bytes,
+    ));
     let etcd_lock = LockServer::new(etcd_lock::EtcdLock {
         kv: etcd_kv_service.clone(),
     });
@@ -389,7 +392,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         kv: etcd_kv_service.clone(),
     });
     let etcd_kv = EtcdKvServer::from_arc(etcd_kv_service)
-        .max_decoding_message_size(etcd_kv::MAX_REQUEST_BYTES + 512 * 1024)
+        .max_decoding_message_size(config.max_request_bytes as usize + 512 * 1024)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let etcd_watch = WatchServer::new(etcd_watch::EtcdWatch {
         replica: replica.clone(),
