@@ -177,6 +177,11 @@ impl Client {
         })
     }
 
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
     }
