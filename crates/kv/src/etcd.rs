@@ -185,6 +185,32 @@ impl KvState {
     pub fn etcd_range(&self, request: &RangeRequest) -> Result<RangeResponse, RevisionError> {
         let range = range_of(&request.key, &request.range_end);
         let revision = request.revision.max(0) as u64;
+        let plain = request.sort_order == range_request::SortOrder::None as i32
+            && request.sort_target == range_request::SortTarget::Key as i32
+            && request.min_mod_revision <= 0
+            && request.max_mod_revision <= 0
+            && request.min_create_revision <= 0
+            && request.max_create_revision <= 0;
+        if plain && (revision == 0 || revision == self.revision) && request.limit > 0 {
+            // The common case: the first `limit` keys now, counted without
+            // copying the rest.
+            let limit = request.limit as usize;
+            let (pairs, more) = self.range_at(&range, 0, limit)?;
+            let kvs = if request.count_only {
+                Vec::new()
+            } else {
+                pairs
+                    .iter()
+                    .map(|(k, r)| key_value(k, r, request.keys_only))
+                    .collect()
+            };
+            return Ok(RangeResponse {
+                header: header(self.revision),
+                kvs,
+                more,
+                count: self.count_in(&range) as i64,
+            });
+        }
         let (pairs, _) = self.range_at(&range, revision, 0)?;
         let count = pairs.len() as i64;
         let within = |n: u64, min: i64, max: i64| {

@@ -378,6 +378,11 @@ impl KvState {
         self.history.set_limits(limits);
     }
 
+    /// How many keys `range` holds now.
+    pub fn count_in(&self, range: &KeyRange) -> usize {
+        self.map.range::<_, [u8]>(range.bounds()).count()
+    }
+
     /// The pairs of `range` as of `revision` (0: the current one), in key
     /// order, at most `limit` (0: all) and whether more follow.
     pub fn range_at(
