@@ -382,6 +382,12 @@ impl Replica {
             .await?
     }
 
+    /// The store revision of the applied state (without taking the state's
+    /// lock, which the node thread holds while it applies).
+    pub fn revision(&self) -> u64 {
+        *self.shared.revision.borrow()
+    }
+
     /// Follows the store revision of the applied state: a receiver that
     /// wakes whenever applying entries changed it.
     pub fn subscribe_revision(&self) -> watch::Receiver<u64> {

@@ -113,7 +113,7 @@ pub fn etcd_header(replica: &Replica, revision: Option<u64>) -> ResponseHeader {
     ResponseHeader {
         cluster_id: status.cluster_id,
         member_id: status.id,
-        revision: revision.unwrap_or_else(|| replica.kv().revision()) as i64,
+        revision: revision.unwrap_or_else(|| replica.revision()) as i64,
         raft_term: status.term,
     }
 }

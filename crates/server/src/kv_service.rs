@@ -58,7 +58,7 @@ pub(crate) fn header_of(replica: &Replica) -> ResponseHeader {
         applied_index: status.applied_index,
         cluster_id: status.cluster_id,
         leader_id: status.leader_id,
-        revision: replica.kv().revision(),
+        revision: replica.revision(),
     }
 }
 
