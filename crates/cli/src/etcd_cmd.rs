@@ -3,6 +3,7 @@
 //! forwards what must go to the leader.
 
 use bytes::Bytes;
+use raftkv_client::prefix_end;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::watch_client::WatchClient;
 use raftkv_proto::etcdserverpb::{
@@ -95,18 +96,6 @@ pub async fn compact(flags: &ClientFlags, args: CompactArgs) -> Result<(), Failu
         print_json(&Value::Object(object))?;
     }
     Ok(())
-}
-
-/// The end of the range of keys starting with `prefix` (etcd's).
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
 }
 
 /// `watch KEY [--prefix] [--rev N]`: until interrupted or the stream ends.

@@ -208,19 +208,7 @@ async fn a_compacted_revision_is_refused_with_etcd_s_error() {
         "2",
         "reading at it works"
     );
-    let error = client
-        .range(RangeRequest {
-            key: b("c"),
-            revision: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::OutOfRange);
-    assert_eq!(
-        error.message(),
-        "mvcc: required revision has been compacted"
-    );
+    assert_compacted(&mut client, "c", 2).await;
     let error = client
         .compact(CompactionRequest {
             revision: current + 1,
@@ -239,15 +227,25 @@ async fn a_compacted_revision_is_refused_with_etcd_s_error() {
     cluster.restart(id);
     cluster.wait_leader(std::time::Duration::from_secs(10));
     let mut client = etcd(&cluster, id).await;
+    assert_compacted(&mut client, "c", 2).await;
+}
+
+/// Reading `key` at `revision` is refused as compacted, with etcd's code
+/// and text.
+async fn assert_compacted(client: &mut KvClient<Channel>, key: &str, revision: i64) {
     let error = client
         .range(RangeRequest {
-            key: b("c"),
-            revision: 2,
+            key: b(key),
+            revision,
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::OutOfRange);
+    assert_eq!(
+        error.message(),
+        "mvcc: required revision has been compacted"
+    );
 }
 
 mod watch {

@@ -305,8 +305,10 @@ impl Drop for KeepAlive {
     }
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's).
-fn prefix_end(prefix: &[u8]) -> Bytes {
+/// The end of the range of keys starting with `prefix`, as etcd computes
+/// it (`range_end` for a prefix; `"\0"`, every key from the start, when the
+/// prefix is all 0xff bytes or empty).
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -24,7 +24,7 @@ pub use client::{
     parse_endpoint, Client, ClientOptions, Consistency, KeyRevisions, ScanOptions, ScanPage,
 };
 pub use error::Error;
-pub use etcd::{Condition, KeepAlive, Lease, WatchEvent};
+pub use etcd::{prefix_end, Condition, KeepAlive, Lease, WatchEvent};
 /// etcd's v3 messages, for general transactions (`Client::txn`).
 pub use raftkv_proto::etcdserverpb;
 pub use raftkv_proto::v1 as proto;

@@ -196,17 +196,9 @@ impl KvState {
             // copying the rest.
             let limit = request.limit as usize;
             let (pairs, more) = self.range_at(&range, 0, limit)?;
-            let kvs = if request.count_only {
-                Vec::new()
-            } else {
-                pairs
-                    .iter()
-                    .map(|(k, r)| key_value(k, r, request.keys_only))
-                    .collect()
-            };
             return Ok(RangeResponse {
                 header: header(self.revision),
-                kvs,
+                kvs: kvs_of(&pairs, request),
                 more,
                 count: self.count_in(&range) as i64,
             });
@@ -236,17 +228,9 @@ impl KvState {
         if more {
             pairs.truncate(limit);
         }
-        let kvs = if request.count_only {
-            Vec::new()
-        } else {
-            pairs
-                .iter()
-                .map(|(k, r)| key_value(k, r, request.keys_only))
-                .collect()
-        };
         Ok(RangeResponse {
             header: header(self.revision),
-            kvs,
+            kvs: kvs_of(&pairs, request),
             more,
             count,
         })
@@ -338,19 +322,10 @@ impl KvState {
             (Some(prev), true) => prev.lease,
             _ => put.lease.max(0) as u64,
         };
-        let (create_revision, version) = match &prev {
-            Some(prev) => (prev.create_revision, prev.version + 1),
-            None => (revision, 1),
-        };
-        let record = Record {
-            value: crate::state::owned_value(value),
-            create_revision,
-            mod_revision: revision,
-            version,
-            lease,
-        };
-        let key = Bytes::copy_from_slice(&put.key);
-        self.write_record(key, record, revision);
+        let value = crate::state::owned_value(value);
+        self.write_record(&put.key, revision, |old| {
+            Record::written(value, old, revision, lease)
+        });
         PutResponse {
             header: header(revision),
             prev_kv: prev
@@ -379,13 +354,19 @@ impl KvState {
         }
     }
 
-    /// Puts `record` and records the change at `revision`.
-    pub(crate) fn write_record(&mut self, key: Bytes, record: Record, revision: u64) {
-        let prev = self.insert(key.clone(), record.clone());
+    /// Puts the record `make` builds from the key's current one and
+    /// records the change at `revision`.
+    pub(crate) fn write_record(
+        &mut self,
+        key: &[u8],
+        revision: u64,
+        make: impl FnOnce(Option<&Record>) -> Record,
+    ) {
+        let (record, prev) = self.upsert(key, make);
         self.history.record(
             Event {
                 revision,
-                key,
+                key: Bytes::copy_from_slice(key),
                 record: Some(record),
                 prev,
             },
@@ -407,6 +388,18 @@ impl KvState {
         );
         Some(prev)
     }
+}
+
+/// A Range reply's pairs (none for `count_only`; no values for
+/// `keys_only`).
+fn kvs_of(pairs: &[(Bytes, Record)], request: &RangeRequest) -> Vec<KeyValue> {
+    if request.count_only {
+        return Vec::new();
+    }
+    pairs
+        .iter()
+        .map(|(k, r)| key_value(k, r, request.keys_only))
+        .collect()
 }
 
 /// etcd's sort: order NONE with a target other than the key sorts

@@ -129,6 +129,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record a put at `revision` leaves, given the key's record
+    /// before it (`None`: the put creates the key).
+    pub(crate) fn written(value: Bytes, old: Option<&Record>, revision: u64, lease: u64) -> Record {
+        let (create_revision, version) = match old {
+            Some(old) => (old.create_revision, old.version + 1),
+            None => (revision, 1),
+        };
+        Record {
+            value,
+            create_revision,
+            mod_revision: revision,
+            version,
+            lease,
+        }
+    }
+
     /// A key from before revisions existed.
     pub(crate) fn unrevisioned(value: Bytes) -> Record {
         Record {
@@ -259,26 +275,12 @@ impl KvState {
                 };
             } else {
                 let value = owned_value(op.value.clone());
-                let record = if counted {
-                    let (create_revision, version) = match self.map.get(&op.key[..]) {
-                        Some(old) => (old.create_revision, old.version + 1),
-                        None => (revision, 1),
-                    };
-                    Record {
-                        value,
-                        create_revision,
-                        mod_revision: revision,
-                        version,
-                        lease: 0,
-                    }
-                } else {
-                    Record::unrevisioned(value)
-                };
-                let key = Bytes::copy_from_slice(&op.key);
                 if counted {
-                    self.write_record(key, record, revision);
+                    self.write_record(&op.key, revision, |old| {
+                        Record::written(value, old, revision, 0)
+                    });
                 } else {
-                    self.insert(key, record);
+                    self.insert(Bytes::copy_from_slice(&op.key), Record::unrevisioned(value));
                 }
                 changed = true;
             }
@@ -313,6 +315,29 @@ impl KvState {
         self.applied_index = index;
         self.applied_term = term;
         self.clock_ms = clock_ms;
+    }
+
+    /// Puts the record `make` builds from the key's current one, with one
+    /// lookup of the map when the key exists (the common overwrite keeps
+    /// the map's key). Returns the record put and the one it replaced.
+    pub(crate) fn upsert(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce(Option<&Record>) -> Record,
+    ) -> (Record, Option<Record>) {
+        let Some(slot) = self.map.get_mut(key) else {
+            let record = make(None);
+            self.insert(Bytes::copy_from_slice(key), record.clone());
+            return (record, None);
+        };
+        let record = make(Some(slot));
+        let old = std::mem::replace(slot, record.clone());
+        self.data_bytes += record.value.len() as u64;
+        self.data_bytes -= old.value.len() as u64;
+        if old.lease != record.lease {
+            self.reattach(&Bytes::copy_from_slice(key), old.lease, record.lease);
+        }
+        (record, Some(old))
     }
 
     /// Returns the record it replaced.
@@ -429,16 +454,7 @@ impl KvState {
         let (pairs, _) = self.range_at(&everything, revision, 0)?;
         let mut hasher = StableHasher::new();
         for (key, record) in pairs {
-            hasher.write_field(&key);
-            hasher.write_field(&record.value);
-            for n in [
-                record.create_revision,
-                record.mod_revision,
-                record.version,
-                record.lease,
-            ] {
-                hasher.write(&n.to_le_bytes());
-            }
+            hash_pair(&mut hasher, &key, &record);
         }
         Ok(hasher.finish())
     }
@@ -548,18 +564,23 @@ impl KvState {
             hasher.write(&ttl.to_le_bytes());
         }
         for (key, record) in self.map.iter() {
-            hasher.write_field(key);
-            hasher.write_field(&record.value);
-            for n in [
-                record.create_revision,
-                record.mod_revision,
-                record.version,
-                record.lease,
-            ] {
-                hasher.write(&n.to_le_bytes());
-            }
+            hash_pair(&mut hasher, key, record);
         }
         hasher.finish()
+    }
+}
+
+/// Feeds one key with its value and revisions to a state hash.
+fn hash_pair(hasher: &mut StableHasher, key: &[u8], record: &Record) {
+    hasher.write_field(key);
+    hasher.write_field(&record.value);
+    for n in [
+        record.create_revision,
+        record.mod_revision,
+        record.version,
+        record.lease,
+    ] {
+        hasher.write(&n.to_le_bytes());
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
+use raftkv_client::prefix_end;
 use raftkv_kv::etcd::key_value;
 use raftkv_kv::KeyRange;
 use raftkv_proto::etcdserverpb::{
@@ -32,18 +33,6 @@ use crate::etcd_kv::{etcd_header, is_forwarded, EtcdKv};
 
 pub struct EtcdLock {
     pub kv: Arc<EtcdKv>,
-}
-
-/// The end of the range of keys starting with `prefix` (etcd's prefix end).
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
 }
 
 fn prefix_of(name: &[u8]) -> Vec<u8> {
