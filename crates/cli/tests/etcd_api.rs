@@ -218,7 +218,7 @@ async fn a_compacted_revision_is_refused_with_etcd_s_error() {
         .unwrap_err();
     assert_eq!(
         error.message(),
-        "mvcc: required revision is a future revision"
+        "etcdserver: mvcc: required revision is a future revision"
     );
     // The compaction survives a restart.
     let mut cluster = cluster;
@@ -244,7 +244,7 @@ async fn assert_compacted(client: &mut KvClient<Channel>, key: &str, revision: i
     assert_eq!(error.code(), Code::OutOfRange);
     assert_eq!(
         error.message(),
-        "mvcc: required revision has been compacted"
+        "etcdserver: mvcc: required revision has been compacted"
     );
 }
 

@@ -22,6 +22,7 @@ use raftkv_replica::{member_ids, Replica, Role};
 use tonic::{Request, Response, Status};
 
 use crate::etcd_kv::etcd_header;
+use raftkv_proto::etcdserverpb::ResponseHeader;
 
 /// The etcd API version this server speaks (clients gate features on it).
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -89,8 +90,13 @@ impl Cluster for EtcdCluster {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        // etcd's Cluster service leaves the revision out of its header.
+        let header = ResponseHeader {
+            revision: 0,
+            ..etcd_header(&self.replica, None)
+        };
         Ok(Response::new(MemberListResponse {
-            header: Some(etcd_header(&self.replica, None)),
+            header: Some(header),
             members: self.members(),
         }))
     }

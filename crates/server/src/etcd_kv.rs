@@ -118,6 +118,45 @@ pub fn etcd_header(replica: &Replica, revision: Option<u64>) -> ResponseHeader {
     }
 }
 
+/// A reply that carries etcd's response header.
+pub trait EtcdReply {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! etcd_reply {
+    ($($reply:ty),*) => {
+        $(impl EtcdReply for $reply {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+etcd_reply!(
+    RangeResponse,
+    TxnResponse,
+    CompactionResponse,
+    raftkv_proto::etcdserverpb::LeaseGrantResponse,
+    raftkv_proto::etcdserverpb::LeaseRevokeResponse,
+    raftkv_proto::etcdserverpb::LeaseTimeToLiveResponse
+);
+
+/// The leader's reply to a request this member forwarded, as this
+/// member's own: etcd's header names the member the client asked.
+pub fn answered_here<T: EtcdReply>(
+    replica: &Replica,
+    reply: Result<Response<T>, Status>,
+) -> Result<Response<T>, Status> {
+    let mut reply = reply?;
+    if let Some(header) = reply.get_mut().header_mut() {
+        let status = replica.status();
+        header.member_id = status.id;
+        header.raft_term = status.term;
+    }
+    Ok(reply)
+}
+
 /// etcd's status for a replica error.
 pub fn etcd_status(error: ReplicaError) -> Status {
     match error {
@@ -133,7 +172,9 @@ pub fn etcd_status(error: ReplicaError) -> Status {
             } else if text == raftkv_kv::leases::LEASE_EXISTS {
                 Code::FailedPrecondition
             } else if text.starts_with("mvcc: ") {
-                Code::OutOfRange
+                // etcd's gRPC texts carry the prefix; etcdctl prints the
+                // bare error only for texts it knows.
+                return Status::out_of_range(format!("etcdserver: {text}"));
             } else {
                 Code::FailedPrecondition
             };
@@ -144,7 +185,7 @@ pub fn etcd_status(error: ReplicaError) -> Status {
 }
 
 fn revision_status(error: raftkv_kv::RevisionError) -> Status {
-    Status::out_of_range(error.to_string())
+    Status::out_of_range(format!("etcdserver: {error}"))
 }
 
 /// Checks what etcd checks before proposing a transaction: sizes, the
@@ -286,7 +327,8 @@ impl EtcdKv {
             Ok(response) => Ok(response),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                Ok(leader.txn(Self::forwarded(txn)).await?.into_inner())
+                let reply = leader.txn(Self::forwarded(txn)).await;
+                Ok(answered_here(&self.replica, reply)?.into_inner())
             }
             Err(e) => Err(etcd_status(e)),
         }
@@ -318,7 +360,8 @@ impl Kv for EtcdKv {
                 Ok(()) => {}
                 Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                     let mut leader = self.leader()?;
-                    return leader.range(Self::forwarded(request)).await;
+                    let reply = leader.range(Self::forwarded(request)).await;
+                    return answered_here(&self.replica, reply);
                 }
                 Err(e) => return Err(etcd_status(e)),
             }
@@ -392,7 +435,8 @@ impl Kv for EtcdKv {
             Ok(()) => {}
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                return leader.txn(Self::forwarded(txn)).await;
+                let reply = leader.txn(Self::forwarded(txn)).await;
+                return answered_here(&self.replica, reply);
             }
             Err(e) => return Err(etcd_status(e)),
         }
@@ -427,7 +471,8 @@ impl Kv for EtcdKv {
             })),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                leader.compact(Self::forwarded(request)).await
+                let reply = leader.compact(Self::forwarded(request)).await;
+                answered_here(&self.replica, reply)
             }
             Err(e) => Err(etcd_status(e)),
         }

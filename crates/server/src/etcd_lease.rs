@@ -20,7 +20,7 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::etcd_kv::{etcd_header, etcd_status, is_forwarded, Forwarder};
+use crate::etcd_kv::{answered_here, etcd_header, etcd_status, is_forwarded, Forwarder};
 
 /// etcd's largest lease TTL, seconds.
 const MAX_TTL: i64 = 9_000_000_000;
@@ -103,10 +103,11 @@ impl Lease for EtcdLease {
         let revision = match self.write(Write::LeaseGrant { id, ttl }).await {
             Ok(revision) => revision,
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                return self
+                let reply = self
                     .leader()?
                     .lease_grant(Forwarder::request(request))
                     .await;
+                return answered_here(&self.replica, reply);
             }
             Err(e) => return Err(etcd_status(e)),
         };
@@ -130,10 +131,11 @@ impl Lease for EtcdLease {
         {
             Ok(revision) => revision,
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                return self
+                let reply = self
                     .leader()?
                     .lease_revoke(Forwarder::request(request))
                     .await;
+                return answered_here(&self.replica, reply);
             }
             Err(e) => return Err(etcd_status(e)),
         };
@@ -207,9 +209,11 @@ impl Lease for EtcdLease {
                 }))
             }
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                self.leader()?
+                let reply = self
+                    .leader()?
                     .lease_time_to_live(Forwarder::request(request))
-                    .await
+                    .await;
+                answered_here(&self.replica, reply)
             }
             Err(e) => Err(etcd_status(e)),
         }

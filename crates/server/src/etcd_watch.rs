@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::etcd_kv::etcd_header;
 use crate::metrics::Metrics;
+use raftkv_proto::etcdserverpb::ResponseHeader;
 
 /// Responses queued per stream (each at most about `BATCH_BYTES`).
 const QUEUED_RESPONSES: usize = 16;
@@ -118,7 +119,11 @@ impl Watcher {
                     self.metrics.watchers_compacted.inc();
                     let _ = tx
                         .send(Ok(WatchResponse {
-                            header: Some(etcd_header(&replica, Some(current))),
+                            // etcd's cancel for compaction has no revision.
+                            header: Some(ResponseHeader {
+                                revision: 0,
+                                ..etcd_header(&replica, None)
+                            }),
                             watch_id: self.id,
                             canceled: true,
                             compact_revision: compact_revision as i64,

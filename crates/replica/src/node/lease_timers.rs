@@ -62,10 +62,6 @@ pub struct LeaseInfo {
     pub keys: Vec<bytes::Bytes>,
 }
 
-fn secs(d: Duration) -> u64 {
-    d.as_millis().div_ceil(1000) as u64
-}
-
 impl<S: LogStore> Node<S> {
     /// Leadership began or ended (called once per change).
     pub(super) fn restart_lease_timers(&mut self, leading: bool) {
@@ -169,7 +165,10 @@ impl<S: LogStore> Node<S> {
             .lease_timers
             .expiry
             .get(&id)
-            .map_or(lease.ttl, |at| secs(at.saturating_duration_since(self.now)));
+            // Whole seconds left, rounded down as etcd's are.
+            .map_or(lease.ttl, |at| {
+                at.saturating_duration_since(self.now).as_secs()
+            });
         Ok(Some(LeaseInfo {
             remaining,
             granted: lease.ttl,
