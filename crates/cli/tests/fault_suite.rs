@@ -1,6 +1,8 @@
 //! Acceptance: consistency under faults (issue 6), bounded mode. Each
 //! scenario runs 6 clients doing puts, gets (linearizable and lease),
-//! deletes and scans on 3 contended keys against real servers while a
+//! deletes and scans on 3 contended keys, and 3 clients of a register
+//! workload (read, write, compare-and-swap through etcd `Txn`s, spread over
+//! every member: issue 21) on 2 keys, against real servers while a
 //! nemesis injects one fault and heals it; then every node must converge to
 //! one state hash and the recorded history must be linearizable (checker in
 //! `raftkv_testkit::history`). The long mode is `examples/soak.rs`.
@@ -26,6 +28,11 @@ async fn scenario(scenario: Scenario) {
     assert!(
         report.ok > 50,
         "too few operations succeeded to say anything: {}",
+        report.summary()
+    );
+    assert!(
+        report.swaps.0 > 5 && report.swaps.1 > 5,
+        "the register workload must both win and lose swaps: {}",
         report.summary()
     );
     if let Err(e) = &report.converged {
@@ -76,6 +83,33 @@ async fn message_loss_is_linearizable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_past_the_election_timeout_is_linearizable() {
     scenario(Scenario::LeaderPause).await;
+}
+
+/// The checker is not vacuous for swaps either: a client whose
+/// compare-and-swap compares on a stale read and then puts apart from it
+/// (two clients can both swap from one value) is caught, on a healthy
+/// cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_compare_and_swap_on_a_stale_read() {
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(Duration::from_secs(10));
+    let config = WorkloadConfig {
+        clients: 0,
+        cas_clients: 6,
+        registers: 1,
+        broken_cas: true,
+        ..Default::default()
+    };
+    let workload = Workload::start(&cluster.endpoint_list(), &config);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let history = workload.stop().await;
+    match tokio::task::block_in_place(|| check(&history)) {
+        Verdict::Violation(text) => eprintln!("caught, as expected:\n{text}"),
+        other => panic!(
+            "broken swaps went unnoticed ({} ops): {other:?}",
+            history.len()
+        ),
+    }
 }
 
 /// The checker is not vacuous: stale reads from a partitioned follower,

@@ -116,6 +116,7 @@ async fn main() {
         round += 1;
         let config = WorkloadConfig {
             prefix: format!("soak/{round}/"),
+            cas_prefix: format!("soak-cas/{round}/"),
             ..Default::default()
         };
         let workload = Workload::start(&cluster.endpoint_list(), &config);

@@ -12,9 +12,23 @@
 //! affects nothing observed. A read with an unknown outcome tells nothing
 //! and is dropped.
 //!
-//! Gets, puts and deletes are checked per key (linearizability is
-//! compositional); a history with scans is checked as a whole against a
-//! model of the entire map (meant for the few keys of a fault run).
+//! A compare-and-swap (an etcd `Txn`: if the key's value is X, put Y, else
+//! read it) is a read and a conditional write at one point: acknowledged,
+//! it swapped only if the value was X, or it was refused and saw the value
+//! (which is not X); with an unknown outcome it may have swapped (if the
+//! compare held) or not.
+//!
+//! Values written are unique, so a write whose outcome is unknown and whose
+//! value no operation ever saw is left out before the search: if it took
+//! effect, nothing observed it before it was overwritten, so the history
+//! without it is linearizable exactly when the history with it is (the
+//! search would otherwise try to place each one at every point, which
+//! crashes under load make expensive).
+//!
+//! Gets, puts, deletes and swaps are checked per key (linearizability is
+//! compositional); scans and the keys under their prefixes are checked
+//! together against a model of that part of the map (meant for the few keys
+//! of a fault run).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -40,12 +54,34 @@ pub enum KvOp {
         prefix: String,
         pairs: Vec<(String, String)>,
     },
+    /// If `key`'s value is `expected` (`None`: the key is absent), put
+    /// `value`; `swap` is what the reply said.
+    Cas {
+        key: String,
+        expected: Option<String>,
+        value: String,
+        swap: Swap,
+    },
+}
+
+/// What a compare-and-swap's reply said.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Swap {
+    /// The compare held and the value was put.
+    Swapped,
+    /// The compare did not hold; the key held this (`None`: absent).
+    Refused(Option<String>),
+    /// No reply.
+    Unknown,
 }
 
 impl KvOp {
     fn key(&self) -> Option<&str> {
         match self {
-            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Get { key, .. } => Some(key),
+            KvOp::Put { key, .. }
+            | KvOp::Delete { key }
+            | KvOp::Get { key, .. }
+            | KvOp::Cas { key, .. } => Some(key),
             KvOp::Scan { .. } => None,
         }
     }
@@ -66,6 +102,22 @@ impl fmt::Display for KvOp {
             } => write!(f, "get({key}) -> {v}"),
             KvOp::Get { key, value: None } => write!(f, "get({key}) -> not found"),
             KvOp::Scan { prefix, pairs } => write!(f, "scan({prefix}) -> {pairs:?}"),
+            KvOp::Cas {
+                key,
+                expected,
+                value,
+                swap,
+            } => {
+                let expected = expected.as_deref().unwrap_or("absent");
+                write!(f, "cas({key}, {expected} -> {value}) -> ")?;
+                match swap {
+                    Swap::Swapped => write!(f, "swapped"),
+                    Swap::Refused(seen) => {
+                        write!(f, "refused, saw {}", seen.as_deref().unwrap_or("absent"))
+                    }
+                    Swap::Unknown => write!(f, "?"),
+                }
+            }
         }
     }
 }
@@ -135,26 +187,37 @@ pub fn check(history: &[Operation]) -> Verdict {
 }
 
 pub fn check_with_budget(history: &[Operation], budget: u64) -> Verdict {
+    let seen = observed_values(history);
     let relevant: Vec<&Operation> = history
         .iter()
         .filter(|o| match o.outcome {
             Outcome::Ok => true,
             Outcome::Failed => false,
-            Outcome::Unknown => !o.op.is_read(),
+            Outcome::Unknown => match &o.op {
+                KvOp::Put { value, .. } | KvOp::Cas { value, .. } => seen.contains(value.as_str()),
+                op => !op.is_read(),
+            },
         })
         .collect();
-    if relevant.iter().any(|o| matches!(o.op, KvOp::Scan { .. })) {
-        return search(&relevant, budget);
-    }
-    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    // Scans, and every op on a key under a scanned prefix, form one part;
+    // every other key is a part of its own.
+    let prefixes: Vec<&str> = relevant
+        .iter()
+        .filter_map(|o| match &o.op {
+            KvOp::Scan { prefix, .. } => Some(prefix.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut parts: BTreeMap<Option<&str>, Vec<&Operation>> = BTreeMap::new();
     for op in &relevant {
-        by_key
-            .entry(op.op.key().unwrap_or(""))
-            .or_default()
-            .push(op);
+        let part = match op.op.key() {
+            Some(key) if !prefixes.iter().any(|p| key.starts_with(p)) => Some(key),
+            _ => None,
+        };
+        parts.entry(part).or_default().push(op);
     }
     let mut unknown = None;
-    for ops in by_key.values() {
+    for ops in parts.values() {
         match search(ops, budget) {
             Verdict::Linearizable => {}
             Verdict::Unknown(why) => unknown = Some(why),
@@ -162,6 +225,25 @@ pub fn check_with_budget(history: &[Operation], budget: u64) -> Verdict {
         }
     }
     unknown.map_or(Verdict::Linearizable, Verdict::Unknown)
+}
+
+/// Every value an acknowledged operation saw (or, for a swap, expected).
+fn observed_values(history: &[Operation]) -> HashSet<&str> {
+    let mut seen = HashSet::new();
+    for o in history.iter().filter(|o| o.outcome == Outcome::Ok) {
+        match &o.op {
+            KvOp::Get { value, .. } => seen.extend(value.as_deref()),
+            KvOp::Scan { pairs, .. } => seen.extend(pairs.iter().map(|(_, v)| v.as_str())),
+            KvOp::Cas { expected, swap, .. } => {
+                seen.extend(expected.as_deref());
+                if let Swap::Refused(value) = swap {
+                    seen.extend(value.as_deref());
+                }
+            }
+            KvOp::Put { .. } | KvOp::Delete { .. } => {}
+        }
+    }
+    seen
 }
 
 /// The map as the operations so far left it.
@@ -188,6 +270,26 @@ fn step(state: &State, op: &KvOp) -> Option<State> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             (seen == *pairs).then(|| state.clone())
+        }
+        KvOp::Cas {
+            key,
+            expected,
+            value,
+            swap,
+        } => {
+            let holds = state.get(key) == expected.as_ref();
+            match swap {
+                Swap::Swapped if !holds => None,
+                Swap::Refused(seen) if holds || state.get(key) != seen.as_ref() => None,
+                Swap::Refused(_) => Some(state.clone()),
+                Swap::Swapped | Swap::Unknown => {
+                    let mut next = state.clone();
+                    if holds {
+                        next.insert(key.clone(), value.clone());
+                    }
+                    Some(next)
+                }
+            }
         }
     }
 }
@@ -538,6 +640,141 @@ mod tests {
             op(3, scan(&[("k1", "a")]), 20, 25, Outcome::Ok),
         ];
         assert_violation(&stale, &["scan(k)"]);
+    }
+
+    fn cas(k: &str, expected: Option<&str>, v: &str, swap: Swap) -> KvOp {
+        KvOp::Cas {
+            key: k.into(),
+            expected: expected.map(str::to_string),
+            value: v.into(),
+            swap,
+        }
+    }
+
+    fn refused(seen: Option<&str>) -> Swap {
+        Swap::Refused(seen.map(str::to_string))
+    }
+
+    #[test]
+    fn swaps_are_checked_as_a_read_and_a_conditional_write() {
+        let valid = vec![
+            op(1, cas("x", None, "a", Swap::Swapped), 0, 10, Outcome::Ok),
+            op(
+                2,
+                cas("x", None, "b", refused(Some("a"))),
+                5,
+                15,
+                Outcome::Ok,
+            ),
+            op(
+                2,
+                cas("x", Some("a"), "c", Swap::Swapped),
+                20,
+                30,
+                Outcome::Ok,
+            ),
+            op(1, get("x", Some("c")), 35, 40, Outcome::Ok),
+        ];
+        assert!(check(&valid).is_linearizable());
+        // Two swaps from the same value both succeeded: one of them read a
+        // value the other had already replaced.
+        let lost_update = vec![
+            op(1, put("x", "a"), 0, 5, Outcome::Ok),
+            op(
+                2,
+                cas("x", Some("a"), "b", Swap::Swapped),
+                10,
+                20,
+                Outcome::Ok,
+            ),
+            op(
+                3,
+                cas("x", Some("a"), "c", Swap::Swapped),
+                10,
+                20,
+                Outcome::Ok,
+            ),
+        ];
+        assert_violation(&lost_update, &["cas(x, a ->"]);
+        // A swap that failed although the value was what it expected.
+        let wrong_refusal = vec![
+            op(1, put("x", "a"), 0, 5, Outcome::Ok),
+            op(
+                2,
+                cas("x", Some("a"), "b", refused(Some("a"))),
+                10,
+                20,
+                Outcome::Ok,
+            ),
+        ];
+        assert_violation(&wrong_refusal, &["refused, saw a"]);
+        // A refusal that saw a value the key did not hold.
+        let wrong_sight = vec![
+            op(1, put("x", "a"), 0, 5, Outcome::Ok),
+            op(
+                2,
+                cas("x", Some("z"), "b", refused(None)),
+                10,
+                20,
+                Outcome::Ok,
+            ),
+        ];
+        assert_violation(&wrong_sight, &["refused, saw absent"]);
+        // An unknown swap may have happened (the read sees it) or not.
+        for seen in ["a", "b"] {
+            let maybe = vec![
+                op(1, put("x", "a"), 0, 5, Outcome::Ok),
+                op(
+                    2,
+                    cas("x", Some("a"), "b", Swap::Unknown),
+                    10,
+                    20,
+                    Outcome::Unknown,
+                ),
+                op(3, get("x", Some(seen)), 30, 35, Outcome::Ok),
+            ];
+            assert!(check(&maybe).is_linearizable(), "saw {seen}");
+        }
+    }
+
+    #[test]
+    fn unknown_writes_nobody_saw_are_left_out_and_seen_ones_kept() {
+        // 40 crashed writes nobody saw, each free to land anywhere: left
+        // out, the search is immediate.
+        let mut history = vec![op(1, put("x", "a"), 0, 5, Outcome::Ok)];
+        for n in 0..40 {
+            let value = format!("lost{n}");
+            history.push(op(10 + n, put("x", &value), 6, 7, Outcome::Unknown));
+        }
+        history.push(op(2, get("x", Some("a")), 100, 110, Outcome::Ok));
+        assert_eq!(check_with_budget(&history, 10_000), Verdict::Linearizable);
+        // A crashed write a read saw took effect: still checked (the read
+        // before its invocation cannot see it).
+        let seen_early = vec![
+            op(1, get("x", Some("b")), 0, 5, Outcome::Ok),
+            op(2, put("x", "b"), 10, 20, Outcome::Unknown),
+        ];
+        assert_violation(&seen_early, &["get(x) -> b"]);
+    }
+
+    #[test]
+    fn keys_outside_the_scanned_prefix_are_checked_on_their_own() {
+        let history = vec![
+            op(1, put("k1", "a"), 0, 10, Outcome::Ok),
+            op(
+                2,
+                KvOp::Scan {
+                    prefix: "k".into(),
+                    pairs: vec![("k1".into(), "a".into())],
+                },
+                20,
+                25,
+                Outcome::Ok,
+            ),
+            op(3, put("r", "1"), 0, 10, Outcome::Ok),
+            op(3, get("r", Some("2")), 20, 25, Outcome::Ok),
+        ];
+        assert_violation(&history, &["get(r) -> 2"]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Fault scenarios in the style of Jepsen: concurrent clients run puts,
-//! gets (linearizable and lease), deletes and scans on a few contended keys
-//! and record every operation; a nemesis injects one kind of fault (crash,
+//! gets (linearizable and lease), deletes and scans on a few contended keys,
+//! and other clients run a compare-and-swap register workload (read, write
+//! and compare-and-swap, each an etcd `Txn`, spread over every member) on
+//! keys of their own, and record every operation; a nemesis injects one kind of fault (crash,
 //! pause, partition, delay, loss) and heals it; afterwards every node must
 //! converge to the same state hash and the history must be linearizable.
 //!
@@ -12,11 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use raftkv_client::etcdserverpb::{
+    compare, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use raftkv_client::{Client, ClientOptions, Consistency, Error, ScanOptions};
 use rand::Rng;
 use serde_json::Value;
 
-use crate::history::{check, KvOp, Operation, Outcome, Verdict};
+use crate::history::{check, KvOp, Operation, Outcome, Swap, Verdict};
 use crate::TestCluster;
 
 /// The faults of feature list §3 and §8.2.
@@ -162,6 +167,15 @@ pub struct WorkloadConfig {
     /// Read gets at stale consistency from this endpoint (to show that the
     /// checker catches stale reads); `None` = linearizable and lease reads.
     pub stale_reads_from: Option<String>,
+    /// Clients of the compare-and-swap register workload (etcd `Txn`s on
+    /// keys `CAS_PREFIXr0`..), each starting at another member.
+    pub cas_clients: usize,
+    pub registers: usize,
+    pub cas_prefix: String,
+    /// A planted client bug, to show the checker catches a broken swap:
+    /// the compare is evaluated on a stale read of the client's first
+    /// member, then the value is put unconditionally.
+    pub broken_cas: bool,
 }
 
 impl Default for WorkloadConfig {
@@ -172,6 +186,10 @@ impl Default for WorkloadConfig {
             prefix: "j/".into(),
             op_timeout: Duration::from_secs(2),
             stale_reads_from: None,
+            cas_clients: 3,
+            registers: 2,
+            cas_prefix: "r/".into(),
+            broken_cas: false,
         }
     }
 }
@@ -189,7 +207,7 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
-        let tasks = (0..config.clients as u64)
+        let mut tasks: Vec<_> = (0..config.clients as u64)
             .map(|client| {
                 let mut list = endpoints.to_vec();
                 if let Some(stale) = &config.stale_reads_from {
@@ -211,6 +229,19 @@ impl Workload {
                 ))
             })
             .collect();
+        for n in 0..config.cas_clients {
+            // Each swapper starts at another member: followers forward.
+            let mut list = endpoints.to_vec();
+            list.rotate_left(n % endpoints.len().max(1));
+            tasks.push(tokio::spawn(cas_client_loop(
+                (config.clients + n) as u64,
+                list,
+                config.clone(),
+                started,
+                stop.clone(),
+                history.clone(),
+            )));
+        }
         Workload {
             stop,
             tasks,
@@ -337,14 +368,210 @@ async fn client_loop(
     }
 }
 
+/// One client of the register workload: reads, writes and swaps, each
+/// one etcd `Txn` (a swap's failure branch reads the value it lost to, the
+/// next swap's expectation). On an error it moves to the next member.
+async fn cas_client_loop(
+    client: u64,
+    mut endpoints: Vec<String>,
+    config: WorkloadConfig,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Operation>>>,
+) {
+    let options = ClientOptions {
+        timeout: config.op_timeout,
+        ..Default::default()
+    };
+    let mut handle = Client::with_options(&endpoints, options.clone()).expect("client");
+    let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let (key, roll) = {
+            let mut rng = rand::thread_rng();
+            let key = format!(
+                "{}r{}",
+                config.cas_prefix,
+                rng.gen_range(0..config.registers)
+            );
+            (key, rng.gen_range(0..100u32))
+        };
+        let value = format!("s{client}-{n}");
+        let expected = seen.get(&key).cloned().flatten();
+        let invoked = started.elapsed();
+        let (op, outcome) = if roll < 30 {
+            let read = handle
+                .txn(txn(Vec::new(), vec![range(&key)], Vec::new()))
+                .await;
+            match read.map(|r| read_value(&r.responses)) {
+                Ok(value) => {
+                    seen.insert(key.clone(), value.clone());
+                    (KvOp::Get { key, value }, Outcome::Ok)
+                }
+                Err(e) => (KvOp::Get { key, value: None }, error_outcome(&e)),
+            }
+        } else if roll < 50 {
+            let write = handle
+                .txn(txn(Vec::new(), vec![put(&key, &value)], Vec::new()))
+                .await;
+            if write.is_ok() {
+                seen.insert(key.clone(), Some(value.clone()));
+            }
+            let outcome = write.as_ref().map_or_else(error_outcome, |_| Outcome::Ok);
+            (KvOp::Put { key, value }, outcome)
+        } else {
+            let result = if config.broken_cas {
+                broken_swap(&handle, &key, expected.as_deref(), &value).await
+            } else {
+                let swap = txn(
+                    vec![value_is(&key, expected.as_deref())],
+                    vec![put(&key, &value)],
+                    vec![range(&key)],
+                );
+                handle.txn(swap).await.map(|r| {
+                    if r.succeeded {
+                        Swap::Swapped
+                    } else {
+                        Swap::Refused(read_value(&r.responses))
+                    }
+                })
+            };
+            let (swap, outcome) = match result {
+                Ok(swap) => {
+                    let now = match &swap {
+                        Swap::Refused(found) => found.clone(),
+                        _ => Some(value.clone()),
+                    };
+                    seen.insert(key.clone(), now);
+                    (swap, Outcome::Ok)
+                }
+                Err(e) => (Swap::Unknown, error_outcome(&e)),
+            };
+            let op = KvOp::Cas {
+                key,
+                expected,
+                value,
+                swap,
+            };
+            (op, outcome)
+        };
+        let completed = started.elapsed();
+        history.lock().expect("history lock").push(Operation {
+            client,
+            op,
+            invoked,
+            completed,
+            outcome,
+        });
+        if outcome != Outcome::Ok {
+            endpoints.rotate_left(1);
+            handle = Client::with_options(&endpoints, options.clone()).expect("client");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            // A few hundred operations a second in all: contended, and a
+            // history the checker searches in seconds.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The planted bug: the compare on a stale read, the put apart from it.
+async fn broken_swap(
+    handle: &Client,
+    key: &str,
+    expected: Option<&str>,
+    value: &str,
+) -> Result<Swap, Error> {
+    let local = match handle
+        .get_with(Bytes::from(key.to_string()), Consistency::Stale)
+        .await
+    {
+        Ok(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+        Err(Error::KeyNotFound) => None,
+        Err(e) => return Err(e),
+    };
+    if local.as_deref() != expected {
+        return Ok(Swap::Refused(local));
+    }
+    handle
+        .txn(txn(Vec::new(), vec![put(key, value)], Vec::new()))
+        .await?;
+    Ok(Swap::Swapped)
+}
+
+fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
+    TxnRequest {
+        compare,
+        success,
+        failure,
+    }
+}
+
+fn range(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: Bytes::from(key.to_string()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            ..Default::default()
+        })),
+    }
+}
+
+/// `key` holds `expected` (`None`: `key` does not exist, version 0).
+fn value_is(key: &str, expected: Option<&str>) -> Compare {
+    let (target, union) = match expected {
+        Some(v) => (
+            compare::CompareTarget::Value,
+            compare::TargetUnion::Value(Bytes::from(v.to_string())),
+        ),
+        None => (
+            compare::CompareTarget::Version,
+            compare::TargetUnion::Version(0),
+        ),
+    };
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: target as i32,
+        key: Bytes::from(key.to_string()),
+        target_union: Some(union),
+        range_end: Bytes::new(),
+    }
+}
+
+/// The value the first response of a transaction read (`None`: absent).
+fn read_value(responses: &[raftkv_client::etcdserverpb::ResponseOp]) -> Option<String> {
+    match responses.first().and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(range)) => range
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+        _ => None,
+    }
+}
+
+/// An operation's outcome from its error: refused before anything was
+/// proposed, or unknown.
+fn error_outcome(error: &Error) -> Outcome {
+    match error {
+        Error::InvalidArgument(_) => Outcome::Failed,
+        _ => Outcome::Unknown,
+    }
+}
+
 /// A write's outcome: only a refusal before anything was proposed is a
 /// definite failure; everything else may have been applied.
 fn write_outcome(result: &Result<(), Error>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Ok,
-        Err(Error::InvalidArgument(_)) => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
-    }
+    result.as_ref().map_or_else(error_outcome, |()| Outcome::Ok)
 }
 
 /// The result of one scenario.
@@ -355,6 +582,8 @@ pub struct ScenarioReport {
     pub ops: usize,
     pub ok: usize,
     pub unknown: usize,
+    /// Acknowledged compare-and-swaps that swapped, and that did not.
+    pub swaps: (usize, usize),
     pub verdict: Verdict,
     /// Applied index and state hash every node converged to.
     pub converged: Result<(u64, String), String>,
@@ -364,11 +593,13 @@ pub struct ScenarioReport {
 impl ScenarioReport {
     pub fn summary(&self) -> String {
         format!(
-            "{:<20} ops {:>5} (ok {:>5}, unknown {:>4})  {:<14} converged: {}  ({})",
+            "{:<20} ops {:>5} (ok {:>5}, unknown {:>4}, swaps {}/{})  {:<14} converged: {}  ({})",
             self.scenario.name(),
             self.ops,
             self.ok,
             self.unknown,
+            self.swaps.0,
+            self.swaps.0 + self.swaps.1,
             match &self.verdict {
                 Verdict::Linearizable => "linearizable".to_string(),
                 Verdict::Violation(_) => "NOT LINEARIZABLE".to_string(),
@@ -430,6 +661,7 @@ pub async fn run_scenario(
             .iter()
             .filter(|o| o.outcome == Outcome::Unknown)
             .count(),
+        swaps: swaps(&history),
         verdict,
         converged,
         check_time: checking.elapsed(),
@@ -439,6 +671,19 @@ pub async fn run_scenario(
         eprintln!("{text}");
     }
     report
+}
+
+/// Acknowledged compare-and-swaps of `history` that swapped, and that did
+/// not.
+pub fn swaps(history: &[Operation]) -> (usize, usize) {
+    let verdicts = history.iter().filter_map(|o| match &o.op {
+        KvOp::Cas { swap, .. } if o.outcome == Outcome::Ok => Some(*swap == Swap::Swapped),
+        _ => None,
+    });
+    verdicts.fold(
+        (0, 0),
+        |(yes, no), s| if s { (yes + 1, no) } else { (yes, no + 1) },
+    )
 }
 
 /// Waits until every node has applied the same index, then compares their
