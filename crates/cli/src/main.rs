@@ -150,13 +150,20 @@ async fn run(
 /// glibc gives every thread that allocates its own 64 MiB malloc arena and
 /// seldom returns freed memory in them to the system; with short-lived
 /// threads (snapshot writers, blocking tasks) a server's RSS grew to ~1 GB
-/// of mostly free memory in a one-hour soak. Two arenas keep that bounded.
+/// of mostly free memory in a one-hour soak. Four arenas keep that bounded
+/// while the node thread and the two request threads seldom share one (with
+/// two, their arena locks cost about 10% more CPU per put once the history
+/// window kept every overwritten value: BENCHMARKS.md), unless the operator
+/// set glibc's own MALLOC_ARENA_MAX.
 #[cfg(target_env = "gnu")]
 fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     // SAFETY: mallopt only sets an allocator parameter; called before any
     // other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 

@@ -208,9 +208,10 @@ impl Client {
 
     /// Watches `key` (with `prefix`: every key starting with it) from
     /// revision `from` (`None`: changes after now). The stream resumes on
-    /// another endpoint when one fails, from the revision after the last one
-    /// delivered; it ends with an error when its position is no longer in
-    /// the history (compacted).
+    /// another endpoint when one fails or loses its leader (for three
+    /// election timeouts), from the revision after the last one delivered;
+    /// it ends with an error when its position is no longer in the history
+    /// (compacted).
     pub fn watch(
         &self,
         key: impl Into<Bytes>,
@@ -248,9 +249,15 @@ impl Client {
                 if tx.send(create).await.is_err() {
                     return;
                 }
-                let stream = WatchClient::new(channel)
-                    .watch(ReceiverStream::new(requests))
-                    .await;
+                // Ask the member to end the stream if it loses its leader
+                // (etcd's `hasleader`): an isolated member would otherwise
+                // keep it open with nothing to send.
+                let mut request = tonic::Request::new(ReceiverStream::new(requests));
+                request.metadata_mut().insert(
+                    "hasleader",
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                let stream = WatchClient::new(channel).watch(request).await;
                 if let Ok(stream) = stream {
                     let mut responses = stream.into_inner();
                     while let Ok(Some(response)) = responses.message().await {

@@ -22,7 +22,7 @@ use raftkv_proto::etcdserverpb::{
 };
 use raftkv_proto::mvccpb::KeyValue;
 
-use crate::history::{Event, RevisionError};
+use crate::history::{Change, RevisionError};
 use crate::state::{KeyRange, KvState, Record};
 
 /// etcd's texts for what a transaction is refused with when applied.
@@ -362,12 +362,12 @@ impl KvState {
         revision: u64,
         make: impl FnOnce(Option<&Record>) -> Record,
     ) {
-        let (record, prev) = self.upsert(key, make);
+        let prev = self.upsert(key, make);
         self.history.record(
-            Event {
+            Change {
                 revision,
                 key: Bytes::copy_from_slice(key),
-                record: Some(record),
+                deleted: false,
                 prev,
             },
             revision,
@@ -378,10 +378,10 @@ impl KvState {
     pub(crate) fn delete_record(&mut self, key: &[u8], revision: u64) -> Option<Record> {
         let prev = self.remove(key)?;
         self.history.record(
-            Event {
+            Change {
                 revision,
                 key: Bytes::copy_from_slice(key),
-                record: None,
+                deleted: true,
                 prev: Some(prev.clone()),
             },
             revision,

@@ -2,12 +2,15 @@
 //! revision order, so a watcher can start from a past revision and a range
 //! can be read as of one.
 //!
-//! Each event keeps the key's record before it (`prev`): reading the map as
-//! of revision R is the current map with every event after R undone, and a
+//! Each change keeps the key's record before it (`prev`): reading the map as
+//! of revision R is the current map with every change after R undone, and a
 //! watcher that asks for the previous value gets it without a second index.
-//! A `Record`'s value is a shared `Bytes`, so an event holds no copy of a
-//! value the map (or another event) still has; what the window costs is the
-//! old values it keeps alive, counted in `bytes`.
+//! The record a change left is not kept twice: it is the `prev` of the key's
+//! next change in the window, or the map's record when there is none, and
+//! is put back together when events are read (`KvState::changes_since`).
+//! So a put moves the value it replaces into the window and allocates
+//! nothing else for it; what the window costs is the old values it keeps
+//! alive, counted in `bytes`.
 //!
 //! Two bounds: the compacted revision, chosen through the log (a `Compact`
 //! request, the same on every replica), and a memory bound of this node
@@ -39,7 +42,7 @@ impl Default for HistoryLimits {
     }
 }
 
-/// One change of one key.
+/// One change of one key, as a watcher receives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub revision: u64,
@@ -50,10 +53,22 @@ pub struct Event {
     pub prev: Option<Record>,
 }
 
-impl Event {
+/// One change of one key, as the window keeps it (the record after it is
+/// found elsewhere: see the module's comment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) revision: u64,
+    pub(crate) key: Bytes,
+    /// The change deleted the key.
+    pub(crate) deleted: bool,
+    /// The key's record before it; `None`: it did not exist.
+    pub(crate) prev: Option<Record>,
+}
+
+impl Change {
     fn bytes(&self) -> u64 {
-        let value = |r: &Option<Record>| r.as_ref().map_or(0, |r| r.value.len());
-        (self.key.len() + value(&self.record) + value(&self.prev) + 64) as u64
+        let prev = self.prev.as_ref().map_or(0, |r| r.value.len());
+        (self.key.len() + prev + 64) as u64
     }
 }
 
@@ -84,7 +99,7 @@ impl std::fmt::Display for RevisionError {
 /// `Clone` is O(1) (a persistent vector), as the state machine's is.
 #[derive(Clone, Debug)]
 pub(crate) struct History {
-    events: Vector<Event>,
+    events: Vector<Change>,
     bytes: u64,
     /// Every change at or after this revision is in `events`; older ones
     /// are gone (compacted through the log, or dropped for memory).
@@ -102,9 +117,9 @@ impl History {
         }
     }
 
-    pub(crate) fn record(&mut self, event: Event, current: u64) {
-        self.bytes += event.bytes();
-        self.events.push_back(event);
+    pub(crate) fn record(&mut self, change: Change, current: u64) {
+        self.bytes += change.bytes();
+        self.events.push_back(change);
         self.enforce_limits(current);
     }
 
@@ -121,7 +136,7 @@ impl History {
         self.events.len()
     }
 
-    pub(crate) fn events(&self) -> impl Iterator<Item = &Event> {
+    pub(crate) fn events(&self) -> impl Iterator<Item = &Change> {
         self.events.iter()
     }
 
@@ -182,7 +197,7 @@ impl History {
     }
 
     /// The changes at or after `from`, oldest first (O(log n) to find).
-    pub(crate) fn since(&self, from: u64) -> Vector<Event> {
+    pub(crate) fn since(&self, from: u64) -> Vector<Change> {
         self.events.skip(self.first_at(from))
     }
 
@@ -191,7 +206,7 @@ impl History {
     }
 
     /// Restores a window from a snapshot.
-    pub(crate) fn restore(&mut self, complete_from: u64, events: Vec<Event>) {
+    pub(crate) fn restore(&mut self, complete_from: u64, events: Vec<Change>) {
         self.events.clear();
         self.bytes = 0;
         for event in events {

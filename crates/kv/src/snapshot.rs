@@ -13,7 +13,11 @@ use raftkv_proto::internal::{
     LeaseGrant, RecordState, SnapshotChunk, SnapshotEvent, SnapshotHeader, SnapshotPair,
 };
 
-use crate::history::Event;
+use crate::history::Change;
+
+/// `SnapshotHeader.event_format` of snapshots whose history events carry
+/// `deleted` and not the record a change left (0: before).
+const EVENTS_WITHOUT_RECORD: u32 = 1;
 use crate::state::Record;
 
 fn record_state(record: &Record) -> RecordState {
@@ -74,6 +78,7 @@ impl KvState {
             history_from: self.history.complete_from(),
             events: self.history.len() as u64,
             leases: self.leases.len() as u64,
+            event_format: EVENTS_WITHOUT_RECORD,
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -101,17 +106,15 @@ impl KvState {
                 chunk_bytes = 0;
             }
         }
-        for event in self.history.events() {
-            chunk_bytes += event.key.len()
-                + [&event.record, &event.prev]
-                    .iter()
-                    .map(|r| r.as_ref().map_or(0, |r| r.value.len() + 40))
-                    .sum::<usize>();
+        for change in self.history.events() {
+            chunk_bytes +=
+                change.key.len() + change.prev.as_ref().map_or(0, |r| r.value.len() + 40);
             chunk.events.push(SnapshotEvent {
-                revision: event.revision,
-                key: event.key.clone(),
-                record: event.record.as_ref().map(record_state),
-                prev: event.prev.as_ref().map(record_state),
+                revision: change.revision,
+                key: change.key.clone(),
+                record: None,
+                prev: change.prev.as_ref().map(record_state),
+                deleted: change.deleted,
             });
             if chunk_bytes >= RECORD_TARGET_BYTES {
                 sink(&std::mem::take(&mut chunk).encode_to_vec())?;
@@ -174,10 +177,16 @@ impl KvState {
                     .grant_lease(lease.id, lease.ttl)
                     .map_err(|e| RestoreError::Malformed(format!("lease {}: {e}", lease.id)))?;
             }
-            events.extend(chunk.events.into_iter().map(|e| Event {
+            events.extend(chunk.events.into_iter().map(|e| Change {
                 revision: e.revision,
                 key: e.key,
-                record: e.record.map(record_of),
+                // Snapshots before the record a change left was elided
+                // carry it, and no `deleted` (the map rebuilds it).
+                deleted: if header.event_format >= EVENTS_WITHOUT_RECORD {
+                    e.deleted
+                } else {
+                    e.record.is_none()
+                },
                 prev: e.prev.map(record_of),
             }));
         }
@@ -234,6 +243,7 @@ pub(crate) fn round_trip(state: &KvState) -> KvState {
 mod tests {
     use super::*;
     use crate::command::{Command, Op};
+    use crate::state::KeyRange;
 
     fn sample_state() -> KvState {
         let mut s = KvState::new(SessionLimits::default());
@@ -313,6 +323,69 @@ mod tests {
         for key in [&b"k/002/3"[..], b"k/003/1", b"big\0\xff"] {
             assert_eq!(restored.get_record(key), original.get_record(key));
         }
+    }
+
+    /// A store whose history holds overwrites and deletes.
+    fn churned_state() -> KvState {
+        let mut s = KvState::new(SessionLimits::default());
+        for index in 1..=40u64 {
+            let key = Bytes::from(format!("w/{}", index % 4));
+            let cmd = Command {
+                timestamp_ms: index,
+                rules: crate::CURRENT_RULES,
+                ops: vec![Op {
+                    key,
+                    value: Bytes::from(format!("v{index}")),
+                    delete: index % 5 == 0,
+                }],
+                ..Default::default()
+            };
+            s.apply(index, 1, &cmd);
+        }
+        s
+    }
+
+    #[test]
+    fn the_history_comes_back_as_watchers_and_past_reads_see_it() {
+        let original = churned_state();
+        let (restored, _) = restore(records_of(&original, b"")).unwrap();
+        let all = KeyRange::From(Bytes::from_static(b"\0"));
+        let events = original.changes_since(&all, 1).unwrap();
+        assert_eq!(events.len(), 40, "every put and delete is a change");
+        assert!(events.iter().any(|e| e.record.is_none()), "deletes kept");
+        assert_eq!(restored.changes_since(&all, 1).unwrap(), events);
+        for revision in 1..=original.revision() {
+            assert_eq!(
+                restored.range_at(&all, revision, 0),
+                original.range_at(&all, revision, 0),
+                "at revision {revision}"
+            );
+        }
+    }
+
+    #[test]
+    fn snapshots_whose_events_carry_the_record_after_them_still_restore() {
+        // The format before `event_format` 1: every event with the record
+        // it left (absent for a delete), no `deleted`.
+        let original = churned_state();
+        let mut records = records_of(&original, b"");
+        let mut header = SnapshotHeader::decode(records[0].clone()).unwrap();
+        header.event_format = 0;
+        records[0] = Bytes::from(header.encode_to_vec());
+        let events = original
+            .changes_since(&KeyRange::From(Bytes::from_static(b"\0")), 1)
+            .unwrap();
+        for record in records.iter_mut().skip(1) {
+            let mut chunk = SnapshotChunk::decode(record.clone()).unwrap();
+            for (e, event) in chunk.events.iter_mut().zip(&events) {
+                e.record = event.record.as_ref().map(record_state);
+                e.deleted = false;
+            }
+            *record = Bytes::from(chunk.encode_to_vec());
+        }
+        let (restored, _) = restore(records).unwrap();
+        let all = KeyRange::From(Bytes::from_static(b"\0"));
+        assert_eq!(restored.changes_since(&all, 1).unwrap(), events);
     }
 
     #[test]

@@ -319,25 +319,25 @@ impl KvState {
 
     /// Puts the record `make` builds from the key's current one, with one
     /// lookup of the map when the key exists (the common overwrite keeps
-    /// the map's key). Returns the record put and the one it replaced.
+    /// the map's key). Returns the record it replaced.
     pub(crate) fn upsert(
         &mut self,
         key: &[u8],
         make: impl FnOnce(Option<&Record>) -> Record,
-    ) -> (Record, Option<Record>) {
+    ) -> Option<Record> {
         let Some(slot) = self.map.get_mut(key) else {
-            let record = make(None);
-            self.insert(Bytes::copy_from_slice(key), record.clone());
-            return (record, None);
+            self.insert(Bytes::copy_from_slice(key), make(None));
+            return None;
         };
         let record = make(Some(slot));
-        let old = std::mem::replace(slot, record.clone());
-        self.data_bytes += record.value.len() as u64;
+        let (size, lease) = (record.value.len() as u64, record.lease);
+        let old = std::mem::replace(slot, record);
+        self.data_bytes += size;
         self.data_bytes -= old.value.len() as u64;
-        if old.lease != record.lease {
-            self.reattach(&Bytes::copy_from_slice(key), old.lease, record.lease);
+        if old.lease != lease {
+            self.reattach(&Bytes::copy_from_slice(key), old.lease, lease);
         }
-        (record, Some(old))
+        Some(old)
     }
 
     /// Returns the record it replaced.
@@ -465,13 +465,29 @@ impl KvState {
         if from <= self.revision {
             self.history.check(from, self.revision)?;
         }
-        Ok(self
-            .history
-            .since(from)
+        let changes = self.history.since(from);
+        // Newest first: the record a change left is the `prev` of the key's
+        // next change, or the map's for its last one.
+        let mut after: std::collections::HashMap<&[u8], Option<&Record>> = Default::default();
+        let mut events: Vec<Event> = changes
             .iter()
-            .filter(|e| range.contains(&e.key))
-            .cloned()
-            .collect())
+            .rev()
+            .filter(|c| range.contains(&c.key))
+            .map(|c| {
+                let record = match after.insert(&c.key, c.prev.as_ref()) {
+                    Some(next_prev) => next_prev,
+                    None => self.map.get(&c.key[..]),
+                };
+                Event {
+                    revision: c.revision,
+                    key: c.key.clone(),
+                    record: record.filter(|_| !c.deleted).cloned(),
+                    prev: c.prev.clone(),
+                }
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -43,7 +44,16 @@ const DUPLICATE_ID: &str = "etcdserver: duplicate watch ID provided on the Watch
 pub struct EtcdWatch {
     pub replica: Replica,
     pub metrics: Arc<Metrics>,
+    /// A stream that asked for a leader (etcd's `hasleader` metadata) ends
+    /// with "no leader" once this member has had none for this long (etcd:
+    /// three election timeouts), so its client resumes on another member.
+    pub no_leader_after: Duration,
 }
+
+/// etcd's metadata key: "true" when the client wants its watch streams
+/// closed on a member that lost its leader (clientv3's `WithRequireLeader`).
+const REQUIRE_LEADER: &str = "hasleader";
+const NO_LEADER: &str = "etcdserver: no leader";
 
 type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
 
@@ -192,6 +202,8 @@ struct Session {
     tx: Sender,
     watchers: HashMap<i64, JoinHandle<()>>,
     next_id: i64,
+    /// `Some(after)`: end the stream once leaderless for `after`.
+    require_leader: Option<Duration>,
 }
 
 impl Session {
@@ -289,11 +301,38 @@ impl Session {
         }
     }
 
+    /// Returns once this member has had no leader for `after` (never when
+    /// `after` is `None`).
+    async fn leader_lost(replica: Replica, after: Option<Duration>) {
+        let Some(after) = after else {
+            return std::future::pending().await;
+        };
+        let every = (after / 4).max(Duration::from_millis(10));
+        let mut leaderless_since = None;
+        loop {
+            tokio::time::sleep(every).await;
+            if replica.status().leader_id != 0 {
+                leaderless_since = None;
+                continue;
+            }
+            let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= after {
+                return;
+            }
+        }
+    }
+
     async fn run(mut self, mut requests: Streaming<WatchRequest>) {
+        let leader_lost = Self::leader_lost(self.replica.clone(), self.require_leader);
+        tokio::pin!(leader_lost);
         loop {
             let request = tokio::select! {
                 request = requests.message() => request,
                 () = self.tx.closed() => break,
+                () = &mut leader_lost => {
+                    let _ = self.tx.send(Err(Status::unavailable(NO_LEADER))).await;
+                    break;
+                }
             };
             match request {
                 Ok(Some(request)) => {
@@ -321,12 +360,17 @@ impl Watch for EtcdWatch {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
+        let require_leader = request
+            .metadata()
+            .get(REQUIRE_LEADER)
+            .is_some_and(|v| v.as_bytes() == b"true");
         let session = Session {
             replica: self.replica.clone(),
             metrics: self.metrics.clone(),
             tx,
             watchers: HashMap::new(),
             next_id: 0,
+            require_leader: require_leader.then_some(self.no_leader_after),
         };
         tokio::spawn(session.run(request.into_inner()));
         let stream: Self::WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));

@@ -397,6 +397,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let etcd_watch = WatchServer::new(etcd_watch::EtcdWatch {
         replica: replica.clone(),
         metrics: metrics.clone(),
+        no_leader_after: config.election_timeout * 3,
     })
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster {
