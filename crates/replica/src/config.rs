@@ -70,6 +70,8 @@ pub struct Bugs {
     pub read_before_applied: bool,
     /// The vote is never written to the log.
     pub forget_vote: bool,
+    /// A keep-alive is answered but does not restart the lease's timer.
+    pub ignore_keep_alive: bool,
 }
 
 impl Bugs {

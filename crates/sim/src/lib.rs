@@ -7,9 +7,12 @@
 //! with the WAL's crash semantics (unsynced writes lost or kept as a
 //! prefix; failing fsyncs; full disks), a clock per node with bounded
 //! drift, process crashes, restarts and pauses, and clients issuing puts,
-//! deletes and reads (linearizable and lease) with sessions and retries.
-//! The history goes to the test kit's linearizability checker; raft's
-//! invariants are checked after every turn (see [`world`]).
+//! deletes and reads (linearizable and lease) with sessions and retries, and
+//! compare-and-swaps (etcd `Txn`s). The history goes to the test kit's
+//! linearizability checker; raft's invariants are checked after every turn
+//! (see [`world`]). etcd leases (granted, kept alive or left to expire) and
+//! watchers (following the applied history from node to node) run beside
+//! them, with checks of their own.
 //!
 //! The same seed gives the same run, bit for bit (`Report::trace_hash`).
 
@@ -25,7 +28,7 @@ pub use world::{run_seed, run_seed_with_bugs, Params, Report};
 pub type SetBug = fn(&mut Bugs);
 
 /// The deliberate bugs the simulator must catch, by name (`--bug NAME`).
-pub const BUGS: [(&str, SetBug); 5] = [
+pub const BUGS: [(&str, SetBug); 6] = [
     ("ack-before-fsync", |b| b.ack_before_fsync = true),
     ("long-lease", |b| {
         b.lease_longer_than_election_timeout = true
@@ -33,6 +36,7 @@ pub const BUGS: [(&str, SetBug); 5] = [
     ("apply-before-commit", |b| b.apply_before_commit = true),
     ("read-before-applied", |b| b.read_before_applied = true),
     ("forget-vote", |b| b.forget_vote = true),
+    ("ignore-keep-alive", |b| b.ignore_keep_alive = true),
 ];
 
 /// The bug switches for `name` (one of [`BUGS`]).

@@ -6,8 +6,17 @@
 //! turn, and clients see their answers.
 //!
 //! Every random choice comes from the seed, drawn from separate generators
-//! per concern (faults, network, clients, disks, each node), so a seed
-//! replays exactly.
+//! per concern (faults, network, clients, disks, each node, leases,
+//! watchers), so a seed replays exactly.
+//!
+//! Besides the map's clients: compare-and-swaps (etcd `Txn`s) in the
+//! clients' mix, checked with the rest of the history; a lease actor and a
+//! keep-alive loop (`world/leases.rs`); watchers that follow the applied
+//! history of one node after another (`world/watchers.rs`).
+
+mod etcd;
+mod leases;
+mod watchers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -16,11 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use raft::eraftpb::EntryType;
 use raftkv_replica::{
     bootstrap_membership, Bugs, ChangePlan, Lane, Op, PeerMessage, RaftView, Replica,
-    ReplicaConfig, ReplicaCore, ReplicaError, SnapshotStore, Transport, WriteSession,
+    ReplicaConfig, ReplicaCore, ReplicaError, SnapshotStore, Transport, Write, WriteResult,
+    WriteSession,
 };
-use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Verdict};
+use raftkv_testkit::history::{self, KvOp, Operation, Outcome, Swap, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -224,7 +235,29 @@ struct InFlight {
     message: PeerMessage,
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<(), ReplicaError>>>>;
+/// A reply the simulator polls (with a no-op waker) after every turn.
+type Pollable<T> = Pin<Box<dyn Future<Output = T>>>;
+
+type Answer = Pollable<Result<(), ReplicaError>>;
+
+/// What an acknowledged client operation was told.
+#[derive(Clone, Debug, Default)]
+struct OpReply {
+    /// A write's: the store revision once it was applied (every state that
+    /// holds the write is at this revision or later).
+    revision: Option<u64>,
+    /// A compare-and-swap's outcome.
+    swap: Option<Swap>,
+}
+
+type OpAnswer = Pollable<Result<OpReply, ReplicaError>>;
+
+fn written(result: WriteResult) -> OpReply {
+    OpReply {
+        revision: Some(result.revision),
+        swap: None,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadLevel {
@@ -234,15 +267,58 @@ enum ReadLevel {
 
 #[derive(Clone, Debug)]
 enum ClientOp {
-    Put { key: String, value: String },
-    Delete { key: String },
-    Get { key: String, level: ReadLevel },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+        level: ReadLevel,
+    },
+    /// An etcd `Txn`: if `key` holds `expected` (`None`: absent), put
+    /// `value`, else read `key`.
+    Cas {
+        key: String,
+        expected: Option<String>,
+        value: String,
+    },
+    /// The lease actor's (see `world/leases.rs`): grant lease `id` for
+    /// `ttl` seconds (`kept`: for the keep-alive loop) ...
+    LeaseGrant {
+        id: u64,
+        ttl: u64,
+        kept: bool,
+    },
+    /// ... and put `key` attached to `lease` (an etcd `Txn` put).
+    LeasePut {
+        lease: u64,
+        key: String,
+        value: String,
+    },
+}
+
+impl ClientOp {
+    /// Proposed with the client's write session, so a retry after an
+    /// unknown outcome applies once. The rest of the writes go without one,
+    /// as the etcd API proposes them (`WriteSession::default()`): one whose
+    /// attempt may have been applied is not retried (it could apply twice);
+    /// its outcome stays unknown.
+    fn has_session(&self) -> bool {
+        matches!(self, ClientOp::Put { .. } | ClientOp::Delete { .. })
+    }
+
+    fn is_read(&self) -> bool {
+        matches!(self, ClientOp::Get { .. })
+    }
 }
 
 struct Attempt {
     node: u64,
     started_us: u64,
-    answer: Answer,
+    answer: OpAnswer,
 }
 
 struct Pending {
@@ -253,6 +329,9 @@ struct Pending {
     maybe_applied: bool,
     attempt: Option<Attempt>,
     retry_at: u64,
+    /// The highest revision a write acknowledged before this operation was
+    /// invoked left: a linearizable read must see at least that revision.
+    floor: u64,
 }
 
 struct Client {
@@ -263,6 +342,11 @@ struct Client {
     next_op_at: u64,
     pending: Option<Pending>,
     values: u64,
+    /// The value this client last saw each key hold (what its swaps expect).
+    seen: BTreeMap<String, Option<String>>,
+    /// The lease actor (not a client of the map: its operations are not
+    /// in the history).
+    lease_actor: bool,
 }
 
 pub struct World {
@@ -304,6 +388,14 @@ pub struct World {
     snap_dir: tempfile::TempDir,
     faults_on: bool,
     bugs: Bugs,
+    /// The highest store revision an acknowledged write left.
+    acked_revision: u64,
+    lease_rng: StdRng,
+    watch_rng: StdRng,
+    leases: leases::Leases,
+    watchers: Vec<watchers::Watcher>,
+    /// `won.len()` when the watchers last looked (a new leader since?).
+    watch_won_seen: usize,
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
@@ -314,7 +406,7 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
-fn noop_poll(answer: &mut Answer) -> Poll<Result<(), ReplicaError>> {
+fn noop_poll<T>(answer: &mut Pollable<T>) -> Poll<T> {
     let mut cx = Context::from_waker(Waker::noop());
     answer.as_mut().poll(&mut cx)
 }
@@ -340,7 +432,9 @@ impl World {
                 SimNode::new(id, disk, base, &mut root, params.max_drift_ppm)
             })
             .collect();
-        let clients = (1..=params.clients)
+        let mut lease_rng = StdRng::seed_from_u64(root.gen());
+        let mut watch_rng = StdRng::seed_from_u64(root.gen());
+        let mut clients: Vec<Client> = (1..=params.clients)
             .map(|id| Client {
                 id,
                 session_id: client_rng.gen::<u64>() | 1,
@@ -349,8 +443,22 @@ impl World {
                 next_op_at: client_rng.gen_range(0..200_000),
                 pending: None,
                 values: 0,
+                seen: BTreeMap::new(),
+                lease_actor: false,
             })
             .collect();
+        clients.push(Client {
+            id: params.clients + 1,
+            session_id: 0,
+            seq: 0,
+            leader_hint: 0,
+            next_op_at: lease_rng.gen_range(0..500_000),
+            pending: None,
+            values: 0,
+            seen: BTreeMap::new(),
+            lease_actor: true,
+        });
+        let watchers = watchers::initial(&mut watch_rng);
         let mut world = World {
             seed,
             params,
@@ -383,6 +491,12 @@ impl World {
             snap_dir: tempfile::tempdir().expect("temp dir for snapshot stores"),
             faults_on: true,
             bugs,
+            acked_revision: 0,
+            lease_rng,
+            watch_rng,
+            leases: leases::Leases::default(),
+            watchers,
+            watch_won_seen: 0,
         };
         world.next_fault_at = world.draw_fault_gap();
         for index in 0..world.nodes.len() {
@@ -863,6 +977,7 @@ impl World {
             self.turn(index);
         }
         self.poll_clients();
+        self.poll_watchers();
     }
 
     fn deliver(&mut self) {
@@ -1130,7 +1245,11 @@ impl World {
                 .store()
                 .entries_in(checked + 1, view.commit_index + 1);
             let mut conflicts = Vec::new();
+            // Commands seen committed for the first time (the lease checks
+            // look at grants and revokes).
+            let mut fresh = Vec::new();
             for entry in entries {
+                let first = !self.committed.contains_key(&entry.index);
                 let seen = self
                     .committed
                     .entry(entry.index)
@@ -1138,12 +1257,21 @@ impl World {
                 if seen.0 != entry.term || seen.1 != entry.data.as_ref() {
                     conflicts.push((entry.index, seen.0, entry.term));
                 }
+                if first
+                    && entry.get_entry_type() == EntryType::EntryNormal
+                    && !entry.data.is_empty()
+                {
+                    fresh.push((entry.index, entry.term, entry.data.clone()));
+                }
             }
             self.checked_commit.insert(id, view.commit_index);
             for (i, t1, t2) in conflicts {
                 self.violation(format!(
                     "committed entry {i} differs: term {t1} elsewhere, term {t2} on node {id}"
                 ));
+            }
+            for (entry_index, entry_term, data) in fresh {
+                self.note_committed_command(entry_index, entry_term, &data);
             }
         }
         self.check_log_matching(index, view);
@@ -1264,18 +1392,32 @@ impl World {
             if client.pending.is_some() || self.now_us < client.next_op_at {
                 continue;
             }
+            if client.lease_actor {
+                match self.next_lease_op() {
+                    Some(op) => self.invoke(c, op),
+                    None => self.clients[c].next_op_at = self.now_us + 500_000,
+                }
+                continue;
+            }
             let key = format!("k{}", self.client_rng.gen_range(0..self.params.keys));
-            let op = match self.client_rng.gen_range(0..10) {
-                0..=3 => {
-                    self.clients[c].values += 1;
-                    let client = &self.clients[c];
-                    ClientOp::Put {
+            // Half writes (a quarter of all operations compare-and-swaps),
+            // half reads, as many lease reads as before swaps came in.
+            let op = match self.client_rng.gen_range(0..20) {
+                0..=2 => {
+                    let value = self.next_value(c);
+                    ClientOp::Put { key, value }
+                }
+                3..=4 => ClientOp::Delete { key },
+                5..=9 => {
+                    let value = self.next_value(c);
+                    let expected = self.clients[c].seen.get(&key).cloned().flatten();
+                    ClientOp::Cas {
                         key,
-                        value: format!("{}.{}", client.id, client.values),
+                        expected,
+                        value,
                     }
                 }
-                4 => ClientOp::Delete { key },
-                5..=7 if self.params.lease_reads => ClientOp::Get {
+                10..=15 if self.params.lease_reads => ClientOp::Get {
                     key,
                     level: ReadLevel::Lease,
                 },
@@ -1288,9 +1430,17 @@ impl World {
         }
     }
 
-    fn invoke(&mut self, c: usize, op: ClientOp) {
+    /// A value client `c` never wrote before (values written are unique).
+    fn next_value(&mut self, c: usize) -> String {
         let client = &mut self.clients[c];
-        let session = if matches!(op, ClientOp::Get { .. }) {
+        client.values += 1;
+        format!("{}.{}", client.id, client.values)
+    }
+
+    fn invoke(&mut self, c: usize, op: ClientOp) {
+        let floor = self.acked_revision;
+        let client = &mut self.clients[c];
+        let session = if !op.has_session() {
             WriteSession::default()
         } else {
             client.seq += 1;
@@ -1307,6 +1457,7 @@ impl World {
             maybe_applied: false,
             attempt: None,
             retry_at: self.now_us,
+            floor,
         });
     }
 
@@ -1314,6 +1465,7 @@ impl World {
         for c in 0..self.clients.len() {
             self.poll_client(c);
         }
+        self.poll_keeper();
     }
 
     fn poll_client(&mut self, c: usize) {
@@ -1328,7 +1480,7 @@ impl World {
                 } else {
                     Outcome::Failed
                 };
-                self.complete(c, pending, outcome, None);
+                self.complete(c, pending, outcome, None, OpReply::default());
                 return;
             }
             self.attempt(c, &mut pending);
@@ -1349,30 +1501,50 @@ impl World {
         };
         let node = attempt.node;
         pending.attempt = None;
-        let is_read = matches!(pending.op, ClientOp::Get { .. });
+        let is_read = pending.op.is_read();
         match result {
-            Ok(()) => {
+            Ok(reply) => {
                 let read = if let ClientOp::Get { key, .. } = &pending.op {
                     let index = (node - 1) as usize;
-                    match &self.nodes[index].running {
-                        Some(running) => Some(
-                            running
-                                .replica
-                                .kv()
-                                .get(key.as_bytes())
-                                .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                        ),
-                        None => {
-                            // The node died between its answer and the read.
-                            pending.retry_at = now + 1_000;
-                            self.clients[c].pending = Some(pending);
-                            return;
-                        }
+                    let state = self.nodes[index].running.as_ref().map(|running| {
+                        let kv = running.replica.kv();
+                        let value = kv
+                            .get(key.as_bytes())
+                            .map(|v| String::from_utf8_lossy(&v).into_owned());
+                        (value, kv.revision())
+                    });
+                    let Some((value, revision)) = state else {
+                        // The node died between its answer and the read.
+                        pending.retry_at = now + 1_000;
+                        self.clients[c].pending = Some(pending);
+                        return;
+                    };
+                    // Every write acknowledged before the read began is in
+                    // the state it reads, so is the revision that write left
+                    // (stronger than the value of the one key: any write
+                    // missed shows).
+                    if revision < pending.floor {
+                        let text = format!(
+                            "node {node} served a linearizable read of {key} from revision \
+                             {revision}, older than revision {} that a write acknowledged \
+                             before the read began left",
+                            pending.floor
+                        );
+                        self.violation(text);
                     }
+                    Some(value)
                 } else {
                     None
                 };
-                self.complete(c, pending, Outcome::Ok, read);
+                if reply.swap == Some(Swap::Unknown) {
+                    self.violation(format!(
+                        "node {node} acknowledged a compare-and-swap without a transaction \
+                         response"
+                    ));
+                    self.complete(c, pending, Outcome::Unknown, None, OpReply::default());
+                    return;
+                }
+                self.complete(c, pending, Outcome::Ok, read, reply);
             }
             Err(ReplicaError::NotLeader { leader_id, .. }) => {
                 self.clients[c].leader_hint = leader_id;
@@ -1382,6 +1554,12 @@ impl World {
             Err(ReplicaError::UnknownOutcome(_)) | Err(ReplicaError::Stopped(_)) => {
                 if !is_read {
                     pending.maybe_applied = true;
+                    if !pending.op.has_session() {
+                        // No session: a retry could apply it a second time.
+                        self.clients[c].leader_hint = 0;
+                        self.complete(c, pending, Outcome::Unknown, None, OpReply::default());
+                        return;
+                    }
                 }
                 self.clients[c].leader_hint = 0;
                 pending.retry_at = now + 10_000;
@@ -1393,7 +1571,12 @@ impl World {
                 } else {
                     Outcome::Failed
                 };
-                self.complete(c, pending, outcome, None);
+                self.complete(c, pending, outcome, None, OpReply::default());
+            }
+            Err(ReplicaError::Rejected(_)) if !is_read && !pending.op.has_session() => {
+                // The state machine refused it without effect (a put on a
+                // lease that has expired).
+                self.complete(c, pending, Outcome::Failed, None, OpReply::default());
             }
             Err(_) => {
                 // Refused without effect (overloaded, no space, ...).
@@ -1432,14 +1615,14 @@ impl World {
             .replica
             .clone();
         let session = pending.session;
-        let answer: Answer = match &pending.op {
+        let answer: OpAnswer = match &pending.op {
             ClientOp::Put { key, value } => {
                 let ops = vec![Op {
                     key: key.clone().into_bytes().into(),
                     value: value.clone().into_bytes().into(),
                     delete: false,
                 }];
-                Box::pin(async move { replica.propose(ops, session).await.map(|_| ()) })
+                Box::pin(async move { replica.propose(ops, session).await.map(written) })
             }
             ClientOp::Delete { key } => {
                 let ops = vec![Op {
@@ -1447,16 +1630,50 @@ impl World {
                     value: Default::default(),
                     delete: true,
                 }];
-                Box::pin(async move { replica.propose(ops, session).await.map(|_| ()) })
+                Box::pin(async move { replica.propose(ops, session).await.map(written) })
             }
             ClientOp::Get { level, .. } => {
                 if *level == ReadLevel::Lease && replica.has_read_lease() {
                     let term = replica.status().term;
                     self.check_lease_read(node, term);
-                    Box::pin(std::future::ready(Ok(())))
+                    Box::pin(std::future::ready(Ok(OpReply::default())))
                 } else {
-                    Box::pin(async move { replica.read_index().await })
+                    Box::pin(async move { replica.read_index().await.map(|()| OpReply::default()) })
                 }
+            }
+            ClientOp::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let write = Write::EtcdTxn(etcd::cas(key, expected.as_deref(), value));
+                Box::pin(async move {
+                    replica
+                        .write(write, WriteSession::default())
+                        .await
+                        .map(|result| OpReply {
+                            revision: Some(result.revision),
+                            swap: Some(etcd::swap_of(result.txn.as_deref())),
+                        })
+                })
+            }
+            ClientOp::LeaseGrant { id, ttl, .. } => {
+                let write = Write::LeaseGrant { id: *id, ttl: *ttl };
+                Box::pin(async move {
+                    replica
+                        .write(write, WriteSession::default())
+                        .await
+                        .map(written)
+                })
+            }
+            ClientOp::LeasePut { lease, key, value } => {
+                let write = Write::EtcdTxn(etcd::put_with_lease(key, value, *lease));
+                Box::pin(async move {
+                    replica
+                        .write(write, WriteSession::default())
+                        .await
+                        .map(written)
+                })
             }
         };
         pending.attempt = Some(Attempt {
@@ -1490,15 +1707,67 @@ impl World {
         pending: Pending,
         outcome: Outcome,
         read: Option<Option<String>>,
+        reply: OpReply,
     ) {
+        let ok = outcome == Outcome::Ok;
+        if let (true, Some(revision)) = (ok, reply.revision) {
+            self.acked_revision = self.acked_revision.max(revision);
+        }
+        if self.clients[c].lease_actor {
+            self.complete_lease_op(pending.op, outcome);
+            self.clients[c].next_op_at = self.now_us + self.lease_rng.gen_range(100_000..600_000);
+            return;
+        }
         let client = self.clients[c].id;
+        let seen = &mut self.clients[c].seen;
         let op = match pending.op {
-            ClientOp::Put { key, value } => KvOp::Put { key, value },
-            ClientOp::Delete { key } => KvOp::Delete { key },
-            ClientOp::Get { key, .. } => KvOp::Get {
+            ClientOp::Put { key, value } => {
+                if ok {
+                    seen.insert(key.clone(), Some(value.clone()));
+                }
+                KvOp::Put { key, value }
+            }
+            ClientOp::Delete { key } => {
+                if ok {
+                    seen.insert(key.clone(), None);
+                }
+                KvOp::Delete { key }
+            }
+            ClientOp::Get { key, .. } => {
+                let value = read.flatten();
+                if ok {
+                    seen.insert(key.clone(), value.clone());
+                }
+                KvOp::Get { key, value }
+            }
+            ClientOp::Cas {
                 key,
-                value: read.flatten(),
-            },
+                expected,
+                value,
+            } => {
+                let swap = match reply.swap {
+                    Some(swap) if ok => swap,
+                    _ => Swap::Unknown,
+                };
+                match &swap {
+                    Swap::Swapped => {
+                        seen.insert(key.clone(), Some(value.clone()));
+                    }
+                    Swap::Refused(found) => {
+                        seen.insert(key.clone(), found.clone());
+                    }
+                    Swap::Unknown => {}
+                }
+                KvOp::Cas {
+                    key,
+                    expected,
+                    value,
+                    swap,
+                }
+            }
+            op @ (ClientOp::LeaseGrant { .. } | ClientOp::LeasePut { .. }) => {
+                unreachable!("{op:?} is the lease actor's")
+            }
         };
         let operation = Operation {
             client,
@@ -1549,24 +1818,38 @@ impl World {
     /// (applied index, state hash) of every running member.
     fn member_states(&self) -> BTreeMap<u64, (u64, u64)> {
         let mut applied = BTreeMap::new();
+        for index in self.member_indexes() {
+            let node = &self.nodes[index];
+            let running = node.running.as_ref().expect("a running member");
+            let kv = running.replica.kv();
+            applied.insert(node.id, (kv.applied_index(), kv.content_hash()));
+        }
+        applied
+    }
+
+    /// The indexes of the running members (as the leader, if any, sees the
+    /// membership), in id order.
+    fn member_indexes(&self) -> Vec<usize> {
         // A node the cluster removed stops applying where it left.
         let members: Option<Vec<u64>> = self
             .leader_replica()
             .map(|(_, replica)| raftkv_replica::member_ids(&replica.membership().conf_state));
-        for node in &self.nodes {
+        let mut indexes = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
             if let Some(running) = &node.running {
                 let member = members.as_ref().is_none_or(|m| m.contains(&node.id));
                 if !member || running.replica.status().role == raftkv_replica::Role::Removed {
                     continue;
                 }
-                let kv = running.replica.kv();
-                applied.insert(node.id, (kv.applied_index(), kv.content_hash()));
+                indexes.push(index);
             }
         }
-        applied
+        indexes
     }
 
     fn final_checks(&mut self) {
+        // Leases no one keeps alive expire (see `world/leases.rs`).
+        self.settle_leases();
         // Convergence: every member has applied the same index and holds
         // the same state — at once, or within CONVERGE_US more (message loss
         // and delays go on after the heal, and a cluster that elected its
@@ -1605,6 +1888,13 @@ impl World {
                  state hash) by node {applied:?}",
                 CONVERGE_US / 1_000_000
             ));
+        }
+        if distinct.len() == 1 {
+            // Members that applied everything, in the same state: what the
+            // committed log says happened.
+            let members: Vec<usize> = applied.keys().map(|id| (*id - 1) as usize).collect();
+            self.check_watchers(members[0]);
+            self.check_leases_at_end(&members);
         }
         match history::check(&self.history) {
             Verdict::Linearizable => {}

@@ -121,9 +121,12 @@ impl<S: LogStore> Node<S> {
         if self.raw.raft.state != raft::StateRole::Leader {
             return Err(self.not_leader());
         }
-        if !self.raw.raft.commit_to_current_term() {
+        if !self.raw.raft.commit_to_current_term() || self.applied_index < self.term_start_index {
+            // Until it has applied its term's first entry, a new leader may
+            // not have applied a grant the previous one acknowledged, and
+            // would answer "no such lease" to its holder (etcd's #6978).
             return Err(ReplicaError::Unavailable(
-                "the new leader has not committed an entry of its term yet; retry".into(),
+                "the new leader has not applied the entries before its term yet; retry".into(),
             ));
         }
         Ok(())
@@ -147,9 +150,11 @@ impl<S: LogStore> Node<S> {
             // Already expired and being revoked: too late.
             return Ok(0);
         }
-        self.lease_timers
-            .expiry
-            .insert(id, self.now + Duration::from_secs(ttl));
+        if !self.config.bugs.on(|b| b.ignore_keep_alive) {
+            self.lease_timers
+                .expiry
+                .insert(id, self.now + Duration::from_secs(ttl));
+        }
         Ok(ttl)
     }
 
