@@ -9,7 +9,14 @@
 //!
 //! Client i talks to endpoint i mod N (etcd members forward writes to their
 //! leader and serve linearizable reads through it). Gets are linearizable
-//! (etcd's default) unless `--serializable`.
+//! (etcd's default) unless `--serializable`. `--op txn` puts through a `Txn`
+//! with one compare on the key (version != -1, which always holds) and the
+//! put as its success branch: the compare-and-swap path, each write one
+//! transaction. `--watchers N` keeps N watch streams on the bench prefix
+//! read while the load runs (and `--slow-watchers M`, M streams not read
+//! until it ends): see `watchers.rs`.
+
+mod watchers;
 
 use raftkv_proto::etcdserverpb as pb;
 
@@ -24,11 +31,13 @@ use tonic::transport::{Channel, Endpoint};
 struct Etcd {
     endpoints: Vec<String>,
     serializable: bool,
+    txn: bool,
 }
 
 struct Conn {
     kv: KvClient<Channel>,
     serializable: bool,
+    txn: bool,
 }
 
 impl Target for Etcd {
@@ -44,20 +53,35 @@ impl Target for Etcd {
         Ok(Conn {
             kv: KvClient::new(channel),
             serializable: self.serializable,
+            txn: self.txn,
         })
     }
 
     async fn run(conn: &Conn, kind: Kind, keys: Vec<Bytes>, value: &Bytes) -> Result<(), String> {
         let mut kv = conn.kv.clone();
+        let put = pb::PutRequest {
+            key: keys[0].clone(),
+            value: value.clone(),
+            ..Default::default()
+        };
         let result = match kind {
-            Kind::Put => kv
-                .put(pb::PutRequest {
-                    key: keys[0].clone(),
-                    value: value.clone(),
-                    ..Default::default()
+            Kind::Put if conn.txn => kv
+                .txn(pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: pb::compare::CompareResult::NotEqual as i32,
+                        target: pb::compare::CompareTarget::Version as i32,
+                        key: keys[0].clone(),
+                        target_union: Some(pb::compare::TargetUnion::Version(-1)),
+                        range_end: Bytes::new(),
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(put)),
+                    }],
+                    failure: Vec::new(),
                 })
                 .await
                 .map(|_| ()),
+            Kind::Put => kv.put(put).await.map(|_| ()),
             Kind::Get => kv
                 .range(pb::RangeRequest {
                     key: keys[0].clone(),
@@ -75,9 +99,9 @@ impl Target for Etcd {
 fn usage(message: &str) -> ! {
     eprintln!("error: {message}");
     eprintln!(
-        "usage: etcd-bench --endpoints HOST:PORT[,..] [--op put|get] [--clients N] [--connections N] \
+        "usage: etcd-bench --endpoints HOST:PORT[,..] [--op put|get|txn] [--clients N] [--connections N] \
          [--keys N] [--value-size B] [--duration S] [--warmup S] [--rate OPS] \
-         [--serializable] [--json]"
+         [--serializable] [--watchers N] [--slow-watchers M] [--json]"
     );
     std::process::exit(2)
 }
@@ -104,7 +128,8 @@ async fn main() {
         warmup: Duration::ZERO,
         rate: None,
     };
-    let (mut serializable, mut json_out) = (false, false);
+    let (mut serializable, mut json_out, mut txn) = (false, false, false);
+    let (mut fast_watchers, mut slow_watchers) = (0usize, 0usize);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -117,7 +142,11 @@ async fn main() {
                 settings.workload = match value().as_str() {
                     "put" => Workload::Only(Kind::Put),
                     "get" => Workload::Only(Kind::Get),
-                    _ => usage("--op is put or get"),
+                    "txn" => {
+                        txn = true;
+                        Workload::Only(Kind::Put)
+                    }
+                    _ => usage("--op is put, get or txn"),
                 }
             }
             "--clients" => {
@@ -134,6 +163,10 @@ async fn main() {
             "--warmup" => settings.warmup = seconds(&value()),
             "--rate" => settings.rate = Some(value().parse().unwrap_or_else(|_| usage("--rate"))),
             "--serializable" => serializable = true,
+            "--watchers" => fast_watchers = value().parse().unwrap_or_else(|_| usage("--watchers")),
+            "--slow-watchers" => {
+                slow_watchers = value().parse().unwrap_or_else(|_| usage("--slow-watchers"))
+            }
             "--json" => json_out = true,
             other => usage(&format!("unknown argument {other}")),
         }
@@ -141,6 +174,7 @@ async fn main() {
     let target = Etcd {
         endpoints,
         serializable,
+        txn,
     };
     if settings.workload == Workload::Only(Kind::Get) {
         eprintln!("loading {} keys...", settings.keys);
@@ -148,9 +182,32 @@ async fn main() {
             usage(&e);
         }
     }
+    let watching = if fast_watchers + slow_watchers > 0 {
+        let started = watchers::Watchers::start(
+            &target.endpoints,
+            &settings.prefix,
+            fast_watchers,
+            slow_watchers,
+        )
+        .await;
+        Some(started.unwrap_or_else(|e| usage(&e)))
+    } else {
+        None
+    };
     let report = match raftkv_loadgen::run(&target, &settings).await {
         Ok(report) => report,
         Err(e) => usage(&e),
+    };
+    let watched = match watching {
+        Some(w) => {
+            let (events, per_sec, slow) = w.finish().await;
+            let slow: Vec<_> = slow
+                .iter()
+                .map(|s| json!({"events": s.events, "compact_revision": s.compact_revision}))
+                .collect();
+            json!({"watchers": fast_watchers, "events": events, "events_per_sec": per_sec, "slow": slow})
+        }
+        None => serde_json::Value::Null,
     };
     if json_out {
         println!(
@@ -165,6 +222,7 @@ async fn main() {
                 "errors": report.total_errors(),
                 "errors_by_kind": report.errors,
                 "latency_ms": raftkv_loadgen::Report::latency_json(&report.overall()),
+                "watch": watched,
             })
         );
     } else {
