@@ -24,17 +24,6 @@ WORK=$(mktemp -d)
 source scripts/lib-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
-line() { # store nodes workload json
-  python3 -c '
-import json, sys
-store, nodes, workload, raw = sys.argv[1:5]
-j = json.loads(raw)
-l = j["latency_ms"]
-ops, p50, p99, errors = j["ops_per_sec"], l["p50"], l["p99"], j["errors"]
-print(f"{store:6} {nodes} {workload:18} {ops:9.0f} ops/s  p50 {p50:6.2f}  p99 {p99:6.2f} ms  errors {errors}")
-' "$@"
-}
-
 if [[ -n ${WORKLOADS:-} ]]; then
   IFS=';' read -r -a WORKLOADS <<<"$WORKLOADS"
 else
@@ -47,7 +36,7 @@ for nodes in ${NODES:-1 3}; do
       name="$op c=$clients keys=$keys"
       for store in raftkv etcd; do
         if [[ $store == raftkv ]]; then start_raftkv "$nodes"; else start_etcd "$nodes"; fi
-        line "$store" "$nodes" "$name" "$("$E" --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" \
+        bench_line "$store" "$nodes" "$name" "$("$E" --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" \
           --connections 0 --keys "$keys" --duration "$SECS" --warmup 2 --json 2>/dev/null)"
         stop_all
       done

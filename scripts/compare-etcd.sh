@@ -28,17 +28,6 @@ WORK=$(mktemp -d)
 source scripts/lib-cluster.sh
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
-line() { # store nodes workload json
-  python3 -c '
-import json, sys
-store, nodes, workload, raw = sys.argv[1:5]
-j = json.loads(raw)
-l = j["latency_ms"]
-ops, p50, p99, errors = j["ops_per_sec"], l["p50"], l["p99"], j["errors"]
-print(f"{store:6} {nodes} {workload:22} {ops:9.0f} ops/s  p50 {p50:6.2f}  p99 {p99:6.2f} ms  errors {errors}")
-' "$@"
-}
-
 if [[ -n ${WORKLOADS:-} ]]; then
   IFS=';' read -r -a WORKLOADS <<<"$WORKLOADS"
 else
@@ -51,11 +40,11 @@ for nodes in ${NODES:-1 3}; do
       name="$op c=$clients"
       [[ $conns == 0 ]] || name+=" conns=$conns"
       start_raftkv "$nodes"
-      line raftkv "$nodes" "$name" "$("$R" --endpoints "$ENDPOINTS" bench --op "$op" --clients "$clients" \
+      bench_line raftkv "$nodes" "$name" "$("$R" --endpoints "$ENDPOINTS" bench --op "$op" --clients "$clients" \
         --connections "$conns" --duration "${SECS}s" --warmup 2s --json 2>/dev/null)"
       stop_all
       start_etcd "$nodes"
-      line etcd "$nodes" "$name" "$("$E" --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" \
+      bench_line etcd "$nodes" "$name" "$("$E" --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" \
         --connections "$conns" --duration "$SECS" --warmup 2 --json 2>/dev/null)"
       stop_all
     done

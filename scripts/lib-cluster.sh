@@ -64,3 +64,16 @@ start_etcd() {
   echo "etcd cluster of $n did not become ready (logs in $WORK)" >&2
   return 1
 }
+
+# bench_line STORE NODES WORKLOAD JSON: one line of a bench's JSON report
+# (`raftkv bench --json` or `etcd-bench --json`).
+bench_line() {
+  python3 -c '
+import json, sys
+store, nodes, workload, raw = sys.argv[1:5]
+j = json.loads(raw)
+l = j["latency_ms"]
+ops, p50, p99, errors = j["ops_per_sec"], l["p50"], l["p99"], j["errors"]
+print(f"{store:6} {nodes} {workload:22} {ops:9.0f} ops/s  p50 {p50:6.2f}  p99 {p99:6.2f} ms  errors {errors}")
+' "$@"
+}

@@ -14,13 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_client::etcdserverpb::{
-    compare, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
 use raftkv_client::{Client, ClientOptions, Consistency, Error, ScanOptions};
 use rand::Rng;
 use serde_json::Value;
 
+use crate::etcd_ops::{put, range, read_value, txn, value_is};
 use crate::history::{check, KvOp, Operation, Outcome, Swap, Verdict};
 use crate::TestCluster;
 
@@ -413,7 +411,7 @@ async fn cas_client_loop(
             }
         } else if roll < 50 {
             let write = handle
-                .txn(txn(Vec::new(), vec![put(&key, &value)], Vec::new()))
+                .txn(txn(Vec::new(), vec![put(&key, &value, 0)], Vec::new()))
                 .await;
             if write.is_ok() {
                 seen.insert(key.clone(), Some(value.clone()));
@@ -426,7 +424,7 @@ async fn cas_client_loop(
             } else {
                 let swap = txn(
                     vec![value_is(&key, expected.as_deref())],
-                    vec![put(&key, &value)],
+                    vec![put(&key, &value, 0)],
                     vec![range(&key)],
                 );
                 handle.txn(swap).await.map(|r| {
@@ -495,68 +493,9 @@ async fn broken_swap(
         return Ok(Swap::Refused(local));
     }
     handle
-        .txn(txn(Vec::new(), vec![put(key, value)], Vec::new()))
+        .txn(txn(Vec::new(), vec![put(key, value, 0)], Vec::new()))
         .await?;
     Ok(Swap::Swapped)
-}
-
-fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-    TxnRequest {
-        compare,
-        success,
-        failure,
-    }
-}
-
-fn range(key: &str) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(RangeRequest {
-            key: Bytes::from(key.to_string()),
-            ..Default::default()
-        })),
-    }
-}
-
-fn put(key: &str, value: &str) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: Bytes::from(key.to_string()),
-            value: Bytes::from(value.to_string()),
-            ..Default::default()
-        })),
-    }
-}
-
-/// `key` holds `expected` (`None`: `key` does not exist, version 0).
-fn value_is(key: &str, expected: Option<&str>) -> Compare {
-    let (target, union) = match expected {
-        Some(v) => (
-            compare::CompareTarget::Value,
-            compare::TargetUnion::Value(Bytes::from(v.to_string())),
-        ),
-        None => (
-            compare::CompareTarget::Version,
-            compare::TargetUnion::Version(0),
-        ),
-    };
-    Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: target as i32,
-        key: Bytes::from(key.to_string()),
-        target_union: Some(union),
-        range_end: Bytes::new(),
-    }
-}
-
-/// The value the first response of a transaction read (`None`: absent).
-fn read_value(responses: &[raftkv_client::etcdserverpb::ResponseOp]) -> Option<String> {
-    match responses.first().and_then(|r| r.response.as_ref()) {
-        Some(response_op::Response::ResponseRange(range)) => range
-            .kvs
-            .first()
-            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-        _ => None,
-    }
 }
 
 /// An operation's outcome from its error: refused before anything was

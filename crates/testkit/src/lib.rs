@@ -13,6 +13,7 @@
 
 mod cli;
 mod cluster;
+pub mod etcd_ops;
 pub mod history;
 pub mod jepsen;
 mod limit;
