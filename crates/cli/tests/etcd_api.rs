@@ -814,3 +814,106 @@ async fn the_client_library_swaps_keeps_leases_and_resumes_watches() {
     );
     assert!(seen.windows(2).all(|w| w[0].revision < w[1].revision));
 }
+
+/// etcd's learner flow on RaftKV's membership, each call to a member that
+/// does not lead: `member add --learner` (an unstarted learner under the
+/// next id), the node started with `--join`, `member promote`, `member
+/// remove`; a voter added directly is refused saying how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_add_promote_and_remove_go_through_the_change_job() {
+    use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
+    use raftkv_proto::etcdserverpb::{
+        MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    };
+    let mut cluster = TestCluster::start(bin(), 3);
+    let leader = cluster.wait_leader(std::time::Duration::from_secs(10));
+    let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    let channel = Channel::from_shared(format!("http://{}", cluster.address(follower)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut members = ClusterClient::new(channel);
+    let address = cluster.reserve_join_addresses(1)[0].clone();
+    let voter = members
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![format!("http://{address}")],
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(voter.code(), Code::FailedPrecondition);
+    assert!(voter.message().contains("--learner"), "{}", voter.message());
+    let added = members
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![format!("http://{address}")],
+            is_learner: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = added.member.unwrap().id;
+    assert_eq!(id, 4, "the next free id");
+    assert_eq!(
+        added.header.unwrap().member_id,
+        follower,
+        "answered by the member asked"
+    );
+    let listed = |reply: &raftkv_proto::etcdserverpb::MemberListResponse| {
+        reply
+            .members
+            .iter()
+            .map(|m| (m.id, m.is_learner))
+            .collect::<Vec<_>>()
+    };
+    let list = members
+        .member_list(MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed(&list).contains(&(4, true)), "{list:?}");
+    // The operator starts the node; it joins as the learner it was added as.
+    let joined = tokio::task::block_in_place(|| cluster.join_node(follower, true));
+    assert_eq!(joined, id);
+    let started = std::time::Instant::now();
+    loop {
+        let promoted = members.member_promote(MemberPromoteRequest { id }).await;
+        match promoted {
+            Ok(reply) => {
+                let voters: Vec<u64> = reply
+                    .into_inner()
+                    .members
+                    .iter()
+                    .filter(|m| !m.is_learner)
+                    .map(|m| m.id)
+                    .collect();
+                assert!(voters.contains(&id), "{voters:?}");
+                break;
+            }
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                eprintln!("promote: {e}; again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the learner was not promoted: {e}"),
+        }
+    }
+    let again = members
+        .member_promote(MemberPromoteRequest { id })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.message(),
+        "etcdserver: can only promote a learner member"
+    );
+    let removed = members
+        .member_remove(MemberRemoveRequest { id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.members.iter().all(|m| m.id != id));
+    let gone = members
+        .member_remove(MemberRemoveRequest { id })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.message(), "etcdserver: member not found");
+}

@@ -1,13 +1,17 @@
 //! etcd's v3 `Cluster` and `Maintenance` services, as far as RaftKV maps
-//! them: the member list, a member's status, and the alarm list (NOSPACE
-//! while this node is short of disk space). Membership changes go through
-//! `raftkv cluster ...` (the change job), not through etcd's `MemberAdd`
-//! and friends, which answer `Unimplemented` saying so; the same for the
-//! maintenance calls RaftKV has no counterpart of yet.
+//! them: the member list; `MemberAdd` of a learner, `MemberPromote` and
+//! `MemberRemove` through the change job (as `raftkv cluster` does;
+//! forwarded to the leader by a member that does not lead); a member's
+//! status, and the alarm list (NOSPACE while this node is short of disk
+//! space). A voter is added only as a learner first (RaftKV does not grow
+//! the quorum with a member that has not caught up), and the maintenance
+//! calls RaftKV has no counterpart of yet answer `Unimplemented` saying
+//! what to use.
 
 use std::pin::Pin;
 
 use futures::Stream;
+use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_proto::etcdserverpb::cluster_server::Cluster;
 use raftkv_proto::etcdserverpb::maintenance_server::Maintenance;
 use raftkv_proto::etcdserverpb::{
@@ -18,17 +22,26 @@ use raftkv_proto::etcdserverpb::{
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
-use raftkv_replica::{member_ids, Replica, Role};
+use raftkv_replica::{member_ids, ChangePlan, Replica, ReplicaError, Role};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::etcd_kv::etcd_header;
+use crate::etcd_kv::{answered_here, etcd_header, etcd_status, is_forwarded, Forwarder};
+use crate::membership::Membership;
 use raftkv_proto::etcdserverpb::ResponseHeader;
+
+/// How long a membership change through etcd's API may take.
+const CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 
 /// The etcd API version this server speaks (clients gate features on it).
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
 pub struct EtcdCluster {
-    pub replica: Replica,
+    replica: Replica,
+    membership: Membership,
+    forward: Forwarder,
 }
 
 fn not_here(what: &str, instead: &str) -> Status {
@@ -38,6 +51,39 @@ fn not_here(what: &str, instead: &str) -> Status {
 }
 
 impl EtcdCluster {
+    pub fn new(replica: Replica) -> EtcdCluster {
+        EtcdCluster {
+            membership: Membership::new(replica.clone()),
+            forward: Forwarder::new(replica.clone()),
+            replica,
+        }
+    }
+
+    /// etcd's Cluster service leaves the revision out of its header.
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision: 0,
+            ..etcd_header(&self.replica, None)
+        })
+    }
+
+    /// Carries out `plan` here if this node leads; `Ok(false)`: it does not
+    /// and the request should go to the leader (unless it came from a member).
+    async fn change(&self, plan: ChangePlan, forwarded: bool) -> Result<bool, Status> {
+        let deadline = tokio::time::Instant::now() + CHANGE_WAIT;
+        match self.membership.change(plan, deadline).await {
+            Ok(()) => Ok(true),
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                Ok(false)
+            }
+            Err(e) => Err(etcd_status(e)),
+        }
+    }
+
+    fn leader(&self) -> Result<ClusterClient<Channel>, Status> {
+        Ok(ClusterClient::new(self.forward.leader()?))
+    }
+
     fn members(&self) -> Vec<Member> {
         let membership = self.replica.membership();
         let conf = &membership.conf_state;
@@ -62,21 +108,75 @@ impl EtcdCluster {
 
 #[tonic::async_trait]
 impl Cluster for EtcdCluster {
+    /// A learner at the first peer URL, under the next free id; start it
+    /// with `raftkv server --id ID --listen ADDRESS --join MEMBER`, then
+    /// promote it (`MemberPromote`) once it has caught up.
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_here(
-            "MemberAdd",
-            "`raftkv server --join` on the new node",
-        ))
+        let forwarded = is_forwarded(&request);
+        let add = request.into_inner();
+        if !add.is_learner {
+            return Err(Status::failed_precondition(
+                "RaftKV adds a voter only once it has caught up: add it as a learner \
+                 (etcdctl member add --learner), start it, then promote it \
+                 (etcdctl member promote); or start it with `raftkv server --join`",
+            ));
+        }
+        let Some(url) = add.peer_ur_ls.first() else {
+            return Err(Status::invalid_argument("etcdserver: no peer URL given"));
+        };
+        let address = url.strip_prefix("http://").unwrap_or(url);
+        let address = crate::config::check_address(address, "peer URL")
+            .map_err(|e| Status::invalid_argument(format!("etcdserver: {e} (got {url})")))?;
+        let members = member_ids(&self.replica.membership().conf_state);
+        let id = members.iter().max().map_or(1, |max| max + 1);
+        let plan = ChangePlan {
+            learners: [(id, address.clone())].into(),
+            ..Default::default()
+        };
+        if !self.change(plan, forwarded).await? {
+            let reply = self.leader()?.member_add(Forwarder::request(add)).await;
+            return answered_here(&self.replica, reply);
+        }
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: vec![format!("http://{address}")],
+                client_ur_ls: Vec::new(),
+                is_learner: true,
+            }),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_here("MemberRemove", "`raftkv cluster remove ID`"))
+        let forwarded = is_forwarded(&request);
+        let remove = request.into_inner();
+        if !member_ids(&self.replica.membership().conf_state).contains(&remove.id) {
+            return Err(Status::not_found(MEMBER_NOT_FOUND));
+        }
+        let plan = ChangePlan {
+            remove: vec![remove.id],
+            ..Default::default()
+        };
+        if !self.change(plan, forwarded).await? {
+            let reply = self
+                .leader()?
+                .member_remove(Forwarder::request(remove))
+                .await;
+            return answered_here(&self.replica, reply);
+        }
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
@@ -90,22 +190,40 @@ impl Cluster for EtcdCluster {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        // etcd's Cluster service leaves the revision out of its header.
-        let header = ResponseHeader {
-            revision: 0,
-            ..etcd_header(&self.replica, None)
-        };
         Ok(Response::new(MemberListResponse {
-            header: Some(header),
+            header: self.header(),
             members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_here("MemberPromote", "`raftkv cluster promote ID`"))
+        let forwarded = is_forwarded(&request);
+        let promote = request.into_inner();
+        let conf = self.replica.membership().conf_state;
+        if !member_ids(&conf).contains(&promote.id) {
+            return Err(Status::not_found(MEMBER_NOT_FOUND));
+        }
+        if !conf.learners.contains(&promote.id) {
+            return Err(Status::failed_precondition(NOT_LEARNER));
+        }
+        let plan = ChangePlan {
+            promote: vec![promote.id],
+            ..Default::default()
+        };
+        if !self.change(plan, forwarded).await? {
+            let reply = self
+                .leader()?
+                .member_promote(Forwarder::request(promote))
+                .await;
+            return answered_here(&self.replica, reply);
+        }
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 }
 

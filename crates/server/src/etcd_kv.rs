@@ -139,7 +139,10 @@ etcd_reply!(
     CompactionResponse,
     raftkv_proto::etcdserverpb::LeaseGrantResponse,
     raftkv_proto::etcdserverpb::LeaseRevokeResponse,
-    raftkv_proto::etcdserverpb::LeaseTimeToLiveResponse
+    raftkv_proto::etcdserverpb::LeaseTimeToLiveResponse,
+    raftkv_proto::etcdserverpb::MemberAddResponse,
+    raftkv_proto::etcdserverpb::MemberRemoveResponse,
+    raftkv_proto::etcdserverpb::MemberPromoteResponse
 );
 
 /// The leader's reply to a request this member forwarded, as this

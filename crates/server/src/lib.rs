@@ -400,9 +400,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         no_leader_after: config.election_timeout * 3,
     })
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster {
-        replica: replica.clone(),
-    });
+    let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(replica.clone()));
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(kv)
