@@ -179,6 +179,10 @@ pub struct ServerArgs {
     /// values go through raftkv.v1 (up to --max-value-size).
     #[arg(long, value_name = "SIZE")]
     pub max_request_bytes: Option<String>,
+    /// How long an etcd watcher created with progress_notify goes quiet
+    /// before it is sent the revision it is current at (default 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub experimental_watch_progress_notify_interval: Option<String>,
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,

@@ -347,16 +347,18 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
         }
         LeaseCommand::KeepAlive { id } => {
             let id = lease_id(&id)?;
+            // The first request is queued before the call is awaited: etcd
+            // sends the stream's headers only with its first reply.
             let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(LeaseKeepAliveRequest { id })
+                .await
+                .expect("the channel is open");
             let mut replies = leases
                 .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
                 .map_err(status_failure)?
                 .into_inner();
             loop {
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    return Ok(());
-                }
                 let Some(reply) = replies.message().await.map_err(status_failure)? else {
                     return Err(Failure::Other(
                         "the server ended the keep-alive stream".into(),
@@ -376,6 +378,9 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
                     reply.ttl as u64 * 1000 / 3,
                 ))
                 .await;
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }

@@ -73,6 +73,13 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         config.max_request_bytes =
             parse_size(v).map_err(|e| usage(format!("--max-request-bytes: {e}")))?;
     }
+    if let Some(v) = &args.experimental_watch_progress_notify_interval {
+        config.watch_progress_notify_interval = parse_duration(v).map_err(|e| {
+            usage(format!(
+                "--experimental-watch-progress-notify-interval: {e}"
+            ))
+        })?;
+    }
     if args.auto_compaction_mode.is_some() || args.auto_compaction_retention.is_some() {
         config.auto_compaction = raftkv_server::config::AutoCompaction::parse(
             args.auto_compaction_mode.as_deref(),

@@ -1,32 +1,148 @@
-//! etcd's v3 KV API on real `raftkv server` processes, through the
-//! project's own etcd stubs (no system protoc): what an etcd client relies
-//! on — every member takes every request (followers forward writes and
+//! etcd's v3 API on real server processes, through the project's own etcd
+//! stubs (no system protoc): what an etcd client relies on. Each check runs
+//! against a RaftKV cluster and, where it is installed (`.ci/run` installs
+//! it), against etcd 3.4 itself with the same assertions, so a check that
+//! passes on RaftKV only states etcd's behaviour if it passes on etcd too:
+//! every member takes every request (followers forward writes and
 //! linearizable reads to the leader), etcd's revisions, compare-and-swap
 //! transactions, range deletes with the previous values, reads at a past
-//! revision, compaction and etcd's error codes and texts; one keyspace with
-//! `raftkv.v1`.
+//! revision, compaction, watches (order, replay, compaction, progress,
+//! fragments), leases, locks, elections, membership and status, and etcd's
+//! error codes and texts. RaftKV-only follow-ups (one keyspace with
+//! `raftkv.v1`, metrics, restarts, the client library, the learner flow)
+//! run on the RaftKV side only.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
+use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };
-use raftkv_testkit::TestCluster;
+use raftkv_testkit::{EtcdCluster, TestCluster};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use common::bin;
 
-async fn etcd(cluster: &TestCluster, id: u64) -> KvClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
+/// The store a check runs against.
+enum Store {
+    Raftkv(TestCluster),
+    Etcd(EtcdCluster),
+}
+
+impl Store {
+    fn raftkv(nodes: usize, args: &[&str]) -> Store {
+        let cluster = TestCluster::start_with(bin(), nodes, args);
+        cluster.wait_leader(Duration::from_secs(10));
+        Store::Raftkv(cluster)
+    }
+
+    /// `None` where etcd is not installed (the test then says it skipped).
+    fn etcd(nodes: usize, args: &[&str]) -> Option<Store> {
+        EtcdCluster::start(nodes, args).map(Store::Etcd)
+    }
+
+    /// The members' client addresses, in a fixed order.
+    fn endpoints(&self) -> Vec<String> {
+        match self {
+            Store::Raftkv(cluster) => cluster
+                .ids()
+                .into_iter()
+                .map(|id| cluster.address(id))
+                .collect(),
+            Store::Etcd(cluster) => cluster.endpoints(),
+        }
+    }
+
+    async fn channel(&self, member: usize) -> Channel {
+        channel(&self.endpoints()[member]).await
+    }
+
+    async fn kv(&self, member: usize) -> KvClient<Channel> {
+        KvClient::new(self.channel(member).await)
+    }
+
+    /// Each member's id (by index) and the index of the leader, once every
+    /// member names the same one (within 20 s).
+    async fn members(&self) -> (Vec<u64>, usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for endpoint in self.endpoints() {
+                let status = MaintenanceClient::new(channel(&endpoint).await)
+                    .status(StatusRequest::default())
+                    .await
+                    .map(|s| s.into_inner());
+                if let Ok(status) = status {
+                    ids.push(status.header.unwrap().member_id);
+                    leaders.push(status.leader);
+                }
+            }
+            let agreed = leaders.len() == self.endpoints().len()
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0]);
+            if let Some(leader) = ids.iter().position(|id| agreed && *id == leaders[0]) {
+                return (ids, leader);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within 20 s: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of a member that does not lead.
+    async fn follower(&self) -> usize {
+        let (ids, leader) = self.members().await;
+        (0..ids.len()).find(|i| *i != leader).expect("a follower")
+    }
+}
+
+/// Runs `check` (an `async fn(Store)`) against a RaftKV cluster and against
+/// etcd 3.4, each started with its own extra flags, as the tests
+/// `check::raftkv` and `check::etcd`.
+macro_rules! against_both {
+    ($check:ident, nodes = $nodes:expr) => {
+        against_both!($check, nodes = $nodes, flags = []);
+    };
+    ($check:ident, nodes = $nodes:expr, flags = [$($flag:expr),*]) => {
+        mod $check {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn raftkv() {
+                let store = super::Store::raftkv($nodes, &[$($flag),*]);
+                store.members().await;
+                super::$check(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                if let Some(store) = super::Store::etcd($nodes, &[$($flag),*]) {
+                    store.members().await;
+                    super::$check(store).await;
+                }
+            }
+        }
+    };
+}
+
+async fn channel(address: &str) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    KvClient::new(channel)
+        .unwrap()
+}
+
+/// An etcd KV client of a RaftKV test cluster's node.
+async fn etcd(cluster: &TestCluster, id: u64) -> KvClient<Channel> {
+    KvClient::new(channel(&cluster.address(id)).await)
 }
 
 fn b(s: &str) -> Bytes {
@@ -70,26 +186,31 @@ async fn get(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_member_takes_etcd_writes_and_reads_with_etcd_revisions() {
-    let cluster = TestCluster::start(bin(), 3);
-    cluster.wait_leader(std::time::Duration::from_secs(10));
-    let ids = cluster.ids();
-    // Writes through each member in turn, followers included.
+against_both!(
+    every_member_takes_writes_and_reads_with_etcd_revisions,
+    nodes = 3
+);
+async fn every_member_takes_writes_and_reads_with_etcd_revisions(store: Store) {
+    let members = store.endpoints().len();
+    // Writes through each member in turn, followers included; a new store
+    // is at revision 1.
     let mut revision = 1;
-    for (n, id) in ids.iter().enumerate() {
-        let mut client = etcd(&cluster, *id).await;
-        let written = put(&mut client, "e/k", &format!("v{n}")).await;
+    for member in 0..members {
+        let mut client = store.kv(member).await;
+        let written = put(&mut client, "e/k", &format!("v{member}")).await;
         revision += 1;
-        assert_eq!(written, revision, "the write's own revision, via node {id}");
+        assert_eq!(
+            written, revision,
+            "the write's own revision, via member {member}"
+        );
     }
     // Linearizable reads from every member see the last write.
-    for id in &ids {
-        let mut client = etcd(&cluster, *id).await;
+    for member in 0..members {
+        let mut client = store.kv(member).await;
         assert_eq!(
             get(&mut client, "e/k", 0).await,
             Some(("v2".to_string(), 2, 4, 3)),
-            "via node {id}"
+            "via member {member}"
         );
         // As of a past revision.
         assert_eq!(
@@ -97,11 +218,9 @@ async fn every_member_takes_etcd_writes_and_reads_with_etcd_revisions() {
             Some(("v0".to_string(), 2, 2, 1))
         );
     }
-    // One keyspace: a key written through raftkv.v1 is seen through etcd's API.
-    cluster.cli(&["put", "e/native", "yes"]).assert_ok();
-    let mut client = etcd(&cluster, ids[0]).await;
-    assert_eq!(get(&mut client, "e/native", 0).await.unwrap().0, "yes");
     // A prefix range with a limit.
+    let mut client = store.kv(0).await;
+    put(&mut client, "e/other", "x").await;
     let reply = client
         .range(RangeRequest {
             key: b("e/"),
@@ -113,14 +232,21 @@ async fn every_member_takes_etcd_writes_and_reads_with_etcd_revisions() {
         .unwrap()
         .into_inner();
     assert_eq!((reply.kvs.len(), reply.more, reply.count), (1, true, 2));
+    // One keyspace: a key written through raftkv.v1 is seen through etcd's API.
+    if let Store::Raftkv(cluster) = &store {
+        cluster.cli(&["put", "e/native", "yes"]).assert_ok();
+        assert_eq!(get(&mut client, "e/native", 0).await.unwrap().0, "yes");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compare_and_swap_takes_one_branch_and_range_deletes_return_what_they_deleted() {
-    let cluster = TestCluster::start(bin(), 3);
-    cluster.wait_leader(std::time::Duration::from_secs(10));
-    let follower = cluster.followers()[0];
-    let mut client = etcd(&cluster, follower).await;
+against_both!(
+    compare_and_swap_takes_one_branch_and_range_deletes_return_what_they_deleted,
+    nodes = 3
+);
+async fn compare_and_swap_takes_one_branch_and_range_deletes_return_what_they_deleted(
+    store: Store,
+) {
+    let mut client = store.kv(store.follower().await).await;
     let created = put(&mut client, "cas", "a").await;
     let cas = |expected: i64, value: &str| TxnRequest {
         compare: vec![Compare {
@@ -188,11 +314,9 @@ async fn compare_and_swap_takes_one_branch_and_range_deletes_return_what_they_de
     assert_eq!(error.message(), "etcdserver: key is not provided");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compacted_revision_is_refused_with_etcd_s_error() {
-    let cluster = TestCluster::start(bin(), 1);
-    cluster.wait_leader(std::time::Duration::from_secs(10));
-    let mut client = etcd(&cluster, cluster.ids()[0]).await;
+against_both!(a_compacted_revision_is_refused_with_etcd_s_error, nodes = 1);
+async fn a_compacted_revision_is_refused_with_etcd_s_error(store: Store) {
+    let mut client = store.kv(0).await;
     put(&mut client, "c", "1").await; // 2
     put(&mut client, "c", "2").await; // 3
     let current = put(&mut client, "c", "3").await; // 4
@@ -220,14 +344,15 @@ async fn a_compacted_revision_is_refused_with_etcd_s_error() {
         error.message(),
         "etcdserver: mvcc: required revision is a future revision"
     );
-    // The compaction survives a restart.
-    let mut cluster = cluster;
-    let id = cluster.ids()[0];
-    cluster.kill(id);
-    cluster.restart(id);
-    cluster.wait_leader(std::time::Duration::from_secs(10));
-    let mut client = etcd(&cluster, id).await;
-    assert_compacted(&mut client, "c", 2).await;
+    // RaftKV: the compaction survives a restart.
+    if let Store::Raftkv(mut cluster) = store {
+        let id = cluster.ids()[0];
+        cluster.kill(id);
+        cluster.restart(id);
+        cluster.wait_leader(Duration::from_secs(10));
+        let mut client = etcd(&cluster, id).await;
+        assert_compacted(&mut client, "c", 2).await;
+    }
 }
 
 /// Reading `key` at `revision` is refused as compacted, with etcd's code
@@ -252,43 +377,52 @@ mod watch {
     use super::*;
     use raftkv_proto::etcdserverpb::watch_client::WatchClient;
     use raftkv_proto::etcdserverpb::{
-        watch_request, WatchCreateRequest, WatchRequest, WatchResponse,
+        watch_request, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
     };
     use raftkv_proto::mvccpb::event::EventType;
-    use std::time::Duration;
     use tokio::sync::mpsc;
     use tonic::Streaming;
 
-    async fn open(
-        cluster: &TestCluster,
-        id: u64,
-        start_revision: i64,
-    ) -> (mpsc::Sender<WatchRequest>, Streaming<WatchResponse>) {
-        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    type Stream = (mpsc::Sender<WatchRequest>, Streaming<WatchResponse>);
+
+    /// A watch stream to `member` with one watcher, `create`; its created
+    /// response is read.
+    async fn open(store: &Store, member: usize, create: WatchCreateRequest) -> Stream {
         let (tx, rx) = mpsc::channel(4);
         tx.send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(
-                WatchCreateRequest {
-                    key: b("w/"),
-                    range_end: b("w0"),
-                    start_revision,
-                    prev_kv: true,
-                    ..Default::default()
-                },
-            )),
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
         })
         .await
         .unwrap();
-        let stream = WatchClient::new(channel)
+        let mut stream = WatchClient::new(store.channel(member).await)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
+        let created = next(&mut stream).await;
+        assert!(created.created, "{created:?}");
         (tx, stream)
+    }
+
+    /// A watcher on the prefix `w/` from `start_revision`, with previous
+    /// values.
+    fn on_w(start_revision: i64) -> WatchCreateRequest {
+        WatchCreateRequest {
+            key: b("w/"),
+            range_end: b("w0"),
+            start_revision,
+            prev_kv: true,
+            ..Default::default()
+        }
+    }
+
+    /// The next response, within 20 s.
+    async fn next(stream: &mut Streaming<WatchResponse>) -> WatchResponse {
+        tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("a response within 20 s")
+            .unwrap()
+            .expect("the stream stays open")
     }
 
     /// (revision, PUT/DELETE, key, value) of events until `count` arrived.
@@ -297,13 +431,8 @@ mod watch {
         count: usize,
     ) -> Vec<(i64, bool, String, String)> {
         let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while seen.len() < count {
-            let response = tokio::time::timeout_at(deadline, stream.message())
-                .await
-                .expect("events within 20 s")
-                .unwrap()
-                .expect("the stream stays open");
+            let response = next(stream).await;
             assert!(!response.canceled, "{response:?}");
             for event in response.events {
                 let kv = event.kv.unwrap();
@@ -318,21 +447,22 @@ mod watch {
         seen
     }
 
+    against_both!(
+        a_watcher_sees_each_change_once_in_order_and_replays_from_a_past_revision,
+        nodes = 3
+    );
     /// A watcher on a follower sees every change to its prefix once and in
     /// revision order while writes go through every member; another,
     /// started from a past revision, replays the same changes from there.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_watcher_sees_each_change_once_in_order_and_replays_from_a_past_revision() {
-        let cluster = TestCluster::start(bin(), 3);
-        cluster.wait_leader(Duration::from_secs(10));
-        let ids = cluster.ids();
-        let watcher_node = cluster.followers()[0];
-        let (_keep, mut stream) = open(&cluster, watcher_node, 0).await;
-        let created = stream.message().await.unwrap().unwrap();
-        assert!(created.created);
+    async fn a_watcher_sees_each_change_once_in_order_and_replays_from_a_past_revision(
+        store: Store,
+    ) {
+        let members = store.endpoints().len();
+        let watcher_member = store.follower().await;
+        let (_keep, mut stream) = open(&store, watcher_member, on_w(0)).await;
         let mut expected = Vec::new();
         for i in 0..15 {
-            let mut client = etcd(&cluster, ids[i % ids.len()]).await;
+            let mut client = store.kv(i % members).await;
             let key = format!("w/{}", i % 4);
             let revision = put(&mut client, &key, &format!("v{i}")).await;
             expected.push((revision, true, key.clone(), format!("v{i}")));
@@ -351,35 +481,40 @@ mod watch {
         }
         let seen = events(&mut stream, expected.len()).await;
         assert_eq!(seen, expected);
-        // The node's metrics count the watcher and what it was sent.
-        let (_, metrics) = common::http_get(&cluster.address(watcher_node), "/metrics");
-        assert_eq!(
-            common::sample(&metrics, "raftkv_watchers "),
-            1.0,
-            "{metrics}"
-        );
-        assert!(
-            common::sample(&metrics, "raftkv_watch_events_sent_total ") >= expected.len() as f64,
-            "{metrics}"
-        );
-        assert!(
-            common::sample(&metrics, "raftkv_revision ") > 30.0,
-            "{metrics}"
-        );
+        // RaftKV's metrics count the watcher and what it was sent.
+        if let Store::Raftkv(cluster) = &store {
+            let id = cluster.ids()[watcher_member];
+            let (_, metrics) = common::http_get(&cluster.address(id), "/metrics");
+            assert_eq!(
+                common::sample(&metrics, "raftkv_watchers "),
+                1.0,
+                "{metrics}"
+            );
+            assert!(
+                common::sample(&metrics, "raftkv_watch_events_sent_total ")
+                    >= expected.len() as f64,
+                "{metrics}"
+            );
+            assert!(
+                common::sample(&metrics, "raftkv_revision ") > 30.0,
+                "{metrics}"
+            );
+        }
         // From a past revision: the tail, the same.
         let from = expected[5].0;
-        let (_keep2, mut replay) = open(&cluster, ids[0], from).await;
-        assert!(replay.message().await.unwrap().unwrap().created);
+        let (_keep2, mut replay) = open(&store, 0, on_w(from)).await;
         let tail = events(&mut replay, expected.len() - 5).await;
         assert_eq!(tail, expected[5..].to_vec());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_watch_from_a_compacted_revision_is_cancelled_with_the_compact_revision() {
-        let cluster = TestCluster::start(bin(), 1);
-        cluster.wait_leader(Duration::from_secs(10));
-        let id = cluster.ids()[0];
-        let mut client = etcd(&cluster, id).await;
+    against_both!(
+        a_watch_from_a_compacted_revision_is_cancelled_with_the_compact_revision,
+        nodes = 1
+    );
+    async fn a_watch_from_a_compacted_revision_is_cancelled_with_the_compact_revision(
+        store: Store,
+    ) {
+        let mut client = store.kv(0).await;
         for i in 0..4 {
             put(&mut client, "w/k", &i.to_string()).await;
         }
@@ -390,37 +525,156 @@ mod watch {
             })
             .await
             .unwrap();
-        let (_keep, mut stream) = open(&cluster, id, 2).await;
-        let mut cancelled = None;
-        while let Some(response) = stream.message().await.unwrap() {
-            if response.canceled {
-                cancelled = Some(response);
+        let (_keep, mut stream) = open(&store, 0, on_w(2)).await;
+        let cancelled = next(&mut stream).await;
+        assert!(cancelled.canceled, "{cancelled:?}");
+        assert_eq!(cancelled.compact_revision, 4);
+        assert!(cancelled.events.is_empty());
+    }
+
+    against_both!(
+        progress_is_reported_on_request_and_to_a_quiet_progress_notify_watcher,
+        nodes = 1,
+        flags = ["--experimental-watch-progress-notify-interval", "1s"]
+    );
+    /// A progress request is answered (watch id -1) with the revision the
+    /// stream's watchers are current at; a watcher created with
+    /// `progress_notify` that goes quiet is sent that revision on its own.
+    async fn progress_is_reported_on_request_and_to_a_quiet_progress_notify_watcher(store: Store) {
+        let (tx, mut stream) = open(
+            &store,
+            0,
+            WatchCreateRequest {
+                progress_notify: true,
+                ..on_w(0)
+            },
+        )
+        .await;
+        let mut client = store.kv(0).await;
+        let written = put(&mut client, "w/a", "1").await;
+        assert_eq!(events(&mut stream, 1).await[0].0, written);
+        // Quiet: a progress notification, no events, at the write's revision.
+        let notified = next(&mut stream).await;
+        assert!(
+            notified.events.is_empty() && !notified.canceled && notified.watch_id != -1,
+            "{notified:?}"
+        );
+        assert_eq!(notified.header.unwrap().revision, written);
+        // A write outside the watched range moves the store on; a progress
+        // request reports it once the watcher has caught up with it.
+        let current = put(&mut client, "other", "x").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                    WatchProgressRequest {},
+                )),
+            })
+            .await
+            .unwrap();
+            let progress = loop {
+                let response = next(&mut stream).await;
+                assert!(response.events.is_empty(), "{response:?}");
+                if response.watch_id == -1 {
+                    break response;
+                }
+            };
+            let revision = progress.header.unwrap().revision;
+            assert!((written..=current).contains(&revision), "{revision}");
+            if revision == current {
+                break;
+            }
+            assert!(Instant::now() < deadline, "progress stayed at {revision}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    against_both!(
+        a_fragment_watcher_gets_a_large_revision_in_pieces,
+        nodes = 1
+    );
+    /// One revision larger than `--max-request-bytes` (1.5 MiB) + 512 KiB
+    /// (a range delete of 25 values of 100 KiB, watched with previous
+    /// values) reaches a watcher created with `fragment` in several
+    /// responses, all but the last marked `fragment`, and a watcher
+    /// without it in one response.
+    async fn a_fragment_watcher_gets_a_large_revision_in_pieces(store: Store) {
+        const SIZE: usize = 100 * 1024;
+        let mut client = store.kv(0).await;
+        let value = "v".repeat(SIZE);
+        let keys: Vec<String> = (10..35).map(|i| format!("w/{i}")).collect();
+        for key in &keys {
+            put(&mut client, key, &value).await;
+        }
+        let (_keep, mut fragmented) = open(
+            &store,
+            0,
+            WatchCreateRequest {
+                fragment: true,
+                ..on_w(0)
+            },
+        )
+        .await;
+        let (_keep2, mut whole) = open(&store, 0, on_w(0)).await;
+        let deleted = client
+            .delete_range(DeleteRangeRequest {
+                key: b("w/"),
+                range_end: b("w0"),
+                prev_kv: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let revision = deleted.header.unwrap().revision;
+        let mut pieces = Vec::new();
+        loop {
+            let response = next(&mut fragmented).await;
+            let last = !response.fragment;
+            pieces.push(response);
+            if last {
                 break;
             }
         }
-        let cancelled = cancelled.expect("cancelled");
-        assert_eq!(cancelled.compact_revision, 4);
-        assert!(
-            cancelled.cancel_reason.contains("compacted"),
-            "{cancelled:?}"
-        );
+        assert!(pieces.len() > 1, "{} response(s)", pieces.len());
+        let events_of = |responses: &[WatchResponse]| -> Vec<(String, i64, usize)> {
+            responses
+                .iter()
+                .flat_map(|r| r.events.iter())
+                .map(|e| {
+                    let kv = e.kv.as_ref().unwrap();
+                    assert_eq!(e.r#type, EventType::Delete as i32);
+                    (
+                        String::from_utf8(kv.key.to_vec()).unwrap(),
+                        kv.mod_revision,
+                        e.prev_kv.as_ref().map_or(0, |p| p.value.len()),
+                    )
+                })
+                .collect()
+        };
+        let expected: Vec<_> = keys.iter().map(|k| (k.clone(), revision, SIZE)).collect();
+        assert_eq!(events_of(&pieces), expected);
+        let one = next(&mut whole).await;
+        assert!(!one.fragment);
+        assert_eq!(events_of(&[one]), expected);
     }
 }
 
-/// What `etcdctl member list` and `etcdctl endpoint status` ask for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_list_and_status_describe_the_cluster() {
+against_both!(member_list_and_status_describe_the_cluster, nodes = 3);
+/// What `etcdctl member list`, `endpoint status` and `endpoint hashkv` ask
+/// for, from every member.
+async fn member_list_and_status_describe_the_cluster(store: Store) {
     use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
-    use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-    use raftkv_proto::etcdserverpb::{MemberListRequest, StatusRequest};
-    let cluster = TestCluster::start(bin(), 3);
-    let leader = cluster.wait_leader(std::time::Duration::from_secs(10));
-    for id in cluster.ids() {
-        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    use raftkv_proto::etcdserverpb::{HashKvRequest, MemberListRequest};
+    let (ids, leader) = store.members().await;
+    let endpoints = store.endpoints();
+    let mut expected: Vec<(u64, Vec<String>)> = ids
+        .iter()
+        .zip(&endpoints)
+        .map(|(id, endpoint)| (*id, vec![format!("http://{endpoint}")]))
+        .collect();
+    expected.sort();
+    for member in 0..endpoints.len() {
+        let channel = store.channel(member).await;
         let members = ClusterClient::new(channel.clone())
             .member_list(MemberListRequest::default())
             .await
@@ -432,72 +686,51 @@ async fn member_list_and_status_describe_the_cluster() {
             .map(|m| (m.id, m.client_ur_ls.clone()))
             .collect();
         listed.sort();
-        let expected: Vec<(u64, Vec<String>)> = cluster
-            .ids()
-            .into_iter()
-            .map(|m| (m, vec![format!("http://{}", cluster.address(m))]))
-            .collect();
-        assert_eq!(listed, expected, "via node {id}");
+        assert_eq!(listed, expected, "via member {member}");
         let status = MaintenanceClient::new(channel)
             .status(StatusRequest::default())
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(status.leader, leader, "via node {id}");
-        assert_eq!(status.header.unwrap().member_id, id);
-        assert!(status.raft_term > 0 && status.raft_applied_index > 0);
+        assert_eq!(status.leader, ids[leader], "via member {member}");
+        assert_eq!(status.header.unwrap().member_id, ids[member]);
+        assert!(status.raft_term > 0 && status.raft_index > 0);
     }
-    // HashKV at one revision is the same on every member (what `etcdctl
-    // endpoint hashkv` compares), and differs at another revision.
-    let mut client = etcd(&cluster, leader).await;
+    // HashKV at one revision is the same on every member, and differs at
+    // another revision.
+    let mut client = store.kv(leader).await;
     put(&mut client, "h", "1").await;
     let at = put(&mut client, "h", "2").await;
-    cluster.wait_caught_up(std::time::Duration::from_secs(10));
     let mut hashes = Vec::new();
-    for id in cluster.ids() {
-        let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut maintenance =
-            raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel);
-        let hash = |revision| raftkv_proto::etcdserverpb::HashKvRequest { revision };
-        let now = maintenance
-            .hash_kv(hash(at))
-            .await
-            .unwrap()
-            .into_inner()
-            .hash;
+    for member in 0..endpoints.len() {
+        // A linearizable read first: the member has applied the write.
+        get(&mut store.kv(member).await, "h", 0).await;
+        let mut maintenance = MaintenanceClient::new(store.channel(member).await);
+        let hash = |revision| HashKvRequest { revision };
+        let now = maintenance.hash_kv(hash(at)).await.unwrap().into_inner();
         let before = maintenance
             .hash_kv(hash(at - 1))
             .await
             .unwrap()
-            .into_inner()
-            .hash;
-        assert_ne!(now, before, "node {id}");
-        hashes.push(now);
+            .into_inner();
+        assert_ne!(now.hash, before.hash, "member {member}");
+        hashes.push(now.hash);
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
 }
 
+against_both!(
+    a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires,
+    nodes = 3
+);
 /// A lease kept alive (through a follower) outlives its TTL; once no
 /// longer kept alive it expires, and its key is deleted on every member.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
+async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires(store: Store) {
     use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
     use raftkv_proto::etcdserverpb::{
         LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest,
     };
-    use std::time::{Duration, Instant};
-    let cluster = TestCluster::start(bin(), 3);
-    cluster.wait_leader(Duration::from_secs(10));
-    let follower = cluster.followers()[0];
-    let channel = Channel::from_shared(format!("http://{}", cluster.address(follower)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = store.channel(store.follower().await).await;
     let mut leases = LeaseClient::new(channel.clone());
     let granted = leases
         .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
@@ -514,21 +747,28 @@ async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
     })
     .await
     .unwrap();
-    // Kept alive for three TTLs.
+    // Kept alive for three TTLs. (The first request goes before the call
+    // is awaited: etcd sends the stream's headers with its first reply.)
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(LeaseKeepAliveRequest { id: granted.id })
+        .await
+        .unwrap();
     let mut replies = leases
         .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
     let kept_until = Instant::now() + Duration::from_secs(3 * granted.ttl as u64);
-    while Instant::now() < kept_until {
+    loop {
+        let reply = replies.message().await.unwrap().unwrap();
+        assert_eq!(reply.ttl, granted.ttl, "kept alive");
+        if Instant::now() >= kept_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
         tx.send(LeaseKeepAliveRequest { id: granted.id })
             .await
             .unwrap();
-        let reply = replies.message().await.unwrap().unwrap();
-        assert_eq!(reply.ttl, granted.ttl, "kept alive");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         get(&mut kv, "leased", 0).await.is_some(),
@@ -537,8 +777,8 @@ async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
     drop(tx);
     // Then it expires: the key is gone on every member.
     let deadline = Instant::now() + Duration::from_secs(granted.ttl as u64 + 10);
-    for id in cluster.ids() {
-        let mut client = etcd(&cluster, id).await;
+    for member in 0..store.endpoints().len() {
+        let mut client = store.kv(member).await;
         loop {
             let reply = client
                 .range(RangeRequest {
@@ -552,7 +792,10 @@ async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
             if reply.kvs.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {id} still has the key");
+            assert!(
+                Instant::now() < deadline,
+                "member {member} still has the key"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -570,32 +813,28 @@ async fn a_lease_lives_while_kept_alive_and_takes_its_keys_when_it_expires() {
     );
 }
 
-/// etcd's lock service: a second holder waits until the first unlocks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_is_held_by_one_caller_at_a_time() {
+/// A lease of `ttl` seconds granted through `channel`.
+async fn grant(channel: &Channel, ttl: i64) -> i64 {
     use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
     use raftkv_proto::etcdserverpb::LeaseGrantRequest;
+    LeaseClient::new(channel.clone())
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+against_both!(a_lock_is_held_by_one_caller_at_a_time, nodes = 3);
+/// etcd's lock service: a second holder waits until the first unlocks.
+async fn a_lock_is_held_by_one_caller_at_a_time(store: Store) {
     use raftkv_proto::v3lockpb::lock_client::LockClient;
     use raftkv_proto::v3lockpb::{LockRequest, UnlockRequest};
-    use std::time::Duration;
-    let cluster = TestCluster::start(bin(), 3);
-    cluster.wait_leader(Duration::from_secs(10));
-    let ids = cluster.ids();
     let mut locks = Vec::new();
     let mut leases = Vec::new();
-    for id in &ids[..2] {
-        let channel = Channel::from_shared(format!("http://{}", cluster.address(*id)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let lease = LeaseClient::new(channel.clone())
-            .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .id;
-        leases.push(lease);
+    for member in 0..2 {
+        let channel = store.channel(member).await;
+        leases.push(grant(&channel, 30).await);
         locks.push(LockClient::new(channel));
     }
     let first = locks[0]
@@ -634,40 +873,16 @@ async fn a_lock_is_held_by_one_caller_at_a_time() {
     assert!(held.key.starts_with(b"job/"), "{:?}", held.key);
 }
 
+against_both!(an_election_has_one_leader_until_it_resigns, nodes = 3);
 /// etcd's election service: the first campaigner leads, proclaims a value
 /// others read, and the next campaigner leads once it resigns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_election_has_one_leader_until_it_resigns() {
-    use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
-    use raftkv_proto::etcdserverpb::LeaseGrantRequest;
+async fn an_election_has_one_leader_until_it_resigns(store: Store) {
     use raftkv_proto::v3electionpb::election_client::ElectionClient;
     use raftkv_proto::v3electionpb::{
         CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
     };
-    use std::time::Duration;
-    let cluster = TestCluster::start(bin(), 3);
-    cluster.wait_leader(Duration::from_secs(10));
-    let channel = Channel::from_shared(format!(
-        "http://{}",
-        cluster.address(cluster.followers()[0])
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let leases = LeaseClient::new(channel.clone());
-    let grant = || {
-        let mut leases = leases.clone();
-        async move {
-            leases
-                .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
-                .await
-                .unwrap()
-                .into_inner()
-                .id
-        }
-    };
-    let (first_lease, second_lease) = (grant().await, grant().await);
+    let channel = store.channel(store.follower().await).await;
+    let (first_lease, second_lease) = (grant(&channel, 30).await, grant(&channel, 30).await);
     let mut election = ElectionClient::new(channel);
     let campaign = |lease: i64, value: &str| CampaignRequest {
         name: b("boss"),
@@ -722,12 +937,14 @@ async fn an_election_has_one_leader_until_it_resigns() {
     assert_eq!(error.message(), "election: not leader");
 }
 
+against_both!(
+    a_request_over_max_request_bytes_is_refused,
+    nodes = 1,
+    flags = ["--max-request-bytes", "1024"]
+);
 /// `--max-request-bytes` bounds requests on the etcd API, with etcd's error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_over_max_request_bytes_is_refused() {
-    let cluster = TestCluster::start_with(bin(), 1, &["--max-request-bytes", "1KiB"]);
-    cluster.wait_leader(std::time::Duration::from_secs(10));
-    let mut client = etcd(&cluster, cluster.ids()[0]).await;
+async fn a_request_over_max_request_bytes_is_refused(store: Store) {
+    let mut client = store.kv(0).await;
     let error = client
         .put(PutRequest {
             key: b("big"),

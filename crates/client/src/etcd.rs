@@ -176,24 +176,25 @@ impl Client {
             loop {
                 let address = client.endpoints()[endpoint % client.endpoints().len()].clone();
                 if let Ok(channel) = client.channel(&address) {
+                    // The first request is queued before the call is
+                    // awaited: etcd sends the stream's headers only with
+                    // its first reply.
                     let (tx, rx) = mpsc::channel(1);
+                    let renew = LeaseKeepAliveRequest { id: lease.id };
+                    let _ = tx.send(renew).await;
                     let stream = LeaseClient::new(channel)
                         .lease_keep_alive(ReceiverStream::new(rx))
                         .await;
                     if let Ok(stream) = stream {
                         let mut replies = stream.into_inner();
                         loop {
-                            if tx
-                                .send(LeaseKeepAliveRequest { id: lease.id })
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
                             match replies.message().await {
                                 Ok(Some(reply)) if reply.ttl <= 0 => return,
                                 Ok(Some(_)) => tokio::time::sleep(every).await,
                                 _ => break,
+                            }
+                            if tx.send(renew).await.is_err() {
+                                break;
                             }
                         }
                     }

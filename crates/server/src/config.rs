@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub auto_compaction: AutoCompaction,
     /// etcd's `--max-request-bytes`: the largest request on the etcd API.
     pub max_request_bytes: u64,
+    /// etcd's `--experimental-watch-progress-notify-interval`: how long a
+    /// watcher created with `progress_notify` waits, quiet, for a progress
+    /// response.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             auto_compaction: AutoCompaction::Off,
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }
@@ -117,6 +122,9 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.id == Some(0) {
             return Err("--id must be 1 or more".into());
+        }
+        if self.watch_progress_notify_interval.is_zero() {
+            return Err("--experimental-watch-progress-notify-interval must be more than 0".into());
         }
         if self.heartbeat_interval.is_zero() {
             return Err("--heartbeat-interval must be more than 0".into());
@@ -240,6 +248,7 @@ pub struct ConfigFile {
     pub auto_compaction_mode: Option<String>,
     pub auto_compaction_retention: Option<String>,
     pub max_request_bytes: Option<String>,
+    pub experimental_watch_progress_notify_interval: Option<String>,
 }
 
 impl ConfigFile {
@@ -295,6 +304,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.max_request_bytes {
             config.max_request_bytes = parse_size(v)?;
+        }
+        if let Some(v) = &self.experimental_watch_progress_notify_interval {
+            config.watch_progress_notify_interval = parse_duration(v)?;
         }
         if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
             config.auto_compaction = AutoCompaction::parse(

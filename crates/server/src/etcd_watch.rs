@@ -11,9 +11,20 @@
 //! that falls behind the window is cancelled with the compacted revision,
 //! as etcd cancels a watcher whose start was compacted. A client resumes
 //! from the last revision it saw + 1, on any member.
+//!
+//! Progress: a progress request is answered with the highest revision
+//! through which every watcher of the stream has been sent its events (so
+//! a client may treat its cache as current at that revision), and a
+//! watcher created with `progress_notify` gets such a response of its own
+//! after each quiet interval (etcd's
+//! `--experimental-watch-progress-notify-interval`, 10 minutes by default).
+//! A watcher created with `fragment` has a revision larger than
+//! `--max-request-bytes` + 512 KiB split into responses marked `fragment`,
+//! as etcd splits them; without it a revision always goes in one response.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +49,9 @@ use raftkv_proto::etcdserverpb::ResponseHeader;
 const QUEUED_RESPONSES: usize = 16;
 /// A response is cut at a revision boundary past this many bytes.
 const BATCH_BYTES: usize = 256 * 1024;
+/// etcd's allowance for gRPC framing over `--max-request-bytes`, also the
+/// margin it adds before it fragments a watch response.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 const DUPLICATE_ID: &str = "etcdserver: duplicate watch ID provided on the WatchStream";
 
@@ -48,6 +62,22 @@ pub struct EtcdWatch {
     /// with "no leader" once this member has had none for this long (etcd:
     /// three election timeouts), so its client resumes on another member.
     pub no_leader_after: Duration,
+    /// How long a `progress_notify` watcher may go without a response
+    /// before it is sent one with the revision it is current at.
+    pub progress_notify_interval: Duration,
+    /// `--max-request-bytes`: a `fragment` watcher's revision is split past
+    /// it and gRPC's allowance (etcd's 512 KiB), as etcd splits it.
+    pub max_request_bytes: usize,
+}
+
+/// What every watcher of a stream shares with the stream: how a watcher
+/// responds on its own.
+#[derive(Clone)]
+struct Settings {
+    metrics: Arc<Metrics>,
+    progress_notify_interval: Duration,
+    /// A `fragment` watcher's revision larger than this is split.
+    fragment_bytes: usize,
 }
 
 /// etcd's metadata key: "true" when the client wants its watch streams
@@ -60,12 +90,17 @@ type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
 /// What one watcher asked for.
 struct Watcher {
     id: i64,
-    metrics: Arc<Metrics>,
+    settings: Settings,
     range: KeyRange,
     next: u64,
+    /// The revision through which every event has been queued on the
+    /// stream (`next - 1` once sent), read by progress requests.
+    sent: Arc<AtomicU64>,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
 }
 
 fn event_of(event: &Event, prev_kv: bool) -> mvccpb::Event {
@@ -105,7 +140,7 @@ impl Watcher {
     /// Sends what happened since its position, then waits for the next
     /// revision, until cancelled, compacted past, or the stream ends.
     async fn run(self, replica: Replica, tx: Sender) {
-        let metrics = self.metrics.clone();
+        let metrics = self.settings.metrics.clone();
         metrics.watchers.inc();
         self.watch(replica, tx).await;
         metrics.watchers.dec();
@@ -113,6 +148,8 @@ impl Watcher {
 
     async fn watch(mut self, replica: Replica, tx: Sender) {
         let mut revisions = replica.subscribe_revision();
+        let quiet = self.settings.progress_notify_interval;
+        let mut notify_at = tokio::time::Instant::now() + quiet;
         loop {
             revisions.borrow_and_update();
             let (current, changes) = {
@@ -126,7 +163,7 @@ impl Watcher {
             };
             match changes {
                 Err(RevisionError::Compacted { compact_revision }) => {
-                    self.metrics.watchers_compacted.inc();
+                    self.settings.metrics.watchers_compacted.inc();
                     let _ = tx
                         .send(Ok(WatchResponse {
                             // etcd's cancel for compaction has no revision.
@@ -145,21 +182,48 @@ impl Watcher {
                 }
                 Err(RevisionError::Future { .. }) => {}
                 Ok(changes) => {
-                    if !self.send(&replica, &tx, &changes).await {
-                        return;
+                    match self.send(&replica, &tx, &changes).await {
+                        None => return,
+                        Some(true) => notify_at = tokio::time::Instant::now() + quiet,
+                        Some(false) => {}
                     }
                     self.next = self.next.max(current + 1);
+                    self.sent.store(self.next - 1, Ordering::Release);
                 }
             }
-            if revisions.changed().await.is_err() {
-                return;
+            loop {
+                tokio::select! {
+                    changed = revisions.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(notify_at), if self.progress_notify => {
+                        // etcd's progress notification: no events, the
+                        // revision every event up to which was sent.
+                        let revision = replica.kv().revision().min(self.next - 1);
+                        let progress = WatchResponse {
+                            header: Some(etcd_header(&replica, Some(revision))),
+                            watch_id: self.id,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(progress)).await.is_err() {
+                            return;
+                        }
+                        notify_at = tokio::time::Instant::now() + quiet;
+                    }
+                }
             }
         }
     }
 
-    /// Sends `changes` in responses of whole revisions; false once the
-    /// stream is gone.
-    async fn send(&self, replica: &Replica, tx: &Sender, changes: &[Event]) -> bool {
+    /// Sends `changes` in responses of whole revisions (a `fragment`
+    /// watcher's revision over `--max-request-bytes` in fragments); `None`
+    /// once the stream is gone, else whether anything was sent.
+    async fn send(&self, replica: &Replica, tx: &Sender, changes: &[Event]) -> Option<bool> {
+        let limit = self.settings.fragment_bytes;
+        let mut sent = false;
         let mut events = Vec::new();
         let mut bytes = 0;
         for (i, change) in changes.iter().enumerate() {
@@ -177,30 +241,38 @@ impl Watcher {
                 .get(i + 1)
                 .is_none_or(|next| next.revision != change.revision);
             let last = i + 1 == changes.len();
-            if !events.is_empty() && revision_ends && (bytes >= BATCH_BYTES || last) {
-                self.metrics.watch_events_sent.inc_by(events.len() as u64);
+            let whole = revision_ends && (bytes >= BATCH_BYTES || last);
+            let fragment = self.fragment && !revision_ends && bytes >= limit;
+            if !events.is_empty() && (whole || fragment) {
+                self.settings
+                    .metrics
+                    .watch_events_sent
+                    .inc_by(events.len() as u64);
                 let response = WatchResponse {
                     header: Some(etcd_header(replica, Some(change.revision))),
                     watch_id: self.id,
                     events: std::mem::take(&mut events),
+                    fragment,
                     ..Default::default()
                 };
                 bytes = 0;
                 if tx.send(Ok(response)).await.is_err() {
-                    return false;
+                    return None;
                 }
+                sent = true;
             }
         }
-        true
+        Some(sent)
     }
 }
 
 /// One client stream: its watchers by id.
 struct Session {
     replica: Replica,
-    metrics: Arc<Metrics>,
+    settings: Settings,
     tx: Sender,
-    watchers: HashMap<i64, JoinHandle<()>>,
+    /// Each watcher's task and the revision it has been sent through.
+    watchers: HashMap<i64, (JoinHandle<()>, Arc<AtomicU64>)>,
     next_id: i64,
     /// `Some(after)`: end the stream once leaderless for `after`.
     require_leader: Option<Duration>,
@@ -216,7 +288,7 @@ impl Session {
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> bool {
-        self.watchers.retain(|_, task| !task.is_finished());
+        self.watchers.retain(|_, (task, _)| !task.is_finished());
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {
                 return self
@@ -245,18 +317,23 @@ impl Session {
             create.key
         };
         let current = self.replica.kv().revision();
+        let next = if create.start_revision > 0 {
+            create.start_revision as u64
+        } else {
+            current + 1
+        };
+        let sent = Arc::new(AtomicU64::new(next - 1));
         let watcher = Watcher {
             id,
-            metrics: self.metrics.clone(),
+            settings: self.settings.clone(),
             range: KeyRange::from_etcd(key, create.range_end),
-            next: if create.start_revision > 0 {
-                create.start_revision as u64
-            } else {
-                current + 1
-            },
+            next,
+            sent: sent.clone(),
             no_put: create.filters.contains(&(FilterType::Noput as i32)),
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: create.prev_kv,
+            progress_notify: create.progress_notify,
+            fragment: create.fragment,
         };
         // The created reply goes before any event of the watcher.
         let created = WatchResponse {
@@ -269,15 +346,26 @@ impl Session {
             return false;
         }
         let task = tokio::spawn(watcher.run(self.replica.clone(), self.tx.clone()));
-        self.watchers.insert(id, task);
+        self.watchers.insert(id, (task, sent));
         true
+    }
+
+    /// The revision through which every watcher of the stream has been
+    /// sent its events (the store's revision when it has none).
+    fn progress_revision(&self) -> u64 {
+        let current = self.replica.kv().revision();
+        self.watchers
+            .values()
+            .filter(|(task, _)| !task.is_finished())
+            .map(|(_, sent)| sent.load(Ordering::Acquire))
+            .fold(current, u64::min)
     }
 
     async fn handle(&mut self, request: WatchRequest) -> bool {
         match request.request_union {
             Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
-                let Some(task) = self.watchers.remove(&cancel.watch_id) else {
+                let Some((task, _)) = self.watchers.remove(&cancel.watch_id) else {
                     return true;
                 };
                 task.abort();
@@ -290,8 +378,9 @@ impl Session {
                 .await
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                let revision = self.progress_revision();
                 self.reply(WatchResponse {
-                    header: self.header(),
+                    header: Some(etcd_header(&self.replica, Some(revision))),
                     watch_id: -1,
                     ..Default::default()
                 })
@@ -343,7 +432,7 @@ impl Session {
                 Ok(None) | Err(_) => break,
             }
         }
-        for task in self.watchers.values() {
+        for (task, _) in self.watchers.values() {
             task.abort();
         }
     }
@@ -366,7 +455,11 @@ impl Watch for EtcdWatch {
             .is_some_and(|v| v.as_bytes() == b"true");
         let session = Session {
             replica: self.replica.clone(),
-            metrics: self.metrics.clone(),
+            settings: Settings {
+                metrics: self.metrics.clone(),
+                progress_notify_interval: self.progress_notify_interval,
+                fragment_bytes: self.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            },
             tx,
             watchers: HashMap::new(),
             next_id: 0,

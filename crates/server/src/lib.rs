@@ -398,6 +398,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         replica: replica.clone(),
         metrics: metrics.clone(),
         no_leader_after: config.election_timeout * 3,
+        progress_notify_interval: config.watch_progress_notify_interval,
+        max_request_bytes: config.max_request_bytes as usize,
     })
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(replica.clone()));

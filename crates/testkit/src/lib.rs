@@ -14,6 +14,7 @@
 mod cli;
 mod cluster;
 pub mod etcd_ops;
+mod etcd_server;
 pub mod history;
 pub mod jepsen;
 mod limit;
@@ -24,6 +25,7 @@ mod wait;
 
 pub use cli::{run_cli, run_cli_bounded, run_cli_with_stdin, CliOutput, CLI_KILL_AFTER};
 pub use cluster::{FailedStart, TestCluster, LEADER_WAIT};
+pub use etcd_server::{etcd_available, EtcdCluster, ETCD_BIN};
 pub use limit::MAX_RUNNING_CLUSTERS;
 pub use ports::{free_port_block, free_ports};
 pub use status::NodeStatus;
