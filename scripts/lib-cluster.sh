@@ -39,10 +39,12 @@ start_raftkv() {
   return 1
 }
 
-# start_etcd NODES: a fresh etcd cluster (Debian's etcd-server), member i
-# serving clients on ETCD_BASE_PORT+2(i-1) and peers on the port after.
+# start_etcd NODES [SERVER FLAGS...]: a fresh etcd cluster (Debian's
+# etcd-server), member i serving clients on ETCD_BASE_PORT+2(i-1) and peers
+# on the port after.
 start_etcd() {
   local n=$1 cluster="" i
+  shift
   rm -rf "$WORK"/etcd-*
   for i in $(seq 1 "$n"); do
     cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_BASE_PORT + 2 * i - 1))"
@@ -53,7 +55,7 @@ start_etcd() {
     etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
       --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
       --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-      --initial-cluster "$cluster" --initial-cluster-state new >"$WORK/etcd-$i.log" 2>&1 &
+      --initial-cluster "$cluster" --initial-cluster-state new "$@" >"$WORK/etcd-$i.log" 2>&1 &
     PIDS+=($!)
     ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$client"
   done

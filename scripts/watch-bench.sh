@@ -7,7 +7,9 @@
 # socket buffers hold) for longer than RaftKV's history window (10,000
 # revisions), so RaftKV must drop it. Cases (watchers, slow ones, puts/s,
 # seconds, value bytes): 0 0 2000 10 256; 100 0 2000 10 256;
-# 1000 0 200 10 256; 10 1 1000 15 4096. CASES="..." (;-separated) overrides.
+# 1000 0 200 10 256; 10 1 1000 15 4096. CASES="..." (;-separated) overrides;
+# SERVER_FLAGS="..." is given to both servers (flags they share, such as
+# --auto-compaction-mode revision --auto-compaction-retention 1000).
 # Prints, per run: puts/s and their p99, events/s delivered to the watchers,
 # how the slow stream ended (cancelled with a compact revision, or whole with
 # the events queued for it), and the server's peak RSS (VmHWM).
@@ -27,7 +29,8 @@ IFS=';' read -r -a CASES <<<"${CASES:-0 0 2000 10 256;100 0 2000 10 256;1000 0 2
 for case in "${CASES[@]}"; do
   read -r fast slow RATE SECS SIZE <<<"$case"
   for store in raftkv etcd; do
-    if [[ $store == raftkv ]]; then start_raftkv 1; else start_etcd 1; fi
+    # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+    if [[ $store == raftkv ]]; then start_raftkv 1 "$R" ${SERVER_FLAGS:-}; else start_etcd 1 ${SERVER_FLAGS:-}; fi
     server=${PIDS[0]}
     out=$("$E" --endpoints "$ENDPOINTS" --op put --clients 16 --rate "$RATE" --duration "$SECS" \
       --value-size "$SIZE" --watchers "$fast" --slow-watchers "$slow" --json 2>/dev/null)
