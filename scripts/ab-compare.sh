@@ -22,11 +22,9 @@ for arg in "$@"; do
   if [[ $arg == -- ]]; then CASES+=("$current"); current=""; else current+="${current:+ }$arg"; fi
 done
 CASES+=("$current")
-WORK=$(mktemp -d)
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 
 # User + system CPU ticks of every server started (PIDS).
 cpu_ticks() {

@@ -18,15 +18,12 @@
 # progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
 DURATION=${1:-8s}
 shift || true
 SECTIONS=("$@")
 [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(n1 n3 n5 n7 values)
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 
 NODES=0
 SECTION=""

@@ -15,14 +15,10 @@
 # WORKLOADS="op clients keys;..." and NODES="1 3" override what runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
-E=${ETCD_BENCH:-target/release/etcd-bench}
 SECS=${1:-8}
 ROUNDS=${2:-1}
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 
 if [[ -n ${WORKLOADS:-} ]]; then
   IFS=';' read -r -a WORKLOADS <<<"$WORKLOADS"

@@ -18,15 +18,11 @@
 #   NODES=1 WORKLOADS="put 1 0" scripts/compare-etcd.sh 10 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
-E=${ETCD_BENCH:-target/release/etcd-bench}
 SECS=${1:-8}
 ROUNDS=${2:-2}
 CONNS=${3:-4}
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 
 if [[ -n ${WORKLOADS:-} ]]; then
   IFS=';' read -r -a WORKLOADS <<<"$WORKLOADS"

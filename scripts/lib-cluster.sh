@@ -2,8 +2,15 @@
 # RaftKV and etcd clusters on loopback. Every process started is recorded
 # in PIDS and stopped by PID; nothing else is touched.
 #
-# Needs WORK (a scratch directory). Sets ENDPOINTS (comma-separated).
+# Sourced from the repository's root. Sets R and E (the raftkv and
+# etcd-bench binaries: $RAFTKV / $ETCD_BENCH, else the release builds) unless
+# the script set them, WORK (a scratch directory, removed on exit) unless set,
+# and ENDPOINTS (comma-separated) when a cluster starts; on exit every
+# process it started is stopped.
 
+R=${R:-${RAFTKV:-target/release/raftkv}}
+E=${E:-${ETCD_BENCH:-target/release/etcd-bench}}
+WORK=${WORK:-$(mktemp -d)}
 PIDS=()
 ENDPOINTS=""
 RAFTKV_BASE_PORT=${RAFTKV_BASE_PORT:-27379}
@@ -15,6 +22,7 @@ stop_all() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
+trap 'stop_all; rm -rf "$WORK"' EXIT
 
 # start_raftkv NODES [BINARY [SERVER FLAGS...]]: a fresh static cluster,
 # node i on port RAFTKV_BASE_PORT+i-1; returns once a write succeeds.

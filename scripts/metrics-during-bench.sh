@@ -8,11 +8,8 @@
 #   (default: --op mixed --read-pct 50 --clients 16 --duration 6s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 ARGS=("$@")
 [[ ${#ARGS[@]} -gt 0 ]] || ARGS=(--op mixed --read-pct 50 --clients 16 --duration 6s)
 

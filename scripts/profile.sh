@@ -19,16 +19,12 @@
 #   e.g. scripts/profile.sh raftkv --op get --clients 64 --consistency lease
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
-E=${ETCD_BENCH:-target/release/etcd-bench}
 WHICH=${1:-both}
 shift || true
 ARGS=("$@")
 [[ ${#ARGS[@]} -gt 0 ]] || ARGS=(--op put --clients 1)
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 PROFILE_SECS=5
 
 profile() { # store

@@ -8,13 +8,10 @@
 #   cargo build --release -p raftkv && scripts/rss-under-puts.sh [MINUTES] [RETENTION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
 MINUTES=${1:-10}
 RETENTION=${2:-1000}
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 start_raftkv 1 "$R" --auto-compaction-mode revision --auto-compaction-retention "$RETENTION" >/dev/null
 server=${PIDS[0]}
 "$R" --endpoints "$ENDPOINTS" bench --op put --keys 10000 --clients 16 \

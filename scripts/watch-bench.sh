@@ -18,12 +18,8 @@
 #   cargo build --release -p raftkv -p etcd-bench && scripts/watch-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${RAFTKV:-target/release/raftkv}
-E=${ETCD_BENCH:-target/release/etcd-bench}
-WORK=$(mktemp -d)
 # shellcheck source=scripts/lib-cluster.sh
 source scripts/lib-cluster.sh
-trap 'stop_all; rm -rf "$WORK"' EXIT
 
 IFS=';' read -r -a CASES <<<"${CASES:-0 0 2000 10 256;100 0 2000 10 256;1000 0 200 10 256;10 1 1000 15 4096}"
 for case in "${CASES[@]}"; do

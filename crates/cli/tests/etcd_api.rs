@@ -27,7 +27,7 @@ use raftkv_testkit::{EtcdCluster, TestCluster};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::bin;
+use common::{bin, grpc_channel as channel};
 
 /// The store a check runs against.
 enum Store {
@@ -130,14 +130,6 @@ macro_rules! against_both {
             }
         }
     };
-}
-
-async fn channel(address: &str) -> Channel {
-    Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// An etcd KV client of a RaftKV test cluster's node.
@@ -1045,12 +1037,7 @@ async fn etcd_member_add_promote_and_remove_go_through_the_change_job() {
     let mut cluster = TestCluster::start(bin(), 3);
     let leader = cluster.wait_leader(std::time::Duration::from_secs(10));
     let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
-    let channel = Channel::from_shared(format!("http://{}", cluster.address(follower)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut members = ClusterClient::new(channel);
+    let mut members = ClusterClient::new(channel(&cluster.address(follower)).await);
     let address = cluster.reserve_join_addresses(1)[0].clone();
     let voter = members
         .member_add(MemberAddRequest {

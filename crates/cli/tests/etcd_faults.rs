@@ -62,12 +62,7 @@ async fn current_revision(client: &Client) -> u64 {
 
 /// An etcd KV client of member `id` alone (for reads of its own state).
 async fn member_kv(cluster: &TestCluster, id: u64) -> KvClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", cluster.address(id)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    KvClient::new(channel)
+    KvClient::new(common::grpc_channel(&cluster.address(id)).await)
 }
 
 /// Puts `key` with lease `lease`, retrying what may be retried.

@@ -25,6 +25,15 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftkv"))
 }
 
+/// A gRPC channel to a node (or an etcd member) at `address` (HOST:PORT).
+pub async fn grpc_channel(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Is this an error an application is expected to retry?
 pub fn is_retryable(error: &Error) -> bool {
     matches!(
