@@ -280,6 +280,7 @@ pub struct GetArgs {
 pub struct WatchArgs {
     /// The key to watch (with --prefix: every key starting with it).
     pub key: OsString,
+    /// Watch every key that starts with KEY.
     #[arg(long)]
     pub prefix: bool,
     /// Start from this store revision (default: changes after now).

@@ -21,8 +21,16 @@ use crate::ClientFlags;
 
 /// A channel to the first endpoint that accepts a connection.
 async fn channel(flags: &ClientFlags) -> Result<Channel, Failure> {
+    Ok(channel_from(flags, 0).await?.0)
+}
+
+/// A channel to the first endpoint that answers, trying them in order from
+/// the `first`-th (wrapping around), and the index of the one it reached.
+async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usize), Failure> {
     let mut errors = Vec::new();
-    for endpoint in &flags.endpoints {
+    let count = flags.endpoints.len();
+    for index in (first..first + count).map(|i| i % count) {
+        let endpoint = &flags.endpoints[index];
         let url = if endpoint.contains("://") {
             endpoint.clone()
         } else {
@@ -32,7 +40,7 @@ async fn channel(flags: &ClientFlags) -> Result<Channel, Failure> {
             .map_err(|e| Failure::Usage(format!("endpoint {endpoint}: {e}")))?
             .connect_timeout(flags.timeout);
         match endpoint_config.connect().await {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => return Ok((channel, index)),
             Err(e) => errors.push(format!("{endpoint}: {e}")),
         }
     }
@@ -98,7 +106,8 @@ pub async fn compact(flags: &ClientFlags, args: CompactArgs) -> Result<(), Failu
     Ok(())
 }
 
-/// `watch KEY [--prefix] [--rev N]`: until interrupted or the stream ends.
+/// `watch KEY [--prefix] [--rev N]`: until interrupted, moving to the next
+/// endpoint when a member fails.
 pub async fn watch(flags: &ClientFlags, args: WatchArgs) -> Result<(), Failure> {
     let key = bytes_of(&args.key);
     if key.is_empty() && !args.prefix {
@@ -111,28 +120,82 @@ pub async fn watch(flags: &ClientFlags, args: WatchArgs) -> Result<(), Failure> 
     } else {
         Bytes::new()
     };
+    let key = if key.is_empty() {
+        Bytes::from_static(b"\0")
+    } else {
+        key
+    };
+    // The next revision to print (0: changes after now). When the member
+    // streaming fails, loses its leader or ends the stream, the watch is
+    // opened again on the next endpoint from there: nothing is missed or
+    // printed twice.
+    let mut next = args.rev.unwrap_or(0) as i64;
+    let mut at = 0;
+    let mut fruitless = 0;
+    loop {
+        let (channel, used) = channel_from(flags, at).await?;
+        let (ended, answered) = watch_on(flags, channel, &key, &range_end, &mut next).await?;
+        // Every endpoint failing again and again without a response is not
+        // a member going away: stop and say why.
+        fruitless = if answered { 0 } else { fruitless + 1 };
+        if fruitless >= 3 * flags.endpoints.len() {
+            return Err(Failure::Other(format!("watch failed: {ended}")));
+        }
+        eprintln!(
+            "watch: the stream from {} ended ({ended}); resuming from revision {next} on the next endpoint",
+            flags.endpoints[used]
+        );
+        at = used + 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints the changes one watch stream on `channel` delivers from revision
+/// `next` on, moving `next` past each; returns why the stream ended and
+/// whether the member answered at all (a cancel or a local failure is an
+/// error).
+async fn watch_on(
+    flags: &ClientFlags,
+    channel: Channel,
+    key: &Bytes,
+    range_end: &Bytes,
+    next: &mut i64,
+) -> Result<(String, bool), Failure> {
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
-                key: if key.is_empty() {
-                    Bytes::from_static(b"\0")
-                } else {
-                    key
-                },
-                range_end,
-                start_revision: args.rev.unwrap_or(0) as i64,
+                key: key.clone(),
+                range_end: range_end.clone(),
+                start_revision: *next,
                 ..Default::default()
             },
         )),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(create).await.expect("the channel is open");
-    let mut stream = WatchClient::new(channel(flags).await?)
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(status_failure)?
-        .into_inner();
-    while let Some(response) = stream.message().await.map_err(status_failure)? {
+    // etcd's `hasleader`: a member cut off from its leader ends the stream,
+    // so the watch moves to one that still hears the cluster.
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    let mut stream = match WatchClient::new(channel).watch(request).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return Ok((status.message().to_string(), false)),
+    };
+    let mut answered = false;
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Ok(("closed by the server".into(), answered)),
+            Err(status) => return Ok((status.message().to_string(), answered)),
+        };
+        answered = true;
+        if response.created && *next == 0 {
+            // From now: the revision after the one the watch was created at.
+            *next = response.header.as_ref().map_or(0, |h| h.revision) + 1;
+        }
         if response.canceled {
             let why = if response.compact_revision > 0 {
                 format!(
@@ -164,17 +227,20 @@ pub async fn watch(flags: &ClientFlags, args: WatchArgs) -> Result<(), Failure> 
             } else {
                 write_stdout(&[b"DELETE\t", &kv.key, b"\n"])?;
             }
+            *next = (*next).max(kv.mod_revision + 1);
         }
     }
-    drop(tx);
-    Ok(())
 }
 
 fn lease_id(text: &str) -> Result<i64, Failure> {
-    i64::from_str_radix(text.trim_start_matches("0x"), 16)
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| Failure::Usage(format!("lease id {text:?}: expected a hex id")))
+    let digits = text.trim_start_matches("0x");
+    let id = u64::from_str_radix(digits, 16)
+        .map_err(|_| Failure::Usage(format!("lease id {text:?}: expected a hex id")))?;
+    i64::try_from(id).ok().filter(|id| *id > 0).ok_or_else(|| {
+        Failure::Usage(format!(
+            "lease id {text:?}: out of range (lease ids run from 1 to 7fffffffffffffff)"
+        ))
+    })
 }
 
 /// `put KEY VALUE --if-version N | --if-value V | --if-absent | --lease ID`:
@@ -323,7 +389,7 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
                 .map_err(status_failure)?
                 .into_inner();
             if reply.ttl < 0 {
-                return Err(Failure::NotFound);
+                return Err(Failure::LeaseNotFound(id));
             }
             let names: Vec<String> = reply
                 .keys
@@ -347,40 +413,69 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
         }
         LeaseCommand::KeepAlive { id } => {
             let id = lease_id(&id)?;
-            // The first request is queued before the call is awaited: etcd
-            // sends the stream's headers only with its first reply.
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(LeaseKeepAliveRequest { id })
-                .await
-                .expect("the channel is open");
-            let mut replies = leases
-                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            // Through the first endpoint that answers; when its member fails,
+            // through the next one, until the lease could have expired.
+            let mut at = 0;
+            let mut renewed: Option<(std::time::Instant, i64)> = None;
+            let mut tries = 0;
             loop {
-                let Some(reply) = replies.message().await.map_err(status_failure)? else {
-                    return Err(Failure::Other(
-                        "the server ended the keep-alive stream".into(),
-                    ));
+                let (channel, used) = channel_from(flags, at).await?;
+                // The first request is queued before the call is awaited:
+                // etcd sends the stream's headers only with its first reply.
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(LeaseKeepAliveRequest { id })
+                    .await
+                    .expect("the channel is open");
+                let stream = LeaseClient::new(channel)
+                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+                let ended = match stream {
+                    Err(status) => status.message().to_string(),
+                    Ok(stream) => {
+                        let mut replies = stream.into_inner();
+                        loop {
+                            let reply = match replies.message().await {
+                                Ok(Some(reply)) => reply,
+                                Ok(None) => break "closed by the server".to_string(),
+                                Err(status) => break status.message().to_string(),
+                            };
+                            if reply.ttl <= 0 {
+                                return Err(Failure::LeaseNotFound(id));
+                            }
+                            renewed = Some((std::time::Instant::now(), reply.ttl));
+                            say(
+                                format!("lease {id:x} kept alive with TTL({}s)", reply.ttl),
+                                serde_json::json!({"id": format!("{id:x}"), "ttl": reply.ttl}),
+                            )?;
+                            // Renew at a third of the TTL, as etcd's clients do.
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                reply.ttl as u64 * 1000 / 3,
+                            ))
+                            .await;
+                            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                                break "the stream closed".to_string();
+                            }
+                        }
+                    }
                 };
-                if reply.ttl <= 0 {
+                tries += 1;
+                let in_time = match renewed {
+                    Some((at_time, ttl)) => at_time.elapsed().as_secs() < ttl as u64,
+                    // Not renewed yet: each endpoint gets its try.
+                    None => tries < flags.endpoints.len(),
+                };
+                if !in_time {
                     return Err(Failure::Other(format!(
-                        "lease {id:x} expired or was revoked"
+                        "lease {id:x}: keep-alive through {} failed ({ended}) and the lease was not renewed within its TTL",
+                        flags.endpoints[used]
                     )));
                 }
-                say(
-                    format!("lease {id:x} kept alive with TTL({}s)", reply.ttl),
-                    serde_json::json!({"id": format!("{id:x}"), "ttl": reply.ttl}),
-                )?;
-                // Renew at a third of the TTL, as etcd's clients do.
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    reply.ttl as u64 * 1000 / 3,
-                ))
-                .await;
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    return Ok(());
-                }
+                eprintln!(
+                    "lease keep-alive: the stream through {} ended ({ended}); going on through the next endpoint",
+                    flags.endpoints[used]
+                );
+                at = used + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
     }

@@ -8,6 +8,8 @@ use raftkv_client::Error;
 pub enum Failure {
     /// Exit 1: the key does not exist (get).
     NotFound,
+    /// Exit 1: the lease does not exist (expired, revoked or never granted).
+    LeaseNotFound(i64),
     /// Exit 1: a conditional write's condition did not hold (nothing was
     /// written).
     ConditionFailed(String),
@@ -25,7 +27,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::NotFound | Failure::ConditionFailed(_) => 1,
+            Failure::NotFound | Failure::LeaseNotFound(_) | Failure::ConditionFailed(_) => 1,
             Failure::Usage(_) => 2,
             Failure::Client(_) | Failure::Other(_) => 3,
             Failure::StdoutClosed => 0,
@@ -36,6 +38,7 @@ impl Failure {
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::NotFound => "key_not_found",
+            Failure::LeaseNotFound(_) => "lease_not_found",
             Failure::ConditionFailed(_) => "condition_failed",
             Failure::Usage(_) => "usage",
             Failure::Client(e) => e.kind(),
@@ -69,6 +72,12 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::NotFound => f.write_str("key not found"),
+            Failure::LeaseNotFound(id) => {
+                write!(
+                    f,
+                    "lease {id:x} not found (expired, revoked or never granted)"
+                )
+            }
             Failure::Usage(m) | Failure::Other(m) | Failure::ConditionFailed(m) => f.write_str(m),
             Failure::Client(e) => write!(f, "{e}"),
             Failure::StdoutClosed => f.write_str("standard output closed"),

@@ -89,7 +89,8 @@ pub fn with_revisions(mut pair: Value, revisions: &raftkv_client::KeyRevisions) 
         object.insert("mod_revision".into(), revisions.mod_revision.into());
         object.insert("version".into(), revisions.version.into());
         if revisions.lease != 0 {
-            object.insert("lease".into(), revisions.lease.into());
+            // Hex, as `lease grant` prints it and `--lease` takes it.
+            object.insert("lease".into(), format!("{:x}", revisions.lease).into());
         }
     }
     pair

@@ -395,6 +395,12 @@ fn conditional_puts_and_leases() {
         .assert_ok()
         .stdout_text();
     assert!(ttl.contains("[leased]"), "{ttl}");
+    // `get --json` names the lease as `lease grant` printed it.
+    let got = cluster
+        .cli(&["get", "leased", "--json"])
+        .assert_ok()
+        .stdout_text();
+    assert!(got.contains(&format!("\"lease\":\"{id}\"")), "{got}");
     assert!(cluster
         .cli(&["lease", "list"])
         .assert_ok()
@@ -404,10 +410,15 @@ fn conditional_puts_and_leases() {
     cluster
         .cli(&["get", "leased"])
         .assert_error(1, "key not found");
-    cluster.cli(&["lease", "ttl", &id]).assert_code(1);
+    cluster
+        .cli(&["lease", "ttl", &id])
+        .assert_error(1, &format!("lease {id} not found"));
     cluster
         .cli(&["put", "x", "v", "--lease", "zz"])
         .assert_error(2, "expected a hex id");
+    cluster
+        .cli(&["lease", "ttl", "ffffffffffffffff"])
+        .assert_error(2, "out of range");
 }
 
 /// etcd's automatic compaction by revision: the leader compacts to the

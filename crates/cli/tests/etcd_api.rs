@@ -494,9 +494,24 @@ mod watch {
         }
         // From a past revision: the tail, the same.
         let from = expected[5].0;
-        let (_keep2, mut replay) = open(&store, 0, on_w(from)).await;
+        let (keep2, mut replay) = open(&store, 0, on_w(from)).await;
         let tail = events(&mut replay, expected.len() - 5).await;
         assert_eq!(tail, expected[5..].to_vec());
+        // Once the streams are gone, RaftKV counts no watcher.
+        drop((_keep, stream, keep2, replay));
+        if let Store::Raftkv(cluster) = &store {
+            for id in cluster.ids() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let (_, metrics) = common::http_get(&cluster.address(id), "/metrics");
+                    if common::sample(&metrics, "raftkv_watchers ") == 0.0 {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "node {id}: {metrics}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     against_both!(

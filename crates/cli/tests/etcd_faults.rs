@@ -379,3 +379,87 @@ async fn after_a_full_restart_leases_are_back_and_expire_within_their_ttl_of_the
     );
     assert!(exists(&client, "r/kept").await, "the kept lease stays");
 }
+
+/// `raftkv watch` and `raftkv lease keep-alive`, as a user runs them with
+/// several `--endpoints`, go on through the next endpoint when the member
+/// they use is killed: the watch prints every change once, in order, and
+/// the lease (TTL 3 s) outlives the kill by several TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_watch_and_keep_alive_go_on_when_their_member_is_killed() {
+    use std::process::{Command, Stdio};
+    let mut cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(Duration::from_secs(10));
+    let follower = cluster.followers()[0];
+    let endpoints = cluster.endpoints_starting_with(follower);
+    let granted = cluster
+        .cli(&["lease", "grant", "3"])
+        .assert_ok()
+        .stdout_text();
+    let lease = granted.split_whitespace().nth(1).unwrap().to_string();
+    cluster
+        .cli(&["put", "kept", "v", "--lease", &lease])
+        .assert_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let watched = dir.path().join("watch.out");
+    /// Killed (by its own handle) when dropped, a failing test included.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let spawn = |args: &[&str], out: std::fs::File| {
+        Running(
+            Command::new(bin())
+                .arg("--endpoints")
+                .arg(&endpoints)
+                .args(args)
+                .stdout(out)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _watch = spawn(
+        &["watch", "cw/", "--prefix"],
+        std::fs::File::create(&watched).unwrap(),
+    );
+    let mut keep = spawn(
+        &["lease", "keep-alive", &lease],
+        std::fs::File::create(dir.path().join("keep.out")).unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = client_starting_at(&cluster, cluster.leader());
+    let mut expected = String::new();
+    for i in 0..10 {
+        if i == 3 {
+            cluster.kill(follower);
+        }
+        let key = format!("cw/{i}");
+        loop {
+            match client.put(key.clone(), "v").await {
+                Ok(_) => break,
+                Err(e) if is_retryable(&e) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        expected.push_str(&format!("PUT\t{key}\tv\n"));
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let printed = std::fs::read_to_string(&watched).unwrap();
+        if printed == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && expected.starts_with(&printed),
+            "the watch printed {printed:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Three TTLs after the kill, the lease is still kept alive.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(keep.0.try_wait().unwrap().is_none(), "keep-alive exited");
+    assert_eq!(client.get("kept").await.unwrap(), "v");
+}

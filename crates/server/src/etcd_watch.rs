@@ -103,6 +103,24 @@ struct Watcher {
     fragment: bool,
 }
 
+/// One watcher in `raftkv_watchers` for as long as it lives: a watcher's
+/// task is aborted when it is cancelled or its stream ends, so the count is
+/// taken back on drop, not at the end of the task's future.
+struct Counted(Arc<Metrics>);
+
+impl Counted {
+    fn new(metrics: Arc<Metrics>) -> Counted {
+        metrics.watchers.inc();
+        Counted(metrics)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.watchers.dec();
+    }
+}
+
 fn event_of(event: &Event, prev_kv: bool) -> mvccpb::Event {
     let (kind, kv) = match &event.record {
         Some(record) => (
@@ -140,10 +158,8 @@ impl Watcher {
     /// Sends what happened since its position, then waits for the next
     /// revision, until cancelled, compacted past, or the stream ends.
     async fn run(self, replica: Replica, tx: Sender) {
-        let metrics = self.settings.metrics.clone();
-        metrics.watchers.inc();
+        let _counted = Counted::new(self.settings.metrics.clone());
         self.watch(replica, tx).await;
-        metrics.watchers.dec();
     }
 
     async fn watch(mut self, replica: Replica, tx: Sender) {
