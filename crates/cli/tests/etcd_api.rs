@@ -228,6 +228,20 @@ async fn every_member_takes_writes_and_reads_with_etcd_revisions(store: Store) {
     if let Store::Raftkv(cluster) = &store {
         cluster.cli(&["put", "e/native", "yes"]).assert_ok();
         assert_eq!(get(&mut client, "e/native", 0).await.unwrap().0, "yes");
+        // Each member counts the etcd calls its clients made (a forwarded
+        // call once, where it arrived): four puts in all.
+        let puts: f64 = cluster
+            .ids()
+            .iter()
+            .map(|id| {
+                let (_, metrics) = common::http_get(&cluster.address(*id), "/metrics");
+                common::sample(
+                    &metrics,
+                    r#"raftkv_requests_total{op="etcd_put",result="ok"} "#,
+                )
+            })
+            .sum();
+        assert_eq!(puts, 4.0);
     }
 }
 

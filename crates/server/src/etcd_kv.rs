@@ -11,8 +11,10 @@
 //! texts, which clients match on.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
 
 use raftkv_kv::etcd::{is_read_only, single, KEY_NOT_FOUND, LEASE_NOT_FOUND};
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
@@ -51,6 +53,8 @@ pub struct EtcdKv {
     forward: Forwarder,
     /// `--max-request-bytes`.
     max_request_bytes: usize,
+    /// Counts and times the calls of clients (not those forwarded here).
+    metrics: Arc<Metrics>,
 }
 
 /// Channels to the leader, for what a member that does not lead forwards.
@@ -271,11 +275,12 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 }
 
 impl EtcdKv {
-    pub fn new(replica: Replica, max_request_bytes: u64) -> EtcdKv {
+    pub fn new(replica: Replica, max_request_bytes: u64, metrics: Arc<Metrics>) -> EtcdKv {
         EtcdKv {
             forward: Forwarder::new(replica.clone()),
             replica,
             max_request_bytes: max_request_bytes as usize,
+            metrics,
         }
     }
 
@@ -347,9 +352,9 @@ impl EtcdKv {
     }
 }
 
-#[tonic::async_trait]
-impl Kv for EtcdKv {
-    async fn range(
+/// The etcd KV calls themselves; `impl Kv` times and counts them.
+impl EtcdKv {
+    async fn serve_range(
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
@@ -383,7 +388,10 @@ impl Kv for EtcdKv {
         Ok(Response::new(response))
     }
 
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn serve_put(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<Response<PutResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let request = request.into_inner();
         if request.key.is_empty() {
@@ -403,7 +411,7 @@ impl Kv for EtcdKv {
         }
     }
 
-    async fn delete_range(
+    async fn serve_delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
@@ -423,7 +431,10 @@ impl Kv for EtcdKv {
         }
     }
 
-    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn serve_txn(
+        &self,
+        request: Request<TxnRequest>,
+    ) -> Result<Response<TxnResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let txn = request.into_inner();
         if prost::Message::encoded_len(&txn) > self.max_request_bytes {
@@ -451,7 +462,7 @@ impl Kv for EtcdKv {
         Ok(Response::new(response))
     }
 
-    async fn compact(
+    async fn serve_compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
@@ -479,5 +490,67 @@ impl Kv for EtcdKv {
             }
             Err(e) => Err(etcd_status(e)),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for EtcdKv {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let counted = !is_forwarded(&request);
+        let started = Instant::now();
+        let result = self.serve_range(request).await;
+        if counted {
+            self.metrics.observe("etcd_range", &result, started);
+        }
+        result
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let counted = !is_forwarded(&request);
+        let started = Instant::now();
+        let result = self.serve_put(request).await;
+        if counted {
+            self.metrics.observe("etcd_put", &result, started);
+        }
+        result
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let counted = !is_forwarded(&request);
+        let started = Instant::now();
+        let result = self.serve_delete_range(request).await;
+        if counted {
+            self.metrics.observe("etcd_delete_range", &result, started);
+        }
+        result
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let counted = !is_forwarded(&request);
+        let started = Instant::now();
+        let result = self.serve_txn(request).await;
+        if counted {
+            self.metrics.observe("etcd_txn", &result, started);
+        }
+        result
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let counted = !is_forwarded(&request);
+        let started = Instant::now();
+        let result = self.serve_compact(request).await;
+        if counted {
+            self.metrics.observe("etcd_compact", &result, started);
+        }
+        result
     }
 }

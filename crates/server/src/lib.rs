@@ -384,6 +384,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let etcd_kv_service = Arc::new(etcd_kv::EtcdKv::new(
         replica.clone(),
         config.max_request_bytes,
+        metrics.clone(),
     ));
     let etcd_lock = LockServer::new(etcd_lock::EtcdLock {
         kv: etcd_kv_service.clone(),
