@@ -354,6 +354,22 @@ impl EtcdKv {
 
 /// The etcd KV calls themselves; `impl Kv` times and counts them.
 impl EtcdKv {
+    /// Runs one call, counted and timed as `op` unless another member
+    /// forwarded it (its client was counted there).
+    async fn counted<T>(
+        &self,
+        op: &str,
+        forwarded: bool,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        if !forwarded {
+            self.metrics.observe(op, &result, started);
+        }
+        result
+    }
+
     async fn serve_range(
         &self,
         request: Request<RangeRequest>,
@@ -499,58 +515,42 @@ impl Kv for EtcdKv {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let counted = !is_forwarded(&request);
-        let started = Instant::now();
-        let result = self.serve_range(request).await;
-        if counted {
-            self.metrics.observe("etcd_range", &result, started);
-        }
-        result
+        let forwarded = is_forwarded(&request);
+        self.counted("etcd_range", forwarded, self.serve_range(request))
+            .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let counted = !is_forwarded(&request);
-        let started = Instant::now();
-        let result = self.serve_put(request).await;
-        if counted {
-            self.metrics.observe("etcd_put", &result, started);
-        }
-        result
+        let forwarded = is_forwarded(&request);
+        self.counted("etcd_put", forwarded, self.serve_put(request))
+            .await
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let counted = !is_forwarded(&request);
-        let started = Instant::now();
-        let result = self.serve_delete_range(request).await;
-        if counted {
-            self.metrics.observe("etcd_delete_range", &result, started);
-        }
-        result
+        let forwarded = is_forwarded(&request);
+        self.counted(
+            "etcd_delete_range",
+            forwarded,
+            self.serve_delete_range(request),
+        )
+        .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let counted = !is_forwarded(&request);
-        let started = Instant::now();
-        let result = self.serve_txn(request).await;
-        if counted {
-            self.metrics.observe("etcd_txn", &result, started);
-        }
-        result
+        let forwarded = is_forwarded(&request);
+        self.counted("etcd_txn", forwarded, self.serve_txn(request))
+            .await
     }
 
     async fn compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let counted = !is_forwarded(&request);
-        let started = Instant::now();
-        let result = self.serve_compact(request).await;
-        if counted {
-            self.metrics.observe("etcd_compact", &result, started);
-        }
-        result
+        let forwarded = is_forwarded(&request);
+        self.counted("etcd_compact", forwarded, self.serve_compact(request))
+            .await
     }
 }
