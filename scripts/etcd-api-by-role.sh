@@ -7,9 +7,12 @@
 # the figure more than the store does; this compares like with like.
 # Stores alternate round by round, ROUNDS times; one line per run:
 #   store-role nodes workload ops/s p50 p99 (ms) errors
+# STORES (default "raftkv etcd") lists the stores of a round: `raftkv`,
+# `etcd`, or NAME=BINARY for another raftkv build (A/B of two builds).
 #
 #   apt-get install etcd-server etcd-client
 #   cargo build --release -p raftkv -p etcd-bench && scripts/etcd-api-by-role.sh [SECONDS] [ROUNDS]
+#   STORES="before=/tmp/raftkv-old raftkv etcd" scripts/etcd-api-by-role.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -30,8 +33,13 @@ for i, e in enumerate(json.loads(sys.argv[1])):
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
-  for store in raftkv etcd; do
-    if [[ $store == raftkv ]]; then start_raftkv 3; else start_etcd 3; fi
+  for store in ${STORES:-raftkv etcd}; do
+    case $store in
+      etcd) start_etcd 3 ;;
+      raftkv) start_raftkv 3 ;;
+      *=*) start_raftkv 3 "${store#*=}"; store=${store%%=*} ;;
+      *) echo "unknown store $store" >&2; exit 2 ;;
+    esac
     IFS=',' read -r -a eps <<<"$ENDPOINTS"
     leader=$(leader_index)
     for role in leader follower; do
