@@ -1,5 +1,5 @@
-//! Socket-level tuning shared by the server and the client: write
-//! coalescing for HTTP/2 connections.
+//! Connections shared by the server and the client: write coalescing for
+//! HTTP/2 connections, and TLS ([`tls`]).
 //!
 //! Why: over loopback (and on any fast network) the cost of a small gRPC
 //! call is dominated by syscalls — one `writev` per reply, whose TCP send
@@ -26,6 +26,8 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub mod tls;
 
 /// Bytes buffered at most before they are written out without waiting for
 /// a flush.
@@ -160,31 +162,60 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
     }
 }
 
-/// A TCP connector for `tonic::transport::Endpoint::connect_with_connector*`
-/// whose connections coalesce writes (TCP_NODELAY set).
-pub fn tcp_connector() -> impl tower::Service<
+/// A connection made by [`connector`].
+pub type Connection = hyper_util::rt::TokioIo<CoalescingIo<tls::MaybeTls>>;
+
+/// A connector for `tonic::transport::Endpoint::connect_with_connector*`
+/// whose connections coalesce writes (TCP_NODELAY set) and, with `tls`,
+/// run TLS to the URI's host (whatever the URI's scheme).
+pub fn connector(
+    tls: Option<std::sync::Arc<tls::ClientTls>>,
+) -> impl tower::Service<
     http::Uri,
-    Response = hyper_util::rt::TokioIo<CoalescingIo<tokio::net::TcpStream>>,
+    Response = Connection,
     Error = io::Error,
-    Future = impl std::future::Future<
-        Output = io::Result<hyper_util::rt::TokioIo<CoalescingIo<tokio::net::TcpStream>>>,
-    > + Send,
+    Future = impl std::future::Future<Output = io::Result<Connection>> + Send,
 > + Clone
        + Send
        + 'static {
-    tower::service_fn(|uri: http::Uri| async move {
-        let authority = uri
-            .authority()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address has no host:port"))?
-            .to_string();
-        let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&authority)
-            .await
-            .map_err(|e| io::Error::other(Unresolved(format!("cannot resolve {authority}: {e}"))))?
-            .collect();
-        let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
-        stream.set_nodelay(true)?;
-        Ok(hyper_util::rt::TokioIo::new(CoalescingIo::new(stream)))
+    tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "address has no host:port")
+                })?
+                .clone();
+            let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority.as_str())
+                .await
+                .map_err(|e| {
+                    io::Error::other(Unresolved(format!("cannot resolve {authority}: {e}")))
+                })?
+                .collect();
+            let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
+            stream.set_nodelay(true)?;
+            let stream = match tls {
+                None => tls::MaybeTls::Plain(stream),
+                Some(tls) => {
+                    tls::MaybeTls::Client(Box::new(tls.connect(authority.host(), stream).await?))
+                }
+            };
+            Ok(hyper_util::rt::TokioIo::new(CoalescingIo::new(stream)))
+        }
     })
+}
+
+/// [`connector`] without TLS.
+pub fn tcp_connector() -> impl tower::Service<
+    http::Uri,
+    Response = Connection,
+    Error = io::Error,
+    Future = impl std::future::Future<Output = io::Result<Connection>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    connector(None)
 }
 
 /// A connect failed because the host name did not resolve (it never will

@@ -18,6 +18,7 @@ mod etcd_server;
 pub mod history;
 pub mod jepsen;
 mod limit;
+pub mod pki;
 mod ports;
 mod process;
 mod status;

@@ -1,0 +1,644 @@
+//! TLS for the node's port and for every outgoing connection, with rustls
+//! (ring; no OpenSSL), on the flag model of etcd.
+//!
+//! One port serves clients and peers. A connection's first byte tells a
+//! TLS handshake (0x16) from plaintext, so one listener takes both; which
+//! services a connection may call is decided afterwards, per request, by the
+//! server's policy from [`ConnInfo`] (so a refused client gets a gRPC error
+//! saying why instead of a reset connection).
+//!
+//! Which certificate the node presents: a connection that offers the ALPN
+//! token [`PEER_ALPN`] (only RaftKV members do) gets the peer certificate,
+//! any other the client-facing one (either stands in when only one is
+//! configured). Client certificates are verified against the union of the
+//! client and peer CAs during the handshake (an unknown CA, an expired or a
+//! not-yet-valid certificate fails it); whether the certificate chains to
+//! the peer CA is checked once more, alone, to mark the connection as a
+//! member's ([`ConnInfo::peer`]).
+//!
+//! Certificates and keys are read again when their files change (checked
+//! at each new connection: a few `stat`s), so rotation needs no restart;
+//! connections already open keep the certificate they started with. A
+//! change that does not load (a key that does not match, a file half
+//! written) is logged and the previous material kept.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The ALPN token with which a member asks for the peer certificate.
+pub const PEER_ALPN: &[u8] = b"raftkv-peer";
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake.
+const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// A certificate (chain, PEM) and its private key (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The node's TLS settings (etcd's flags).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    /// `--cert-file`/`--key-file`: what clients are shown; with it, client
+    /// requests need TLS.
+    pub client: Option<CertFiles>,
+    /// `--trusted-ca-file`: the CA of client certificates.
+    pub trusted_ca: Option<PathBuf>,
+    /// `--client-cert-auth`: client requests need a certificate from
+    /// `trusted_ca` (or a member's).
+    pub client_cert_auth: bool,
+    /// `--peer-cert-file`/`--peer-key-file`: what members are shown and
+    /// show; with it, peer traffic needs TLS and a peer certificate.
+    pub peer: Option<CertFiles>,
+    /// `--peer-trusted-ca-file`: the CA of members' certificates.
+    pub peer_trusted_ca: Option<PathBuf>,
+}
+
+impl ServerTlsFiles {
+    pub fn client_tls(&self) -> bool {
+        self.client.is_some()
+    }
+
+    pub fn peer_tls(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// Whether the combination makes sense; what is missing otherwise.
+    pub fn check(&self) -> Result<(), TlsError> {
+        if self.client_cert_auth && self.trusted_ca.is_none() {
+            return Err(TlsError(
+                "--client-cert-auth needs --trusted-ca-file (the CA of client certificates)".into(),
+            ));
+        }
+        if self.client_cert_auth && self.client.is_none() {
+            return Err(TlsError(
+                "--client-cert-auth needs --cert-file and --key-file (client TLS)".into(),
+            ));
+        }
+        if self.peer.is_some() != self.peer_trusted_ca.is_some() {
+            return Err(TlsError(
+                "peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file \
+                 together (members always verify each other)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the node's own outgoing connections (raft messages, snapshots,
+    /// forwarded requests, joins) present and trust: the peer material when
+    /// peer TLS is on, else the client-facing one when client TLS is on.
+    pub fn outgoing(&self) -> Option<ClientTlsFiles> {
+        if let (Some(peer), Some(ca)) = (&self.peer, &self.peer_trusted_ca) {
+            return Some(ClientTlsFiles {
+                trusted_ca: ca.clone(),
+                identity: Some(peer.clone()),
+                peer: true,
+            });
+        }
+        let client = self.client.as_ref()?;
+        Some(ClientTlsFiles {
+            trusted_ca: self.trusted_ca.clone()?,
+            identity: Some(client.clone()),
+            peer: false,
+        })
+    }
+}
+
+/// A client's TLS settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// The CA that signed the servers' certificates (`--cacert`).
+    pub trusted_ca: PathBuf,
+    /// The client's own certificate (`--cert`/`--key`), if any.
+    pub identity: Option<CertFiles>,
+    /// A member's connection: asks for the peer certificate.
+    pub peer: bool,
+}
+
+/// A TLS setting that does not load, naming the file and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+/// ring: builds with cargo and a C compiler alone (aws-lc-rs, rustls'
+/// default, would offer post-quantum key exchange, which rustls deprecates
+/// ring's provider over, but needs a heavier native build).
+#[allow(deprecated)]
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        TlsError(format!(
+            "cannot read certificates from {}: {e}",
+            path.display()
+        ))
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| failed(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(&e))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "no certificate (PEM \"BEGIN CERTIFICATE\") in {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        TlsError(format!(
+            "cannot read a private key (PEM) from {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn load_roots(paths: &[&Path]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for path in paths {
+        for cert in load_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError(format!("bad CA certificate in {}: {e}", path.display())))?;
+        }
+    }
+    Ok(Arc::new(roots))
+}
+
+fn load_certified(
+    files: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    CertifiedKey::from_der(certs, key, provider)
+        .map(Arc::new)
+        .map_err(|e| {
+            TlsError(format!(
+                "the key in {} does not go with the certificate in {}: {e}",
+                files.key.display(),
+                files.cert.display()
+            ))
+        })
+}
+
+/// What a set of files looked like when last loaded: a change of any
+/// (modified time, length, inode) means load again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamps(Vec<Option<(SystemTime, u64, u64)>>);
+
+impl Stamps {
+    fn of(paths: &[PathBuf]) -> Stamps {
+        use std::os::unix::fs::MetadataExt;
+        Stamps(
+            paths
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Material loaded from files, loaded again when they change.
+struct Reloading<T> {
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    load: Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>,
+    current: Mutex<(Stamps, T)>,
+}
+
+impl<T: Clone> Reloading<T> {
+    fn new(
+        paths: Vec<PathBuf>,
+        what: &'static str,
+        load: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Reloading<T>, TlsError> {
+        let stamps = Stamps::of(&paths);
+        let first = load()?;
+        Ok(Reloading {
+            paths,
+            what,
+            load: Box::new(load),
+            current: Mutex::new((stamps, first)),
+        })
+    }
+
+    fn get(&self) -> T {
+        let stamps = Stamps::of(&self.paths);
+        let mut current = self.current.lock().expect("tls reload lock");
+        if stamps != current.0 {
+            match (self.load)() {
+                Ok(loaded) => {
+                    tracing::info!("{} reloaded: its files changed", self.what);
+                    *current = (stamps, loaded);
+                }
+                Err(e) => {
+                    // Keep serving with what worked; try again next time
+                    // (the files may be half written).
+                    tracing::warn!("{} not reloaded, keeping the previous one: {e}", self.what);
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+/// Picks the certificate by what the connection asks for (see the module
+/// doc).
+#[derive(Debug)]
+struct ByAlpn {
+    client: Option<Arc<CertifiedKey>>,
+    peer: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ByAlpn {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let member = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == PEER_ALPN));
+        let (first, second) = if member {
+            (&self.peer, &self.client)
+        } else {
+            (&self.client, &self.peer)
+        };
+        first.clone().or_else(|| second.clone())
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Verifies against the peer CA alone.
+    peer_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// The node's side: accepts connections on its port (see the module doc).
+pub struct ServerTls {
+    files: ServerTlsFiles,
+    state: Reloading<ServerState>,
+}
+
+impl ServerTls {
+    /// Loads every file once (so a bad setting fails at start, naming the
+    /// file). `None` when nothing is configured.
+    pub fn new(files: &ServerTlsFiles) -> Result<Option<Arc<ServerTls>>, TlsError> {
+        files.check()?;
+        if !files.client_tls() && !files.peer_tls() {
+            return Ok(None);
+        }
+        let mut paths = Vec::new();
+        for certs in [&files.client, &files.peer].into_iter().flatten() {
+            paths.push(certs.cert.clone());
+            paths.push(certs.key.clone());
+        }
+        paths.extend(files.trusted_ca.iter().cloned());
+        paths.extend(files.peer_trusted_ca.iter().cloned());
+        let loaded = files.clone();
+        let state = Reloading::new(paths, "the node's TLS certificates", move || {
+            server_state(&loaded)
+        })?;
+        Ok(Some(Arc::new(ServerTls {
+            files: files.clone(),
+            state,
+        })))
+    }
+
+    pub fn files(&self) -> &ServerTlsFiles {
+        &self.files
+    }
+
+    /// Accepts one connection: TLS if its first byte starts a handshake,
+    /// plaintext otherwise (the server's policy decides what it may call).
+    pub async fn accept(&self, stream: TcpStream) -> io::Result<(MaybeTls, ConnInfo)> {
+        let remote = stream.peer_addr().ok();
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no bytes from the client"))??;
+        if peeked == 0 || first[0] != TLS_HANDSHAKE_BYTE {
+            return Ok((MaybeTls::Plain(stream), ConnInfo::plain(remote)));
+        }
+        let state = self.state.get();
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let (client_cert, peer) = match tls.get_ref().1.peer_certificates() {
+            Some([leaf, intermediates @ ..]) => {
+                let peer = state.peer_verifier.as_ref().is_some_and(|v| {
+                    v.verify_client_cert(leaf, intermediates, UnixTime::now())
+                        .is_ok()
+                });
+                (true, peer)
+            }
+            _ => (false, false),
+        };
+        Ok((
+            MaybeTls::Server(Box::new(tls)),
+            ConnInfo {
+                remote,
+                tls: true,
+                client_cert,
+                peer,
+            },
+        ))
+    }
+}
+
+fn server_state(files: &ServerTlsFiles) -> Result<ServerState, TlsError> {
+    let provider = provider();
+    let client = files
+        .client
+        .as_ref()
+        .map(|f| load_certified(f, &provider))
+        .transpose()?;
+    let peer = files
+        .peer
+        .as_ref()
+        .map(|f| load_certified(f, &provider))
+        .transpose()?;
+    let cas: Vec<&Path> = files
+        .trusted_ca
+        .iter()
+        .chain(&files.peer_trusted_ca)
+        .map(PathBuf::as_path)
+        .collect();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
+    let builder = if cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        // Certificates are optional at the handshake: the policy refuses,
+        // with a message, what needs one and came without.
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(load_roots(&cas)?, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError(format!("client certificate verifier: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(ByAlpn { client, peer }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let peer_verifier = match &files.peer_trusted_ca {
+        Some(ca) => Some(
+            WebPkiClientVerifier::builder_with_provider(load_roots(&[ca])?, provider)
+                .build()
+                .map_err(|e| TlsError(format!("peer certificate verifier: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(ServerState {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        peer_verifier,
+    })
+}
+
+/// What the server knows of a connection, for its policy: in each request's
+/// extensions (tonic's connect info).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// Over TLS.
+    pub tls: bool,
+    /// With a client certificate, verified against the client or peer CA.
+    pub client_cert: bool,
+    /// With a certificate that chains to the peer CA: a member.
+    pub peer: bool,
+}
+
+impl ConnInfo {
+    pub fn plain(remote: Option<SocketAddr>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            ..ConnInfo::default()
+        }
+    }
+}
+
+/// The client's side: what outgoing connections present and trust.
+pub struct ClientTls {
+    files: ClientTlsFiles,
+    config: Reloading<Arc<ClientConfig>>,
+}
+
+impl ClientTls {
+    pub fn new(files: &ClientTlsFiles) -> Result<Arc<ClientTls>, TlsError> {
+        let mut paths = vec![files.trusted_ca.clone()];
+        if let Some(identity) = &files.identity {
+            paths.push(identity.cert.clone());
+            paths.push(identity.key.clone());
+        }
+        let loaded = files.clone();
+        let config = Reloading::new(paths, "the client's TLS certificates", move || {
+            client_config(&loaded)
+        })?;
+        Ok(Arc::new(ClientTls {
+            files: files.clone(),
+            config,
+        }))
+    }
+
+    pub fn files(&self) -> &ClientTlsFiles {
+        &self.files
+    }
+
+    /// Opens TLS over `stream` to `host` (a name or an IP address, which
+    /// the server's certificate must name).
+    pub async fn connect(
+        &self,
+        host: &str,
+        stream: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{host:?} is not a TLS server name: {e}"),
+            )
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.get());
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
+}
+
+fn client_config(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = load_roots(&[&files.trusted_ca])?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError(format!("server certificate verifier: {e}")))?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+        .with_webpki_verifier(verifier);
+    let mut config = match &files.identity {
+        Some(identity) => {
+            let certified = load_certified(identity, &provider)?;
+            builder
+                .with_client_auth_cert(certified.cert.clone(), load_key(&identity.key)?)
+                .map_err(|e| TlsError(format!("client certificate: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    if files.peer {
+        config.alpn_protocols.push(PEER_ALPN.to_vec());
+    }
+    Ok(Arc::new(config))
+}
+
+/// A connection, plaintext or TLS (either side).
+#[derive(Debug)]
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! each_stream {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self.get_mut() {
+            MaybeTls::Plain($s) => {
+                let $s = Pin::new($s);
+                $body
+            }
+            MaybeTls::Client($s) => {
+                let $s = Pin::new(&mut **$s);
+                $body
+            }
+            MaybeTls::Server($s) => {
+                let $s = Pin::new(&mut **$s);
+                $body
+            }
+        }
+    };
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Client(s) => s.is_write_vectored(),
+            MaybeTls::Server(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// An accepted connection and what the server knows of it.
+#[derive(Debug)]
+pub struct Accepted {
+    pub io: MaybeTls,
+    pub info: ConnInfo,
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Accepted {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
