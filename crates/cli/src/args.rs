@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "RaftKV: a strongly consistent, Raft-replicated key-value store.\n\n\
         Start a single-node store with `raftkv server`, then `raftkv put KEY VALUE` and \
         `raftkv get KEY`. `raftkv playground` starts a local 3-node cluster.\n\n\
-        The client options (--endpoints, --timeout, --json) go before or after the \
-        command.\n\n\
+        The client options (--endpoints, --timeout, --json, --cacert, --cert, --key) go \
+        before or after the command.\n\n\
         Exit codes: 0 success, 1 key not found (get), 2 usage error, 3 any other error."
 )]
 pub struct Cli {
@@ -28,8 +28,8 @@ pub struct Cli {
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Client options")]
 pub struct TopClientArgs {
-    /// Cluster endpoints (any members), comma-separated HOST:PORT
-    /// [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
+    /// Cluster endpoints (any members), comma-separated HOST:PORT (or
+    /// https://HOST:PORT, with --cacert) [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub endpoints: Option<Vec<String>>,
     /// Deadline of a client command, retries included (e.g. 500ms, 5s, 2m) [default: 5s].
@@ -38,6 +38,17 @@ pub struct TopClientArgs {
     /// Machine-readable output: one compact JSON object per line (errors too, on stderr).
     #[arg(long)]
     pub json: bool,
+    /// The CA (PEM) that signed the servers' certificates: talk TLS (https://)
+    /// [env: RAFTKV_CACERT].
+    #[arg(long, id = "tls_cacert", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for servers with --client-cert-auth
+    /// [env: RAFTKV_CERT].
+    #[arg(long, id = "tls_cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert [env: RAFTKV_KEY].
+    #[arg(long = "key", id = "tls_key", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The client options given after the command (`raftkv get K --endpoints A`);
@@ -45,8 +56,8 @@ pub struct TopClientArgs {
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
-    /// Cluster endpoints (any members), comma-separated HOST:PORT
-    /// [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
+    /// Cluster endpoints (any members), comma-separated HOST:PORT (or
+    /// https://HOST:PORT, with --cacert) [env: RAFTKV_ENDPOINTS] [default: 127.0.0.1:7379].
     #[arg(
         long,
         global = true,
@@ -60,6 +71,17 @@ pub struct ClientArgs {
     /// Machine-readable output: one compact JSON object per line (errors too, on stderr).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The CA (PEM) that signed the servers' certificates: talk TLS (https://)
+    /// [env: RAFTKV_CACERT].
+    #[arg(long, id = "tls_cacert", global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for servers with --client-cert-auth
+    /// [env: RAFTKV_CERT].
+    #[arg(long, id = "tls_cert", global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert [env: RAFTKV_KEY].
+    #[arg(long = "key", id = "tls_key", global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +208,30 @@ pub struct ServerArgs {
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Client TLS: this node's certificate (PEM) for clients. With it client
+    /// requests need https:// (TLS); plaintext ones are refused.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS: the private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM) that signs client certificates.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client requests need a certificate signed by --trusted-ca-file.
+    #[arg(long, help_heading = "TLS")]
+    pub client_cert_auth: bool,
+    /// Peer TLS: this node's certificate (PEM) for and to the other members.
+    /// With it, raft traffic needs TLS and a certificate from
+    /// --peer-trusted-ca-file.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the private key (PEM) of --peer-cert-file.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: the CA (PEM) that signs members' certificates.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// TOML file with the same keys as these flags (flags override it).
     #[arg(long)]
     pub config: Option<PathBuf>,

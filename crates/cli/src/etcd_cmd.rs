@@ -31,15 +31,13 @@ async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usi
     let count = flags.endpoints.len();
     for index in (first..first + count).map(|i| i % count) {
         let endpoint = &flags.endpoints[index];
-        let url = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let endpoint_config = Channel::from_shared(url)
+        let endpoint_config = Channel::from_shared(format!("http://{endpoint}"))
             .map_err(|e| Failure::Usage(format!("endpoint {endpoint}: {e}")))?
             .connect_timeout(flags.timeout);
-        match endpoint_config.connect().await {
+        match endpoint_config
+            .connect_with_connector(raftkv_net::connector(flags.tls.clone()))
+            .await
+        {
             Ok(channel) => return Ok((channel, index)),
             Err(e) => errors.push(format!("{endpoint}: {e}")),
         }

@@ -29,6 +29,7 @@ mod kv_cmd;
 mod output;
 mod server_cmd;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -49,6 +50,56 @@ pub struct ClientFlags {
     pub endpoints: Vec<String>,
     pub timeout: Duration,
     pub json: bool,
+    /// TLS to the endpoints (--cacert given).
+    pub tls: Option<std::sync::Arc<raftkv_net::tls::ClientTls>>,
+}
+
+/// The TLS of `--cacert`, `--cert`, `--key` (after the command, else
+/// before it, else RAFTKV_CACERT/_CERT/_KEY); `None` for plaintext.
+fn client_tls(
+    top: &TopClientArgs,
+    sub: &ClientArgs,
+    https: bool,
+) -> Result<Option<std::sync::Arc<raftkv_net::tls::ClientTls>>, Failure> {
+    let pick = |sub: &Option<PathBuf>, top: &Option<PathBuf>, env: &str| {
+        sub.clone().or_else(|| top.clone()).or_else(|| {
+            std::env::var_os(env)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    };
+    let cacert = pick(&sub.cacert, &top.cacert, "RAFTKV_CACERT");
+    let cert = pick(&sub.cert, &top.cert, "RAFTKV_CERT");
+    let key = pick(&sub.key_file, &top.key_file, "RAFTKV_KEY");
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(raftkv_net::tls::CertFiles { cert, key }),
+        (None, None) => None,
+        _ => return Err(Failure::Usage("--cert and --key go together".into())),
+    };
+    let Some(trusted_ca) = cacert else {
+        if identity.is_some() {
+            return Err(Failure::Usage(
+                "--cert/--key are for TLS: give --cacert (the CA that signed the servers' \
+                 certificates) too"
+                    .into(),
+            ));
+        }
+        if https {
+            return Err(Failure::Usage(
+                "https:// endpoints need --cacert (the CA that signed the servers' certificates)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let files = raftkv_net::tls::ClientTlsFiles {
+        trusted_ca,
+        identity,
+        peer: false,
+    };
+    raftkv_net::tls::ClientTls::new(&files)
+        .map(Some)
+        .map_err(|e| Failure::Usage(e.to_string()))
 }
 
 impl ClientFlags {
@@ -63,6 +114,7 @@ impl ClientFlags {
                 _ => vec![DEFAULT_ENDPOINT.to_string()],
             },
         };
+        let https = endpoints.iter().any(|e| e.trim().starts_with("https://"));
         // `a:1,` or a RAFTKV_ENDPOINTS ending in a comma: no empty endpoint.
         let endpoints = endpoints
             .iter()
@@ -87,16 +139,19 @@ impl ClientFlags {
         if timeout.is_zero() {
             return Err(Failure::Usage("--timeout must be more than 0".into()));
         }
+        let tls = client_tls(top, sub, https)?;
         Ok(ClientFlags {
             endpoints,
             timeout,
             json: sub.json || top.json,
+            tls,
         })
     }
 
     pub fn options(&self) -> ClientOptions {
         ClientOptions {
             timeout: self.timeout,
+            tls: self.tls.clone(),
             ..Default::default()
         }
     }

@@ -87,6 +87,22 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         )
         .map_err(usage)?;
     }
+    let tls = &mut config.tls;
+    for (given, setting) in [
+        (args.cert_file, &mut tls.cert_file),
+        (args.key_file, &mut tls.key_file),
+        (args.trusted_ca_file, &mut tls.trusted_ca_file),
+        (args.peer_cert_file, &mut tls.peer_cert_file),
+        (args.peer_key_file, &mut tls.peer_key_file),
+        (args.peer_trusted_ca_file, &mut tls.peer_trusted_ca_file),
+    ] {
+        if given.is_some() {
+            *setting = given;
+        }
+    }
+    if args.client_cert_auth {
+        tls.client_cert_auth = true;
+    }
     config.validate().map_err(usage)?;
     Ok(config)
 }

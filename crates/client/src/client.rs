@@ -61,6 +61,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Deadline of one TCP connect.
     pub connect_timeout: Duration,
+    /// TLS to every endpoint (`https://`): the CA to trust and the client's
+    /// certificate, if any. `None`: plaintext.
+    pub tls: Option<Arc<raftkv_net::tls::ClientTls>>,
 }
 
 impl Default for ClientOptions {
@@ -68,6 +71,7 @@ impl Default for ClientOptions {
         ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -157,6 +161,14 @@ impl Client {
     }
 
     pub fn with_options(endpoints: &[String], options: ClientOptions) -> Result<Client, Error> {
+        if options.tls.is_none() {
+            if let Some(https) = endpoints.iter().find(|e| e.trim().starts_with("https://")) {
+                return Err(Error::InvalidArgument(format!(
+                    "endpoint {https}: https:// needs the CA that signed the servers' \
+                     certificates (--cacert)"
+                )));
+            }
+        }
         let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| e.trim())
@@ -196,8 +208,9 @@ impl Client {
             .map_err(|e| Error::InvalidArgument(format!("invalid endpoint {address:?}: {e}")))?
             .connect_timeout(self.inner.options.connect_timeout);
         // TCP_NODELAY, and writes coalesced: requests sent together go out
-        // in one syscall (raftkv-net).
-        let channel = endpoint.connect_with_connector_lazy(raftkv_net::tcp_connector());
+        // in one syscall (raftkv-net); TLS when the options have it.
+        let channel = endpoint
+            .connect_with_connector_lazy(raftkv_net::connector(self.inner.options.tls.clone()));
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -936,10 +949,11 @@ pub fn parse_endpoint(given: &str) -> Result<String, Error> {
             "invalid endpoint {given:?}: {why} (expected HOST:PORT, e.g. 127.0.0.1:7379)"
         ))
     };
-    if given.starts_with("https://") {
-        return Err(invalid("TLS is not supported yet; use HOST:PORT"));
-    }
-    let address = given.strip_prefix("http://").unwrap_or(given);
+    // The scheme says nothing more: TLS is on when the client has a CA.
+    let address = given
+        .strip_prefix("https://")
+        .or_else(|| given.strip_prefix("http://"))
+        .unwrap_or(given);
     let address = address.strip_suffix('/').unwrap_or(address);
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(invalid("no port"));
@@ -1036,7 +1050,7 @@ mod tests {
             "127.0.0.1:70000",
             ":7379",
             "::1:7379",
-            "https://127.0.0.1:7379",
+            "https://127.0.0.1",
             "grpc://127.0.0.1:7379",
         ] {
             let error = parse_endpoint(bad).unwrap_err().to_string();
@@ -1046,6 +1060,15 @@ mod tests {
             parse_endpoint("http://127.0.0.1:7379/").unwrap(),
             "127.0.0.1:7379"
         );
+        assert_eq!(
+            parse_endpoint("https://127.0.0.1:7379").unwrap(),
+            "127.0.0.1:7379"
+        );
+        let error = Client::new(&["https://127.0.0.1:7379".to_string()])
+            .err()
+            .expect("https:// without a CA")
+            .to_string();
+        assert!(error.contains("--cacert"), "{error}");
         assert_eq!(parse_endpoint("[::1]:7379").unwrap(), "[::1]:7379");
         assert_eq!(parse_endpoint("localhost:7379").unwrap(), "localhost:7379");
     }

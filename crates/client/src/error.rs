@@ -122,6 +122,11 @@ impl Error {
 
     /// Decodes a gRPC status from a RaftKV server (or the transport).
     pub(crate) fn from_status(status: &Status) -> Error {
+        // A TLS failure (an untrusted certificate either way, TLS spoken
+        // to a plaintext port) does not go away by retrying.
+        if let Some(why) = raftkv_net::tls::describe_failure(status) {
+            return Error::Rejected(why);
+        }
         if !status.details().is_empty() {
             if let Ok(detail) = ErrorDetail::decode(status.details()) {
                 let message = detail.message.clone();

@@ -449,6 +449,12 @@ pub struct ClientTls {
     config: Reloading<Arc<ClientConfig>>,
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("files", &self.files).finish()
+    }
+}
+
 impl ClientTls {
     pub fn new(files: &ClientTlsFiles) -> Result<Arc<ClientTls>, TlsError> {
         let mut paths = vec![files.trusted_ca.clone()];
@@ -641,4 +647,77 @@ impl tonic::transport::server::Connected for Accepted {
     fn connect_info(&self) -> ConnInfo {
         self.info.clone()
     }
+}
+
+/// What went wrong with TLS in a failed call, in words a user can act on,
+/// when the error (or one of its sources) is a TLS failure: the handshake's
+/// own, or an alert the server sent when it refused the client's
+/// certificate (TLS 1.3 sends that after the client thinks it connected).
+pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    let mut source = Some(error);
+    while let Some(error) = source {
+        let tls = error.downcast_ref::<Tls>().or_else(|| {
+            error
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<Tls>())
+        });
+        // h2 keeps only the text of an I/O error: an alert that ended an
+        // established connection arrives as words.
+        let alert = tls.is_none().then(|| alert_in_text(&error.to_string())).flatten();
+        let tls = tls.or(alert.as_ref());
+        if let Some(tls) = tls {
+            let what = match tls {
+                Tls::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+                    "certificate signed by unknown authority: the server's certificate does \
+                     not chain to --cacert"
+                        .to_string()
+                }
+                Tls::InvalidCertificate(
+                    Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet
+                    | Cert::NotValidYetContext { .. },
+                ) => "the server's certificate has expired or is not valid yet".to_string(),
+                Tls::InvalidCertificate(
+                    Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+                ) => "the server's certificate does not name this endpoint's host".to_string(),
+                Tls::AlertReceived(Alert::UnknownCA | Alert::BadCertificate) => {
+                    "the server refused this client's certificate: signed by an authority it \
+                     does not trust (its --trusted-ca-file)"
+                        .to_string()
+                }
+                Tls::AlertReceived(Alert::CertificateExpired) => {
+                    "the server refused this client's certificate: it has expired".to_string()
+                }
+                Tls::AlertReceived(Alert::CertificateRequired) => {
+                    "the server requires a client certificate: give --cert and --key".to_string()
+                }
+                Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => format!(
+                    "TLS failed ({tls}): does this endpoint serve TLS (a server with --cert-file)?"
+                ),
+                other => format!("TLS failed: {other}"),
+            };
+            return Some(what);
+        }
+        source = error.source();
+    }
+    None
+}
+
+/// The alert in rustls's words for it ("received fatal alert: UnknownCA").
+fn alert_in_text(text: &str) -> Option<rustls::Error> {
+    use rustls::AlertDescription as Alert;
+    let name = text.split("received fatal alert: ").nth(1)?;
+    let name: String = name.chars().take_while(char::is_ascii_alphanumeric).collect();
+    let alert = [
+        Alert::UnknownCA,
+        Alert::BadCertificate,
+        Alert::CertificateExpired,
+        Alert::CertificateRequired,
+        Alert::CertificateUnknown,
+        Alert::HandshakeFailure,
+    ]
+    .into_iter()
+    .find(|alert| format!("{alert:?}") == name)?;
+    Some(rustls::Error::AlertReceived(alert))
 }

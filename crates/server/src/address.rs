@@ -15,7 +15,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Deadline of one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn record_own_address(replica: Replica, address: String) {
+pub async fn record_own_address(replica: Replica, address: String, tls: crate::OutgoingTls) {
     let id = replica.node_id();
     let recorded = |replica: &Replica| replica.membership().addresses.get(&id).cloned();
     let Some(old) = recorded(&replica) else {
@@ -38,6 +38,7 @@ pub async fn record_own_address(replica: Replica, address: String) {
     endpoints.push(address.clone());
     let options = ClientOptions {
         timeout: ATTEMPT_TIMEOUT,
+        tls: tls.clone(),
         ..Default::default()
     };
     let client = match Client::with_options(&endpoints, options) {
@@ -80,6 +81,7 @@ pub async fn reach_unknown_leader(
     replica: Replica,
     transport: std::sync::Arc<crate::transport::GrpcTransport>,
     election_timeout: Duration,
+    tls: crate::OutgoingTls,
 ) {
     loop {
         tokio::time::sleep(election_timeout).await;
@@ -94,6 +96,7 @@ pub async fn reach_unknown_leader(
             }
             let options = ClientOptions {
                 timeout: election_timeout,
+                tls: tls.clone(),
                 ..Default::default()
             };
             let Ok(client) = Client::with_options(std::slice::from_ref(address), options) else {

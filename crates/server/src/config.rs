@@ -40,6 +40,21 @@ pub struct ServerConfig {
     /// watcher created with `progress_notify` waits, quiet, for a progress
     /// response.
     pub watch_progress_notify_interval: Duration,
+    /// TLS (etcd's flags; see [`ServerConfig::tls_files`]).
+    pub tls: TlsSettings,
+}
+
+/// etcd's TLS flags as given; paired up and checked by
+/// [`ServerConfig::tls_files`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_trusted_ca_file: Option<PathBuf>,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -109,6 +124,7 @@ impl Default for ServerConfig {
             auto_compaction: AutoCompaction::Off,
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -118,8 +134,47 @@ impl ServerConfig {
         self.advertise.as_deref().unwrap_or(&self.listen)
     }
 
+    /// The TLS settings paired up: a certificate goes with its key, peer
+    /// TLS needs its CA (members always verify each other), client
+    /// certificate auth needs client TLS and a CA.
+    pub fn tls_files(&self) -> Result<raftkv_net::tls::ServerTlsFiles, String> {
+        use raftkv_net::tls::{CertFiles, ServerTlsFiles};
+        let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>, names: (&str, &str)| match (
+            cert, key,
+        ) {
+            (Some(cert), Some(key)) => Ok(Some(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err(format!("{} and {} go together: give both or neither", names.0, names.1)),
+        };
+        let t = &self.tls;
+        let files = ServerTlsFiles {
+            client: pair(&t.cert_file, &t.key_file, ("--cert-file", "--key-file"))?,
+            trusted_ca: t.trusted_ca_file.clone(),
+            client_cert_auth: t.client_cert_auth,
+            peer: pair(
+                &t.peer_cert_file,
+                &t.peer_key_file,
+                ("--peer-cert-file", "--peer-key-file"),
+            )?,
+            peer_trusted_ca: t.peer_trusted_ca_file.clone(),
+        };
+        if files.trusted_ca.is_some() && files.client.is_none() && files.peer.is_none() {
+            return Err(
+                "--trusted-ca-file verifies client certificates over TLS: give --cert-file and \
+                 --key-file too"
+                    .into(),
+            );
+        }
+        files.check().map_err(|e| e.to_string())?;
+        Ok(files)
+    }
+
     /// Checks what can be checked before touching the disk.
     pub fn validate(&self) -> Result<(), String> {
+        self.tls_files()?;
         if self.id == Some(0) {
             return Err("--id must be 1 or more".into());
         }
@@ -249,6 +304,13 @@ pub struct ConfigFile {
     pub auto_compaction_retention: Option<String>,
     pub max_request_bytes: Option<String>,
     pub experimental_watch_progress_notify_interval: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub client_cert_auth: Option<bool>,
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_trusted_ca_file: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -313,6 +375,22 @@ impl ConfigFile {
                 self.auto_compaction_mode.as_deref(),
                 self.auto_compaction_retention.as_deref(),
             )?;
+        }
+        let tls = &mut config.tls;
+        for (given, setting) in [
+            (&self.cert_file, &mut tls.cert_file),
+            (&self.key_file, &mut tls.key_file),
+            (&self.trusted_ca_file, &mut tls.trusted_ca_file),
+            (&self.peer_cert_file, &mut tls.peer_cert_file),
+            (&self.peer_key_file, &mut tls.peer_key_file),
+            (&self.peer_trusted_ca_file, &mut tls.peer_trusted_ca_file),
+        ] {
+            if given.is_some() {
+                setting.clone_from(given);
+            }
+        }
+        if let Some(v) = self.client_cert_auth {
+            tls.client_cert_auth = v;
         }
         Ok(())
     }

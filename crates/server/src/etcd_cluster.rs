@@ -51,10 +51,10 @@ fn not_here(what: &str, instead: &str) -> Status {
 }
 
 impl EtcdCluster {
-    pub fn new(replica: Replica) -> EtcdCluster {
+    pub fn new(replica: Replica, tls: crate::OutgoingTls) -> EtcdCluster {
         EtcdCluster {
             membership: Membership::new(replica.clone()),
-            forward: Forwarder::new(replica.clone()),
+            forward: Forwarder::new(replica.clone(), tls),
             replica,
         }
     }

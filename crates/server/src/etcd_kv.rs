@@ -58,17 +58,22 @@ pub struct EtcdKv {
 }
 
 /// Channels to the leader, for what a member that does not lead forwards.
+/// Clones share the channels.
+#[derive(Clone)]
 pub struct Forwarder {
     replica: Replica,
+    /// What the node's own connections present and trust.
+    tls: crate::OutgoingTls,
     /// By address.
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Forwarder {
-    pub fn new(replica: Replica) -> Forwarder {
+    pub fn new(replica: Replica, tls: crate::OutgoingTls) -> Forwarder {
         Forwarder {
             replica,
-            channels: Mutex::new(HashMap::new()),
+            tls,
+            channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -94,7 +99,7 @@ impl Forwarder {
         let channel = Channel::from_shared(format!("http://{address}"))
             .map_err(|e| Status::unavailable(format!("etcdserver: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+            .connect_with_connector_lazy(raftkv_net::connector(self.tls.clone()));
         channels.insert(address, channel.clone());
         Ok(channel)
     }
@@ -275,9 +280,14 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 }
 
 impl EtcdKv {
-    pub fn new(replica: Replica, max_request_bytes: u64, metrics: Arc<Metrics>) -> EtcdKv {
+    pub fn new(
+        replica: Replica,
+        max_request_bytes: u64,
+        metrics: Arc<Metrics>,
+        tls: crate::OutgoingTls,
+    ) -> EtcdKv {
         EtcdKv {
-            forward: Forwarder::new(replica.clone()),
+            forward: Forwarder::new(replica.clone(), tls),
             replica,
             max_request_bytes: max_request_bytes as usize,
             metrics,

@@ -36,10 +36,14 @@ pub struct EtcdLease {
 }
 
 impl EtcdLease {
-    pub fn new(replica: Replica, election_timeout: Duration) -> EtcdLease {
+    pub fn new(
+        replica: Replica,
+        election_timeout: Duration,
+        tls: crate::OutgoingTls,
+    ) -> EtcdLease {
         let min_ttl = (election_timeout.as_millis() * 3).div_ceil(2000).max(1) as u64;
         EtcdLease {
-            forward: Forwarder::new(replica.clone()),
+            forward: Forwarder::new(replica.clone(), tls),
             replica,
             min_ttl,
         }
@@ -155,7 +159,7 @@ impl Lease for EtcdLease {
         let (tx, rx) = mpsc::channel(16);
         let lease = EtcdLease {
             replica: self.replica.clone(),
-            forward: Forwarder::new(self.replica.clone()),
+            forward: self.forward.clone(),
             min_ttl: self.min_ttl,
         };
         tokio::spawn(async move {

@@ -18,11 +18,12 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Deadline of one attempt (the leader waits within it for catch-up).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn client_for(join: &[String]) -> anyhow::Result<Client> {
+fn client_for(join: &[String], tls: &crate::OutgoingTls) -> anyhow::Result<Client> {
     Client::with_options(
         join,
         ClientOptions {
             timeout: ATTEMPT_TIMEOUT,
+            tls: tls.clone(),
             ..Default::default()
         },
     )
@@ -38,8 +39,9 @@ pub async fn join_as_learner(
     join: &[String],
     requested_id: Option<u64>,
     address: &str,
+    tls: &crate::OutgoingTls,
 ) -> anyhow::Result<BTreeMap<u64, String>> {
-    let client = client_for(join)?;
+    let client = client_for(join, tls)?;
     let id = storage
         .identity()
         .map(|identity| identity.node_id)
@@ -125,8 +127,12 @@ pub fn load_seed_peers(data_dir: &Path) -> Option<BTreeMap<u64, String>> {
 
 /// Asks for promotion until this node is a voter (the leader answers once
 /// it has caught up), or it was removed.
-pub async fn promote_when_caught_up(replica: Replica, join: Vec<String>) {
-    let client = match client_for(&join) {
+pub async fn promote_when_caught_up(
+    replica: Replica,
+    join: Vec<String>,
+    tls: crate::OutgoingTls,
+) {
+    let client = match client_for(&join, &tls) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!("{e}");

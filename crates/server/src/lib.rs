@@ -22,6 +22,7 @@ mod membership;
 pub mod metrics;
 pub mod net_faults;
 mod peer_service;
+mod tls_policy;
 mod transport;
 pub mod units;
 
@@ -47,6 +48,11 @@ use raftkv_replica::{
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{bootstrap_id_of, parse_peers, ConfigFile, ServerConfig};
+
+/// What the node's own connections to other members (raft messages,
+/// snapshots, forwarded requests, joins) present and trust; `None`:
+/// plaintext.
+pub type OutgoingTls = Option<Arc<raftkv_net::tls::ClientTls>>;
 pub use kv_service::{DEFAULT_SCAN_LIMIT, MAX_KEY_BYTES, MAX_SCAN_LIMIT};
 
 use crate::admin_service::AdminService;
@@ -62,7 +68,7 @@ const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens the data dir, bootstrapping a fresh one: the stored identity and
 /// membership win over flags on restart (docs/REFERENCE.md §1).
-async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
+async fn open_storage(config: &ServerConfig, tls: &OutgoingTls) -> anyhow::Result<FileStorage> {
     let options = StorageOptions {
         wal_segment_size_bytes: config.wal_segment_size_bytes,
         ..Default::default()
@@ -133,7 +139,7 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
         cluster_id: 0,
         bootstrap_id: bootstrap_id_of(&peers),
     };
-    refuse_if_wiped(&peers, identity).await?;
+    refuse_if_wiped(&peers, identity, tls).await?;
     storage
         .bootstrap(identity, bootstrap_membership(&peers))
         .with_context(|| format!("cannot initialize data dir {}", config.data_dir.display()))?;
@@ -156,6 +162,7 @@ async fn open_storage(config: &ServerConfig) -> anyhow::Result<FileStorage> {
 async fn refuse_if_wiped(
     peers: &std::collections::BTreeMap<u64, String>,
     identity: NodeIdentity,
+    tls: &OutgoingTls,
 ) -> anyhow::Result<()> {
     let others: Vec<String> = peers
         .iter()
@@ -168,6 +175,7 @@ async fn refuse_if_wiped(
     let options = raftkv_client::ClientOptions {
         timeout: std::time::Duration::from_secs(2),
         connect_timeout: std::time::Duration::from_millis(500),
+        tls: tls.clone(),
     };
     let Ok(client) = raftkv_client::Client::with_options(&others, options) else {
         return Ok(());
@@ -263,7 +271,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ),
         None => None,
     };
-    let mut storage = open_storage(&config).await?;
+    let tls_files = config.tls_files().map_err(anyhow::Error::msg)?;
+    let server_tls = raftkv_net::tls::ServerTls::new(&tls_files).map_err(anyhow::Error::msg)?;
+    let outgoing: OutgoingTls = match tls_files.outgoing() {
+        Some(files) => Some(raftkv_net::tls::ClientTls::new(&files).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut storage = open_storage(&config, &outgoing).await?;
     let snapshots = SnapshotStore::open(&config.data_dir)
         .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
     tokio::pin!(shutdown);
@@ -277,6 +291,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             &config.join,
             config.id,
             config.advertise_address(),
+            &outgoing,
         );
         tokio::select! {
             peers = joining => seed_peers = Some(peers?),
@@ -313,6 +328,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         },
         tokio::runtime::Handle::current(),
         snapshots.clone(),
+        outgoing.clone(),
     ));
     let replica = Replica::start(
         storage,
@@ -329,16 +345,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         replica.clone(),
         transport.clone(),
         config.election_timeout,
+        outgoing.clone(),
     ));
     tokio::spawn(membership::watch_for_removal(
         replica.clone(),
         config.election_timeout,
         seed_peers.clone().unwrap_or_default(),
+        outgoing.clone(),
     ));
     if !config.join.is_empty() && !config.learner {
         tokio::spawn(join::promote_when_caught_up(
             replica.clone(),
             config.join.clone(),
+            outgoing.clone(),
         ));
     }
 
@@ -378,6 +397,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tokio::spawn(address::record_own_address(
             replica.clone(),
             config.advertise_address().to_string(),
+            outgoing.clone(),
         ));
     }
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -385,6 +405,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         replica.clone(),
         config.max_request_bytes,
         metrics.clone(),
+        outgoing.clone(),
     ));
     let etcd_lock = LockServer::new(etcd_lock::EtcdLock {
         kv: etcd_kv_service.clone(),
@@ -403,7 +424,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         max_request_bytes: config.max_request_bytes as usize,
     })
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(replica.clone()));
+    let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(
+        replica.clone(),
+        outgoing.clone(),
+    ));
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(kv)
@@ -414,6 +438,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(LeaseServer::new(etcd_lease::EtcdLease::new(
             replica.clone(),
             config.election_timeout,
+            outgoing.clone(),
         )))
         .add_service(EtcdClusterServer::from_arc(etcd_cluster.clone()))
         .add_service(MaintenanceServer::from_arc(etcd_cluster))
@@ -421,6 +446,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(DebugServer::from_arc(admin))
         .add_service(peer);
     let mut routes = routes.routes();
+    let tls_policy = tls_policy::Policy::new(tls_files.clone());
     let http = http::routes(http::HttpState {
         replica: replica.clone(),
         metrics: metrics.clone(),
@@ -442,6 +468,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             });
         }
     }
+    // Who may call what (TLS required, client certificates, members only
+    // on the peer service) is decided per request from the connection.
+    tls_policy.apply(routes.axum_router_mut());
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .accept_http1(true)
@@ -453,11 +482,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         // Every connection coalesces its writes (raftkv-net): replies that
         // finish together go out in one syscall.
         .serve_with_incoming_shutdown(
-            futures::StreamExt::map(
+            tls_policy::accept(
                 TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(std::time::Duration::from_secs(30))),
-                |stream| stream.map(raftkv_net::CoalescingIo::new),
+                server_tls,
             ),
             async {
                 let _ = serving_stopped.await;

@@ -76,6 +76,7 @@ pub async fn watch_for_removal(
     replica: Replica,
     election_timeout: Duration,
     seeds: BTreeMap<u64, String>,
+    tls: crate::OutgoingTls,
 ) {
     let period = 2 * election_timeout;
     let mut leaderless_checks = 0u32;
@@ -102,6 +103,7 @@ pub async fn watch_for_removal(
             }
             let options = raftkv_client::ClientOptions {
                 timeout: election_timeout,
+                tls: tls.clone(),
                 ..Default::default()
             };
             let Ok(client) =

@@ -79,6 +79,7 @@ struct LaneContext {
     queued_bytes: Arc<AtomicU64>,
     replica: Arc<OnceLock<Replica>>,
     name: &'static str,
+    tls: crate::OutgoingTls,
 }
 
 /// The gRPC implementation of the replica's `Transport`.
@@ -89,6 +90,8 @@ pub struct GrpcTransport {
     peers: Mutex<HashMap<u64, PeerLink>>,
     replica: Arc<OnceLock<Replica>>,
     snapshots: SnapshotStore,
+    /// What connections to peers present and trust.
+    tls: crate::OutgoingTls,
     /// Test-only network faults (`RAFTKV_NET_FAULTS`).
     faults: Option<NetFaults>,
 }
@@ -99,6 +102,7 @@ impl GrpcTransport {
         initial_ids: ClusterIds,
         runtime: tokio::runtime::Handle,
         snapshots: SnapshotStore,
+        tls: crate::OutgoingTls,
     ) -> Self {
         let runtime_for_faults = runtime.clone();
         GrpcTransport {
@@ -108,6 +112,7 @@ impl GrpcTransport {
             peers: Mutex::new(HashMap::new()),
             replica: Arc::new(OnceLock::new()),
             snapshots,
+            tls,
             faults: NetFaults::from_env(&runtime_for_faults),
         }
     }
@@ -120,6 +125,7 @@ impl GrpcTransport {
             address,
             replica: self.replica.clone(),
             snapshots: self.snapshots.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -155,6 +161,7 @@ impl GrpcTransport {
             queued_bytes: queued_bytes.clone(),
             replica: self.replica.clone(),
             name,
+            tls: self.tls.clone(),
         };
         self.runtime.spawn(run_lane(context, receiver));
         Lane {
@@ -274,6 +281,7 @@ struct SnapshotSender {
     address: Option<String>,
     replica: Arc<OnceLock<Replica>>,
     snapshots: SnapshotStore,
+    tls: crate::OutgoingTls,
 }
 
 /// The node's cluster ids as of now (they change once, when the node adopts
@@ -340,7 +348,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true)
-                    .connect_with_connector(raftkv_net::tcp_connector())
+                    .connect_with_connector(raftkv_net::connector(lane.tls.clone()))
                     .await
             }
             Err(e) => {
@@ -502,10 +510,9 @@ async fn stream_snapshot(
     let channel = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .connect()
+        .connect_with_connector(raftkv_net::connector(sender.tls.clone()))
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let encoded = message.encode()?;

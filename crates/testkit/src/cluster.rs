@@ -134,6 +134,9 @@ pub struct TestCluster {
     peers: String,
     extra_args: Vec<String>,
     extra_env: Vec<(String, std::ffi::OsString)>,
+    /// What the kit's own clients (CLI and library) present to a TLS
+    /// cluster.
+    client_tls: Option<ClientCreds>,
     nodes: Vec<Node>,
     /// Ports set aside for nodes that will join later, in join order.
     reserved_ports: Vec<u16>,
@@ -161,6 +164,28 @@ impl TestCluster {
         nodes: usize,
         extra_args: &[&str],
         env: &[(&str, &str)],
+    ) -> TestCluster {
+        TestCluster::start_inner(bin, nodes, extra_args, env, None)
+    }
+
+    /// Like [`start_with`](Self::start_with) for a cluster whose servers
+    /// take TLS flags in `extra_args`: the kit's CLI calls and clients
+    /// present `client` (https:// endpoints).
+    pub fn start_tls(
+        bin: impl AsRef<Path>,
+        nodes: usize,
+        extra_args: &[&str],
+        client: ClientCreds,
+    ) -> TestCluster {
+        TestCluster::start_inner(bin, nodes, extra_args, &[], Some(client))
+    }
+
+    fn start_inner(
+        bin: impl AsRef<Path>,
+        nodes: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        client_tls: Option<ClientCreds>,
     ) -> TestCluster {
         assert!(
             (1..=9).contains(&nodes),
@@ -202,6 +227,7 @@ impl TestCluster {
                 .iter()
                 .map(|(name, value)| (name.to_string(), value.into()))
                 .collect(),
+            client_tls,
             nodes,
             reserved_ports: Vec::new(),
             dir: Some(dir),
@@ -684,30 +710,52 @@ impl TestCluster {
 
     /// `raftkv ARGS --endpoints ENDPOINTS`.
     pub fn cli_with_endpoints(&self, endpoints: &str, args: &[&str]) -> CliOutput {
-        run_cli(&self.bin, &with_endpoints(args, endpoints))
+        run_cli(&self.bin, &self.with_endpoints(args, endpoints))
     }
 
     /// `raftkv ARGS --endpoints ENDPOINTS`, killed after `kill_after` rather
     /// than [`CLI_KILL_AFTER`](crate::CLI_KILL_AFTER): for commands that
     /// legitimately run long.
     pub fn cli_bounded(&self, endpoints: &str, args: &[&str], kill_after: Duration) -> CliOutput {
-        run_cli_bounded(&self.bin, &with_endpoints(args, endpoints), kill_after)
+        run_cli_bounded(&self.bin, &self.with_endpoints(args, endpoints), kill_after)
     }
 
     /// `raftkv ARGS --endpoints <all nodes>` with `stdin` as standard input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> CliOutput {
-        run_cli_with_stdin(&self.bin, &with_endpoints(args, &self.endpoints()), stdin)
+        run_cli_with_stdin(
+            &self.bin,
+            &self.with_endpoints(args, &self.endpoints()),
+            stdin,
+        )
     }
 
     /// A client library handle that knows every node.
     pub fn client(&self) -> raftkv_client::Client {
-        raftkv_client::Client::new(&self.endpoint_list())
+        raftkv_client::Client::with_options(&self.endpoint_list(), self.client_options())
             .unwrap_or_else(|e| panic!("Client::new: {e}"))
+    }
+
+    /// The library's options for this cluster's kit clients (TLS when the
+    /// cluster has it).
+    pub fn client_options(&self) -> raftkv_client::ClientOptions {
+        raftkv_client::ClientOptions {
+            tls: self.client_tls.as_ref().map(ClientCreds::client_tls),
+            ..Default::default()
+        }
+    }
+
+    /// `args` with `--endpoints ENDPOINTS` and the kit's TLS flags.
+    fn with_endpoints(&self, args: &[&str], endpoints: &str) -> Vec<String> {
+        let mut all = with_endpoints(args, endpoints);
+        if let Some(creds) = &self.client_tls {
+            all.extend(creds.cli_args());
+        }
+        all
     }
 
     /// A client whose only endpoint is node `id` (stale reads see its state).
     pub fn client_at(&self, id: u64) -> raftkv_client::Client {
-        raftkv_client::Client::new(&[self.address(id)])
+        raftkv_client::Client::with_options(&[self.address(id)], self.client_options())
             .unwrap_or_else(|e| panic!("Client::new: {e}"))
     }
 
@@ -863,6 +911,40 @@ fn replace_file(path: &Path, contents: &str) {
 }
 
 /// `args` followed by `--endpoints ENDPOINTS` (a global client flag).
+/// What a client of a TLS cluster presents: the CA it trusts and, for
+/// `--client-cert-auth`, its certificate.
+#[derive(Clone, Debug)]
+pub struct ClientCreds {
+    pub cacert: PathBuf,
+    pub cert: Option<crate::pki::Issued>,
+}
+
+impl ClientCreds {
+    /// `--cacert CA [--cert C --key K]`.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["--cacert".to_string(), self.cacert.display().to_string()];
+        if let Some(cert) = &self.cert {
+            args.push("--cert".to_string());
+            args.push(cert.cert.display().to_string());
+            args.push("--key".to_string());
+            args.push(cert.key.display().to_string());
+        }
+        args
+    }
+
+    pub fn client_tls(&self) -> std::sync::Arc<raftkv_net::tls::ClientTls> {
+        let files = raftkv_net::tls::ClientTlsFiles {
+            trusted_ca: self.cacert.clone(),
+            identity: self.cert.as_ref().map(|c| raftkv_net::tls::CertFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            }),
+            peer: false,
+        };
+        raftkv_net::tls::ClientTls::new(&files).unwrap_or_else(|e| panic!("client TLS: {e}"))
+    }
+}
+
 fn with_endpoints(args: &[&str], endpoints: &str) -> Vec<String> {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.push("--endpoints".to_string());

@@ -1,0 +1,232 @@
+//! Who may call what on the node's one port, decided per request from the
+//! connection it came on (raftkv-net's `tls` tells a TLS connection from a
+//! plaintext one, and a member's certificate from a client's):
+//!
+//! - a connection with a member's certificate (peer CA) may call anything;
+//! - the peer service (`raftkv.v1.Peer`: raft messages, snapshots) needs a
+//!   member's certificate once peer TLS is on, so nothing else reaches raft;
+//! - with client TLS on (`--cert-file`), every other request needs TLS, and
+//!   with `--client-cert-auth` a client certificate too.
+//!
+//! A refused request gets an error saying what is missing (a gRPC status
+//! for gRPC, a plain 403 for HTTP), not a dropped connection.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::Stream;
+use raftkv_net::tls::{Accepted, ConnInfo, MaybeTls, ServerTls, ServerTlsFiles};
+use raftkv_net::CoalescingIo;
+use tokio::net::TcpStream;
+
+/// The gRPC path prefix of the peer service.
+const PEER_SERVICE: &str = "/raftkv.v1.Peer/";
+/// Connections accepted but not yet handed to the server (handshakes
+/// finished meanwhile wait here).
+const ACCEPTED_BACKLOG: usize = 64;
+
+#[derive(Clone)]
+pub struct Policy {
+    files: Arc<ServerTlsFiles>,
+}
+
+impl Policy {
+    pub fn new(files: ServerTlsFiles) -> Policy {
+        Policy {
+            files: Arc::new(files),
+        }
+    }
+
+    /// Why a request for `path` on this connection is refused, if it is.
+    fn refusal(&self, connection: &ConnInfo, path: &str) -> Option<String> {
+        if connection.peer {
+            return None;
+        }
+        if path.starts_with(PEER_SERVICE) {
+            return self.files.peer_tls().then(|| {
+                "peer traffic needs TLS with a member's certificate (signed by the peer CA, \
+                 --peer-trusted-ca-file)"
+                    .to_string()
+            });
+        }
+        if !self.files.client_tls() {
+            return None;
+        }
+        if !connection.tls {
+            return Some(
+                "TLS required (server has --cert-file): use https:// endpoints and --cacert"
+                    .to_string(),
+            );
+        }
+        if self.files.client_cert_auth && !connection.client_cert {
+            return Some(
+                "client certificate required (server has --client-cert-auth): give --cert and \
+                 --key"
+                    .to_string(),
+            );
+        }
+        None
+    }
+
+    /// Puts the policy in front of every route of `router`.
+    pub fn apply(self, router: &mut axum::Router) {
+        if !self.files.client_tls() && !self.files.peer_tls() {
+            return;
+        }
+        let routes = std::mem::take(router);
+        *router = routes.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let policy = self.clone();
+                async move {
+                    let connection = request
+                        .extensions()
+                        .get::<ConnInfo>()
+                        .cloned()
+                        .unwrap_or_default();
+                    match policy.refusal(&connection, request.uri().path()) {
+                        None => next.run(request).await,
+                        Some(why) => refused(&request, why),
+                    }
+                }
+            },
+        ));
+    }
+}
+
+fn refused(request: &axum::extract::Request, why: String) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        tonic::Status::unauthenticated(why).into_http::<axum::body::Body>()
+    } else {
+        let mut response = axum::response::Response::new(axum::body::Body::from(why + "\n"));
+        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+        response
+    }
+}
+
+/// The server's connections: each accepted socket goes through the TLS
+/// handshake (when TLS is configured and the client starts one) in its own
+/// task, so a slow or failed handshake holds up no other connection.
+pub fn accept(
+    incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
+    tls: Option<Arc<ServerTls>>,
+) -> impl Stream<Item = io::Result<CoalescingIo<Accepted>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        while let Some(next) = futures::StreamExt::next(&mut incoming).await {
+            let stream = match next {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if sender.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let sender = sender.clone();
+            match &tls {
+                None => {
+                    let info = ConnInfo::plain(stream.peer_addr().ok());
+                    let accepted = Accepted {
+                        io: MaybeTls::Plain(stream),
+                        info,
+                    };
+                    if sender.send(Ok(CoalescingIo::new(accepted))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        let remote = stream.peer_addr().ok();
+                        match tls.accept(stream).await {
+                            Ok((io, info)) => {
+                                let accepted = Accepted { io, info };
+                                let _ = sender.send(Ok(CoalescingIo::new(accepted))).await;
+                            }
+                            Err(e) => {
+                                tracing::info!(
+                                    "TLS handshake from {} failed: {e}",
+                                    remote.map_or("?".to_string(), |a| a.to_string())
+                                );
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftkv_net::tls::CertFiles;
+
+    fn files(client: bool, client_cert_auth: bool, peer: bool) -> ServerTlsFiles {
+        let certs = || {
+            Some(CertFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            })
+        };
+        ServerTlsFiles {
+            client: if client { certs() } else { None },
+            trusted_ca: client_cert_auth.then(|| "ca.pem".into()),
+            client_cert_auth,
+            peer: if peer { certs() } else { None },
+            peer_trusted_ca: peer.then(|| "peer-ca.pem".into()),
+        }
+    }
+
+    fn connection(tls: bool, client_cert: bool, peer: bool) -> ConnInfo {
+        ConnInfo {
+            remote: None,
+            tls,
+            client_cert,
+            peer,
+        }
+    }
+
+    const KV: &str = "/raftkv.v1.KV/Put";
+    const RAFT: &str = "/raftkv.v1.Peer/Raft";
+
+    #[test]
+    fn client_tls_refuses_plaintext_and_missing_certificates() {
+        let policy = Policy::new(files(true, true, false));
+        let plain = policy.refusal(&connection(false, false, false), KV).unwrap();
+        assert!(plain.starts_with("TLS required"), "{plain}");
+        let anonymous = policy.refusal(&connection(true, false, false), KV).unwrap();
+        assert!(anonymous.contains("--client-cert-auth"), "{anonymous}");
+        assert_eq!(policy.refusal(&connection(true, true, false), KV), None);
+        // Peer TLS off: raft traffic may stay plaintext.
+        assert_eq!(policy.refusal(&connection(false, false, false), RAFT), None);
+        assert!(policy.refusal(&connection(false, false, false), "/metrics").is_some());
+    }
+
+    #[test]
+    fn peer_tls_admits_only_members_to_raft() {
+        let policy = Policy::new(files(false, false, true));
+        let plain = policy.refusal(&connection(false, false, false), RAFT).unwrap();
+        assert!(plain.contains("member's certificate"), "{plain}");
+        // A client's certificate is not a member's.
+        assert!(policy.refusal(&connection(true, true, false), RAFT).is_some());
+        assert_eq!(policy.refusal(&connection(true, true, true), RAFT), None);
+        // Client TLS off: clients may stay plaintext.
+        assert_eq!(policy.refusal(&connection(false, false, false), KV), None);
+    }
+
+    #[test]
+    fn members_may_call_anything() {
+        let policy = Policy::new(files(true, true, true));
+        for path in [KV, RAFT, "/etcdserverpb.KV/Range", "/metrics"] {
+            assert_eq!(policy.refusal(&connection(true, true, true), path), None);
+        }
+    }
+}
