@@ -10,10 +10,15 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use raftkv_net::tls::{CertFiles, ClientTls, ClientTlsFiles};
+use raftkv_proto::v1::peer_client::PeerClient;
+use raftkv_proto::v1::RaftEnvelope;
 use raftkv_testkit::pki::{Issued, TestCa, Validity};
 use raftkv_testkit::{ClientCreds, TestCluster};
 
-use common::bin;
+use common::{bin, sample};
 
 /// Client CA, peer CA and a stranger's CA; the servers' certificates.
 struct Pki {
@@ -93,49 +98,333 @@ fn cli_as(cluster: &TestCluster, tls: &[String], args: &[&str]) -> raftkv_testki
     raftkv_testkit::run_cli(&bin(), &all)
 }
 
-#[test]
-fn a_tls_cluster_serves_its_clients_and_refuses_the_others_with_a_reason() {
-    let pki = Pki::new();
-    let cluster = start(&pki, 3);
-    // The CLI with the kit's credentials, through every member.
-    cluster.cli(&["put", "tls/k", "v1"]).assert_ok();
-    for id in cluster.ids() {
-        let got = cluster.cli_at(id, &["get", "tls/k"]);
-        got.assert_ok();
-        assert_eq!(got.stdout_text().trim(), "v1");
-    }
-
-    let ca = |ca: &Path| vec!["--cacert".to_string(), ca.display().to_string()];
-    let with_cert = |ca_path: &Path, cert: &Issued| {
-        let mut args = ca(ca_path);
+/// `--cacert CA [--cert C --key K]`.
+fn tls_flags(ca: &Path, cert: Option<&Issued>) -> Vec<String> {
+    let mut args = vec!["--cacert".to_string(), ca.display().to_string()];
+    if let Some(cert) = cert {
         args.extend([
             "--cert".to_string(),
             cert.cert.display().to_string(),
             "--key".to_string(),
             cert.key.display().to_string(),
         ]);
-        args
-    };
-    // Plaintext.
-    let mut plain: Vec<String> = vec!["get".into(), "tls/k".into(), "--endpoints".into()];
-    plain.push(cluster.address(1));
-    let out = raftkv_testkit::run_cli(&bin(), &plain);
-    eprintln!("plaintext: {}", out.describe());
-    // No client certificate.
-    let out = cli_as(&cluster, &ca(&pki.client_ca.cert), &["get", "tls/k"]);
-    eprintln!("no cert: {}", out.describe());
-    // A certificate from another CA.
+    }
+    args
+}
+
+/// GET `path` over https with `tls` (HTTP/1.1 inside TLS): status and body.
+async fn https_get(address: &str, path: &str, tls: &ClientTls) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = tls.connect("127.0.0.1", stream).await.expect("TLS");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+fn refused_count(metrics: &str, reason: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("raftkv_tls_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_its_clients_and_refuses_the_others_with_a_reason() {
+    let pki = Pki::new();
+    let cluster = start(&pki, 3);
+    // The CLI with a client certificate, through every member.
+    cluster.cli(&["put", "tls/k", "v1"]).assert_ok();
+    for id in cluster.ids() {
+        let got = cluster.cli_at(id, &["get", "tls/k"]);
+        got.assert_ok();
+        assert_eq!(got.stdout_text().trim(), "v1");
+    }
+    // The client library.
+    let client = cluster.client();
+    client.put("tls/lib", "v2").await.expect("put over TLS");
+    assert_eq!(client.get("tls/lib").await.unwrap(), "v2");
+
+    // etcdctl 3.4, as its users call it.
+    if etcd_installed() {
+        let alice = pki.alice();
+        let cert = alice.cert.as_ref().unwrap();
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &format!("https://{}", cluster.address(2))])
+            .args(["--cacert", &pki.client_ca.cert.display().to_string()])
+            .args(["--cert", &cert.cert.display().to_string()])
+            .args(["--key", &cert.key.display().to_string()])
+            .args(["--command-timeout", "10s", "get", "tls/k"])
+            .output()
+            .expect("etcdctl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "etcdctl over TLS: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout, "tls/k\nv1\n");
+    }
+
+    // Refused, each with its reason.
+    let plain = raftkv_testkit::run_cli(
+        &bin(),
+        &[
+            "get".into(),
+            "tls/k".into(),
+            "--endpoints".into(),
+            cluster.address(1),
+        ],
+    );
+    plain.assert_error(3, "TLS required (server has --cert-file)");
+    let anonymous = cli_as(
+        &cluster,
+        &tls_flags(&pki.client_ca.cert, None),
+        &["get", "tls/k"],
+    );
+    anonymous.assert_error(
+        3,
+        "client certificate required (server has --client-cert-auth)",
+    );
     let mallory = pki.other_ca.issue("mallory");
-    let out = cli_as(&cluster, &with_cert(&pki.client_ca.cert, &mallory), &["get", "tls/k"]);
-    eprintln!("other CA: {}", out.describe());
-    // An expired certificate.
+    let stranger = cli_as(
+        &cluster,
+        &tls_flags(&pki.client_ca.cert, Some(&mallory)),
+        &["get", "tls/k"],
+    );
+    stranger.assert_error(
+        3,
+        "the server refused this client's certificate: signed by an authority it does not trust",
+    );
     let old = pki.client_ca.issue_with("old", Validity::Expired);
-    let out = cli_as(&cluster, &with_cert(&pki.client_ca.cert, &old), &["get", "tls/k"]);
-    eprintln!("expired: {}", out.describe());
-    // A server this client does not trust.
-    let out = cli_as(&cluster, &with_cert(&pki.other_ca.cert, &pki.client_ca.issue("bob")), &["get", "tls/k"]);
-    eprintln!("untrusted server: {}", out.describe());
-    let _ = &pki.peer_ca;
-    let _ = &pki.dir;
-    panic!("look");
+    let expired = cli_as(
+        &cluster,
+        &tls_flags(&pki.client_ca.cert, Some(&old)),
+        &["get", "tls/k"],
+    );
+    expired.assert_error(
+        3,
+        "the server refused this client's certificate: it has expired",
+    );
+    let bob = pki.client_ca.issue("bob");
+    let distrustful = cli_as(
+        &cluster,
+        &tls_flags(&pki.other_ca.cert, Some(&bob)),
+        &["get", "tls/k"],
+    );
+    distrustful.assert_error(3, "certificate signed by unknown authority");
+    for refused in [&plain, &anonymous, &stranger, &expired, &distrustful] {
+        assert!(
+            refused.elapsed < Duration::from_secs(3),
+            "a TLS refusal is final, not retried until the deadline: {}",
+            refused.describe()
+        );
+    }
+    // Usage errors for what cannot work.
+    cli_as(&cluster, &[], &["get", "tls/k"]).assert_error(2, "https:// endpoints need --cacert");
+
+    // /metrics follows the client port's TLS, and counts the refusals.
+    let (code, body) = common::http_get(&cluster.address(1), "/metrics");
+    assert_eq!(code, 403, "plaintext /metrics: {body}");
+    let (code, metrics) =
+        https_get(&cluster.address(1), "/metrics", &pki.alice().client_tls()).await;
+    assert_eq!(code, 200);
+    assert!(refused_count(&metrics, "plaintext") >= 2.0, "{metrics}");
+    assert!(refused_count(&metrics, "no_client_cert") >= 1.0);
+    assert!(refused_count(&metrics, "handshake") >= 2.0);
+}
+
+fn etcd_installed() -> bool {
+    let installed = Path::new("/usr/bin/etcdctl").exists();
+    if !installed {
+        assert!(
+            std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"),
+            "etcdctl is required (RAFTKV_REQUIRE_ETCD=1): apt-get install etcd-client"
+        );
+        eprintln!("etcdctl part skipped: etcd-client is not installed");
+    }
+    installed
+}
+
+/// A Raft envelope claiming to come from member `from` with a term far
+/// ahead: a node that took it would step down (or up) to that term.
+fn forged_vote(cluster_id: u64, from: u64, to: u64, term: u64) -> RaftEnvelope {
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+    m.from = from;
+    m.to = to;
+    m.term = term + 100;
+    m.log_term = term + 100;
+    m.index = 1_000_000;
+    RaftEnvelope {
+        cluster_id,
+        from,
+        to,
+        chunk: protobuf::Message::write_to_bytes(&m).unwrap().into(),
+        last: true,
+        sender_out_of_space: false,
+        bootstrap_id: 0,
+    }
+}
+
+/// Sends `envelope` on the peer service of `address` through a connection
+/// made with `tls` (plaintext when `None`); the call's outcome.
+async fn send_raft(
+    address: &str,
+    tls: Option<Arc<ClientTls>>,
+    envelope: RaftEnvelope,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_with_connector(raftkv_net::connector(tls))
+        .await
+        .map_err(|e| {
+            raftkv_net::tls::describe_failure(&e).unwrap_or_else(|| format!("connect: {e}"))
+        })?;
+    let mut peer = PeerClient::new(channel);
+    let call = peer.raft(futures::stream::iter(vec![envelope]));
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(raftkv_net::tls::describe_failure(&status)
+            .unwrap_or_else(|| status.message().to_string())),
+        Err(_) => Err("no answer in 10 s".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_speak_raft_and_rotated_certificates_are_taken_up() {
+    let pki = Pki::new();
+    let mut cluster = start(&pki, 3);
+    cluster.cli(&["put", "peer/before", "1"]).assert_ok();
+    let leader = cluster.leader();
+    let before: Vec<(u64, u64)> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, cluster.status(id).unwrap().term))
+        .collect();
+    let status = cluster.status(1).unwrap();
+    let cluster_id = u64::from_str_radix(status.json["cluster_id"].as_str().unwrap(), 16).unwrap();
+    let target = cluster.followers()[0];
+    let address = cluster.address(target);
+    let vote = || forged_vote(cluster_id, leader, target, status.term);
+
+    // Plaintext, a client's certificate, and a certificate from another CA
+    // that asks to be treated as a member: none reaches raft.
+    let plain = send_raft(&address, None, vote()).await.unwrap_err();
+    assert!(plain.contains("member's certificate"), "{plain}");
+    let client = send_raft(&address, Some(pki.alice().client_tls()), vote())
+        .await
+        .unwrap_err();
+    assert!(client.contains("member's certificate"), "{client}");
+    let impostor = pki.other_ca.issue("impostor");
+    let impostor = ClientTls::new(&ClientTlsFiles {
+        trusted_ca: pki.peer_ca.cert.clone(),
+        identity: Some(CertFiles {
+            cert: impostor.cert,
+            key: impostor.key,
+        }),
+        peer: true,
+    })
+    .unwrap();
+    let refused = send_raft(&address, Some(impostor), vote())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("refused this client's certificate"),
+        "{refused}"
+    );
+
+    // A server with the impostor's certificate cannot join.
+    let port = raftkv_testkit::free_ports(1)[0];
+    let data_dir = pki.dir.path().join("impostor-data");
+    let impostor_cert = pki.other_ca.issue("impostor-node");
+    let mut impostor_args: Vec<String> = vec![
+        "server".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--join".into(),
+        cluster.address(1),
+    ];
+    for (flag, value) in [
+        ("--peer-cert-file", &impostor_cert.cert),
+        ("--peer-key-file", &impostor_cert.key),
+        ("--peer-trusted-ca-file", &pki.peer_ca.cert),
+    ] {
+        impostor_args.push(flag.into());
+        impostor_args.push(value.display().to_string());
+    }
+    let mut joiner = std::process::Command::new(bin())
+        .args(&impostor_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the impostor");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = joiner.kill();
+    let output = joiner.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("refused this client's certificate"),
+        "the impostor says why it cannot join:\n{log}"
+    );
+    let members = cluster.cli(&["cluster", "members", "--json"]);
+    members.assert_ok();
+    let members: serde_json::Value = serde_json::from_str(&members.stdout_text()).unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+
+    // No node moved to the forged term; the leader is the same.
+    for (id, term) in &before {
+        assert_eq!(cluster.status(*id).unwrap().term, *term, "node {id}'s term");
+    }
+    assert_eq!(cluster.leader(), leader);
+    let (_, metrics) = https_get(&address, "/metrics", &pki.alice().client_tls()).await;
+    assert!(refused_count(&metrics, "not_a_member") >= 2.0, "{metrics}");
+    assert!(refused_count(&metrics, "handshake") >= 1.0);
+
+    // Rotation: every node's peer certificate files are replaced; the
+    // cluster goes on, new connections get the new certificate, and a
+    // restarted node (new connections both ways) rejoins with it.
+    let rotated = pki.peer_ca.issue("peer");
+    cluster
+        .cli(&["put", "peer/after-rotation", "2"])
+        .assert_ok();
+    let member = ClientTls::new(&ClientTlsFiles {
+        trusted_ca: pki.peer_ca.cert.clone(),
+        identity: Some(CertFiles {
+            cert: rotated.cert.clone(),
+            key: rotated.key.clone(),
+        }),
+        peer: true,
+    })
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let tls = member.connect("127.0.0.1", stream).await.unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let expected = pem_der(&rotated.cert);
+    assert_eq!(
+        served, expected,
+        "a new connection is served the new certificate"
+    );
+    cluster.kill(target);
+    cluster.restart(target);
+    cluster.wait_caught_up(Duration::from_secs(20));
+    let got = cluster.cli_at(target, &["get", "peer/after-rotation"]);
+    got.assert_ok();
+    assert_eq!(got.stdout_text().trim(), "2");
+}
+
+/// The DER of the first certificate in a PEM file.
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
 }

@@ -451,7 +451,9 @@ pub struct ClientTls {
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").field("files", &self.files).finish()
+        f.debug_struct("ClientTls")
+            .field("files", &self.files)
+            .finish()
     }
 }
 
@@ -665,7 +667,10 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
         });
         // h2 keeps only the text of an I/O error: an alert that ended an
         // established connection arrives as words.
-        let alert = tls.is_none().then(|| alert_in_text(&error.to_string())).flatten();
+        let alert = tls
+            .is_none()
+            .then(|| alert_in_text(&error.to_string()))
+            .flatten();
         let tls = tls.or(alert.as_ref());
         if let Some(tls) = tls {
             let what = match tls {
@@ -675,7 +680,9 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
                         .to_string()
                 }
                 Tls::InvalidCertificate(
-                    Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet
+                    Cert::Expired
+                    | Cert::ExpiredContext { .. }
+                    | Cert::NotValidYet
                     | Cert::NotValidYetContext { .. },
                 ) => "the server's certificate has expired or is not valid yet".to_string(),
                 Tls::InvalidCertificate(
@@ -708,7 +715,10 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
 fn alert_in_text(text: &str) -> Option<rustls::Error> {
     use rustls::AlertDescription as Alert;
     let name = text.split("received fatal alert: ").nth(1)?;
-    let name: String = name.chars().take_while(char::is_ascii_alphanumeric).collect();
+    let name: String = name
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
     let alert = [
         Alert::UnknownCA,
         Alert::BadCertificate,

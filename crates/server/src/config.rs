@@ -147,7 +147,10 @@ impl ServerConfig {
                 key: key.clone(),
             })),
             (None, None) => Ok(None),
-            _ => Err(format!("{} and {} go together: give both or neither", names.0, names.1)),
+            _ => Err(format!(
+                "{} and {} go together: give both or neither",
+                names.0, names.1
+            )),
         };
         let t = &self.tls;
         let files = ServerTlsFiles {

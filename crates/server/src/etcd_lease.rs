@@ -36,11 +36,7 @@ pub struct EtcdLease {
 }
 
 impl EtcdLease {
-    pub fn new(
-        replica: Replica,
-        election_timeout: Duration,
-        tls: crate::OutgoingTls,
-    ) -> EtcdLease {
+    pub fn new(replica: Replica, election_timeout: Duration, tls: crate::OutgoingTls) -> EtcdLease {
         let min_ttl = (election_timeout.as_millis() * 3).div_ceil(2000).max(1) as u64;
         EtcdLease {
             forward: Forwarder::new(replica.clone(), tls),

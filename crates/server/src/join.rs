@@ -127,11 +127,7 @@ pub fn load_seed_peers(data_dir: &Path) -> Option<BTreeMap<u64, String>> {
 
 /// Asks for promotion until this node is a voter (the leader answers once
 /// it has caught up), or it was removed.
-pub async fn promote_when_caught_up(
-    replica: Replica,
-    join: Vec<String>,
-    tls: crate::OutgoingTls,
-) {
+pub async fn promote_when_caught_up(replica: Replica, join: Vec<String>, tls: crate::OutgoingTls) {
     let client = match client_for(&join, &tls) {
         Ok(client) => client,
         Err(e) => {

@@ -446,7 +446,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(DebugServer::from_arc(admin))
         .add_service(peer);
     let mut routes = routes.routes();
-    let tls_policy = tls_policy::Policy::new(tls_files.clone());
+    let tls_policy = tls_policy::Policy::new(tls_files.clone(), metrics.tls_refused.clone());
     let http = http::routes(http::HttpState {
         replica: replica.clone(),
         metrics: metrics.clone(),
@@ -487,6 +487,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(std::time::Duration::from_secs(30))),
                 server_tls,
+                metrics.tls_refused.clone(),
             ),
             async {
                 let _ = serving_stopped.await;

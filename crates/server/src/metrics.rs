@@ -74,6 +74,9 @@ pub struct Metrics {
     wal_sync_seconds: Histogram,
     wal_entries_per_sync: Histogram,
     peer_rejected: IntCounterVec,
+    /// Connections and requests refused by the TLS policy, by reason
+    /// (handshake, plaintext, no_client_cert, not_a_member).
+    pub tls_refused: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -174,9 +177,22 @@ impl Metrics {
         registry
             .register(Box::new(peer_rejected.clone()))
             .expect("unique");
+        let tls_refused = IntCounterVec::new(
+            Opts::new(
+                "raftkv_tls_refused_total",
+                "TLS handshakes failed and requests refused for their connection (plaintext, \
+                 no client certificate, not a member's on the peer service), by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_refused.clone()))
+            .expect("unique");
         let r = &registry;
         Metrics {
             peer_rejected,
+            tls_refused,
             requests,
             request_seconds,
             term: gauge(r, "raftkv_raft_term", "Current raft term"),

@@ -28,42 +28,53 @@ const ACCEPTED_BACKLOG: usize = 64;
 #[derive(Clone)]
 pub struct Policy {
     files: Arc<ServerTlsFiles>,
+    /// `raftkv_tls_refused_total`.
+    refused: prometheus::IntCounterVec,
 }
 
+/// Why a request was refused: the metric's reason and the caller's message.
+type Refusal = (&'static str, String);
+
 impl Policy {
-    pub fn new(files: ServerTlsFiles) -> Policy {
+    pub fn new(files: ServerTlsFiles, refused: prometheus::IntCounterVec) -> Policy {
         Policy {
             files: Arc::new(files),
+            refused,
         }
     }
 
     /// Why a request for `path` on this connection is refused, if it is.
-    fn refusal(&self, connection: &ConnInfo, path: &str) -> Option<String> {
+    fn refusal(&self, connection: &ConnInfo, path: &str) -> Option<Refusal> {
         if connection.peer {
             return None;
         }
         if path.starts_with(PEER_SERVICE) {
             return self.files.peer_tls().then(|| {
-                "peer traffic needs TLS with a member's certificate (signed by the peer CA, \
-                 --peer-trusted-ca-file)"
-                    .to_string()
+                (
+                    "not_a_member",
+                    "peer traffic needs TLS with a member's certificate (signed by the peer \
+                     CA, --peer-trusted-ca-file)"
+                        .to_string(),
+                )
             });
         }
         if !self.files.client_tls() {
             return None;
         }
         if !connection.tls {
-            return Some(
+            return Some((
+                "plaintext",
                 "TLS required (server has --cert-file): use https:// endpoints and --cacert"
                     .to_string(),
-            );
+            ));
         }
         if self.files.client_cert_auth && !connection.client_cert {
-            return Some(
+            return Some((
+                "no_client_cert",
                 "client certificate required (server has --client-cert-auth): give --cert and \
                  --key"
                     .to_string(),
-            );
+            ));
         }
         None
     }
@@ -85,7 +96,10 @@ impl Policy {
                         .unwrap_or_default();
                     match policy.refusal(&connection, request.uri().path()) {
                         None => next.run(request).await,
-                        Some(why) => refused(&request, why),
+                        Some((reason, why)) => {
+                            policy.refused.with_label_values(&[reason]).inc();
+                            refused(&request, why)
+                        }
                     }
                 }
             },
@@ -114,6 +128,7 @@ fn refused(request: &axum::extract::Request, why: String) -> axum::response::Res
 pub fn accept(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     tls: Option<Arc<ServerTls>>,
+    refused: prometheus::IntCounterVec,
 ) -> impl Stream<Item = io::Result<CoalescingIo<Accepted>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
     tokio::spawn(async move {
@@ -142,6 +157,7 @@ pub fn accept(
                 }
                 Some(tls) => {
                     let tls = tls.clone();
+                    let refused = refused.clone();
                     tokio::spawn(async move {
                         let remote = stream.peer_addr().ok();
                         match tls.accept(stream).await {
@@ -150,6 +166,7 @@ pub fn accept(
                                 let _ = sender.send(Ok(CoalescingIo::new(accepted))).await;
                             }
                             Err(e) => {
+                                refused.with_label_values(&["handshake"]).inc();
                                 tracing::info!(
                                     "TLS handshake from {} failed: {e}",
                                     remote.map_or("?".to_string(), |a| a.to_string())
@@ -168,6 +185,15 @@ pub fn accept(
 mod tests {
     use super::*;
     use raftkv_net::tls::CertFiles;
+
+    fn policy(client: bool, client_cert_auth: bool, peer: bool) -> Policy {
+        let refused = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("refused", "refused"),
+            &["reason"],
+        )
+        .unwrap();
+        Policy::new(files(client, client_cert_auth, peer), refused)
+    }
 
     fn files(client: bool, client_cert_auth: bool, peer: bool) -> ServerTlsFiles {
         let certs = || {
@@ -199,24 +225,33 @@ mod tests {
 
     #[test]
     fn client_tls_refuses_plaintext_and_missing_certificates() {
-        let policy = Policy::new(files(true, true, false));
-        let plain = policy.refusal(&connection(false, false, false), KV).unwrap();
+        let policy = policy(true, true, false);
+        let (_, plain) = policy
+            .refusal(&connection(false, false, false), KV)
+            .unwrap();
         assert!(plain.starts_with("TLS required"), "{plain}");
-        let anonymous = policy.refusal(&connection(true, false, false), KV).unwrap();
+        let (_, anonymous) = policy.refusal(&connection(true, false, false), KV).unwrap();
         assert!(anonymous.contains("--client-cert-auth"), "{anonymous}");
         assert_eq!(policy.refusal(&connection(true, true, false), KV), None);
         // Peer TLS off: raft traffic may stay plaintext.
         assert_eq!(policy.refusal(&connection(false, false, false), RAFT), None);
-        assert!(policy.refusal(&connection(false, false, false), "/metrics").is_some());
+        assert!(policy
+            .refusal(&connection(false, false, false), "/metrics")
+            .is_some());
     }
 
     #[test]
     fn peer_tls_admits_only_members_to_raft() {
-        let policy = Policy::new(files(false, false, true));
-        let plain = policy.refusal(&connection(false, false, false), RAFT).unwrap();
+        let policy = policy(false, false, true);
+        let (reason, plain) = policy
+            .refusal(&connection(false, false, false), RAFT)
+            .unwrap();
+        assert_eq!(reason, "not_a_member");
         assert!(plain.contains("member's certificate"), "{plain}");
         // A client's certificate is not a member's.
-        assert!(policy.refusal(&connection(true, true, false), RAFT).is_some());
+        assert!(policy
+            .refusal(&connection(true, true, false), RAFT)
+            .is_some());
         assert_eq!(policy.refusal(&connection(true, true, true), RAFT), None);
         // Client TLS off: clients may stay plaintext.
         assert_eq!(policy.refusal(&connection(false, false, false), KV), None);
@@ -224,7 +259,7 @@ mod tests {
 
     #[test]
     fn members_may_call_anything() {
-        let policy = Policy::new(files(true, true, true));
+        let policy = policy(true, true, true);
         for path in [KV, RAFT, "/etcdserverpb.KV/Range", "/metrics"] {
             assert_eq!(policy.refusal(&connection(true, true, true), path), None);
         }
