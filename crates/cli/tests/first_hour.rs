@@ -80,14 +80,20 @@ fn a_name_that_does_not_resolve_is_named() {
 
 #[test]
 fn endpoints_are_checked_as_usage() {
-    // An http:// prefix is accepted (etcd users write it), https:// is not yet.
+    // An http:// prefix is accepted (etcd users write it); https:// needs the
+    // CA to trust, and --cert needs --cacert.
     let endpoint = closed_port();
     let http = format!("http://{endpoint}");
     raftkv(&["--endpoints", &http, "get", "k"])
         .assert_error(3, &format!("cannot reach {endpoint}"));
     raftkv(&["--endpoints", "127.0.0.1", "get", "k"]).assert_error(2, "no port");
     raftkv(&["get", "k", "--endpoints", "127.0.0.1:0"]).assert_error(2, "bad port");
-    raftkv(&["--endpoints", "https://127.0.0.1:7379", "get", "k"]).assert_error(2, "TLS");
+    raftkv(&["--endpoints", "https://127.0.0.1:7379", "get", "k"])
+        .assert_error(2, "https:// endpoints need --cacert");
+    raftkv(&["--cert", "c.pem", "--key", "k.pem", "get", "k"])
+        .assert_error(2, "--cert/--key are for TLS: give --cacert");
+    raftkv(&["--cacert", "/nonexistent/ca.pem", "get", "k"])
+        .assert_error(2, "cannot read certificates from /nonexistent/ca.pem");
     raftkv(&["--timeout", "soon", "get", "k"]).assert_error(2, "--timeout");
     // Client options belong to client commands.
     raftkv(&["--endpoints", &endpoint, "server"]).assert_error(2, "client options");

@@ -172,6 +172,28 @@ fn command_line(line: &str, base: u16) -> String {
     line
 }
 
+/// A TLS server (`--cert-file F --key-file K --trusted-ca-file CA`) is
+/// probed as a client with its own certificate (the README's have the
+/// clientAuth usage): `--cacert CA --cert F --key K`.
+fn tls_probe_flags(command: &str) -> String {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let flag = |name: &str| {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    match (
+        flag("--cert-file"),
+        flag("--key-file"),
+        flag("--trusted-ca-file"),
+    ) {
+        (Some(cert), Some(key), Some(ca)) => format!(" --cacert {ca} --cert {cert} --key {key}"),
+        _ => String::new(),
+    }
+}
+
 /// The README, run: a scratch directory, the variables set so far, and what
 /// runs in the background (stopped by PID, never anything else).
 struct Reader {
@@ -339,7 +361,8 @@ impl Reader {
             }
             let output = self
                 .shell(&format!(
-                    "raftkv --endpoints {address} --timeout 2s status --json"
+                    "raftkv --endpoints {address} --timeout 2s status --json{}",
+                    tls_probe_flags(&command)
                 ))
                 .output()
                 .expect("status");
