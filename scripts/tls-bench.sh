@@ -7,6 +7,7 @@
 #   mode nodes workload ops/s p50 p99 (ms) errors
 #
 #   cargo build --release -p raftkv && scripts/tls-bench.sh [SECONDS] [ROUNDS]
+# NODES (default "1 3") picks the cluster sizes; R another raftkv binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -33,7 +34,7 @@ TLS_FLAGS=(--cert-file "$PKI/node.pem" --key-file "$PKI/node-key.pem"
   --peer-trusted-ca-file "$PKI/ca.pem")
 
 for _ in $(seq 1 "$ROUNDS"); do
-  for nodes in 1 3; do
+  for nodes in ${NODES:-1 3}; do
     for mode in plain tls; do
       if [[ $mode == tls ]]; then
         # Every raftkv client command below (the readiness put, the bench)
