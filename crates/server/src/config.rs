@@ -11,6 +11,8 @@ use crate::units::{parse_duration, parse_size};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7379";
 pub const DEFAULT_DATA_DIR: &str = "raftkv-data";
+/// etcd's upper bound on `--election-timeout` (50 s).
+pub const MAX_ELECTION_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// A resolved server configuration.
 #[derive(Clone, Debug)]
@@ -87,7 +89,12 @@ impl AutoCompaction {
             }
             "periodic" => {
                 let period = match retention.parse::<u64>() {
-                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Ok(hours) => hours
+                        .checked_mul(3600)
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| {
+                            format!("--auto-compaction-retention {retention:?}: too long")
+                        })?,
                     Err(_) => parse_duration(retention)
                         .map_err(|e| format!("--auto-compaction-retention {retention:?}: {e}"))?,
                 };
@@ -186,6 +193,19 @@ impl ServerConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err("--heartbeat-interval must be more than 0".into());
+        }
+        // etcd's bound on the election timeout; the heartbeat is shorter.
+        if self.election_timeout > MAX_ELECTION_TIMEOUT {
+            return Err(format!(
+                "--election-timeout must be at most {}s (etcd's bound)",
+                MAX_ELECTION_TIMEOUT.as_secs()
+            ));
+        }
+        if self.heartbeat_interval > MAX_ELECTION_TIMEOUT {
+            return Err(format!(
+                "--heartbeat-interval must be at most {}s",
+                MAX_ELECTION_TIMEOUT.as_secs()
+            ));
         }
         if self.election_timeout < self.heartbeat_interval * 2 {
             return Err(format!(

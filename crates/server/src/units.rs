@@ -31,7 +31,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("invalid duration {text:?}"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Past what a duration holds (some 584 billion years): refused, not a
+    // panic (found by the property tests).
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} is too long"))
 }
 
 /// Parses `256`, `4KiB`, `1MiB`, `2GiB`, `100MB`, `10kB` into bytes.
@@ -74,6 +76,12 @@ pub fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_too_long_to_hold_is_refused() {
+        let error = parse_duration("18446744073710000000").unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+    }
 
     #[test]
     fn durations_in_every_documented_form() {

@@ -6,6 +6,7 @@ mod raft_semantics;
 mod recovery;
 mod round_trip;
 mod snapshot_files;
+mod untrusted_bytes;
 
 use std::path::{Path, PathBuf};
 
