@@ -10,6 +10,7 @@
 //! could differ between replicas (wall clocks, randomness) must come from the
 //! log (see `Command::timestamp_ms`).
 
+pub mod auth;
 mod command;
 pub mod etcd;
 mod hash;

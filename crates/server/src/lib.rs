@@ -6,6 +6,7 @@
 
 mod address;
 mod admin_service;
+pub mod auth_token;
 mod auto_compaction;
 pub mod config;
 mod deadline;

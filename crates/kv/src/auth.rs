@@ -1,0 +1,503 @@
+//! etcd's authentication model as replicated state: users (with a password
+//! hash, never the password), roles with key-range permissions, the
+//! `enabled` flag, and the secret that signs tokens. Changed only through
+//! the log (one `AuthChange` per entry), so every member holds the same
+//! users and roles at the same index, and the permission check made when a
+//! write is applied sees the auth state of that moment.
+//!
+//! Permissions follow etcd: a `[key, range_end)` range (an empty
+//! `range_end` is the single key, `"\0"` every key from `key` on), read,
+//! write or both; the `root` role may do anything. A request's range must lie
+//! inside the union of the user's permitted ranges.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+/// The user and the role that may do anything (and that auth needs before
+/// it can be enabled).
+pub const ROOT: &str = "root";
+
+// etcd's texts (api/v3rpc/rpctypes), which clients match on.
+pub const USER_EMPTY: &str = "etcdserver: user name is empty";
+pub const USER_EXISTS: &str = "etcdserver: user name already exists";
+pub const USER_NOT_FOUND: &str = "etcdserver: user name not found";
+pub const ROLE_EXISTS: &str = "etcdserver: role name already exists";
+pub const ROLE_NOT_FOUND: &str = "etcdserver: role name not found";
+pub const ROLE_EMPTY: &str = "etcdserver: role name is empty";
+pub const ROOT_USER_MISSING: &str = "etcdserver: root user does not exist";
+pub const ROOT_ROLE_MISSING: &str = "etcdserver: root user does not have root role";
+pub const ROLE_NOT_GRANTED: &str = "etcdserver: role is not granted to the user";
+pub const PERMISSION_NOT_GRANTED: &str = "etcdserver: permission is not granted to the role";
+pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+pub const INVALID_AUTH_MGMT: &str = "etcdserver: invalid auth management";
+
+/// What a permission allows (etcd's `authpb.Permission.Type` numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read = 0,
+    Write = 1,
+    ReadWrite = 2,
+}
+
+impl Access {
+    pub fn from_etcd(value: i32) -> Option<Access> {
+        match value {
+            0 => Some(Access::Read),
+            1 => Some(Access::Write),
+            2 => Some(Access::ReadWrite),
+            _ => None,
+        }
+    }
+
+    fn allows(self, wanted: Access) -> bool {
+        self == Access::ReadWrite || self == wanted
+    }
+}
+
+/// Access to one key or key range.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    pub access: Access,
+    pub key: Bytes,
+    /// etcd's convention: empty is the single key, `"\0"` is every key from
+    /// `key` on.
+    pub range_end: Bytes,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct User {
+    /// A PHC string (argon2), or empty for a user without a password.
+    pub password_hash: String,
+    /// Authenticates without a password (by its certificate's CN).
+    pub no_password: bool,
+    pub roles: BTreeSet<String>,
+}
+
+/// One change, as it goes through the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthChange {
+    /// `secret` signs tokens; kept from the first enable on.
+    Enable {
+        secret: Bytes,
+    },
+    Disable,
+    UserAdd {
+        name: String,
+        password_hash: String,
+        no_password: bool,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        user: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrantPermission {
+        role: String,
+        permission: Permission,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Bytes,
+        range_end: Bytes,
+    },
+}
+
+/// The replicated auth state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthStore {
+    pub enabled: bool,
+    /// Goes up with every change (etcd's auth revision).
+    pub revision: u64,
+    pub users: BTreeMap<String, User>,
+    /// Role name → its permissions (`root` holds none: it may do anything).
+    pub roles: BTreeMap<String, Vec<Permission>>,
+    /// Signs tokens; chosen by the proposer of the first enable.
+    pub secret: Bytes,
+}
+
+impl AuthStore {
+    /// Applies a committed change; the refusal is etcd's text.
+    pub fn apply(&mut self, change: &AuthChange) -> Result<(), &'static str> {
+        match change {
+            AuthChange::Enable { secret } => {
+                let root = self.users.get(ROOT).ok_or(ROOT_USER_MISSING)?;
+                if !root.roles.contains(ROOT) {
+                    return Err(ROOT_ROLE_MISSING);
+                }
+                if self.secret.is_empty() {
+                    self.secret = secret.clone();
+                }
+                self.enabled = true;
+            }
+            AuthChange::Disable => self.enabled = false,
+            AuthChange::UserAdd {
+                name,
+                password_hash,
+                no_password,
+            } => {
+                if name.is_empty() {
+                    return Err(USER_EMPTY);
+                }
+                if self.users.contains_key(name) {
+                    return Err(USER_EXISTS);
+                }
+                self.users.insert(
+                    name.clone(),
+                    User {
+                        password_hash: password_hash.clone(),
+                        no_password: *no_password,
+                        roles: BTreeSet::new(),
+                    },
+                );
+            }
+            AuthChange::UserDelete { name } => {
+                if self.enabled && name == ROOT {
+                    return Err(INVALID_AUTH_MGMT);
+                }
+                self.users.remove(name).ok_or(USER_NOT_FOUND)?;
+            }
+            AuthChange::UserChangePassword {
+                name,
+                password_hash,
+            } => {
+                let user = self.users.get_mut(name).ok_or(USER_NOT_FOUND)?;
+                user.password_hash = password_hash.clone();
+            }
+            AuthChange::UserGrantRole { user, role } => {
+                if role != ROOT && !self.roles.contains_key(role) {
+                    return Err(ROLE_NOT_FOUND);
+                }
+                let user = self.users.get_mut(user).ok_or(USER_NOT_FOUND)?;
+                user.roles.insert(role.clone());
+            }
+            AuthChange::UserRevokeRole { user, role } => {
+                if self.enabled && user == ROOT && role == ROOT {
+                    return Err(INVALID_AUTH_MGMT);
+                }
+                let user = self.users.get_mut(user).ok_or(USER_NOT_FOUND)?;
+                if !user.roles.remove(role) {
+                    return Err(ROLE_NOT_GRANTED);
+                }
+            }
+            AuthChange::RoleAdd { name } => {
+                if name.is_empty() {
+                    return Err(ROLE_EMPTY);
+                }
+                if self.roles.contains_key(name) {
+                    return Err(ROLE_EXISTS);
+                }
+                self.roles.insert(name.clone(), Vec::new());
+            }
+            AuthChange::RoleDelete { name } => {
+                if self.enabled && name == ROOT {
+                    return Err(INVALID_AUTH_MGMT);
+                }
+                self.roles.remove(name).ok_or(ROLE_NOT_FOUND)?;
+                for user in self.users.values_mut() {
+                    user.roles.remove(name);
+                }
+            }
+            AuthChange::RoleGrantPermission { role, permission } => {
+                let permissions = self.roles.get_mut(role).ok_or(ROLE_NOT_FOUND)?;
+                // etcd: granting the same range again replaces its access.
+                match permissions
+                    .iter_mut()
+                    .find(|p| p.key == permission.key && p.range_end == permission.range_end)
+                {
+                    Some(existing) => existing.access = permission.access,
+                    None => permissions.push(permission.clone()),
+                }
+                permissions.sort();
+            }
+            AuthChange::RoleRevokePermission {
+                role,
+                key,
+                range_end,
+            } => {
+                let permissions = self.roles.get_mut(role).ok_or(ROLE_NOT_FOUND)?;
+                let before = permissions.len();
+                permissions.retain(|p| !(p.key == *key && p.range_end == *range_end));
+                if permissions.len() == before {
+                    return Err(PERMISSION_NOT_GRANTED);
+                }
+            }
+        }
+        self.revision += 1;
+        Ok(())
+    }
+
+    /// Whether `user` has the root role.
+    pub fn is_root(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
+    }
+
+    /// Whether `user` may `access` every key of `[key, range_end)` (etcd's
+    /// range convention). With auth disabled, everyone may.
+    pub fn may(&self, user: &str, access: Access, key: &[u8], range_end: &[u8]) -> bool {
+        if !self.enabled || self.is_root(user) {
+            return true;
+        }
+        let Some(user) = self.users.get(user) else {
+            return false;
+        };
+        let mut granted: Vec<Interval> = user
+            .roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .flatten()
+            .filter(|p| p.access.allows(access))
+            .filter_map(|p| Interval::of(&p.key, &p.range_end))
+            .collect();
+        let Some(wanted) = Interval::of(key, range_end) else {
+            // An empty range asks for nothing.
+            return true;
+        };
+        granted.sort();
+        covers(&granted, &wanted)
+    }
+
+    /// Whether `user` may read `key` (a watcher is sent only these).
+    pub fn may_read_key(&self, user: &str, key: &[u8]) -> bool {
+        self.may(user, Access::Read, key, &[])
+    }
+}
+
+/// `[start, end)` of keys; `end` `None` is unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Interval {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl Interval {
+    /// etcd's (key, range_end); `None` for an empty range.
+    fn of(key: &[u8], range_end: &[u8]) -> Option<Interval> {
+        match range_end {
+            [] => {
+                // The single key: [key, key + "\0").
+                let mut end = key.to_vec();
+                end.push(0);
+                Some(Interval {
+                    start: key.to_vec(),
+                    end: Some(end),
+                })
+            }
+            [0] => Some(Interval {
+                start: key.to_vec(),
+                end: None,
+            }),
+            end if end > key => Some(Interval {
+                start: key.to_vec(),
+                end: Some(end.to_vec()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the union of `granted` (sorted by start) holds all of `wanted`.
+fn covers(granted: &[Interval], wanted: &Interval) -> bool {
+    // The point up to which `wanted` is covered so far.
+    let mut reached: Vec<u8> = wanted.start.clone();
+    for interval in granted {
+        if interval.start > reached {
+            // A gap before this interval (later ones start later still).
+            break;
+        }
+        match &interval.end {
+            None => return true,
+            Some(end) if *end > reached => reached = end.clone(),
+            Some(_) => {}
+        }
+        if wanted.end.as_ref().is_some_and(|want| reached >= *want) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_alice(permissions: &[(Access, &str, &str)]) -> AuthStore {
+        let mut auth = AuthStore::default();
+        let add = |auth: &mut AuthStore, change| auth.apply(&change).unwrap();
+        add(
+            &mut auth,
+            AuthChange::UserAdd {
+                name: ROOT.into(),
+                password_hash: "h".into(),
+                no_password: false,
+            },
+        );
+        add(
+            &mut auth,
+            AuthChange::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+        );
+        add(
+            &mut auth,
+            AuthChange::UserAdd {
+                name: "alice".into(),
+                password_hash: "h".into(),
+                no_password: false,
+            },
+        );
+        add(&mut auth, AuthChange::RoleAdd { name: "a".into() });
+        for (access, key, end) in permissions {
+            add(
+                &mut auth,
+                AuthChange::RoleGrantPermission {
+                    role: "a".into(),
+                    permission: Permission {
+                        access: *access,
+                        key: Bytes::copy_from_slice(key.as_bytes()),
+                        range_end: Bytes::copy_from_slice(end.as_bytes()),
+                    },
+                },
+            );
+        }
+        add(
+            &mut auth,
+            AuthChange::UserGrantRole {
+                user: "alice".into(),
+                role: "a".into(),
+            },
+        );
+        add(
+            &mut auth,
+            AuthChange::Enable {
+                secret: Bytes::from_static(b"s"),
+            },
+        );
+        auth
+    }
+
+    #[test]
+    fn a_prefix_permission_covers_its_keys_and_ranges_only() {
+        let auth = store_with_alice(&[(Access::ReadWrite, "a/", "a0")]);
+        assert!(auth.may("alice", Access::Write, b"a/1", b""));
+        assert!(auth.may("alice", Access::Read, b"a/", b"a0"));
+        assert!(auth.may("alice", Access::Read, b"a/x", b"a/y"));
+        assert!(!auth.may("alice", Access::Write, b"b/1", b""));
+        assert!(!auth.may("alice", Access::Read, b"a/", b"b"));
+        assert!(!auth.may("alice", Access::Read, b"", b"\0"));
+        assert!(auth.may(ROOT, Access::Write, b"", b"\0"));
+        assert!(!auth.may("mallory", Access::Read, b"a/1", b""));
+        assert!(auth.may_read_key("alice", b"a/z"));
+        assert!(!auth.may_read_key("alice", b"b"));
+    }
+
+    #[test]
+    fn ranges_are_covered_by_the_union_of_permissions_and_by_kind() {
+        let auth = store_with_alice(&[
+            (Access::Read, "a", "c"),
+            (Access::Read, "c", "e"),
+            (Access::Write, "x", ""),
+            (Access::Read, "z", "\0"),
+        ]);
+        assert!(auth.may("alice", Access::Read, b"b", b"d"));
+        assert!(!auth.may("alice", Access::Read, b"b", b"f"));
+        assert!(!auth.may("alice", Access::Write, b"b", b""));
+        assert!(auth.may("alice", Access::Write, b"x", b""));
+        assert!(!auth.may("alice", Access::Write, b"x0", b""));
+        assert!(auth.may("alice", Access::Read, b"zz", b"\0"));
+    }
+
+    #[test]
+    fn auth_needs_root_and_etcd_refuses_what_etcd_refuses() {
+        let mut auth = AuthStore::default();
+        let enable = AuthChange::Enable {
+            secret: Bytes::from_static(b"s"),
+        };
+        assert_eq!(auth.apply(&enable), Err(ROOT_USER_MISSING));
+        auth.apply(&AuthChange::UserAdd {
+            name: ROOT.into(),
+            password_hash: "h".into(),
+            no_password: false,
+        })
+        .unwrap();
+        assert_eq!(auth.apply(&enable), Err(ROOT_ROLE_MISSING));
+        assert_eq!(
+            auth.apply(&AuthChange::UserGrantRole {
+                user: ROOT.into(),
+                role: "nope".into()
+            }),
+            Err(ROLE_NOT_FOUND)
+        );
+        auth.apply(&AuthChange::UserGrantRole {
+            user: ROOT.into(),
+            role: ROOT.into(),
+        })
+        .unwrap();
+        auth.apply(&enable).unwrap();
+        assert!(auth.enabled);
+        assert_eq!(
+            auth.apply(&AuthChange::UserDelete { name: ROOT.into() }),
+            Err(INVALID_AUTH_MGMT)
+        );
+        assert_eq!(
+            auth.apply(&AuthChange::UserAdd {
+                name: ROOT.into(),
+                password_hash: String::new(),
+                no_password: true
+            }),
+            Err(USER_EXISTS)
+        );
+        // The secret is chosen once.
+        auth.apply(&AuthChange::Disable).unwrap();
+        auth.apply(&AuthChange::Enable {
+            secret: Bytes::from_static(b"other"),
+        })
+        .unwrap();
+        assert_eq!(auth.secret, Bytes::from_static(b"s"));
+    }
+
+    #[test]
+    fn revoking_a_role_or_a_permission_takes_access_away() {
+        let mut auth = store_with_alice(&[(Access::ReadWrite, "a/", "a0")]);
+        let revision = auth.revision;
+        auth.apply(&AuthChange::RoleRevokePermission {
+            role: "a".into(),
+            key: Bytes::from_static(b"a/"),
+            range_end: Bytes::from_static(b"a0"),
+        })
+        .unwrap();
+        assert!(auth.revision > revision);
+        assert!(!auth.may("alice", Access::Read, b"a/1", b""));
+        let mut auth = store_with_alice(&[(Access::ReadWrite, "a/", "a0")]);
+        auth.apply(&AuthChange::UserRevokeRole {
+            user: "alice".into(),
+            role: "a".into(),
+        })
+        .unwrap();
+        assert!(!auth.may("alice", Access::Read, b"a/1", b""));
+        assert_eq!(
+            auth.apply(&AuthChange::UserRevokeRole {
+                user: "alice".into(),
+                role: "a".into()
+            }),
+            Err(ROLE_NOT_GRANTED)
+        );
+    }
+}
