@@ -115,6 +115,7 @@ impl ClientFlags {
             },
         };
         let https = endpoints.iter().any(|e| e.trim().starts_with("https://"));
+        let http = endpoints.iter().find(|e| e.trim().starts_with("http://"));
         // `a:1,` or a RAFTKV_ENDPOINTS ending in a comma: no empty endpoint.
         let endpoints = endpoints
             .iter()
@@ -140,6 +141,12 @@ impl ClientFlags {
             return Err(Failure::Usage("--timeout must be more than 0".into()));
         }
         let tls = client_tls(top, sub, https)?;
+        if let (Some(http), Some(_)) = (http, &tls) {
+            return Err(Failure::Usage(format!(
+                "endpoint {http} is http:// (plaintext) but --cacert asks for TLS: use \
+                 https:// (or HOST:PORT)"
+            )));
+        }
         Ok(ClientFlags {
             endpoints,
             timeout,

@@ -104,6 +104,16 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         tls.client_cert_auth = true;
     }
     config.validate().map_err(usage)?;
+    // Certificates that do not load, or do not name where this node is
+    // reached, are usage errors found before anything starts.
+    let files = config.tls_files().map_err(usage)?;
+    if let Some(tls) = raftkv_net::tls::ServerTls::new(&files).map_err(|e| usage(e.to_string()))? {
+        let advertise = config.advertise_address();
+        let host = advertise
+            .rsplit_once(':')
+            .map_or(advertise, |(host, _)| host);
+        tls.check_names(host).map_err(|e| usage(e.to_string()))?;
+    }
     Ok(config)
 }
 

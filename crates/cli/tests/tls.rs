@@ -228,6 +228,32 @@ async fn a_tls_cluster_serves_its_clients_and_refuses_the_others_with_a_reason()
     }
     // Usage errors for what cannot work.
     cli_as(&cluster, &[], &["get", "tls/k"]).assert_error(2, "https:// endpoints need --cacert");
+    let mut mixed = vec![
+        "get".to_string(),
+        "tls/k".into(),
+        "--endpoints".into(),
+        format!("http://{}", cluster.address(1)),
+    ];
+    mixed.extend(tls_flags(&pki.client_ca.cert, None));
+    raftkv_testkit::run_cli(&bin(), &mixed).assert_error(2, "is http:// (plaintext) but --cacert");
+
+    // etcd's member list gives https:// URLs.
+    if etcd_installed() {
+        let alice = pki.alice();
+        let cert = alice.cert.as_ref().unwrap();
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &format!("https://{}", cluster.address(1))])
+            .args(["--cacert", &pki.client_ca.cert.display().to_string()])
+            .args(["--cert", &cert.cert.display().to_string()])
+            .args(["--key", &cert.key.display().to_string()])
+            .args(["member", "list"])
+            .output()
+            .expect("etcdctl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert_eq!(stdout.matches("https://").count(), 6, "{stdout}");
+    }
 
     // /metrics follows the client port's TLS, and counts the refusals.
     let (code, body) = common::http_get(&cluster.address(1), "/metrics");
@@ -375,6 +401,31 @@ async fn only_members_speak_raft_and_rotated_certificates_are_taken_up() {
         log.contains("refused this client's certificate"),
         "the impostor says why it cannot join:\n{log}"
     );
+    // Nor can a server that shows only a client certificate: it would be
+    // added and then never reached.
+    let port = raftkv_testkit::free_ports(1)[0];
+    let client_only = std::process::Command::new(bin())
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--data-dir",
+            &pki.dir.path().join("client-only").display().to_string(),
+        ])
+        .args(["--join", &cluster.address(1)])
+        .args(["--cert-file", &pki.server.cert.display().to_string()])
+        .args(["--key-file", &pki.server.key.display().to_string()])
+        .args([
+            "--trusted-ca-file",
+            &pki.client_ca.cert.display().to_string(),
+        ])
+        .output()
+        .expect("run the joiner");
+    let log = String::from_utf8_lossy(&client_only.stderr);
+    assert!(!client_only.status.success());
+    assert!(
+        log.contains("joining needs a member's certificate"),
+        "the joiner says why it is refused:\n{log}"
+    );
+
     let members = cluster.cli(&["cluster", "members", "--json"]);
     members.assert_ok();
     let members: serde_json::Value = serde_json::from_str(&members.stdout_text()).unwrap();
@@ -427,4 +478,54 @@ fn pem_der(path: &Path) -> Vec<u8> {
     rustls::pki_types::CertificateDer::from_pem_file(path)
         .unwrap()
         .to_vec()
+}
+
+#[test]
+fn a_server_whose_certificate_does_not_name_its_address_does_not_start() {
+    let pki = Pki::new();
+    let elsewhere = pki
+        .client_ca
+        .issue_for("elsewhere", &["10.9.9.9"], Validity::Current);
+    let dir = pki.dir.path().join("data");
+    let out = std::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:7379"])
+        .args(["--data-dir", &dir.display().to_string()])
+        .args(["--cert-file", &elsewhere.cert.display().to_string()])
+        .args(["--key-file", &elsewhere.key.display().to_string()])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not name 127.0.0.1") && stderr.contains("add IP:127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.exists(),
+        "nothing is written before the flags are checked"
+    );
+    // A key that does not go with its certificate, and a missing file,
+    // are named by their flag.
+    let out = std::process::Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:7379"])
+        .args(["--data-dir", &dir.display().to_string()])
+        .args(["--cert-file", &pki.server.cert.display().to_string()])
+        .args(["--key-file", &pki.peer.key.display().to_string()])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cert-file/--key-file: the key in"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(bin())
+        .args(["server", "--peer-cert-file", "peer.pem"])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing: --peer-key-file, --peer-trusted-ca-file"),
+        "{stderr}"
+    );
 }

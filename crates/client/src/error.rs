@@ -123,9 +123,10 @@ impl Error {
     /// Decodes a gRPC status from a RaftKV server (or the transport).
     pub(crate) fn from_status(status: &Status) -> Error {
         // A TLS failure (an untrusted certificate either way, TLS spoken
-        // to a plaintext port) does not go away by retrying.
+        // to a plaintext port) is this endpoint's: another may serve (the
+        // callers give up once every endpoint fails so, see `Unreachable`).
         if let Some(why) = raftkv_net::tls::describe_failure(status) {
-            return Error::Rejected(why);
+            return Error::Unavailable(why);
         }
         if !status.details().is_empty() {
             if let Ok(detail) = ErrorDetail::decode(status.details()) {
@@ -221,6 +222,9 @@ pub(crate) enum Unreachable {
     /// Connecting failed: refused, no route, no such local address, or the
     /// connect timed out.
     Connect(std::io::ErrorKind),
+    /// TLS with the endpoint failed (a certificate either side refused);
+    /// the text says which and why.
+    Tls(String),
 }
 
 impl Unreachable {
@@ -228,6 +232,9 @@ impl Unreachable {
     /// `None` if it connected or the cause is unknown.
     pub(crate) fn of(status: &Status) -> Option<Unreachable> {
         use std::io::ErrorKind::*;
+        if let Some(why) = raftkv_net::tls::describe_failure(status) {
+            return Some(Unreachable::Tls(why));
+        }
         let mut source = std::error::Error::source(status);
         while let Some(error) = source {
             if let Some(io) = error.downcast_ref::<std::io::Error>() {
@@ -261,6 +268,7 @@ impl Unreachable {
         matches!(
             self,
             Unreachable::Unresolved(_)
+                | Unreachable::Tls(_)
                 | Unreachable::Connect(
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
                 )
@@ -271,6 +279,7 @@ impl Unreachable {
     pub(crate) fn at(&self, address: &str) -> String {
         let cause = match self {
             Unreachable::Unresolved(text) => return text.clone(),
+            Unreachable::Tls(text) => return format!("{address}: {text}"),
             Unreachable::Connect(std::io::ErrorKind::ConnectionRefused) => "connection refused",
             Unreachable::Connect(std::io::ErrorKind::HostUnreachable) => "host unreachable",
             Unreachable::Connect(std::io::ErrorKind::NetworkUnreachable) => "network unreachable",
@@ -285,6 +294,7 @@ impl Unreachable {
     pub(crate) fn describe(&self, address: &str) -> String {
         match self {
             Unreachable::Unresolved(text) => text.clone(),
+            Unreachable::Tls(text) => format!("TLS with {address}: {text}"),
             Unreachable::Connect(_) => format!("cannot reach {}", self.at(address)),
         }
     }

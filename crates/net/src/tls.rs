@@ -135,6 +135,19 @@ pub struct ClientTlsFiles {
     pub peer: bool,
 }
 
+/// A TLS failure already put in words (with the host it concerns), carried
+/// inside the `io::Error` of a failed connect.
+#[derive(Debug)]
+pub struct TlsFailure(pub String);
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
 /// A TLS setting that does not load, naming the file and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -335,6 +348,33 @@ impl ServerTls {
         &self.files
     }
 
+    /// Checks that the node's certificates name `host`, where members and
+    /// clients reach it (its advertised address): a certificate that does
+    /// not would be refused by every one of them.
+    pub fn check_names(&self, host: &str) -> Result<(), TlsError> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| TlsError(format!("{host:?} is not a TLS server name: {e}")))?;
+        for (certs, flag) in [
+            (&self.files.client, "--cert-file"),
+            (&self.files.peer, "--peer-cert-file"),
+        ] {
+            let Some(certs) = certs else { continue };
+            let chain = load_certs(&certs.cert)?;
+            let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
+                .map_err(|e| TlsError(format!("{flag} {}: {e}", certs.cert.display())))?;
+            if rustls::client::verify_server_name(&parsed, &name).is_err() {
+                return Err(TlsError(format!(
+                    "{flag} {} does not name {host}, where members and clients reach this node \
+                     (--advertise, else --listen): add IP:{host} (or DNS:{host}) to its \
+                     subjectAltName",
+                    certs.cert.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts one connection: TLS if its first byte starts a handshake,
     /// plaintext otherwise (the server's policy decides what it may call).
     pub async fn accept(&self, stream: TcpStream) -> io::Result<(MaybeTls, ConnInfo)> {
@@ -372,18 +412,29 @@ impl ServerTls {
     }
 }
 
+/// `error` with the flags it is about in front.
+fn about(flags: &str) -> impl Fn(TlsError) -> TlsError + '_ {
+    move |e| TlsError(format!("{flags}: {}", e.0))
+}
+
 fn server_state(files: &ServerTlsFiles) -> Result<ServerState, TlsError> {
     let provider = provider();
     let client = files
         .client
         .as_ref()
-        .map(|f| load_certified(f, &provider))
+        .map(|f| load_certified(f, &provider).map_err(about("--cert-file/--key-file")))
         .transpose()?;
     let peer = files
         .peer
         .as_ref()
-        .map(|f| load_certified(f, &provider))
+        .map(|f| load_certified(f, &provider).map_err(about("--peer-cert-file/--peer-key-file")))
         .transpose()?;
+    if let Some(ca) = &files.trusted_ca {
+        load_roots(&[ca]).map_err(about("--trusted-ca-file"))?;
+    }
+    if let Some(ca) = &files.peer_trusted_ca {
+        load_roots(&[ca]).map_err(about("--peer-trusted-ca-file"))?;
+    }
     let cas: Vec<&Path> = files
         .trusted_ca
         .iter()
@@ -493,9 +544,13 @@ impl ClientTls {
             )
         })?;
         let connector = tokio_rustls::TlsConnector::from(self.config.get());
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+        let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?;
+        connected.map_err(|e| match describe_failure(&e) {
+            Some(why) => io::Error::other(TlsFailure(why.replace("this endpoint's host", host))),
+            None => e,
+        })
     }
 }
 
@@ -659,6 +714,15 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
     use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
     let mut source = Some(error);
     while let Some(error) = source {
+        let described = error.downcast_ref::<TlsFailure>().or_else(|| {
+            error
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<TlsFailure>())
+        });
+        if let Some(described) = described {
+            return Some(described.0.clone());
+        }
         let tls = error.downcast_ref::<Tls>().or_else(|| {
             error
                 .downcast_ref::<io::Error>()
@@ -687,7 +751,17 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
                 ) => "the server's certificate has expired or is not valid yet".to_string(),
                 Tls::InvalidCertificate(
                     Cert::NotValidForName | Cert::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name this endpoint's host".to_string(),
+                ) => "the server's certificate does not name this endpoint's host (it needs \
+                      IP:this endpoint's host, or DNS:name, in its subjectAltName)"
+                    .to_string(),
+                Tls::InvalidCertificate(
+                    Cert::InvalidPurpose | Cert::InvalidPurposeContext { .. },
+                ) => "the server's certificate is not for serving (it needs extendedKeyUsage \
+                     serverAuth)"
+                    .to_string(),
+                Tls::InvalidCertificate(other) => {
+                    format!("the server's certificate is not valid: {other:?}")
+                }
                 Tls::AlertReceived(Alert::UnknownCA | Alert::BadCertificate) => {
                     "the server refused this client's certificate: signed by an authority it \
                      does not trust (its --trusted-ca-file)"
@@ -698,6 +772,14 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<Str
                 }
                 Tls::AlertReceived(Alert::CertificateRequired) => {
                     "the server requires a client certificate: give --cert and --key".to_string()
+                }
+                Tls::AlertReceived(Alert::UnsupportedCertificate) => {
+                    "the server refused this client's certificate: it is not for clients (it \
+                     needs extendedKeyUsage clientAuth)"
+                        .to_string()
+                }
+                Tls::AlertReceived(Alert::CertificateUnknown | Alert::CertificateRevoked) => {
+                    "the server refused this client's certificate".to_string()
                 }
                 Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => format!(
                     "TLS failed ({tls}): does this endpoint serve TLS (a server with --cert-file)?"
@@ -725,6 +807,8 @@ fn alert_in_text(text: &str) -> Option<rustls::Error> {
         Alert::CertificateExpired,
         Alert::CertificateRequired,
         Alert::CertificateUnknown,
+        Alert::CertificateRevoked,
+        Alert::UnsupportedCertificate,
         Alert::HandshakeFailure,
     ]
     .into_iter()

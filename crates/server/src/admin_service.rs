@@ -25,6 +25,8 @@ use crate::kv_service::header_of;
 use crate::membership::{ChangePlan, Membership};
 
 pub struct AdminService {
+    /// Joining needs a member's certificate then (`add_node` with `empty`).
+    pub peer_tls: bool,
     pub replica: Replica,
     pub membership: Membership,
     pub address: String,
@@ -155,7 +157,20 @@ impl Cluster for AdminService {
         request: Request<AddNodeRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
         let deadline = deadline_of(&request);
+        let member = request
+            .extensions()
+            .get::<raftkv_net::tls::ConnInfo>()
+            .is_some_and(|c| c.peer);
         let request = request.into_inner();
+        if self.peer_tls && request.empty && !member {
+            // It would be added, then never reached: raft traffic needs a
+            // certificate from the peer CA.
+            return Err(Status::permission_denied(
+                "joining needs a member's certificate: this cluster has peer TLS, so start the \
+                 joining node with --peer-cert-file, --peer-key-file and --peer-trusted-ca-file \
+                 (a certificate signed by the cluster's peer CA)",
+            ));
+        }
         let address = self.check_address(&request.address)?;
         if self.replica.cluster_id() == 0 {
             // A joining node records the id; it must be the cluster's own.

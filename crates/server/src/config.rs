@@ -160,6 +160,25 @@ impl ServerConfig {
             )),
         };
         let t = &self.tls;
+        let peer_flags = [
+            ("--peer-cert-file", t.peer_cert_file.is_some()),
+            ("--peer-key-file", t.peer_key_file.is_some()),
+            ("--peer-trusted-ca-file", t.peer_trusted_ca_file.is_some()),
+        ];
+        if peer_flags.iter().any(|(_, given)| *given) {
+            let missing: Vec<&str> = peer_flags
+                .iter()
+                .filter(|(_, given)| !given)
+                .map(|(flag, _)| *flag)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file \
+                     together (members always verify each other); missing: {}",
+                    missing.join(", ")
+                ));
+            }
+        }
         let files = ServerTlsFiles {
             client: pair(&t.cert_file, &t.key_file, ("--cert-file", "--key-file"))?,
             trusted_ca: t.trusted_ca_file.clone(),
@@ -179,6 +198,20 @@ impl ServerConfig {
             );
         }
         files.check().map_err(|e| e.to_string())?;
+        let has_others = self.peers.as_ref().is_some_and(|p| p.len() > 1) || !self.join.is_empty();
+        if files.client.is_some()
+            && files.peer.is_none()
+            && files.trusted_ca.is_none()
+            && has_others
+        {
+            return Err(
+                "--cert-file without peer TLS needs --trusted-ca-file in a cluster of several \
+                 members: they reach each other's client services (forwarded requests, joins) \
+                 over TLS and verify each other's certificates with it (or give the --peer-* \
+                 flags)"
+                    .into(),
+            );
+        }
         Ok(files)
     }
 

@@ -42,6 +42,9 @@ pub struct EtcdCluster {
     replica: Replica,
     membership: Membership,
     forward: Forwarder,
+    /// `https` where client (and peer) traffic is TLS, in member URLs.
+    client_scheme: &'static str,
+    peer_scheme: &'static str,
 }
 
 fn not_here(what: &str, instead: &str) -> Status {
@@ -51,11 +54,18 @@ fn not_here(what: &str, instead: &str) -> Status {
 }
 
 impl EtcdCluster {
-    pub fn new(replica: Replica, tls: crate::OutgoingTls) -> EtcdCluster {
+    pub fn new(
+        replica: Replica,
+        tls: crate::OutgoingTls,
+        files: &raftkv_net::tls::ServerTlsFiles,
+    ) -> EtcdCluster {
+        let scheme = |on: bool| if on { "https" } else { "http" };
         EtcdCluster {
             membership: Membership::new(replica.clone()),
             forward: Forwarder::new(replica.clone(), tls),
             replica,
+            client_scheme: scheme(files.client_tls()),
+            peer_scheme: scheme(files.peer_tls()),
         }
     }
 
@@ -90,15 +100,13 @@ impl EtcdCluster {
         member_ids(conf)
             .into_iter()
             .map(|id| {
-                let url = membership
-                    .addresses
-                    .get(&id)
-                    .map(|address| format!("http://{address}"));
+                let address = membership.addresses.get(&id);
+                let url = |scheme: &str| address.map(|a| format!("{scheme}://{a}"));
                 Member {
                     id,
                     name: format!("node-{id}"),
-                    peer_ur_ls: url.iter().cloned().collect(),
-                    client_ur_ls: url.into_iter().collect(),
+                    peer_ur_ls: url(self.peer_scheme).into_iter().collect(),
+                    client_ur_ls: url(self.client_scheme).into_iter().collect(),
                     is_learner: conf.learners.contains(&id) || conf.learners_next.contains(&id),
                 }
             })
@@ -127,7 +135,10 @@ impl Cluster for EtcdCluster {
         let Some(url) = add.peer_ur_ls.first() else {
             return Err(Status::invalid_argument("etcdserver: no peer URL given"));
         };
-        let address = url.strip_prefix("http://").unwrap_or(url);
+        let address = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .unwrap_or(url);
         let address = crate::config::check_address(address, "peer URL")
             .map_err(|e| Status::invalid_argument(format!("etcdserver: {e} (got {url})")))?;
         let members = member_ids(&self.replica.membership().conf_state);
@@ -145,7 +156,7 @@ impl Cluster for EtcdCluster {
             member: Some(Member {
                 id,
                 name: String::new(),
-                peer_ur_ls: vec![format!("http://{address}")],
+                peer_ur_ls: vec![format!("{}://{address}", self.peer_scheme)],
                 client_ur_ls: Vec::new(),
                 is_learner: true,
             }),

@@ -58,7 +58,18 @@ pub async fn join_as_learner(
                 }
                 tokio::time::sleep(RETRY_EVERY).await;
             }
-            Err(e) => bail!("the cluster refused to add this node: {e}"),
+            Err(e) => {
+                let text = e.to_string();
+                let hint = if text.contains("TLS") || text.contains("certificate") {
+                    " (a joining node talks to the cluster as a member: with --peer-cert-file, \
+                     --peer-key-file and --peer-trusted-ca-file when the cluster has peer TLS, \
+                     else with --cert-file, --key-file and --trusted-ca-file when it has client \
+                     TLS)"
+                } else {
+                    ""
+                };
+                bail!("the cluster refused to add this node: {text}{hint}")
+            }
         }
     };
     let Some(me) = reply.members.iter().find(|m| m.address == address) else {

@@ -376,6 +376,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin = Arc::new(AdminService {
+        peer_tls: tls_files.peer_tls(),
         replica: replica.clone(),
         membership: membership::Membership::new(replica.clone()),
         address: config.advertise_address().to_string(),
@@ -389,10 +390,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_decoding_message_size(2 * transport::CHUNK_BYTES);
 
     tracing::info!(
-        "node {} serving on {} ({})",
+        "node {} serving on {} ({}; {})",
         identity.node_id,
         config.listen,
-        raftkv_replica::describe_cluster(replica.cluster_ids())
+        raftkv_replica::describe_cluster(replica.cluster_ids()),
+        match (tls_files.client_tls(), tls_files.peer_tls()) {
+            (true, true) => "client and peer TLS",
+            (true, false) => "client TLS, peers in plaintext",
+            (false, true) => "peer TLS, clients in plaintext",
+            (false, false) => "plaintext",
+        }
     );
     if seed_peers.is_none() {
         tokio::spawn(address::record_own_address(
@@ -428,6 +435,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(
         replica.clone(),
         outgoing.clone(),
+        &tls_files,
     ));
     let mut routes = tonic::service::RoutesBuilder::default();
     routes

@@ -122,6 +122,29 @@ fn refused(request: &axum::extract::Request, why: String) -> axum::response::Res
     }
 }
 
+/// Logs something at most once a minute.
+struct Seldom {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Seldom {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn due(&self) -> bool {
+        let mut last = self.last.lock().expect("log limiter lock");
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < Self::EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+static HANDSHAKE_LOG: Seldom = Seldom {
+    last: std::sync::Mutex::new(None),
+};
+
 /// The server's connections: each accepted socket goes through the TLS
 /// handshake (when TLS is configured and the client starts one) in its own
 /// task, so a slow or failed handshake holds up no other connection.
@@ -167,10 +190,14 @@ pub fn accept(
                             }
                             Err(e) => {
                                 refused.with_label_values(&["handshake"]).inc();
-                                tracing::info!(
-                                    "TLS handshake from {} failed: {e}",
-                                    remote.map_or("?".to_string(), |a| a.to_string())
-                                );
+                                if HANDSHAKE_LOG.due() {
+                                    tracing::warn!(
+                                        "TLS handshake from {} failed: {e} (failures are \
+                                         logged at most once a minute; all are counted in \
+                                         raftkv_tls_refused_total{{reason=\"handshake\"}})",
+                                        remote.map_or("?".to_string(), |a| a.to_string())
+                                    );
+                                }
                             }
                         }
                     });

@@ -333,6 +333,8 @@ impl LaneContext {
 async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
     let mut backoff = Duration::from_millis(50);
     let mut refused_before = false;
+    // The last TLS failure logged, so a lasting one is said once.
+    let mut tls_said: Option<String> = None;
     let uri = format!("http://{}", lane.address);
     loop {
         let Some(first) = receiver.recv().await else {
@@ -363,12 +365,23 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
         let channel = match connected {
             Ok(channel) => channel,
             Err(e) => {
-                tracing::debug!(
-                    "{} lane to node {} at {}: cannot connect: {e}",
-                    lane.name,
-                    lane.to,
-                    lane.address
-                );
+                match raftkv_net::tls::describe_failure(&e) {
+                    Some(why) if tls_said.as_deref() != Some(why.as_str()) => {
+                        tracing::warn!(
+                            "{} lane to node {} at {}: {why}",
+                            lane.name,
+                            lane.to,
+                            lane.address
+                        );
+                        tls_said = Some(why);
+                    }
+                    _ => tracing::debug!(
+                        "{} lane to node {} at {}: cannot connect: {e}",
+                        lane.name,
+                        lane.to,
+                        lane.address
+                    ),
+                }
                 lane.report_unreachable();
                 lane.discard_queued(&mut receiver);
                 tokio::time::sleep(backoff).await;
@@ -415,6 +428,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
             }
             lane.reachable.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(50);
+            tls_said = None;
         }
         drop(stream_tx);
         match call.await {
@@ -440,13 +454,25 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                     refused_before = true;
                     backoff = REFUSED_RETRY;
                 } else {
-                    tracing::warn!(
-                        "{} lane to node {} at {} closed: {}",
-                        lane.name,
-                        lane.to,
-                        lane.address,
-                        status.message()
-                    );
+                    match raftkv_net::tls::describe_failure(&status) {
+                        Some(why) if tls_said.as_deref() == Some(why.as_str()) => {}
+                        Some(why) => {
+                            tracing::warn!(
+                                "{} lane to node {} at {}: {why}",
+                                lane.name,
+                                lane.to,
+                                lane.address
+                            );
+                            tls_said = Some(why);
+                        }
+                        None => tracing::warn!(
+                            "{} lane to node {} at {} closed: {}",
+                            lane.name,
+                            lane.to,
+                            lane.address,
+                            status.message()
+                        ),
+                    }
                 }
                 let removed_at = status
                     .metadata()

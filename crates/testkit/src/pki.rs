@@ -63,12 +63,14 @@ impl TestCa {
     }
 
     pub fn issue_with(&self, name: &str, validity: Validity) -> Issued {
-        let mut params = CertificateParams::new(vec![
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-            "localhost".to_string(),
-        ])
-        .expect("certificate params");
+        self.issue_for(name, &["127.0.0.1", "::1", "localhost"], validity)
+    }
+
+    /// A certificate naming only `hosts` (IP addresses or DNS names).
+    pub fn issue_for(&self, name: &str, hosts: &[&str], validity: Validity) -> Issued {
+        let mut params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .expect("certificate params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
