@@ -9,18 +9,6 @@ use proptest::prelude::*;
 use raftkv_kv::{decode_command, Command, KvState, LeaseGrant, Op, SessionLimits};
 use raftkv_proto::etcdserverpb::{RangeRequest, TxnRequest};
 
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 fn small_bytes() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from)
 }
@@ -72,7 +60,11 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 proptest! {
-    #![proptest_config(cases(256))]
+    #![proptest_config(ProptestConfig {
+        // PROPTEST_CASES (default 256) sets the number of cases.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_entry_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {

@@ -11,18 +11,6 @@ use protobuf::ProtobufEnum as _;
 use raft::eraftpb::{Entry, Message, MessageType};
 use raftkv_replica::{check_envelope, check_membership, Arrival, PeerMessage};
 
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// A raft message with any type and wild numbers, as a hostile peer
 /// could encode it.
 fn message() -> impl Strategy<Value = Message> {
@@ -66,7 +54,11 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 proptest! {
-    #![proptest_config(cases(512))]
+    #![proptest_config(ProptestConfig {
+        // PROPTEST_CASES (default 256) sets the number of cases.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_bytes_on_the_raft_stream_decode_or_are_refused(

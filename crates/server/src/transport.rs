@@ -307,6 +307,28 @@ fn note_refusal(status: &tonic::Status, peer: u64, replica: &OnceLock<Replica>) 
 }
 
 impl LaneContext {
+    /// Whether `error` is a TLS failure; if so it is logged, once for as
+    /// long as it lasts (`said` holds the last one logged).
+    fn said_tls_failure(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+        said: &mut Option<String>,
+    ) -> bool {
+        let Some(why) = raftkv_net::tls::describe_failure(error) else {
+            return false;
+        };
+        if said.as_deref() != Some(why.as_str()) {
+            tracing::warn!(
+                "{} lane to node {} at {}: {why}",
+                self.name,
+                self.to,
+                self.address
+            );
+            *said = Some(why);
+        }
+        true
+    }
+
     fn report_unreachable(&self) {
         self.reachable.store(false, Ordering::Relaxed);
         if let Some(replica) = self.replica.get() {
@@ -365,22 +387,13 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
         let channel = match connected {
             Ok(channel) => channel,
             Err(e) => {
-                match raftkv_net::tls::describe_failure(&e) {
-                    Some(why) if tls_said.as_deref() != Some(why.as_str()) => {
-                        tracing::warn!(
-                            "{} lane to node {} at {}: {why}",
-                            lane.name,
-                            lane.to,
-                            lane.address
-                        );
-                        tls_said = Some(why);
-                    }
-                    _ => tracing::debug!(
+                if !lane.said_tls_failure(&e, &mut tls_said) {
+                    tracing::debug!(
                         "{} lane to node {} at {}: cannot connect: {e}",
                         lane.name,
                         lane.to,
                         lane.address
-                    ),
+                    );
                 }
                 lane.report_unreachable();
                 lane.discard_queued(&mut receiver);
@@ -453,26 +466,14 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                     }
                     refused_before = true;
                     backoff = REFUSED_RETRY;
-                } else {
-                    match raftkv_net::tls::describe_failure(&status) {
-                        Some(why) if tls_said.as_deref() == Some(why.as_str()) => {}
-                        Some(why) => {
-                            tracing::warn!(
-                                "{} lane to node {} at {}: {why}",
-                                lane.name,
-                                lane.to,
-                                lane.address
-                            );
-                            tls_said = Some(why);
-                        }
-                        None => tracing::warn!(
-                            "{} lane to node {} at {} closed: {}",
-                            lane.name,
-                            lane.to,
-                            lane.address,
-                            status.message()
-                        ),
-                    }
+                } else if !lane.said_tls_failure(&status, &mut tls_said) {
+                    tracing::warn!(
+                        "{} lane to node {} at {} closed: {}",
+                        lane.name,
+                        lane.to,
+                        lane.address,
+                        status.message()
+                    );
                 }
                 let removed_at = status
                     .metadata()

@@ -7,18 +7,6 @@ use raftkv_server::config::check_address;
 use raftkv_server::units::{parse_duration, parse_size};
 use raftkv_server::{parse_peers, ConfigFile, ServerConfig};
 
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Text made of what these values are made of, and anything else.
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -54,7 +42,11 @@ const KEYS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(cases(512))]
+    #![proptest_config(ProptestConfig {
+        // PROPTEST_CASES (default 256) sets the number of cases.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn flag_values_are_parsed_or_refused(value in text()) {
