@@ -206,21 +206,9 @@ pub fn connector(
     })
 }
 
-/// [`connector`] without TLS.
-pub fn tcp_connector() -> impl tower::Service<
-    http::Uri,
-    Response = Connection,
-    Error = io::Error,
-    Future = impl std::future::Future<Output = io::Result<Connection>> + Send,
-> + Clone
-       + Send
-       + 'static {
-    connector(None)
-}
-
 /// A connect failed because the host name did not resolve (it never will
 /// by retrying soon): the inner error of the `io::Error` the connector of
-/// [`tcp_connector`] returns then.
+/// [`connector`] returns then.
 #[derive(Debug)]
 pub struct Unresolved(pub String);
 

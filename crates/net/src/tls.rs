@@ -387,9 +387,19 @@ impl ServerTls {
             return Ok((MaybeTls::Plain(stream), ConnInfo::plain(remote)));
         }
         let state = self.state.get();
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.accept(stream))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            state.acceptor.accept(stream).into_fallible(),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?;
+        let tls = match accepted {
+            Ok(tls) => tls,
+            Err((error, socket)) => {
+                linger(socket);
+                return Err(error);
+            }
+        };
         let (client_cert, peer) = match tls.get_ref().1.peer_certificates() {
             Some([leaf, intermediates @ ..]) => {
                 let peer = state.peer_verifier.as_ref().is_some_and(|v| {
@@ -415,6 +425,24 @@ impl ServerTls {
 /// `error` with the flags it is about in front.
 fn about(flags: &str) -> impl Fn(TlsError) -> TlsError + '_ {
     move |e| TlsError(format!("{flags}: {}", e.0))
+}
+
+/// Closes a socket whose handshake failed without resetting it: the alert
+/// saying why (written by the handshake) must reach the client before
+/// anything else. Dropping a socket with the client's next bytes unread
+/// sends a reset, which can overtake the alert (TLS 1.3 clients send
+/// requests before they hear the server refused their certificate); so the
+/// write side is shut and what arrives is read and dropped for a moment.
+fn linger(mut socket: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let _ = socket.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    });
 }
 
 fn server_state(files: &ServerTlsFiles) -> Result<ServerState, TlsError> {
@@ -560,8 +588,18 @@ fn client_config(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, TlsError> 
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError(format!("server certificate verifier: {e}")))?;
+    // With a client certificate, TLS 1.2: there the server accepts or
+    // refuses the certificate before the handshake ends, so a refusal comes
+    // back from the connect with its reason. Under TLS 1.3 it comes after,
+    // as an alert racing the first request, and the HTTP/2 layer above
+    // often reports only "operation was canceled".
+    let versions: &[&rustls::SupportedProtocolVersion] = if files.identity.is_some() {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError(format!("TLS setup: {e}")))?
         .with_webpki_verifier(verifier);
     let mut config = match &files.identity {
