@@ -87,7 +87,7 @@ pub async fn join_as_learner(
         .set_identity(identity)
         .context("cannot record this node's identity")?;
     tracing::info!(
-        "joined cluster {:x} as learner node {}; waiting for a snapshot from the leader",
+        "joined cluster {:016x} as learner node {}; waiting for a snapshot from the leader",
         identity.cluster_id,
         identity.node_id
     );
