@@ -190,16 +190,14 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-fn load_roots(paths: &[&Path]) -> Result<Arc<RootCertStore>, TlsError> {
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for path in paths {
-        for cert in load_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| TlsError(format!("bad CA certificate in {}: {e}", path.display())))?;
-        }
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError(format!("bad CA certificate in {}: {e}", path.display())))?;
     }
-    Ok(Arc::new(roots))
+    Ok(roots)
 }
 
 fn load_certified(
@@ -457,28 +455,31 @@ fn server_state(files: &ServerTlsFiles) -> Result<ServerState, TlsError> {
         .as_ref()
         .map(|f| load_certified(f, &provider).map_err(about("--peer-cert-file/--peer-key-file")))
         .transpose()?;
-    if let Some(ca) = &files.trusted_ca {
-        load_roots(&[ca]).map_err(about("--trusted-ca-file"))?;
-    }
-    if let Some(ca) = &files.peer_trusted_ca {
-        load_roots(&[ca]).map_err(about("--peer-trusted-ca-file"))?;
-    }
-    let cas: Vec<&Path> = files
+    let client_roots = files
         .trusted_ca
-        .iter()
-        .chain(&files.peer_trusted_ca)
-        .map(PathBuf::as_path)
-        .collect();
+        .as_deref()
+        .map(|ca| load_roots(ca).map_err(about("--trusted-ca-file")))
+        .transpose()?;
+    let peer_roots = files
+        .peer_trusted_ca
+        .as_deref()
+        .map(|ca| load_roots(ca).map_err(about("--peer-trusted-ca-file")))
+        .transpose()?;
+    // Client certificates verify against either CA.
+    let mut either = RootCertStore::empty();
+    for roots in client_roots.iter().chain(&peer_roots) {
+        either.roots.extend(roots.roots.iter().cloned());
+    }
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
-    let builder = if cas.is_empty() {
+    let builder = if either.is_empty() {
         builder.with_no_client_auth()
     } else {
         // Certificates are optional at the handshake: the policy refuses,
         // with a message, what needs one and came without.
         let verifier =
-            WebPkiClientVerifier::builder_with_provider(load_roots(&cas)?, provider.clone())
+            WebPkiClientVerifier::builder_with_provider(Arc::new(either), provider.clone())
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError(format!("client certificate verifier: {e}")))?;
@@ -486,9 +487,9 @@ fn server_state(files: &ServerTlsFiles) -> Result<ServerState, TlsError> {
     };
     let mut config = builder.with_cert_resolver(Arc::new(ByAlpn { client, peer }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let peer_verifier = match &files.peer_trusted_ca {
-        Some(ca) => Some(
-            WebPkiClientVerifier::builder_with_provider(load_roots(&[ca])?, provider)
+    let peer_verifier = match peer_roots {
+        Some(roots) => Some(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError(format!("peer certificate verifier: {e}")))?,
         ),
@@ -584,7 +585,7 @@ impl ClientTls {
 
 fn client_config(files: &ClientTlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let roots = load_roots(&[&files.trusted_ca])?;
+    let roots = Arc::new(load_roots(&files.trusted_ca)?);
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError(format!("server certificate verifier: {e}")))?;
