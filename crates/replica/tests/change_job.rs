@@ -16,10 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use raft::eraftpb::ConfState;
 use raftkv_replica::{
-    member_ids, ChangePlan, Clock, FileStorage, MembershipRecord, NodeIdentity, PeerMessage,
+    member_ids, ChangePlan, Clock, FileStorage, MembershipRecord, NodeIdentity, Op, PeerMessage,
     Replica, ReplicaConfig, ReplicaCore, ReplicaError, SnapshotStore, StorageOptions, Transport,
+    WriteSession,
 };
 
 const STEP: Duration = Duration::from_millis(1);
@@ -405,4 +407,55 @@ fn a_transfer_answers_once_the_target_leads() {
     let (result, _) = cluster.finish(answer, Duration::from_secs(6));
     result.expect("the transfer succeeds");
     cluster.run_until(Duration::from_secs(2), |c| c.leader() == Some(to));
+}
+
+/// A leader elected moments ago counts the entries of the old term it has
+/// not applied yet as a pending configuration change (raft would drop a
+/// change proposed before they apply): a change asked of it then — as
+/// `raftkv cluster remove` repeats a request at a new leader at once — waits
+/// for them instead of being refused as "in progress".
+#[test]
+fn a_change_asked_of_a_leader_elected_moments_ago_waits_for_its_log_to_apply() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let old = cluster.wait_leader();
+    // A write reaches the followers but the leader stops before it hears
+    // back: whoever leads next holds it unapplied.
+    let replica = cluster.nodes[&old].replica.clone();
+    let ops = vec![Op {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"v"),
+        delete: false,
+    }];
+    let session = WriteSession {
+        client_id: 42,
+        seq: 1,
+        first_incomplete_seq: 1,
+    };
+    let mut write = Box::pin(async move { replica.propose(ops, session).await });
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(write.as_mut().poll(&mut cx).is_pending());
+    cluster.step();
+    cluster.up.lock().unwrap().retain(|id| *id != old);
+    cluster.nodes.remove(&old);
+    cluster.run_until(Duration::from_secs(10), |c| c.leader().is_some());
+    let new_leader = cluster.leader().unwrap();
+    let view = cluster.nodes[&new_leader].core.raft_view();
+    assert!(
+        view.applied_index < view.last_index,
+        "the new leader has applied its whole log already; the test needs it not to: {view:?}"
+    );
+    let plan = ChangePlan {
+        remove: vec![old],
+        ..Default::default()
+    };
+    let answer = cluster.change(new_leader, plan, Duration::from_secs(10));
+    let (result, _) = cluster.finish(answer, Duration::from_secs(12));
+    result.expect("the removal waits for the new leader's log and succeeds");
+    let conf = cluster.conf(new_leader);
+    assert_eq!(sorted(conf.voters.clone()), {
+        let mut rest: Vec<u64> = vec![1, 2, 3];
+        rest.retain(|id| *id != old);
+        rest
+    });
+    assert!(conf.voters_outgoing.is_empty(), "{conf:?}");
 }

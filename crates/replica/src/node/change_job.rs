@@ -48,6 +48,15 @@ pub(super) struct ChangeJob {
 }
 
 enum Step {
+    /// Waiting to validate `plan` until raft has applied the configuration
+    /// change it holds as pending: a leader elected moments ago counts every
+    /// entry it has not applied yet as one (raft would drop a change
+    /// proposed now), and an automatic leave-joint is applied within a turn
+    /// or two. A change the caller can see (a joint configuration, another
+    /// job) is still refused at once.
+    AwaitPlan {
+        plan: ChangePlan,
+    },
     /// Adding `queue` as learners one simple change at a time; `pending`:
     /// the one in flight.
     AddLearners {
@@ -155,20 +164,29 @@ impl<S: LogStore> Node<S> {
             let _ = reply.send(Err(in_progress()));
             return;
         }
-        match self.plan_change(plan, timeout) {
-            Ok(step) => {
-                let (force, explicit, promote, remove) = step.1;
-                let mut job = self.new_job(timeout, reply, step.0);
-                job.force = force;
-                job.explicit = explicit;
-                job.promote = promote;
-                job.remove = remove;
-                self.job = Some(job);
-            }
+        if self.check_leading().is_ok() && self.raw.raft.has_pending_conf() {
+            self.job = Some(self.new_job(timeout, reply, Step::AwaitPlan { plan }));
+            return;
+        }
+        let mut job = self.new_job(timeout, reply, Step::WaitNotJoint);
+        match self.begin_plan(&mut job, plan) {
+            Ok(()) => self.job = Some(job),
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let _ = job.reply.send(Err(e));
             }
         }
+    }
+
+    /// Validates `plan` and sets `job` on its first step.
+    fn begin_plan(&self, job: &mut ChangeJob, plan: ChangePlan) -> Result<(), ReplicaError> {
+        let timeout = job.deadline.saturating_duration_since(self.now);
+        let (step, (force, explicit, promote, remove)) = self.plan_change(plan, timeout)?;
+        job.step = step;
+        job.force = force;
+        job.explicit = explicit;
+        job.promote = promote;
+        job.remove = remove;
+        Ok(())
     }
 
     /// The id for a node joining without one: the id a retried join was
@@ -371,6 +389,21 @@ impl<S: LogStore> Node<S> {
         loop {
             let now = self.now;
             match &mut job.step {
+                Step::AwaitPlan { plan } => {
+                    if let Err(e) = self.check_leading() {
+                        return Some(Err(e));
+                    }
+                    if self.raw.raft.has_pending_conf() {
+                        if now >= job.steps_deadline {
+                            return Some(Err(in_progress()));
+                        }
+                        return None;
+                    }
+                    let plan = std::mem::take(plan);
+                    if let Err(e) = self.begin_plan(job, plan) {
+                        return Some(Err(e));
+                    }
+                }
                 Step::AddLearners { queue, pending } => {
                     if let Some((id, p)) = pending {
                         let id = *id;
