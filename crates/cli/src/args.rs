@@ -49,6 +49,11 @@ pub struct TopClientArgs {
     /// The private key (PEM) of --cert [env: RAFTKV_KEY].
     #[arg(long = "key", id = "tls_key", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Log in as this user (auth on): NAME or NAME:PASSWORD; without the
+    /// password it is read from RAFTKV_PASSWORD or asked for on the terminal
+    /// [env: RAFTKV_USER].
+    #[arg(long, id = "auth_user", value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
 }
 
 /// The client options given after the command (`raftkv get K --endpoints A`);
@@ -82,6 +87,11 @@ pub struct ClientArgs {
     /// The private key (PEM) of --cert [env: RAFTKV_KEY].
     #[arg(long = "key", id = "tls_key", global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Log in as this user (auth on): NAME or NAME:PASSWORD; without the
+    /// password it is read from RAFTKV_PASSWORD or asked for on the terminal
+    /// [env: RAFTKV_USER].
+    #[arg(long, id = "auth_user", global = true, value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +111,14 @@ pub enum Command {
     /// Leases (etcd's): grant, keep-alive, revoke, list, ttl. Keys put with
     /// --lease are deleted when their lease expires or is revoked.
     Lease(LeaseArgs),
+    /// Users (auth): add, delete, get, list, passwd, grant-role, revoke-role.
+    User(UserArgs),
+    /// Roles (auth) and their key permissions: add, delete, get, list,
+    /// grant-permission, revoke-permission.
+    Role(RoleArgs),
+    /// Turn authentication on (needs user root with role root) or off, or
+    /// show whether it is on.
+    Auth(AuthArgs),
     /// Compact the history: revisions before REV are no longer served
     /// (reads and watches from them are refused as compacted).
     Compact(CompactArgs),
@@ -135,6 +153,9 @@ impl Command {
             Command::Watch(a) => Some(&a.client),
             Command::Compact(a) => Some(&a.client),
             Command::Lease(a) => Some(&a.client),
+            Command::User(a) => Some(&a.client),
+            Command::Role(a) => Some(&a.client),
+            Command::Auth(a) => Some(&a.client),
             Command::Status(a) => Some(&a.client),
             Command::Cluster(a) => Some(&a.client),
             Command::Debug(a) => Some(&a.client),
@@ -205,6 +226,10 @@ pub struct ServerArgs {
     /// before it is sent the revision it is current at (default 10m).
     #[arg(long, value_name = "DURATION")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Seconds a token from logging in (etcd's Authenticate) is good
+    /// (default 300, etcd's).
+    #[arg(long, value_name = "SECONDS")]
+    pub auth_token_ttl: Option<u64>,
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -289,6 +314,101 @@ pub enum LeaseCommand {
         #[arg(long)]
         keys: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    pub command: UserCommand,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user: NAME or NAME:PASSWORD (else the password is read from
+    /// RAFTKV_NEW_PASSWORD or asked for).
+    Add {
+        name: String,
+        /// The user logs in by its client certificate's CN only.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Delete a user.
+    Delete { name: String },
+    /// A user's roles.
+    Get { name: String },
+    /// Every user.
+    List,
+    /// Change a user's password: NAME or NAME:PASSWORD.
+    Passwd { name: String },
+    /// Give a user a role.
+    GrantRole { user: String, role: String },
+    /// Take a role from a user.
+    RevokeRole { user: String, role: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RoleArgs {
+    #[command(subcommand)]
+    pub command: RoleCommand,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionArg {
+    Read,
+    Write,
+    Readwrite,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoleCommand {
+    /// Add a role (no permissions yet).
+    Add { name: String },
+    /// Delete a role (users lose it).
+    Delete { name: String },
+    /// A role's permissions.
+    Get { name: String },
+    /// Every role.
+    List,
+    /// Let a role read, write or both: KEY, the keys [KEY, RANGE_END), or
+    /// with --prefix every key starting with KEY.
+    GrantPermission {
+        role: String,
+        permission: PermissionArg,
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Take a permission back (the same KEY [RANGE_END] / --prefix as granted).
+    RevokePermission {
+        role: String,
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub command: AuthCommand,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Turn authentication on: from then on every request needs a user.
+    Enable,
+    /// Turn it off (root only).
+    Disable,
+    /// Whether it is on, and the auth revision.
+    Status,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use raftkv_client::prefix_end;
+use raftkv_client::Channel;
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::watch_client::WatchClient;
 use raftkv_proto::etcdserverpb::{
@@ -11,7 +12,7 @@ use raftkv_proto::etcdserverpb::{
 };
 use raftkv_proto::mvccpb::event::EventType;
 use serde_json::{Map, Value};
-use tonic::transport::Channel;
+use tonic::transport::Channel as RawChannel;
 
 use crate::args::{CompactArgs, WatchArgs};
 use crate::failure::Failure;
@@ -20,7 +21,7 @@ use crate::output::{pair_json, print_json, put_bytes, with_revisions, write_stdo
 use crate::ClientFlags;
 
 /// A channel to the first endpoint that accepts a connection.
-async fn channel(flags: &ClientFlags) -> Result<Channel, Failure> {
+pub(crate) async fn channel(flags: &ClientFlags) -> Result<Channel, Failure> {
     Ok(channel_from(flags, 0).await?.0)
 }
 
@@ -31,14 +32,14 @@ async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usi
     let count = flags.endpoints.len();
     for index in (first..first + count).map(|i| i % count) {
         let endpoint = &flags.endpoints[index];
-        let endpoint_config = Channel::from_shared(format!("http://{endpoint}"))
+        let endpoint_config = RawChannel::from_shared(format!("http://{endpoint}"))
             .map_err(|e| Failure::Usage(format!("endpoint {endpoint}: {e}")))?
             .connect_timeout(flags.timeout);
         match endpoint_config
             .connect_with_connector(raftkv_net::connector(flags.tls.clone()))
             .await
         {
-            Ok(channel) => return Ok((channel, index)),
+            Ok(channel) => return Ok((Channel::new(channel, flags.token().await?), index)),
             Err(e) => errors.push(format!("{endpoint}: {e}")),
         }
     }
@@ -48,7 +49,7 @@ async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usi
     )))
 }
 
-fn status_failure(status: tonic::Status) -> Failure {
+pub(crate) fn status_failure(status: tonic::Status) -> Failure {
     Failure::Other(status.message().to_string())
 }
 

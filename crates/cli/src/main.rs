@@ -22,6 +22,7 @@ macro_rules! errln {
 
 mod admin_cmd;
 mod args;
+mod auth_cmd;
 mod bench;
 mod etcd_cmd;
 mod failure;
@@ -52,6 +53,8 @@ pub struct ClientFlags {
     pub json: bool,
     /// TLS to the endpoints (--cacert given).
     pub tls: Option<std::sync::Arc<raftkv_net::tls::ClientTls>>,
+    /// The user to log in as (--user).
+    pub credentials: Option<raftkv_client::Credentials>,
 }
 
 /// The TLS of `--cacert`, `--cert`, `--key` (after the command, else
@@ -102,6 +105,37 @@ fn client_tls(
         .map_err(|e| Failure::Usage(e.to_string()))
 }
 
+/// The user to log in as: `--user` (else RAFTKV_USER), NAME or
+/// NAME:PASSWORD; a password not given there comes from RAFTKV_PASSWORD, or
+/// is asked for on the terminal.
+fn credentials(user: Option<String>) -> Result<Option<raftkv_client::Credentials>, Failure> {
+    let Some(given) = user.or_else(|| std::env::var("RAFTKV_USER").ok().filter(|u| !u.is_empty()))
+    else {
+        return Ok(None);
+    };
+    let (user, password) = match given.split_once(':') {
+        Some((user, password)) => (user.to_string(), password.to_string()),
+        None => {
+            let password = match std::env::var("RAFTKV_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    rpassword::prompt_password(format!("Password for {given}: ")).map_err(|e| {
+                        Failure::Usage(format!(
+                            "--user {given}: no password given (NAME:PASSWORD, or \
+                             RAFTKV_PASSWORD) and none could be asked for: {e}"
+                        ))
+                    })?
+                }
+            };
+            (given, password)
+        }
+    };
+    if user.is_empty() {
+        return Err(Failure::Usage("--user: the user name is empty".into()));
+    }
+    Ok(Some(raftkv_client::Credentials { user, password }))
+}
+
 impl ClientFlags {
     fn resolve(top: &TopClientArgs, sub: &ClientArgs) -> Result<ClientFlags, Failure> {
         let given = sub.endpoints.clone().or_else(|| top.endpoints.clone());
@@ -147,11 +181,13 @@ impl ClientFlags {
                  https:// (or HOST:PORT)"
             )));
         }
+        let credentials = credentials(sub.user.clone().or_else(|| top.user.clone()))?;
         Ok(ClientFlags {
             endpoints,
             timeout,
             json: sub.json || top.json,
             tls,
+            credentials,
         })
     }
 
@@ -159,8 +195,17 @@ impl ClientFlags {
         ClientOptions {
             timeout: self.timeout,
             tls: self.tls.clone(),
+            credentials: self.credentials.clone(),
             ..Default::default()
         }
+    }
+
+    /// What requests made outside a `Client` carry: the token of a login
+    /// with --user (none without it).
+    pub async fn token(&self) -> Result<raftkv_client::Token, Failure> {
+        let client = self.client()?;
+        client.ensure_login().await?;
+        Ok(client.token())
     }
 
     /// A client for every endpoint given.
@@ -202,6 +247,9 @@ async fn run(
         Command::Watch(args) => etcd_cmd::watch(&flags, args).await,
         Command::Compact(args) => etcd_cmd::compact(&flags, args).await,
         Command::Lease(args) => etcd_cmd::lease(&flags, args.command).await,
+        Command::User(args) => auth_cmd::user(&flags, args.command).await,
+        Command::Role(args) => auth_cmd::role(&flags, args.command).await,
+        Command::Auth(args) => auth_cmd::auth(&flags, args.command).await,
         Command::Status(args) => admin_cmd::status(&flags, args).await,
         Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
         Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,

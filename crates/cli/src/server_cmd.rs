@@ -80,6 +80,9 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
             ))
         })?;
     }
+    if let Some(v) = args.auth_token_ttl {
+        config.auth_token_ttl = std::time::Duration::from_secs(v);
+    }
     if args.auto_compaction_mode.is_some() || args.auto_compaction_retention.is_some() {
         config.auto_compaction = raftkv_server::config::AutoCompaction::parse(
             args.auto_compaction_mode.as_deref(),

@@ -11,9 +11,10 @@ use raftkv_proto::v1 as pb;
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::kv_client::KvClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Status;
 
+use crate::auth::{Channel, Credentials, Token};
 use crate::deadline::Deadline;
 use crate::error::{Error, Unreachable};
 use crate::session::Session;
@@ -64,6 +65,8 @@ pub struct ClientOptions {
     /// TLS to every endpoint (`https://`): the CA to trust and the client's
     /// certificate, if any. `None`: plaintext.
     pub tls: Option<Arc<raftkv_net::tls::ClientTls>>,
+    /// Log in as this user before the first call (auth on).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +75,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -145,6 +149,10 @@ struct Inner {
     /// Shared by clones; replaced when the cluster says it expired (writes in
     /// flight keep the one they started with).
     session: Mutex<Arc<Session>>,
+    /// What every request carries once logged in.
+    token: Token,
+    /// One login at a time.
+    login: tokio::sync::Mutex<()>,
 }
 
 /// A RaftKV client. Cheap to clone; clones share connections and session.
@@ -185,6 +193,8 @@ impl Client {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 session: Mutex::new(Arc::new(Session::new())),
+                token: Token::default(),
+                login: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -211,8 +221,74 @@ impl Client {
         // in one syscall (raftkv-net); TLS when the options have it.
         let channel = endpoint
             .connect_with_connector_lazy(raftkv_net::connector(self.inner.options.tls.clone()));
+        let channel = Channel::new(channel, self.inner.token.clone());
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// What this client's requests carry once logged in (for channels made
+    /// outside the client, e.g. to the etcd API).
+    pub fn token(&self) -> Token {
+        self.inner.token.clone()
+    }
+
+    /// Logs in with the options' credentials if not logged in yet.
+    pub async fn ensure_login(&self) -> Result<(), Error> {
+        if self.inner.options.credentials.is_none() || self.inner.token.is_set() {
+            return Ok(());
+        }
+        self.login(false).await
+    }
+
+    /// Asks the cluster for a token for the options' credentials (any
+    /// member answers; the endpoints are tried in turn); `again`: the last
+    /// token was refused.
+    async fn login(&self, again: bool) -> Result<(), Error> {
+        let Some(credentials) = self.inner.options.credentials.clone() else {
+            return Ok(());
+        };
+        let _one = self.inner.login.lock().await;
+        if again {
+            self.inner.token.set(None);
+        } else if self.inner.token.is_set() {
+            return Ok(());
+        }
+        let deadline = Deadline::new(self.inner.options.timeout);
+        let mut last = None;
+        for endpoint in &self.inner.endpoints {
+            let mut auth =
+                raftkv_proto::etcdserverpb::auth_client::AuthClient::new(self.channel(endpoint)?);
+            let request = with_deadline(
+                raftkv_proto::etcdserverpb::AuthenticateRequest {
+                    name: credentials.user.clone(),
+                    password: credentials.password.clone(),
+                },
+                &deadline,
+            );
+            match deadline.run(auth.authenticate(request)).await {
+                Some(Ok(reply)) => {
+                    self.inner.token.set(Some(&reply.into_inner().token));
+                    return Ok(());
+                }
+                Some(Err(status)) => {
+                    let text = status.message();
+                    if text.contains("authentication is not enabled") {
+                        // Nothing to log in to: every request is allowed.
+                        return Ok(());
+                    }
+                    if text.contains("authentication failed") {
+                        return Err(Error::Unauthenticated(format!(
+                            "authentication failed: wrong password for user {} (or no such \
+                             user)",
+                            credentials.user
+                        )));
+                    }
+                    last = Some(Error::from_status_at(endpoint, &status));
+                }
+                None => return Err(Error::Timeout(deadline.timeout())),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unavailable("no endpoint to log in at".into())))
     }
 
     fn kv(&self, address: &str) -> Result<KvClient<Channel>, Error> {
@@ -249,6 +325,8 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.ensure_login().await?;
+        let mut logged_in_again = false;
         let endpoints = &self.inner.endpoints;
         let mut next_endpoint = 0;
         let mut target = self
@@ -285,6 +363,16 @@ impl Client {
                     )
                 }
             };
+            if matches!(error, Error::Unauthenticated(_))
+                && self.inner.options.credentials.is_some()
+                && !logged_in_again
+            {
+                // The token expired (or the cluster forgot it): once more
+                // with a new one.
+                logged_in_again = true;
+                self.login(true).await?;
+                continue;
+            }
             if reach.none_reachable(endpoints) {
                 return Err(reach.unreachable_error(endpoints));
             }
@@ -337,6 +425,7 @@ impl Client {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.ensure_login().await?;
         let endpoint = &self.inner.endpoints[0];
         let channel = self.channel(endpoint)?;
         match deadline.run(attempt(channel)).await {

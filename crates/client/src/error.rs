@@ -43,6 +43,14 @@ pub enum Error {
     /// one for later writes.
     #[error("session expired: {0}")]
     SessionExpired(String),
+    /// Auth is on and this caller may not do this (the message names the
+    /// user and the key), or the request named no user.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The credentials were not accepted (wrong name or password, a token
+    /// that expired).
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 fn leader_hint(leader_id: u64, address: &str) -> String {
@@ -76,6 +84,8 @@ impl Error {
             Error::UnknownOutcome(_) => "unknown_outcome",
             Error::Rejected(_) => "rejected",
             Error::SessionExpired(_) => "session_expired",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::Unauthenticated(_) => "unauthenticated",
         }
     }
 
@@ -101,6 +111,8 @@ impl Error {
                 | Error::NoSpace(_)
                 | Error::SessionExpired(_)
                 | Error::KeyNotFound
+                | Error::PermissionDenied(_)
+                | Error::Unauthenticated(_)
         )
     }
 
@@ -144,6 +156,8 @@ impl Error {
                     ErrorKind::Corrupted => Error::Corrupted(message),
                     ErrorKind::UnknownOutcome => Error::UnknownOutcome(message),
                     ErrorKind::SessionExpired => Error::SessionExpired(message),
+                    ErrorKind::PermissionDenied => Error::PermissionDenied(message),
+                    ErrorKind::Unauthenticated => Error::Unauthenticated(message),
                     ErrorKind::Rejected | ErrorKind::Unspecified => Error::Rejected(message),
                 };
             }
@@ -154,6 +168,8 @@ impl Error {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::ResourceExhausted => Error::NoSpace(message),
             Code::DataLoss => Error::Corrupted(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
             // Connection refused/reset, node restarting, server timeouts.
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
                 Error::Unavailable(if message.is_empty() {

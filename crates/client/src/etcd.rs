@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Channel;
 use bytes::Bytes;
 use raftkv_proto::etcdserverpb::kv_client::KvClient as EtcdKvClient;
 use raftkv_proto::etcdserverpb::lease_client::LeaseClient;
@@ -23,7 +24,6 @@ use raftkv_proto::etcdserverpb::{
 use raftkv_proto::mvccpb::event::EventType;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::Error;
@@ -65,12 +65,17 @@ fn status_error(status: tonic::Status) -> Error {
             Error::InvalidArgument(status.message().to_string())
         }
         tonic::Code::DeadlineExceeded => Error::UnknownOutcome(status.message().to_string()),
+        tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_string()),
+        tonic::Code::Unauthenticated => Error::Unauthenticated(status.message().to_string()),
         _ => Error::Rejected(status.message().to_string()),
     }
 }
 
 impl Client {
-    fn first_channel(&self) -> Result<Channel, Error> {
+    /// The first endpoint's channel, logged in first if the client has
+    /// credentials.
+    async fn first_channel(&self) -> Result<Channel, Error> {
+        self.ensure_login().await?;
         self.channel(&self.endpoints()[0])
     }
 
@@ -130,7 +135,7 @@ impl Client {
     /// An etcd transaction: compares, then the success or the failure
     /// branch, atomically at one revision.
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Error> {
-        let mut kv = EtcdKvClient::new(self.first_channel()?);
+        let mut kv = EtcdKvClient::new(self.first_channel().await?);
         Ok(kv
             .txn(self.timed(txn))
             .await
@@ -141,7 +146,7 @@ impl Client {
     /// Grants a lease of (at least) `ttl`; keys put with it go when it
     /// expires or is revoked.
     pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, Error> {
-        let mut leases = LeaseClient::new(self.first_channel()?);
+        let mut leases = LeaseClient::new(self.first_channel().await?);
         let reply = leases
             .lease_grant(self.timed(LeaseGrantRequest {
                 ttl: ttl.as_secs().max(1) as i64,
@@ -157,7 +162,7 @@ impl Client {
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<(), Error> {
-        let mut leases = LeaseClient::new(self.first_channel()?);
+        let mut leases = LeaseClient::new(self.first_channel().await?);
         leases
             .lease_revoke(self.timed(LeaseRevokeRequest { id }))
             .await

@@ -14,12 +14,14 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod client;
 mod deadline;
 mod error;
 mod etcd;
 mod session;
 
+pub use auth::{Channel, Credentials, Token};
 pub use client::{
     parse_endpoint, Client, ClientOptions, Consistency, KeyRevisions, ScanOptions, ScanPage,
 };

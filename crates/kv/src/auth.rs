@@ -13,6 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use raftkv_proto::authpb;
+use raftkv_proto::etcdserverpb::{RequestOp, TxnRequest};
+pub use raftkv_proto::internal::{auth_command, AuthCommand, AuthState};
 
 /// The user and the role that may do anything (and that auth needs before
 /// it can be enabled).
@@ -276,6 +279,241 @@ impl AuthStore {
     /// Whether `user` may read `key` (a watcher is sent only these).
     pub fn may_read_key(&self, user: &str, key: &[u8]) -> bool {
         self.may(user, Access::Read, key, &[])
+    }
+}
+
+/// A command with an `AuthCommand` that carries no change.
+pub const EMPTY_AUTH_COMMAND: &str = "an auth command without a change";
+
+impl AuthChange {
+    /// The change an `AuthCommand` from the log carries.
+    pub fn from_command(command: &AuthCommand) -> Result<AuthChange, &'static str> {
+        use auth_command::Change as C;
+        Ok(match command.change.as_ref().ok_or(EMPTY_AUTH_COMMAND)? {
+            C::Enable(secret) => AuthChange::Enable {
+                secret: secret.clone(),
+            },
+            C::Disable(_) => AuthChange::Disable,
+            C::UserAdd(r) => AuthChange::UserAdd {
+                name: r.name.clone(),
+                password_hash: r.hashed_password.clone(),
+                no_password: r.options.as_ref().is_some_and(|o| o.no_password),
+            },
+            C::UserDelete(r) => AuthChange::UserDelete {
+                name: r.name.clone(),
+            },
+            C::UserChangePassword(r) => AuthChange::UserChangePassword {
+                name: r.name.clone(),
+                password_hash: r.hashed_password.clone(),
+            },
+            C::UserGrantRole(r) => AuthChange::UserGrantRole {
+                user: r.user.clone(),
+                role: r.role.clone(),
+            },
+            C::UserRevokeRole(r) => AuthChange::UserRevokeRole {
+                user: r.name.clone(),
+                role: r.role.clone(),
+            },
+            C::RoleAdd(r) => AuthChange::RoleAdd {
+                name: r.name.clone(),
+            },
+            C::RoleDelete(r) => AuthChange::RoleDelete {
+                name: r.role.clone(),
+            },
+            C::RoleGrantPermission(r) => {
+                let perm = r.perm.as_ref().ok_or(PERMISSION_NOT_GIVEN)?;
+                AuthChange::RoleGrantPermission {
+                    role: r.name.clone(),
+                    permission: Permission {
+                        access: Access::from_etcd(perm.perm_type).ok_or(PERMISSION_NOT_GIVEN)?,
+                        key: perm.key.clone(),
+                        range_end: perm.range_end.clone(),
+                    },
+                }
+            }
+            C::RoleRevokePermission(r) => AuthChange::RoleRevokePermission {
+                role: r.role.clone(),
+                key: r.key.clone(),
+                range_end: r.range_end.clone(),
+            },
+        })
+    }
+}
+
+/// A grant without a permission, or with an unknown kind.
+pub const PERMISSION_NOT_GIVEN: &str = "etcdserver: permission not given";
+
+impl AuthStore {
+    /// The state as a snapshot keeps it.
+    pub fn to_state(&self) -> AuthState {
+        AuthState {
+            enabled: self.enabled,
+            revision: self.revision,
+            secret: self.secret.clone(),
+            users: self
+                .users
+                .iter()
+                .map(|(name, user)| authpb::User {
+                    name: Bytes::copy_from_slice(name.as_bytes()),
+                    password: Bytes::copy_from_slice(user.password_hash.as_bytes()),
+                    roles: user.roles.iter().cloned().collect(),
+                    options: Some(authpb::UserAddOptions {
+                        no_password: user.no_password,
+                    }),
+                })
+                .collect(),
+            roles: self
+                .roles
+                .iter()
+                .map(|(name, permissions)| authpb::Role {
+                    name: Bytes::copy_from_slice(name.as_bytes()),
+                    key_permission: permissions.iter().map(etcd_permission).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The state a snapshot kept; the refusal says what is malformed.
+    pub fn from_state(state: &AuthState) -> Result<AuthStore, String> {
+        let text = |bytes: &Bytes, what: &str| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} name is not UTF-8"))
+        };
+        let mut store = AuthStore {
+            enabled: state.enabled,
+            revision: state.revision,
+            secret: state.secret.clone(),
+            ..Default::default()
+        };
+        for user in &state.users {
+            store.users.insert(
+                text(&user.name, "a user")?,
+                User {
+                    password_hash: text(&user.password, "a password hash")?,
+                    no_password: user.options.as_ref().is_some_and(|o| o.no_password),
+                    roles: user.roles.iter().cloned().collect(),
+                },
+            );
+        }
+        for role in &state.roles {
+            let mut permissions = Vec::new();
+            for p in &role.key_permission {
+                permissions.push(Permission {
+                    access: Access::from_etcd(p.perm_type)
+                        .ok_or_else(|| format!("permission kind {}", p.perm_type))?,
+                    key: p.key.clone(),
+                    range_end: p.range_end.clone(),
+                });
+            }
+            permissions.sort();
+            store.roles.insert(text(&role.name, "a role")?, permissions);
+        }
+        Ok(store)
+    }
+
+    /// Whether `user` names a user that exists.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Why `user` may not do everything `txn` asks (etcd's rules: read on
+    /// the keys compared and ranged, and on what a `prev_kv` returns;
+    /// write on the keys put and deleted), or `Ok`.
+    pub fn check_txn(&self, user: &str, txn: &TxnRequest) -> Result<(), Denied> {
+        for compare in &txn.compare {
+            self.check(user, Access::Read, &compare.key, &compare.range_end)?;
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            self.check_op(user, op)?;
+        }
+        Ok(())
+    }
+
+    fn check_op(&self, user: &str, op: &RequestOp) -> Result<(), Denied> {
+        use raftkv_proto::etcdserverpb::request_op::Request;
+        match &op.request {
+            Some(Request::RequestRange(r)) => self.check(user, Access::Read, &r.key, &r.range_end),
+            Some(Request::RequestPut(r)) => {
+                self.check(user, Access::Write, &r.key, &[])?;
+                if r.prev_kv {
+                    self.check(user, Access::Read, &r.key, &[])?;
+                }
+                Ok(())
+            }
+            Some(Request::RequestDeleteRange(r)) => {
+                self.check(user, Access::Write, &r.key, &r.range_end)?;
+                if r.prev_kv {
+                    self.check(user, Access::Read, &r.key, &r.range_end)?;
+                }
+                Ok(())
+            }
+            Some(Request::RequestTxn(t)) => self.check_txn(user, t),
+            None => Ok(()),
+        }
+    }
+
+    /// `may`, as the refusal to give when not.
+    pub fn check(
+        &self,
+        user: &str,
+        access: Access,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Denied> {
+        if self.may(user, access, key, range_end) {
+            return Ok(());
+        }
+        Err(Denied {
+            user: user.to_string(),
+            access,
+            key: Bytes::copy_from_slice(key),
+            range_end: Bytes::copy_from_slice(range_end),
+        })
+    }
+}
+
+/// A refused access: who, what kind, which keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub user: String,
+    pub access: Access,
+    pub key: Bytes,
+    pub range_end: Bytes,
+}
+
+impl std::fmt::Display for Denied {
+    /// "user alice may not write key b/1" (or "keys [b/, b0)").
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = match self.access {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read and write",
+        };
+        let key = printable(&self.key);
+        match (&self.key[..], &self.range_end[..]) {
+            (_, []) => write!(f, "user {} may not {verb} key {key}", self.user),
+            ([0], [0]) => write!(f, "user {} may not {verb} every key", self.user),
+            (_, [0]) => write!(f, "user {} may not {verb} keys from {key} on", self.user),
+            (_, end) => write!(
+                f,
+                "user {} may not {verb} keys [{key}, {})",
+                self.user,
+                printable(end)
+            ),
+        }
+    }
+}
+
+/// Key bytes for a message: text as it is, other bytes escaped.
+fn printable(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}
+
+/// A permission as etcd's API gives it.
+pub fn etcd_permission(p: &Permission) -> authpb::Permission {
+    authpb::Permission {
+        perm_type: p.access as i32,
+        key: p.key.clone(),
+        range_end: p.range_end.clone(),
     }
 }
 

@@ -39,6 +39,9 @@ mod tests {
             etcd_txn: None,
             lease_grant: None,
             lease_revoke: 0,
+            auth: None,
+            user: "alice".into(),
+            by_node: false,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

@@ -13,6 +13,7 @@ use raftkv_proto::internal::{
     LeaseGrant, RecordState, SnapshotChunk, SnapshotEvent, SnapshotHeader, SnapshotPair,
 };
 
+use crate::auth::AuthStore;
 use crate::history::Change;
 
 /// `SnapshotHeader.event_format` of snapshots whose history events carry
@@ -79,6 +80,7 @@ impl KvState {
             events: self.history.len() as u64,
             leases: self.leases.len() as u64,
             event_format: EVENTS_WITHOUT_RECORD,
+            auth: (*self.auth != AuthStore::default()).then(|| self.auth.to_state()),
         };
         sink(&header.encode_to_vec())?;
         let mut chunk = SnapshotChunk::default();
@@ -219,6 +221,12 @@ impl KvState {
             )));
         }
         state.rebuild_lease_keys();
+        if let Some(auth) = &header.auth {
+            state.auth = std::sync::Arc::new(
+                AuthStore::from_state(auth)
+                    .map_err(|e| RestoreError::Malformed(format!("auth: {e}")))?,
+            );
+        }
         Ok((state, header.membership))
     }
 }

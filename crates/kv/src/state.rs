@@ -3,8 +3,12 @@
 
 use std::ops::Bound;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use imbl::OrdMap;
+
+use crate::auth::{Access, AuthChange, AuthCommand, AuthStore};
 
 use crate::command::Command;
 use crate::hash::StableHasher;
@@ -28,6 +32,10 @@ pub enum ApplyOutcome {
     Duplicate,
     /// Refused without effect (the reason is for the client).
     Refused(String),
+    /// Refused without effect: the caller may not do this under the users
+    /// and roles of the moment it was applied (the reason is for the
+    /// client: etcd's text, or which user may not touch which key).
+    Denied(String),
     /// Refused without effect: the client's session is gone, and this write
     /// might be a retry of one applied before it went (see `session.rs`).
     SessionExpired,
@@ -180,6 +188,8 @@ pub struct KvState {
     /// bootstrap id its members started with.
     pub(crate) cluster_id: u64,
     pub(crate) bootstrap_id: u64,
+    /// Users, roles and the auth switch (shared until changed).
+    pub(crate) auth: Arc<AuthStore>,
 }
 
 impl KvState {
@@ -197,7 +207,64 @@ impl KvState {
             applied_term: 0,
             cluster_id: 0,
             bootstrap_id: 0,
+            auth: Arc::new(AuthStore::default()),
         }
+    }
+
+    /// Users, roles and whether auth is on, as of the last applied entry.
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    /// Applies an auth change: once auth is on, only root may make one.
+    fn apply_auth(&mut self, cmd: &Command, command: &AuthCommand) -> ApplyOutcome {
+        if self.auth.enabled && !cmd.by_node && !self.auth.is_root(&cmd.user) {
+            return ApplyOutcome::Denied(crate::auth::PERMISSION_DENIED.into());
+        }
+        let change = match AuthChange::from_command(command) {
+            Ok(change) => change,
+            Err(why) => return ApplyOutcome::Refused(why.into()),
+        };
+        match Arc::make_mut(&mut self.auth).apply(&change) {
+            Ok(()) => ApplyOutcome::Applied,
+            Err(why) => ApplyOutcome::Refused(why.into()),
+        }
+    }
+
+    /// Why the caller of `cmd` may not make it under the users and roles of
+    /// this moment (checked again here, not only when it was asked, so a
+    /// permission revoked meanwhile holds), or `Ok`.
+    fn check_caller(&self, cmd: &Command) -> Result<(), String> {
+        let auth = &self.auth;
+        if !auth.enabled || cmd.by_node {
+            return Ok(());
+        }
+        let user = cmd.user.as_str();
+        if user.is_empty() {
+            return Err(crate::auth::USER_EMPTY.into());
+        }
+        if !auth.has_user(user) {
+            return Err(crate::auth::USER_NOT_FOUND.into());
+        }
+        if cmd.compact_revision != 0 && !auth.is_root(user) {
+            return Err(crate::auth::PERMISSION_DENIED.into());
+        }
+        if cmd.lease_revoke != 0 {
+            if let Some(lease) = self.leases.get(&cmd.lease_revoke) {
+                for key in lease.keys.iter() {
+                    auth.check(user, Access::Write, key, &[])
+                        .map_err(|d| d.to_string())?;
+                }
+            }
+        }
+        if let Some(txn) = &cmd.etcd_txn {
+            auth.check_txn(user, txn).map_err(|d| d.to_string())?;
+        }
+        for op in &cmd.ops {
+            auth.check(user, Access::Write, &op.key, &[])
+                .map_err(|d| d.to_string())?;
+        }
+        Ok(())
     }
 
     /// Applies a committed command at log position (`index`, `term`).
@@ -216,6 +283,14 @@ impl KvState {
         if cmd.member_address.is_some() {
             // Membership is the replica's; nothing changes in the map.
             return ApplyOutcome::Applied;
+        }
+        if let Some(command) = &cmd.auth {
+            return self.apply_auth(cmd, command);
+        }
+        // Before the session: a refused write is not recorded as applied,
+        // so a retry of it is checked again rather than answered "done".
+        if let Err(why) = self.check_caller(cmd) {
+            return ApplyOutcome::Denied(why);
         }
         if cmd.client_id != 0 {
             match self.sessions.admit(

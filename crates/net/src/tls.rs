@@ -398,15 +398,15 @@ impl ServerTls {
                 return Err(error);
             }
         };
-        let (client_cert, peer) = match tls.get_ref().1.peer_certificates() {
+        let (client_cert, peer, common_name) = match tls.get_ref().1.peer_certificates() {
             Some([leaf, intermediates @ ..]) => {
                 let peer = state.peer_verifier.as_ref().is_some_and(|v| {
                     v.verify_client_cert(leaf, intermediates, UnixTime::now())
                         .is_ok()
                 });
-                (true, peer)
+                (true, peer, common_name(leaf))
             }
-            _ => (false, false),
+            _ => (false, false, None),
         };
         Ok((
             MaybeTls::Server(Box::new(tls)),
@@ -415,6 +415,7 @@ impl ServerTls {
                 tls: true,
                 client_cert,
                 peer,
+                common_name,
             },
         ))
     }
@@ -512,6 +513,27 @@ pub struct ConnInfo {
     pub client_cert: bool,
     /// With a certificate that chains to the peer CA: a member.
     pub peer: bool,
+    /// The subject CN of the verified client certificate, if it has one
+    /// (etcd takes it as the user when a request carries no token).
+    pub common_name: Option<String>,
+}
+
+impl ConnInfo {
+    /// The user a verified client certificate names: never a member's
+    /// certificate (a peer certificate is not a user identity).
+    pub fn certificate_user(&self) -> Option<&str> {
+        if self.peer || !self.client_cert {
+            return None;
+        }
+        self.common_name.as_deref().filter(|cn| !cn.is_empty())
+    }
+}
+
+/// The subject common name of a DER certificate (first one), if any.
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 impl ConnInfo {

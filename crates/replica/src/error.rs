@@ -23,6 +23,10 @@ pub enum ReplicaError {
     /// The state machine refused the command.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The caller may not do this under the users and roles of the moment
+    /// it was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The state machine refused the write: its client session is gone and
     /// the write may repeat one applied before (see `raftkv_kv`'s sessions).
     #[error("session expired: {0}")]

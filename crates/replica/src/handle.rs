@@ -22,7 +22,8 @@ use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::log_store::LogStore;
 use crate::node::{
-    CompactResult, Input, LeaseInfo, LeaseState, Node, NodeChannels, PeerInput, Query, Write,
+    Caller, CompactResult, Input, LeaseInfo, LeaseState, Node, NodeChannels, PeerInput, Query,
+    Write,
 };
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::peer_message::PeerMessage;
@@ -288,9 +289,21 @@ impl Replica {
         write: Write,
         session: WriteSession,
     ) -> Result<WriteResult, ReplicaError> {
+        self.write_as(write, session, Caller::Anonymous).await
+    }
+
+    /// [`Replica::write`] on behalf of `caller`, whose permissions are
+    /// checked when the write is applied (while auth is on).
+    pub async fn write_as(
+        &self,
+        write: Write,
+        session: WriteSession,
+        caller: Caller,
+    ) -> Result<WriteResult, ReplicaError> {
         self.ask(|reply| Input::Propose {
             write,
             session,
+            caller,
             reply,
         })
         .await?

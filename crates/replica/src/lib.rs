@@ -46,7 +46,7 @@ pub use proposals::WriteResult;
 pub use status::{MemberInfo, MembersInfo, NodeStatus, PeerProgressInfo, RaftStateInfo, Role};
 pub use transport::Transport;
 
-pub use node::{CompactResult, LeaseInfo, QueueSizes, Write};
+pub use node::{Caller, CompactResult, LeaseInfo, QueueSizes, Write};
 pub use raftkv_kv::{KvState, Op, Record, ScanPage, ScanQuery, SessionLimits};
 pub use raftkv_storage::{
     read_chunk_at as read_snapshot_chunk, FileStorage, MembershipRecord, NodeIdentity,

@@ -51,7 +51,11 @@ pub async fn run(replica: Replica, mode: AutoCompaction) {
             continue;
         }
         match replica
-            .write(Write::Compact(target), WriteSession::default())
+            .write_as(
+                Write::Compact(target),
+                WriteSession::default(),
+                raftkv_replica::Caller::Node,
+            )
             .await
         {
             Ok(_) => tracing::info!("auto-compaction: compacted to revision {target}"),

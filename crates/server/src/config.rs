@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// watcher created with `progress_notify` waits, quiet, for a progress
     /// response.
     pub watch_progress_notify_interval: Duration,
+    /// etcd's `--auth-token-ttl`: how long a token from `Authenticate` is
+    /// good.
+    pub auth_token_ttl: Duration,
     /// TLS (etcd's flags; see [`ServerConfig::tls_files`]).
     pub tls: TlsSettings,
 }
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             auto_compaction: AutoCompaction::Off,
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
+            auth_token_ttl: Duration::from_secs(300),
             tls: TlsSettings::default(),
         }
     }
@@ -220,6 +224,9 @@ impl ServerConfig {
         self.tls_files()?;
         if self.id == Some(0) {
             return Err("--id must be 1 or more".into());
+        }
+        if self.auth_token_ttl.is_zero() || self.auth_token_ttl > Duration::from_secs(31_536_000) {
+            return Err("--auth-token-ttl must be between 1 and 31536000 seconds".into());
         }
         if self.watch_progress_notify_interval.is_zero() {
             return Err("--experimental-watch-progress-notify-interval must be more than 0".into());
@@ -360,6 +367,8 @@ pub struct ConfigFile {
     pub auto_compaction_retention: Option<String>,
     pub max_request_bytes: Option<String>,
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Seconds, as etcd's flag.
+    pub auth_token_ttl: Option<u64>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -425,6 +434,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.experimental_watch_progress_notify_interval {
             config.watch_progress_notify_interval = parse_duration(v)?;
+        }
+        if let Some(v) = self.auth_token_ttl {
+            config.auth_token_ttl = Duration::from_secs(v);
         }
         if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
             config.auto_compaction = AutoCompaction::parse(

@@ -25,6 +25,8 @@ pub fn error_status(
         ErrorKind::NoSpace => Code::ResourceExhausted,
         ErrorKind::Corrupted => Code::DataLoss,
         ErrorKind::Rejected | ErrorKind::SessionExpired => Code::Aborted,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::Unspecified => Code::Internal,
     };
     let detail = ErrorDetail {
@@ -39,6 +41,17 @@ pub fn error_status(
 
 pub fn invalid_argument(message: impl Into<String>, header: ResponseHeader) -> Status {
     error_status(ErrorKind::InvalidArgument, message, header, false)
+}
+
+/// The caller may not do this (its message names the user and the key).
+pub fn permission_denied(message: impl Into<String>, header: ResponseHeader) -> Status {
+    let message = message.into();
+    let message = if message.starts_with("permission denied") {
+        message
+    } else {
+        format!("permission denied: {message}")
+    };
+    error_status(ErrorKind::PermissionDenied, message, header, false)
 }
 
 pub fn key_not_found(header: ResponseHeader) -> Status {
@@ -87,6 +100,7 @@ pub fn replica_status(error: ReplicaError, header: ResponseHeader) -> Status {
         ReplicaError::UnknownOutcome(m) => error_status(ErrorKind::UnknownOutcome, m, header, true),
         ReplicaError::Unavailable(m) => error_status(ErrorKind::Unavailable, m, header, true),
         ReplicaError::Rejected(m) => error_status(ErrorKind::Rejected, m, header, false),
+        ReplicaError::PermissionDenied(m) => permission_denied(m, header),
         ReplicaError::SessionExpired(m) => {
             error_status(ErrorKind::SessionExpired, m, header, false)
         }

@@ -124,6 +124,7 @@ impl Cluster for EtcdCluster {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = crate::auth::caller_of(&request);
         let add = request.into_inner();
         if !add.is_learner {
             return Err(Status::failed_precondition(
@@ -148,7 +149,10 @@ impl Cluster for EtcdCluster {
             ..Default::default()
         };
         if !self.change(plan, forwarded).await? {
-            let reply = self.leader()?.member_add(Forwarder::request(add)).await;
+            let reply = self
+                .leader()?
+                .member_add(self.forward.request_as(add, &caller))
+                .await;
             return answered_here(&self.replica, reply);
         }
         Ok(Response::new(MemberAddResponse {
@@ -169,6 +173,7 @@ impl Cluster for EtcdCluster {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = crate::auth::caller_of(&request);
         let remove = request.into_inner();
         if !member_ids(&self.replica.membership().conf_state).contains(&remove.id) {
             return Err(Status::not_found(MEMBER_NOT_FOUND));
@@ -180,7 +185,7 @@ impl Cluster for EtcdCluster {
         if !self.change(plan, forwarded).await? {
             let reply = self
                 .leader()?
-                .member_remove(Forwarder::request(remove))
+                .member_remove(self.forward.request_as(remove, &caller))
                 .await;
             return answered_here(&self.replica, reply);
         }
@@ -212,6 +217,7 @@ impl Cluster for EtcdCluster {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = crate::auth::caller_of(&request);
         let promote = request.into_inner();
         let conf = self.replica.membership().conf_state;
         if !member_ids(&conf).contains(&promote.id) {
@@ -227,7 +233,7 @@ impl Cluster for EtcdCluster {
         if !self.change(plan, forwarded).await? {
             let reply = self
                 .leader()?
-                .member_promote(Forwarder::request(promote))
+                .member_promote(self.forward.request_as(promote, &caller))
                 .await;
             return answered_here(&self.replica, reply);
         }

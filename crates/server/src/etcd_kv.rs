@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 
+use crate::auth::{caller_of, check, check_txn, etcd_denied, forward_as};
+use raftkv_kv::auth::Access;
 use raftkv_kv::etcd::{is_read_only, single, KEY_NOT_FOUND, LEASE_NOT_FOUND};
 use raftkv_proto::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcdserverpb::kv_server::Kv;
@@ -24,7 +26,7 @@ use raftkv_proto::etcdserverpb::{
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, TxnRequest, TxnResponse,
 };
-use raftkv_replica::{Replica, ReplicaError, Write, WriteSession};
+use raftkv_replica::{Caller, Replica, ReplicaError, Write, WriteSession};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -104,6 +106,14 @@ impl Forwarder {
         Ok(channel)
     }
 
+    /// `request` for the leader, marked as forwarded, with a token for
+    /// `caller`.
+    pub fn request_as<T>(&self, request: T, caller: &Caller) -> Request<T> {
+        let mut request = Forwarder::request(request);
+        forward_as(&self.replica, caller, &mut request);
+        request
+    }
+
     /// `request` for the leader, marked as forwarded.
     pub fn request<T>(request: T) -> Request<T> {
         let mut request = Request::new(request);
@@ -151,7 +161,24 @@ etcd_reply!(
     raftkv_proto::etcdserverpb::LeaseTimeToLiveResponse,
     raftkv_proto::etcdserverpb::MemberAddResponse,
     raftkv_proto::etcdserverpb::MemberRemoveResponse,
-    raftkv_proto::etcdserverpb::MemberPromoteResponse
+    raftkv_proto::etcdserverpb::MemberPromoteResponse,
+    raftkv_proto::etcdserverpb::AuthEnableResponse,
+    raftkv_proto::etcdserverpb::AuthDisableResponse,
+    raftkv_proto::etcdserverpb::AuthStatusResponse,
+    raftkv_proto::etcdserverpb::AuthenticateResponse,
+    raftkv_proto::etcdserverpb::AuthUserAddResponse,
+    raftkv_proto::etcdserverpb::AuthUserGetResponse,
+    raftkv_proto::etcdserverpb::AuthUserListResponse,
+    raftkv_proto::etcdserverpb::AuthUserDeleteResponse,
+    raftkv_proto::etcdserverpb::AuthUserChangePasswordResponse,
+    raftkv_proto::etcdserverpb::AuthUserGrantRoleResponse,
+    raftkv_proto::etcdserverpb::AuthUserRevokeRoleResponse,
+    raftkv_proto::etcdserverpb::AuthRoleAddResponse,
+    raftkv_proto::etcdserverpb::AuthRoleGetResponse,
+    raftkv_proto::etcdserverpb::AuthRoleListResponse,
+    raftkv_proto::etcdserverpb::AuthRoleDeleteResponse,
+    raftkv_proto::etcdserverpb::AuthRoleGrantPermissionResponse,
+    raftkv_proto::etcdserverpb::AuthRoleRevokePermissionResponse
 );
 
 /// The leader's reply to a request this member forwarded, as this
@@ -176,6 +203,14 @@ pub fn etcd_status(error: ReplicaError) -> Status {
         ReplicaError::NotLeader { .. } => Status::unavailable(LEADER_CHANGED),
         ReplicaError::UnknownOutcome(_) => Status::unavailable(TIMED_OUT),
         ReplicaError::NoSpace(_) => Status::resource_exhausted(NO_SPACE),
+        ReplicaError::PermissionDenied(text) if text == crate::auth::USER_EMPTY => {
+            Status::invalid_argument(text)
+        }
+        // Which key, in RaftKV's words, is not etcd's: its clients match
+        // on the one text.
+        ReplicaError::PermissionDenied(_) => {
+            Status::permission_denied(crate::auth::PERMISSION_DENIED)
+        }
         ReplicaError::Rejected(text) => {
             let code = if text == KEY_NOT_FOUND {
                 Code::InvalidArgument
@@ -203,7 +238,7 @@ fn revision_status(error: raftkv_kv::RevisionError) -> Status {
 /// Checks what etcd checks before proposing a transaction: sizes, the
 /// number of operations, and that no branch writes a key twice (nested
 /// transactions included; the two branches apart).
-fn check_txn(txn: &TxnRequest) -> Result<(), Status> {
+fn check_txn_shape(txn: &TxnRequest) -> Result<(), Status> {
     for branch in [&txn.success, &txn.failure] {
         if count_ops(branch) > MAX_TXN_OPS || txn.compare.len() > MAX_TXN_OPS {
             return Err(Status::invalid_argument(TOO_MANY_OPS));
@@ -235,7 +270,7 @@ fn check_txn(txn: &TxnRequest) -> Result<(), Status> {
             Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
                 return Err(Status::invalid_argument(EMPTY_KEY))
             }
-            Some(request_op::Request::RequestTxn(nested)) => check_txn(nested)?,
+            Some(request_op::Request::RequestTxn(nested)) => check_txn_shape(nested)?,
             _ => {}
         }
     }
@@ -305,8 +340,9 @@ impl EtcdKv {
             .max_encoding_message_size(64 * 1024 * 1024))
     }
 
-    fn forwarded<T>(request: T) -> Request<T> {
-        Forwarder::request(request)
+    /// `request` for the leader, with a token for `caller`.
+    fn forwarded<T>(&self, request: T, caller: &Caller) -> Request<T> {
+        self.forward.request_as(request, caller)
     }
 
     /// Waits until a read of this node's state is linearizable (this node
@@ -325,11 +361,11 @@ impl EtcdKv {
     }
 
     /// Proposes `txn` here if this node leads; the leader's response.
-    async fn propose(&self, txn: TxnRequest) -> Result<TxnResponse, ReplicaError> {
+    async fn propose(&self, txn: TxnRequest, caller: &Caller) -> Result<TxnResponse, ReplicaError> {
         self.replica.check_cluster_contact(false)?;
-        let write = self
-            .replica
-            .write(Write::EtcdTxn(txn), WriteSession::default());
+        let write =
+            self.replica
+                .write_as(Write::EtcdTxn(txn), WriteSession::default(), caller.clone());
         let written = match tokio::time::timeout(WAIT, write).await {
             Ok(result) => result?,
             Err(_) => return Err(ReplicaError::UnknownOutcome("not applied in time".into())),
@@ -340,12 +376,19 @@ impl EtcdKv {
     }
 
     /// A write: proposed here, or forwarded once to the leader.
-    pub async fn txn_write(&self, txn: TxnRequest, forwarded: bool) -> Result<TxnResponse, Status> {
-        match self.propose(txn.clone()).await {
+    /// `caller`'s permissions are checked here, and again when applied.
+    pub async fn txn_write(
+        &self,
+        txn: TxnRequest,
+        forwarded: bool,
+        caller: &Caller,
+    ) -> Result<TxnResponse, Status> {
+        check_txn(&self.replica, caller, &txn).map_err(etcd_denied)?;
+        match self.propose(txn.clone(), caller).await {
             Ok(response) => Ok(response),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                let reply = leader.txn(Self::forwarded(txn)).await;
+                let reply = leader.txn(self.forwarded(txn, caller)).await;
                 Ok(answered_here(&self.replica, reply)?.into_inner())
             }
             Err(e) => Err(etcd_status(e)),
@@ -385,16 +428,25 @@ impl EtcdKv {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
+        check(
+            &self.replica,
+            &caller,
+            Access::Read,
+            &request.key,
+            &request.range_end,
+        )
+        .map_err(etcd_denied)?;
         if !request.serializable {
             match self.read_barrier().await {
                 Ok(()) => {}
                 Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                     let mut leader = self.leader()?;
-                    let reply = leader.range(Self::forwarded(request)).await;
+                    let reply = leader.range(self.forwarded(request, &caller)).await;
                     return answered_here(&self.replica, reply);
                 }
                 Err(e) => return Err(etcd_status(e)),
@@ -419,6 +471,7 @@ impl EtcdKv {
         request: Request<PutRequest>,
     ) -> Result<Response<PutResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
@@ -427,7 +480,7 @@ impl EtcdKv {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
         let txn = single(request_op::Request::RequestPut(request));
-        let response = self.txn_write(txn, forwarded).await?;
+        let response = self.txn_write(txn, forwarded, &caller).await?;
         let header = response.header;
         match Self::only_response(response)? {
             response_op::Response::ResponsePut(put) => {
@@ -442,12 +495,13 @@ impl EtcdKv {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
         let txn = single(request_op::Request::RequestDeleteRange(request));
-        let response = self.txn_write(txn, forwarded).await?;
+        let response = self.txn_write(txn, forwarded, &caller).await?;
         let header = response.header;
         match Self::only_response(response)? {
             response_op::Response::ResponseDeleteRange(delete) => {
@@ -462,20 +516,24 @@ impl EtcdKv {
         request: Request<TxnRequest>,
     ) -> Result<Response<TxnResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let txn = request.into_inner();
         if prost::Message::encoded_len(&txn) > self.max_request_bytes {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
-        check_txn(&txn)?;
+        check_txn_shape(&txn)?;
         if !is_read_only(&txn) {
-            return Ok(Response::new(self.txn_write(txn, forwarded).await?));
+            return Ok(Response::new(
+                self.txn_write(txn, forwarded, &caller).await?,
+            ));
         }
+        check_txn(&self.replica, &caller, &txn).map_err(etcd_denied)?;
         // Only reads: served like a linearizable range, not through the log.
         match self.read_barrier().await {
             Ok(()) => {}
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                let reply = leader.txn(Self::forwarded(txn)).await;
+                let reply = leader.txn(self.forwarded(txn, &caller)).await;
                 return answered_here(&self.replica, reply);
             }
             Err(e) => return Err(etcd_status(e)),
@@ -493,14 +551,17 @@ impl EtcdKv {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let revision = request.revision.max(0) as u64;
         self.replica
             .check_cluster_contact(false)
             .map_err(etcd_status)?;
-        let write = self
-            .replica
-            .write(Write::Compact(revision), WriteSession::default());
+        let write = self.replica.write_as(
+            Write::Compact(revision),
+            WriteSession::default(),
+            caller.clone(),
+        );
         let result = match tokio::time::timeout(WAIT, write).await {
             Ok(result) => result,
             Err(_) => Err(ReplicaError::UnknownOutcome("not applied in time".into())),
@@ -511,7 +572,7 @@ impl EtcdKv {
             })),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
-                let reply = leader.compact(Self::forwarded(request)).await;
+                let reply = leader.compact(self.forwarded(request, &caller)).await;
                 answered_here(&self.replica, reply)
             }
             Err(e) => Err(etcd_status(e)),

@@ -20,7 +20,9 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::caller_of;
 use crate::etcd_kv::{answered_here, etcd_header, etcd_status, is_forwarded, Forwarder};
+use raftkv_replica::Caller;
 
 /// etcd's largest lease TTL, seconds.
 const MAX_TTL: i64 = 9_000_000_000;
@@ -49,9 +51,11 @@ impl EtcdLease {
         Ok(LeaseClient::new(self.forward.leader()?))
     }
 
-    async fn write(&self, write: Write) -> Result<u64, ReplicaError> {
+    async fn write(&self, write: Write, caller: &Caller) -> Result<u64, ReplicaError> {
         self.replica.check_cluster_contact(false)?;
-        let written = self.replica.write(write, WriteSession::default());
+        let written = self
+            .replica
+            .write_as(write, WriteSession::default(), caller.clone());
         match tokio::time::timeout(WAIT, written).await {
             Ok(result) => Ok(result?.revision),
             Err(_) => Err(ReplicaError::UnknownOutcome("not applied in time".into())),
@@ -59,14 +63,16 @@ impl EtcdLease {
     }
 
     /// A keep-alive here, or at the leader; the TTL (0: no such lease).
-    async fn keep_alive(&self, id: i64, forwarded: bool) -> Result<i64, Status> {
+    async fn keep_alive(&self, id: i64, forwarded: bool, caller: &Caller) -> Result<i64, Status> {
         match self.replica.lease_keep_alive(id as u64).await {
             Ok(ttl) => Ok(ttl as i64),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.send(LeaseKeepAliveRequest { id }).await;
                 drop(tx);
-                let request = Forwarder::request(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let request = self
+                    .forward
+                    .request_as(tokio_stream::wrappers::ReceiverStream::new(rx), caller);
                 let mut replies = self.leader()?.lease_keep_alive(request).await?.into_inner();
                 match replies.message().await? {
                     Some(reply) => Ok(reply.ttl),
@@ -89,6 +95,7 @@ impl Lease for EtcdLease {
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.ttl > MAX_TTL {
             return Err(Status::out_of_range(TTL_TOO_LARGE));
@@ -100,12 +107,12 @@ impl Lease for EtcdLease {
             // Positive and non-zero, as etcd's ids are.
             rand::thread_rng().gen_range(1..=i64::MAX as u64)
         };
-        let revision = match self.write(Write::LeaseGrant { id, ttl }).await {
+        let revision = match self.write(Write::LeaseGrant { id, ttl }, &caller).await {
             Ok(revision) => revision,
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let reply = self
                     .leader()?
-                    .lease_grant(Forwarder::request(request))
+                    .lease_grant(self.forward.request_as(request, &caller))
                     .await;
                 return answered_here(&self.replica, reply);
             }
@@ -124,16 +131,17 @@ impl Lease for EtcdLease {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let revision = match self
-            .write(Write::LeaseRevoke(request.id.max(0) as u64))
+            .write(Write::LeaseRevoke(request.id.max(0) as u64), &caller)
             .await
         {
             Ok(revision) => revision,
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let reply = self
                     .leader()?
-                    .lease_revoke(Forwarder::request(request))
+                    .lease_revoke(self.forward.request_as(request, &caller))
                     .await;
                 return answered_here(&self.replica, reply);
             }
@@ -151,6 +159,7 @@ impl Lease for EtcdLease {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let lease = EtcdLease {
@@ -160,13 +169,14 @@ impl Lease for EtcdLease {
         };
         tokio::spawn(async move {
             while let Ok(Some(request)) = requests.message().await {
-                let reply = lease.keep_alive(request.id, forwarded).await.map(|ttl| {
-                    LeaseKeepAliveResponse {
+                let reply = lease
+                    .keep_alive(request.id, forwarded, &caller)
+                    .await
+                    .map(|ttl| LeaseKeepAliveResponse {
                         header: Some(etcd_header(&lease.replica, None)),
                         id: request.id,
                         ttl,
-                    }
-                });
+                    });
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;
@@ -183,6 +193,7 @@ impl Lease for EtcdLease {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         match self
             .replica
@@ -211,7 +222,7 @@ impl Lease for EtcdLease {
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let reply = self
                     .leader()?
-                    .lease_time_to_live(Forwarder::request(request))
+                    .lease_time_to_live(self.forward.request_as(request, &caller))
                     .await;
                 answered_here(&self.replica, reply)
             }

@@ -29,7 +29,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{caller_of, check, etcd_denied};
 use crate::etcd_kv::{etcd_header, is_forwarded, EtcdKv};
+use raftkv_replica::Caller;
 
 pub struct EtcdLock {
     pub kv: Arc<EtcdKv>,
@@ -59,6 +61,7 @@ async fn create_own_key(
     lease: i64,
     value: Bytes,
     forwarded: bool,
+    caller: &Caller,
 ) -> Result<u64, Status> {
     let create = TxnRequest {
         compare: vec![same_create_revision(key, 0)],
@@ -77,7 +80,7 @@ async fn create_own_key(
             })),
         }],
     };
-    let response = kv.txn_write(create, forwarded).await?;
+    let response = kv.txn_write(create, forwarded, caller).await?;
     if response.succeeded {
         return Ok(response.header.as_ref().map_or(0, |h| h.revision) as u64);
     }
@@ -139,6 +142,7 @@ fn first_created(
 impl Lock for EtcdLock {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
@@ -151,8 +155,15 @@ impl Lock for EtcdLock {
         let prefix = prefix_of(&request.name);
         let key =
             Bytes::from([prefix.clone(), format!("{:x}", request.lease).into_bytes()].concat());
-        let created =
-            create_own_key(&self.kv, &key, request.lease, Bytes::new(), forwarded).await?;
+        let created = create_own_key(
+            &self.kv,
+            &key,
+            request.lease,
+            Bytes::new(),
+            forwarded,
+            &caller,
+        )
+        .await?;
         let revision = wait_until_first(&self.kv.replica, &prefix, &key, created).await?;
         Ok(Response::new(LockResponse {
             header: Some(etcd_header(&self.kv.replica, Some(revision))),
@@ -165,6 +176,7 @@ impl Lock for EtcdLock {
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let delete = raftkv_kv::etcd::single(request_op::Request::RequestDeleteRange(
             DeleteRangeRequest {
@@ -172,7 +184,7 @@ impl Lock for EtcdLock {
                 ..Default::default()
             },
         ));
-        let response = self.kv.txn_write(delete, forwarded).await?;
+        let response = self.kv.txn_write(delete, forwarded, &caller).await?;
         Ok(Response::new(UnlockResponse {
             header: response.header,
         }))
@@ -203,6 +215,7 @@ impl Election for EtcdElection {
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         if request.name.is_empty() || request.lease <= 0 {
             return Err(Status::invalid_argument(
@@ -212,8 +225,15 @@ impl Election for EtcdElection {
         let prefix = prefix_of(&request.name);
         let key =
             Bytes::from([prefix.clone(), format!("{:x}", request.lease).into_bytes()].concat());
-        let created =
-            create_own_key(&self.kv, &key, request.lease, request.value, forwarded).await?;
+        let created = create_own_key(
+            &self.kv,
+            &key,
+            request.lease,
+            request.value,
+            forwarded,
+            &caller,
+        )
+        .await?;
         let revision = wait_until_first(&self.kv.replica, &prefix, &key, created).await?;
         Ok(Response::new(CampaignResponse {
             header: Some(etcd_header(&self.kv.replica, Some(revision))),
@@ -231,6 +251,7 @@ impl Election for EtcdElection {
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let leader = leader_of(request.leader)?;
         let txn = TxnRequest {
@@ -245,7 +266,7 @@ impl Election for EtcdElection {
             }],
             failure: Vec::new(),
         };
-        let response = self.kv.txn_write(txn, forwarded).await?;
+        let response = self.kv.txn_write(txn, forwarded, &caller).await?;
         if !response.succeeded {
             return Err(Status::failed_precondition(NOT_LEADER));
         }
@@ -258,9 +279,12 @@ impl Election for EtcdElection {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let replica = &self.kv.replica;
-        let Some((key, record)) = first_created(replica, &prefix_of(&request.name)) else {
+        let prefix = prefix_of(&request.name);
+        check_prefix(replica, &caller, &prefix)?;
+        let Some((key, record)) = first_created(replica, &prefix) else {
             return Err(Status::not_found(NO_LEADER));
         };
         Ok(Response::new(LeaderResponse {
@@ -275,8 +299,10 @@ impl Election for EtcdElection {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let caller = caller_of(&request);
         let prefix = prefix_of(&request.into_inner().name);
         let replica = self.kv.replica.clone();
+        check_prefix(&replica, &caller, &prefix)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut revisions = replica.subscribe_revision();
@@ -309,6 +335,7 @@ impl Election for EtcdElection {
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        let caller = caller_of(&request);
         let leader = leader_of(request.into_inner().leader)?;
         let txn = TxnRequest {
             compare: vec![same_create_revision(&leader.key, leader.rev)],
@@ -322,7 +349,7 @@ impl Election for EtcdElection {
             }],
             failure: Vec::new(),
         };
-        let response = self.kv.txn_write(txn, forwarded).await?;
+        let response = self.kv.txn_write(txn, forwarded, &caller).await?;
         if !response.succeeded {
             return Err(Status::failed_precondition(NOT_LEADER));
         }
@@ -330,4 +357,15 @@ impl Election for EtcdElection {
             header: response.header,
         }))
     }
+}
+
+/// Whether `caller` may read every key under `prefix` (an election's
+/// candidates).
+fn check_prefix(
+    replica: &raftkv_replica::Replica,
+    caller: &Caller,
+    prefix: &[u8],
+) -> Result<(), Status> {
+    let end = prefix_end(prefix);
+    check(replica, caller, raftkv_kv::auth::Access::Read, prefix, &end).map_err(etcd_denied)
 }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{caller_of, check, may_read};
 use bytes::Bytes;
 use futures::Stream;
 use raftkv_kv::etcd::key_value;
@@ -36,6 +37,7 @@ use raftkv_proto::etcdserverpb::watch_create_request::FilterType;
 use raftkv_proto::etcdserverpb::watch_server::Watch;
 use raftkv_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use raftkv_proto::mvccpb;
+use raftkv_replica::Caller;
 use raftkv_replica::Replica;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -101,6 +103,9 @@ struct Watcher {
     prev_kv: bool,
     progress_notify: bool,
     fragment: bool,
+    /// Whose watcher it is: sent only the keys the caller may read when
+    /// each event goes out (a permission revoked meanwhile holds).
+    caller: Caller,
 }
 
 /// One watcher in `raftkv_watchers` for as long as it lives: a watcher's
@@ -243,7 +248,7 @@ impl Watcher {
         let mut events = Vec::new();
         let mut bytes = 0;
         for (i, change) in changes.iter().enumerate() {
-            if self.wanted(change) {
+            if self.wanted(change) && may_read(replica, &self.caller, &change.key) {
                 bytes += change.key.len()
                     + change.record.as_ref().map_or(0, |r| r.value.len())
                     + if self.prev_kv {
@@ -292,6 +297,7 @@ struct Session {
     next_id: i64,
     /// `Some(after)`: end the stream once leaderless for `after`.
     require_leader: Option<Duration>,
+    caller: Caller,
 }
 
 impl Session {
@@ -332,6 +338,20 @@ impl Session {
         } else {
             create.key
         };
+        let access = raftkv_kv::auth::Access::Read;
+        if check(&self.replica, &self.caller, access, &key, &create.range_end).is_err() {
+            // etcd's answer: created and cancelled at once, with the reason.
+            return self
+                .reply(WatchResponse {
+                    header: self.header(),
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: crate::auth::PERMISSION_DENIED.into(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let current = self.replica.kv().revision();
         let next = if create.start_revision > 0 {
             create.start_revision as u64
@@ -350,6 +370,7 @@ impl Session {
             prev_kv: create.prev_kv,
             progress_notify: create.progress_notify,
             fragment: create.fragment,
+            caller: self.caller.clone(),
         };
         // The created reply goes before any event of the watcher.
         let created = WatchResponse {
@@ -480,6 +501,7 @@ impl Watch for EtcdWatch {
             watchers: HashMap::new(),
             next_id: 0,
             require_leader: require_leader.then_some(self.no_leader_after),
+            caller: caller_of(&request),
         };
         tokio::spawn(session.run(request.into_inner()));
         let stream: Self::WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use raftkv_kv::auth::Access;
 use raftkv_proto::v1::kv_server::Kv;
 use raftkv_proto::v1::{
     batch_op, BatchGetRequest, BatchGetResponse, BatchGetResult, BatchRequest, BatchResponse,
     Consistency, DeleteRequest, DeleteResponse, GetChunk, GetRequest, GetResponse, KeyValue,
     PutChunk, PutRequest, PutResponse, ResponseHeader, Revisions, ScanRequest, ScanResponse,
 };
-use raftkv_replica::{Op, Replica, ReplicaError, ScanQuery, WriteSession};
+use raftkv_replica::{Caller, Op, Replica, ReplicaError, ScanQuery, Write, WriteSession};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{caller_of, check, denied_status};
 use crate::deadline::deadline_of;
 use crate::errors::{invalid_argument, key_not_found, replica_status, timed_out};
 use crate::units::format_size;
@@ -157,12 +159,19 @@ impl KvService {
         ops: Vec<Op>,
         session: WriteSession,
         deadline: tokio::time::Instant,
+        caller: &Caller,
     ) -> Result<ResponseHeader, Status> {
+        for op in &ops {
+            self.check_access(caller, Access::Write, &op.key, &[])?;
+        }
         self.replica
             .check_cluster_contact(false)
             .map_err(|e| replica_status(e, self.header()))?;
         let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
-        match tokio::time::timeout_at(deadline, self.replica.propose(ops, session)).await {
+        let write = self
+            .replica
+            .write_as(Write::Ops(ops), session, caller.clone());
+        match tokio::time::timeout_at(deadline, write).await {
             Ok(Ok(written)) => Ok(ResponseHeader {
                 // The write's own revision, not whatever came after it.
                 revision: written.revision,
@@ -178,6 +187,19 @@ impl KvService {
                 self.header(),
             )),
         }
+    }
+
+    /// Whether `caller` may `access` these keys (checked again when a write
+    /// is applied).
+    fn check_access(
+        &self,
+        caller: &Caller,
+        access: Access,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Status> {
+        check(&self.replica, caller, access, key, range_end)
+            .map_err(|denied| denied_status(denied, self.header()))
     }
 
     fn put_op(key: Bytes, value: Bytes) -> Op {
@@ -197,6 +219,7 @@ impl Kv for KvService {
         let started = std::time::Instant::now();
         let result: Result<Response<PutResponse>, Status> = async move {
             let deadline = deadline_of(&request);
+            let caller = caller_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
             self.check_value_size(request.value.len() as u64)?;
@@ -205,6 +228,7 @@ impl Kv for KvService {
                     vec![Self::put_op(request.key, request.value)],
                     session_of(request.session),
                     deadline,
+                    &caller,
                 )
                 .await?;
             Ok(Response::new(PutResponse {
@@ -222,11 +246,14 @@ impl Kv for KvService {
     ) -> Result<Response<PutResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<PutResponse>, Status> = async move {
+            let caller = caller_of(&request);
             let mut stream = request.into_inner();
             let Some(first) = stream.message().await? else {
                 return Err(invalid_argument("empty put stream", self.header()));
             };
             self.check_key(&first.key)?;
+            // Refused before the value is taken in.
+            self.check_access(&caller, Access::Write, &first.key, &[])?;
             self.check_value_size(first.value_size)?;
             let expected = first.value_size as usize;
             let mut value = BytesMut::with_capacity(expected);
@@ -256,6 +283,7 @@ impl Kv for KvService {
                     vec![Self::put_op(first.key, value.freeze())],
                     session_of(first.session),
                     tokio::time::Instant::now() + SERVER_WAIT,
+                    &caller,
                 )
                 .await?;
             Ok(Response::new(PutResponse {
@@ -270,8 +298,10 @@ impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<GetResponse>, Status> = async move {
+            let caller = caller_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
+            self.check_access(&caller, Access::Read, &request.key, &[])?;
             read_barrier(&self.replica, request.consistency).await?;
             let record = self.replica.kv().get_record(&request.key).cloned();
             let header = self.header();
@@ -308,8 +338,10 @@ impl Kv for KvService {
     ) -> Result<Response<Self::GetStreamStream>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<Self::GetStreamStream>, Status> = async move {
+            let caller = caller_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
+            self.check_access(&caller, Access::Read, &request.key, &[])?;
             read_barrier(&self.replica, request.consistency).await?;
             let record = self.replica.kv().get_record(&request.key).cloned();
             let header = self.header();
@@ -349,6 +381,7 @@ impl Kv for KvService {
         let started = std::time::Instant::now();
         let result: Result<Response<DeleteResponse>, Status> = async move {
             let deadline = deadline_of(&request);
+            let caller = caller_of(&request);
             let request = request.into_inner();
             self.check_key(&request.key)?;
             let op = Op {
@@ -357,7 +390,7 @@ impl Kv for KvService {
                 delete: true,
             };
             let header = self
-                .write(vec![op], session_of(request.session), deadline)
+                .write(vec![op], session_of(request.session), deadline, &caller)
                 .await?;
             Ok(Response::new(DeleteResponse {
                 header: Some(header),
@@ -371,7 +404,14 @@ impl Kv for KvService {
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<ScanResponse>, Status> = async move {
+            let caller = caller_of(&request);
             let request = request.into_inner();
+            if request.prefix.is_empty() {
+                self.check_access(&caller, Access::Read, b"\0", b"\0")?;
+            } else {
+                let end = raftkv_client::prefix_end(&request.prefix);
+                self.check_access(&caller, Access::Read, &request.prefix, &end)?;
+            }
             let limit = match request.limit {
                 0 => DEFAULT_SCAN_LIMIT,
                 n if n > MAX_SCAN_LIMIT => {
@@ -449,6 +489,7 @@ impl Kv for KvService {
         let started = std::time::Instant::now();
         let result: Result<Response<BatchResponse>, Status> = async move {
             let deadline = deadline_of(&request);
+            let caller = caller_of(&request);
             let request = request.into_inner();
             if request.ops.len() > MAX_BATCH_OPS {
                 return Err(invalid_argument(
@@ -486,7 +527,7 @@ impl Kv for KvService {
             }
             self.check_value_size(total_bytes)?;
             let header = self
-                .write(ops, session_of(request.session), deadline)
+                .write(ops, session_of(request.session), deadline, &caller)
                 .await?;
             Ok(Response::new(BatchResponse {
                 header: Some(header),
@@ -503,6 +544,7 @@ impl Kv for KvService {
     ) -> Result<Response<BatchGetResponse>, Status> {
         let started = std::time::Instant::now();
         let result: Result<Response<BatchGetResponse>, Status> = async move {
+            let caller = caller_of(&request);
             let request = request.into_inner();
             if request.keys.len() > MAX_BATCH_OPS {
                 return Err(invalid_argument(
@@ -515,6 +557,7 @@ impl Kv for KvService {
             }
             for key in &request.keys {
                 self.check_key(key)?;
+                self.check_access(&caller, Access::Read, key, &[])?;
             }
             read_barrier(&self.replica, request.consistency).await?;
             // A point-in-time copy (O(1)), so the lookups never hold the lock.

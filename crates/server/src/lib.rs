@@ -6,11 +6,13 @@
 
 mod address;
 mod admin_service;
+mod auth;
 pub mod auth_token;
 mod auto_compaction;
 pub mod config;
 mod deadline;
 pub mod errors;
+mod etcd_auth;
 mod etcd_cluster;
 mod etcd_kv;
 mod etcd_lease;
@@ -177,6 +179,7 @@ async fn refuse_if_wiped(
         timeout: std::time::Duration::from_secs(2),
         connect_timeout: std::time::Duration::from_millis(500),
         tls: tls.clone(),
+        credentials: None,
     };
     let Ok(client) = raftkv_client::Client::with_options(&others, options) else {
         return Ok(());
@@ -437,9 +440,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         outgoing.clone(),
         &tls_files,
     ));
+    let auth = auth::Auth::new(replica.clone(), config.auth_token_ttl);
+    let etcd_auth = raftkv_proto::etcdserverpb::auth_server::AuthServer::new(etcd_auth::EtcdAuth {
+        replica: replica.clone(),
+        auth: auth.clone(),
+        forward: etcd_kv::Forwarder::new(replica.clone(), outgoing.clone()),
+    });
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(kv)
+        .add_service(etcd_auth)
         .add_service(etcd_kv)
         .add_service(etcd_watch)
         .add_service(etcd_lock)
@@ -479,6 +489,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     }
     // Who may call what (TLS required, client certificates, members only
     // on the peer service) is decided per request from the connection.
+    // Who the caller is, and whether it may call this at all (auth on).
+    auth.clone().apply(routes.axum_router_mut());
     tls_policy.apply(routes.axum_router_mut());
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -244,6 +244,7 @@ mod tests {
             tls,
             client_cert,
             peer,
+            common_name: None,
         }
     }
 

@@ -112,7 +112,12 @@ impl<S: LogStore> Node<S> {
             self.lease_timers.revoking.insert(id, retry);
             let (reply, _) = oneshot::channel();
             tracing::debug!("node {}: lease {id:x} expired; revoking it", self.id);
-            self.propose(super::Write::LeaseRevoke(id), Default::default(), reply);
+            self.propose(
+                super::Write::LeaseRevoke(id),
+                Default::default(),
+                super::Caller::Node,
+                reply,
+            );
         }
     }
 

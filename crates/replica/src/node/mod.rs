@@ -114,6 +114,21 @@ pub enum Write {
         ttl: u64,
     },
     LeaseRevoke(u64),
+    /// A change of users, roles or the auth switch.
+    Auth(raftkv_kv::auth::AuthCommand),
+}
+
+/// Who asks for a write: checked against the users and roles when it is
+/// applied (see `raftkv_kv::auth`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Caller {
+    /// The request carried no identity (refused while auth is on).
+    #[default]
+    Anonymous,
+    /// An authenticated user.
+    User(String),
+    /// The node itself (a lease's expiry, automatic compaction).
+    Node,
 }
 
 impl Write {
@@ -123,6 +138,7 @@ impl Write {
             Write::Ops(ops) => ops.iter().map(op_bytes).sum(),
             Write::EtcdTxn(txn) => prost::Message::encoded_len(txn) as u64,
             Write::Compact(_) | Write::LeaseGrant { .. } | Write::LeaseRevoke(_) => 16,
+            Write::Auth(command) => prost::Message::encoded_len(command) as u64,
         }
     }
 }
@@ -131,6 +147,7 @@ pub(crate) enum Input {
     Propose {
         write: Write,
         session: WriteSession,
+        caller: Caller,
         reply: WriteReply,
     },
     Read {
@@ -618,8 +635,9 @@ impl<S: LogStore> Node<S> {
             Input::Propose {
                 write,
                 session,
+                caller,
                 reply,
-            } => self.propose(write, session, reply),
+            } => self.propose(write, session, caller, reply),
             Input::LeaseKeepAlive { id, reply } => {
                 let _ = reply.send(self.keep_lease_alive(id));
             }
@@ -765,7 +783,7 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    fn propose(&mut self, write: Write, session: WriteSession, reply: WriteReply) {
+    fn propose(&mut self, write: Write, session: WriteSession, caller: Caller, reply: WriteReply) {
         if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
@@ -801,6 +819,12 @@ impl<S: LogStore> Node<S> {
             etcd_txn: None,
             lease_grant: None,
             lease_revoke: 0,
+            auth: None,
+            user: match &caller {
+                Caller::User(name) => name.clone(),
+                Caller::Anonymous | Caller::Node => String::new(),
+            },
+            by_node: caller == Caller::Node,
         };
         let command = match write {
             Write::Ops(ops) => Command { ops, ..command },
@@ -818,6 +842,10 @@ impl<S: LogStore> Node<S> {
             },
             Write::LeaseRevoke(id) => Command {
                 lease_revoke: id,
+                ..command
+            },
+            Write::Auth(auth) => Command {
+                auth: Some(auth),
                 ..command
             },
         };
@@ -1075,6 +1103,9 @@ impl<S: LogStore> Node<S> {
                                 txn: Some(response),
                             }),
                             ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
+                            ApplyOutcome::Denied(reason) => {
+                                Err(ReplicaError::PermissionDenied(reason))
+                            }
                             ApplyOutcome::SessionExpired => {
                                 Err(ReplicaError::SessionExpired(format!(
                                     "the cluster no longer knows client session {:x}; start a \

@@ -1,0 +1,360 @@
+//! `user`, `role` and `auth`: etcd's Auth service on the node's port (any
+//! member answers; the leader serves it). Outputs follow etcdctl's words.
+
+use bytes::Bytes;
+use raftkv_client::prefix_end;
+use raftkv_proto::authpb;
+use raftkv_proto::etcdserverpb::auth_client::AuthClient;
+use raftkv_proto::etcdserverpb::*;
+use serde_json::json;
+
+use crate::args::{AuthCommand, PermissionArg, RoleCommand, UserCommand};
+use crate::etcd_cmd::{channel, status_failure};
+use crate::failure::Failure;
+use crate::output::print_json;
+use crate::ClientFlags;
+
+async fn auth_client(flags: &ClientFlags) -> Result<AuthClient<raftkv_client::Channel>, Failure> {
+    Ok(AuthClient::new(channel(flags).await?))
+}
+
+fn timed<T>(flags: &ClientFlags, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(flags.timeout);
+    request
+}
+
+/// Prints `text` (or, with --json, `value`).
+fn done(flags: &ClientFlags, text: String, value: serde_json::Value) -> Result<(), Failure> {
+    if flags.json {
+        print_json(&value)
+    } else {
+        outln!("{text}")
+    }
+}
+
+/// NAME:PASSWORD, or NAME with the password from RAFTKV_NEW_PASSWORD or
+/// asked for on the terminal (twice, to catch a typo).
+fn name_and_password(given: &str) -> Result<(String, String), Failure> {
+    if let Some((name, password)) = given.split_once(':') {
+        return Ok((name.to_string(), password.to_string()));
+    }
+    if let Ok(password) = std::env::var("RAFTKV_NEW_PASSWORD") {
+        return Ok((given.to_string(), password));
+    }
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt).map_err(|e| {
+            Failure::Usage(format!(
+                "no password for {given} (NAME:PASSWORD, or RAFTKV_NEW_PASSWORD) and none \
+                 could be asked for: {e}"
+            ))
+        })
+    };
+    let password = ask(format!("Password of {given}: "))?;
+    if ask(format!("Type password of {given} again for confirmation: "))? != password {
+        return Err(Failure::Usage("the passwords do not match".into()));
+    }
+    Ok((given.to_string(), password))
+}
+
+pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failure> {
+    let mut auth = auth_client(flags).await?;
+    match command {
+        UserCommand::Add { name, no_password } => {
+            let (name, password) = if no_password {
+                (name, String::new())
+            } else {
+                name_and_password(&name)?
+            };
+            let request = AuthUserAddRequest {
+                name: name.clone(),
+                password,
+                options: Some(authpb::UserAddOptions { no_password }),
+                hashed_password: String::new(),
+            };
+            auth.user_add(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("User {name} created"),
+                json!({"user": name, "created": true}),
+            )
+        }
+        UserCommand::Delete { name } => {
+            let request = AuthUserDeleteRequest { name: name.clone() };
+            auth.user_delete(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("User {name} deleted"),
+                json!({"user": name, "deleted": true}),
+            )
+        }
+        UserCommand::Get { name } => {
+            let request = AuthUserGetRequest { name: name.clone() };
+            let reply = auth
+                .user_get(timed(flags, request))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            done(
+                flags,
+                format!("User: {name}\nRoles: {}", reply.roles.join(" ")),
+                json!({"user": name, "roles": reply.roles}),
+            )
+        }
+        UserCommand::List => {
+            let reply = auth
+                .user_list(timed(flags, AuthUserListRequest {}))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            done(flags, reply.users.join("\n"), json!({"users": reply.users}))
+        }
+        UserCommand::Passwd { name } => {
+            let (name, password) = name_and_password(&name)?;
+            let request = AuthUserChangePasswordRequest {
+                name: name.clone(),
+                password,
+                hashed_password: String::new(),
+            };
+            auth.user_change_password(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                "Password updated".into(),
+                json!({"user": name, "password_changed": true}),
+            )
+        }
+        UserCommand::GrantRole { user, role } => {
+            let request = AuthUserGrantRoleRequest {
+                user: user.clone(),
+                role: role.clone(),
+            };
+            auth.user_grant_role(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Role {role} is granted to user {user}"),
+                json!({"user": user, "role": role, "granted": true}),
+            )
+        }
+        UserCommand::RevokeRole { user, role } => {
+            let request = AuthUserRevokeRoleRequest {
+                name: user.clone(),
+                role: role.clone(),
+            };
+            auth.user_revoke_role(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Role {role} is revoked from user {user}"),
+                json!({"user": user, "role": role, "revoked": true}),
+            )
+        }
+    }
+}
+
+/// KEY, [KEY, RANGE_END), or (--prefix) every key starting with KEY.
+fn key_range(
+    key: &str,
+    range_end: Option<String>,
+    prefix: bool,
+) -> Result<(Bytes, Bytes), Failure> {
+    let key = Bytes::copy_from_slice(key.as_bytes());
+    match (range_end, prefix) {
+        (Some(_), true) => Err(Failure::Usage(
+            "give RANGE_END or --prefix, not both".into(),
+        )),
+        (Some(end), false) => Ok((key, Bytes::from(end.into_bytes()))),
+        (None, true) if key.is_empty() => {
+            Ok((Bytes::from_static(b"\0"), Bytes::from_static(b"\0")))
+        }
+        (None, true) => {
+            let end = prefix_end(&key);
+            Ok((key, end))
+        }
+        (None, false) => Ok((key, Bytes::new())),
+    }
+}
+
+/// A permission's keys as etcdctl shows them.
+fn describe_keys(key: &[u8], range_end: &[u8]) -> String {
+    let key_text = String::from_utf8_lossy(key);
+    match range_end {
+        [] => key_text.into_owned(),
+        [0] => format!("[{key_text}, <open ended>"),
+        end if end == prefix_end(key).as_ref() => format!(
+            "[{key_text}, {}) (prefix {key_text})",
+            String::from_utf8_lossy(end)
+        ),
+        end => format!("[{key_text}, {})", String::from_utf8_lossy(end)),
+    }
+}
+
+pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failure> {
+    let mut auth = auth_client(flags).await?;
+    match command {
+        RoleCommand::Add { name } => {
+            let request = AuthRoleAddRequest { name: name.clone() };
+            auth.role_add(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Role {name} created"),
+                json!({"role": name, "created": true}),
+            )
+        }
+        RoleCommand::Delete { name } => {
+            let request = AuthRoleDeleteRequest { role: name.clone() };
+            auth.role_delete(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Role {name} deleted"),
+                json!({"role": name, "deleted": true}),
+            )
+        }
+        RoleCommand::Get { name } => {
+            let request = AuthRoleGetRequest { role: name.clone() };
+            let reply = auth
+                .role_get(timed(flags, request))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if flags.json {
+                let permissions: Vec<serde_json::Value> = reply
+                    .perm
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "permission": match p.perm_type {
+                                0 => "read",
+                                1 => "write",
+                                _ => "readwrite",
+                            },
+                            "key": String::from_utf8_lossy(&p.key),
+                            "range_end": String::from_utf8_lossy(&p.range_end),
+                        })
+                    })
+                    .collect();
+                return print_json(&json!({"role": name, "permissions": permissions}));
+            }
+            outln!("Role {name}")?;
+            for (title, kinds) in [("KV Read:", [0, 2]), ("KV Write:", [1, 2])] {
+                outln!("{title}")?;
+                for p in reply.perm.iter().filter(|p| kinds.contains(&p.perm_type)) {
+                    outln!("\t{}", describe_keys(&p.key, &p.range_end))?;
+                }
+            }
+            Ok(())
+        }
+        RoleCommand::List => {
+            let reply = auth
+                .role_list(timed(flags, AuthRoleListRequest {}))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            done(flags, reply.roles.join("\n"), json!({"roles": reply.roles}))
+        }
+        RoleCommand::GrantPermission {
+            role,
+            permission,
+            key,
+            range_end,
+            prefix,
+        } => {
+            let (key, range_end) = key_range(&key, range_end, prefix)?;
+            let perm_type = match permission {
+                PermissionArg::Read => authpb::permission::Type::Read,
+                PermissionArg::Write => authpb::permission::Type::Write,
+                PermissionArg::Readwrite => authpb::permission::Type::Readwrite,
+            };
+            let request = AuthRoleGrantPermissionRequest {
+                name: role.clone(),
+                perm: Some(authpb::Permission {
+                    perm_type: perm_type as i32,
+                    key,
+                    range_end,
+                }),
+            };
+            auth.role_grant_permission(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Role {role} updated"),
+                json!({"role": role, "updated": true}),
+            )
+        }
+        RoleCommand::RevokePermission {
+            role,
+            key,
+            range_end,
+            prefix,
+        } => {
+            let (key, range_end) = key_range(&key, range_end, prefix)?;
+            let request = AuthRoleRevokePermissionRequest {
+                role: role.clone(),
+                key,
+                range_end,
+            };
+            auth.role_revoke_permission(timed(flags, request))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                format!("Permission of range is revoked from role {role}"),
+                json!({"role": role, "revoked": true}),
+            )
+        }
+    }
+}
+
+pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failure> {
+    let mut auth = auth_client(flags).await?;
+    match command {
+        AuthCommand::Enable => {
+            auth.auth_enable(timed(flags, AuthEnableRequest {}))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                "Authentication Enabled".into(),
+                json!({"enabled": true}),
+            )
+        }
+        AuthCommand::Disable => {
+            auth.auth_disable(timed(flags, AuthDisableRequest {}))
+                .await
+                .map_err(status_failure)?;
+            done(
+                flags,
+                "Authentication Disabled".into(),
+                json!({"enabled": false}),
+            )
+        }
+        AuthCommand::Status => {
+            let reply = auth
+                .auth_status(timed(flags, AuthStatusRequest {}))
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            done(
+                flags,
+                format!(
+                    "Authentication Status: {}\nAuthRevision: {}",
+                    reply.enabled, reply.auth_revision
+                ),
+                json!({"enabled": reply.enabled, "auth_revision": reply.auth_revision}),
+            )
+        }
+    }
+}

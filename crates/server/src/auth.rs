@@ -1,0 +1,405 @@
+//! Who is calling, and whether they may: etcd's authentication model on
+//! every API of the node's port.
+//!
+//! A gate in front of every route (as the TLS policy is) works out the
+//! caller of each request once: the user a `token` header names (a token
+//! any member can check, `auth_token.rs`), else the CN of a verified client
+//! certificate (a member's certificate is never a user), else a member
+//! connection under peer TLS (the node's own calls: joining, forwarding a
+//! call that already carries its user's token). It puts the `Caller` in the
+//! request's extensions and refuses at once what needs a user and has none,
+//! and what needs root and is not. The services then check keys against
+//! the caller's roles (`check`), and pass the caller with every write, which
+//! is checked again when applied (`raftkv_kv::auth`).
+//!
+//! While auth is off every caller is `Anonymous` and everything is allowed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raftkv_kv::auth::{Access, AuthStore, Denied};
+use raftkv_net::tls::ConnInfo;
+use raftkv_proto::v1::ErrorKind;
+use raftkv_replica::{Caller, Replica};
+use tonic::{Request, Status};
+
+use crate::auth_token;
+use crate::errors::error_status;
+
+/// The metadata header etcd clients send their token in.
+pub const TOKEN_HEADER: &str = "token";
+
+// etcd's texts (api/v3rpc/rpctypes), which etcd clients match on.
+pub const USER_EMPTY: &str = "etcdserver: user name is empty";
+pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+pub const AUTH_FAILED: &str = "etcdserver: authentication failed, invalid user ID or password";
+pub const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
+
+/// What a raftkv.v1 caller without a user is told.
+const NO_USER: &str = "authentication required: auth is enabled and the request names no user \
+                       (give --user NAME, or a client certificate whose CN is a user)";
+
+/// How long a token made for a request forwarded to the leader is good.
+const FORWARD_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a path needs of its caller while auth is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Nothing (logging in, status, member lists, raft between members,
+    /// HTTP health and metrics).
+    Nothing,
+    /// A user (the service checks its keys).
+    User,
+    /// The root role.
+    Root,
+    /// Decided by the service (joining and a member's address change come
+    /// from nodes, which have no user).
+    Service,
+}
+
+fn need(path: &str) -> Need {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Need::Nothing;
+    };
+    match (service, method) {
+        ("raftkv.v1.Peer", _) => Need::Nothing,
+        ("etcdserverpb.Auth", "Authenticate" | "AuthStatus") => Need::Nothing,
+        ("etcdserverpb.Auth", _) => Need::Root,
+        ("etcdserverpb.Maintenance", "Status") => Need::Nothing,
+        ("etcdserverpb.Maintenance", _) => Need::Root,
+        ("etcdserverpb.Cluster", "MemberList") => Need::Nothing,
+        ("etcdserverpb.Cluster", _) => Need::Root,
+        ("etcdserverpb.KV", "Compact") => Need::Root,
+        ("raftkv.v1.Cluster", "Status" | "Members") => Need::Nothing,
+        ("raftkv.v1.Cluster", "AddNode" | "SetMemberAddress") => Need::Service,
+        ("raftkv.v1.Cluster", _) => Need::Root,
+        ("raftkv.v1.Debug", _) => Need::Root,
+        (s, _) if s.starts_with("grpc.") => Need::Nothing,
+        _ => Need::User,
+    }
+}
+
+/// The auth side of a node: who calls, what they may, tokens.
+#[derive(Clone)]
+pub struct Auth {
+    replica: Replica,
+    /// `--auth-token-ttl`.
+    token_ttl: Duration,
+    /// Password checks are slow on purpose: at most this many at once, so
+    /// a flood of logins cannot take every core.
+    hashing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Auth {
+    pub fn new(replica: Replica, token_ttl: Duration) -> Auth {
+        Auth {
+            replica,
+            token_ttl,
+            hashing: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    /// The caller of a request with these headers over this connection;
+    /// `Err`: the token it carries is not good.
+    fn resolve(
+        &self,
+        store: &AuthStore,
+        token: Option<&str>,
+        connection: &ConnInfo,
+    ) -> Result<Caller, &'static str> {
+        if !store.enabled {
+            return Ok(Caller::Anonymous);
+        }
+        if let Some(token) = token {
+            let user = auth_token::verify(&store.secret, token, now_ms())?;
+            if !store.has_user(&user) {
+                return Err(auth_token::INVALID_TOKEN);
+            }
+            return Ok(Caller::User(user));
+        }
+        if connection.peer {
+            return Ok(Caller::Node);
+        }
+        Ok(match connection.certificate_user() {
+            Some(user) => Caller::User(user.to_string()),
+            None => Caller::Anonymous,
+        })
+    }
+
+    /// Why a request for `path` from `caller` is refused before it is
+    /// served, as etcd's text for etcd paths and RaftKV's for its own.
+    fn refusal(&self, store: &AuthStore, path: &str, caller: &Caller) -> Option<Status> {
+        if !store.enabled {
+            return None;
+        }
+        let etcd = !path.starts_with("/raftkv.");
+        let no_user = || {
+            Some(if etcd {
+                Status::invalid_argument(USER_EMPTY)
+            } else {
+                error_status(
+                    ErrorKind::PermissionDenied,
+                    NO_USER,
+                    Default::default(),
+                    false,
+                )
+            })
+        };
+        match (need(path), caller) {
+            (Need::Nothing | Need::Service, _) | (_, Caller::Node) => None,
+            (_, Caller::Anonymous) => no_user(),
+            (Need::User, Caller::User(_)) => None,
+            (Need::Root, Caller::User(user)) if store.is_root(user) => None,
+            (Need::Root, Caller::User(user)) => Some(if etcd {
+                Status::permission_denied(PERMISSION_DENIED)
+            } else {
+                error_status(
+                    ErrorKind::PermissionDenied,
+                    format!("permission denied: user {user} does not have the root role"),
+                    Default::default(),
+                    false,
+                )
+            }),
+        }
+    }
+
+    /// Puts the gate in front of every route of `router`.
+    pub fn apply(self, router: &mut axum::Router) {
+        let routes = std::mem::take(router);
+        *router = routes.layer(axum::middleware::from_fn(
+            move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+                let auth = self.clone();
+                async move {
+                    let connection = request
+                        .extensions()
+                        .get::<ConnInfo>()
+                        .cloned()
+                        .unwrap_or_default();
+                    let path = request.uri().path().to_string();
+                    let token = request
+                        .headers()
+                        .get(TOKEN_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|_| need(&path) != Need::Nothing);
+                    let verdict = {
+                        let kv = auth.replica.kv();
+                        let store = kv.auth();
+                        match auth.resolve(store, token, &connection) {
+                            Ok(caller) => match auth.refusal(store, &path, &caller) {
+                                None => Ok(caller),
+                                Some(status) => Err(status),
+                            },
+                            Err(text) => Err(if path.starts_with("/raftkv.") {
+                                error_status(
+                                    ErrorKind::Unauthenticated,
+                                    "authentication failed: the token is not valid (expired, \
+                                     or its user was deleted); log in again",
+                                    Default::default(),
+                                    false,
+                                )
+                            } else {
+                                Status::unauthenticated(text)
+                            }),
+                        }
+                    };
+                    match verdict {
+                        Ok(caller) => {
+                            request.extensions_mut().insert(caller);
+                            next.run(request).await
+                        }
+                        Err(status) => status.into_http::<axum::body::Body>(),
+                    }
+                }
+            },
+        ));
+    }
+
+    /// A token for `user`, good for `--auth-token-ttl`.
+    pub fn issue_token(&self, user: &str) -> Result<String, Status> {
+        let kv = self.replica.kv();
+        let store = kv.auth();
+        if !store.enabled {
+            return Err(Status::failed_precondition(AUTH_NOT_ENABLED));
+        }
+        let expires = now_ms() + self.token_ttl.as_millis() as u64;
+        Ok(auth_token::issue(&store.secret, user, expires))
+    }
+
+    /// Checks `password` against `user`'s hash off the async threads; the
+    /// user's name on success.
+    pub async fn check_password(&self, user: &str, password: &str) -> Result<(), Status> {
+        let hash = {
+            let kv = self.replica.kv();
+            let store = kv.auth();
+            if !store.enabled {
+                return Err(Status::failed_precondition(AUTH_NOT_ENABLED));
+            }
+            match store.users.get(user) {
+                Some(u) if !u.no_password && !u.password_hash.is_empty() => u.password_hash.clone(),
+                _ => return Err(Status::invalid_argument(AUTH_FAILED)),
+            }
+        };
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let password = password.to_string();
+        let good = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if good {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(AUTH_FAILED))
+        }
+    }
+
+    /// Hashes `password` (argon2, random salt) off the async threads.
+    pub async fn hash_password(&self, password: &str) -> Result<String, Status> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| Status::internal(format!("hashing the password failed: {e}")))?
+    }
+}
+
+/// Whether `caller` may `access` `[key, range_end)` now.
+pub fn check(
+    replica: &Replica,
+    caller: &Caller,
+    access: Access,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<(), Denied> {
+    match caller {
+        Caller::User(user) => replica.kv().auth().check(user, access, key, range_end),
+        // Anonymous only while auth is off (the gate refuses it else).
+        Caller::Anonymous | Caller::Node => Ok(()),
+    }
+}
+
+/// Whether `caller` may run `txn` now.
+pub fn check_txn(
+    replica: &Replica,
+    caller: &Caller,
+    txn: &raftkv_proto::etcdserverpb::TxnRequest,
+) -> Result<(), Denied> {
+    match caller {
+        Caller::User(user) => replica.kv().auth().check_txn(user, txn),
+        Caller::Anonymous | Caller::Node => Ok(()),
+    }
+}
+
+/// Whether `caller` may read `key` now (a watcher gets only these).
+pub fn may_read(replica: &Replica, caller: &Caller, key: &[u8]) -> bool {
+    check(replica, caller, Access::Read, key, &[]).is_ok()
+}
+
+/// The caller the gate found for `request` (`Anonymous` if none: auth off,
+/// or a request built in-process).
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Marks `request`, about to be forwarded to the leader, with a token for
+/// `caller` made with the cluster's secret, so the leader serves it as
+/// that user (whatever way the user was known here).
+pub fn forward_as<T>(replica: &Replica, caller: &Caller, request: &mut Request<T>) {
+    let Caller::User(user) = caller else {
+        return;
+    };
+    let token = {
+        let kv = replica.kv();
+        let store = kv.auth();
+        if !store.enabled {
+            return;
+        }
+        let expires = now_ms() + FORWARD_TOKEN_TTL.as_millis() as u64;
+        auth_token::issue(&store.secret, user, expires)
+    };
+    if let Ok(value) = token.parse() {
+        request.metadata_mut().insert(TOKEN_HEADER, value);
+    }
+}
+
+/// etcd's status for a refused key access.
+pub fn etcd_denied(_denied: Denied) -> Status {
+    Status::permission_denied(PERMISSION_DENIED)
+}
+
+/// RaftKV's status for a refused key access ("permission denied: user
+/// alice may not write key b/1").
+pub fn denied_status(denied: Denied, header: raftkv_proto::v1::ResponseHeader) -> Status {
+    crate::errors::permission_denied(denied.to_string(), header)
+}
+
+fn hash_password(password: &str) -> Result<String, Status> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| Status::internal(format!("hashing the password failed: {e}")))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Whether `hash` is a password hash this node can check (a client may
+/// send one instead of the password, as etcd 3.5 allows).
+pub fn is_password_hash(hash: &str) -> bool {
+    argon2::password_hash::PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str() == "argon2id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_need_what_etcd_needs() {
+        assert_eq!(need("/etcdserverpb.Auth/Authenticate"), Need::Nothing);
+        assert_eq!(need("/etcdserverpb.Auth/UserAdd"), Need::Root);
+        assert_eq!(need("/etcdserverpb.KV/Range"), Need::User);
+        assert_eq!(need("/etcdserverpb.KV/Compact"), Need::Root);
+        assert_eq!(need("/etcdserverpb.Watch/Watch"), Need::User);
+        assert_eq!(need("/raftkv.v1.KV/Put"), Need::User);
+        assert_eq!(need("/raftkv.v1.Cluster/RemoveNode"), Need::Root);
+        assert_eq!(need("/raftkv.v1.Cluster/AddNode"), Need::Service);
+        assert_eq!(need("/raftkv.v1.Debug/Compact"), Need::Root);
+        assert_eq!(need("/raftkv.v1.Peer/Raft"), Need::Nothing);
+        assert_eq!(need("/metrics"), Need::Nothing);
+    }
+
+    #[test]
+    fn passwords_hash_with_a_salt_and_check() {
+        let a = hash_password("secret").unwrap();
+        let b = hash_password("secret").unwrap();
+        assert_ne!(a, b, "salted");
+        assert!(is_password_hash(&a));
+        assert!(verify_password(&a, "secret"));
+        assert!(!verify_password(&a, "Secret"));
+        assert!(!verify_password("not a hash", "secret"));
+    }
+}
