@@ -150,6 +150,22 @@ fn users_reach_exactly_what_their_roles_grant_and_nothing_without_credentials() 
     );
     assert!(!out.stdout_text().contains("b/1"), "{}", out.describe());
     out.assert_error(3, "watch canceled: etcdserver: permission denied");
+    // A watch of every key is sent only hers.
+    let out = cluster.cli_bounded(
+        &cluster.endpoints(),
+        &with(ALICE, &["watch", "", "--prefix", "--rev", "1"]),
+        Duration::from_secs(3),
+    );
+    let keys: Vec<String> = out
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| l.split('\t').nth(1).map(str::to_string))
+        .collect();
+    assert!(keys.contains(&"a/1".to_string()), "{}", out.describe());
+    assert!(
+        keys.iter().all(|k| k.starts_with("a/")),
+        "alice's watch of every key shows only a/: {keys:?}"
+    );
 
     // etcdctl, unchanged.
     if Path::new("/usr/bin/etcdctl").exists() {
@@ -186,6 +202,47 @@ fn users_reach_exactly_what_their_roles_grant_and_nothing_without_credentials() 
         .assert_error(3, "authentication required");
     let out = run(&cluster, &with(ALICE, &["get", "a/1"]));
     assert_eq!(out.assert_ok().stdout_text().trim(), "v");
+
+    // A new member gets users and roles by snapshot install: every member
+    // snapshots and compacts its log first, so the joiner cannot replay them.
+    for id in cluster.member_ids() {
+        cluster
+            .cli_at(id, &with(ROOT, &["debug", "snapshot"]))
+            .assert_ok();
+        cluster
+            .cli_at(id, &with(ROOT, &["debug", "compact"]))
+            .assert_ok();
+    }
+    let leader = cluster.wait_leader(LEADER_WAIT);
+    let joined = cluster.join_node(leader, false);
+    let started = std::time::Instant::now();
+    let out = loop {
+        let out = cluster.cli_at(
+            joined,
+            &with(ALICE, &["get", "a/1", "--consistency", "stale"]),
+        );
+        if out.code == 0 || started.elapsed() > Duration::from_secs(30) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(out.assert_ok().stdout_text().trim(), "v");
+    let storage = cluster.cli_at(joined, &with(ROOT, &["debug", "storage", "--json"]));
+    let storage: serde_json::Value =
+        serde_json::from_str(storage.assert_ok().stdout_text().trim()).unwrap();
+    assert!(
+        storage["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "node {joined} started from a snapshot: {storage}"
+    );
+    cluster
+        .cli_at(
+            joined,
+            &with(ALICE, &["get", "b/1", "--consistency", "stale"]),
+        )
+        .assert_error(3, "may not read key b/1");
+    cluster
+        .cli_at(joined, &["get", "a/1", "--consistency", "stale"])
+        .assert_error(3, "authentication required");
 
     // A permission taken back holds at once.
     run(

@@ -276,6 +276,28 @@ impl AuthStore {
         covers(&granted, &wanted)
     }
 
+    /// Whether `user` may read at least one key of `[key, range_end)` (a
+    /// watch of a wider range is sent only the keys it may read; one of a
+    /// range it may read nothing of is refused).
+    pub fn may_read_any(&self, user: &str, key: &[u8], range_end: &[u8]) -> bool {
+        if !self.enabled || self.is_root(user) {
+            return true;
+        }
+        let Some(user) = self.users.get(user) else {
+            return false;
+        };
+        let Some(wanted) = Interval::of(key, range_end) else {
+            return false;
+        };
+        user.roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .flatten()
+            .filter(|p| p.access.allows(Access::Read))
+            .filter_map(|p| Interval::of(&p.key, &p.range_end))
+            .any(|granted| granted.overlaps(&wanted))
+    }
+
     /// Whether `user` may read `key` (a watcher is sent only these).
     pub fn may_read_key(&self, user: &str, key: &[u8]) -> bool {
         self.may(user, Access::Read, key, &[])
@@ -525,6 +547,12 @@ struct Interval {
 }
 
 impl Interval {
+    fn overlaps(&self, other: &Interval) -> bool {
+        let before =
+            |start: &Vec<u8>, end: &Option<Vec<u8>>| end.as_ref().is_none_or(|e| start < e);
+        before(&self.start, &other.end) && before(&other.start, &self.end)
+    }
+
     /// etcd's (key, range_end); `None` for an empty range.
     fn of(key: &[u8], range_end: &[u8]) -> Option<Interval> {
         match range_end {
@@ -629,6 +657,23 @@ mod tests {
             },
         );
         auth
+    }
+
+    #[test]
+    fn a_wider_range_is_readable_in_part_if_any_permission_overlaps_it() {
+        let auth = store_with_alice(&[(Access::ReadWrite, "a/", "a0")]);
+        assert!(
+            auth.may_read_any("alice", b"\0", b"\0"),
+            "every key: a/ is in it"
+        );
+        assert!(auth.may_read_any("alice", b"a/x", b""));
+        assert!(auth.may_read_any("alice", b"0", b"b"));
+        assert!(!auth.may_read_any("alice", b"b/", b"b0"));
+        assert!(
+            !auth.may_read_any("alice", b"a0", b"\0"),
+            "from a0 on: none of a/"
+        );
+        assert!(!auth.may_read_any("bob", b"\0", b"\0"));
     }
 
     #[test]

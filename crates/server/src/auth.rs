@@ -302,6 +302,15 @@ pub fn check_txn(
     }
 }
 
+/// Whether `caller` may read any key of `[key, range_end)` now (a watch it
+/// may read nothing of is refused).
+pub fn may_read_any(replica: &Replica, caller: &Caller, key: &[u8], range_end: &[u8]) -> bool {
+    match caller {
+        Caller::User(user) => replica.kv().auth().may_read_any(user, key, range_end),
+        Caller::Anonymous | Caller::Node => true,
+    }
+}
+
 /// Whether `caller` may read `key` now (a watcher gets only these).
 pub fn may_read(replica: &Replica, caller: &Caller, key: &[u8]) -> bool {
     check(replica, caller, Access::Read, key, &[]).is_ok()

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{caller_of, check, may_read};
+use crate::auth::{caller_of, may_read, may_read_any};
 use bytes::Bytes;
 use futures::Stream;
 use raftkv_kv::etcd::key_value;
@@ -338,9 +338,10 @@ impl Session {
         } else {
             create.key
         };
-        let access = raftkv_kv::auth::Access::Read;
-        if check(&self.replica, &self.caller, access, &key, &create.range_end).is_err() {
-            // etcd's answer: created and cancelled at once, with the reason.
+        // A range its user may read part of is watched, and sent only the
+        // keys it may read; one it may read nothing of is refused with
+        // etcd's answer: created and cancelled at once, with the reason.
+        if !may_read_any(&self.replica, &self.caller, &key, &create.range_end) {
             return self
                 .reply(WatchResponse {
                     header: self.header(),
