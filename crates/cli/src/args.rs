@@ -230,6 +230,14 @@ pub struct ServerArgs {
     /// (default 300, etcd's).
     #[arg(long, value_name = "SECONDS")]
     pub auth_token_ttl: Option<u64>,
+    /// Connections one client (IP address) may hold open at once; requests on
+    /// more are refused, saying so (default 1024; 0: no limit).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// HTTP/2 streams (concurrent calls, watches included) per connection; a
+    /// client past it waits for one to end (default: no limit, as etcd's).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_streams: Option<u32>,
     /// Serve /metrics and /health on this address instead of the main port.
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -257,6 +265,10 @@ pub struct ServerArgs {
     /// Peer TLS: the CA (PEM) that signs members' certificates.
     #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS: a member's certificate must also have this CN (give it when
+    /// the peer CA signs other certificates too, e.g. one CA for everything).
+    #[arg(long, value_name = "CN", help_heading = "TLS")]
+    pub peer_cert_allowed_cn: Option<String>,
     /// TOML file with the same keys as these flags (flags override it).
     #[arg(long)]
     pub config: Option<PathBuf>,

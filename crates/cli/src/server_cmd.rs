@@ -83,6 +83,12 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     if let Some(v) = args.auth_token_ttl {
         config.auth_token_ttl = std::time::Duration::from_secs(v);
     }
+    if let Some(v) = args.max_connections_per_client {
+        config.max_connections_per_client = v;
+    }
+    if let Some(v) = args.max_concurrent_streams {
+        config.max_concurrent_streams = Some(v);
+    }
     if args.auto_compaction_mode.is_some() || args.auto_compaction_retention.is_some() {
         config.auto_compaction = raftkv_server::config::AutoCompaction::parse(
             args.auto_compaction_mode.as_deref(),
@@ -105,6 +111,9 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     }
     if args.client_cert_auth {
         tls.client_cert_auth = true;
+    }
+    if args.peer_cert_allowed_cn.is_some() {
+        tls.peer_cert_allowed_cn = args.peer_cert_allowed_cn;
     }
     config.validate().map_err(usage)?;
     // Certificates that do not load, or do not name where this node is

@@ -67,7 +67,14 @@ fn etcdctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn users_reach_exactly_what_their_roles_grant_and_nothing_without_credentials() {
-    let mut cluster = TestCluster::start(bin(), 3);
+    // Without peer TLS a node's own membership calls (joining, below) need
+    // a root user, from its environment.
+    let mut cluster = TestCluster::start_with_env(
+        bin(),
+        3,
+        &[],
+        &[("RAFTKV_USER", "root"), ("RAFTKV_PASSWORD", "rootpw")],
+    );
     cluster.wait_leader(LEADER_WAIT);
     set_up(&cluster);
 
@@ -336,6 +343,19 @@ fn the_library_logs_in_and_again_when_its_token_expires() {
             .expect("after the token expired");
         let value = client.get("a/lib").await.expect("read back");
         assert_eq!(&value[..], b"2");
+        // Her password changed: the token she holds is no longer good, and
+        // her old password does not get her a new one.
+        let out = cluster.cli(&["user", "passwd", "alice:newpw", "--user", "root:rootpw"]);
+        out.assert_ok();
+        let refused = client
+            .get("a/lib")
+            .await
+            .expect_err("old token, old password");
+        assert!(
+            matches!(&refused, raftkv_client::Error::Unauthenticated(m)
+                if m.contains("authentication failed")),
+            "{refused:?}"
+        );
         let wrong = raftkv_client::Client::with_options(
             &cluster.endpoint_list(),
             raftkv_client::ClientOptions {

@@ -341,3 +341,39 @@ fn pseudo_random_bytes(length: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Issue 22 (limits per client): a client that holds more connections than
+/// `--max-connections-per-client` allows has its requests on the extra ones
+/// refused with a message saying so, and gets them back once it closes some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_connection_limit_is_told_so() {
+    let cluster = TestCluster::start_with(bin(), 1, &["--max-connections-per-client", "2"]);
+    let first = cluster.client();
+    first.put("k", "v").await.expect("first connection");
+    let second = cluster.client();
+    second.get("k").await.expect("second connection");
+    let third = cluster.client();
+    let refused = third.get("k").await.expect_err("a third connection");
+    assert!(
+        matches!(&refused, Error::Rejected(m)
+            if m.contains("too many connections from 127.0.0.1: 3 open, at most 2 per client")),
+        "{refused:?}"
+    );
+    // Closing one frees its slot (the server notices the close).
+    drop(first);
+    drop(third);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match cluster.client().get("k").await {
+            Ok(value) => {
+                assert_eq!(&value[..], b"v");
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no slot came free after closing two connections: {e}"),
+        }
+    }
+}

@@ -168,8 +168,6 @@ impl Error {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::ResourceExhausted => Error::NoSpace(message),
             Code::DataLoss => Error::Corrupted(message),
-            Code::PermissionDenied => Error::PermissionDenied(message),
-            Code::Unauthenticated => Error::Unauthenticated(message),
             // Connection refused/reset, node restarting, server timeouts.
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
                 Error::Unavailable(if message.is_empty() {

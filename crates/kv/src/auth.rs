@@ -75,12 +75,16 @@ pub struct User {
     /// Authenticates without a password (by its certificate's CN).
     pub no_password: bool,
     pub roles: BTreeSet<String>,
+    /// The auth revision at which this user was added or its password last
+    /// changed: a token made before then is no longer good.
+    pub since: u64,
 }
 
 /// One change, as it goes through the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthChange {
-    /// `secret` signs tokens; kept from the first enable on.
+    /// `secret` signs tokens from now on (a new one each time auth is
+    /// turned on, so tokens from before a disable are no longer good).
     Enable {
         secret: Bytes,
     },
@@ -131,7 +135,7 @@ pub struct AuthStore {
     pub users: BTreeMap<String, User>,
     /// Role name → its permissions (`root` holds none: it may do anything).
     pub roles: BTreeMap<String, Vec<Permission>>,
-    /// Signs tokens; chosen by the proposer of the first enable.
+    /// Signs tokens; chosen by the proposer of the enable that turned auth on.
     pub secret: Bytes,
 }
 
@@ -144,7 +148,7 @@ impl AuthStore {
                 if !root.roles.contains(ROOT) {
                     return Err(ROOT_ROLE_MISSING);
                 }
-                if self.secret.is_empty() {
+                if !self.enabled {
                     self.secret = secret.clone();
                 }
                 self.enabled = true;
@@ -167,6 +171,7 @@ impl AuthStore {
                         password_hash: password_hash.clone(),
                         no_password: *no_password,
                         roles: BTreeSet::new(),
+                        since: self.revision + 1,
                     },
                 );
             }
@@ -182,6 +187,7 @@ impl AuthStore {
             } => {
                 let user = self.users.get_mut(name).ok_or(USER_NOT_FOUND)?;
                 user.password_hash = password_hash.clone();
+                user.since = self.revision + 1;
             }
             AuthChange::UserGrantRole { user, role } => {
                 if role != ROOT && !self.roles.contains_key(role) {
@@ -384,6 +390,7 @@ impl AuthStore {
                     }),
                 })
                 .collect(),
+            user_since: self.users.values().map(|user| user.since).collect(),
             roles: self
                 .roles
                 .iter()
@@ -406,13 +413,14 @@ impl AuthStore {
             secret: state.secret.clone(),
             ..Default::default()
         };
-        for user in &state.users {
+        for (i, user) in state.users.iter().enumerate() {
             store.users.insert(
                 text(&user.name, "a user")?,
                 User {
                     password_hash: text(&user.password, "a password hash")?,
                     no_password: user.options.as_ref().is_some_and(|o| o.no_password),
                     roles: user.roles.iter().cloned().collect(),
+                    since: state.user_since.get(i).copied().unwrap_or(0),
                 },
             );
         }
@@ -747,13 +755,27 @@ mod tests {
             }),
             Err(USER_EXISTS)
         );
-        // The secret is chosen once.
+        // Enabled again while on: the secret stays; turned on again after a
+        // disable: a new one (tokens from before are no longer good).
+        auth.apply(&AuthChange::Enable {
+            secret: Bytes::from_static(b"again"),
+        })
+        .unwrap();
+        assert_eq!(auth.secret, Bytes::from_static(b"s"));
         auth.apply(&AuthChange::Disable).unwrap();
         auth.apply(&AuthChange::Enable {
             secret: Bytes::from_static(b"other"),
         })
         .unwrap();
-        assert_eq!(auth.secret, Bytes::from_static(b"s"));
+        assert_eq!(auth.secret, Bytes::from_static(b"other"));
+        // A password change moves the user's `since` (its tokens end).
+        let since = auth.users[ROOT].since;
+        auth.apply(&AuthChange::UserChangePassword {
+            name: ROOT.into(),
+            password_hash: "h2".into(),
+        })
+        .unwrap();
+        assert!(auth.users[ROOT].since > since);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct ServerTlsFiles {
     pub peer: Option<CertFiles>,
     /// `--peer-trusted-ca-file`: the CA of members' certificates.
     pub peer_trusted_ca: Option<PathBuf>,
+    /// `--peer-cert-allowed-cn`: a member's certificate must also have this
+    /// CN (for a peer CA that signs other certificates too).
+    pub peer_allowed_cn: Option<String>,
 }
 
 impl ServerTlsFiles {
@@ -400,11 +403,18 @@ impl ServerTls {
         };
         let (client_cert, peer, common_name) = match tls.get_ref().1.peer_certificates() {
             Some([leaf, intermediates @ ..]) => {
-                let peer = state.peer_verifier.as_ref().is_some_and(|v| {
-                    v.verify_client_cert(leaf, intermediates, UnixTime::now())
-                        .is_ok()
-                });
-                (true, peer, common_name(leaf))
+                let common_name = common_name(leaf);
+                let allowed = self
+                    .files
+                    .peer_allowed_cn
+                    .as_ref()
+                    .is_none_or(|cn| common_name.as_ref() == Some(cn));
+                let peer = allowed
+                    && state.peer_verifier.as_ref().is_some_and(|v| {
+                        v.verify_client_cert(leaf, intermediates, UnixTime::now())
+                            .is_ok()
+                    });
+                (true, peer, common_name)
             }
             _ => (false, false, None),
         };
@@ -416,6 +426,7 @@ impl ServerTls {
                 client_cert,
                 peer,
                 common_name,
+                over_limit: None,
             },
         ))
     }
@@ -516,6 +527,9 @@ pub struct ConnInfo {
     /// The subject CN of the verified client certificate, if it has one
     /// (etcd takes it as the user when a request carries no token).
     pub common_name: Option<String>,
+    /// `Some((open, limit))`: its client had more connections open than it
+    /// may when this one came (its requests are refused, saying so).
+    pub over_limit: Option<(usize, usize)>,
 }
 
 impl ConnInfo {
@@ -717,6 +731,8 @@ impl AsyncWrite for MaybeTls {
 pub struct Accepted {
     pub io: MaybeTls,
     pub info: ConnInfo,
+    /// Held for as long as the connection lives (a per-client count).
+    pub slot: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl AsyncRead for Accepted {

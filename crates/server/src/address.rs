@@ -39,6 +39,7 @@ pub async fn record_own_address(replica: Replica, address: String, tls: crate::O
     let options = ClientOptions {
         timeout: ATTEMPT_TIMEOUT,
         tls: tls.clone(),
+        credentials: crate::auth::node_credentials(),
         ..Default::default()
     };
     let client = match Client::with_options(&endpoints, options) {

@@ -56,11 +56,35 @@ enum Need {
     Nothing,
     /// A user (the service checks its keys).
     User,
-    /// The root role.
+    /// The root role (or the node itself: see `member_path`).
     Root,
-    /// Decided by the service (joining and a member's address change come
-    /// from nodes, which have no user).
-    Service,
+}
+
+/// The calls a node makes as itself (joining, its promotion, a new
+/// address, finding the cluster): on a member's connection (peer TLS) with
+/// no token they are the node's. Anything else a member sends without a
+/// token (a request it forwards while it still sees auth off) is no one's.
+fn member_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/raftkv.v1.Cluster/AddNode"
+            | "/raftkv.v1.Cluster/PromoteNode"
+            | "/raftkv.v1.Cluster/SetMemberAddress"
+            | "/raftkv.v1.Cluster/Members"
+            | "/raftkv.v1.Cluster/Status"
+    ) || path.starts_with("/raftkv.v1.Peer/")
+}
+
+/// The user a node logs in as for the membership calls it makes itself
+/// (`--join`, its promotion, a new address) when auth is on and the
+/// cluster has no peer TLS: RAFTKV_USER and RAFTKV_PASSWORD in the server's
+/// environment (a root user). With peer TLS its certificate is enough.
+pub fn node_credentials() -> Option<raftkv_client::Credentials> {
+    let user = std::env::var("RAFTKV_USER")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let password = std::env::var("RAFTKV_PASSWORD").unwrap_or_default();
+    Some(raftkv_client::Credentials { user, password })
 }
 
 fn need(path: &str) -> Need {
@@ -77,7 +101,6 @@ fn need(path: &str) -> Need {
         ("etcdserverpb.Cluster", _) => Need::Root,
         ("etcdserverpb.KV", "Compact") => Need::Root,
         ("raftkv.v1.Cluster", "Status" | "Members") => Need::Nothing,
-        ("raftkv.v1.Cluster", "AddNode" | "SetMemberAddress") => Need::Service,
         ("raftkv.v1.Cluster", _) => Need::Root,
         ("raftkv.v1.Debug", _) => Need::Root,
         (s, _) if s.starts_with("grpc.") => Need::Nothing,
@@ -110,6 +133,7 @@ impl Auth {
     fn resolve(
         &self,
         store: &AuthStore,
+        path: &str,
         token: Option<&str>,
         connection: &ConnInfo,
     ) -> Result<Caller, &'static str> {
@@ -117,13 +141,14 @@ impl Auth {
             return Ok(Caller::Anonymous);
         }
         if let Some(token) = token {
-            let user = auth_token::verify(&store.secret, token, now_ms())?;
-            if !store.has_user(&user) {
+            let (user, since) = auth_token::verify(&store.secret, token, now_ms())?;
+            // Deleted since, or its password changed: no longer good.
+            if store.users.get(&user).map(|u| u.since) != Some(since) {
                 return Err(auth_token::INVALID_TOKEN);
             }
             return Ok(Caller::User(user));
         }
-        if connection.peer {
+        if connection.peer && member_path(path) {
             return Ok(Caller::Node);
         }
         Ok(match connection.certificate_user() {
@@ -152,7 +177,7 @@ impl Auth {
             })
         };
         match (need(path), caller) {
-            (Need::Nothing | Need::Service, _) | (_, Caller::Node) => None,
+            (Need::Nothing, _) | (_, Caller::Node) => None,
             (_, Caller::Anonymous) => no_user(),
             (Need::User, Caller::User(_)) => None,
             (Need::Root, Caller::User(user)) if store.is_root(user) => None,
@@ -182,6 +207,12 @@ impl Auth {
                         .cloned()
                         .unwrap_or_default();
                     let path = request.uri().path().to_string();
+                    if let Some((open, limit)) = connection.over_limit {
+                        if !path.starts_with("/raftkv.v1.Peer/") {
+                            return too_many_connections(&path, &connection, open, limit)
+                                .into_http::<axum::body::Body>();
+                        }
+                    }
                     let token = request
                         .headers()
                         .get(TOKEN_HEADER)
@@ -190,7 +221,7 @@ impl Auth {
                     let verdict = {
                         let kv = auth.replica.kv();
                         let store = kv.auth();
-                        match auth.resolve(store, token, &connection) {
+                        match auth.resolve(store, &path, token, &connection) {
                             Ok(caller) => match auth.refusal(store, &path, &caller) {
                                 None => Ok(caller),
                                 Some(status) => Err(status),
@@ -227,8 +258,9 @@ impl Auth {
         if !store.enabled {
             return Err(Status::failed_precondition(AUTH_NOT_ENABLED));
         }
+        let since = store.users.get(user).map_or(0, |u| u.since);
         let expires = now_ms() + self.token_ttl.as_millis() as u64;
-        Ok(auth_token::issue(&store.secret, user, expires))
+        Ok(auth_token::issue(&store.secret, user, since, expires))
     }
 
     /// Checks `password` against `user`'s hash off the async threads; the
@@ -285,8 +317,10 @@ pub fn check(
 ) -> Result<(), Denied> {
     match caller {
         Caller::User(user) => replica.kv().auth().check(user, access, key, range_end),
-        // Anonymous only while auth is off (the gate refuses it else).
-        Caller::Anonymous | Caller::Node => Ok(()),
+        Caller::Node => Ok(()),
+        // Anonymous: allowed while auth is off; a stream opened before it
+        // was turned on gets nothing more once it is.
+        Caller::Anonymous => replica.kv().auth().check("", access, key, range_end),
     }
 }
 
@@ -298,7 +332,8 @@ pub fn check_txn(
 ) -> Result<(), Denied> {
     match caller {
         Caller::User(user) => replica.kv().auth().check_txn(user, txn),
-        Caller::Anonymous | Caller::Node => Ok(()),
+        Caller::Node => Ok(()),
+        Caller::Anonymous => replica.kv().auth().check_txn("", txn),
     }
 }
 
@@ -307,13 +342,30 @@ pub fn check_txn(
 pub fn may_read_any(replica: &Replica, caller: &Caller, key: &[u8], range_end: &[u8]) -> bool {
     match caller {
         Caller::User(user) => replica.kv().auth().may_read_any(user, key, range_end),
-        Caller::Anonymous | Caller::Node => true,
+        Caller::Node => true,
+        Caller::Anonymous => replica.kv().auth().may_read_any("", key, range_end),
     }
 }
 
 /// Whether `caller` may read `key` now (a watcher gets only these).
 pub fn may_read(replica: &Replica, caller: &Caller, key: &[u8]) -> bool {
     check(replica, caller, Access::Read, key, &[]).is_ok()
+}
+
+/// The refusal of a request on a connection past its client's limit.
+fn too_many_connections(path: &str, connection: &ConnInfo, open: usize, limit: usize) -> Status {
+    let who = connection
+        .remote
+        .map_or("this client".to_string(), |a| a.ip().to_string());
+    let text = format!(
+        "too many connections from {who}: {open} open, at most {limit} per client \
+         (--max-connections-per-client); reuse connections, or close some"
+    );
+    if path.starts_with("/raftkv.") {
+        error_status(ErrorKind::Rejected, text, Default::default(), false)
+    } else {
+        Status::resource_exhausted(text)
+    }
 }
 
 /// The caller the gate found for `request` (`Anonymous` if none: auth off,
@@ -339,8 +391,9 @@ pub fn forward_as<T>(replica: &Replica, caller: &Caller, request: &mut Request<T
         if !store.enabled {
             return;
         }
+        let since = store.users.get(user.as_str()).map_or(0, |u| u.since);
         let expires = now_ms() + FORWARD_TOKEN_TTL.as_millis() as u64;
-        auth_token::issue(&store.secret, user, expires)
+        auth_token::issue(&store.secret, user, since, expires)
     };
     if let Ok(value) = token.parse() {
         request.metadata_mut().insert(TOKEN_HEADER, value);
@@ -395,7 +448,13 @@ mod tests {
         assert_eq!(need("/etcdserverpb.Watch/Watch"), Need::User);
         assert_eq!(need("/raftkv.v1.KV/Put"), Need::User);
         assert_eq!(need("/raftkv.v1.Cluster/RemoveNode"), Need::Root);
-        assert_eq!(need("/raftkv.v1.Cluster/AddNode"), Need::Service);
+        assert_eq!(need("/raftkv.v1.Cluster/AddNode"), Need::Root);
+        assert!(member_path("/raftkv.v1.Cluster/AddNode"));
+        assert!(
+            !member_path("/etcdserverpb.KV/Put"),
+            "a forwarded call is a user's"
+        );
+        assert!(!member_path("/etcdserverpb.Auth/AuthDisable"));
         assert_eq!(need("/raftkv.v1.Debug/Compact"), Need::Root);
         assert_eq!(need("/raftkv.v1.Peer/Raft"), Need::Nothing);
         assert_eq!(need("/metrics"), Need::Nothing);

@@ -27,17 +27,17 @@ fn mac(secret: &[u8], payload: &str) -> HmacSha256 {
     mac
 }
 
-/// A token for `user` that expires at `expires_ms` (milliseconds since the
-/// Unix epoch).
-pub fn issue(secret: &[u8], user: &str, expires_ms: u64) -> String {
-    let payload = URL_SAFE_NO_PAD.encode(format!("{expires_ms}\n{user}"));
+/// A token for `user` (as of its `since`, see `raftkv_kv::auth::User`)
+/// that expires at `expires_ms` (milliseconds since the Unix epoch).
+pub fn issue(secret: &[u8], user: &str, since: u64, expires_ms: u64) -> String {
+    let payload = URL_SAFE_NO_PAD.encode(format!("{expires_ms}\n{since}\n{user}"));
     let tag = URL_SAFE_NO_PAD.encode(mac(secret, &payload).finalize().into_bytes());
     format!("{PREFIX}{payload}.{tag}")
 }
 
-/// The user a token names, if it was made with `secret` and has not expired
-/// at `now_ms`.
-pub fn verify(secret: &[u8], token: &str, now_ms: u64) -> Result<String, &'static str> {
+/// The user a token names and its `since`, if it was made with `secret` and
+/// has not expired at `now_ms`.
+pub fn verify(secret: &[u8], token: &str, now_ms: u64) -> Result<(String, u64), &'static str> {
     if secret.is_empty() {
         return Err(INVALID_TOKEN);
     }
@@ -49,12 +49,14 @@ pub fn verify(secret: &[u8], token: &str, now_ms: u64) -> Result<String, &'stati
         .map_err(|_| INVALID_TOKEN)?;
     let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| INVALID_TOKEN)?;
     let payload = String::from_utf8(payload).map_err(|_| INVALID_TOKEN)?;
-    let (expires, user) = payload.split_once('\n').ok_or(INVALID_TOKEN)?;
+    let (expires, rest) = payload.split_once('\n').ok_or(INVALID_TOKEN)?;
+    let (since, user) = rest.split_once('\n').ok_or(INVALID_TOKEN)?;
     let expires: u64 = expires.parse().map_err(|_| INVALID_TOKEN)?;
+    let since: u64 = since.parse().map_err(|_| INVALID_TOKEN)?;
     if now_ms >= expires {
         return Err(INVALID_TOKEN);
     }
-    Ok(user.to_string())
+    Ok((user.to_string(), since))
 }
 
 #[cfg(test)]
@@ -63,19 +65,19 @@ mod tests {
 
     #[test]
     fn a_token_names_its_user_until_it_expires() {
-        let token = issue(b"secret", "alice", 1_000);
-        assert_eq!(verify(b"secret", &token, 999), Ok("alice".to_string()));
+        let token = issue(b"secret", "alice", 7, 1_000);
+        assert_eq!(verify(b"secret", &token, 999), Ok(("alice".to_string(), 7)));
         assert_eq!(verify(b"secret", &token, 1_000), Err(INVALID_TOKEN));
     }
 
     #[test]
     fn a_token_from_another_secret_or_altered_is_refused() {
-        let token = issue(b"secret", "alice", 1_000);
+        let token = issue(b"secret", "alice", 7, 1_000);
         assert_eq!(verify(b"other", &token, 0), Err(INVALID_TOKEN));
         assert_eq!(verify(b"", &token, 0), Err(INVALID_TOKEN));
         // Claiming to be root with alice's MAC.
         let (_, tag) = token.rsplit_once('.').unwrap();
-        let forged = format!("{PREFIX}{}.{tag}", URL_SAFE_NO_PAD.encode("1000\nroot"));
+        let forged = format!("{PREFIX}{}.{tag}", URL_SAFE_NO_PAD.encode("1000\n7\nroot"));
         assert_eq!(verify(b"secret", &forged, 0), Err(INVALID_TOKEN));
         for garbage in [
             "",

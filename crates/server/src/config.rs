@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// etcd's `--auth-token-ttl`: how long a token from `Authenticate` is
     /// good.
     pub auth_token_ttl: Duration,
+    /// Connections one client (IP address) may hold open; 0: no limit.
+    pub max_connections_per_client: usize,
+    /// etcd's `--max-concurrent-streams`: HTTP/2 streams per connection
+    /// (`None`: no limit, etcd's default); a client past it waits.
+    pub max_concurrent_streams: Option<u32>,
     /// TLS (etcd's flags; see [`ServerConfig::tls_files`]).
     pub tls: TlsSettings,
 }
@@ -60,6 +65,8 @@ pub struct TlsSettings {
     pub peer_cert_file: Option<PathBuf>,
     pub peer_key_file: Option<PathBuf>,
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// etcd's `--peer-cert-allowed-cn`.
+    pub peer_cert_allowed_cn: Option<String>,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -135,6 +142,8 @@ impl Default for ServerConfig {
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(300),
+            max_connections_per_client: 1024,
+            max_concurrent_streams: None,
             tls: TlsSettings::default(),
         }
     }
@@ -193,6 +202,7 @@ impl ServerConfig {
                 ("--peer-cert-file", "--peer-key-file"),
             )?,
             peer_trusted_ca: t.peer_trusted_ca_file.clone(),
+            peer_allowed_cn: t.peer_cert_allowed_cn.clone(),
         };
         if files.trusted_ca.is_some() && files.client.is_none() && files.peer.is_none() {
             return Err(
@@ -227,6 +237,9 @@ impl ServerConfig {
         }
         if self.auth_token_ttl.is_zero() || self.auth_token_ttl > Duration::from_secs(31_536_000) {
             return Err("--auth-token-ttl must be between 1 and 31536000 seconds".into());
+        }
+        if self.max_concurrent_streams == Some(0) {
+            return Err("--max-concurrent-streams must be more than 0".into());
         }
         if self.watch_progress_notify_interval.is_zero() {
             return Err("--experimental-watch-progress-notify-interval must be more than 0".into());
@@ -369,6 +382,8 @@ pub struct ConfigFile {
     pub experimental_watch_progress_notify_interval: Option<String>,
     /// Seconds, as etcd's flag.
     pub auth_token_ttl: Option<u64>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -376,6 +391,7 @@ pub struct ConfigFile {
     pub peer_cert_file: Option<PathBuf>,
     pub peer_key_file: Option<PathBuf>,
     pub peer_trusted_ca_file: Option<PathBuf>,
+    pub peer_cert_allowed_cn: Option<String>,
 }
 
 impl ConfigFile {
@@ -438,6 +454,12 @@ impl ConfigFile {
         if let Some(v) = self.auth_token_ttl {
             config.auth_token_ttl = Duration::from_secs(v);
         }
+        if let Some(v) = self.max_connections_per_client {
+            config.max_connections_per_client = v;
+        }
+        if let Some(v) = self.max_concurrent_streams {
+            config.max_concurrent_streams = Some(v);
+        }
         if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
             config.auto_compaction = AutoCompaction::parse(
                 self.auto_compaction_mode.as_deref(),
@@ -459,6 +481,10 @@ impl ConfigFile {
         }
         if let Some(v) = self.client_cert_auth {
             tls.client_cert_auth = v;
+        }
+        if self.peer_cert_allowed_cn.is_some() {
+            tls.peer_cert_allowed_cn
+                .clone_from(&self.peer_cert_allowed_cn);
         }
         Ok(())
     }

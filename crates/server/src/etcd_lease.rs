@@ -201,6 +201,20 @@ impl Lease for EtcdLease {
             .await
         {
             Ok(info) => {
+                if let Some(info) = info.as_ref().filter(|_| request.keys) {
+                    // The keys' names are data: only for a caller who may
+                    // read every one of them (etcd's rule since 3.4.26).
+                    for key in &info.keys {
+                        crate::auth::check(
+                            &self.replica,
+                            &caller,
+                            raftkv_kv::auth::Access::Read,
+                            key,
+                            &[],
+                        )
+                        .map_err(crate::auth::etcd_denied)?;
+                    }
+                }
                 let header = Some(etcd_header(&self.replica, None));
                 Ok(Response::new(match info {
                     Some(info) => LeaseTimeToLiveResponse {

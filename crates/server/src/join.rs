@@ -24,6 +24,7 @@ fn client_for(join: &[String], tls: &crate::OutgoingTls) -> anyhow::Result<Clien
         ClientOptions {
             timeout: ATTEMPT_TIMEOUT,
             tls: tls.clone(),
+            credentials: crate::auth::node_credentials(),
             ..Default::default()
         },
     )

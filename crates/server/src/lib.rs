@@ -404,6 +404,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             (false, false) => "plaintext",
         }
     );
+    let same_ca = match (&tls_files.trusted_ca, &tls_files.peer_trusted_ca) {
+        (Some(client), Some(peer)) => {
+            client == peer || std::fs::read(client).ok() == std::fs::read(peer).ok()
+        }
+        _ => false,
+    };
+    if same_ca && tls_files.peer_allowed_cn.is_none() {
+        tracing::warn!(
+            "--trusted-ca-file and --peer-trusted-ca-file are the same CA: every client \
+             certificate it signs is also a member's (it may join the cluster and speak raft, \
+             whatever its user's roles). Give the members their own CA, or \
+             --peer-cert-allowed-cn with the CN of the members' certificates"
+        );
+    }
     if seed_peers.is_none() {
         tokio::spawn(address::record_own_address(
             replica.clone(),
@@ -493,6 +507,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     auth.clone().apply(routes.axum_router_mut());
     tls_policy.apply(routes.axum_router_mut());
     let serve = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
         .tcp_nodelay(true)
         .accept_http1(true)
         .add_routes(routes)
@@ -509,6 +524,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     .with_keepalive(Some(std::time::Duration::from_secs(30))),
                 server_tls,
                 metrics.tls_refused.clone(),
+                tls_policy::ConnectionLimit::new(config.max_connections_per_client),
             ),
             async {
                 let _ = serving_stopped.await;

@@ -145,6 +145,66 @@ static HANDSHAKE_LOG: Seldom = Seldom {
     last: std::sync::Mutex::new(None),
 };
 
+/// How many connections one client (IP address) may hold open at once
+/// (`--max-connections-per-client`; 0: no limit). A connection past the
+/// limit is accepted, but its requests are refused saying why (a closed
+/// socket would tell the client nothing); raft traffic is never refused.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    per_client: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One open connection of a client, counted until dropped.
+struct Slot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("connection counts lock");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+type Admitted = (
+    Option<Box<dyn std::any::Any + Send + Sync>>,
+    Option<(usize, usize)>,
+);
+
+impl ConnectionLimit {
+    pub fn new(per_client: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            per_client,
+            open: Default::default(),
+        }
+    }
+
+    /// Counts a new connection from `remote`: its slot, and `Some((open,
+    /// limit))` if that is more than its client may hold.
+    fn admit(&self, remote: Option<std::net::SocketAddr>) -> Admitted {
+        let Some(remote) = remote.filter(|_| self.per_client > 0) else {
+            return (None, None);
+        };
+        let ip = remote.ip();
+        let mut open = self.open.lock().expect("connection counts lock");
+        let count = open.entry(ip).or_insert(0);
+        *count += 1;
+        let over = (*count > self.per_client).then_some((*count, self.per_client));
+        let slot = Slot {
+            ip,
+            open: self.open.clone(),
+        };
+        (Some(Box::new(slot)), over)
+    }
+}
+
 /// The server's connections: each accepted socket goes through the TLS
 /// handshake (when TLS is configured and the client starts one) in its own
 /// task, so a slow or failed handshake holds up no other connection.
@@ -152,6 +212,7 @@ pub fn accept(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     tls: Option<Arc<ServerTls>>,
     refused: prometheus::IntCounterVec,
+    limit: ConnectionLimit,
 ) -> impl Stream<Item = io::Result<CoalescingIo<Accepted>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
     tokio::spawn(async move {
@@ -167,12 +228,15 @@ pub fn accept(
                 }
             };
             let sender = sender.clone();
+            let (slot, over_limit) = limit.admit(stream.peer_addr().ok());
             match &tls {
                 None => {
-                    let info = ConnInfo::plain(stream.peer_addr().ok());
+                    let mut info = ConnInfo::plain(stream.peer_addr().ok());
+                    info.over_limit = over_limit;
                     let accepted = Accepted {
                         io: MaybeTls::Plain(stream),
                         info,
+                        slot,
                     };
                     if sender.send(Ok(CoalescingIo::new(accepted))).await.is_err() {
                         return;
@@ -184,8 +248,9 @@ pub fn accept(
                     tokio::spawn(async move {
                         let remote = stream.peer_addr().ok();
                         match tls.accept(stream).await {
-                            Ok((io, info)) => {
-                                let accepted = Accepted { io, info };
+                            Ok((io, mut info)) => {
+                                info.over_limit = over_limit;
+                                let accepted = Accepted { io, info, slot };
                                 let _ = sender.send(Ok(CoalescingIo::new(accepted))).await;
                             }
                             Err(e) => {
@@ -235,6 +300,7 @@ mod tests {
             client_cert_auth,
             peer: if peer { certs() } else { None },
             peer_trusted_ca: peer.then(|| "peer-ca.pem".into()),
+            peer_allowed_cn: None,
         }
     }
 
@@ -245,6 +311,7 @@ mod tests {
             client_cert,
             peer,
             common_name: None,
+            over_limit: None,
         }
     }
 
@@ -266,6 +333,27 @@ mod tests {
         assert!(policy
             .refusal(&connection(false, false, false), "/metrics")
             .is_some());
+    }
+
+    #[test]
+    fn a_client_past_its_connection_limit_is_marked_until_one_closes() {
+        let limit = ConnectionLimit::new(2);
+        let from = |port| Some(std::net::SocketAddr::from(([10, 0, 0, 1], port)));
+        let (a, over_a) = limit.admit(from(1));
+        let (_b, over_b) = limit.admit(from(2));
+        let (_c, over_c) = limit.admit(from(3));
+        assert_eq!((over_a, over_b, over_c), (None, None, Some((3, 2))));
+        // Another client has its own count.
+        let other = limit.admit(Some(std::net::SocketAddr::from(([10, 0, 0, 2], 1))));
+        assert_eq!(other.1, None);
+        drop(a);
+        drop(_c);
+        assert_eq!(limit.admit(from(4)).1, None, "a slot freed on close");
+        assert_eq!(
+            ConnectionLimit::new(0).admit(from(5)).1,
+            None,
+            "0: no limit"
+        );
     }
 
     #[test]

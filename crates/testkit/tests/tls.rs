@@ -37,6 +37,7 @@ fn pki() -> Pki {
         client_cert_auth: true,
         peer: Some(files(&peer_ca.issue("peer-server"))),
         peer_trusted_ca: Some(peer_ca.cert.clone()),
+        peer_allowed_cn: None,
     };
     Pki {
         _dir: dir,
@@ -151,6 +152,37 @@ async fn clients_and_members_are_told_apart_by_their_certificates() {
     plain.write_all(b"hello").await.unwrap();
     let info = accepted.recv().await.unwrap().unwrap();
     assert!(!info.tls && !info.client_cert, "{info:?}");
+}
+
+/// `--peer-cert-allowed-cn`: with one CA for clients and members, a
+/// certificate is a member's only if its CN is the one allowed; a client's
+/// certificate from the same CA is then a user (its CN), never a member.
+#[tokio::test]
+async fn with_one_ca_only_the_allowed_cn_is_a_member() {
+    let pki = pki();
+    let one_ca = ServerTlsFiles {
+        trusted_ca: Some(pki.peer_ca.cert.clone()),
+        peer_allowed_cn: Some("member".into()),
+        ..pki.server.clone()
+    };
+    let tls = ServerTls::new(&one_ca).unwrap().unwrap();
+    let (port, mut accepted) = serve(tls).await;
+    let as_member = |name: &str| ClientTlsFiles {
+        trusted_ca: pki.peer_ca.cert.clone(),
+        identity: Some(files(&pki.peer_ca.issue(name))),
+        peer: true,
+    };
+    connect(port, &as_member("member"))
+        .await
+        .expect("the members' CN");
+    let info = accepted.recv().await.unwrap().unwrap();
+    assert!(info.peer, "{info:?}");
+    connect(port, &as_member("alice"))
+        .await
+        .expect("alice, same CA");
+    let info = accepted.recv().await.unwrap().unwrap();
+    assert!(info.client_cert && !info.peer, "{info:?}");
+    assert_eq!(info.certificate_user(), Some("alice"));
 }
 
 #[tokio::test]
