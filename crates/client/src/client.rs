@@ -234,7 +234,7 @@ impl Client {
 
     /// Logs in with the options' credentials if not logged in yet.
     pub async fn ensure_login(&self) -> Result<(), Error> {
-        if self.inner.options.credentials.is_none() || self.inner.token.is_set() {
+        if self.inner.options.credentials.is_none() || self.inner.token.is_fresh() {
             return Ok(());
         }
         self.login(false).await
@@ -250,7 +250,7 @@ impl Client {
         let _one = self.inner.login.lock().await;
         if again {
             self.inner.token.set(None);
-        } else if self.inner.token.is_set() {
+        } else if self.inner.token.is_fresh() {
             return Ok(());
         }
         let deadline = Deadline::new(self.inner.options.timeout);
