@@ -37,7 +37,10 @@ const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The token a client's requests carry (none until it logs in); clones
 /// share it.
 #[derive(Clone, Default)]
-pub struct Token(Arc<RwLock<Option<(AsciiMetadataValue, Option<SystemTime>)>>>);
+pub struct Token(Arc<RwLock<Option<Held>>>);
+
+/// A token, and when to renew it (`None`: not a RaftKV token; never).
+type Held = (AsciiMetadataValue, Option<SystemTime>);
 
 impl Token {
     pub(crate) fn set(&self, token: Option<&str>) {
