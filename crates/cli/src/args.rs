@@ -341,23 +341,44 @@ pub enum UserCommand {
     /// Add a user: NAME or NAME:PASSWORD (else the password is read from
     /// RAFTKV_NEW_PASSWORD or asked for).
     Add {
+        /// NAME, or NAME:PASSWORD.
         name: String,
         /// The user logs in by its client certificate's CN only.
         #[arg(long)]
         no_password: bool,
     },
     /// Delete a user.
-    Delete { name: String },
-    /// A user's roles.
-    Get { name: String },
+    Delete {
+        /// The user.
+        name: String,
+    },
+    /// A user's roles (a user may read its own).
+    Get {
+        /// The user.
+        name: String,
+    },
     /// Every user.
     List,
-    /// Change a user's password: NAME or NAME:PASSWORD.
-    Passwd { name: String },
+    /// Change a user's password (its tokens end): NAME or NAME:PASSWORD (else
+    /// from RAFTKV_NEW_PASSWORD, or asked for).
+    Passwd {
+        /// NAME, or NAME:PASSWORD.
+        name: String,
+    },
     /// Give a user a role.
-    GrantRole { user: String, role: String },
+    GrantRole {
+        /// The user.
+        user: String,
+        /// The role (`root`: everything).
+        role: String,
+    },
     /// Take a role from a user.
-    RevokeRole { user: String, role: String },
+    RevokeRole {
+        /// The user.
+        user: String,
+        /// The role.
+        role: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -370,36 +391,57 @@ pub struct RoleArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PermissionArg {
+    /// Get, scan, watch.
     Read,
+    /// Put, delete.
     Write,
+    /// Both.
     Readwrite,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RoleCommand {
     /// Add a role (no permissions yet).
-    Add { name: String },
+    Add {
+        /// The role.
+        name: String,
+    },
     /// Delete a role (users lose it).
-    Delete { name: String },
-    /// A role's permissions.
-    Get { name: String },
+    Delete {
+        /// The role.
+        name: String,
+    },
+    /// A role's permissions (a user may read its own roles').
+    Get {
+        /// The role.
+        name: String,
+    },
     /// Every role.
     List,
     /// Let a role read, write or both: KEY, the keys [KEY, RANGE_END), or
     /// with --prefix every key starting with KEY.
     GrantPermission {
+        /// The role.
         role: String,
+        /// What it allows.
         permission: PermissionArg,
+        /// The key (or the start of the range, or the prefix).
         key: String,
+        /// The end of the range (exclusive); not with --prefix.
         range_end: Option<String>,
+        /// Every key starting with KEY (`--prefix ""`: every key).
         #[arg(long)]
         prefix: bool,
     },
     /// Take a permission back (the same KEY [RANGE_END] / --prefix as granted).
     RevokePermission {
+        /// The role.
         role: String,
+        /// The key of the permission, as granted.
         key: String,
+        /// Its range end, as granted; not with --prefix.
         range_end: Option<String>,
+        /// The permission was granted with --prefix.
         #[arg(long)]
         prefix: bool,
     },

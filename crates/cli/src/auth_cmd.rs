@@ -18,6 +18,31 @@ async fn auth_client(flags: &ClientFlags) -> Result<AuthClient<raftkv_client::Ch
     Ok(AuthClient::new(channel(flags).await?))
 }
 
+/// Runs one Auth call, again (on a fresh connection) while the cluster
+/// answers "unavailable" — no leader yet, a member restarting — until
+/// `--timeout`.
+async fn call<T, F, Fut>(flags: &ClientFlags, mut attempt: F) -> Result<T, Failure>
+where
+    F: FnMut(AuthClient<raftkv_client::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + flags.timeout;
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        let status = match attempt(auth_client(flags).await?).await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(status) => status,
+        };
+        let again = status.code() == tonic::Code::Unavailable
+            && std::time::Instant::now() + backoff < deadline;
+        if !again {
+            return Err(status_failure(status));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
 fn timed<T>(flags: &ClientFlags, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(flags.timeout);
@@ -43,13 +68,16 @@ fn name_and_password(given: &str) -> Result<(String, String), Failure> {
         return Ok((given.to_string(), password));
     }
     let ask = |prompt: String| {
-        rpassword::prompt_password(prompt).map_err(|e| {
+        rpassword::prompt_password(prompt).map_err(|_| {
             Failure::Usage(format!(
-                "no password for {given} (NAME:PASSWORD, or RAFTKV_NEW_PASSWORD) and none \
-                 could be asked for: {e}"
+                "no password for {given}: give NAME:PASSWORD or RAFTKV_NEW_PASSWORD (there is \
+                 no terminal to ask on)"
             ))
         })
     };
+    if given.is_empty() {
+        return Err(Failure::Usage("the user name is empty".into()));
+    }
     let password = ask(format!("Password of {given}: "))?;
     if ask(format!("Type password of {given} again for confirmation: "))? != password {
         return Err(Failure::Usage("the passwords do not match".into()));
@@ -58,10 +86,15 @@ fn name_and_password(given: &str) -> Result<(String, String), Failure> {
 }
 
 pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failure> {
-    let mut auth = auth_client(flags).await?;
     match command {
         UserCommand::Add { name, no_password } => {
             let (name, password) = if no_password {
+                if name.contains(':') {
+                    return Err(Failure::Usage(format!(
+                        "user add {name} --no-password: give the name only (a user without a \
+                         password has none to give)"
+                    )));
+                }
                 (name, String::new())
             } else {
                 name_and_password(&name)?
@@ -72,9 +105,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
                 options: Some(authpb::UserAddOptions { no_password }),
                 hashed_password: String::new(),
             };
-            auth.user_add(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_add(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("User {name} created"),
@@ -83,9 +118,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
         }
         UserCommand::Delete { name } => {
             let request = AuthUserDeleteRequest { name: name.clone() };
-            auth.user_delete(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_delete(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("User {name} deleted"),
@@ -94,11 +131,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
         }
         UserCommand::Get { name } => {
             let request = AuthUserGetRequest { name: name.clone() };
-            let reply = auth
-                .user_get(timed(flags, request))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let reply = call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_get(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("User: {name}\nRoles: {}", reply.roles.join(" ")),
@@ -106,11 +143,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
             )
         }
         UserCommand::List => {
-            let reply = auth
-                .user_list(timed(flags, AuthUserListRequest {}))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let reply = call(flags, |mut a| {
+                let r = AuthUserListRequest {}.clone();
+                async move { a.user_list(timed(flags, r)).await }
+            })
+            .await?;
             done(flags, reply.users.join("\n"), json!({"users": reply.users}))
         }
         UserCommand::Passwd { name } => {
@@ -120,9 +157,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
                 password,
                 hashed_password: String::new(),
             };
-            auth.user_change_password(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_change_password(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 "Password updated".into(),
@@ -134,9 +173,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
                 user: user.clone(),
                 role: role.clone(),
             };
-            auth.user_grant_role(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_grant_role(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Role {role} is granted to user {user}"),
@@ -148,9 +189,11 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
                 name: user.clone(),
                 role: role.clone(),
             };
-            auth.user_revoke_role(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.user_revoke_role(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Role {role} is revoked from user {user}"),
@@ -186,25 +229,27 @@ fn key_range(
 /// A permission's keys as etcdctl shows them.
 fn describe_keys(key: &[u8], range_end: &[u8]) -> String {
     let key_text = String::from_utf8_lossy(key);
-    match range_end {
-        [] => key_text.into_owned(),
-        [0] => format!("[{key_text}, <open ended>"),
-        end if end == prefix_end(key).as_ref() => format!(
+    match (key, range_end) {
+        ([0], [0]) => "every key".to_string(),
+        (_, []) => key_text.into_owned(),
+        (_, [0]) => format!("[{key_text}, <open ended>"),
+        (_, end) if end == prefix_end(key).as_ref() => format!(
             "[{key_text}, {}) (prefix {key_text})",
             String::from_utf8_lossy(end)
         ),
-        end => format!("[{key_text}, {})", String::from_utf8_lossy(end)),
+        (_, end) => format!("[{key_text}, {})", String::from_utf8_lossy(end)),
     }
 }
 
 pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failure> {
-    let mut auth = auth_client(flags).await?;
     match command {
         RoleCommand::Add { name } => {
             let request = AuthRoleAddRequest { name: name.clone() };
-            auth.role_add(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.role_add(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Role {name} created"),
@@ -213,9 +258,11 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
         }
         RoleCommand::Delete { name } => {
             let request = AuthRoleDeleteRequest { role: name.clone() };
-            auth.role_delete(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.role_delete(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Role {name} deleted"),
@@ -224,11 +271,11 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
         }
         RoleCommand::Get { name } => {
             let request = AuthRoleGetRequest { role: name.clone() };
-            let reply = auth
-                .role_get(timed(flags, request))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let reply = call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.role_get(timed(flags, r)).await }
+            })
+            .await?;
             if flags.json {
                 let permissions: Vec<serde_json::Value> = reply
                     .perm
@@ -257,11 +304,11 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
             Ok(())
         }
         RoleCommand::List => {
-            let reply = auth
-                .role_list(timed(flags, AuthRoleListRequest {}))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let reply = call(flags, |mut a| {
+                let r = AuthRoleListRequest {}.clone();
+                async move { a.role_list(timed(flags, r)).await }
+            })
+            .await?;
             done(flags, reply.roles.join("\n"), json!({"roles": reply.roles}))
         }
         RoleCommand::GrantPermission {
@@ -285,9 +332,11 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
                     range_end,
                 }),
             };
-            auth.role_grant_permission(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.role_grant_permission(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Role {role} updated"),
@@ -306,9 +355,11 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
                 key,
                 range_end,
             };
-            auth.role_revoke_permission(timed(flags, request))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = request.clone();
+                async move { a.role_revoke_permission(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!("Permission of range is revoked from role {role}"),
@@ -319,12 +370,13 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
 }
 
 pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failure> {
-    let mut auth = auth_client(flags).await?;
     match command {
         AuthCommand::Enable => {
-            auth.auth_enable(timed(flags, AuthEnableRequest {}))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = AuthEnableRequest {}.clone();
+                async move { a.auth_enable(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 "Authentication Enabled".into(),
@@ -332,9 +384,11 @@ pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failu
             )
         }
         AuthCommand::Disable => {
-            auth.auth_disable(timed(flags, AuthDisableRequest {}))
-                .await
-                .map_err(status_failure)?;
+            call(flags, |mut a| {
+                let r = AuthDisableRequest {}.clone();
+                async move { a.auth_disable(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 "Authentication Disabled".into(),
@@ -342,11 +396,11 @@ pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failu
             )
         }
         AuthCommand::Status => {
-            let reply = auth
-                .auth_status(timed(flags, AuthStatusRequest {}))
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let reply = call(flags, |mut a| {
+                let r = AuthStatusRequest {}.clone();
+                async move { a.auth_status(timed(flags, r)).await }
+            })
+            .await?;
             done(
                 flags,
                 format!(

@@ -49,8 +49,40 @@ async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usi
     )))
 }
 
+/// A refusal for want of a user or of a permission: every member would
+/// answer the same, so it is final.
+fn is_auth_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    ) || status.message() == USER_EMPTY
+}
+
+const USER_EMPTY: &str = "etcdserver: user name is empty";
+
+/// An etcd API error as the CLI reports it: auth refusals with their kind
+/// and, for a missing user, what to do about it.
 pub(crate) fn status_failure(status: tonic::Status) -> Failure {
-    Failure::Other(status.message().to_string())
+    let message = status.message().to_string();
+    if message == USER_EMPTY {
+        return Failure::Client(raftkv_client::Error::Unauthenticated(format!(
+            "authentication required: auth is enabled and the request names no user (give \
+             --user NAME, or a client certificate whose CN is a user) ({message})"
+        )));
+    }
+    match status.code() {
+        tonic::Code::PermissionDenied => {
+            Failure::Client(raftkv_client::Error::PermissionDenied(message))
+        }
+        tonic::Code::Unauthenticated => {
+            Failure::Client(raftkv_client::Error::Unauthenticated(message))
+        }
+        _ if message.ends_with("invalid auth management") => Failure::Other(format!(
+            "{message} (while auth is on, user root keeps role root and neither can be \
+             deleted)"
+        )),
+        _ => Failure::Other(message),
+    }
 }
 
 /// `get KEY --rev N`: the key as of revision N.
@@ -181,6 +213,7 @@ async fn watch_on(
     );
     let mut stream = match WatchClient::new(channel).watch(request).await {
         Ok(stream) => stream.into_inner(),
+        Err(status) if is_auth_refusal(&status) => return Err(status_failure(status)),
         Err(status) => return Ok((status.message().to_string(), false)),
     };
     let mut answered = false;
@@ -188,6 +221,7 @@ async fn watch_on(
         let response = match stream.message().await {
             Ok(Some(response)) => response,
             Ok(None) => return Ok(("closed by the server".into(), answered)),
+            Err(status) if is_auth_refusal(&status) => return Err(status_failure(status)),
             Err(status) => return Ok((status.message().to_string(), answered)),
         };
         answered = true;

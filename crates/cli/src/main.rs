@@ -115,6 +115,9 @@ fn credentials(user: Option<String>) -> Result<Option<raftkv_client::Credentials
     };
     let (user, password) = match given.split_once(':') {
         Some((user, password)) => (user.to_string(), password.to_string()),
+        None if given.is_empty() => {
+            return Err(Failure::Usage("--user: the user name is empty".into()))
+        }
         None => {
             let password = match std::env::var("RAFTKV_PASSWORD") {
                 Ok(password) => password,

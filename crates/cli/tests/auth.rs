@@ -198,6 +198,27 @@ fn users_reach_exactly_what_their_roles_grant_and_nothing_without_credentials() 
         eprintln!("etcdctl is not installed: its part of the test is skipped");
     }
 
+    // Her own user and roles she may read, not others'.
+    let out = run(&cluster, &with(ALICE, &["user", "get", "alice"]));
+    assert!(
+        out.assert_ok().stdout_text().contains("a-rw"),
+        "{}",
+        out.describe()
+    );
+    run(&cluster, &with(ALICE, &["role", "get", "a-rw"])).assert_ok();
+    run(&cluster, &with(ALICE, &["user", "get", "root"])).assert_error(3, "permission denied");
+    run(&cluster, &with(ROOT, &["user", "passwd", "alice:"])).assert_error(3, "password is empty");
+
+    // The leader fails: a logged-in client rides out the election.
+    let leader = cluster.wait_leader(LEADER_WAIT);
+    cluster.kill(leader);
+    run(
+        &cluster,
+        &with(ALICE, &["put", "a/failover", "v", "--timeout", "20s"]),
+    )
+    .assert_ok();
+    cluster.restart(leader);
+
     // Every node restarts: users, roles and the switch are still there.
     for id in cluster.member_ids() {
         cluster.kill(id);

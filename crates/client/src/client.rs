@@ -254,41 +254,53 @@ impl Client {
             return Ok(());
         }
         let deadline = Deadline::new(self.inner.options.timeout);
-        let mut last = None;
-        for endpoint in &self.inner.endpoints {
-            let mut auth =
-                raftkv_proto::etcdserverpb::auth_client::AuthClient::new(self.channel(endpoint)?);
-            let request = with_deadline(
-                raftkv_proto::etcdserverpb::AuthenticateRequest {
-                    name: credentials.user.clone(),
-                    password: credentials.password.clone(),
-                },
-                &deadline,
-            );
-            match deadline.run(auth.authenticate(request)).await {
-                Some(Ok(reply)) => {
-                    self.inner.token.set(Some(&reply.into_inner().token));
-                    return Ok(());
-                }
-                Some(Err(status)) => {
-                    let text = status.message();
-                    if text.contains("authentication is not enabled") {
-                        // Nothing to log in to: every request is allowed.
+        let mut backoff = FIRST_BACKOFF;
+        // Every endpoint in turn, again until the deadline while what they
+        // answer may change (a leader being elected, a node restarting).
+        loop {
+            let mut last = None;
+            for endpoint in &self.inner.endpoints {
+                let mut auth = raftkv_proto::etcdserverpb::auth_client::AuthClient::new(
+                    self.channel(endpoint)?,
+                );
+                let request = with_deadline(
+                    raftkv_proto::etcdserverpb::AuthenticateRequest {
+                        name: credentials.user.clone(),
+                        password: credentials.password.clone(),
+                    },
+                    &deadline,
+                );
+                match deadline.run(auth.authenticate(request)).await {
+                    Some(Ok(reply)) => {
+                        self.inner.token.set(Some(&reply.into_inner().token));
                         return Ok(());
                     }
-                    if text.contains("authentication failed") {
-                        return Err(Error::Unauthenticated(format!(
-                            "authentication failed: wrong password for user {} (or no such \
-                             user)",
-                            credentials.user
-                        )));
+                    Some(Err(status)) => {
+                        let text = status.message();
+                        if text.contains("authentication is not enabled") {
+                            // Nothing to log in to: every request is allowed.
+                            return Ok(());
+                        }
+                        if text.contains("authentication failed") {
+                            return Err(Error::Unauthenticated(format!(
+                                "authentication failed: wrong password for user {} (or no \
+                                 such user)",
+                                credentials.user
+                            )));
+                        }
+                        last = Some(Error::from_status_at(endpoint, &status));
                     }
-                    last = Some(Error::from_status_at(endpoint, &status));
+                    None => return Err(Error::Timeout(deadline.timeout())),
                 }
-                None => return Err(Error::Timeout(deadline.timeout())),
             }
+            let error =
+                last.unwrap_or_else(|| Error::Unavailable("no endpoint to log in at".into()));
+            if !error.is_retryable() || Instant::now() + backoff >= deadline.expires_at() {
+                return Err(error);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no endpoint to log in at".into())))
     }
 
     fn kv(&self, address: &str) -> Result<KvClient<Channel>, Error> {

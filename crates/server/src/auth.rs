@@ -94,6 +94,8 @@ fn need(path: &str) -> Need {
     match (service, method) {
         ("raftkv.v1.Peer", _) => Need::Nothing,
         ("etcdserverpb.Auth", "Authenticate" | "AuthStatus") => Need::Nothing,
+        // Anyone may read their own user and roles (the service checks).
+        ("etcdserverpb.Auth", "UserGet" | "RoleGet") => Need::User,
         ("etcdserverpb.Auth", _) => Need::Root,
         ("etcdserverpb.Maintenance", "Status") => Need::Nothing,
         ("etcdserverpb.Maintenance", _) => Need::Root,

@@ -69,6 +69,24 @@ impl EtcdAuth {
         }
     }
 
+    /// Refuses `caller` unless it is root (or the node), or `own` holds:
+    /// what it asks about is its own (etcd lets users read themselves).
+    fn root_or_own(&self, caller: &Caller, own: impl FnOnce(&str) -> bool) -> Result<(), Status> {
+        let kv = self.replica.kv();
+        let store = kv.auth();
+        let allowed = match caller {
+            _ if !store.enabled => true,
+            Caller::Node => true,
+            Caller::User(user) => store.is_root(user) || own(user),
+            Caller::Anonymous => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(crate::auth::PERMISSION_DENIED))
+        }
+    }
+
     /// The hash to store for a password given in clear or (etcd 3.5) as a
     /// hash already.
     async fn password_hash(&self, password: &str, hashed: &str) -> Result<String, Status> {
@@ -175,7 +193,8 @@ impl AuthApi for EtcdAuth {
     }
 
     async fn user_get(&self, request: Request<AuthUserGetRequest>) -> Reply<AuthUserGetResponse> {
-        at_leader!(self, request, user_get, |_caller, body| {
+        at_leader!(self, request, user_get, |caller, body| {
+            self.root_or_own(&caller, |user| user == body.name)?;
             let kv = self.replica.kv();
             let user = kv
                 .auth()
@@ -219,6 +238,23 @@ impl AuthApi for EtcdAuth {
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Reply<AuthUserChangePasswordResponse> {
         at_leader!(self, request, user_change_password, |caller, body| {
+            if body.password.is_empty() && body.hashed_password.is_empty() {
+                return Err(Status::invalid_argument(
+                    "etcdserver: password is empty (give one)",
+                ));
+            }
+            let no_password = {
+                let kv = self.replica.kv();
+                let user = kv.auth().users.get(&body.name).map(|u| u.no_password);
+                user.ok_or_else(|| Status::failed_precondition(raftkv_kv::auth::USER_NOT_FOUND))?
+            };
+            if no_password {
+                return Err(Status::failed_precondition(format!(
+                    "etcdserver: user {} was added with --no-password: it logs in by its \
+                     client certificate only",
+                    body.name
+                )));
+            }
             let hashed_password = self
                 .password_hash(&body.password, &body.hashed_password)
                 .await?;
@@ -268,7 +304,13 @@ impl AuthApi for EtcdAuth {
     }
 
     async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> Reply<AuthRoleGetResponse> {
-        at_leader!(self, request, role_get, |_caller, body| {
+        at_leader!(self, request, role_get, |caller, body| {
+            let has_role = |user: &str| {
+                let kv = self.replica.kv();
+                let roles = kv.auth().users.get(user).map(|u| u.roles.clone());
+                roles.is_some_and(|roles| roles.contains(&body.role))
+            };
+            self.root_or_own(&caller, has_role)?;
             let kv = self.replica.kv();
             let store = kv.auth();
             if body.role == raftkv_kv::auth::ROOT && !store.roles.contains_key(&body.role) {
@@ -322,6 +364,20 @@ impl AuthApi for EtcdAuth {
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Reply<AuthRoleGrantPermissionResponse> {
         at_leader!(self, request, role_grant_permission, |caller, body| {
+            if let Some(perm) = &body.perm {
+                if perm.key.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: the permission's key is empty (for every key: key \\0 and \
+                         range end \\0, `--prefix \"\"` on the command line)",
+                    ));
+                }
+                let end = &perm.range_end[..];
+                if !end.is_empty() && end != b"\0" && end <= &perm.key[..] {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: the permission's range end must come after its key",
+                    ));
+                }
+            }
             self.propose(caller, Change::RoleGrantPermission(body))
                 .await?;
             Ok(Response::new(AuthRoleGrantPermissionResponse {
