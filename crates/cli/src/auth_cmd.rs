@@ -144,7 +144,7 @@ pub async fn user(flags: &ClientFlags, command: UserCommand) -> Result<(), Failu
         }
         UserCommand::List => {
             let reply = call(flags, |mut a| {
-                let r = AuthUserListRequest {}.clone();
+                let r = AuthUserListRequest {};
                 async move { a.user_list(timed(flags, r)).await }
             })
             .await?;
@@ -305,7 +305,7 @@ pub async fn role(flags: &ClientFlags, command: RoleCommand) -> Result<(), Failu
         }
         RoleCommand::List => {
             let reply = call(flags, |mut a| {
-                let r = AuthRoleListRequest {}.clone();
+                let r = AuthRoleListRequest {};
                 async move { a.role_list(timed(flags, r)).await }
             })
             .await?;
@@ -373,7 +373,7 @@ pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failu
     match command {
         AuthCommand::Enable => {
             call(flags, |mut a| {
-                let r = AuthEnableRequest {}.clone();
+                let r = AuthEnableRequest {};
                 async move { a.auth_enable(timed(flags, r)).await }
             })
             .await?;
@@ -385,7 +385,7 @@ pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failu
         }
         AuthCommand::Disable => {
             call(flags, |mut a| {
-                let r = AuthDisableRequest {}.clone();
+                let r = AuthDisableRequest {};
                 async move { a.auth_disable(timed(flags, r)).await }
             })
             .await?;
@@ -397,7 +397,7 @@ pub async fn auth(flags: &ClientFlags, command: AuthCommand) -> Result<(), Failu
         }
         AuthCommand::Status => {
             let reply = call(flags, |mut a| {
-                let r = AuthStatusRequest {}.clone();
+                let r = AuthStatusRequest {};
                 async move { a.auth_status(timed(flags, r)).await }
             })
             .await?;
