@@ -396,3 +396,77 @@ fn the_library_logs_in_and_again_when_its_token_expires() {
         );
     });
 }
+
+/// The same set-up and refusals with etcdctl alone (its `user`, `role` and
+/// `auth` commands, and its requests through the etcd API).
+#[test]
+fn etcdctl_sets_up_users_and_roles_and_sees_the_same_refusals() {
+    if !Path::new("/usr/bin/etcdctl").exists() {
+        eprintln!("etcdctl is not installed: skipped");
+        return;
+    }
+    let cluster = TestCluster::start(bin(), 3);
+    cluster.wait_leader(LEADER_WAIT);
+    let ok = |args: &[&str]| {
+        let out = etcdctl(&cluster, args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = |args: &[&str], needle: &str| {
+        let out = etcdctl(&cluster, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "etcdctl {args:?}: expected {needle:?}: {out:?}"
+        );
+    };
+    ok(&["user", "add", "root:rootpw"]);
+    ok(&["user", "grant-role", "root", "root"]);
+    ok(&["user", "add", "alice:alicepw"]);
+    ok(&["role", "add", "a-rw"]);
+    ok(&[
+        "role",
+        "grant-permission",
+        "a-rw",
+        "readwrite",
+        "a/",
+        "--prefix=true",
+    ]);
+    ok(&["user", "grant-role", "alice", "a-rw"]);
+    assert!(ok(&["auth", "enable"]).contains("Authentication Enabled"));
+
+    refused(&["put", "a/1", "v"], "etcdserver: user name is empty");
+    refused(&["get", "a/1"], "etcdserver: user name is empty");
+    let alice = ["--user", "alice:alicepw"];
+    ok(&[alice[0], alice[1], "put", "a/1", "v"]);
+    assert!(ok(&[alice[0], alice[1], "get", "a/", "--prefix"]).contains("a/1"));
+    refused(
+        &[alice[0], alice[1], "put", "b/1", "v"],
+        "etcdserver: permission denied",
+    );
+    refused(
+        &[alice[0], alice[1], "get", "b/1"],
+        "etcdserver: permission denied",
+    );
+    refused(
+        &[alice[0], alice[1], "member", "remove", "1"],
+        "etcdserver: permission denied",
+    );
+    refused(
+        &[alice[0], alice[1], "user", "list"],
+        "etcdserver: permission denied",
+    );
+    refused(
+        &["--user", "alice:wrong", "get", "a/1"],
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let root = ["--user", "root:rootpw"];
+    assert!(ok(&[root[0], root[1], "role", "get", "a-rw"]).contains("[a/, a0)"));
+    ok(&[root[0], root[1], "user", "revoke-role", "alice", "a-rw"]);
+    refused(
+        &[alice[0], alice[1], "get", "a/1"],
+        "etcdserver: permission denied",
+    );
+    assert!(ok(&[root[0], root[1], "auth", "disable"]).contains("Authentication Disabled"));
+    ok(&["put", "b/1", "anyone"]);
+}

@@ -459,3 +459,41 @@ fn a_change_asked_of_a_leader_elected_moments_ago_waits_for_its_log_to_apply() {
     });
     assert!(conf.voters_outgoing.is_empty(), "{conf:?}");
 }
+
+/// A leader elected by a transfer can win with the old leader's vote alone
+/// and have heard nothing from the other follower yet (a follower hears only
+/// from the leader): the quorum check of a change asked of it at once waits
+/// until it has, rather than counting that follower dead.
+#[test]
+fn a_new_leader_hears_from_its_voters_before_it_judges_a_change() {
+    let mut cluster = Cluster::new(&[1, 2, 3], &[], &[1, 2, 3]);
+    let old = cluster.wait_leader();
+    let mut others = [1, 2, 3].into_iter().filter(|id| *id != old);
+    let (target, other) = (others.next().unwrap(), others.next().unwrap());
+    // The other follower hears nothing while leadership moves.
+    cluster.up.lock().unwrap().retain(|id| *id != other);
+    let replica = cluster.nodes[&old].replica.clone();
+    let mut transfer = Some(Box::pin(async move {
+        replica.transfer(target, Duration::from_secs(5)).await
+    }));
+    cluster.run_until(Duration::from_secs(10), |c| {
+        let mut cx = Context::from_waker(Waker::noop());
+        if transfer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(&mut cx).is_ready())
+        {
+            transfer = None;
+        }
+        c.leader() == Some(target)
+    });
+    cluster.up.lock().unwrap().push(other);
+    let plan = ChangePlan {
+        remove: vec![old],
+        ..Default::default()
+    };
+    let answer = cluster.change(target, plan, Duration::from_secs(10));
+    let (result, _) = cluster.finish(answer, Duration::from_secs(12));
+    result.expect("the removal of the old leader succeeds at the new one");
+    let conf = cluster.conf(target);
+    assert!(!member_ids(&conf).contains(&old), "{conf:?}");
+}

@@ -279,15 +279,10 @@ impl Auth {
                 _ => return Err(Status::invalid_argument(AUTH_FAILED)),
             }
         };
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
         let password = password.to_string();
-        let good = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-            .await
-            .unwrap_or(false);
+        let good = self
+            .slowly(move || verify_password(&hash, &password))
+            .await?;
         if good {
             Ok(())
         } else {
@@ -297,15 +292,23 @@ impl Auth {
 
     /// Hashes `password` (argon2, random salt) off the async threads.
     pub async fn hash_password(&self, password: &str) -> Result<String, Status> {
+        let password = password.to_string();
+        self.slowly(move || hash_password(&password)).await?
+    }
+
+    /// Runs a password hash's work on a blocking thread, one at a time.
+    async fn slowly<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
         let _permit = self
             .hashing
             .acquire()
             .await
             .map_err(|_| Status::unavailable("shutting down"))?;
-        let password = password.to_string();
-        tokio::task::spawn_blocking(move || hash_password(&password))
+        tokio::task::spawn_blocking(work)
             .await
-            .map_err(|e| Status::internal(format!("hashing the password failed: {e}")))?
+            .map_err(|e| Status::internal(format!("hashing the password failed: {e}")))
     }
 }
 

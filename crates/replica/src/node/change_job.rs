@@ -49,11 +49,12 @@ pub(super) struct ChangeJob {
 
 enum Step {
     /// Waiting to validate `plan` until raft has applied the configuration
-    /// change it holds as pending: a leader elected moments ago counts every
-    /// entry it has not applied yet as one (raft would drop a change
-    /// proposed now), and an automatic leave-joint is applied within a turn
-    /// or two. A change the caller can see (a joint configuration, another
-    /// job) is still refused at once.
+    /// change it holds as pending (a leader elected moments ago counts every
+    /// entry it has not applied yet as one, and raft would drop a change
+    /// proposed now; an automatic leave-joint is applied within a turn or
+    /// two), and until a new leader has heard from its voters (see
+    /// `settling`). A change the caller can see (a joint configuration,
+    /// another job) is still refused at once.
     AwaitPlan {
         plan: ChangePlan,
     },
@@ -164,7 +165,7 @@ impl<S: LogStore> Node<S> {
             let _ = reply.send(Err(in_progress()));
             return;
         }
-        if self.check_leading().is_ok() && self.raw.raft.has_pending_conf() {
+        if self.check_leading().is_ok() && (self.raw.raft.has_pending_conf() || self.settling()) {
             self.job = Some(self.new_job(timeout, reply, Step::AwaitPlan { plan }));
             return;
         }
@@ -312,6 +313,23 @@ impl<S: LogStore> Node<S> {
         }
     }
 
+    /// Whether this node became leader less than an election timeout ago
+    /// and has not heard from every voter since: which are live it cannot
+    /// tell yet (a follower hears only from the leader), so the quorum check
+    /// of a change waits for them, or for the timeout to pass.
+    fn settling(&self) -> bool {
+        let Some(since) = self.leading_since else {
+            return false;
+        };
+        if self.now.saturating_duration_since(since) >= self.config.election_timeout {
+            return false;
+        }
+        let voters = &self.raw.store().membership().conf_state.voters;
+        voters
+            .iter()
+            .any(|id| *id != self.id && self.last_heard.get(id).is_none_or(|heard| *heard < since))
+    }
+
     /// Whether a job may start now: none is running and this node leads.
     fn job_may_start(&self) -> Result<(), ReplicaError> {
         self.change_in_progress()?;
@@ -397,6 +415,9 @@ impl<S: LogStore> Node<S> {
                         if now >= job.steps_deadline {
                             return Some(Err(in_progress()));
                         }
+                        return None;
+                    }
+                    if self.settling() && now < job.steps_deadline {
                         return None;
                     }
                     let plan = std::mem::take(plan);
