@@ -35,15 +35,24 @@ impl std::fmt::Debug for Credentials {
 const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The token a client's requests carry (none until it logs in); clones
-/// share it.
+/// share it. A client without credentials has no slot at all, so its
+/// requests pay nothing for it.
 #[derive(Clone, Default)]
-pub struct Token(Arc<RwLock<Option<Held>>>);
+pub struct Token(Option<Arc<RwLock<Option<Held>>>>);
 
 /// A token, and when to renew it (`None`: not a RaftKV token; never).
 type Held = (AsciiMetadataValue, Option<SystemTime>);
 
 impl Token {
+    /// A slot for a client that logs in (`with_credentials`), or none.
+    pub(crate) fn new(with_credentials: bool) -> Token {
+        Token(with_credentials.then(Default::default))
+    }
+
     pub(crate) fn set(&self, token: Option<&str>) {
+        let Some(slot) = &self.0 else {
+            return;
+        };
         let value = token.and_then(|t| {
             let renew_at = expiry_of(t).map(|expires| {
                 let life = expires
@@ -53,12 +62,15 @@ impl Token {
             });
             Some((t.parse().ok()?, renew_at))
         });
-        *self.0.write().expect("token lock") = value;
+        *slot.write().expect("token lock") = value;
     }
 
     /// Whether the client holds a token that is not about to expire.
     pub(crate) fn is_fresh(&self) -> bool {
-        match &*self.0.read().expect("token lock") {
+        let Some(slot) = &self.0 else {
+            return false;
+        };
+        match &*slot.read().expect("token lock") {
             None => false,
             Some((_, None)) => true,
             Some((_, Some(renew_at))) => SystemTime::now() < *renew_at,
@@ -78,7 +90,10 @@ fn expiry_of(token: &str) -> Option<SystemTime> {
 
 impl Interceptor for Token {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some((token, _)) = self.0.read().expect("token lock").clone() {
+        let Some(slot) = &self.0 else {
+            return Ok(request);
+        };
+        if let Some((token, _)) = slot.read().expect("token lock").clone() {
             request.metadata_mut().insert("token", token);
         }
         Ok(request)

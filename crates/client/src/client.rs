@@ -186,6 +186,7 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoints given".into()));
         }
+        let token = Token::new(options.credentials.is_some());
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints,
@@ -193,7 +194,7 @@ impl Client {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 session: Mutex::new(Arc::new(Session::new())),
-                token: Token::default(),
+                token,
                 login: tokio::sync::Mutex::new(()),
             }),
         })

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     /// This node cannot take entries for lack of disk space (told to peers
     /// on every message it sends).
     pub(crate) out_of_space: AtomicBool,
+    /// Auth is on in the applied state (so a request path can skip the
+    /// state's lock while it is off).
+    pub(crate) auth_enabled: AtomicBool,
     /// Peers whose messages said they were out of space, and when the last
     /// one said so.
     pub(crate) peers_out_of_space: Mutex<HashMap<u64, Instant>>,
@@ -128,6 +131,7 @@ impl Replica {
             revision: watch::channel(1).0,
             peer_rejections: RejectionCounters::default(),
             out_of_space: AtomicBool::new(false),
+            auth_enabled: AtomicBool::new(false),
             peers_out_of_space: Mutex::new(HashMap::new()),
             cluster: Mutex::new(ClusterIds {
                 cluster_id: config.cluster_id,
@@ -452,6 +456,13 @@ impl Replica {
 
     /// Whether this node is out of disk space for new entries (peers are
     /// told with every message, see `Replica::note_peer_space`).
+    /// Whether auth is on in the applied state (no lock taken).
+    pub fn auth_enabled(&self) -> bool {
+        self.shared
+            .auth_enabled
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn is_out_of_space(&self) -> bool {
         self.shared.out_of_space.load(Ordering::Relaxed)
     }

@@ -323,6 +323,9 @@ impl<S: LogStore> Node<S> {
             Some(meta) => {
                 let (state, _) = load_snapshot(&snapshots, meta, config.sessions)?;
                 shared.revision.send_replace(state.revision());
+                shared
+                    .auth_enabled
+                    .store(state.auth().enabled, std::sync::atomic::Ordering::Release);
                 *shared.kv.write().expect("kv lock poisoned") = state;
                 meta.index
             }
@@ -1059,7 +1062,13 @@ impl<S: LogStore> Node<S> {
         }
         let shared = self.shared.clone();
         let result = self.apply_entries_to(&shared, entries);
-        let revision = shared.kv.read().expect("kv lock poisoned").revision();
+        let (revision, auth_enabled) = {
+            let kv = shared.kv.read().expect("kv lock poisoned");
+            (kv.revision(), kv.auth().enabled)
+        };
+        shared
+            .auth_enabled
+            .store(auth_enabled, std::sync::atomic::Ordering::Release);
         shared.revision.send_if_modified(|current| {
             let changed = *current != revision;
             *current = revision;

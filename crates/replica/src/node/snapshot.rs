@@ -274,8 +274,12 @@ impl<S: LogStore> Node<S> {
             .apply_snapshot(meta, membership.clone())
             .map_err(fatal("installing a snapshot"))?;
         let revision = state.revision();
+        let auth_enabled = state.auth().enabled;
         *self.shared.kv.write().expect("kv lock poisoned") = state;
         self.shared.revision.send_replace(revision);
+        self.shared
+            .auth_enabled
+            .store(auth_enabled, std::sync::atomic::Ordering::Release);
         self.applied_index = meta.index;
         self.last_snapshot_index = meta.index;
         self.forget_departed_peers(&member_ids(&membership.conf_state));
