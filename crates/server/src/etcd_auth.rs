@@ -5,7 +5,7 @@
 //! hashed there, off the async threads, and only the hash goes into the log.
 
 use bytes::Bytes;
-use raftkv_kv::auth::{auth_command::Change, AuthCommand};
+use raftkv_kv::auth::{auth_command::Change, AuthCommand, AuthStore};
 use raftkv_proto::etcdserverpb::auth_client::AuthClient;
 use raftkv_proto::etcdserverpb::auth_server::Auth as AuthApi;
 use raftkv_proto::etcdserverpb::*;
@@ -71,13 +71,17 @@ impl EtcdAuth {
 
     /// Refuses `caller` unless it is root (or the node), or `own` holds:
     /// what it asks about is its own (etcd lets users read themselves).
-    fn root_or_own(&self, caller: &Caller, own: impl FnOnce(&str) -> bool) -> Result<(), Status> {
+    fn root_or_own(
+        &self,
+        caller: &Caller,
+        own: impl FnOnce(&AuthStore, &str) -> bool,
+    ) -> Result<(), Status> {
         let kv = self.replica.kv();
         let store = kv.auth();
         let allowed = match caller {
             _ if !store.enabled => true,
             Caller::Node => true,
-            Caller::User(user) => store.is_root(user) || own(user),
+            Caller::User(user) => store.is_root(user) || own(store, user),
             Caller::Anonymous => false,
         };
         if allowed {
@@ -194,7 +198,7 @@ impl AuthApi for EtcdAuth {
 
     async fn user_get(&self, request: Request<AuthUserGetRequest>) -> Reply<AuthUserGetResponse> {
         at_leader!(self, request, user_get, |caller, body| {
-            self.root_or_own(&caller, |user| user == body.name)?;
+            self.root_or_own(&caller, |_, user| user == body.name)?;
             let kv = self.replica.kv();
             let user = kv
                 .auth()
@@ -305,10 +309,13 @@ impl AuthApi for EtcdAuth {
 
     async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> Reply<AuthRoleGetResponse> {
         at_leader!(self, request, role_get, |caller, body| {
-            let has_role = |user: &str| {
-                let kv = self.replica.kv();
-                let roles = kv.auth().users.get(user).map(|u| u.roles.clone());
-                roles.is_some_and(|roles| roles.contains(&body.role))
+            // Under the lock `root_or_own` holds: no second one taken here
+            // (a read lock taken twice can wait forever behind a writer).
+            let has_role = |store: &AuthStore, user: &str| {
+                store
+                    .users
+                    .get(user)
+                    .is_some_and(|u| u.roles.contains(&body.role))
             };
             self.root_or_own(&caller, has_role)?;
             let kv = self.replica.kv();
