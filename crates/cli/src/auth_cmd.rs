@@ -9,7 +9,7 @@ use raftkv_proto::etcdserverpb::*;
 use serde_json::json;
 
 use crate::args::{AuthCommand, PermissionArg, RoleCommand, UserCommand};
-use crate::etcd_cmd::{channel, status_failure};
+use crate::etcd_cmd::{channel, status_failure, timed};
 use crate::failure::Failure;
 use crate::output::print_json;
 use crate::ClientFlags;
@@ -41,12 +41,6 @@ where
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
     }
-}
-
-fn timed<T>(flags: &ClientFlags, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(flags.timeout);
-    request
 }
 
 /// Prints `text` (or, with --json, `value`).

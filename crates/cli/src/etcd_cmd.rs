@@ -49,6 +49,13 @@ async fn channel_from(flags: &ClientFlags, first: usize) -> Result<(Channel, usi
     )))
 }
 
+/// `message` as a request bounded by `--timeout`.
+pub(crate) fn timed<T>(flags: &ClientFlags, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(flags.timeout);
+    request
+}
+
 /// A refusal for want of a user or of a permission: every member would
 /// answer the same, so it is final.
 fn is_auth_refusal(status: &tonic::Status) -> bool {
@@ -359,11 +366,6 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
         LeaseTimeToLiveRequest,
     };
     let mut leases = LeaseClient::new(channel(flags).await?);
-    fn timed<T>(flags: &ClientFlags, request: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(flags.timeout);
-        request
-    }
     let say = |text: String, json: Value| {
         if flags.json {
             print_json(&json)

@@ -266,14 +266,7 @@ impl AuthStore {
         let Some(user) = self.users.get(user) else {
             return false;
         };
-        let mut granted: Vec<Interval> = user
-            .roles
-            .iter()
-            .filter_map(|role| self.roles.get(role))
-            .flatten()
-            .filter(|p| p.access.allows(access))
-            .filter_map(|p| Interval::of(&p.key, &p.range_end))
-            .collect();
+        let mut granted: Vec<Interval> = self.granted(user, access).collect();
         let Some(wanted) = Interval::of(key, range_end) else {
             // An empty range asks for nothing.
             return true;
@@ -295,13 +288,22 @@ impl AuthStore {
         let Some(wanted) = Interval::of(key, range_end) else {
             return false;
         };
+        self.granted(user, Access::Read)
+            .any(|granted| granted.overlaps(&wanted))
+    }
+
+    /// The key ranges `user`'s roles grant `access` to.
+    fn granted<'a>(
+        &'a self,
+        user: &'a User,
+        access: Access,
+    ) -> impl Iterator<Item = Interval> + 'a {
         user.roles
             .iter()
             .filter_map(|role| self.roles.get(role))
             .flatten()
-            .filter(|p| p.access.allows(Access::Read))
+            .filter(move |p| p.access.allows(access))
             .filter_map(|p| Interval::of(&p.key, &p.range_end))
-            .any(|granted| granted.overlaps(&wanted))
     }
 
     /// Whether `user` may read `key` (a watcher is sent only these).

@@ -249,9 +249,7 @@ impl Auth {
         if !store.enabled {
             return Err(Status::failed_precondition(AUTH_NOT_ENABLED));
         }
-        let since = store.users.get(user).map_or(0, |u| u.since);
-        let expires = now_ms() + self.token_ttl.as_millis() as u64;
-        Ok(auth_token::issue(&store.secret, user, since, expires))
+        Ok(token_for(store, user, self.token_ttl))
     }
 
     /// Checks `password` against `user`'s hash off the async threads; the
@@ -301,6 +299,18 @@ impl Auth {
     }
 }
 
+/// The user whose permissions `caller` has while auth is on: `None` for
+/// the node itself (it may do anything); an anonymous caller is the user
+/// with no name, who may do nothing (a stream opened before auth was turned
+/// on gets nothing more once it is).
+fn user_of(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::User(user) => Some(user),
+        Caller::Anonymous => Some(""),
+        Caller::Node => None,
+    }
+}
+
 /// Whether `caller` may `access` `[key, range_end)` now.
 pub fn check(
     replica: &Replica,
@@ -309,15 +319,9 @@ pub fn check(
     key: &[u8],
     range_end: &[u8],
 ) -> Result<(), Denied> {
-    if !replica.auth_enabled() {
-        return Ok(());
-    }
-    match caller {
-        Caller::User(user) => replica.kv().auth().check(user, access, key, range_end),
-        Caller::Node => Ok(()),
-        // Anonymous: allowed while auth is off; a stream opened before it
-        // was turned on gets nothing more once it is.
-        Caller::Anonymous => replica.kv().auth().check("", access, key, range_end),
+    match user_of(caller).filter(|_| replica.auth_enabled()) {
+        Some(user) => replica.kv().auth().check(user, access, key, range_end),
+        None => Ok(()),
     }
 }
 
@@ -327,26 +331,18 @@ pub fn check_txn(
     caller: &Caller,
     txn: &raftkv_proto::etcdserverpb::TxnRequest,
 ) -> Result<(), Denied> {
-    if !replica.auth_enabled() {
-        return Ok(());
-    }
-    match caller {
-        Caller::User(user) => replica.kv().auth().check_txn(user, txn),
-        Caller::Node => Ok(()),
-        Caller::Anonymous => replica.kv().auth().check_txn("", txn),
+    match user_of(caller).filter(|_| replica.auth_enabled()) {
+        Some(user) => replica.kv().auth().check_txn(user, txn),
+        None => Ok(()),
     }
 }
 
 /// Whether `caller` may read any key of `[key, range_end)` now (a watch it
 /// may read nothing of is refused).
 pub fn may_read_any(replica: &Replica, caller: &Caller, key: &[u8], range_end: &[u8]) -> bool {
-    if !replica.auth_enabled() {
-        return true;
-    }
-    match caller {
-        Caller::User(user) => replica.kv().auth().may_read_any(user, key, range_end),
-        Caller::Node => true,
-        Caller::Anonymous => replica.kv().auth().may_read_any("", key, range_end),
+    match user_of(caller).filter(|_| replica.auth_enabled()) {
+        Some(user) => replica.kv().auth().may_read_any(user, key, range_end),
+        None => true,
     }
 }
 
@@ -457,13 +453,18 @@ pub fn forward_as<T>(replica: &Replica, caller: &Caller, request: &mut Request<T
         if !store.enabled {
             return;
         }
-        let since = store.users.get(user.as_str()).map_or(0, |u| u.since);
-        let expires = now_ms() + FORWARD_TOKEN_TTL.as_millis() as u64;
-        auth_token::issue(&store.secret, user, since, expires)
+        token_for(store, user, FORWARD_TOKEN_TTL)
     };
     if let Ok(value) = token.parse() {
         request.metadata_mut().insert(TOKEN_HEADER, value);
     }
+}
+
+/// A token for `user` (as of its `since`) good for `ttl` from now.
+fn token_for(store: &AuthStore, user: &str, ttl: Duration) -> String {
+    let since = store.users.get(user).map_or(0, |u| u.since);
+    let expires = now_ms() + ttl.as_millis() as u64;
+    auth_token::issue(&store.secret, user, since, expires)
 }
 
 /// etcd's status for a refused key access.
