@@ -17,6 +17,7 @@ fn member_json(m: &pb::Member, progress_known: bool) -> Value {
     json!({
         "id": m.id,
         "address": m.address,
+        "peer_address": (!m.peer_address.is_empty()).then_some(&m.peer_address),
         "role": m.role,
         "voter": m.voter,
         "match_index": progress_known.then_some(m.match_index),
@@ -105,10 +106,16 @@ fn print_members_text(members: &[pb::Member], progress_known: bool) -> Result<()
         } else {
             ("-".to_string(), "-".to_string())
         };
+        // A separate peer listener as --peers writes it: ADDR/PEER_ADDR.
+        let address = if m.peer_address.is_empty() {
+            m.address.clone()
+        } else {
+            format!("{}/{}", m.address, m.peer_address)
+        };
         outln!(
             "  {:>4}  {:<22} {:<10} {:>12} {:>8}  {}",
             m.id,
-            m.address,
+            address,
             m.role,
             match_index,
             lag,
@@ -204,7 +211,14 @@ pub async fn cluster(flags: &ClientFlags, command: ClusterCommand) -> Result<(),
             id,
             address,
             learner,
-        } => client.add_node(id, &address, learner).await?,
+        } => {
+            let (address, peer_address) =
+                raftkv_server::config::parse_member_address(&address, "node address")
+                    .map_err(Failure::Usage)?;
+            client
+                .add_node(id, &address, peer_address.as_deref(), learner)
+                .await?
+        }
         ClusterCommand::Promote { id } => client.promote_node(id).await?,
         ClusterCommand::Remove { id, force } => client.remove_node(id, force).await?,
         ClusterCommand::Change {
@@ -222,9 +236,13 @@ pub async fn cluster(flags: &ClientFlags, command: ClusterCommand) -> Result<(),
                 let id = id
                     .parse()
                     .map_err(|_| Failure::Usage(format!("--add {item:?}: invalid id")))?;
+                let (address, peer_address) =
+                    raftkv_server::config::parse_member_address(address, "--add address")
+                        .map_err(Failure::Usage)?;
                 adds.push(pb::NodeAddress {
                     id,
-                    address: address.to_string(),
+                    address,
+                    peer_address: peer_address.unwrap_or_default(),
                 });
             }
             if adds.is_empty() && remove.is_empty() && !leave_joint {

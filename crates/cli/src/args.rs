@@ -173,13 +173,24 @@ pub struct ServerArgs {
     /// the server logs the absolute path and whether it created or opened it).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on for clients and peers (default 127.0.0.1:7379).
+    /// Address to listen on for clients and peers (default 127.0.0.1:7379); clients only
+    /// with --listen-peer.
     #[arg(long)]
     pub listen: Option<String>,
     /// Address others use to reach this node (default: --listen).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Initial members of a static cluster: 1=HOST:PORT,2=HOST:PORT,...
+    /// A separate listener for peer traffic (raft messages, snapshots), for a firewall
+    /// that keeps it apart from clients; with peer TLS it takes only members'
+    /// certificates. Without it, peers use --listen. List it in --peers as
+    /// ID=HOST:PORT/PEER_HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_peer: Option<String>,
+    /// Address peers use to reach --listen-peer (default: --listen-peer).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_peer: Option<String>,
+    /// Initial members of a static cluster: 1=HOST:PORT,2=HOST:PORT,... (a member with a
+    /// separate peer listener: ID=HOST:PORT/PEER_HOST:PORT).
     #[arg(long)]
     pub peers: Option<String>,
     /// Join an existing cluster through any member's address (comma-separated): start empty,
@@ -594,7 +605,8 @@ pub enum ClusterCommand {
     Add {
         /// The new node's id (unused by any member, past or present).
         id: u64,
-        /// Where the members reach it: its --advertise (or --listen), HOST:PORT.
+        /// Where the members reach it: its --advertise (or --listen), HOST:PORT; with a
+        /// separate peer listener HOST:PORT/PEER_HOST:PORT (its --advertise-peer).
         address: String,
         /// Keep it a learner.
         #[arg(long)]
@@ -616,7 +628,8 @@ pub enum ClusterCommand {
     /// Several changes in one joint-consensus step: nodes to add are added as
     /// learners and caught up first, then all promotions and removals happen at once.
     Change {
-        /// ID=HOST:PORT of a node to add or of a learner to promote (repeatable).
+        /// ID=HOST:PORT of a node to add or of a learner to promote (repeatable); a node
+        /// with a separate peer listener: ID=HOST:PORT/PEER_HOST:PORT.
         #[arg(long = "add", value_name = "ID=HOST:PORT")]
         add: Vec<String>,
         /// ID of a member to remove (repeatable).

@@ -35,6 +35,12 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     if let Some(v) = args.advertise {
         config.advertise = Some(v);
     }
+    if let Some(v) = args.listen_peer {
+        config.listen_peer = Some(v);
+    }
+    if let Some(v) = args.advertise_peer {
+        config.advertise_peer = Some(v);
+    }
     if let Some(v) = &args.peers {
         config.peers = Some(parse_peers(v).map_err(usage)?);
     }
@@ -124,6 +130,16 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         let host = advertise
             .rsplit_once(':')
             .map_or(advertise, |(host, _)| host);
+        tls.check_names(host).map_err(|e| usage(e.to_string()))?;
+    }
+    // A separate peer listener may be reached by another name.
+    if let (Some(peer_address), Some(tls)) = (
+        config.advertise_peer_address(),
+        raftkv_net::tls::ServerTls::new(&files.peer_only()).map_err(|e| usage(e.to_string()))?,
+    ) {
+        let host = peer_address
+            .rsplit_once(':')
+            .map_or(peer_address, |(host, _)| host);
         tls.check_names(host).map_err(|e| usage(e.to_string()))?;
     }
     Ok(config)

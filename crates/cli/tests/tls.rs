@@ -529,3 +529,97 @@ fn a_server_whose_certificate_does_not_name_its_address_does_not_start() {
         "{stderr}"
     );
 }
+
+/// A member's own connection: the peer certificate, trusting the peer CA.
+fn member_tls(pki: &Pki) -> Arc<ClientTls> {
+    ClientTls::new(&ClientTlsFiles {
+        trusted_ca: pki.peer_ca.cert.clone(),
+        identity: Some(CertFiles {
+            cert: pki.peer.cert.clone(),
+            key: pki.peer.key.clone(),
+        }),
+        peer: true,
+    })
+    .unwrap()
+}
+
+/// Issue 22, `--listen-peer`: with a separate peer listener, raft messages
+/// and snapshots travel only there (members' certificates only), the client
+/// port refuses raft saying where it goes, and a node that joins with a peer
+/// listener of its own is added with it and caught up through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_separate_peer_listeners_raft_travels_only_there() {
+    let pki = Pki::new();
+    let args = pki.server_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = TestCluster::start_with_peer_listeners(bin(), 3, &args, Some(pki.alice()));
+    cluster.wait_leader(Duration::from_secs(10));
+    cluster.cli(&["put", "split/a", "1"]).assert_ok();
+
+    // Every member is listed with its peer listener.
+    let members = cluster.cli(&["cluster", "members"]);
+    members.assert_ok();
+    for id in cluster.ids() {
+        let listed = format!(
+            "{}/{}",
+            cluster.address(id),
+            cluster.peer_address(id).unwrap()
+        );
+        assert!(
+            members.stdout_text().contains(&listed),
+            "{}",
+            members.describe()
+        );
+    }
+
+    let leader = cluster.leader();
+    let status = cluster.status(1).unwrap();
+    let cluster_id = u64::from_str_radix(status.json["cluster_id"].as_str().unwrap(), 16).unwrap();
+    let target = cluster.followers()[0];
+    let terms = |cluster: &TestCluster| -> Vec<u64> {
+        cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.status(id).unwrap().term)
+            .collect()
+    };
+    let before = terms(&cluster);
+    let vote = || forged_vote(cluster_id, leader, target, status.term);
+
+    // Raft on the client port, even with a member's certificate: refused,
+    // saying where peer traffic goes.
+    let on_client_port = send_raft(&cluster.address(target), Some(member_tls(&pki)), vote())
+        .await
+        .unwrap_err();
+    assert!(on_client_port.contains("peer listener"), "{on_client_port}");
+    // The peer listener does not take a client's certificate, nor plaintext.
+    let peer_address = cluster.peer_address(target).unwrap();
+    let client_cert = send_raft(&peer_address, Some(pki.alice().client_tls()), vote()).await;
+    assert!(client_cert.is_err(), "a client certificate reached raft");
+    let plain = send_raft(&peer_address, None, vote()).await.unwrap_err();
+    assert!(plain.contains("member's certificate"), "{plain}");
+    assert_eq!(terms(&cluster), before, "no node moved to the forged term");
+
+    // A node joining with a peer listener of its own is added with it,
+    // receives the data through it and becomes a voter.
+    let joined = cluster.join_node(1, false);
+    let listed = format!(
+        "{}/{}",
+        cluster.address(joined),
+        cluster.peer_address(joined).unwrap()
+    );
+    raftkv_testkit::poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let members = cluster.cli(&["cluster", "members"]);
+        let text = members.stdout_text();
+        text.lines()
+            .any(|line| line.contains(&listed) && line.contains("follower"))
+            .then_some(())
+    })
+    .unwrap_or_else(|_| cluster.fail(&format!("node {joined} did not become a voter at {listed}")));
+    cluster.cli(&["put", "split/b", "2"]).assert_ok();
+    let index = cluster.wait_caught_up(Duration::from_secs(30));
+    assert!(cluster.status(joined).unwrap().applied_index >= index);
+    let got = cluster.cli_at(joined, &["get", "split/a", "--consistency", "stale"]);
+    got.assert_ok();
+    assert_eq!(got.stdout_text().trim(), "1");
+}

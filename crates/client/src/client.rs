@@ -819,6 +819,7 @@ impl Client {
         &self,
         id: u64,
         address: &str,
+        peer_address: Option<&str>,
         learner: bool,
     ) -> Result<pb::MembersResponse, Error> {
         let request = pb::AddNodeRequest {
@@ -826,6 +827,7 @@ impl Client {
             address: address.to_string(),
             learner,
             empty: false,
+            peer_address: peer_address.unwrap_or_default().to_string(),
         };
         self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
             .await
@@ -834,12 +836,19 @@ impl Client {
     /// What a node starting with an empty data dir sends to join: add it
     /// as a learner (refused if that id already received data: a wiped node
     /// must be removed first). `id` 0 lets the leader pick one.
-    pub async fn join(&self, id: u64, address: &str) -> Result<pb::MembersResponse, Error> {
+    /// `peer_address`: its separate peer listener, if it has one.
+    pub async fn join(
+        &self,
+        id: u64,
+        address: &str,
+        peer_address: Option<&str>,
+    ) -> Result<pb::MembersResponse, Error> {
         let request = pb::AddNodeRequest {
             id,
             address: address.to_string(),
             learner: true,
             empty: true,
+            peer_address: peer_address.unwrap_or_default().to_string(),
         };
         self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
             .await
@@ -860,16 +869,19 @@ impl Client {
             .await
     }
 
-    /// Records that member `id` is now reached at `address` (a member
-    /// restarted at another address asks this itself).
+    /// Records that member `id` is now reached at `address`, and its peer
+    /// listener (if it has one) at `peer_address` (a member restarted at
+    /// another address asks this itself).
     pub async fn set_member_address(
         &self,
         id: u64,
         address: &str,
+        peer_address: Option<&str>,
     ) -> Result<pb::MembersResponse, Error> {
         let request = pb::SetMemberAddressRequest {
             id,
             address: address.to_string(),
+            peer_address: peer_address.unwrap_or_default().to_string(),
         };
         self.change_on_leader(
             request,

@@ -85,6 +85,18 @@ impl ServerTlsFiles {
         self.peer.is_some()
     }
 
+    /// The settings of a separate peer listener (`--listen-peer`): the peer
+    /// certificate and CA alone (no client TLS), so the handshake takes
+    /// only members' certificates' CA.
+    pub fn peer_only(&self) -> ServerTlsFiles {
+        ServerTlsFiles {
+            peer: self.peer.clone(),
+            peer_trusted_ca: self.peer_trusted_ca.clone(),
+            peer_allowed_cn: self.peer_allowed_cn.clone(),
+            ..Default::default()
+        }
+    }
+
     /// Whether the combination makes sense; what is missing otherwise.
     pub fn check(&self) -> Result<(), TlsError> {
         if self.client_cert_auth && self.trusted_ca.is_none() {

@@ -43,6 +43,8 @@ pub struct ConfChangeRequest {
     pub changes: Vec<MemberChange>,
     /// Addresses of nodes being added.
     pub addresses: BTreeMap<u64, String>,
+    /// Peer listeners of the nodes being added that have one.
+    pub peer_addresses: BTreeMap<u64, String>,
     /// Allow a removal that leaves fewer live voters than a quorum.
     pub force: bool,
     /// Enter a joint configuration that stays until `leave_joint` (debug).
@@ -60,6 +62,9 @@ pub struct ConfChangeRequest {
 pub struct ChangePlan {
     pub voters: BTreeMap<u64, String>,
     pub learners: BTreeMap<u64, String>,
+    /// Peer listeners (`--listen-peer`) of the nodes to add that have one,
+    /// by the same ids as `voters`/`learners` (0 included).
+    pub peer_addresses: BTreeMap<u64, String>,
     pub promote: Vec<u64>,
     pub remove: Vec<u64>,
     /// Allow a removal that leaves fewer live voters than a quorum.

@@ -367,10 +367,21 @@ impl Replica {
             .await?
     }
 
-    /// Records through the log that member `id` is now reached at `address`
-    /// (this node must lead); resolves once applied.
-    pub async fn set_member_address(&self, id: u64, address: String) -> Result<(), ReplicaError> {
-        self.ask(|reply| Input::SetMemberAddress { id, address, reply })
+    /// Records through the log that member `id` is now reached at `address`,
+    /// and its peer listener (if it has one) at `peer_address` (this node
+    /// must lead); resolves once applied.
+    pub async fn set_member_address(
+        &self,
+        id: u64,
+        address: String,
+        peer_address: Option<String>,
+    ) -> Result<(), ReplicaError> {
+        let member = raftkv_proto::internal::MemberAddress {
+            id,
+            address,
+            peer_address: peer_address.unwrap_or_default(),
+        };
+        self.ask(|reply| Input::SetMemberAddress { member, reply })
             .await?
     }
 

@@ -11,7 +11,11 @@ use raftkv_storage::MembershipRecord;
 
 /// The initial membership of a static cluster: every listed node a voter,
 /// as of the bootstrap snapshot at index 1.
-pub fn bootstrap_membership(peers: &BTreeMap<u64, String>) -> MembershipRecord {
+/// `peer_addresses`: the separate peer listeners of the nodes that have one.
+pub fn bootstrap_membership(
+    peers: &BTreeMap<u64, String>,
+    peer_addresses: &BTreeMap<u64, String>,
+) -> MembershipRecord {
     let conf_state = ConfState {
         voters: peers.keys().copied().collect(),
         ..Default::default()
@@ -20,15 +24,18 @@ pub fn bootstrap_membership(peers: &BTreeMap<u64, String>) -> MembershipRecord {
         index: 1,
         conf_state,
         addresses: peers.clone(),
+        peer_addresses: peer_addresses.clone(),
         max_node_id: peers.keys().max().copied().unwrap_or(0),
     }
 }
 
-/// Encodes the context of a conf change that adds the given nodes.
+/// Encodes the context of a conf change that adds the given nodes (with
+/// the peer listeners of those that have one).
 pub fn encode_conf_change_context(
     proposer: u64,
     proposal_id: u64,
     addresses: &BTreeMap<u64, String>,
+    peer_addresses: &BTreeMap<u64, String>,
 ) -> Vec<u8> {
     ConfChangeContext {
         proposer,
@@ -38,6 +45,7 @@ pub fn encode_conf_change_context(
             .map(|(id, address)| MemberAddress {
                 id: *id,
                 address: address.clone(),
+                peer_address: peer_addresses.get(id).cloned().unwrap_or_default(),
             })
             .collect(),
     }
@@ -65,20 +73,27 @@ pub fn member_ids(cs: &ConfState) -> Vec<u64> {
     ids
 }
 
-/// Addresses after a change: new addresses from the context are added, and
-/// nodes no longer in the configuration are dropped.
+/// Addresses and peer listeners after a change: those of nodes added come
+/// from the context, and nodes no longer in the configuration are dropped.
 pub(crate) fn next_addresses(
-    current: &BTreeMap<u64, String>,
+    current: &MembershipRecord,
     context: &ConfChangeContext,
     cs: &ConfState,
-) -> BTreeMap<u64, String> {
-    let mut next = current.clone();
+) -> (BTreeMap<u64, String>, BTreeMap<u64, String>) {
+    let mut addresses = current.addresses.clone();
+    let mut peer_addresses = current.peer_addresses.clone();
     for member in &context.addresses {
-        next.insert(member.id, member.address.clone());
+        addresses.insert(member.id, member.address.clone());
+        if member.peer_address.is_empty() {
+            peer_addresses.remove(&member.id);
+        } else {
+            peer_addresses.insert(member.id, member.peer_address.clone());
+        }
     }
     let ids = member_ids(cs);
-    next.retain(|id, _| ids.binary_search(id).is_ok());
-    next
+    addresses.retain(|id, _| ids.binary_search(id).is_ok());
+    peer_addresses.retain(|id, _| ids.binary_search(id).is_ok());
+    (addresses, peer_addresses)
 }
 
 #[cfg(test)]
@@ -88,7 +103,7 @@ mod tests {
     #[test]
     fn bootstrap_makes_every_peer_a_voter_at_index_one() {
         let peers: BTreeMap<u64, String> = [(1, "a:1".to_string()), (2, "b:2".to_string())].into();
-        let m = bootstrap_membership(&peers);
+        let m = bootstrap_membership(&peers, &BTreeMap::new());
         assert_eq!(m.index, 1);
         assert_eq!(m.conf_state.voters, vec![1, 2]);
         assert_eq!(m.addresses, peers);
@@ -96,22 +111,33 @@ mod tests {
 
     #[test]
     fn addresses_follow_the_configuration() {
-        let current: BTreeMap<u64, String> =
-            [(1, "a:1".to_string()), (2, "b:2".to_string())].into();
+        let current = MembershipRecord {
+            addresses: [(1, "a:1".to_string()), (2, "b:2".to_string())].into(),
+            peer_addresses: [(2, "b:9".to_string())].into(),
+            ..Default::default()
+        };
         let ctx = decode_conf_change_context(&encode_conf_change_context(
             1,
             7,
-            &[(3, "c:3".to_string())].into(),
+            &[(3, "c:3".to_string()), (4, "d:4".to_string())].into(),
+            &[(4, "d:5".to_string())].into(),
         ));
         assert_eq!(ctx.proposal_id, 7);
         let cs = ConfState {
-            voters: vec![1, 3],
+            voters: vec![1, 3, 4],
             ..Default::default()
         };
-        let next = next_addresses(&current, &ctx, &cs);
+        let (addresses, peer_addresses) = next_addresses(&current, &ctx, &cs);
         assert_eq!(
-            next,
-            [(1, "a:1".to_string()), (3, "c:3".to_string())].into()
+            addresses,
+            [
+                (1, "a:1".to_string()),
+                (3, "c:3".to_string()),
+                (4, "d:4".to_string())
+            ]
+            .into()
         );
+        // Node 2's peer listener went with it; node 4 came with one.
+        assert_eq!(peer_addresses, [(4, "d:5".to_string())].into());
     }
 }

@@ -78,6 +78,8 @@ pub struct RaftStateInfo {
 pub struct MemberInfo {
     pub id: u64,
     pub address: String,
+    /// Its separate peer listener, if it has one (`--listen-peer`).
+    pub peer_address: Option<String>,
     pub role: Role,
     pub voter: bool,
     pub match_index: u64,

@@ -96,6 +96,7 @@ impl Cluster {
                 ..Default::default()
             },
             addresses: addresses.clone(),
+            peer_addresses: Default::default(),
             max_node_id: addresses.keys().max().copied().unwrap_or(0),
         };
         let clock = Arc::new(ManualClock {

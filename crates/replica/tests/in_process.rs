@@ -60,7 +60,7 @@ impl Cluster {
                         cluster_id: 7,
                         bootstrap_id: 0,
                     },
-                    bootstrap_membership(&peers),
+                    bootstrap_membership(&peers, &Default::default()),
                 )
                 .unwrap();
             let snapshots = SnapshotStore::open(&data_dir).unwrap();

@@ -15,19 +15,36 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Deadline of one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn record_own_address(replica: Replica, address: String, tls: crate::OutgoingTls) {
+pub async fn record_own_address(
+    replica: Replica,
+    address: String,
+    peer_address: Option<String>,
+    tls: crate::OutgoingTls,
+) {
     let id = replica.node_id();
-    let recorded = |replica: &Replica| replica.membership().addresses.get(&id).cloned();
+    let recorded = |replica: &Replica| {
+        let membership = replica.membership();
+        let address = membership.addresses.get(&id).cloned()?;
+        Some((address, membership.peer_addresses.get(&id).cloned()))
+    };
     let Some(old) = recorded(&replica) else {
         return; // not a member (yet): nothing to correct
     };
-    if old == address {
+    let new = (address.clone(), peer_address.clone());
+    if old == new {
         return;
     }
+    let shown = |(address, peer): &(String, Option<String>)| match peer {
+        Some(peer) => format!("{address} (peer listener {peer})"),
+        None => address.clone(),
+    };
     tracing::warn!(
-        "node {id} is now at {address}, but the membership has {old}; recording the new \
-         address through the leader (peers reach this node once it is committed)"
+        "node {id} is now at {}, but the membership has {}; recording the new \
+         address through the leader (peers reach this node once it is committed)",
+        shown(&new),
+        shown(&old)
     );
+    let old = shown(&old);
     let mut endpoints: Vec<String> = replica
         .membership()
         .addresses
@@ -50,8 +67,11 @@ pub async fn record_own_address(replica: Replica, address: String, tls: crate::O
         }
     };
     let mut attempts = 0u32;
-    while recorded(&replica).as_deref() != Some(address.as_str()) {
-        match client.set_member_address(id, &address).await {
+    while recorded(&replica).as_ref() != Some(&new) {
+        match client
+            .set_member_address(id, &address, peer_address.as_deref())
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_retryable() => {
                 attempts += 1;
@@ -69,7 +89,10 @@ pub async fn record_own_address(replica: Replica, address: String, tls: crate::O
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }
-    tracing::info!("node {id}'s address {address} is recorded in the membership");
+    tracing::info!(
+        "node {id}'s address {} is recorded in the membership",
+        shown(&new)
+    );
 }
 
 /// A node that was away while a new member joined and took over as leader
@@ -87,11 +110,12 @@ pub async fn reach_unknown_leader(
     loop {
         tokio::time::sleep(election_timeout).await;
         let status = replica.status();
-        let own = replica.membership().addresses;
+        let membership = replica.membership();
+        let own = &membership.addresses;
         if status.leader_id == 0 || own.contains_key(&status.leader_id) {
             continue;
         }
-        for (id, address) in &own {
+        for (id, address) in own {
             if *id == status.id {
                 continue;
             }
@@ -117,8 +141,13 @@ pub async fn reach_unknown_leader(
                     leader.id,
                     leader.address
                 );
-                let mut peers = own.clone();
-                peers.insert(leader.id, leader.address.clone());
+                let mut peers = membership.peer_dial_addresses();
+                let leader_peer_address = if leader.peer_address.is_empty() {
+                    &leader.address
+                } else {
+                    &leader.peer_address
+                };
+                peers.insert(leader.id, leader_peer_address.clone());
                 raftkv_replica::Transport::update_peers(&*transport, &peers);
                 break;
             }

@@ -51,6 +51,7 @@ fn members_of(info: &MembersInfo) -> Vec<Member> {
         .map(|m| Member {
             id: m.id,
             address: m.address.clone(),
+            peer_address: m.peer_address.clone().unwrap_or_default(),
             role: m.role.as_str().to_string(),
             voter: m.voter,
             match_index: m.match_index,
@@ -69,6 +70,16 @@ impl AdminService {
     /// An address peers can dial: HOST:PORT.
     fn check_address(&self, address: &str) -> Result<String, Status> {
         crate::config::check_address(address, "node address")
+            .map_err(|e| invalid_argument(e, header_of(&self.replica)))
+    }
+
+    /// A node's peer listener as requested: empty for none, else HOST:PORT.
+    fn check_peer_address(&self, address: &str) -> Result<Option<String>, Status> {
+        if address.is_empty() {
+            return Ok(None);
+        }
+        crate::config::check_address(address, "peer listener address")
+            .map(Some)
             .map_err(|e| invalid_argument(e, header_of(&self.replica)))
     }
 
@@ -172,6 +183,7 @@ impl Cluster for AdminService {
             ));
         }
         let address = self.check_address(&request.address)?;
+        let peer_address = self.check_peer_address(&request.peer_address)?;
         if self.replica.cluster_id() == 0 {
             // A joining node records the id; it must be the cluster's own.
             return Err(self.replica_error(ReplicaError::Unavailable(
@@ -187,6 +199,9 @@ impl Cluster for AdminService {
             plan.learners.insert(id, address);
         } else {
             plan.voters.insert(id, address);
+        }
+        if let Some(peer_address) = peer_address {
+            plan.peer_addresses.insert(id, peer_address);
         }
         self.apply(plan, deadline).await
     }
@@ -250,6 +265,9 @@ impl Cluster for AdminService {
                 ));
             }
             let address = self.check_address(&node.address)?;
+            if let Some(peer_address) = self.check_peer_address(&node.peer_address)? {
+                plan.peer_addresses.insert(node.id, peer_address);
+            }
             plan.voters.insert(node.id, address);
         }
         self.apply(plan, deadline).await
@@ -262,8 +280,9 @@ impl Cluster for AdminService {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
         let address = self.check_address(&request.address)?;
+        let peer_address = self.check_peer_address(&request.peer_address)?;
         self.membership
-            .set_address(request.id, address, deadline)
+            .set_address(request.id, address, peer_address, deadline)
             .await
             .map_err(|e| self.replica_error(e))?;
         self.members_reply().await

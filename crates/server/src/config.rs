@@ -23,8 +23,13 @@ pub struct ServerConfig {
     pub listen: String,
     /// Address peers and clients use to reach this node (default: listen).
     pub advertise: Option<String>,
+    /// A separate listener for peer traffic (raft messages, snapshots):
+    /// then `listen` takes clients only.
+    pub listen_peer: Option<String>,
+    /// Address peers use to reach `listen_peer` (default: listen_peer).
+    pub advertise_peer: Option<String>,
     /// Initial members of a static cluster (fresh data dir only).
-    pub peers: Option<BTreeMap<u64, String>>,
+    pub peers: Option<Peers>,
     pub join: Vec<String>,
     pub learner: bool,
     pub snapshot_entries: u64,
@@ -128,6 +133,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: DEFAULT_LISTEN.to_string(),
             advertise: None,
+            listen_peer: None,
+            advertise_peer: None,
             peers: None,
             join: Vec::new(),
             learner: false,
@@ -152,6 +159,13 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub fn advertise_address(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Where peers reach this node's separate peer listener, if it has one.
+    pub fn advertise_peer_address(&self) -> Option<&str> {
+        self.advertise_peer
+            .as_deref()
+            .or(self.listen_peer.as_deref())
     }
 
     /// The TLS settings paired up: a certificate goes with its key, peer
@@ -212,7 +226,8 @@ impl ServerConfig {
             );
         }
         files.check().map_err(|e| e.to_string())?;
-        let has_others = self.peers.as_ref().is_some_and(|p| p.len() > 1) || !self.join.is_empty();
+        let has_others =
+            self.peers.as_ref().is_some_and(|p| p.addresses.len() > 1) || !self.join.is_empty();
         if files.client.is_some()
             && files.peer.is_none()
             && files.trusted_ca.is_none()
@@ -270,7 +285,7 @@ impl ServerConfig {
             return Err("--wal-segment-size must be at least 4KiB".into());
         }
         if let (Some(peers), Some(id)) = (&self.peers, self.id) {
-            if !peers.contains_key(&id) {
+            if !peers.addresses.contains_key(&id) {
                 return Err(format!("--peers does not list this node's id {id}"));
             }
         }
@@ -288,6 +303,33 @@ impl ServerConfig {
             check_address(advertise, "--advertise")?;
         }
         check_reachable(self.advertise_address())?;
+        if let Some(address) = &self.listen_peer {
+            check_address(address, "--listen-peer")?;
+            if *address == self.listen {
+                return Err(format!(
+                    "--listen-peer {address} is --listen too: give the peer listener a port of \
+                     its own, or leave --listen-peer out to take peers on --listen"
+                ));
+            }
+        }
+        match (&self.advertise_peer, &self.listen_peer) {
+            (Some(_), None) => {
+                return Err("--advertise-peer needs --listen-peer (the listener it names)".into())
+            }
+            (Some(address), Some(_)) => {
+                check_address(address, "--advertise-peer")?;
+            }
+            _ => {}
+        }
+        if let Some(address) = self.advertise_peer_address() {
+            check_reachable(address).map_err(|_| {
+                format!(
+                    "{address} is where this node listens for peers, not an address other \
+                     nodes can reach; give --advertise-peer HOST:PORT with this machine's \
+                     address"
+                )
+            })?;
+        }
         for address in &self.join {
             check_address(address, "--join")?;
         }
@@ -330,29 +372,66 @@ fn check_reachable(advertise: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `1=host:port,2=host:port,...`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut peers = BTreeMap::new();
+/// The members of `--peers`: each one's address, and the separate peer
+/// listeners (`--listen-peer`) of those that have one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    pub addresses: BTreeMap<u64, String>,
+    pub peer_listeners: BTreeMap<u64, String>,
+}
+
+/// Splits a member's `HOST:PORT[/PEER_HOST:PORT]` (its address, then its
+/// separate peer listener if it has one), checking both; `what` names it
+/// in errors.
+pub fn parse_member_address(text: &str, what: &str) -> Result<(String, Option<String>), String> {
+    let (address, peer) = match text.split_once('/') {
+        Some((address, peer)) => (address, Some(peer)),
+        None => (text, None),
+    };
+    let address = check_address(address, what)?;
+    let peer = peer
+        .map(|peer| check_address(peer, &format!("peer listener of {what}")))
+        .transpose()?;
+    Ok((address, peer))
+}
+
+/// Parses `1=host:port,2=host:port,...`, where a member with a separate
+/// peer listener is `ID=HOST:PORT/PEER_HOST:PORT`.
+pub fn parse_peers(text: &str) -> Result<Peers, String> {
+    let mut peers = Peers::default();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, address) = item
-            .split_once('=')
-            .ok_or_else(|| format!("invalid peer {item:?} in --peers (expected ID=HOST:PORT)"))?;
+        let (id, address) = item.split_once('=').ok_or_else(|| {
+            format!("invalid peer {item:?} in --peers (expected ID=HOST:PORT[/PEER_HOST:PORT])")
+        })?;
         let id: u64 = id
             .trim()
             .parse()
             .ok()
             .filter(|id| *id > 0)
             .ok_or_else(|| format!("invalid node id {id:?} in --peers (expected 1 or more)"))?;
-        let address = check_address(address, &format!("address for node {id} in --peers"))?;
-        check_reachable(&address)?;
-        if peers.values().any(|a| *a == address) {
+        let (address, peer_listener) =
+            parse_member_address(address, &format!("address for node {id} in --peers"))?;
+        for address in std::iter::once(&address).chain(&peer_listener) {
+            check_reachable(address)?;
+            let mut taken = peers
+                .addresses
+                .values()
+                .chain(peers.peer_listeners.values());
+            if taken.any(|a| a == address) {
+                return Err(format!("address {address} is listed twice in --peers"));
+            }
+        }
+        if peer_listener.as_ref() == Some(&address) {
             return Err(format!("address {address} is listed twice in --peers"));
         }
-        if peers.insert(id, address).is_some() {
+        if peers.addresses.insert(id, address).is_some() {
             return Err(format!("node id {id} is listed twice in --peers"));
         }
+        if let Some(peer_listener) = peer_listener {
+            peers.peer_listeners.insert(id, peer_listener);
+        }
     }
-    if peers.is_empty() {
+    if peers.addresses.is_empty() {
         return Err("--peers is empty".into());
     }
     Ok(peers)
@@ -366,6 +445,8 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
+    pub listen_peer: Option<String>,
+    pub advertise_peer: Option<String>,
     pub peers: Option<String>,
     pub join: Option<String>,
     pub learner: Option<bool>,
@@ -414,6 +495,12 @@ impl ConfigFile {
         }
         if let Some(v) = &self.advertise {
             config.advertise = Some(v.clone());
+        }
+        if let Some(v) = &self.listen_peer {
+            config.listen_peer = Some(v.clone());
+        }
+        if let Some(v) = &self.advertise_peer {
+            config.advertise_peer = Some(v.clone());
         }
         if let Some(v) = &self.peers {
             config.peers = Some(parse_peers(v)?);
@@ -495,8 +582,15 @@ impl ConfigFile {
 /// a node started with a different list is refused by the others. (Not the
 /// cluster's id: two clusters with the same flags share it; the cluster id
 /// is chosen at random through the log, see the replica's `cluster_id.rs`.)
-pub fn bootstrap_id_of(peers: &BTreeMap<u64, String>) -> u64 {
-    let canonical: Vec<String> = peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
+pub fn bootstrap_id_of(peers: &Peers) -> u64 {
+    let canonical: Vec<String> = peers
+        .addresses
+        .iter()
+        .map(|(id, a)| match peers.peer_listeners.get(id) {
+            Some(peer) => format!("{id}={a}/{peer}"),
+            None => format!("{id}={a}"),
+        })
+        .collect();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in canonical.join(",").bytes() {
         hash ^= u64::from(byte);
@@ -535,7 +629,19 @@ mod tests {
     #[test]
     fn peers_parse_and_bad_lists_are_explained() {
         let peers = parse_peers("1=127.0.0.1:7379, 2=127.0.0.1:7380").unwrap();
-        assert_eq!(peers[&2], "127.0.0.1:7380");
+        assert_eq!(peers.addresses[&2], "127.0.0.1:7380");
+        assert!(peers.peer_listeners.is_empty());
+        let peers = parse_peers("1=127.0.0.1:7379/127.0.0.1:8379,2=127.0.0.1:7380").unwrap();
+        assert_eq!(peers.addresses[&1], "127.0.0.1:7379");
+        assert_eq!(peers.peer_listeners[&1], "127.0.0.1:8379");
+        assert!(!peers.peer_listeners.contains_key(&2));
+        assert!(parse_peers("1=a:1/a:1").unwrap_err().contains("twice"));
+        assert!(parse_peers("1=a:1/b:2,2=b:2")
+            .unwrap_err()
+            .contains("twice"));
+        assert!(parse_peers("1=a:1/nope")
+            .unwrap_err()
+            .contains("peer listener"));
         assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
         assert!(parse_peers("x=a:1").unwrap_err().contains("node id"));
         assert!(parse_peers("1=nohostport")
@@ -552,6 +658,27 @@ mod tests {
         let c = parse_peers("1=a:1,2=b:3").unwrap();
         assert_eq!(bootstrap_id_of(&a), bootstrap_id_of(&b));
         assert_ne!(bootstrap_id_of(&a), bootstrap_id_of(&c));
+        let d = parse_peers("1=a:1/a:9,2=b:2").unwrap();
+        assert_ne!(bootstrap_id_of(&a), bootstrap_id_of(&d));
+    }
+
+    #[test]
+    fn a_peer_listener_needs_a_port_of_its_own_and_a_reachable_address() {
+        let mut config = ServerConfig {
+            listen_peer: Some(DEFAULT_LISTEN.into()),
+            ..Default::default()
+        };
+        assert!(config.validate().unwrap_err().contains("port of its own"));
+        config.listen_peer = Some("0.0.0.0:8379".into());
+        assert!(config.validate().unwrap_err().contains("--advertise-peer"));
+        config.advertise_peer = Some("10.0.0.5:8379".into());
+        assert!(config.validate().is_ok());
+        assert_eq!(config.advertise_peer_address(), Some("10.0.0.5:8379"));
+        config.listen_peer = None;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("needs --listen-peer"));
     }
 
     #[test]

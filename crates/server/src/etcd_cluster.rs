@@ -100,13 +100,18 @@ impl EtcdCluster {
         member_ids(conf)
             .into_iter()
             .map(|id| {
-                let address = membership.addresses.get(&id);
-                let url = |scheme: &str| address.map(|a| format!("{scheme}://{a}"));
+                let url = |scheme: &str, address: Option<&String>| {
+                    address.map(|a| format!("{scheme}://{a}"))
+                };
                 Member {
                     id,
                     name: format!("node-{id}"),
-                    peer_ur_ls: url(self.peer_scheme).into_iter().collect(),
-                    client_ur_ls: url(self.client_scheme).into_iter().collect(),
+                    peer_ur_ls: url(self.peer_scheme, membership.peer_address(id))
+                        .into_iter()
+                        .collect(),
+                    client_ur_ls: url(self.client_scheme, membership.addresses.get(&id))
+                        .into_iter()
+                        .collect(),
                     is_learner: conf.learners.contains(&id) || conf.learners_next.contains(&id),
                 }
             })

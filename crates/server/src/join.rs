@@ -5,13 +5,12 @@
 //! it a snapshot and the log; promotion waits until it is within
 //! `PROMOTE_MAX_LAG_ENTRIES` of the leader.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use raftkv_client::{Client, ClientOptions};
-use raftkv_replica::{FileStorage, NodeIdentity, Replica, Role};
+use raftkv_replica::{FileStorage, MembershipRecord, NodeIdentity, Replica, Role};
 
 /// Pause between attempts to reach the cluster.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -31,17 +30,20 @@ fn client_for(join: &[String], tls: &crate::OutgoingTls) -> anyhow::Result<Clien
     .map_err(|e| anyhow::anyhow!("invalid --join address: {e}"))
 }
 
-/// Becomes a member (as a learner): returns the addresses of the members,
-/// for the transport to answer the leader before the first snapshot brings
-/// the whole configuration. Records the node's identity in `storage`.
+/// Becomes a member (as a learner): returns the addresses of the members
+/// (the configuration is not known yet), for the transport to answer the
+/// leader before the first snapshot brings the whole configuration.
+/// Records the node's identity in `storage`. `peer_address`: this node's
+/// separate peer listener, if it has one.
 pub async fn join_as_learner(
     storage: &mut FileStorage,
     data_dir: &Path,
     join: &[String],
     requested_id: Option<u64>,
     address: &str,
+    peer_address: Option<&str>,
     tls: &crate::OutgoingTls,
-) -> anyhow::Result<BTreeMap<u64, String>> {
+) -> anyhow::Result<MembershipRecord> {
     let client = client_for(join, tls)?;
     let id = storage
         .identity()
@@ -51,7 +53,7 @@ pub async fn join_as_learner(
     let mut attempts = 0u32;
     let reply = loop {
         attempts += 1;
-        match client.join(id, address).await {
+        match client.join(id, address, peer_address).await {
             Ok(reply) => break reply,
             Err(e) if e.is_retryable() => {
                 if attempts == 1 || attempts.is_multiple_of(10) {
@@ -92,11 +94,20 @@ pub async fn join_as_learner(
         identity.cluster_id,
         identity.node_id
     );
-    let peers: BTreeMap<u64, String> = reply
-        .members
-        .iter()
-        .map(|m| (m.id, m.address.clone()))
-        .collect();
+    let peers = MembershipRecord {
+        addresses: reply
+            .members
+            .iter()
+            .map(|m| (m.id, m.address.clone()))
+            .collect(),
+        peer_addresses: reply
+            .members
+            .iter()
+            .filter(|m| !m.peer_address.is_empty())
+            .map(|m| (m.id, m.peer_address.clone()))
+            .collect(),
+        ..Default::default()
+    };
     save_seed_peers(data_dir, &peers).context("cannot record the cluster's members")?;
     Ok(peers)
 }
@@ -108,10 +119,15 @@ fn seed_peers_path(data_dir: &Path) -> PathBuf {
     data_dir.join("join-peers")
 }
 
-fn save_seed_peers(data_dir: &Path, peers: &BTreeMap<u64, String>) -> std::io::Result<()> {
+/// One line per member: `ID ADDRESS [PEER_ADDRESS]`.
+fn save_seed_peers(data_dir: &Path, peers: &MembershipRecord) -> std::io::Result<()> {
     let text: String = peers
+        .addresses
         .iter()
-        .map(|(id, address)| format!("{id} {address}\n"))
+        .map(|(id, address)| match peers.peer_addresses.get(id) {
+            Some(peer_address) => format!("{id} {address} {peer_address}\n"),
+            None => format!("{id} {address}\n"),
+        })
         .collect();
     let path = seed_peers_path(data_dir);
     let tmp = path.with_extension("tmp");
@@ -125,16 +141,21 @@ fn save_seed_peers(data_dir: &Path, peers: &BTreeMap<u64, String>) -> std::io::R
 }
 
 /// The members recorded by [`join_as_learner`], if any.
-pub fn load_seed_peers(data_dir: &Path) -> Option<BTreeMap<u64, String>> {
+pub fn load_seed_peers(data_dir: &Path) -> Option<MembershipRecord> {
     let text = std::fs::read_to_string(seed_peers_path(data_dir)).ok()?;
-    let peers: BTreeMap<u64, String> = text
-        .lines()
-        .filter_map(|line| {
-            let (id, address) = line.split_once(' ')?;
-            Some((id.parse().ok()?, address.to_string()))
-        })
-        .collect();
-    (!peers.is_empty()).then_some(peers)
+    let mut peers = MembershipRecord::default();
+    for line in text.lines() {
+        let mut fields = line.split(' ');
+        let (Some(id), Some(address)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(id) = id.parse::<u64>() else { continue };
+        peers.addresses.insert(id, address.to_string());
+        if let Some(peer_address) = fields.next() {
+            peers.peer_addresses.insert(id, peer_address.to_string());
+        }
+    }
+    (!peers.addresses.is_empty()).then_some(peers)
 }
 
 /// Asks for promotion until this node is a voter (the leader answers once

@@ -130,9 +130,16 @@ async fn open_storage(config: &ServerConfig, tls: &OutgoingTls) -> anyhow::Resul
     let id = config.id.unwrap_or(1);
     let peers = match &config.peers {
         Some(peers) => peers.clone(),
-        None => [(id, config.advertise_address().to_string())].into(),
+        None => config::Peers {
+            addresses: [(id, config.advertise_address().to_string())].into(),
+            peer_listeners: config
+                .advertise_peer_address()
+                .map(|peer| (id, peer.to_string()))
+                .into_iter()
+                .collect(),
+        },
     };
-    if !peers.contains_key(&id) {
+    if !peers.addresses.contains_key(&id) {
         bail!("--peers does not list this node's id {id}");
     }
     // The cluster's id is chosen by its first leader and adopted through the
@@ -142,16 +149,24 @@ async fn open_storage(config: &ServerConfig, tls: &OutgoingTls) -> anyhow::Resul
         cluster_id: 0,
         bootstrap_id: bootstrap_id_of(&peers),
     };
-    refuse_if_wiped(&peers, identity, tls).await?;
+    refuse_if_wiped(&peers.addresses, identity, tls).await?;
     storage
-        .bootstrap(identity, bootstrap_membership(&peers))
+        .bootstrap(
+            identity,
+            bootstrap_membership(&peers.addresses, &peers.peer_listeners),
+        )
         .with_context(|| format!("cannot initialize data dir {}", config.data_dir.display()))?;
     tracing::info!(
         "initialized data dir {} as node {id} of a new cluster (bootstrap {:016x}) with \
-         members {:?}",
+         members {:?}{}",
         config.data_dir.display(),
         identity.bootstrap_id,
-        peers
+        peers.addresses,
+        if peers.peer_listeners.is_empty() {
+            String::new()
+        } else {
+            format!(" (peer listeners {:?})", peers.peer_listeners)
+        }
     );
     Ok(storage)
 }
@@ -247,11 +262,31 @@ fn check_bootstrap_address(config: &ServerConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     let id = config.id.unwrap_or(1);
-    match peers.get(&id) {
+    match peers.addresses.get(&id) {
         Some(listed) if listed != config.advertise_address() => bail!(
             "--peers gives node {id} the address {listed}, but it listens at {} (and \
              advertises that); give it --listen {listed}, or --advertise {listed} if that \
              address reaches this --listen",
+            config.advertise_address()
+        ),
+        _ => {}
+    }
+    match (
+        peers.peer_listeners.get(&id),
+        config.advertise_peer_address(),
+    ) {
+        (Some(listed), Some(own)) if listed != own => bail!(
+            "--peers gives node {id} the peer listener {listed}, but its peer listener is \
+             at {own}; give it --listen-peer {listed}, or --advertise-peer {listed} if that \
+             address reaches its --listen-peer"
+        ),
+        (Some(listed), None) => bail!(
+            "--peers gives node {id} a peer listener at {listed}, but it has none; give it \
+             --listen-peer {listed}"
+        ),
+        (None, Some(own)) => bail!(
+            "node {id} has a peer listener ({own}), but --peers does not list it: write its \
+             entry as {id}={}/{own}, the same on every node",
             config.advertise_address()
         ),
         _ => Ok(()),
@@ -267,6 +302,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let peer_listener = match &config.listen_peer {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on --listen-peer {address}"))?,
+        ),
+        None => None,
+    };
     let metrics_listener = match &config.metrics_listen {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
@@ -295,6 +338,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             &config.join,
             config.id,
             config.advertise_address(),
+            config.advertise_peer_address(),
             &outgoing,
         );
         tokio::select! {
@@ -343,7 +387,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     transport.set_replica(replica.clone());
     if let Some(peers) = &seed_peers {
-        raftkv_replica::Transport::update_peers(&*transport, peers);
+        raftkv_replica::Transport::update_peers(&*transport, &peers.peer_dial_addresses());
     }
     tokio::spawn(address::reach_unknown_leader(
         replica.clone(),
@@ -354,7 +398,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     tokio::spawn(membership::watch_for_removal(
         replica.clone(),
         config.election_timeout,
-        seed_peers.clone().unwrap_or_default(),
+        seed_peers
+            .as_ref()
+            .map(|peers| peers.addresses.clone())
+            .unwrap_or_default(),
         outgoing.clone(),
     ));
     if !config.join.is_empty() && !config.learner {
@@ -393,9 +440,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_decoding_message_size(2 * transport::CHUNK_BYTES);
 
     tracing::info!(
-        "node {} serving on {} ({}; {})",
+        "node {} serving on {}{} ({}; {})",
         identity.node_id,
         config.listen,
+        match &config.listen_peer {
+            Some(address) => format!(" (clients), {address} (peers)"),
+            None => String::new(),
+        },
         raftkv_replica::describe_cluster(replica.cluster_ids()),
         match (tls_files.client_tls(), tls_files.peer_tls()) {
             (true, true) => "client and peer TLS",
@@ -422,6 +473,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tokio::spawn(address::record_own_address(
             replica.clone(),
             config.advertise_address().to_string(),
+            config.advertise_peer_address().map(str::to_string),
             outgoing.clone(),
         ));
     }
@@ -476,9 +528,25 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(EtcdClusterServer::from_arc(etcd_cluster.clone()))
         .add_service(MaintenanceServer::from_arc(etcd_cluster))
         .add_service(ClusterServer::from_arc(admin.clone()))
-        .add_service(DebugServer::from_arc(admin))
-        .add_service(peer);
+        .add_service(DebugServer::from_arc(admin));
+    // The peer service is on the client port unless it has a listener of
+    // its own.
+    let peer_server = match peer_listener {
+        None => {
+            routes.add_service(peer);
+            None
+        }
+        Some(listener) => Some(peer_server(
+            peer,
+            listener,
+            &tls_files,
+            metrics.tls_refused.clone(),
+        )?),
+    };
     let mut routes = routes.routes();
+    if let Some(address) = &config.listen_peer {
+        refuse_peer_traffic(routes.axum_router_mut(), address);
+    }
     let tls_policy = tls_policy::Policy::new(tls_files.clone(), metrics.tls_refused.clone());
     let http = http::routes(http::HttpState {
         replica: replica.clone(),
@@ -530,12 +598,27 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 let _ = serving_stopped.await;
             },
         );
+    // The peer listener stops with the process: peers keep their streams
+    // open, and raft messages that arrive after the replica stopped are
+    // dropped.
+    let peer_serve = async move {
+        match peer_server {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(serve);
+    tokio::pin!(peer_serve);
     tokio::select! {
         result = &mut serve => {
             replica.shutdown();
             result.context("gRPC server failed")?;
             Ok(())
+        }
+        result = &mut peer_serve => {
+            replica.shutdown();
+            result.context("peer listener failed")?;
+            bail!("the peer listener stopped")
         }
         () = &mut shutdown => {
             tracing::info!("node {} shutting down", identity.node_id);
@@ -550,4 +633,50 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             bail!("node {} stopped: {reason}", identity.node_id)
         }
     }
+}
+
+/// The server of a separate peer listener (`--listen-peer`): the peer
+/// service alone, with the peer certificate and CA alone when peer TLS is
+/// on (a client certificate does not even complete the handshake).
+fn peer_server(
+    peer: PeerServer<PeerService>,
+    listener: tokio::net::TcpListener,
+    tls_files: &raftkv_net::tls::ServerTlsFiles,
+    refused: prometheus::IntCounterVec,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    let files = tls_files.peer_only();
+    let server_tls = raftkv_net::tls::ServerTls::new(&files).map_err(anyhow::Error::msg)?;
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(peer);
+    let mut routes = routes.routes();
+    tls_policy::Policy::new(files, refused.clone()).apply(routes.axum_router_mut());
+    Ok(tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming(tls_policy::accept(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(30))),
+            server_tls,
+            refused,
+            tls_policy::ConnectionLimit::new(0),
+        )))
+}
+
+/// With a separate peer listener, raft traffic that comes to the client
+/// port (a peer that has this node's old address) is refused saying where
+/// it goes.
+fn refuse_peer_traffic(router: &mut axum::Router, peer_address: &str) {
+    let why = format!(
+        "this node takes peer traffic on its peer listener ({peer_address}, --listen-peer), \
+         not on its client port"
+    );
+    let routes = std::mem::take(router);
+    *router = routes.route(
+        "/raftkv.v1.Peer/{*method}",
+        axum::routing::any(move || {
+            let why = why.clone();
+            async move { tonic::Status::failed_precondition(why).into_http::<axum::body::Body>() }
+        }),
+    );
 }

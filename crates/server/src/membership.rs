@@ -33,15 +33,18 @@ impl Membership {
         self.replica.change(plan, left(deadline)).await
     }
 
-    /// Records through the log that member `id` is now at `address` (it was
-    /// restarted with a new `--advertise`/`--listen`).
+    /// Records through the log that member `id` is now at `address`, with
+    /// its peer listener at `peer_address` if it has one (it was restarted
+    /// with a new `--advertise`/`--listen`/`--advertise-peer`).
     pub async fn set_address(
         &self,
         id: u64,
         address: String,
+        peer_address: Option<String>,
         deadline: Instant,
     ) -> Result<(), ReplicaError> {
-        tokio::time::timeout_at(deadline, self.replica.set_member_address(id, address))
+        let change = self.replica.set_member_address(id, address, peer_address);
+        tokio::time::timeout_at(deadline, change)
             .await
             .map_err(|_| {
                 ReplicaError::UnknownOutcome(

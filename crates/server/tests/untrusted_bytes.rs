@@ -21,6 +21,8 @@ const KEYS: &[&str] = &[
     "data-dir",
     "listen",
     "advertise",
+    "listen-peer",
+    "advertise-peer",
     "peers",
     "join",
     "learner",

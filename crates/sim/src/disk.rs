@@ -451,7 +451,10 @@ mod tests {
 
     fn disk() -> SimDisk {
         let peers = [(1, "a".to_string())].into_iter().collect();
-        SimDisk::bootstrapped(raftkv_replica::bootstrap_membership(&peers), 9)
+        SimDisk::bootstrapped(
+            raftkv_replica::bootstrap_membership(&peers, &Default::default()),
+            9,
+        )
     }
 
     #[test]

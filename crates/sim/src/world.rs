@@ -425,7 +425,7 @@ impl World {
         let peers: BTreeMap<u64, String> = (1..=params.nodes)
             .map(|id| (id, format!("sim-node-{id}")))
             .collect();
-        let membership = bootstrap_membership(&peers);
+        let membership = bootstrap_membership(&peers, &Default::default());
         let nodes = (1..=params.nodes)
             .map(|id| {
                 let disk = SimDisk::bootstrapped(membership.clone(), BOOTSTRAP_ID);

@@ -18,8 +18,12 @@ pub struct MembershipRecord {
     /// Log index of the configuration change (or bootstrap) this reflects.
     pub index: u64,
     pub conf_state: ConfState,
-    /// Node id -> address peers use to reach it.
+    /// Node id -> address clients (and peers, unless it has a separate
+    /// peer listener) use to reach it.
     pub addresses: BTreeMap<u64, String>,
+    /// Node id -> address of its separate peer listener (`--listen-peer`),
+    /// for the members that have one: where raft messages and snapshots go.
+    pub peer_addresses: BTreeMap<u64, String>,
     /// The highest node id that was ever a member (ids are never reused).
     pub max_node_id: u64,
 }
@@ -40,6 +44,7 @@ impl MembershipRecord {
                 .map(|(id, address)| MemberAddress {
                     id: *id,
                     address: address.clone(),
+                    peer_address: self.peer_addresses.get(id).cloned().unwrap_or_default(),
                 })
                 .collect(),
             max_node_id: self.max_node_id,
@@ -51,12 +56,16 @@ impl MembershipRecord {
         let conf_state = ConfState::parse_from_bytes(&proto.conf_state)
             .map_err(|err| format!("membership conf_state does not decode: {err}"))?;
         let mut addresses = BTreeMap::new();
+        let mut peer_addresses = BTreeMap::new();
         for member in &proto.addresses {
             if addresses
                 .insert(member.id, member.address.clone())
                 .is_some()
             {
                 return Err(format!("membership lists node {} twice", member.id));
+            }
+            if !member.peer_address.is_empty() {
+                peer_addresses.insert(member.id, member.peer_address.clone());
             }
         }
         let max_node_id = proto
@@ -66,8 +75,25 @@ impl MembershipRecord {
             index: proto.index,
             conf_state,
             addresses,
+            peer_addresses,
             max_node_id,
         })
+    }
+
+    /// Where peers send member `id` raft messages and snapshots: its peer
+    /// listener if it has one, else its one address.
+    pub fn peer_address(&self, id: u64) -> Option<&String> {
+        self.peer_addresses
+            .get(&id)
+            .or_else(|| self.addresses.get(&id))
+    }
+
+    /// [`MembershipRecord::peer_address`] of every member.
+    pub fn peer_dial_addresses(&self) -> BTreeMap<u64, String> {
+        self.addresses
+            .keys()
+            .filter_map(|id| Some((*id, self.peer_address(*id)?.clone())))
+            .collect()
     }
 
     /// Bytes as stored in a WAL record.
@@ -98,9 +124,12 @@ mod tests {
             index: 7,
             conf_state,
             addresses: BTreeMap::from([(1, "a:1".to_string()), (4, "d:4".to_string())]),
+            peer_addresses: BTreeMap::from([(4, "d:5".to_string())]),
             max_node_id: 6,
         };
         assert_eq!(MembershipRecord::decode(&record.encode()).unwrap(), record);
+        assert_eq!(record.peer_address(1).unwrap(), "a:1");
+        assert_eq!(record.peer_address(4).unwrap(), "d:5");
     }
 
     #[test]

@@ -45,6 +45,8 @@ const KEEP_DIRS_ENV: &str = "RAFTKV_KEEP_TEST_DIRS";
 struct Node {
     id: u64,
     port: u16,
+    /// The port of its separate peer listener (`--listen-peer`), if any.
+    peer_port: Option<u16>,
     dir: PathBuf,
     /// `Some` for a node added with `--join`: the first run joins through
     /// this address; later runs need only `--data-dir` and `--listen`.
@@ -60,6 +62,10 @@ struct Node {
 impl Node {
     fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    fn peer_address(&self) -> Option<String> {
+        self.peer_port.map(|port| format!("127.0.0.1:{port}"))
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -137,6 +143,8 @@ pub struct TestCluster {
     /// What the kit's own clients (CLI and library) present to a TLS
     /// cluster.
     client_tls: Option<ClientCreds>,
+    /// Every node has a separate peer listener.
+    peer_listeners: bool,
     nodes: Vec<Node>,
     /// Ports set aside for nodes that will join later, in join order.
     reserved_ports: Vec<u16>,
@@ -165,7 +173,7 @@ impl TestCluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> TestCluster {
-        TestCluster::start_inner(bin, nodes, extra_args, env, None)
+        TestCluster::start_inner(bin, nodes, extra_args, env, None, false)
     }
 
     /// Like [`start_with`](Self::start_with) for a cluster whose servers
@@ -177,7 +185,20 @@ impl TestCluster {
         extra_args: &[&str],
         client: ClientCreds,
     ) -> TestCluster {
-        TestCluster::start_inner(bin, nodes, extra_args, &[], Some(client))
+        TestCluster::start_inner(bin, nodes, extra_args, &[], Some(client), false)
+    }
+
+    /// Like [`start_tls`](Self::start_tls) (plaintext with `client`
+    /// `None`), every node with a separate peer listener (`--listen-peer`
+    /// on a port of its own, listed in `--peers` as `ID=ADDR/PEER_ADDR`);
+    /// nodes that join later get one too.
+    pub fn start_with_peer_listeners(
+        bin: impl AsRef<Path>,
+        nodes: usize,
+        extra_args: &[&str],
+        client: Option<ClientCreds>,
+    ) -> TestCluster {
+        TestCluster::start_inner(bin, nodes, extra_args, &[], client, true)
     }
 
     fn start_inner(
@@ -186,6 +207,7 @@ impl TestCluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
         client_tls: Option<ClientCreds>,
+        peer_listeners: bool,
     ) -> TestCluster {
         assert!(
             (1..=9).contains(&nodes),
@@ -197,10 +219,19 @@ impl TestCluster {
             .tempdir()
             .expect("create temp dir");
         let ports = free_ports(nodes);
+        let peer_ports: Vec<Option<u16>> = if peer_listeners {
+            free_ports(nodes).into_iter().map(Some).collect()
+        } else {
+            vec![None; nodes]
+        };
         let peers = ports
             .iter()
+            .zip(&peer_ports)
             .enumerate()
-            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .map(|(i, (port, peer_port))| match peer_port {
+                Some(peer_port) => format!("{}=127.0.0.1:{port}/127.0.0.1:{peer_port}", i + 1),
+                None => format!("{}=127.0.0.1:{port}", i + 1),
+            })
             .collect::<Vec<_>>()
             .join(",");
         let nodes = ports
@@ -212,6 +243,7 @@ impl TestCluster {
                 Node {
                     id: i as u64 + 1,
                     port,
+                    peer_port: peer_ports[i],
                     dir: node_dir,
                     join: None,
                     removed: false,
@@ -228,6 +260,7 @@ impl TestCluster {
                 .map(|(name, value)| (name.to_string(), value.into()))
                 .collect(),
             client_tls,
+            peer_listeners,
             nodes,
             reserved_ports: Vec::new(),
             dir: Some(dir),
@@ -268,6 +301,12 @@ impl TestCluster {
         self.node(id).address()
     }
 
+    /// `127.0.0.1:PORT` of node `id`'s separate peer listener, if it has
+    /// one (see [`start_with_peer_listeners`](Self::start_with_peer_listeners)).
+    pub fn peer_address(&self, id: u64) -> Option<String> {
+        self.node(id).peer_address()
+    }
+
     /// Every member's address, in id order (removed nodes left out).
     pub fn endpoint_list(&self) -> Vec<String> {
         self.nodes
@@ -302,9 +341,11 @@ impl TestCluster {
         let dir = self.dir().join(format!("node-{id}"));
         fs::create_dir_all(&dir).expect("create node dir");
         let via = self.address(via);
+        let peer_port = self.peer_listeners.then(|| free_ports(1)[0]);
         self.nodes.push(Node {
             id,
             port,
+            peer_port,
             dir,
             join: Some(JoinArgs {
                 via,
@@ -826,6 +867,9 @@ impl TestCluster {
                 }
             }
             Some(_) => {}
+        }
+        if let Some(peer_address) = node.peer_address() {
+            args.extend(["--listen-peer".to_string(), peer_address]);
         }
         args.extend(self.extra_args.iter().cloned());
         if let Some(join) = &mut self.nodes[index].join {

@@ -58,10 +58,10 @@ enum Step {
     AwaitPlan {
         plan: ChangePlan,
     },
-    /// Adding `queue` as learners one simple change at a time; `pending`:
-    /// the one in flight.
+    /// Adding `queue` (id, address, peer listener) as learners one simple
+    /// change at a time; `pending`: the one in flight.
     AddLearners {
-        queue: Vec<(u64, String)>,
+        queue: Vec<(u64, String, Option<String>)>,
         pending: Option<(u64, Pending)>,
     },
     /// Waiting until every node to promote has caught up.
@@ -216,6 +216,9 @@ impl<S: LogStore> Node<S> {
             if let Some(address) = map.remove(&0) {
                 let id = self.assign_id(&address);
                 map.insert(id, address);
+                if let Some(peer_address) = plan.peer_addresses.remove(&0) {
+                    plan.peer_addresses.insert(id, peer_address);
+                }
             }
         }
         let adds: BTreeMap<u64, String> = plan
@@ -232,6 +235,7 @@ impl<S: LogStore> Node<S> {
         self.check_conf_change(&ConfChangeRequest {
             changes: check,
             addresses: adds.clone(),
+            peer_addresses: plan.peer_addresses.clone(),
             force: plan.force,
             dry_run: true,
             ..Default::default()
@@ -283,9 +287,10 @@ impl<S: LogStore> Node<S> {
             let step = self.move_leadership_step(to, timeout, true);
             return Ok((step, flags(Vec::new())));
         }
-        let queue: Vec<(u64, String)> = adds
+        let queue: Vec<(u64, String, Option<String>)> = adds
             .into_iter()
             .filter(|(id, _)| member(*id).is_none())
+            .map(|(id, address)| (id, address, plan.peer_addresses.get(&id).cloned()))
             .rev()
             .collect();
         let mut promote = plan.promote.clone();
@@ -451,13 +456,14 @@ impl<S: LogStore> Node<S> {
                         }
                         continue;
                     }
-                    let Some((id, address)) = queue.pop() else {
+                    let Some((id, address, peer_address)) = queue.pop() else {
                         job.step = Step::WaitCaughtUp;
                         continue;
                     };
                     let rx = self.propose_step(ConfChangeRequest {
                         changes: vec![MemberChange::AddLearner(id)],
                         addresses: [(id, address)].into(),
+                        peer_addresses: peer_address.map(|a| (id, a)).into_iter().collect(),
                         ..Default::default()
                     });
                     *pending = Some((id, rx));

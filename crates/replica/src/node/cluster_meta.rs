@@ -107,29 +107,40 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    /// Proposes that member `id` is now reached at `address` (leader only);
-    /// answered once applied.
-    pub(super) fn propose_member_address(&mut self, id: u64, address: String, reply: Reply) {
+    /// Proposes that a member is now reached at `member.address` and
+    /// `member.peer_address` (leader only); answered once applied.
+    pub(super) fn propose_member_address(&mut self, member: MemberAddress, reply: Reply) {
         let result = (|| {
             self.check_serving()?;
             if self.raw.raft.state != StateRole::Leader {
                 return Err(self.not_leader());
             }
             let membership = self.raw.store().membership();
+            let id = member.id;
             let Some(current) = membership.addresses.get(&id) else {
                 return Err(ReplicaError::Rejected(format!("node {id} is not a member")));
             };
-            if *current == address {
+            let current_peer = membership
+                .peer_addresses
+                .get(&id)
+                .map_or("", String::as_str);
+            if *current == member.address && current_peer == member.peer_address {
                 return Ok(false);
             }
-            if let Some((other, _)) = membership
-                .addresses
-                .iter()
-                .find(|(other, a)| **a == address && **other != id)
-            {
-                return Err(ReplicaError::Rejected(format!(
-                    "address {address} belongs to node {other} already"
-                )));
+            for address in [&member.address, &member.peer_address] {
+                if address.is_empty() {
+                    continue;
+                }
+                let taken = membership
+                    .addresses
+                    .iter()
+                    .chain(membership.peer_addresses.iter())
+                    .find(|(other, a)| *a == address && **other != id);
+                if let Some((other, _)) = taken {
+                    return Err(ReplicaError::Rejected(format!(
+                        "address {address} belongs to node {other} already"
+                    )));
+                }
             }
             Ok(true)
         })();
@@ -147,7 +158,7 @@ impl<S: LogStore> Node<S> {
                     proposal_id,
                     timestamp_ms: self.log_clock_ms(),
                     rules: raftkv_kv::CURRENT_RULES,
-                    member_address: Some(MemberAddress { id, address }),
+                    member_address: Some(member),
                     ..Default::default()
                 };
                 match self
@@ -175,16 +186,28 @@ impl<S: LogStore> Node<S> {
         }
         let mut addresses = current.addresses.clone();
         addresses.insert(member.id, member.address.clone());
+        let mut peer_addresses = current.peer_addresses.clone();
+        if member.peer_address.is_empty() {
+            peer_addresses.remove(&member.id);
+        } else {
+            peer_addresses.insert(member.id, member.peer_address.clone());
+        }
         let record = MembershipRecord {
             index,
             addresses,
+            peer_addresses,
             ..current
         };
         tracing::info!(
-            "node {} applied at index {index}: node {} is now at {}",
+            "node {} applied at index {index}: node {} is now at {}{}",
             self.id,
             member.id,
-            member.address
+            member.address,
+            if member.peer_address.is_empty() {
+                String::new()
+            } else {
+                format!(" (peer listener {})", member.peer_address)
+            }
         );
         self.set_membership(record);
     }

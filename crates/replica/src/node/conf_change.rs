@@ -38,7 +38,13 @@ impl<S: LogStore> Node<S> {
             .filter(|(id, _)| changes.contains(&MemberChange::AddLearner(**id)))
             .map(|(id, address)| (*id, address.clone()))
             .collect();
-        let context = encode_conf_change_context(self.id, proposal_id, &added);
+        let peer_addresses: std::collections::BTreeMap<u64, String> = request
+            .peer_addresses
+            .iter()
+            .filter(|(id, _)| added.contains_key(id))
+            .map(|(id, address)| (*id, address.clone()))
+            .collect();
+        let context = encode_conf_change_context(self.id, proposal_id, &added, &peer_addresses);
         let cc = to_conf_change_v2(&changes, request.explicit);
         tracing::info!(
             "node {} proposing membership change {:?}{}",
@@ -97,8 +103,7 @@ impl<S: LogStore> Node<S> {
                 self.raw
                     .store()
                     .membership()
-                    .addresses
-                    .get(&id)
+                    .peer_address(id)
                     .map_or("its address", String::as_str)
             ));
         }

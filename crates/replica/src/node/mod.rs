@@ -179,9 +179,10 @@ pub(crate) enum Input {
         timeout: Duration,
         reply: Reply,
     },
+    /// Member `member.id` is now reached at `member.address` (and its peer
+    /// listener, if any, at `member.peer_address`).
     SetMemberAddress {
-        id: u64,
-        address: String,
+        member: raftkv_proto::internal::MemberAddress,
         reply: Reply,
     },
     /// etcd's LeaseKeepAlive (this node must lead): the granted TTL, or
@@ -354,7 +355,7 @@ impl<S: LogStore> Node<S> {
         raft_config
             .validate()
             .map_err(|e| FatalError(format!("invalid raft configuration: {e}")))?;
-        let addresses = storage.membership().addresses.clone();
+        let addresses = storage.membership().peer_dial_addresses();
         let raw = RawNode::new(&raft_config, storage, &raft_logger(config.node_id))
             .map_err(|e| FatalError(format!("cannot start raft: {e}")))?;
         transport.update_peers(&addresses);
@@ -659,11 +660,11 @@ impl<S: LogStore> Node<S> {
             Input::Query(query) => self.answer(query),
             Input::ChangeMembership { request, reply } => self.propose_conf_change(request, reply),
             Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
-            Input::SetMemberAddress { id, address, reply } => {
+            Input::SetMemberAddress { member, reply } => {
                 if let Err(e) = self.change_in_progress() {
                     let _ = reply.send(Err(e));
                 } else {
-                    self.propose_member_address(id, address, reply)
+                    self.propose_member_address(member, reply)
                 }
             }
             Input::Change {
@@ -759,7 +760,7 @@ impl<S: LogStore> Node<S> {
         let unreachable: Vec<String> = voters
             .iter()
             .filter(|id| **id != self.id && !self.transport.is_reachable(**id))
-            .map(|id| match membership.addresses.get(id) {
+            .map(|id| match membership.peer_address(*id) {
                 Some(address) => format!("{id} ({address})"),
                 None => id.to_string(),
             })
@@ -1176,9 +1177,11 @@ impl<S: LogStore> Node<S> {
                     .copied()
                     .unwrap_or(0)
                     .max(current.max_node_id);
+                let (addresses, peer_addresses) = next_addresses(&current, &context, &conf_state);
                 let record = MembershipRecord {
                     index: entry.index,
-                    addresses: next_addresses(&current.addresses, &context, &conf_state),
+                    addresses,
+                    peer_addresses,
                     conf_state,
                     max_node_id,
                 };
@@ -1220,7 +1223,7 @@ impl<S: LogStore> Node<S> {
     /// and the WAL (synced before this turn's messages go out) learn it.
     fn set_membership(&mut self, record: MembershipRecord) {
         self.forget_departed_peers(&member_ids(&record.conf_state));
-        self.transport.update_peers(&record.addresses);
+        self.transport.update_peers(&record.peer_dial_addresses());
         *self
             .shared
             .membership

@@ -74,7 +74,8 @@ impl<S: LogStore> Node<S> {
 
     pub(super) fn members(&self) -> MembersInfo {
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        let addresses = &self.raw.store().membership().addresses;
+        let membership = self.raw.store().membership();
+        let addresses = &membership.addresses;
         let progress = self.progress();
         let last_index = self.raw.raft.raft_log.last_index();
         let is_leader = self.raw.raft.state == StateRole::Leader;
@@ -109,6 +110,7 @@ impl<S: LogStore> Node<S> {
                 MemberInfo {
                     id,
                     address: addresses.get(&id).cloned().unwrap_or_default(),
+                    peer_address: membership.peer_addresses.get(&id).cloned(),
                     role,
                     voter: !learner,
                     match_index,

@@ -283,7 +283,8 @@ impl<S: LogStore> Node<S> {
         self.applied_index = meta.index;
         self.last_snapshot_index = meta.index;
         self.forget_departed_peers(&member_ids(&membership.conf_state));
-        self.transport.update_peers(&membership.addresses);
+        self.transport
+            .update_peers(&membership.peer_dial_addresses());
         *self
             .shared
             .membership

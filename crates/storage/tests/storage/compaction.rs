@@ -93,6 +93,7 @@ fn four_voters() -> MembershipRecord {
         addresses: (1..=4)
             .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
             .collect(),
+        peer_addresses: Default::default(),
         max_node_id: 4,
     }
 }

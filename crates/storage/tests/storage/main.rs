@@ -66,6 +66,7 @@ pub fn three_voters() -> MembershipRecord {
         addresses: (1..=3)
             .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
             .collect(),
+        peer_addresses: Default::default(),
         max_node_id: 3,
     }
 }
