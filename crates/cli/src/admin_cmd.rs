@@ -92,8 +92,22 @@ fn progress_known(responder: u64, members: &[pb::Member]) -> bool {
 /// The members table; match index and lag show as `-` when the node that
 /// answered is not the leader (it does not know them).
 fn print_members_text(members: &[pb::Member], progress_known: bool) -> Result<(), Failure> {
+    // A separate peer listener as --peers writes it: ADDR/PEER_ADDR.
+    let address_of = |m: &pb::Member| {
+        if m.peer_address.is_empty() {
+            m.address.clone()
+        } else {
+            format!("{}/{}", m.address, m.peer_address)
+        }
+    };
+    let width = members
+        .iter()
+        .map(|m| address_of(m).len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     outln!(
-        "  {:>4}  {:<22} {:<10} {:>12} {:>8}  reachable",
+        "  {:>4}  {:<width$} {:<10} {:>12} {:>8}  reachable",
         "id",
         "address",
         "role",
@@ -106,16 +120,10 @@ fn print_members_text(members: &[pb::Member], progress_known: bool) -> Result<()
         } else {
             ("-".to_string(), "-".to_string())
         };
-        // A separate peer listener as --peers writes it: ADDR/PEER_ADDR.
-        let address = if m.peer_address.is_empty() {
-            m.address.clone()
-        } else {
-            format!("{}/{}", m.address, m.peer_address)
-        };
         outln!(
-            "  {:>4}  {:<22} {:<10} {:>12} {:>8}  {}",
+            "  {:>4}  {:<width$} {:<10} {:>12} {:>8}  {}",
             m.id,
-            address,
+            address_of(m),
             m.role,
             match_index,
             lag,

@@ -122,6 +122,7 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         tls.peer_cert_allowed_cn = args.peer_cert_allowed_cn;
     }
     config.validate().map_err(usage)?;
+    raftkv_server::check_bootstrap_address(&config).map_err(|e| usage(e.to_string()))?;
     // Certificates that do not load, or do not name where this node is
     // reached, are usage errors found before anything starts.
     let files = config.tls_files().map_err(usage)?;
@@ -130,7 +131,8 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         let host = advertise
             .rsplit_once(':')
             .map_or(advertise, |(host, _)| host);
-        tls.check_names(host).map_err(|e| usage(e.to_string()))?;
+        tls.check_names(host, "--advertise, else --listen")
+            .map_err(|e| usage(e.to_string()))?;
     }
     // A separate peer listener may be reached by another name.
     if let (Some(peer_address), Some(tls)) = (
@@ -140,7 +142,8 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         let host = peer_address
             .rsplit_once(':')
             .map_or(peer_address, |(host, _)| host);
-        tls.check_names(host).map_err(|e| usage(e.to_string()))?;
+        tls.check_names(host, "--advertise-peer, else --listen-peer")
+            .map_err(|e| usage(e.to_string()))?;
     }
     Ok(config)
 }

@@ -25,6 +25,66 @@ fn a_bad_address_is_refused_before_the_data_dir_is_touched() {
         ),
         (vec!["--peers", "1=127.0.0.1:x"], "port"),
         (vec!["--join", "127.0.0.1"], "--join"),
+        // --peers gives this node another address than the one it listens at.
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:7379",
+                "--peers",
+                "1=127.0.0.1:7399",
+            ],
+            "--peers gives node 1 the address",
+        ),
+        // A separate peer listener: a port of its own, an address others
+        // can reach, listed in --peers as it is.
+        (
+            vec![
+                "--listen-peer",
+                "127.0.0.1:7379",
+                "--listen",
+                "127.0.0.1:7379",
+            ],
+            "port of its own",
+        ),
+        (
+            vec!["--advertise-peer", "127.0.0.1:7390"],
+            "needs --listen-peer",
+        ),
+        (vec!["--listen-peer", "0.0.0.0:7390"], "--advertise-peer"),
+        (
+            vec!["--peers", "1=127.0.0.1:7379/127.0.0.1:7379"],
+            "port of its own",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:7379",
+                "--listen-peer",
+                "127.0.0.1:7390",
+            ]
+            .into_iter()
+            .chain(["--peers", "1=127.0.0.1:7379/127.0.0.1:7391"])
+            .collect(),
+            "--peers gives node 1 the peer listener 127.0.0.1:7391",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:7379",
+                "--listen-peer",
+                "127.0.0.1:7390",
+            ]
+            .into_iter()
+            .chain(["--peers", "1=127.0.0.1:7379"])
+            .collect(),
+            "--peers does not list it",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args = vec!["server".to_string(), "--data-dir".to_string()];
@@ -37,17 +97,18 @@ fn a_bad_address_is_refused_before_the_data_dir_is_touched() {
     // Checks that need the system, also before the data dir is touched.
     let port = raftkv_testkit::free_ports(2);
     let listen = format!("127.0.0.1:{}", port[0]);
-    let other_peers = format!("1=127.0.0.1:{}", port[1]);
+    let other = format!("127.0.0.1:{}", port[1]);
+    let _taken = std::net::TcpListener::bind(&other).expect("bind a port to take");
     let cases = [
         // The metrics port is taken (by this very server's --listen).
         (
             vec!["--listen", &listen, "--metrics-listen", &listen],
             "--metrics-listen",
         ),
-        // --peers gives this node another address than the one it listens at.
+        // The peer listener's port is taken (by this test).
         (
-            vec!["--id", "1", "--listen", &listen, "--peers", &other_peers],
-            "--peers gives node 1",
+            vec!["--listen", &listen, "--listen-peer", &other],
+            "cannot listen on --listen-peer",
         ),
     ];
     for (flags, needle) in cases {

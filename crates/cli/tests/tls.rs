@@ -598,6 +598,17 @@ async fn with_separate_peer_listeners_raft_travels_only_there() {
     assert!(client_cert.is_err(), "a client certificate reached raft");
     let plain = send_raft(&peer_address, None, vote()).await.unwrap_err();
     assert!(plain.contains("member's certificate"), "{plain}");
+    // A client that mistakes it for the client port is told where to go.
+    let lost = raftkv_testkit::run_cli(
+        &bin(),
+        &[
+            "get".into(),
+            "split/a".into(),
+            "--endpoints".into(),
+            peer_address.clone(),
+        ],
+    );
+    lost.assert_error(3, &format!("clients use {}", cluster.address(target)));
     assert_eq!(terms(&cluster), before, "no node moved to the forged term");
 
     // A node joining with a peer listener of its own is added with it,

@@ -176,6 +176,13 @@ impl Error {
                     message
                 })
             }
+            // A server without the service (another program, or a RaftKV
+            // peer listener of an older version) says nothing more.
+            Code::Unimplemented if message.is_empty() => Error::Rejected(
+                "the server at this endpoint does not serve this call (is it a RaftKV \
+                 node's client address?)"
+                    .into(),
+            ),
             _ => Error::Rejected(message),
         }
     }

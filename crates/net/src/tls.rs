@@ -362,9 +362,10 @@ impl ServerTls {
     }
 
     /// Checks that the node's certificates name `host`, where members and
-    /// clients reach it (its advertised address): a certificate that does
-    /// not would be refused by every one of them.
-    pub fn check_names(&self, host: &str) -> Result<(), TlsError> {
+    /// clients reach it (its advertised address, given by the flags
+    /// `reached_at` names): a certificate that does not would be refused by
+    /// every one of them.
+    pub fn check_names(&self, host: &str, reached_at: &str) -> Result<(), TlsError> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| TlsError(format!("{host:?} is not a TLS server name: {e}")))?;
@@ -377,10 +378,14 @@ impl ServerTls {
             let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
                 .map_err(|e| TlsError(format!("{flag} {}: {e}", certs.cert.display())))?;
             if rustls::client::verify_server_name(&parsed, &name).is_err() {
+                let san = if host.parse::<std::net::IpAddr>().is_ok() {
+                    format!("IP:{host}")
+                } else {
+                    format!("DNS:{host}")
+                };
                 return Err(TlsError(format!(
-                    "{flag} {} does not name {host}, where members and clients reach this node \
-                     (--advertise, else --listen): add IP:{host} (or DNS:{host}) to its \
-                     subjectAltName",
+                    "{flag} {} does not name {host}, where this node is reached \
+                     ({reached_at}): add {san} to its subjectAltName",
                     certs.cert.display()
                 )));
             }

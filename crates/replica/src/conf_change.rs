@@ -109,6 +109,8 @@ pub(crate) fn to_conf_change_v2(changes: &[MemberChange], explicit: bool) -> Con
 pub(crate) struct ConfView<'a> {
     pub(crate) conf: &'a ConfState,
     pub(crate) addresses: &'a BTreeMap<u64, String>,
+    /// The separate peer listeners of the members that have one.
+    pub(crate) peer_addresses: &'a BTreeMap<u64, String>,
     pub(crate) change_pending: bool,
     pub(crate) caught_up: &'a dyn Fn(u64) -> Result<(), String>,
     pub(crate) is_live: &'a dyn Fn(u64) -> bool,
@@ -162,14 +164,27 @@ pub(crate) fn validate_conf_change(
                 let address = request.addresses.get(&id).ok_or_else(|| {
                     ReplicaError::Rejected(format!("no address given for node {id}"))
                 })?;
-                if let Some((other, _)) = view
-                    .addresses
-                    .iter()
-                    .find(|(other, a)| *a == address && **other != id)
-                {
+                // Each of its addresses must be its own: a peer listener
+                // at another member's address would get that member's raft
+                // traffic (or this one's would go there).
+                let peer_address = request.peer_addresses.get(&id);
+                if peer_address == Some(address) {
                     return Err(ReplicaError::Rejected(format!(
-                        "address {address} belongs to node {other} already"
+                        "node {id}'s peer listener {address} is its client address too: a \
+                         separate peer listener needs a port of its own"
                     )));
+                }
+                for address in std::iter::once(address).chain(peer_address) {
+                    if let Some((other, _)) = view
+                        .addresses
+                        .iter()
+                        .chain(view.peer_addresses.iter())
+                        .find(|(other, a)| *a == address && **other != id)
+                    {
+                        return Err(ReplicaError::Rejected(format!(
+                            "address {address} belongs to node {other} already"
+                        )));
+                    }
                 }
                 if is_voter(id) {
                     return Err(ReplicaError::Rejected(format!(
@@ -306,6 +321,7 @@ mod tests {
             &ConfView {
                 conf: &conf,
                 addresses: &addresses,
+                peer_addresses: &[(3, "p:3".to_string())].into(),
                 change_pending: pending,
                 caught_up: &caught_up,
                 is_live: &is_live,
@@ -334,6 +350,25 @@ mod tests {
         assert_eq!(validate(&add5, &[], &[], false).unwrap(), add5.changes);
         let taken = request(&[MemberChange::AddLearner(5)], &[(5, "h:2")]);
         assert!(rejected(validate(&taken, &[], &[], false)).contains("belongs to node 2"));
+        // A peer listener at another member's address or peer listener, or
+        // at its own client address.
+        for (peer, owner) in [
+            ("h:1", "node 1"),
+            ("p:3", "node 3"),
+            ("h:5", "client address"),
+        ] {
+            let mut taken = add5.clone();
+            taken.peer_addresses.insert(5, peer.to_string());
+            assert!(
+                rejected(validate(&taken, &[], &[], false)).contains(owner),
+                "{peer}"
+            );
+        }
+        let mut own = add5.clone();
+        own.peer_addresses.insert(5, "p:5".to_string());
+        assert_eq!(validate(&own, &[], &[], false).unwrap(), add5.changes);
+        let at_peer = request(&[MemberChange::AddLearner(5)], &[(5, "p:3")]);
+        assert!(rejected(validate(&at_peer, &[], &[], false)).contains("belongs to node 3"));
         let no_address = request(&[MemberChange::AddLearner(5)], &[]);
         assert!(rejected(validate(&no_address, &[], &[], false)).contains("no address"));
         let voter = request(&[MemberChange::AddLearner(2)], &[(2, "h:2")]);

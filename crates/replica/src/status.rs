@@ -44,6 +44,11 @@ pub struct NodeStatus {
     pub leader_id: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// How far the cluster got, as far as this node heard: the highest
+    /// commit index a leader told it of (its own while it leads). A
+    /// follower's `commit_index` stops at the log it holds, so only this
+    /// shows it is behind.
+    pub leader_commit: u64,
 }
 
 /// Replication progress of one peer, as the leader sees it.
@@ -98,4 +103,17 @@ pub struct MembersInfo {
     pub joint: bool,
     /// Log index of the configuration these members are from.
     pub config_index: u64,
+}
+
+impl MembersInfo {
+    /// Who should lead after `leader` (as the leader sees its members): the
+    /// live voter, other than `leader` and those in `leaving`, with the
+    /// most of the log.
+    pub fn successor(&self, leader: u64, leaving: &[u64]) -> Option<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.voter && m.reachable && m.id != leader && !leaving.contains(&m.id))
+            .max_by_key(|m| m.match_index)
+            .map(|m| m.id)
+    }
 }

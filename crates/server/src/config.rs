@@ -322,6 +322,12 @@ impl ServerConfig {
             _ => {}
         }
         if let Some(address) = self.advertise_peer_address() {
+            if address == self.advertise_address() {
+                return Err(format!(
+                    "--advertise-peer {address} is where clients reach this node too: peers \
+                     must reach the peer listener at an address of its own"
+                ));
+            }
             check_reachable(address).map_err(|_| {
                 format!(
                     "{address} is where this node listens for peers, not an address other \
@@ -411,8 +417,24 @@ pub fn parse_peers(text: &str) -> Result<Peers, String> {
             .ok_or_else(|| format!("invalid node id {id:?} in --peers (expected 1 or more)"))?;
         let (address, peer_listener) =
             parse_member_address(address, &format!("address for node {id} in --peers"))?;
+        if peer_listener.as_ref() == Some(&address) {
+            return Err(format!(
+                "--peers gives node {id} the peer listener {address}, which is its address \
+                 too: a separate peer listener needs a port of its own (or write the entry \
+                 as {id}={address} to take peers on that address)"
+            ));
+        }
+        check_reachable(&address)?;
+        if let Some(peer_listener) = &peer_listener {
+            check_reachable(peer_listener).map_err(|_| {
+                format!(
+                    "--peers gives node {id} the peer listener {peer_listener}, where it \
+                     listens, not an address other nodes can reach; list the address of its \
+                     --advertise-peer"
+                )
+            })?;
+        }
         for address in std::iter::once(&address).chain(&peer_listener) {
-            check_reachable(address)?;
             let mut taken = peers
                 .addresses
                 .values()
@@ -635,7 +657,12 @@ mod tests {
         assert_eq!(peers.addresses[&1], "127.0.0.1:7379");
         assert_eq!(peers.peer_listeners[&1], "127.0.0.1:8379");
         assert!(!peers.peer_listeners.contains_key(&2));
-        assert!(parse_peers("1=a:1/a:1").unwrap_err().contains("twice"));
+        assert!(parse_peers("1=a:1/a:1")
+            .unwrap_err()
+            .contains("port of its own"));
+        assert!(parse_peers("1=a:1/0.0.0.0:2")
+            .unwrap_err()
+            .contains("--advertise-peer"));
         assert!(parse_peers("1=a:1/b:2,2=b:2")
             .unwrap_err()
             .contains("twice"));
@@ -674,6 +701,9 @@ mod tests {
         config.advertise_peer = Some("10.0.0.5:8379".into());
         assert!(config.validate().is_ok());
         assert_eq!(config.advertise_peer_address(), Some("10.0.0.5:8379"));
+        config.advertise = Some("10.0.0.5:8379".into());
+        assert!(config.validate().unwrap_err().contains("clients reach"));
+        config.advertise = None;
         config.listen_peer = None;
         assert!(config
             .validate()

@@ -1,6 +1,8 @@
-//! The HTTP endpoints next to gRPC: `GET /metrics` (Prometheus text) and
+//! The HTTP endpoints next to gRPC: `GET /metrics` (Prometheus text),
 //! `GET /health` (200 when this node is a member that knows a leader, 503
-//! otherwise; JSON body either way).
+//! otherwise; JSON body either way), and the probes `GET /livez` (the
+//! process serves) and `GET /readyz` (it is ready to take requests: see
+//! [`not_ready`]).
 
 use std::sync::Arc;
 
@@ -22,7 +24,103 @@ pub fn routes(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/health", axum::routing::get(health))
+        .route("/livez", axum::routing::get(livez))
+        .route("/readyz", axum::routing::get(readyz))
         .with_state(state)
+}
+
+/// A ready node has applied all but at most this many entries of those the
+/// leader told it are committed.
+pub const READY_MAX_APPLY_LAG: u64 = 1_000;
+
+/// Why this node should not be sent requests now, if so: it was removed,
+/// its peers belong to another cluster, it knows no leader, it has applied
+/// more than [`READY_MAX_APPLY_LAG`] entries less than the leader told it
+/// are committed (it is behind), or its disk is out of space (writes
+/// refused, NOSPACE).
+pub fn not_ready(replica: &Replica) -> Option<String> {
+    let status = replica.status();
+    if status.role == Role::Removed {
+        return Some("removed from the cluster".to_string());
+    }
+    if let Err(e) = replica.check_cluster_contact(false) {
+        return Some(e.to_string());
+    }
+    if status.leader_id == 0 {
+        return Some("no leader known".to_string());
+    }
+    let lag = status.leader_commit.saturating_sub(status.applied_index);
+    if lag > READY_MAX_APPLY_LAG {
+        return Some(format!(
+            "behind: applied index {} is {lag} entries behind the cluster's commit index {}",
+            status.applied_index, status.leader_commit
+        ));
+    }
+    if replica.is_out_of_space() {
+        return Some("out of disk space (alarm NOSPACE): writes are refused".to_string());
+    }
+    None
+}
+
+/// How often the gRPC health status (`grpc.health.v1`) is brought in line
+/// with [`not_ready`].
+const HEALTH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps the gRPC health service's status for the whole server (service
+/// name "") at SERVING while [`not_ready`] finds nothing, NOT_SERVING
+/// otherwise; watchers hear each change.
+pub async fn report_readiness(replica: Replica, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let status = if not_ready(&replica).is_none() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_CHECK_EVERY).await;
+    }
+}
+
+/// `/livez`: 200 while the process answers.
+async fn livez(State(state): State<HttpState>) -> impl IntoResponse {
+    let body = serde_json::json!({"status": "ok", "id": state.replica.node_id()});
+    json_answer(true, body)
+}
+
+/// `/readyz`: 200 when [`not_ready`] finds nothing, 503 with the reason.
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let status = state.replica.status();
+    let problem = not_ready(&state.replica);
+    let body = serde_json::json!({
+        "status": if problem.is_none() { "ready" } else { "not ready" },
+        "reason": problem,
+        "id": status.id,
+        "role": status.role.as_str(),
+        "leader_id": status.leader_id,
+        "commit_index": status.leader_commit,
+        "applied_index": status.applied_index,
+    });
+    json_answer(problem.is_none(), body)
+}
+
+/// A JSON body with 200 when `ok`, 503 otherwise.
+fn json_answer(ok: bool, body: serde_json::Value) -> axum::response::Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -56,14 +154,5 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
         "leader_id": status.leader_id,
         "applied_index": status.applied_index,
     });
-    let code = if problem.is_none() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
+    json_answer(problem.is_none(), body)
 }

@@ -249,8 +249,8 @@ fn test_session_limits() -> anyhow::Result<Option<raftkv_replica::SessionLimits>
 /// gives it, or its peers would never reach it. (On a data dir already in
 /// use the stored membership wins, and a new address is recorded through the
 /// log: see `address.rs`.) Checked before the data dir is touched; it is
-/// only read here.
-fn check_bootstrap_address(config: &ServerConfig) -> anyhow::Result<()> {
+/// only read here. (The CLI checks it with the flags, as a usage error.)
+pub fn check_bootstrap_address(config: &ServerConfig) -> anyhow::Result<()> {
     let Some(peers) = &config.peers else {
         return Ok(());
     };
@@ -293,6 +293,27 @@ fn check_bootstrap_address(config: &ServerConfig) -> anyhow::Result<()> {
     }
 }
 
+/// A member recorded with a separate peer listener that is started without
+/// one would move its raft traffic back to its client port, undoing a
+/// firewall's separation because of a forgotten flag: refused.
+fn refuse_dropping_peer_listener(
+    config: &ServerConfig,
+    storage: &FileStorage,
+) -> anyhow::Result<()> {
+    let (Some(identity), None) = (storage.identity(), &config.listen_peer) else {
+        return Ok(());
+    };
+    match storage.membership().peer_addresses.get(&identity.node_id) {
+        Some(recorded) => bail!(
+            "node {} is a member with a separate peer listener at {recorded}: start it with \
+             --listen-peer (that address, or another one, which is then recorded). To take \
+             peer traffic on --listen again, remove the node and let it join anew",
+            identity.node_id
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Runs a node until `shutdown` resolves (clean exit) or the node stops on a
 /// fatal error (returned as an error, so the process exits non-zero).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -325,6 +346,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         None => None,
     };
     let mut storage = open_storage(&config, &outgoing).await?;
+    refuse_dropping_peer_listener(&config, &storage)?;
     let snapshots = SnapshotStore::open(&config.data_dir)
         .with_context(|| format!("cannot open snapshots in {}", config.data_dir.display()))?;
     tokio::pin!(shutdown);
@@ -529,6 +551,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .add_service(MaintenanceServer::from_arc(etcd_cluster))
         .add_service(ClusterServer::from_arc(admin.clone()))
         .add_service(DebugServer::from_arc(admin));
+    // gRPC health (grpc.health.v1), as /readyz.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(http::report_readiness(replica.clone(), health_reporter));
+    routes.add_service(health_service);
     // The peer service is on the client port unless it has a listener of
     // its own.
     let peer_server = match peer_listener {
@@ -541,6 +567,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             listener,
             &tls_files,
             metrics.tls_refused.clone(),
+            format!(
+                "this is node {}'s peer listener (--listen-peer): it takes only raft traffic \
+                 from members; clients use {}",
+                identity.node_id,
+                config.advertise_address()
+            ),
         )?),
     };
     let mut routes = routes.routes();
@@ -622,6 +654,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         }
         () = &mut shutdown => {
             tracing::info!("node {} shutting down", identity.node_id);
+            membership::hand_over_leadership(&replica, 2 * config.election_timeout).await;
             replica.shutdown();
             let _ = stop_serving.send(());
             // Peers keep their streams open; do not wait for them forever.
@@ -637,18 +670,25 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
 
 /// The server of a separate peer listener (`--listen-peer`): the peer
 /// service alone, with the peer certificate and CA alone when peer TLS is
-/// on (a client certificate does not even complete the handshake).
+/// on (a client certificate does not even complete the handshake); any
+/// other call is answered with `not_here` (which says where clients go).
 fn peer_server(
     peer: PeerServer<PeerService>,
     listener: tokio::net::TcpListener,
     tls_files: &raftkv_net::tls::ServerTlsFiles,
     refused: prometheus::IntCounterVec,
+    not_here: String,
 ) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
     let files = tls_files.peer_only();
     let server_tls = raftkv_net::tls::ServerTls::new(&files).map_err(anyhow::Error::msg)?;
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(peer);
     let mut routes = routes.routes();
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.fallback(move |request: axum::extract::Request| {
+        let why = not_here.clone();
+        async move { tls_policy::refused_with(&request, tonic::Code::FailedPrecondition, why) }
+    });
     tls_policy::Policy::new(files, refused.clone()).apply(routes.axum_router_mut());
     Ok(tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -674,9 +714,9 @@ fn refuse_peer_traffic(router: &mut axum::Router, peer_address: &str) {
     let routes = std::mem::take(router);
     *router = routes.route(
         "/raftkv.v1.Peer/{*method}",
-        axum::routing::any(move || {
+        axum::routing::any(move |request: axum::extract::Request| {
             let why = why.clone();
-            async move { tonic::Status::failed_precondition(why).into_http::<axum::body::Body>() }
+            async move { tls_policy::refused_with(&request, tonic::Code::FailedPrecondition, why) }
         }),
     );
 }

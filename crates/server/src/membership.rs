@@ -66,6 +66,35 @@ impl Membership {
     }
 }
 
+/// Before a clean shutdown: a leader hands leadership to its most caught-up
+/// live voter and waits (up to `within`) until it no longer leads, so clients
+/// wait for no election timeout (a rolling restart goes unnoticed). A node
+/// that does not lead, or has no voter to hand over to, returns at once.
+pub async fn hand_over_leadership(replica: &Replica, within: Duration) {
+    let status = replica.status();
+    if status.role != Role::Leader {
+        return;
+    }
+    let Ok(members) = replica.members().await else {
+        return;
+    };
+    let Some(to) = members.successor(status.id, &[]) else {
+        return;
+    };
+    tracing::info!(
+        "node {} leads: handing leadership to node {to} before shutting down",
+        status.id
+    );
+    match replica.transfer(to, within).await {
+        Ok(()) => tracing::info!("node {} handed leadership to node {to}", status.id),
+        Err(e) => tracing::warn!(
+            "node {} could not hand leadership to node {to} ({e}); shutting down anyway \
+             (the others elect a leader after the election timeout)",
+            status.id
+        ),
+    }
+}
+
 /// Watches for this node having been removed while it was away. A removed
 /// voter learns it when a peer refuses its vote request (see
 /// `peer_service`); a removed learner never asks for votes, so while no

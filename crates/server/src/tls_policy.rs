@@ -108,13 +108,23 @@ impl Policy {
 }
 
 fn refused(request: &axum::extract::Request, why: String) -> axum::response::Response {
+    refused_with(request, tonic::Code::Unauthenticated, why)
+}
+
+/// A refusal saying `why`: a gRPC status with `code` to a gRPC request, a
+/// plain 403 to any other.
+pub fn refused_with(
+    request: &axum::extract::Request,
+    code: tonic::Code,
+    why: String,
+) -> axum::response::Response {
     let grpc = request
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc {
-        tonic::Status::unauthenticated(why).into_http::<axum::body::Body>()
+        tonic::Status::new(code, why).into_http::<axum::body::Body>()
     } else {
         let mut response = axum::response::Response::new(axum::body::Body::from(why + "\n"));
         *response.status_mut() = axum::http::StatusCode::FORBIDDEN;

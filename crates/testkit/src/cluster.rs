@@ -513,6 +513,26 @@ impl TestCluster {
     // ---- Faults ---------------------------------------------------------------
 
     /// `kill -9` node `id` and reap it.
+    /// Stops node `id` as an operator would (SIGTERM) and waits for it to
+    /// exit; fails the test if it has not exited within 30 s or exited
+    /// with an error.
+    pub fn stop(&mut self, id: u64) {
+        let process = self.node(id).process().take();
+        let process = process.unwrap_or_else(|| panic!("stop: node {id} is not running"));
+        let pid = process.pid();
+        match process.terminate(Duration::from_secs(30)) {
+            Some(status) if status.success() => {
+                eprintln!("testkit: stopped node {id} (pid {pid})");
+            }
+            Some(status) => self.fail(&format!(
+                "node {id} (pid {pid}) exited with {status} on SIGTERM"
+            )),
+            None => self.fail(&format!(
+                "node {id} (pid {pid}) did not exit within 30 s of SIGTERM"
+            )),
+        }
+    }
+
     pub fn kill(&mut self, id: u64) {
         let process = self.node(id).process().take();
         let process = process.unwrap_or_else(|| panic!("kill: node {id} is not running"));

@@ -91,6 +91,22 @@ impl ServerProcess {
         self.paused = false;
     }
 
+    /// SIGTERM, then waits (up to `within`) for the process to exit as an
+    /// operator's `kill PID` lets it: its exit status, or `None` if it was
+    /// still running at the deadline (it is then killed with SIGKILL).
+    pub(crate) fn terminate(mut self, within: std::time::Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill_and_reap();
+        None
+    }
+
     /// SIGKILL and reap: like `kill -9`, the process gets no chance to flush
     /// anything it has not already made durable.
     pub(crate) fn kill(mut self) -> Option<ExitStatus> {

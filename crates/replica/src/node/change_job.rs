@@ -271,15 +271,7 @@ impl<S: LogStore> Node<S> {
         if plan.remove.contains(&self.id) {
             // The leader is to be removed: move leadership to the most
             // caught-up live voter that stays, then answer `NotLeader`.
-            let target = members
-                .members
-                .iter()
-                .filter(|m| {
-                    m.voter && m.reachable && m.id != self.id && !plan.remove.contains(&m.id)
-                })
-                .max_by_key(|m| m.match_index)
-                .map(|m| m.id);
-            let Some(to) = target else {
+            let Some(to) = members.successor(self.id, &plan.remove) else {
                 return Err(ReplicaError::Rejected(
                     "cannot remove the leader: no other live voter stays to take over".into(),
                 ));

@@ -127,6 +127,13 @@ impl<S: LogStore> Node<S> {
             if *current == member.address && current_peer == member.peer_address {
                 return Ok(false);
             }
+            if member.peer_address == member.address {
+                return Err(ReplicaError::Rejected(format!(
+                    "node {id}'s peer listener {} is its client address too: a separate peer \
+                     listener needs a port of its own",
+                    member.address
+                )));
+            }
             for address in [&member.address, &member.peer_address] {
                 if address.is_empty() {
                     continue;

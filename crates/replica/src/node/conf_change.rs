@@ -79,6 +79,7 @@ impl<S: LogStore> Node<S> {
         let view = ConfView {
             conf: &conf,
             addresses: &self.raw.store().membership().addresses,
+            peer_addresses: &self.raw.store().membership().peer_addresses,
             change_pending: self.raw.raft.has_pending_conf(),
             caught_up: &|id| self.catch_up_state(id),
             is_live: &|id| self.is_live(id),

@@ -270,6 +270,11 @@ pub(crate) struct Node<S: LogStore> {
     /// process is stopped keeps its connection open (so the transport calls
     /// it reachable) but sends nothing.
     last_heard: HashMap<u64, Instant>,
+    /// The highest commit index a leader told this node of (in appends and
+    /// heartbeats; a snapshot's index): how far the cluster got, which a
+    /// follower's own commit index (bounded by the log it holds) does not
+    /// say while it is behind.
+    leader_commit_seen: u64,
     snapshots: SnapshotStore,
     /// The node's own event queue (the peer queue), for background work.
     events: Sender<PeerInput>,
@@ -401,6 +406,7 @@ impl<S: LogStore> Node<S> {
             tick_interval,
             next_tick: now + tick_interval,
             last_heard: HashMap::new(),
+            leader_commit_seen: 0,
             snapshots,
             events,
             snapshot_in_progress: false,
@@ -542,8 +548,14 @@ impl<S: LogStore> Node<S> {
             }
         }
         probes::coalesce_heartbeat_responses(peer_batch);
+        let commit_seen = self.leader_commit_seen;
         for input in peer_batch.drain(..) {
             self.handle_peer(input)?;
+        }
+        if self.leader_commit_seen != commit_seen {
+            // Shown before this turn writes to disk (long on a slow disk):
+            // readiness then sees how far behind the node is.
+            self.publish_status();
         }
         for _ in 0..MAX_INPUTS_PER_TURN {
             match self.inputs.try_recv() {
@@ -596,6 +608,7 @@ impl<S: LogStore> Node<S> {
                     // not grow the table.
                     self.last_heard.insert(message.from, self.now);
                 }
+                self.note_leader_commit(&message);
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }
@@ -1273,7 +1286,21 @@ impl<S: LogStore> Node<S> {
             leader_id: self.raw.raft.leader_id,
             commit_index: self.raw.raft.raft_log.committed,
             applied_index: self.applied_index,
+            leader_commit: self
+                .leader_commit_seen
+                .max(self.raw.raft.raft_log.committed),
         }
+    }
+
+    /// Keeps [`Node::leader_commit_seen`] from a leader's message.
+    fn note_leader_commit(&mut self, message: &raft::eraftpb::Message) {
+        use raft::eraftpb::MessageType;
+        let commit = match message.get_msg_type() {
+            MessageType::MsgAppend | MessageType::MsgHeartbeat => message.commit,
+            MessageType::MsgSnapshot => message.get_snapshot().get_metadata().index,
+            _ => return,
+        };
+        self.leader_commit_seen = self.leader_commit_seen.max(commit);
     }
 
     fn publish_status(&self) {
