@@ -29,6 +29,7 @@ mod failure;
 mod kv_cmd;
 mod output;
 mod server_cmd;
+mod snapshot_cmd;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -256,6 +257,7 @@ async fn run(
         Command::Status(args) => admin_cmd::status(&flags, args).await,
         Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
         Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,
+        Command::Snapshot(args) => snapshot_cmd::snapshot(&flags, args.command).await,
         Command::Bench(args) => bench::run(&flags, args).await,
     }
 }

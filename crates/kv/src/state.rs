@@ -635,6 +635,14 @@ impl KvState {
         self.bootstrap_id
     }
 
+    /// Forgets which cluster this state belongs to (restoring a backup into a
+    /// new cluster: its first leader chooses a new id, so the old cluster's
+    /// members are never taken for its own).
+    pub fn forget_cluster_id(&mut self) {
+        self.cluster_id = 0;
+        self.bootstrap_id = 0;
+    }
+
     /// Log time: the largest command timestamp applied so far.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use futures::Stream;
 use raftkv_proto::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_proto::etcdserverpb::cluster_server::Cluster;
+use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcdserverpb::maintenance_server::Maintenance;
 use raftkv_proto::etcdserverpb::{
     alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
@@ -251,6 +252,65 @@ impl Cluster for EtcdCluster {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+/// Bytes of a backup per `SnapshotResponse`.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Sends `file` (`size` bytes) in chunks into `tx`, then the backup tail
+/// (`crate::backup::backup_tail`), unless the receiver goes away; an error
+/// ends the stream with it.
+fn send_file(
+    mut file: std::fs::File,
+    size: u64,
+    header: ResponseHeader,
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let total = size + crate::backup::tail_len(size);
+    let mut hasher = sha2::Sha256::new();
+    let mut sent = 0u64;
+    let mut header = Some(header);
+    while sent < size {
+        let mut blob = vec![0u8; BACKUP_CHUNK_BYTES.min((size - sent) as usize)];
+        let mut filled = 0;
+        while filled < blob.len() {
+            match file.read(&mut blob[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "reading the snapshot failed: {e}"
+                    ))));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            let _ = tx.blocking_send(Err(Status::internal(format!(
+                "the snapshot file ended after {sent} of {size} bytes"
+            ))));
+            return;
+        }
+        blob.truncate(filled);
+        hasher.update(&blob);
+        sent += filled as u64;
+        let response = SnapshotResponse {
+            header: header.take(),
+            remaining_bytes: total - sent,
+            blob: blob.into(),
+        };
+        if tx.blocking_send(Ok(response)).is_err() {
+            return;
+        }
+    }
+    let tail = crate::backup::backup_tail(size, hasher);
+    let _ = tx.blocking_send(Ok(SnapshotResponse {
+        header: header.take(),
+        remaining_bytes: 0,
+        blob: tail.into(),
+    }));
+}
+
 #[tonic::async_trait]
 impl Maintenance for EtcdCluster {
     async fn alarm(
@@ -347,11 +407,56 @@ impl Maintenance for EtcdCluster {
 
     type SnapshotStream = SnapshotStream;
 
+    /// A backup: a snapshot the leader takes once a ReadIndex round has
+    /// confirmed it leads and it has applied everything committed before the
+    /// call (so it holds every write acknowledged before the backup began),
+    /// streamed as its file (RaftKV's snapshot format, checksummed; not a
+    /// bbolt database). A member that does not lead passes the leader's
+    /// stream on.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_here("Snapshot", "`raftkv debug snapshot`"))
+        if self.replica.status().role != Role::Leader && !is_forwarded(&request) {
+            let caller = crate::auth::caller_of(&request);
+            let mut leader = MaintenanceClient::new(self.forward.leader()?)
+                .max_decoding_message_size(2 * BACKUP_CHUNK_BYTES);
+            let reply = leader
+                .snapshot(self.forward.request_as(request.into_inner(), &caller))
+                .await?;
+            let stream: SnapshotStream = Box::pin(reply.into_inner());
+            return Ok(Response::new(stream));
+        }
+        self.replica.read_index().await.map_err(etcd_status)?;
+        let barrier = self.replica.status().applied_index;
+        let mut info = self.replica.trigger_snapshot().await.map_err(etcd_status)?;
+        // One being written when asked may be older than the barrier.
+        for _ in 0..3 {
+            if info.meta.index >= barrier {
+                break;
+            }
+            info = self.replica.trigger_snapshot().await.map_err(etcd_status)?;
+        }
+        if info.meta.index < barrier {
+            return Err(Status::unavailable(
+                "the snapshot taken for the backup is older than the backup's start; retry",
+            ));
+        }
+        // Opened now: a newer snapshot may delete the file while it is sent.
+        let file = std::fs::File::open(&info.path).map_err(|e| {
+            Status::unavailable(format!("cannot open snapshot {}: {e}", info.path.display()))
+        })?;
+        tracing::info!(
+            "sending a backup: snapshot at index {} ({} bytes)",
+            info.meta.index,
+            info.size_bytes
+        );
+        let header = etcd_header(&self.replica, None);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let size = info.size_bytes;
+        tokio::task::spawn_blocking(move || send_file(file, size, header, tx));
+        let stream: SnapshotStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(stream))
     }
 
     async fn move_leader(

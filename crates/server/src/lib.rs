@@ -9,6 +9,7 @@ mod admin_service;
 mod auth;
 pub mod auth_token;
 mod auto_compaction;
+pub mod backup;
 pub mod config;
 mod deadline;
 pub mod errors;

@@ -309,19 +309,54 @@ impl FileStorage {
                 reason: "bootstrap membership index must be at least 1".to_string(),
             });
         }
-        self.set_identity(identity)?;
         const BOOTSTRAP_TERM: u64 = 1;
+        self.start_log_at(identity, membership.index, BOOTSTRAP_TERM, membership)
+    }
+
+    /// Initializes an empty data dir as a member of a new cluster whose state is
+    /// the snapshot `meta` (a backup being restored, already written to the data
+    /// dir's snapshot store): the log starts after it, at its term, with
+    /// `membership` (whose index is `meta.index`).
+    pub fn bootstrap_from_snapshot(
+        &mut self,
+        identity: NodeIdentity,
+        meta: SnapshotMeta,
+        membership: MembershipRecord,
+    ) -> Result<(), StorageError> {
+        if self.is_initialized() || self.log.last_index() > 0 {
+            return Err(StorageError::AlreadyInitialized);
+        }
+        if membership.index != meta.index || meta.index == 0 || meta.term == 0 {
+            return Err(StorageError::InvalidRequest {
+                reason: format!(
+                    "a restored membership must be at the snapshot's index {} (it is at {}), \
+                     and the snapshot's index and term at least 1",
+                    meta.index, membership.index
+                ),
+            });
+        }
+        self.start_log_at(identity, meta.index, meta.term, membership.clone())?;
+        self.record_snapshot(meta, membership)
+    }
+
+    /// An empty log starting after `index` at `term`, committed up to it, with
+    /// `membership`; made durable.
+    fn start_log_at(
+        &mut self,
+        identity: NodeIdentity,
+        index: u64,
+        term: u64,
+        membership: MembershipRecord,
+    ) -> Result<(), StorageError> {
+        self.set_identity(identity)?;
         self.log
-            .advance_start(membership.index, BOOTSTRAP_TERM)
+            .advance_start(index, term)
             .map_err(|reason| StorageError::InvalidRequest { reason })?;
-        self.pending_records.push(Record::LogStart {
-            index: membership.index,
-            term: BOOTSTRAP_TERM,
-        });
+        self.pending_records.push(Record::LogStart { index, term });
         let hard_state = HardState {
-            term: BOOTSTRAP_TERM,
+            term,
             vote: 0,
-            commit: membership.index,
+            commit: index,
             ..Default::default()
         };
         self.set_hard_state(&hard_state);

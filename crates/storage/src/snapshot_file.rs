@@ -253,11 +253,27 @@ impl SnapshotReader {
         path: &Path,
         expected: Option<SnapshotMeta>,
     ) -> Result<SnapshotReader, StorageError> {
+        SnapshotReader::open_prefix(path, expected, None)
+    }
+
+    /// Opens a snapshot file outside a data dir (a backup), checking its header;
+    /// with `len`, the snapshot is the file's first `len` bytes (a backup stream
+    /// carries more after it).
+    pub fn open_file(path: &Path, len: Option<u64>) -> Result<SnapshotReader, StorageError> {
+        SnapshotReader::open_prefix(path, None, len)
+    }
+
+    fn open_prefix(
+        path: &Path,
+        expected: Option<SnapshotMeta>,
+        len: Option<u64>,
+    ) -> Result<SnapshotReader, StorageError> {
         let file = File::open(path).map_err(|err| StorageError::io(path, err))?;
         let file_len = file
             .metadata()
             .map_err(|err| StorageError::io(path, err))?
             .len();
+        let file_len = len.map_or(file_len, |len| len.min(file_len));
         let mut reader = SnapshotReader {
             meta: SnapshotMeta { index: 0, term: 0 },
             path: path.to_path_buf(),

@@ -39,6 +39,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How much of each node's log goes into a failure message.
 const LOG_TAIL_BYTES: u64 = 8 * 1024;
 
+/// What [`TestCluster::start_prepared`] calls for each node before its first
+/// start: (id, data dir, `--peers` list).
+pub type Prepare<'a> = dyn FnMut(u64, &Path, &str) + 'a;
+
 /// Set this variable to keep the temp dirs (data and logs) of failed tests.
 const KEEP_DIRS_ENV: &str = "RAFTKV_KEEP_TEST_DIRS";
 
@@ -173,7 +177,19 @@ impl TestCluster {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> TestCluster {
-        TestCluster::start_inner(bin, nodes, extra_args, env, None, false)
+        TestCluster::start_inner(bin, nodes, extra_args, env, None, false, None)
+    }
+
+    /// Like [`start`](Self::start), but `prepare(id, data_dir, peers)` fills
+    /// each node's data dir before its first start (say with `raftkv
+    /// snapshot restore --peers PEERS`); `peers` is the `--peers` list of the
+    /// cluster's ports.
+    pub fn start_prepared(
+        bin: impl AsRef<Path>,
+        nodes: usize,
+        prepare: &mut Prepare<'_>,
+    ) -> TestCluster {
+        TestCluster::start_inner(bin, nodes, &[], &[], None, false, Some(prepare))
     }
 
     /// Like [`start_with`](Self::start_with) for a cluster whose servers
@@ -185,7 +201,7 @@ impl TestCluster {
         extra_args: &[&str],
         client: ClientCreds,
     ) -> TestCluster {
-        TestCluster::start_inner(bin, nodes, extra_args, &[], Some(client), false)
+        TestCluster::start_inner(bin, nodes, extra_args, &[], Some(client), false, None)
     }
 
     /// Like [`start_tls`](Self::start_tls) (plaintext with `client`
@@ -198,7 +214,7 @@ impl TestCluster {
         extra_args: &[&str],
         client: Option<ClientCreds>,
     ) -> TestCluster {
-        TestCluster::start_inner(bin, nodes, extra_args, &[], client, true)
+        TestCluster::start_inner(bin, nodes, extra_args, &[], client, true, None)
     }
 
     fn start_inner(
@@ -208,6 +224,7 @@ impl TestCluster {
         env: &[(&str, &str)],
         client_tls: Option<ClientCreds>,
         peer_listeners: bool,
+        prepare: Option<&mut Prepare<'_>>,
     ) -> TestCluster {
         assert!(
             (1..=9).contains(&nodes),
@@ -266,6 +283,11 @@ impl TestCluster {
             dir: Some(dir),
             _permit: permit,
         };
+        if let Some(prepare) = prepare {
+            for node in &cluster.nodes {
+                prepare(node.id, &node.data_dir(), &cluster.peers);
+            }
+        }
         for id in cluster.ids() {
             cluster.spawn(id);
         }
