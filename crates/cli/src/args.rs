@@ -205,6 +205,13 @@ pub struct ServerArgs {
     /// With --join: stay a learner instead of being promoted.
     #[arg(long)]
     pub learner: bool,
+    /// Disaster recovery, once a cluster has lost its quorum for good: make this surviving
+    /// member's data dir a one-member cluster (new cluster id) holding everything its log
+    /// holds; the old data dir is kept beside it. Refused while another member answers as
+    /// part of a live cluster. Add the others back empty with --join; leave the flag out
+    /// of later starts. Logged loudly; see the docs for the risks.
+    #[arg(long)]
+    pub force_new_cluster: bool,
     /// Take a snapshot every N applied entries (default 10000).
     #[arg(long)]
     pub snapshot_entries: Option<u64>,

@@ -47,6 +47,9 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
     if let Some(v) = args.join {
         config.join = v;
     }
+    if args.force_new_cluster {
+        config.force_new_cluster = true;
+    }
     if args.learner {
         config.learner = true;
     }

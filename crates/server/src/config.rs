@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub peers: Option<Peers>,
     pub join: Vec<String>,
     pub learner: bool,
+    /// etcd's `--force-new-cluster`: make this surviving member's data dir
+    /// a one-member cluster (disaster recovery; see `force_new_cluster.rs`).
+    pub force_new_cluster: bool,
     pub snapshot_entries: u64,
     pub wal_segment_size_bytes: u64,
     pub max_value_bytes: u64,
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             peers: None,
             join: Vec::new(),
             learner: false,
+            force_new_cluster: false,
             snapshot_entries: 10_000,
             wal_segment_size_bytes: 64 << 20,
             max_value_bytes: 128 << 20,
@@ -288,6 +292,13 @@ impl ServerConfig {
             if !peers.addresses.contains_key(&id) {
                 return Err(format!("--peers does not list this node's id {id}"));
             }
+        }
+        if self.force_new_cluster && !self.join.is_empty() {
+            return Err(
+                "--force-new-cluster makes this data dir a new one-member cluster; it cannot \
+                 --join another"
+                    .into(),
+            );
         }
         if self.learner && self.join.is_empty() {
             return Err("--learner applies to a node that joins: give --join too".into());
@@ -472,6 +483,7 @@ pub struct ConfigFile {
     pub peers: Option<String>,
     pub join: Option<String>,
     pub learner: Option<bool>,
+    pub force_new_cluster: Option<bool>,
     pub snapshot_entries: Option<u64>,
     pub wal_segment_size: Option<String>,
     pub max_value_size: Option<String>,
@@ -532,6 +544,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.learner {
             config.learner = v;
+        }
+        if let Some(v) = self.force_new_cluster {
+            config.force_new_cluster = v;
         }
         if let Some(v) = self.snapshot_entries {
             config.snapshot_entries = v;

@@ -19,6 +19,7 @@ mod etcd_kv;
 mod etcd_lease;
 mod etcd_lock;
 mod etcd_watch;
+mod force_new_cluster;
 mod http;
 mod join;
 mod kv_service;
@@ -346,6 +347,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         Some(files) => Some(raftkv_net::tls::ClientTls::new(&files).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    if config.force_new_cluster {
+        force_new_cluster::recover(&config, &outgoing).await?;
+    }
     let mut storage = open_storage(&config, &outgoing).await?;
     refuse_dropping_peer_listener(&config, &storage)?;
     let snapshots = SnapshotStore::open(&config.data_dir)

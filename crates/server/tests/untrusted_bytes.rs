@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "peers",
     "join",
     "learner",
+    "force-new-cluster",
     "snapshot-entries",
     "wal-segment-size",
     "max-value-size",

@@ -58,6 +58,8 @@ struct Node {
     /// Removed from the cluster: left running if it was, but no longer
     /// among the live nodes, endpoints or leader checks.
     removed: bool,
+    /// Flags for its next start only (see [`TestCluster::restart_with`]).
+    next_start_args: Vec<String>,
     /// `None` while killed. Behind a mutex so `&self` methods can notice a
     /// process that exited on its own.
     process: Mutex<Option<ServerProcess>>,
@@ -264,6 +266,7 @@ impl TestCluster {
                     dir: node_dir,
                     join: None,
                     removed: false,
+                    next_start_args: Vec::new(),
                     process: Mutex::new(None),
                 }
             })
@@ -375,6 +378,7 @@ impl TestCluster {
                 joined: false,
             }),
             removed: false,
+            next_start_args: Vec::new(),
             process: Mutex::new(None),
         });
         self.spawn(id);
@@ -581,6 +585,19 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("resume: node {id} is not running"));
         process.resume();
         eprintln!("testkit: resumed node {id} (pid {})", process.pid());
+    }
+
+    /// Adds `args` to the next start of node `id` only (`--force-new-cluster`,
+    /// say), whichever method starts it.
+    pub fn next_start_with(&mut self, id: u64, args: &[&str]) {
+        let index = self.index_of(id);
+        self.nodes[index].next_start_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Like [`restart`](Self::restart), with `args` added to this start only.
+    pub fn restart_with(&mut self, id: u64, args: &[&str]) {
+        self.next_start_with(id, args);
+        self.restart(id);
     }
 
     /// Starts killed node `id` again with the same command and data dir, and
@@ -914,6 +931,7 @@ impl TestCluster {
             args.extend(["--listen-peer".to_string(), peer_address]);
         }
         args.extend(self.extra_args.iter().cloned());
+        args.append(&mut self.nodes[index].next_start_args);
         if let Some(join) = &mut self.nodes[index].join {
             join.joined = true;
         }
