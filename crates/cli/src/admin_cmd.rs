@@ -45,6 +45,7 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "cluster_id": format!("{:016x}", s.cluster_id),
         "address": s.address,
         "problem": (!s.problem.is_empty()).then_some(&s.problem),
+        "alarms": s.alarms,
     })
 }
 
@@ -69,6 +70,9 @@ fn print_status_text(s: &pb::StatusResponse) -> Result<(), Failure> {
     }
     if !s.problem.is_empty() {
         outln!("PROBLEM:       {}", s.problem)?;
+    }
+    for alarm in &s.alarms {
+        outln!("ALARM:         {alarm}")?;
     }
     outln!(
         "members:{}",

@@ -248,6 +248,10 @@ pub struct ServerArgs {
     /// before it is sent the revision it is current at (default 10m).
     #[arg(long, value_name = "DURATION")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// How often the leader compares the state hash of every member at one revision and
+    /// raises the CORRUPT alarm for one that differs (default 10m; 0: never).
+    #[arg(long, value_name = "DURATION")]
+    pub corruption_check_interval: Option<String>,
     /// Seconds a token from logging in (etcd's Authenticate) is good
     /// (default 300, etcd's).
     #[arg(long, value_name = "SECONDS")]

@@ -82,6 +82,10 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         config.max_request_bytes =
             parse_size(v).map_err(|e| usage(format!("--max-request-bytes: {e}")))?;
     }
+    if let Some(v) = &args.corruption_check_interval {
+        config.corruption_check_interval =
+            parse_duration(v).map_err(|e| usage(format!("--corruption-check-interval: {e}")))?;
+    }
     if let Some(v) = &args.experimental_watch_progress_notify_interval {
         config.watch_progress_notify_interval = parse_duration(v).map_err(|e| {
             usage(format!(

@@ -635,6 +635,24 @@ impl KvState {
         self.bootstrap_id
     }
 
+    /// Test hook (`RAFTKV_TEST_CORRUPT`): changes `key`'s value here only,
+    /// outside the log, as silent corruption would (revisions kept). False:
+    /// no such key.
+    pub fn corrupt_for_test(&mut self, key: &[u8]) -> bool {
+        let Some(slot) = self.map.get_mut(key) else {
+            return false;
+        };
+        let mut value = slot.value.to_vec();
+        match value.first_mut() {
+            Some(byte) => *byte ^= 0x01,
+            None => value.push(b'!'),
+        }
+        self.data_bytes += value.len() as u64;
+        self.data_bytes -= slot.value.len() as u64;
+        slot.value = Bytes::from(value);
+        true
+    }
+
     /// Forgets which cluster this state belongs to (restoring a backup into a
     /// new cluster: its first leader chooses a new id, so the old cluster's
     /// members are never taken for its own).

@@ -578,6 +578,16 @@ impl Replica {
             .send(PeerInput::SnapshotStatus { to, delivered });
     }
 
+    /// Test hook: changes `key`'s value in this replica's state only (see
+    /// `KvState::corrupt_for_test`).
+    pub fn corrupt_for_test(&self, key: &[u8]) -> bool {
+        self.shared
+            .kv
+            .write()
+            .expect("kv lock poisoned")
+            .corrupt_for_test(key)
+    }
+
     /// Asks the node thread to stop after its current turn.
     pub fn shutdown(&self) {
         let _ = self.inputs.try_send(Input::Shutdown);

@@ -31,9 +31,27 @@ pub struct AdminService {
     pub membership: Membership,
     pub address: String,
     pub snapshots: SnapshotStore,
+    pub corruption: std::sync::Arc<crate::corruption::CorruptionAlarm>,
 }
 
 impl AdminService {
+    /// `StatusResponse.alarms`.
+    fn alarms(&self) -> Vec<String> {
+        let mut alarms = Vec::new();
+        if self.replica.is_out_of_space() {
+            alarms.push(
+                "NOSPACE: this node's disk is short of space; writes are refused".to_string(),
+            );
+        }
+        alarms.extend(
+            self.corruption
+                .alarms()
+                .into_iter()
+                .map(|(_, why)| format!("CORRUPT: {why}")),
+        );
+        alarms
+    }
+
     /// Bytes the data dir takes on disk (see `raftkv_storage::disk::allocated_bytes`).
     async fn data_dir_bytes(&self) -> u64 {
         let Some(data_dir) = self.snapshots.dir().parent().map(Path::to_path_buf) else {
@@ -141,6 +159,7 @@ impl Cluster for AdminService {
             disk_bytes: self.data_dir_bytes().await,
             cluster_id: status.cluster_id,
             address: self.address.clone(),
+            alarms: self.alarms(),
             problem: if status.role == raftkv_replica::Role::Removed {
                 format!(
                     "node {} has been removed from the cluster: it serves nothing",

@@ -72,6 +72,7 @@ fn member_path(path: &str) -> bool {
             | "/raftkv.v1.Cluster/SetMemberAddress"
             | "/raftkv.v1.Cluster/Members"
             | "/raftkv.v1.Cluster/Status"
+            | "/etcdserverpb.Maintenance/HashKV"
     ) || path.starts_with("/raftkv.v1.Peer/")
 }
 

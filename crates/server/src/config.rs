@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// watcher created with `progress_notify` waits, quiet, for a progress
     /// response.
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader compares every member's state hash (zero: never;
+    /// see `corruption.rs`).
+    pub corruption_check_interval: Duration,
     /// etcd's `--auth-token-ttl`: how long a token from `Authenticate` is
     /// good.
     pub auth_token_ttl: Duration,
@@ -152,6 +155,7 @@ impl Default for ServerConfig {
             auto_compaction: AutoCompaction::Off,
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
             watch_progress_notify_interval: Duration::from_secs(600),
+            corruption_check_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(300),
             max_connections_per_client: 1024,
             max_concurrent_streams: None,
@@ -495,6 +499,7 @@ pub struct ConfigFile {
     pub auto_compaction_retention: Option<String>,
     pub max_request_bytes: Option<String>,
     pub experimental_watch_progress_notify_interval: Option<String>,
+    pub corruption_check_interval: Option<String>,
     /// Seconds, as etcd's flag.
     pub auth_token_ttl: Option<u64>,
     pub max_connections_per_client: Option<usize>,
@@ -571,6 +576,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.max_request_bytes {
             config.max_request_bytes = parse_size(v)?;
+        }
+        if let Some(v) = &self.corruption_check_interval {
+            config.corruption_check_interval = parse_duration(v)?;
         }
         if let Some(v) = &self.experimental_watch_progress_notify_interval {
             config.watch_progress_notify_interval = parse_duration(v)?;

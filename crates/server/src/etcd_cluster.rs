@@ -41,6 +41,8 @@ pub const ETCD_API_VERSION: &str = "3.5.0";
 
 pub struct EtcdCluster {
     replica: Replica,
+    /// The corruption check's findings (this node's, while it leads).
+    corruption: std::sync::Arc<crate::corruption::CorruptionAlarm>,
     membership: Membership,
     forward: Forwarder,
     /// `https` where client (and peer) traffic is TLS, in member URLs.
@@ -57,11 +59,13 @@ fn not_here(what: &str, instead: &str) -> Status {
 impl EtcdCluster {
     pub fn new(
         replica: Replica,
+        corruption: std::sync::Arc<crate::corruption::CorruptionAlarm>,
         tls: crate::OutgoingTls,
         files: &raftkv_net::tls::ServerTlsFiles,
     ) -> EtcdCluster {
         let scheme = |on: bool| if on { "https" } else { "http" };
         EtcdCluster {
+            corruption,
             membership: Membership::new(replica.clone()),
             forward: Forwarder::new(replica.clone(), tls),
             replica,
@@ -325,7 +329,7 @@ impl Maintenance for EtcdCluster {
             ));
         }
         let status = self.replica.status();
-        let alarms = if self.replica.is_out_of_space() {
+        let mut alarms = if self.replica.is_out_of_space() {
             vec![AlarmMember {
                 member_id: status.id,
                 alarm: AlarmType::Nospace as i32,
@@ -333,6 +337,15 @@ impl Maintenance for EtcdCluster {
         } else {
             Vec::new()
         };
+        alarms.extend(
+            self.corruption
+                .alarms()
+                .into_iter()
+                .map(|(id, _)| AlarmMember {
+                    member_id: id,
+                    alarm: AlarmType::Corrupt as i32,
+                }),
+        );
         Ok(Response::new(AlarmResponse {
             header: Some(etcd_header(&self.replica, None)),
             alarms,
@@ -348,6 +361,9 @@ impl Maintenance for EtcdCluster {
         let mut errors = Vec::new();
         if self.replica.is_out_of_space() {
             errors.push("memberID:".to_string() + &status.id.to_string() + " alarm:NOSPACE");
+        }
+        for (id, _) in self.corruption.alarms() {
+            errors.push(format!("memberID:{id} alarm:CORRUPT"));
         }
         Ok(Response::new(StatusResponse {
             header: Some(etcd_header(&self.replica, Some(revision))),
@@ -380,7 +396,7 @@ impl Maintenance for EtcdCluster {
         };
         Ok(Response::new(HashResponse {
             header: Some(etcd_header(&self.replica, Some(revision))),
-            hash: (hash ^ (hash >> 32)) as u32,
+            hash: crate::corruption::fold(hash),
         }))
     }
 

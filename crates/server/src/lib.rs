@@ -11,6 +11,7 @@ pub mod auth_token;
 mod auto_compaction;
 pub mod backup;
 pub mod config;
+mod corruption;
 mod deadline;
 pub mod errors;
 mod etcd_auth;
@@ -452,7 +453,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let corruption = Arc::new(corruption::CorruptionAlarm::default());
+    if !config.corruption_check_interval.is_zero() {
+        tokio::spawn(corruption::run(
+            replica.clone(),
+            config.corruption_check_interval,
+            corruption.clone(),
+            metrics.clone(),
+            outgoing.clone(),
+        ));
+    }
+    tokio::spawn(corruption::test_hook(replica.clone()));
     let admin = Arc::new(AdminService {
+        corruption: corruption.clone(),
         peer_tls: tls_files.peer_tls(),
         replica: replica.clone(),
         membership: membership::Membership::new(replica.clone()),
@@ -530,6 +543,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let etcd_cluster = Arc::new(etcd_cluster::EtcdCluster::new(
         replica.clone(),
+        corruption,
         outgoing.clone(),
         &tls_files,
     ));

@@ -77,6 +77,9 @@ pub struct Metrics {
     /// Connections and requests refused by the TLS policy, by reason
     /// (handshake, plaintext, no_client_cert, not_a_member).
     pub tls_refused: IntCounterVec,
+    /// 1 while this node's corruption check finds a member whose state
+    /// differs (see `corruption.rs`).
+    pub corruption_alarm: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -191,6 +194,12 @@ impl Metrics {
             .expect("unique");
         let r = &registry;
         Metrics {
+            corruption_alarm: gauge(
+                r,
+                "raftkv_corruption_alarm",
+                "1 while the corruption check finds a member whose state differs from the \
+                 others' at one revision (the log names it)",
+            ),
             peer_rejected,
             tls_refused,
             requests,

@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "peers",
     "join",
     "learner",
+    "corruption-check-interval",
     "force-new-cluster",
     "snapshot-entries",
     "wal-segment-size",

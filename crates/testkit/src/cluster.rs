@@ -87,6 +87,11 @@ impl Node {
         self.dir.join("net-faults")
     }
 
+    /// The file of the server's test-only corruption hook.
+    fn corrupt_hook_path(&self) -> PathBuf {
+        self.dir.join("corrupt")
+    }
+
     /// The rules file of the storage's test-only disk fault hook.
     fn disk_faults_path(&self) -> PathBuf {
         self.dir.join("disk-faults")
@@ -441,6 +446,17 @@ impl TestCluster {
     pub fn set_disk_faults(&self, id: u64, rules: &str) {
         replace_file(&self.node(id).disk_faults_path(), rules);
         eprintln!("testkit: node {id} disk faults: {:?}", rules.trim());
+    }
+
+    /// Changes `key`'s value in node `id`'s state alone, outside the log, as
+    /// silent corruption would (the server's `RAFTKV_TEST_CORRUPT` hook, read
+    /// within 100 ms).
+    pub fn corrupt(&self, id: u64, key: &str) {
+        let path = self.node(id).corrupt_hook_path();
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(&format!("corrupt {key}\n"));
+        replace_file(&path, &text);
+        eprintln!("testkit: node {id}: corrupting key {key:?}");
     }
 
     /// Waits (at most `timeout`) for node `id` to exit on its own; returns
@@ -945,6 +961,10 @@ impl TestCluster {
             (
                 "RAFTKV_DISK_FAULTS",
                 node.disk_faults_path().into_os_string(),
+            ),
+            (
+                "RAFTKV_TEST_CORRUPT",
+                node.corrupt_hook_path().into_os_string(),
             ),
         ];
         env.extend(
