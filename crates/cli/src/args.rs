@@ -137,6 +137,10 @@ pub enum Command {
     /// Backups: save a consistent snapshot of a live cluster to a file, check
     /// what a file holds, restore one into the data dir of a new cluster's member.
     Snapshot(SnapshotArgs),
+    /// Alarms (etcd's): list them (NOSPACE: a node short of disk, or the space quota
+    /// passed; CORRUPT: the corruption check found a member that differs), or disarm
+    /// the space quota's NOSPACE once deletes and compaction brought the state under.
+    Alarm(AlarmArgs),
     /// Measure latency and throughput against a running cluster.
     Bench(BenchArgs),
     /// Start a local cluster of several nodes in the foreground (Ctrl-C stops it).
@@ -163,6 +167,7 @@ impl Command {
             Command::Cluster(a) => Some(&a.client),
             Command::Debug(a) => Some(&a.client),
             Command::Snapshot(a) => Some(&a.client),
+            Command::Alarm(a) => Some(&a.client),
             Command::Bench(a) => Some(&a.client),
         }
     }
@@ -248,6 +253,12 @@ pub struct ServerArgs {
     /// before it is sent the revision it is current at (default 10m).
     #[arg(long, value_name = "DURATION")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Space quota (etcd's --quota-backend-bytes): once the state and its history take
+    /// more, writes that add data are refused (alarm NOSPACE) until deletes and compaction
+    /// bring it under and the alarm is disarmed (`raftkv alarm disarm`). Default 2GiB; 0:
+    /// no quota.
+    #[arg(long, value_name = "SIZE", alias = "quota-backend-bytes")]
+    pub quota_bytes: Option<String>,
     /// How often the leader compares the state hash of every member at one revision and
     /// raises the CORRUPT alarm for one that differs (default 10m; 0: never).
     #[arg(long, value_name = "DURATION")]
@@ -596,6 +607,23 @@ pub struct ClusterArgs {
     pub client: ClientArgs,
     #[command(subcommand)]
     pub command: ClusterCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct AlarmArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AlarmCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlarmCommand {
+    /// Print every alarm raised, `memberID:N alarm:KIND` per line (etcdctl's form).
+    List,
+    /// Disarm the space quota's NOSPACE alarm (writes resume; a write that still finds
+    /// the state over --quota-bytes raises it again).
+    Disarm,
 }
 
 #[derive(Args, Debug)]

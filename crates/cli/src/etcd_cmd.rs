@@ -515,3 +515,40 @@ pub async fn lease(flags: &ClientFlags, command: crate::args::LeaseCommand) -> R
         }
     }
 }
+
+/// `alarm list|disarm` (etcd's Maintenance.Alarm).
+pub async fn alarm(flags: &ClientFlags, command: crate::args::AlarmCommand) -> Result<(), Failure> {
+    use raftkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use raftkv_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+    let (action, alarm) = match command {
+        crate::args::AlarmCommand::List => (AlarmAction::Get, AlarmType::None),
+        crate::args::AlarmCommand::Disarm => (AlarmAction::Deactivate, AlarmType::Nospace),
+    };
+    let request = AlarmRequest {
+        action: action as i32,
+        member_id: 0,
+        alarm: alarm as i32,
+    };
+    let reply = MaintenanceClient::new(channel(flags).await?)
+        .alarm(timed(flags, request))
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    let kind = |alarm: i32| {
+        AlarmType::try_from(alarm)
+            .map(|a| a.as_str_name().to_string())
+            .unwrap_or_else(|_| alarm.to_string())
+    };
+    if flags.json {
+        let alarms: Vec<Value> = reply
+            .alarms
+            .iter()
+            .map(|a| serde_json::json!({"member_id": a.member_id, "alarm": kind(a.alarm)}))
+            .collect();
+        return print_json(&serde_json::json!({ "alarms": alarms }));
+    }
+    for a in &reply.alarms {
+        println!("memberID:{} alarm:{}", a.member_id, kind(a.alarm));
+    }
+    Ok(())
+}

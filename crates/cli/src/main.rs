@@ -258,6 +258,7 @@ async fn run(
         Command::Cluster(args) => admin_cmd::cluster(&flags, args.command).await,
         Command::Debug(args) => admin_cmd::debug(&flags, args.command).await,
         Command::Snapshot(args) => snapshot_cmd::snapshot(&flags, args.command).await,
+        Command::Alarm(args) => etcd_cmd::alarm(&flags, args.command).await,
         Command::Bench(args) => bench::run(&flags, args).await,
     }
 }

@@ -82,6 +82,9 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         config.max_request_bytes =
             parse_size(v).map_err(|e| usage(format!("--max-request-bytes: {e}")))?;
     }
+    if let Some(v) = &args.quota_bytes {
+        config.quota_bytes = parse_size(v).map_err(|e| usage(format!("--quota-bytes: {e}")))?;
+    }
     if let Some(v) = &args.corruption_check_interval {
         config.corruption_check_interval =
             parse_duration(v).map_err(|e| usage(format!("--corruption-check-interval: {e}")))?;

@@ -165,6 +165,19 @@ fn check_requests(
     Ok(())
 }
 
+/// Whether a transaction (any branch, nested ones too) may put a key: what
+/// the space quota refuses while its alarm is raised.
+pub fn may_put(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(nested)) => may_put(nested),
+            _ => false,
+        })
+}
+
 /// Whether a transaction (any branch) only reads: it is then served like a
 /// range, not through the log.
 pub fn is_read_only(txn: &TxnRequest) -> bool {

@@ -42,6 +42,10 @@ pub struct ReplicaConfig {
     /// refuses new writes (`NoSpace`) and takes no new entries from the
     /// leader, so the log never runs into ENOSPC; reads go on.
     pub min_free_bytes: u64,
+    /// etcd's `--quota-backend-bytes` (`--quota-bytes`): once the state and
+    /// its history take more, writes that may add data are refused with the
+    /// NOSPACE alarm until it is disarmed (0: no quota).
+    pub quota_bytes: u64,
     /// Serve lease reads from a leader lease (`--lease-read`).
     pub lease_reads: bool,
     /// Draw every random choice (proposal ids, read contexts, election
@@ -100,6 +104,7 @@ impl ReplicaConfig {
             snapshot_entries: 10_000,
             snapshot_catch_up_entries: 5_000,
             min_free_bytes: 64 * 1024 * 1024,
+            quota_bytes: 0,
             lease_reads: true,
             seed: None,
             write_snapshots_inline: false,

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     /// This node cannot take entries for lack of disk space (told to peers
     /// on every message it sends).
     pub(crate) out_of_space: AtomicBool,
+    /// The space quota's NOSPACE alarm (raised by the leader when the state
+    /// passed `quota_bytes`; cleared by `disarm_quota`).
+    pub(crate) quota_alarm: AtomicBool,
     /// Auth is on in the applied state (so a request path can skip the
     /// state's lock while it is off).
     pub(crate) auth_enabled: AtomicBool,
@@ -131,6 +134,7 @@ impl Replica {
             revision: watch::channel(1).0,
             peer_rejections: RejectionCounters::default(),
             out_of_space: AtomicBool::new(false),
+            quota_alarm: AtomicBool::new(false),
             auth_enabled: AtomicBool::new(false),
             peers_out_of_space: Mutex::new(HashMap::new()),
             cluster: Mutex::new(ClusterIds {
@@ -576,6 +580,18 @@ impl Replica {
         let _ = self
             .peer_inputs
             .send(PeerInput::SnapshotStatus { to, delivered });
+    }
+
+    /// Whether this node raised the space quota's NOSPACE alarm (see
+    /// `ReplicaConfig::quota_bytes`).
+    pub fn quota_alarm(&self) -> bool {
+        self.shared.quota_alarm.load(Ordering::Relaxed)
+    }
+
+    /// Clears the quota alarm (etcd's alarm disarm); a write that still
+    /// finds the state over the quota raises it again. Whether it was raised.
+    pub fn disarm_quota(&self) -> bool {
+        self.shared.quota_alarm.swap(false, Ordering::Relaxed)
     }
 
     /// Test hook: changes `key`'s value in this replica's state only (see

@@ -43,6 +43,17 @@ impl AdminService {
                 "NOSPACE: this node's disk is short of space; writes are refused".to_string(),
             );
         }
+        if self.replica.quota_alarm() {
+            let used = {
+                let kv = self.replica.kv();
+                kv.data_bytes() + kv.history_size().0
+            };
+            alarms.push(format!(
+                "NOSPACE: the space quota (--quota-bytes) was passed; the state and its history \
+                 take {used} bytes now; writes that add data are refused until the alarm is \
+                 disarmed (`raftkv alarm disarm`)"
+            ));
+        }
         alarms.extend(
             self.corruption
                 .alarms()

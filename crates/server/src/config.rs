@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub auto_compaction: AutoCompaction,
     /// etcd's `--max-request-bytes`: the largest request on the etcd API.
     pub max_request_bytes: u64,
+    /// etcd's `--quota-backend-bytes`: the state and its history may take
+    /// this much before writes are refused (NOSPACE); 0: no quota.
+    pub quota_bytes: u64,
     /// etcd's `--experimental-watch-progress-notify-interval`: how long a
     /// watcher created with `progress_notify` waits, quiet, for a progress
     /// response.
@@ -154,6 +157,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             auto_compaction: AutoCompaction::Off,
             max_request_bytes: crate::etcd_kv::DEFAULT_MAX_REQUEST_BYTES,
+            quota_bytes: 2 << 30,
             watch_progress_notify_interval: Duration::from_secs(600),
             corruption_check_interval: Duration::from_secs(600),
             auth_token_ttl: Duration::from_secs(300),
@@ -500,6 +504,7 @@ pub struct ConfigFile {
     pub max_request_bytes: Option<String>,
     pub experimental_watch_progress_notify_interval: Option<String>,
     pub corruption_check_interval: Option<String>,
+    pub quota_bytes: Option<String>,
     /// Seconds, as etcd's flag.
     pub auth_token_ttl: Option<u64>,
     pub max_connections_per_client: Option<usize>,
@@ -576,6 +581,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.max_request_bytes {
             config.max_request_bytes = parse_size(v)?;
+        }
+        if let Some(v) = &self.quota_bytes {
+            config.quota_bytes = parse_size(v)?;
         }
         if let Some(v) = &self.corruption_check_interval {
             config.corruption_check_interval = parse_duration(v)?;

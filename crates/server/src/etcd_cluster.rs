@@ -321,15 +321,48 @@ impl Maintenance for EtcdCluster {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let caller = crate::auth::caller_of(&request);
         let request = request.into_inner();
+        let status = self.replica.status();
+        if request.action == alarm_request::AlarmAction::Deactivate as i32 {
+            // The quota alarm is the leader's: disarmed there.
+            if request.alarm != AlarmType::Nospace as i32 && request.alarm != AlarmType::None as i32
+            {
+                return Err(not_here(
+                    "disarming this alarm",
+                    "replacing the member it names (CORRUPT clears itself once every member \
+                     agrees)",
+                ));
+            }
+            if status.role != Role::Leader && !forwarded {
+                let reply = MaintenanceClient::new(self.forward.leader()?)
+                    .alarm(self.forward.request_as(request, &caller))
+                    .await;
+                return answered_here(&self.replica, reply);
+            }
+            let disarmed = self.replica.disarm_quota();
+            if disarmed {
+                tracing::info!("NOSPACE alarm (space quota) disarmed");
+            }
+            return Ok(Response::new(AlarmResponse {
+                header: Some(etcd_header(&self.replica, None)),
+                alarms: disarmed
+                    .then_some(AlarmMember {
+                        member_id: status.id,
+                        alarm: AlarmType::Nospace as i32,
+                    })
+                    .into_iter()
+                    .collect(),
+            }));
+        }
         if request.action != alarm_request::AlarmAction::Get as i32 {
             return Err(not_here(
-                "activating or disarming alarms",
-                "freeing disk space (NOSPACE clears itself)",
+                "activating alarms",
+                "the node's own checks (disk space, --quota-bytes, the corruption check)",
             ));
         }
-        let status = self.replica.status();
-        let mut alarms = if self.replica.is_out_of_space() {
+        let mut alarms = if self.replica.is_out_of_space() || self.replica.quota_alarm() {
             vec![AlarmMember {
                 member_id: status.id,
                 alarm: AlarmType::Nospace as i32,
@@ -359,7 +392,7 @@ impl Maintenance for EtcdCluster {
             (kv.data_bytes(), kv.revision())
         };
         let mut errors = Vec::new();
-        if self.replica.is_out_of_space() {
+        if self.replica.is_out_of_space() || self.replica.quota_alarm() {
             errors.push("memberID:".to_string() + &status.id.to_string() + " alarm:NOSPACE");
         }
         for (id, _) in self.corruption.alarms() {

@@ -162,6 +162,7 @@ etcd_reply!(
     raftkv_proto::etcdserverpb::MemberAddResponse,
     raftkv_proto::etcdserverpb::MemberRemoveResponse,
     raftkv_proto::etcdserverpb::MemberPromoteResponse,
+    raftkv_proto::etcdserverpb::AlarmResponse,
     raftkv_proto::etcdserverpb::AuthEnableResponse,
     raftkv_proto::etcdserverpb::AuthDisableResponse,
     raftkv_proto::etcdserverpb::AuthStatusResponse,

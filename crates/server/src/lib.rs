@@ -388,6 +388,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     replica_config.heartbeat_interval = config.heartbeat_interval;
     replica_config.snapshot_entries = config.snapshot_entries;
     replica_config.lease_reads = config.lease_read;
+    replica_config.quota_bytes = config.quota_bytes;
     // Room for the largest entry on top of a fixed reserve.
     replica_config.min_free_bytes = config.max_value_bytes + 64 * 1024 * 1024;
     if let Some(limits) = test_session_limits()? {

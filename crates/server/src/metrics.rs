@@ -80,6 +80,7 @@ pub struct Metrics {
     /// 1 while this node's corruption check finds a member whose state
     /// differs (see `corruption.rs`).
     pub corruption_alarm: IntGauge,
+    nospace_alarm: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -194,6 +195,12 @@ impl Metrics {
             .expect("unique");
         let r = &registry;
         Metrics {
+            nospace_alarm: gauge(
+                r,
+                "raftkv_nospace_alarm",
+                "1 while this node refuses writes for want of space: its disk's reserve, or the \
+                 space quota (--quota-bytes, until disarmed)",
+            ),
             corruption_alarm: gauge(
                 r,
                 "raftkv_corruption_alarm",
@@ -406,6 +413,9 @@ impl Metrics {
             self.snapshot_bytes
                 .set(snapshot_bytes(stats.snapshot_index, stats.snapshot_term) as i64);
         }
+        self.nospace_alarm.set(i64::from(
+            replica.is_out_of_space() || replica.quota_alarm(),
+        ));
         {
             let kv = replica.kv();
             self.keys.set(kv.len() as i64);

@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "join",
     "learner",
     "corruption-check-interval",
+    "quota-bytes",
     "force-new-cluster",
     "snapshot-entries",
     "wal-segment-size",

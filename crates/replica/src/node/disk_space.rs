@@ -16,7 +16,7 @@
 use raft::eraftpb::Entry;
 use raftkv_kv::Op;
 
-use super::Node;
+use super::{Node, Write};
 use crate::error::ReplicaError;
 use crate::log_store::LogStore;
 
@@ -183,6 +183,44 @@ impl<S: LogStore> Node<S> {
     /// enough voters to commit it. (Followers out of space drop appends but
     /// still answer heartbeats; proposing anyway would only pile up entries
     /// that cannot commit.)
+    /// The space quota (`quota_bytes`): a write that may add data is
+    /// refused while the alarm is raised, and raises it when the state and
+    /// its history take more than the quota. Deletes, compaction and lease
+    /// revokes go on (they are how one gets back under).
+    pub(super) fn check_quota(&self, write: &Write) -> Result<(), ReplicaError> {
+        let quota = self.config.quota_bytes;
+        let grows = match write {
+            Write::Ops(ops) => ops.iter().any(|op| !op.delete),
+            Write::EtcdTxn(txn) => raftkv_kv::etcd::may_put(txn),
+            Write::LeaseGrant { .. } => true,
+            Write::Compact(_) | Write::LeaseRevoke(_) | Write::Auth(_) => false,
+        };
+        if quota == 0 || !grows {
+            return Ok(());
+        }
+        let used = {
+            let kv = self.shared.kv.read().expect("kv lock poisoned");
+            kv.data_bytes() + kv.history_size().0
+        };
+        let alarm = &self.shared.quota_alarm;
+        if used > quota && !alarm.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "node {}: NOSPACE: the state and its history take {used} bytes, over \
+                 --quota-bytes {quota}; writes that add data are refused until the alarm is \
+                 disarmed",
+                self.id
+            );
+        }
+        if alarm.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ReplicaError::NoSpace(format!(
+                "database space exceeded: the state and its history take {used} bytes, over \
+                 --quota-bytes {quota} (alarm NOSPACE): delete keys and compact, then \
+                 disarm the alarm (`raftkv alarm disarm`)"
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn check_space(&self, bytes: u64) -> Result<(), ReplicaError> {
         if !self.disk.fits_write(bytes) {
             return Err(ReplicaError::NoSpace(format!(

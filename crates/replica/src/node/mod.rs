@@ -809,7 +809,10 @@ impl<S: LogStore> Node<S> {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        if let Err(e) = self.check_space(write.bytes()) {
+        if let Err(e) = self
+            .check_space(write.bytes())
+            .and_then(|()| self.check_quota(&write))
+        {
             let _ = reply.send(Err(e));
             return;
         }
