@@ -173,6 +173,19 @@ impl ServerConfig {
         self.advertise.as_deref().unwrap_or(&self.listen)
     }
 
+    /// This node as the only member of a cluster, node `id`, at its
+    /// advertised addresses.
+    pub fn only_member(&self, id: u64) -> Peers {
+        Peers {
+            addresses: [(id, self.advertise_address().to_string())].into(),
+            peer_listeners: self
+                .advertise_peer_address()
+                .map(|peer| (id, peer.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Where peers reach this node's separate peer listener, if it has one.
     pub fn advertise_peer_address(&self) -> Option<&str> {
         self.advertise_peer

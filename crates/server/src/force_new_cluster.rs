@@ -27,7 +27,7 @@ use raftkv_replica::{
 };
 
 use crate::backup::RestoreOptions;
-use crate::config::{Peers, ServerConfig};
+use crate::config::ServerConfig;
 
 /// How long applying the survivor's log may take.
 const APPLY_WAIT: Duration = Duration::from_secs(600);
@@ -113,18 +113,10 @@ pub async fn recover(config: &ServerConfig, tls: &crate::OutgoingTls) -> anyhow:
         .unwrap_or_else(|| "raftkv-data".into());
     let fresh = dir.with_file_name(format!("{name}.force-new-cluster"));
     let _ = std::fs::remove_dir_all(&fresh);
-    let peers = Peers {
-        addresses: [(id, config.advertise_address().to_string())].into(),
-        peer_listeners: config
-            .advertise_peer_address()
-            .map(|peer| (id, peer.to_string()))
-            .into_iter()
-            .collect(),
-    };
     let restore = RestoreOptions {
         data_dir: fresh.clone(),
         id,
-        peers: Some(peers),
+        peers: Some(config.only_member(id)),
         address: config.advertise_address().to_string(),
     };
     let summary = crate::backup::restore(&snapshot, &restore).map_err(anyhow::Error::msg)?;

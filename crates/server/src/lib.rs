@@ -133,14 +133,7 @@ async fn open_storage(config: &ServerConfig, tls: &OutgoingTls) -> anyhow::Resul
     let id = config.id.unwrap_or(1);
     let peers = match &config.peers {
         Some(peers) => peers.clone(),
-        None => config::Peers {
-            addresses: [(id, config.advertise_address().to_string())].into(),
-            peer_listeners: config
-                .advertise_peer_address()
-                .map(|peer| (id, peer.to_string()))
-                .into_iter()
-                .collect(),
-        },
+        None => config.only_member(id),
     };
     if !peers.addresses.contains_key(&id) {
         bail!("--peers does not list this node's id {id}");
