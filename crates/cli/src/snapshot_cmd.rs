@@ -41,6 +41,26 @@ pub async fn snapshot(flags: &ClientFlags, command: SnapshotCommand) -> Result<(
                 .map(|p| raftkv_server::parse_peers(&p))
                 .transpose()
                 .map_err(Failure::Usage)?;
+            if peers
+                .as_ref()
+                .is_some_and(|p| !p.addresses.contains_key(&id))
+            {
+                return Err(Failure::Usage(format!(
+                    "--peers does not list this node's id {id}"
+                )));
+            }
+            let (address, members) = match &peers {
+                Some(peers) => (
+                    peers.addresses[&id].clone(),
+                    peers
+                        .addresses
+                        .iter()
+                        .map(|(id, a)| format!("{id}={a}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                None => ("HOST:PORT".to_string(), format!("{id} alone")),
+            };
             let options = RestoreOptions {
                 data_dir: data_dir.clone(),
                 id,
@@ -54,7 +74,13 @@ pub async fn snapshot(flags: &ClientFlags, command: SnapshotCommand) -> Result<(
             .await
             .map_err(|e| Failure::Other(format!("restore failed: {e}")))?
             .map_err(Failure::Other)?;
-            print_summary(flags, &file, &summary, Some((&data_dir, id)))
+            let restored = Restored {
+                dir: &data_dir,
+                id,
+                address,
+                members,
+            };
+            print_summary(flags, &file, &summary, Some(restored))
         }
     }
 }
@@ -76,20 +102,32 @@ async fn save(flags: &ClientFlags, file: &Path) -> Result<(), Failure> {
     let part = PathBuf::from(part);
     let mut maintenance =
         MaintenanceClient::new(channel(flags).await?).max_decoding_message_size(16 << 20);
-    // --timeout bounds waiting for the backup to start, not its transfer.
-    let mut stream = tokio::time::timeout(
-        flags.timeout,
-        maintenance.snapshot(tonic::Request::new(SnapshotRequest {})),
-    )
-    .await
-    .map_err(|_| {
-        Failure::Other(format!(
-            "timeout: the backup did not start within {:?}",
-            flags.timeout
-        ))
-    })?
-    .map_err(status_failure)?
-    .into_inner();
+    // --timeout bounds waiting for the backup to start (through an
+    // election, say), not its transfer.
+    let give_up = tokio::time::Instant::now() + flags.timeout;
+    let mut stream = loop {
+        let started = tokio::time::timeout_at(
+            give_up,
+            maintenance.snapshot(tonic::Request::new(SnapshotRequest {})),
+        )
+        .await
+        .map_err(|_| {
+            Failure::Other(format!(
+                "timeout: the backup did not start within {:?}",
+                flags.timeout
+            ))
+        })?;
+        match started {
+            Ok(reply) => break reply.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() + Duration::from_millis(200) < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => return Err(status_failure(status)),
+        }
+    };
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&part)
             .map_err(|e| Failure::Other(format!("cannot create {}: {e}", part.display())))?,
@@ -149,12 +187,22 @@ async fn save(flags: &ClientFlags, file: &Path) -> Result<(), Failure> {
     print_summary(flags, file, &summary, None)
 }
 
+/// Where a restore put a backup.
+struct Restored<'a> {
+    dir: &'a Path,
+    id: u64,
+    /// Where the node is to listen (its --peers entry).
+    address: String,
+    /// The new cluster's members, as --peers gave them.
+    members: String,
+}
+
 /// What a backup holds (and, after a restore, where it went).
 fn print_summary(
     flags: &ClientFlags,
     file: &Path,
     s: &BackupSummary,
-    restored: Option<(&Path, u64)>,
+    restored: Option<Restored<'_>>,
 ) -> Result<(), Failure> {
     let members: Vec<String> = s
         .members
@@ -174,19 +222,23 @@ fn print_summary(
             "cluster_id": format!("{:016x}", s.cluster_id),
             "members": members,
         });
-        if let Some((dir, id)) = restored {
-            value["data_dir"] = json!(dir.display().to_string());
-            value["id"] = json!(id);
+        if let Some(r) = restored {
+            value["data_dir"] = json!(r.dir.display().to_string());
+            value["id"] = json!(r.id);
+            value["new_members"] = json!(r.members);
         }
         return print_json(&value);
     }
-    if let Some((dir, id)) = restored {
+    if let Some(r) = restored {
         println!(
-            "restored {} into {} as node {id} of a new cluster; start it with \
-             `raftkv server --data-dir {} --listen HOST:PORT` (the address --peers gives it)",
+            "restored {} into {} as node {} of a new cluster (members {}); start it with \
+             `raftkv server --data-dir {} --listen {}`. The backup held:",
             file.display(),
-            dir.display(),
-            dir.display()
+            r.dir.display(),
+            r.id,
+            r.members,
+            r.dir.display(),
+            r.address
         );
     }
     println!("index:      {} (term {})", s.index, s.term);

@@ -119,6 +119,51 @@ async fn a_backup_under_load_restores_into_a_new_cluster() {
     // The new cluster takes writes.
     new.cli(&["put", "bk/new", "1"]).assert_ok();
 
+    // A stray restore that names a live member among its peers, started at
+    // another address, may not rewrite that cluster's membership.
+    let ports = raftkv_testkit::free_ports(2);
+    let stray_dir = dir.path().join("stray");
+    let stray_peers = format!("1={},3=127.0.0.1:{}", new.address(1), ports[0]);
+    raftkv(&[
+        "snapshot",
+        "restore",
+        &backup_arg,
+        "--data-dir",
+        &stray_dir.display().to_string(),
+        "--id",
+        "3",
+        "--peers",
+        &stray_peers,
+    ])
+    .assert_ok();
+    let stray_log = dir.path().join("stray.log");
+    let mut stray = std::process::Command::new(bin())
+        .args(["server", "--data-dir", &stray_dir.display().to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", ports[1])])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stray_log).unwrap())
+        .spawn()
+        .expect("start the stray node");
+    let refused =
+        raftkv_testkit::poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let log = std::fs::read_to_string(&stray_log).ok()?;
+            log.contains("is not of this cluster").then_some(())
+        });
+    let _ = stray.kill();
+    let _ = stray.wait();
+    refused.unwrap_or_else(|_| {
+        new.fail(&format!(
+            "the stray node was not refused:\n{}",
+            std::fs::read_to_string(&stray_log).unwrap_or_default()
+        ))
+    });
+    let members = new.cli(&["cluster", "members", "--json"]);
+    assert!(
+        members.stdout_text().contains(&new.address(3)),
+        "node 3 keeps its address: {}",
+        members.describe()
+    );
+
     // One byte flipped: refused, and nothing is restored.
     let mut bytes = std::fs::read(&backup).unwrap();
     let middle = bytes.len() / 2;

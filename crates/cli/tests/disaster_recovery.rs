@@ -91,6 +91,20 @@ fn a_survivor_forced_into_a_new_cluster_serves_its_data_and_takes_new_members() 
     .unwrap_or_else(|_| cluster.fail("old member 3 was not told it is another cluster's"));
     assert_eq!(voters(&cluster).unwrap(), vec![1, a, b]);
 
+    // The flag left on a later start is refused: it would fork the cluster.
+    cluster.kill(1);
+    cluster.next_start_with(1, &["--force-new-cluster"]);
+    let again = cluster.start_expecting_failure(1, Duration::from_secs(20));
+    assert!(
+        again
+            .log
+            .contains("was made a new cluster by --force-new-cluster already"),
+        "{}",
+        again.log
+    );
+    cluster.restart(1);
+    cluster.wait_leader(Duration::from_secs(20));
+
     // The old data dir was kept beside the new one.
     let data_dir = cluster.data_dir(1);
     let kept = data_dir.with_file_name("data.before-force-new-cluster");

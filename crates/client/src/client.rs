@@ -871,17 +871,21 @@ impl Client {
 
     /// Records that member `id` is now reached at `address`, and its peer
     /// listener (if it has one) at `peer_address` (a member restarted at
-    /// another address asks this itself).
+    /// another address asks this itself); `cluster`: the sender's cluster id
+    /// and bootstrap id, which must be the cluster's.
     pub async fn set_member_address(
         &self,
         id: u64,
         address: &str,
         peer_address: Option<&str>,
+        cluster: (u64, u64),
     ) -> Result<pb::MembersResponse, Error> {
         let request = pb::SetMemberAddressRequest {
             id,
             address: address.to_string(),
             peer_address: peer_address.unwrap_or_default().to_string(),
+            cluster_id: cluster.0,
+            bootstrap_id: cluster.1,
         };
         self.change_on_leader(
             request,

@@ -69,7 +69,10 @@ pub async fn record_own_address(
     let mut attempts = 0u32;
     while recorded(&replica).as_ref() != Some(&new) {
         match client
-            .set_member_address(id, &address, peer_address.as_deref())
+            .set_member_address(id, &address, peer_address.as_deref(), {
+                let ids = replica.cluster_ids();
+                (ids.cluster_id, ids.bootstrap_id)
+            })
             .await
         {
             Ok(_) => {}

@@ -309,6 +309,25 @@ impl Cluster for AdminService {
     ) -> Result<Response<MembersResponse>, Status> {
         let deadline = deadline_of(&request);
         let request = request.into_inner();
+        let own = self.replica.cluster_ids();
+        let same_cluster = if request.cluster_id != 0 && own.cluster_id != 0 {
+            request.cluster_id == own.cluster_id
+        } else {
+            request.bootstrap_id != 0 && request.bootstrap_id == own.bootstrap_id
+        };
+        if !same_cluster {
+            return Err(self.replica_error(ReplicaError::Rejected(format!(
+                "node {} asking to be recorded at {} is not of this cluster (its cluster \
+                 {:016x}, bootstrap {:016x}; this cluster {:016x}, bootstrap {:016x}): a node of \
+                 another cluster may not change this one's membership",
+                request.id,
+                request.address,
+                request.cluster_id,
+                request.bootstrap_id,
+                own.cluster_id,
+                own.bootstrap_id
+            ))));
+        }
         let address = self.check_address(&request.address)?;
         let peer_address = self.check_peer_address(&request.peer_address)?;
         self.membership

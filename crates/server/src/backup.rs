@@ -94,6 +94,9 @@ pub struct BackupSummary {
     pub cluster_id: u64,
     /// The members at the backup's index: id -> address.
     pub members: BTreeMap<u64, String>,
+    /// The highest node id the old cluster ever used (a restored cluster
+    /// never gives one out again).
+    pub max_node_id: u64,
 }
 
 /// Reads and checks a whole backup: every record's and the file's checksum,
@@ -129,6 +132,7 @@ pub fn read_backup(path: &Path) -> Result<(BackupSummary, KvState), String> {
         hash: state.content_hash(),
         cluster_id: state.cluster_id(),
         members: membership.addresses.clone(),
+        max_node_id: membership.max_node_id,
     };
     Ok((summary, state))
 }
@@ -179,7 +183,13 @@ pub fn restore(path: &Path, options: &RestoreOptions) -> Result<BackupSummary, S
         },
         addresses: peers.addresses.clone(),
         peer_addresses: peers.peer_listeners.clone(),
-        max_node_id: peers.addresses.keys().max().copied().unwrap_or(0),
+        max_node_id: peers
+            .addresses
+            .keys()
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .max(summary.max_node_id),
     };
     let identity = NodeIdentity {
         node_id: options.id,

@@ -362,6 +362,23 @@ impl Maintenance for EtcdCluster {
                 "the node's own checks (disk space, --quota-bytes, the corruption check)",
             ));
         }
+        // The quota and corruption alarms are the leader's: a member that
+        // does not lead lists the leader's, and its own disk's.
+        if status.role != Role::Leader && !forwarded {
+            if let Ok(leader) = self.forward.leader() {
+                let reply = MaintenanceClient::new(leader)
+                    .alarm(self.forward.request_as(request, &caller))
+                    .await;
+                let mut reply = answered_here(&self.replica, reply)?;
+                if self.replica.is_out_of_space() {
+                    reply.get_mut().alarms.push(AlarmMember {
+                        member_id: status.id,
+                        alarm: AlarmType::Nospace as i32,
+                    });
+                }
+                return Ok(reply);
+            }
+        }
         let mut alarms = if self.replica.is_out_of_space() || self.replica.quota_alarm() {
             vec![AlarmMember {
                 member_id: status.id,

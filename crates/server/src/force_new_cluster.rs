@@ -13,8 +13,9 @@
 //!
 //! Refused when another member still answers as part of the same cluster
 //! (the quorum is not lost, or a partition hides it: forcing would split
-//! the cluster), and a no-op on a node that is already the only member (a
-//! restart that kept the flag).
+//! the cluster), and on a data dir a forced recovery made (a restart that
+//! kept the flag would fork the new cluster); a no-op on a node that is the
+//! only member of its cluster anyway.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,11 @@ use raftkv_replica::{
 
 use crate::backup::RestoreOptions;
 use crate::config::ServerConfig;
+
+/// Written into a data dir made by a forced recovery: the flag left on a
+/// later start is refused (it would fork the cluster its new members
+/// joined).
+const DONE_MARKER: &str = "force-new-cluster.done";
 
 /// How long applying the survivor's log may take.
 const APPLY_WAIT: Duration = Duration::from_secs(600);
@@ -46,6 +52,22 @@ impl Transport for NoPeers {
 /// Makes `config.data_dir` a one-member cluster (see the module's text).
 pub async fn recover(config: &ServerConfig, tls: &crate::OutgoingTls) -> anyhow::Result<()> {
     let dir = &config.data_dir;
+    if let Ok(when) = std::fs::read_to_string(dir.join(DONE_MARKER)) {
+        bail!(
+            "data dir {} was made a new cluster by --force-new-cluster already ({}); start \
+             it without the flag (forcing again would drop the members that joined since, \
+             and they would go on as a cluster of their own)",
+            dir.display(),
+            when.trim()
+        );
+    }
+    if !dir.join(raftkv_storage::IDENTITY_FILE_NAME).exists() {
+        bail!(
+            "--force-new-cluster needs the data dir of a surviving member; {} holds no \
+             cluster state",
+            dir.display()
+        );
+    }
     let options = StorageOptions {
         wal_segment_size_bytes: config.wal_segment_size_bytes,
         ..Default::default()
@@ -120,6 +142,17 @@ pub async fn recover(config: &ServerConfig, tls: &crate::OutgoingTls) -> anyhow:
         address: config.advertise_address().to_string(),
     };
     let summary = crate::backup::restore(&snapshot, &restore).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        fresh.join(DONE_MARKER),
+        format!(
+            "node {id} became a one-member cluster at index {} (unix time {})\n",
+            summary.index,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ),
+    )
+    .with_context(|| format!("cannot write {}", fresh.join(DONE_MARKER).display()))?;
     let kept = unused_name(dir, &name);
     std::fs::rename(dir, &kept).with_context(|| format!("cannot move {} aside", dir.display()))?;
     std::fs::rename(&fresh, dir)

@@ -59,6 +59,12 @@ pub fn not_ready(replica: &Replica) -> Option<String> {
     if replica.is_out_of_space() {
         return Some("out of disk space (alarm NOSPACE): writes are refused".to_string());
     }
+    if replica.quota_alarm() {
+        return Some(
+            "the space quota is passed (alarm NOSPACE, --quota-bytes): writes are refused"
+                .to_string(),
+        );
+    }
     None
 }
 

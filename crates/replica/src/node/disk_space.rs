@@ -212,11 +212,19 @@ impl<S: LogStore> Node<S> {
             );
         }
         if alarm.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ReplicaError::NoSpace(format!(
-                "database space exceeded: the state and its history take {used} bytes, over \
-                 --quota-bytes {quota} (alarm NOSPACE): delete keys and compact, then \
-                 disarm the alarm (`raftkv alarm disarm`)"
-            )));
+            return Err(ReplicaError::NoSpace(if used > quota {
+                format!(
+                    "database space exceeded: the state and its history take {used} bytes, \
+                     over --quota-bytes {quota} (alarm NOSPACE): delete keys and compact, \
+                     then disarm the alarm (`raftkv alarm disarm`)"
+                )
+            } else {
+                format!(
+                    "database space exceeded: alarm NOSPACE is raised (the state and its \
+                     history take {used} bytes now, under --quota-bytes {quota}): disarm it \
+                     (`raftkv alarm disarm`)"
+                )
+            }));
         }
         Ok(())
     }
