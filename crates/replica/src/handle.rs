@@ -588,6 +588,12 @@ impl Replica {
         self.shared.quota_alarm.load(Ordering::Relaxed)
     }
 
+    /// Whether this node raises NOSPACE: its disk is short of its reserve, or
+    /// (on the leader) the space quota's alarm is raised.
+    pub fn nospace_alarm(&self) -> bool {
+        self.is_out_of_space() || self.quota_alarm()
+    }
+
     /// Clears the quota alarm (etcd's alarm disarm); a write that still
     /// finds the state over the quota raises it again. Whether it was raised.
     pub fn disarm_quota(&self) -> bool {

@@ -379,7 +379,7 @@ impl Maintenance for EtcdCluster {
                 return Ok(reply);
             }
         }
-        let mut alarms = if self.replica.is_out_of_space() || self.replica.quota_alarm() {
+        let mut alarms = if self.replica.nospace_alarm() {
             vec![AlarmMember {
                 member_id: status.id,
                 alarm: AlarmType::Nospace as i32,
@@ -409,7 +409,7 @@ impl Maintenance for EtcdCluster {
             (kv.data_bytes(), kv.revision())
         };
         let mut errors = Vec::new();
-        if self.replica.is_out_of_space() || self.replica.quota_alarm() {
+        if self.replica.nospace_alarm() {
             errors.push("memberID:".to_string() + &status.id.to_string() + " alarm:NOSPACE");
         }
         for (id, _) in self.corruption.alarms() {

@@ -413,9 +413,7 @@ impl Metrics {
             self.snapshot_bytes
                 .set(snapshot_bytes(stats.snapshot_index, stats.snapshot_term) as i64);
         }
-        self.nospace_alarm.set(i64::from(
-            replica.is_out_of_space() || replica.quota_alarm(),
-        ));
+        self.nospace_alarm.set(i64::from(replica.nospace_alarm()));
         {
             let kv = replica.kv();
             self.keys.set(kv.len() as i64);
