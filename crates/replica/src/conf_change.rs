@@ -164,28 +164,13 @@ pub(crate) fn validate_conf_change(
                 let address = request.addresses.get(&id).ok_or_else(|| {
                     ReplicaError::Rejected(format!("no address given for node {id}"))
                 })?;
-                // Each of its addresses must be its own: a peer listener
-                // at another member's address would get that member's raft
-                // traffic (or this one's would go there).
-                let peer_address = request.peer_addresses.get(&id);
-                if peer_address == Some(address) {
-                    return Err(ReplicaError::Rejected(format!(
-                        "node {id}'s peer listener {address} is its client address too: a \
-                         separate peer listener needs a port of its own"
-                    )));
-                }
-                for address in std::iter::once(address).chain(peer_address) {
-                    if let Some((other, _)) = view
-                        .addresses
-                        .iter()
-                        .chain(view.peer_addresses.iter())
-                        .find(|(other, a)| *a == address && **other != id)
-                    {
-                        return Err(ReplicaError::Rejected(format!(
-                            "address {address} belongs to node {other} already"
-                        )));
-                    }
-                }
+                crate::membership::check_own_addresses(
+                    id,
+                    address,
+                    request.peer_addresses.get(&id).map(String::as_str),
+                    view.addresses,
+                    view.peer_addresses,
+                )?;
                 if is_voter(id) {
                     return Err(ReplicaError::Rejected(format!(
                         "node {id} is already a voter"

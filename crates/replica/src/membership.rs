@@ -58,6 +58,37 @@ pub(crate) fn decode_conf_change_context(context: &[u8]) -> ConfChangeContext {
     ConfChangeContext::decode(context).unwrap_or_default()
 }
 
+/// Whether node `id` may be reached at `address` and, if it has one, its
+/// peer listener at `peer_address`: each must be its own (not another
+/// member's address or peer listener, which would get that member's raft
+/// traffic), and a peer listener needs a port apart from the address.
+pub(crate) fn check_own_addresses(
+    id: u64,
+    address: &str,
+    peer_address: Option<&str>,
+    addresses: &BTreeMap<u64, String>,
+    peer_addresses: &BTreeMap<u64, String>,
+) -> Result<(), crate::ReplicaError> {
+    if peer_address == Some(address) {
+        return Err(crate::ReplicaError::Rejected(format!(
+            "node {id}'s peer listener {address} is its client address too: a separate peer \
+             listener needs a port of its own"
+        )));
+    }
+    for address in std::iter::once(address).chain(peer_address) {
+        let taken = addresses
+            .iter()
+            .chain(peer_addresses.iter())
+            .find(|(other, a)| *a == address && **other != id);
+        if let Some((other, _)) = taken {
+            return Err(crate::ReplicaError::Rejected(format!(
+                "address {address} belongs to node {other} already"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Ids that are members (voters, learners, outgoing voters) of `cs`.
 pub fn member_ids(cs: &ConfState) -> Vec<u64> {
     let mut ids: Vec<u64> = cs

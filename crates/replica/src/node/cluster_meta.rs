@@ -127,28 +127,13 @@ impl<S: LogStore> Node<S> {
             if *current == member.address && current_peer == member.peer_address {
                 return Ok(false);
             }
-            if member.peer_address == member.address {
-                return Err(ReplicaError::Rejected(format!(
-                    "node {id}'s peer listener {} is its client address too: a separate peer \
-                     listener needs a port of its own",
-                    member.address
-                )));
-            }
-            for address in [&member.address, &member.peer_address] {
-                if address.is_empty() {
-                    continue;
-                }
-                let taken = membership
-                    .addresses
-                    .iter()
-                    .chain(membership.peer_addresses.iter())
-                    .find(|(other, a)| *a == address && **other != id);
-                if let Some((other, _)) = taken {
-                    return Err(ReplicaError::Rejected(format!(
-                        "address {address} belongs to node {other} already"
-                    )));
-                }
-            }
+            crate::membership::check_own_addresses(
+                id,
+                &member.address,
+                Some(member.peer_address.as_str()).filter(|p| !p.is_empty()),
+                &membership.addresses,
+                &membership.peer_addresses,
+            )?;
             Ok(true)
         })();
         match result {
