@@ -457,13 +457,17 @@ impl Maintenance for EtcdCluster {
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let revision = request.into_inner().revision.max(0) as u64;
-        let (hash, current, compacted) = {
-            let kv = self.replica.kv();
+        // Hashed on an O(1) copy, off the async threads and without holding
+        // the state's lock (which applying entries waits for).
+        let kv = self.replica.kv().clone();
+        let (hash, current, compacted) = tokio::task::spawn_blocking(move || {
             let hash = kv
                 .hash_at(revision)
                 .map_err(|e| Status::out_of_range(e.to_string()))?;
-            (hash, kv.revision(), kv.compacted_revision())
-        };
+            Ok::<_, Status>((hash, kv.revision(), kv.compacted_revision()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("hashing failed: {e}")))??;
         Ok(Response::new(HashKvResponse {
             header: Some(etcd_header(&self.replica, Some(current))),
             hash: (hash ^ (hash >> 32)) as u32,
