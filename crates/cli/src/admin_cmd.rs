@@ -46,6 +46,10 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "address": s.address,
         "problem": (!s.problem.is_empty()).then_some(&s.problem),
         "alarms": s.alarms,
+        "revision": s.header.as_ref().map(|h| h.revision),
+        "log_version": s.log_version,
+        // Only the leader hears from every member.
+        "cluster_log_version": (s.role == "leader").then_some(s.cluster_log_version),
     })
 }
 
@@ -61,12 +65,24 @@ fn print_status_text(s: &pb::StatusResponse) -> Result<(), Failure> {
     outln!("leader:        {leader}")?;
     outln!("commit index:  {}", s.commit_index)?;
     outln!("applied index: {}", s.applied_index)?;
+    if let Some(header) = &s.header {
+        outln!("revision:      {}", header.revision)?;
+    }
     outln!("keys:          {} ({} bytes)", s.keys, s.data_bytes)?;
     outln!("disk:          {} bytes", s.disk_bytes)?;
     if s.cluster_id == 0 {
         outln!("cluster id:    (not chosen yet)")?;
     } else {
         outln!("cluster id:    {:016x}", s.cluster_id)?;
+    }
+    if s.role == "leader" {
+        outln!(
+            "log version:   {} (the cluster's, the lowest of its members': {})",
+            s.log_version,
+            s.cluster_log_version
+        )?;
+    } else {
+        outln!("log version:   {}", s.log_version)?;
     }
     if !s.problem.is_empty() {
         outln!("PROBLEM:       {}", s.problem)?;

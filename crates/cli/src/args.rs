@@ -263,6 +263,11 @@ pub struct ServerArgs {
     /// raises the CORRUPT alarm for one that differs (default 10m; 0: never).
     #[arg(long, value_name = "DURATION")]
     pub corruption_check_interval: Option<String>,
+    /// Log a client request that takes longer than this, with its op, key and value sizes
+    /// and where its time went (queue, propose, commit, apply, read index); counted in
+    /// raftkv_slow_requests_total (default 100ms; 0: never).
+    #[arg(long, value_name = "DURATION")]
+    pub slow_request_threshold: Option<String>,
     /// Seconds a token from logging in (etcd's Authenticate) is good
     /// (default 300, etcd's).
     #[arg(long, value_name = "SECONDS")]

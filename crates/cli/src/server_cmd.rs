@@ -89,6 +89,10 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, Failure> {
         config.corruption_check_interval =
             parse_duration(v).map_err(|e| usage(format!("--corruption-check-interval: {e}")))?;
     }
+    if let Some(v) = &args.slow_request_threshold {
+        config.slow_request_threshold =
+            parse_duration(v).map_err(|e| usage(format!("--slow-request-threshold: {e}")))?;
+    }
     if let Some(v) = &args.experimental_watch_progress_notify_interval {
         config.watch_progress_notify_interval = parse_duration(v).map_err(|e| {
             usage(format!(

@@ -828,6 +828,7 @@ impl Client {
             learner,
             empty: false,
             peer_address: peer_address.unwrap_or_default().to_string(),
+            settings: None,
         };
         self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
             .await
@@ -836,12 +837,14 @@ impl Client {
     /// What a node starting with an empty data dir sends to join: add it
     /// as a learner (refused if that id already received data: a wiped node
     /// must be removed first). `id` 0 lets the leader pick one.
-    /// `peer_address`: its separate peer listener, if it has one.
+    /// `peer_address`: its separate peer listener, if it has one;
+    /// `settings`: what the leader checks against the cluster's.
     pub async fn join(
         &self,
         id: u64,
         address: &str,
         peer_address: Option<&str>,
+        settings: Option<pb::JoinSettings>,
     ) -> Result<pb::MembersResponse, Error> {
         let request = pb::AddNodeRequest {
             id,
@@ -849,6 +852,7 @@ impl Client {
             learner: true,
             empty: true,
             peer_address: peer_address.unwrap_or_default().to_string(),
+            settings,
         };
         self.change_on_leader(request, |mut c, r| async move { c.add_node(r).await })
             .await

@@ -42,6 +42,7 @@ mod tests {
             auth: None,
             user: "alice".into(),
             by_node: false,
+            test_next_kind: true,
             ops: vec![
                 Op {
                     key: Bytes::from_static(b"k\0ey"),

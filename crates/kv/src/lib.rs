@@ -26,7 +26,7 @@ pub use command::{
 pub use history::{Event, HistoryLimits, RevisionError};
 pub use session::{
     SessionLimits, SessionVerdict, CURRENT_RULES, RULES_ORIGINAL, RULES_REVISIONS,
-    RULES_STRICT_SESSIONS,
+    RULES_STRICT_SESSIONS, RULES_TEST_NEXT, RULES_UNREPORTED,
 };
 pub use snapshot::RestoreError;
 pub use state::{ApplyOutcome, KeyRange, KvState, Record, ScanPage, ScanQuery};

@@ -35,8 +35,16 @@ pub const RULES_STRICT_SESSIONS: u32 = 1;
 /// Writes count store revisions and keep per-key create/mod revisions and
 /// versions (etcd's MVCC metadata; see `state.rs`).
 pub const RULES_REVISIONS: u32 = 2;
-/// The rules new commands are proposed under.
+/// The newest rules this build applies (its log version); a leader proposes
+/// under the lowest of its members' (see the replica's `log_version.rs`).
 pub const CURRENT_RULES: u32 = RULES_REVISIONS;
+/// The test-only entry kind (`Command::test_next_kind`), applied only by
+/// builds run with the test hook `RAFTKV_TEST_NEXT_LOG_VERSION`, which stand
+/// for the next release in the mixed-version test.
+pub const RULES_TEST_NEXT: u32 = CURRENT_RULES + 1;
+/// What a member is taken to apply before it is heard from (and what a build
+/// from before members reported their log version applies).
+pub const RULES_UNREPORTED: u32 = RULES_REVISIONS;
 
 /// Bounds on client sessions.
 #[derive(Clone, Copy, Debug)]

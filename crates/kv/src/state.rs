@@ -349,7 +349,14 @@ impl KvState {
                     self.remove(&op.key).is_some()
                 };
             } else {
-                let value = owned_value(op.value.clone());
+                let value = if cmd.test_next_kind {
+                    // The test-only entry kind (see `RULES_TEST_NEXT`).
+                    let mut reversed = op.value.to_vec();
+                    reversed.reverse();
+                    owned_value(Bytes::from(reversed))
+                } else {
+                    owned_value(op.value.clone())
+                };
                 if counted {
                     self.write_record(&op.key, revision, |old| {
                         Record::written(value, old, revision, 0)

@@ -48,6 +48,10 @@ pub struct ReplicaConfig {
     pub quota_bytes: u64,
     /// Serve lease reads from a leader lease (`--lease-read`).
     pub lease_reads: bool,
+    /// The newest log version this build applies (see `log_version.rs`):
+    /// `raftkv_kv::CURRENT_RULES`, one more under the test hook that stands
+    /// for the next release.
+    pub log_version: u32,
     /// Draw every random choice (proposal ids, read contexts, election
     /// timeouts, the cluster id) from this seed instead of the OS: for
     /// deterministic simulation only.
@@ -106,6 +110,7 @@ impl ReplicaConfig {
             min_free_bytes: 64 * 1024 * 1024,
             quota_bytes: 0,
             lease_reads: true,
+            log_version: raftkv_kv::CURRENT_RULES,
             seed: None,
             write_snapshots_inline: false,
             bugs: Bugs::default(),

@@ -21,13 +21,15 @@ use crate::conf_change::ConfChangeRequest;
 use crate::config::ReplicaConfig;
 use crate::error::{FatalError, ReplicaError};
 use crate::log_store::LogStore;
+use crate::log_version::{cluster_log_version, ClusterLogVersion};
+use crate::membership::member_ids;
 use crate::node::{
     Caller, CompactResult, Input, LeaseInfo, LeaseState, Node, NodeChannels, PeerInput, Query,
     Write,
 };
 use crate::peer_check::{Rejection, RejectionCounters};
 use crate::peer_message::PeerMessage;
-use crate::proposals::WriteResult;
+use crate::proposals::{Stages, WriteResult};
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo};
 use crate::transport::Transport;
 
@@ -72,6 +74,28 @@ pub(crate) struct Shared {
     pub(crate) cluster: Mutex<ClusterIds>,
     /// Whom this node hears from: its cluster's members, or another cluster.
     pub(crate) contact: Mutex<ClusterContact>,
+    /// The log version each peer's build applies, as its last message said
+    /// (see `log_version.rs`).
+    pub(crate) peer_log_versions: Mutex<HashMap<u64, u32>>,
+}
+
+impl Shared {
+    /// The cluster's log version: the lowest of the members' (this node,
+    /// `own_id`, applies up to `own`).
+    pub(crate) fn cluster_log_version(&self, own_id: u64, own: u32) -> ClusterLogVersion {
+        let members = member_ids(
+            &self
+                .membership
+                .read()
+                .expect("membership lock poisoned")
+                .conf_state,
+        );
+        let heard = self
+            .peer_log_versions
+            .lock()
+            .expect("log version lock poisoned");
+        cluster_log_version(own_id, own, &members, &heard)
+    }
 }
 
 /// A handle to a running replica. Cheap to clone.
@@ -84,6 +108,7 @@ pub struct Replica {
     snapshots: SnapshotStore,
     min_free_bytes: u64,
     election_timeout: Duration,
+    log_version: u32,
     started: Instant,
     clock: Arc<dyn Clock>,
 }
@@ -142,10 +167,12 @@ impl Replica {
                 bootstrap_id: config.bootstrap_id,
             }),
             contact: Mutex::new(ClusterContact::default()),
+            peer_log_versions: Mutex::new(HashMap::new()),
         });
         let node_id = config.node_id;
         let min_free_bytes = config.min_free_bytes;
         let election_timeout = config.election_timeout;
+        let log_version = config.log_version;
         let snapshot_store = snapshots.clone();
         let started = clock.now();
         let node = Node::new(
@@ -169,6 +196,7 @@ impl Replica {
             snapshots: snapshot_store,
             min_free_bytes,
             election_timeout,
+            log_version,
             started,
             clock,
         };
@@ -308,11 +336,13 @@ impl Replica {
         session: WriteSession,
         caller: Caller,
     ) -> Result<WriteResult, ReplicaError> {
+        let queued = self.clock.now();
         self.ask(|reply| Input::Propose {
             write,
             session,
             caller,
             reply,
+            queued,
         })
         .await?
     }
@@ -321,7 +351,44 @@ impl Replica {
     /// with a quorum and applied everything committed before the call: a
     /// read of the state machine after that is linearizable.
     pub async fn read_index(&self) -> Result<(), ReplicaError> {
-        self.ask(|reply| Input::Read { reply }).await?
+        self.read_index_timed().await.map(|_| ())
+    }
+
+    /// [`Replica::read_index`], telling where the wait went (queue and read
+    /// index, see [`Stages`]).
+    pub async fn read_index_timed(&self) -> Result<Stages, ReplicaError> {
+        let queued = self.clock.now();
+        let queued_for = self.ask(|reply| Input::Read { reply, queued }).await??;
+        let total = self.clock.now().saturating_duration_since(queued);
+        Ok(Stages {
+            queue: queued_for,
+            read_index: total.saturating_sub(queued_for),
+            ..Default::default()
+        })
+    }
+
+    /// The newest log version this node's build applies (told to peers with
+    /// every message; see `log_version.rs`).
+    pub fn log_version(&self) -> u32 {
+        self.log_version
+    }
+
+    /// Peer `from`'s message said its build applies up to `version` (0:
+    /// a build from before log versions were reported).
+    pub fn note_peer_log_version(&self, from: u64, version: u32) {
+        self.shared
+            .peer_log_versions
+            .lock()
+            .expect("log version lock poisoned")
+            .insert(from, version);
+    }
+
+    /// The cluster's log version as this node sees it: the lowest of its
+    /// members' (see `log_version.rs`; meaningful on the leader, which hears
+    /// from every member).
+    pub fn cluster_log_version(&self) -> ClusterLogVersion {
+        self.shared
+            .cluster_log_version(self.node_id, self.log_version)
     }
 
     /// Proposes a membership change; resolves once it is applied (a joint

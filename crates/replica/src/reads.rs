@@ -15,8 +15,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
 use crate::error::ReplicaError;
-use crate::proposals::Reply;
+
+/// A waiting read, answered with how long it queued before the node took it
+/// (for the slow-request log).
+pub(crate) type ReadReply = oneshot::Sender<Result<Duration, ReplicaError>>;
+type Reply = (ReadReply, Duration);
 
 /// Rounds kept in flight at most; past it the oldest two are merged.
 const MAX_ROUNDS_IN_FLIGHT: usize = 64;
@@ -61,8 +67,9 @@ impl ReadBatcher {
             + self.answered.iter().map(|(_, w)| w.len()).sum::<usize>()
     }
 
-    pub(crate) fn queue(&mut self, reply: Reply) {
-        self.queued.push(reply);
+    /// A read that waited `queued_for` before the node took it.
+    pub(crate) fn queue(&mut self, reply: ReadReply, queued_for: Duration) {
+        self.queued.push((reply, queued_for));
     }
 
     /// Returns the ctx of a round to issue now, if one should start: reads
@@ -125,8 +132,8 @@ impl ReadBatcher {
             .is_some_and(|(index, _)| *index <= applied_index)
         {
             let (_, waiters) = self.answered.pop_front().expect("checked above");
-            for reply in waiters {
-                let _ = reply.send(Ok(()));
+            for (reply, queued_for) in waiters {
+                let _ = reply.send(Ok(queued_for));
             }
         }
     }
@@ -137,7 +144,7 @@ impl ReadBatcher {
         let answered = self.answered.drain(..).map(|(_, w)| w);
         let queued = std::iter::once(std::mem::take(&mut self.queued));
         for waiters in rounds.chain(answered).chain(queued) {
-            for reply in waiters {
+            for (reply, _) in waiters {
                 let _ = reply.send(Err(error.clone()));
             }
         }
@@ -147,9 +154,8 @@ impl ReadBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::oneshot;
 
-    fn waiter() -> (Reply, oneshot::Receiver<Result<(), ReplicaError>>) {
+    fn waiter() -> (ReadReply, oneshot::Receiver<Result<Duration, ReplicaError>>) {
         oneshot::channel()
     }
 
@@ -159,21 +165,22 @@ mod tests {
         let now = Instant::now();
         let (w1, mut r1) = waiter();
         let (w2, mut r2) = waiter();
-        b.queue(w1);
-        b.queue(w2);
+        // Each read is told how long it queued before the node took it.
+        b.queue(w1, Duration::from_millis(3));
+        b.queue(w2, Duration::ZERO);
         let ctx = b.round_to_issue(now, Duration::ZERO).expect("round starts");
         assert!(
             b.round_to_issue(now, Duration::ZERO).is_none(),
             "one round at a time"
         );
         let (w3, mut r3) = waiter();
-        b.queue(w3);
+        b.queue(w3, Duration::ZERO);
         b.on_read_state(&ctx, 10);
         b.on_applied(9);
         assert!(r1.try_recv().is_err(), "not before index 10 is applied");
         b.on_applied(10);
-        assert_eq!(r1.try_recv().unwrap(), Ok(()));
-        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+        assert_eq!(r1.try_recv().unwrap(), Ok(Duration::from_millis(3)));
+        assert_eq!(r2.try_recv().unwrap(), Ok(Duration::ZERO));
         assert!(
             r3.try_recv().is_err(),
             "the late read waits for its own round"
@@ -182,7 +189,7 @@ mod tests {
         assert_ne!(ctx, ctx2);
         b.on_read_state(&ctx2, 11);
         b.on_applied(11);
-        assert_eq!(r3.try_recv().unwrap(), Ok(()));
+        assert_eq!(r3.try_recv().unwrap(), Ok(Duration::ZERO));
         assert_eq!(b.pending(), 0);
     }
 
@@ -191,13 +198,13 @@ mod tests {
         let mut b = ReadBatcher::new(Duration::from_millis(500), 0);
         let t0 = Instant::now();
         let (w1, mut r1) = waiter();
-        b.queue(w1);
+        b.queue(w1, Duration::ZERO);
         let _dropped_by_raft = b.round_to_issue(t0, Duration::ZERO).unwrap();
         assert!(b
             .round_to_issue(t0 + Duration::from_millis(100), Duration::ZERO)
             .is_none());
         let (w2, mut r2) = waiter();
-        b.queue(w2);
+        b.queue(w2, Duration::ZERO);
         let reissued = b
             .round_to_issue(t0 + Duration::from_millis(600), Duration::ZERO)
             .unwrap();
@@ -205,8 +212,12 @@ mod tests {
         b.on_applied(6);
         assert!(r1.try_recv().is_err(), "not before index 7 is applied");
         b.on_applied(7);
-        assert_eq!(r1.try_recv().unwrap(), Ok(()), "older round released too");
-        assert_eq!(r2.try_recv().unwrap(), Ok(()));
+        assert_eq!(
+            r1.try_recv().unwrap(),
+            Ok(Duration::ZERO),
+            "older round released too"
+        );
+        assert_eq!(r2.try_recv().unwrap(), Ok(Duration::ZERO));
     }
 
     #[test]
@@ -214,17 +225,17 @@ mod tests {
         let mut b = ReadBatcher::new(Duration::from_millis(500), 0);
         let t0 = Instant::now();
         let (w1, mut r1) = waiter();
-        b.queue(w1);
+        b.queue(w1, Duration::ZERO);
         let old = b.round_to_issue(t0, Duration::ZERO).unwrap();
         let (w2, mut r2) = waiter();
-        b.queue(w2);
+        b.queue(w2, Duration::ZERO);
         let _new = b
             .round_to_issue(t0 + Duration::from_millis(600), Duration::ZERO)
             .unwrap();
         // The quorum round trip is slower than the reissue interval.
         b.on_read_state(&old, 5);
         b.on_applied(5);
-        assert_eq!(r1.try_recv().unwrap(), Ok(()));
+        assert_eq!(r1.try_recv().unwrap(), Ok(Duration::ZERO));
         assert!(r2.try_recv().is_err(), "the newer round still waits");
         assert_eq!(b.pending(), 1);
     }
@@ -238,7 +249,7 @@ mod tests {
         for _ in 0..(MAX_ROUNDS_IN_FLIGHT * 3) {
             let (w, r) = waiter();
             receivers.push(r);
-            b.queue(w);
+            b.queue(w, Duration::ZERO);
             now += Duration::from_millis(2);
             last = b.round_to_issue(now, Duration::ZERO).unwrap();
         }
@@ -246,7 +257,7 @@ mod tests {
         b.on_read_state(&last, 1);
         b.on_applied(1);
         for mut r in receivers {
-            assert_eq!(r.try_recv().unwrap(), Ok(()));
+            assert_eq!(r.try_recv().unwrap(), Ok(Duration::ZERO));
         }
     }
 
@@ -255,9 +266,9 @@ mod tests {
         let mut b = ReadBatcher::new(Duration::from_secs(1), 0);
         let (w1, mut r1) = waiter();
         let (w2, mut r2) = waiter();
-        b.queue(w1);
+        b.queue(w1, Duration::ZERO);
         b.round_to_issue(Instant::now(), Duration::ZERO).unwrap();
-        b.queue(w2);
+        b.queue(w2, Duration::ZERO);
         let err = ReplicaError::Unavailable("x".into());
         b.fail_all(&err);
         assert_eq!(r1.try_recv().unwrap(), Err(err.clone()));

@@ -32,6 +32,8 @@ pub struct AdminService {
     pub address: String,
     pub snapshots: SnapshotStore,
     pub corruption: std::sync::Arc<crate::corruption::CorruptionAlarm>,
+    /// This node's settings a joining node must share (see `join.rs`).
+    pub join_settings: raftkv_proto::v1::JoinSettings,
 }
 
 impl AdminService {
@@ -171,6 +173,8 @@ impl Cluster for AdminService {
             cluster_id: status.cluster_id,
             address: self.address.clone(),
             alarms: self.alarms(),
+            log_version: self.replica.log_version(),
+            cluster_log_version: self.replica.cluster_log_version().version,
             problem: if status.role == raftkv_replica::Role::Removed {
                 format!(
                     "node {} has been removed from the cluster: it serves nothing",
@@ -211,6 +215,11 @@ impl Cluster for AdminService {
                  joining node with --peer-cert-file, --peer-key-file and --peer-trusted-ca-file \
                  (a certificate signed by the cluster's peer CA)",
             ));
+        }
+        if let Some(settings) = &request.settings {
+            let cluster = self.replica.cluster_log_version().version;
+            crate::join::check_join_settings(&self.join_settings, settings, cluster)
+                .map_err(Status::invalid_argument)?;
         }
         let address = self.check_address(&request.address)?;
         let peer_address = self.check_peer_address(&request.peer_address)?;

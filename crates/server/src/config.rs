@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// How often the leader compares every member's state hash (zero: never;
     /// see `corruption.rs`).
     pub corruption_check_interval: Duration,
+    /// A client request that takes longer is logged with where its time went
+    /// (zero: never; see `slow.rs`).
+    pub slow_request_threshold: Duration,
     /// etcd's `--auth-token-ttl`: how long a token from `Authenticate` is
     /// good.
     pub auth_token_ttl: Duration,
@@ -160,6 +163,7 @@ impl Default for ServerConfig {
             quota_bytes: 2 << 30,
             watch_progress_notify_interval: Duration::from_secs(600),
             corruption_check_interval: Duration::from_secs(600),
+            slow_request_threshold: Duration::from_millis(100),
             auth_token_ttl: Duration::from_secs(300),
             max_connections_per_client: 1024,
             max_concurrent_streams: None,
@@ -517,6 +521,7 @@ pub struct ConfigFile {
     pub max_request_bytes: Option<String>,
     pub experimental_watch_progress_notify_interval: Option<String>,
     pub corruption_check_interval: Option<String>,
+    pub slow_request_threshold: Option<String>,
     pub quota_bytes: Option<String>,
     /// Seconds, as etcd's flag.
     pub auth_token_ttl: Option<u64>,
@@ -600,6 +605,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.corruption_check_interval {
             config.corruption_check_interval = parse_duration(v)?;
+        }
+        if let Some(v) = &self.slow_request_threshold {
+            config.slow_request_threshold = parse_duration(v)?;
         }
         if let Some(v) = &self.experimental_watch_progress_notify_interval {
             config.watch_progress_notify_interval = parse_duration(v)?;

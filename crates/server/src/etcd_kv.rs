@@ -353,8 +353,8 @@ impl EtcdKv {
         if self.replica.has_read_lease() {
             return Ok(());
         }
-        match tokio::time::timeout(WAIT, self.replica.read_index()).await {
-            Ok(result) => result,
+        match tokio::time::timeout(WAIT, self.replica.read_index_timed()).await {
+            Ok(result) => result.map(crate::slow::note_stages),
             Err(_) => Err(ReplicaError::UnknownOutcome(
                 "read barrier timed out".into(),
             )),
@@ -371,6 +371,7 @@ impl EtcdKv {
             Ok(result) => result?,
             Err(_) => return Err(ReplicaError::UnknownOutcome("not applied in time".into())),
         };
+        crate::slow::note_stages(written.stages);
         let mut response = *written.txn.expect("an etcd transaction has a response");
         response.header = Some(self.header(Some(written.revision)));
         Ok(response)
@@ -389,7 +390,9 @@ impl EtcdKv {
             Ok(response) => Ok(response),
             Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                 let mut leader = self.leader()?;
+                let sent = Instant::now();
                 let reply = leader.txn(self.forwarded(txn, caller)).await;
+                crate::slow::note_forward(sent.elapsed());
                 Ok(answered_here(&self.replica, reply)?.into_inner())
             }
             Err(e) => Err(etcd_status(e)),
@@ -417,9 +420,13 @@ impl EtcdKv {
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let result = call.await;
-        if !forwarded {
-            self.metrics.observe(op, &result, started);
+        let (result, trace) = crate::slow::traced(call).await;
+        if forwarded {
+            // Its client was counted at the member that forwarded it; what
+            // it took here is still logged if slow.
+            self.metrics.check_slow(op, started.elapsed(), &trace);
+        } else {
+            self.metrics.observe(op, &result, started, &trace);
         }
         result
     }
@@ -434,6 +441,7 @@ impl EtcdKv {
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
+        crate::slow::note_sizes(request.key.len(), 0);
         check(
             &self.replica,
             &caller,
@@ -447,7 +455,9 @@ impl EtcdKv {
                 Ok(()) => {}
                 Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
                     let mut leader = self.leader()?;
+                    let sent = Instant::now();
                     let reply = leader.range(self.forwarded(request, &caller)).await;
+                    crate::slow::note_forward(sent.elapsed());
                     return answered_here(&self.replica, reply);
                 }
                 Err(e) => return Err(etcd_status(e)),
@@ -480,6 +490,7 @@ impl EtcdKv {
         if request.key.len() + request.value.len() > self.max_request_bytes {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
+        crate::slow::note_sizes(request.key.len(), request.value.len());
         let txn = single(request_op::Request::RequestPut(request));
         let response = self.txn_write(txn, forwarded, &caller).await?;
         let header = response.header;
@@ -501,6 +512,7 @@ impl EtcdKv {
         if request.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
+        crate::slow::note_sizes(request.key.len(), 0);
         let txn = single(request_op::Request::RequestDeleteRange(request));
         let response = self.txn_write(txn, forwarded, &caller).await?;
         let header = response.header;
@@ -522,6 +534,8 @@ impl EtcdKv {
         if prost::Message::encoded_len(&txn) > self.max_request_bytes {
             return Err(Status::invalid_argument(TOO_LARGE));
         }
+        // A transaction's size, all of it counted as value.
+        crate::slow::note_sizes(0, prost::Message::encoded_len(&txn));
         check_txn_shape(&txn)?;
         if !is_read_only(&txn) {
             return Ok(Response::new(

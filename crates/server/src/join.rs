@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use raftkv_client::{Client, ClientOptions};
-use raftkv_replica::{FileStorage, MembershipRecord, NodeIdentity, Replica, Role};
+use raftkv_proto::v1::JoinSettings;
+use raftkv_replica::{FileStorage, MembershipRecord, NodeIdentity, Replica, Role, SessionLimits};
+
+use crate::config::ServerConfig;
+use crate::units::format_size;
 
 /// Pause between attempts to reach the cluster.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -30,20 +34,102 @@ fn client_for(join: &[String], tls: &crate::OutgoingTls) -> anyhow::Result<Clien
     .map_err(|e| anyhow::anyhow!("invalid --join address: {e}"))
 }
 
+/// What this node's flags and build are, as far as a cluster it joins must
+/// have them too (see `check_join_settings`).
+pub fn join_settings(
+    config: &ServerConfig,
+    log_version: u32,
+    sessions: &SessionLimits,
+) -> JoinSettings {
+    JoinSettings {
+        log_version,
+        election_timeout_ms: config.election_timeout.as_millis() as u64,
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        max_value_bytes: config.max_value_bytes,
+        session_limits: format!(
+            "ttl_ms={} max_sessions={} max_in_flight={} min_idle_ms={}",
+            sessions.ttl_ms,
+            sessions.max_sessions,
+            sessions.max_in_flight_per_session,
+            sessions.min_idle_before_eviction_ms
+        ),
+    }
+}
+
+/// Err (why, for the joining node's operator) when a node with `theirs`
+/// cannot be a member of this cluster, whose members have `ours` and whose
+/// log version is `cluster_log_version`: settings every member must share
+/// differ, or its build cannot apply the cluster's log.
+pub fn check_join_settings(
+    ours: &JoinSettings,
+    theirs: &JoinSettings,
+    cluster_log_version: u32,
+) -> Result<(), String> {
+    let ms = |v: u64| format!("{v}ms");
+    let mut differ = Vec::new();
+    let mut compare = |flag: &str, mine: String, joiner: String| {
+        if mine != joiner {
+            differ.push(format!(
+                "{flag} is {joiner} on the joining node and {mine} here"
+            ));
+        }
+    };
+    compare(
+        "--election-timeout",
+        ms(ours.election_timeout_ms),
+        ms(theirs.election_timeout_ms),
+    );
+    compare(
+        "--heartbeat-interval",
+        ms(ours.heartbeat_interval_ms),
+        ms(theirs.heartbeat_interval_ms),
+    );
+    compare(
+        "--max-value-size",
+        format_size(ours.max_value_bytes),
+        format_size(theirs.max_value_bytes),
+    );
+    compare(
+        "the client-session limits",
+        ours.session_limits.clone(),
+        theirs.session_limits.clone(),
+    );
+    if !differ.is_empty() {
+        return Err(format!(
+            "this node's settings differ from the cluster's: {}. Every member must run with \
+             the same --election-timeout, --heartbeat-interval and --max-value-size (a leader \
+             lease counts on the others' election timeout; a member with a lower value limit \
+             cannot take the log): start the joining node with the cluster's values",
+            differ.join("; ")
+        ));
+    }
+    if theirs.log_version < cluster_log_version {
+        return Err(format!(
+            "this node's build applies log entries up to version {}, and the cluster's log is \
+             at version {cluster_log_version}: it could not apply the log it would be sent; \
+             run the cluster's RaftKV build (or a newer one) on the joining node",
+            theirs.log_version
+        ));
+    }
+    Ok(())
+}
+
 /// Becomes a member (as a learner): returns the addresses of the members
 /// (the configuration is not known yet), for the transport to answer the
 /// leader before the first snapshot brings the whole configuration.
-/// Records the node's identity in `storage`. `peer_address`: this node's
-/// separate peer listener, if it has one.
+/// Records the node's identity in `storage`. Sends `settings`, which the
+/// leader checks against the cluster's.
 pub async fn join_as_learner(
     storage: &mut FileStorage,
-    data_dir: &Path,
-    join: &[String],
-    requested_id: Option<u64>,
-    address: &str,
-    peer_address: Option<&str>,
+    config: &ServerConfig,
+    settings: JoinSettings,
     tls: &crate::OutgoingTls,
 ) -> anyhow::Result<MembershipRecord> {
+    let data_dir = &config.data_dir;
+    let join = &config.join;
+    let requested_id = config.id;
+    let address = config.advertise_address();
+    let peer_address = config.advertise_peer_address();
     let client = client_for(join, tls)?;
     let id = storage
         .identity()
@@ -53,7 +139,10 @@ pub async fn join_as_learner(
     let mut attempts = 0u32;
     let reply = loop {
         attempts += 1;
-        match client.join(id, address, peer_address).await {
+        match client
+            .join(id, address, peer_address, Some(settings.clone()))
+            .await
+        {
             Ok(reply) => break reply,
             Err(e) if e.is_retryable() => {
                 if attempts == 1 || attempts.is_multiple_of(10) {

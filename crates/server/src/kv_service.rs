@@ -50,6 +50,9 @@ pub struct KvService {
     pub replica: Replica,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub max_value_bytes: u64,
+    /// The test hook `RAFTKV_TEST_NEXT_LOG_VERSION` is on: puts of keys
+    /// under `test-next-kind/` are proposed as the test-only entry kind.
+    pub test_next_kind: bool,
 }
 
 pub(crate) fn header_of(replica: &Replica) -> ResponseHeader {
@@ -110,8 +113,11 @@ pub(crate) async fn read_barrier(replica: &Replica, consistency: i32) -> Result<
     if consistency == Consistency::Lease && replica.has_read_lease() {
         return Ok(());
     }
-    match tokio::time::timeout(SERVER_WAIT, replica.read_index()).await {
-        Ok(Ok(())) => Ok(()),
+    match tokio::time::timeout(SERVER_WAIT, replica.read_index_timed()).await {
+        Ok(Ok(stages)) => {
+            crate::slow::note_stages(stages);
+            Ok(())
+        }
         Ok(Err(e)) => Err(replica_status(e, header_of(replica))),
         Err(_) => Err(timed_out("read", header_of(replica))),
     }
@@ -163,20 +169,31 @@ impl KvService {
     ) -> Result<ResponseHeader, Status> {
         for op in &ops {
             self.check_access(caller, Access::Write, &op.key, &[])?;
+            crate::slow::note_sizes(op.key.len(), op.value.len());
         }
         self.replica
             .check_cluster_contact(false)
             .map_err(|e| replica_status(e, self.header()))?;
         let deadline = deadline.min(tokio::time::Instant::now() + SERVER_WAIT);
-        let write = self
-            .replica
-            .write_as(Write::Ops(ops), session, caller.clone());
+        let next_kind = self.test_next_kind
+            && ops
+                .iter()
+                .all(|op| !op.delete && op.key.starts_with(b"test-next-kind/"));
+        let write = if next_kind {
+            Write::TestNextKind(ops)
+        } else {
+            Write::Ops(ops)
+        };
+        let write = self.replica.write_as(write, session, caller.clone());
         match tokio::time::timeout_at(deadline, write).await {
-            Ok(Ok(written)) => Ok(ResponseHeader {
-                // The write's own revision, not whatever came after it.
-                revision: written.revision,
-                ..self.header()
-            }),
+            Ok(Ok(written)) => {
+                crate::slow::note_stages(written.stages);
+                Ok(ResponseHeader {
+                    // The write's own revision, not whatever came after it.
+                    revision: written.revision,
+                    ..self.header()
+                })
+            }
             Ok(Err(e)) => Err(replica_status(e, self.header())),
             Err(_) => Err(replica_status(
                 ReplicaError::UnknownOutcome(
@@ -217,26 +234,27 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<GetChunk, Status>> + Send>>;
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<PutResponse>, Status> = async move {
-            let deadline = deadline_of(&request);
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            self.check_key(&request.key)?;
-            self.check_value_size(request.value.len() as u64)?;
-            let header = self
-                .write(
-                    vec![Self::put_op(request.key, request.value)],
-                    session_of(request.session),
-                    deadline,
-                    &caller,
-                )
-                .await?;
-            Ok(Response::new(PutResponse {
-                header: Some(header),
-            }))
-        }
-        .await;
-        self.metrics.observe("put", &result, started);
+        let (result, trace): (Result<Response<PutResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let deadline = deadline_of(&request);
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                self.check_key(&request.key)?;
+                self.check_value_size(request.value.len() as u64)?;
+                let header = self
+                    .write(
+                        vec![Self::put_op(request.key, request.value)],
+                        session_of(request.session),
+                        deadline,
+                        &caller,
+                    )
+                    .await?;
+                Ok(Response::new(PutResponse {
+                    header: Some(header),
+                }))
+            })
+            .await;
+        self.metrics.observe("put", &result, started, &trace);
         result
     }
 
@@ -245,88 +263,91 @@ impl Kv for KvService {
         request: Request<Streaming<PutChunk>>,
     ) -> Result<Response<PutResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<PutResponse>, Status> = async move {
-            let caller = caller_of(&request);
-            let mut stream = request.into_inner();
-            let Some(first) = stream.message().await? else {
-                return Err(invalid_argument("empty put stream", self.header()));
-            };
-            self.check_key(&first.key)?;
-            // Refused before the value is taken in.
-            self.check_access(&caller, Access::Write, &first.key, &[])?;
-            self.check_value_size(first.value_size)?;
-            let expected = first.value_size as usize;
-            let mut value = BytesMut::with_capacity(expected);
-            value.extend_from_slice(&first.data);
-            while let Some(chunk) = stream.message().await? {
-                if value.len() + chunk.data.len() > expected {
+        let (result, trace): (Result<Response<PutResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let caller = caller_of(&request);
+                let mut stream = request.into_inner();
+                let Some(first) = stream.message().await? else {
+                    return Err(invalid_argument("empty put stream", self.header()));
+                };
+                self.check_key(&first.key)?;
+                // Refused before the value is taken in.
+                self.check_access(&caller, Access::Write, &first.key, &[])?;
+                self.check_value_size(first.value_size)?;
+                let expected = first.value_size as usize;
+                let mut value = BytesMut::with_capacity(expected);
+                value.extend_from_slice(&first.data);
+                while let Some(chunk) = stream.message().await? {
+                    if value.len() + chunk.data.len() > expected {
+                        return Err(invalid_argument(
+                            format!("put stream sent more than the announced {expected} bytes"),
+                            self.header(),
+                        ));
+                    }
+                    value.extend_from_slice(&chunk.data);
+                }
+                if value.len() != expected {
                     return Err(invalid_argument(
-                        format!("put stream sent more than the announced {expected} bytes"),
+                        format!(
+                            "put stream ended after {} of the announced {expected} bytes",
+                            value.len()
+                        ),
                         self.header(),
                     ));
                 }
-                value.extend_from_slice(&chunk.data);
-            }
-            if value.len() != expected {
-                return Err(invalid_argument(
-                    format!(
-                        "put stream ended after {} of the announced {expected} bytes",
-                        value.len()
-                    ),
-                    self.header(),
-                ));
-            }
-            // The value may have taken long to arrive: the wait for the
-            // commit starts now.
-            let header = self
-                .write(
-                    vec![Self::put_op(first.key, value.freeze())],
-                    session_of(first.session),
-                    tokio::time::Instant::now() + SERVER_WAIT,
-                    &caller,
-                )
-                .await?;
-            Ok(Response::new(PutResponse {
-                header: Some(header),
-            }))
-        }
-        .await;
-        self.metrics.observe("put_stream", &result, started);
+                // The value may have taken long to arrive: the wait for the
+                // commit starts now.
+                let header = self
+                    .write(
+                        vec![Self::put_op(first.key, value.freeze())],
+                        session_of(first.session),
+                        tokio::time::Instant::now() + SERVER_WAIT,
+                        &caller,
+                    )
+                    .await?;
+                Ok(Response::new(PutResponse {
+                    header: Some(header),
+                }))
+            })
+            .await;
+        self.metrics.observe("put_stream", &result, started, &trace);
         result
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<GetResponse>, Status> = async move {
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            self.check_key(&request.key)?;
-            self.check_access(&caller, Access::Read, &request.key, &[])?;
-            read_barrier(&self.replica, request.consistency).await?;
-            let record = self.replica.kv().get_record(&request.key).cloned();
-            let header = self.header();
-            match record {
-                None => Err(key_not_found(header)),
-                Some(record) if record.value.len() > INLINE_VALUE_BYTES => {
-                    Ok(Response::new(GetResponse {
+        let (result, trace): (Result<Response<GetResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                self.check_key(&request.key)?;
+                crate::slow::note_sizes(request.key.len(), 0);
+                self.check_access(&caller, Access::Read, &request.key, &[])?;
+                read_barrier(&self.replica, request.consistency).await?;
+                let record = self.replica.kv().get_record(&request.key).cloned();
+                let header = self.header();
+                match record {
+                    None => Err(key_not_found(header)),
+                    Some(record) if record.value.len() > INLINE_VALUE_BYTES => {
+                        Ok(Response::new(GetResponse {
+                            header: Some(header),
+                            value: Bytes::new(),
+                            use_stream: true,
+                            value_size: record.value.len() as u64,
+                            revisions: Some(revisions_of(&record)),
+                        }))
+                    }
+                    Some(record) => Ok(Response::new(GetResponse {
                         header: Some(header),
-                        value: Bytes::new(),
-                        use_stream: true,
                         value_size: record.value.len() as u64,
                         revisions: Some(revisions_of(&record)),
-                    }))
+                        value: record.value,
+                        use_stream: false,
+                    })),
                 }
-                Some(record) => Ok(Response::new(GetResponse {
-                    header: Some(header),
-                    value_size: record.value.len() as u64,
-                    revisions: Some(revisions_of(&record)),
-                    value: record.value,
-                    use_stream: false,
-                })),
-            }
-        }
-        .await;
-        self.metrics.observe("get", &result, started);
+            })
+            .await;
+        self.metrics.observe("get", &result, started, &trace);
         result
     }
 
@@ -337,40 +358,41 @@ impl Kv for KvService {
         request: Request<GetRequest>,
     ) -> Result<Response<Self::GetStreamStream>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<Self::GetStreamStream>, Status> = async move {
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            self.check_key(&request.key)?;
-            self.check_access(&caller, Access::Read, &request.key, &[])?;
-            read_barrier(&self.replica, request.consistency).await?;
-            let record = self.replica.kv().get_record(&request.key).cloned();
-            let header = self.header();
-            let Some(record) = record else {
-                return Err(key_not_found(header));
-            };
-            let revisions = revisions_of(&record);
-            let value = record.value;
-            let size = value.len();
-            let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
-            let mut offset = 0;
-            loop {
-                let end = (offset + VALUE_CHUNK_BYTES).min(size);
-                chunks.push(Ok(GetChunk {
-                    header: (offset == 0).then_some(header),
-                    value_size: size as u64,
-                    data: value.slice(offset..end),
-                    revisions: (offset == 0).then_some(revisions),
-                }));
-                if end == size {
-                    break;
+        let (result, trace): (Result<Response<Self::GetStreamStream>, Status>, _) =
+            crate::slow::traced(async move {
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                self.check_key(&request.key)?;
+                self.check_access(&caller, Access::Read, &request.key, &[])?;
+                read_barrier(&self.replica, request.consistency).await?;
+                let record = self.replica.kv().get_record(&request.key).cloned();
+                let header = self.header();
+                let Some(record) = record else {
+                    return Err(key_not_found(header));
+                };
+                let revisions = revisions_of(&record);
+                let value = record.value;
+                let size = value.len();
+                let mut chunks = Vec::with_capacity(size / VALUE_CHUNK_BYTES + 1);
+                let mut offset = 0;
+                loop {
+                    let end = (offset + VALUE_CHUNK_BYTES).min(size);
+                    chunks.push(Ok(GetChunk {
+                        header: (offset == 0).then_some(header),
+                        value_size: size as u64,
+                        data: value.slice(offset..end),
+                        revisions: (offset == 0).then_some(revisions),
+                    }));
+                    if end == size {
+                        break;
+                    }
+                    offset = end;
                 }
-                offset = end;
-            }
-            let stream: Self::GetStreamStream = Box::pin(tokio_stream::iter(chunks));
-            Ok(Response::new(stream))
-        }
-        .await;
-        self.metrics.observe("get_stream", &result, started);
+                let stream: Self::GetStreamStream = Box::pin(tokio_stream::iter(chunks));
+                Ok(Response::new(stream))
+            })
+            .await;
+        self.metrics.observe("get_stream", &result, started, &trace);
         result
     }
 
@@ -379,106 +401,109 @@ impl Kv for KvService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<DeleteResponse>, Status> = async move {
-            let deadline = deadline_of(&request);
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            self.check_key(&request.key)?;
-            let op = Op {
-                key: request.key,
-                value: Bytes::new(),
-                delete: true,
-            };
-            let header = self
-                .write(vec![op], session_of(request.session), deadline, &caller)
-                .await?;
-            Ok(Response::new(DeleteResponse {
-                header: Some(header),
-            }))
-        }
-        .await;
-        self.metrics.observe("delete", &result, started);
+        let (result, trace): (Result<Response<DeleteResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let deadline = deadline_of(&request);
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                self.check_key(&request.key)?;
+                let op = Op {
+                    key: request.key,
+                    value: Bytes::new(),
+                    delete: true,
+                };
+                let header = self
+                    .write(vec![op], session_of(request.session), deadline, &caller)
+                    .await?;
+                Ok(Response::new(DeleteResponse {
+                    header: Some(header),
+                }))
+            })
+            .await;
+        self.metrics.observe("delete", &result, started, &trace);
         result
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<ScanResponse>, Status> = async move {
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            if request.prefix.is_empty() {
-                self.check_access(&caller, Access::Read, b"\0", b"\0")?;
-            } else {
-                let end = raftkv_client::prefix_end(&request.prefix);
-                self.check_access(&caller, Access::Read, &request.prefix, &end)?;
-            }
-            let limit = match request.limit {
-                0 => DEFAULT_SCAN_LIMIT,
-                n if n > MAX_SCAN_LIMIT => {
-                    return Err(invalid_argument(
-                        format!("scan limit {n} is over the maximum of {MAX_SCAN_LIMIT}"),
-                        self.header(),
-                    ))
+        let (result, trace): (Result<Response<ScanResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                crate::slow::note_sizes(request.prefix.len(), 0);
+                if request.prefix.is_empty() {
+                    self.check_access(&caller, Access::Read, b"\0", b"\0")?;
+                } else {
+                    let end = raftkv_client::prefix_end(&request.prefix);
+                    self.check_access(&caller, Access::Read, &request.prefix, &end)?;
                 }
-                n => n,
-            };
-            if request.offset > MAX_SCAN_OFFSET {
-                return Err(invalid_argument(
-                    format!(
+                let limit = match request.limit {
+                    0 => DEFAULT_SCAN_LIMIT,
+                    n if n > MAX_SCAN_LIMIT => {
+                        return Err(invalid_argument(
+                            format!("scan limit {n} is over the maximum of {MAX_SCAN_LIMIT}"),
+                            self.header(),
+                        ))
+                    }
+                    n => n,
+                };
+                if request.offset > MAX_SCAN_OFFSET {
+                    return Err(invalid_argument(
+                        format!(
                         "scan offset {} is over the maximum of {MAX_SCAN_OFFSET}; page through \
                          the keys with `after` (the previous page's last key, --after on the \
                          command line) instead",
                         request.offset
                     ),
-                    self.header(),
-                ));
-            }
-            read_barrier(&self.replica, request.consistency).await?;
-            // A point-in-time copy (O(1): a persistent map): the walk below
-            // never holds the lock the node thread needs to apply entries.
-            let state = self.replica.kv().clone();
-            let scan = move || {
-                state.scan(&ScanQuery {
-                    prefix: &request.prefix,
-                    after: (!request.after.is_empty()).then_some(&request.after[..]),
-                    offset: request.offset,
-                    limit: limit as usize,
-                    keys_only: request.keys_only,
-                })
-            };
-            let page = if request.offset + u64::from(limit) > INLINE_SCAN_KEYS {
-                tokio::task::spawn_blocking(scan)
-                    .await
-                    .map_err(|e| Status::internal(format!("scan failed: {e}")))?
-            } else {
-                scan()
-            };
-            let mut pairs = Vec::with_capacity(page.pairs.len());
-            let mut reply_bytes = 0;
-            let mut more = page.more;
-            for (key, record) in page.pairs {
-                let size = key.len() + record.value.len();
-                if !pairs.is_empty() && reply_bytes + size > MAX_SCAN_REPLY_BYTES {
-                    more = true;
-                    break;
+                        self.header(),
+                    ));
                 }
-                reply_bytes += size;
-                pairs.push(KeyValue {
-                    key,
-                    revisions: Some(revisions_of(&record)),
-                    value: record.value,
-                });
-            }
-            let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
-            Ok(Response::new(ScanResponse {
-                header: Some(self.header()),
-                pairs,
-                more,
-                next_after,
-            }))
-        }
-        .await;
-        self.metrics.observe("scan", &result, started);
+                read_barrier(&self.replica, request.consistency).await?;
+                // A point-in-time copy (O(1): a persistent map): the walk below
+                // never holds the lock the node thread needs to apply entries.
+                let state = self.replica.kv().clone();
+                let scan = move || {
+                    state.scan(&ScanQuery {
+                        prefix: &request.prefix,
+                        after: (!request.after.is_empty()).then_some(&request.after[..]),
+                        offset: request.offset,
+                        limit: limit as usize,
+                        keys_only: request.keys_only,
+                    })
+                };
+                let page = if request.offset + u64::from(limit) > INLINE_SCAN_KEYS {
+                    tokio::task::spawn_blocking(scan)
+                        .await
+                        .map_err(|e| Status::internal(format!("scan failed: {e}")))?
+                } else {
+                    scan()
+                };
+                let mut pairs = Vec::with_capacity(page.pairs.len());
+                let mut reply_bytes = 0;
+                let mut more = page.more;
+                for (key, record) in page.pairs {
+                    let size = key.len() + record.value.len();
+                    if !pairs.is_empty() && reply_bytes + size > MAX_SCAN_REPLY_BYTES {
+                        more = true;
+                        break;
+                    }
+                    reply_bytes += size;
+                    pairs.push(KeyValue {
+                        key,
+                        revisions: Some(revisions_of(&record)),
+                        value: record.value,
+                    });
+                }
+                let next_after = pairs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+                Ok(Response::new(ScanResponse {
+                    header: Some(self.header()),
+                    pairs,
+                    more,
+                    next_after,
+                }))
+            })
+            .await;
+        self.metrics.observe("scan", &result, started, &trace);
         result
     }
 
@@ -487,54 +512,55 @@ impl Kv for KvService {
         request: Request<BatchRequest>,
     ) -> Result<Response<BatchResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<BatchResponse>, Status> = async move {
-            let deadline = deadline_of(&request);
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            if request.ops.len() > MAX_BATCH_OPS {
-                return Err(invalid_argument(
-                    format!(
-                        "batch of {} operations is over the maximum of {MAX_BATCH_OPS}",
-                        request.ops.len()
-                    ),
-                    self.header(),
-                ));
-            }
-            let mut ops = Vec::with_capacity(request.ops.len());
-            let mut total_bytes = 0u64;
-            for op in request.ops {
-                match op.op {
-                    Some(batch_op::Op::Put(put)) => {
-                        self.check_key(&put.key)?;
-                        total_bytes += put.value.len() as u64;
-                        ops.push(Self::put_op(put.key, put.value));
-                    }
-                    Some(batch_op::Op::Delete(delete)) => {
-                        self.check_key(&delete.key)?;
-                        ops.push(Op {
-                            key: delete.key,
-                            value: Bytes::new(),
-                            delete: true,
-                        });
-                    }
-                    None => {
-                        return Err(invalid_argument(
-                            "batch operation without a kind",
-                            self.header(),
-                        ))
+        let (result, trace): (Result<Response<BatchResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let deadline = deadline_of(&request);
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                if request.ops.len() > MAX_BATCH_OPS {
+                    return Err(invalid_argument(
+                        format!(
+                            "batch of {} operations is over the maximum of {MAX_BATCH_OPS}",
+                            request.ops.len()
+                        ),
+                        self.header(),
+                    ));
+                }
+                let mut ops = Vec::with_capacity(request.ops.len());
+                let mut total_bytes = 0u64;
+                for op in request.ops {
+                    match op.op {
+                        Some(batch_op::Op::Put(put)) => {
+                            self.check_key(&put.key)?;
+                            total_bytes += put.value.len() as u64;
+                            ops.push(Self::put_op(put.key, put.value));
+                        }
+                        Some(batch_op::Op::Delete(delete)) => {
+                            self.check_key(&delete.key)?;
+                            ops.push(Op {
+                                key: delete.key,
+                                value: Bytes::new(),
+                                delete: true,
+                            });
+                        }
+                        None => {
+                            return Err(invalid_argument(
+                                "batch operation without a kind",
+                                self.header(),
+                            ))
+                        }
                     }
                 }
-            }
-            self.check_value_size(total_bytes)?;
-            let header = self
-                .write(ops, session_of(request.session), deadline, &caller)
-                .await?;
-            Ok(Response::new(BatchResponse {
-                header: Some(header),
-            }))
-        }
-        .await;
-        self.metrics.observe("batch", &result, started);
+                self.check_value_size(total_bytes)?;
+                let header = self
+                    .write(ops, session_of(request.session), deadline, &caller)
+                    .await?;
+                Ok(Response::new(BatchResponse {
+                    header: Some(header),
+                }))
+            })
+            .await;
+        self.metrics.observe("batch", &result, started, &trace);
         result
     }
 
@@ -543,45 +569,47 @@ impl Kv for KvService {
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
         let started = std::time::Instant::now();
-        let result: Result<Response<BatchGetResponse>, Status> = async move {
-            let caller = caller_of(&request);
-            let request = request.into_inner();
-            if request.keys.len() > MAX_BATCH_OPS {
-                return Err(invalid_argument(
-                    format!(
-                        "batch of {} keys is over the maximum of {MAX_BATCH_OPS}",
-                        request.keys.len()
-                    ),
-                    self.header(),
-                ));
-            }
-            for key in &request.keys {
-                self.check_key(key)?;
-                self.check_access(&caller, Access::Read, key, &[])?;
-            }
-            read_barrier(&self.replica, request.consistency).await?;
-            // A point-in-time copy (O(1)), so the lookups never hold the lock.
-            let kv = self.replica.kv().clone();
-            let results = request
-                .keys
-                .into_iter()
-                .map(|key| {
-                    let value = kv.get(&key);
-                    BatchGetResult {
-                        found: value.is_some(),
-                        value: value.unwrap_or_default(),
-                        key,
-                    }
-                })
-                .collect();
-            drop(kv);
-            Ok(Response::new(BatchGetResponse {
-                header: Some(self.header()),
-                results,
-            }))
-        }
-        .await;
-        self.metrics.observe("batch_get", &result, started);
+        let (result, trace): (Result<Response<BatchGetResponse>, Status>, _) =
+            crate::slow::traced(async move {
+                let caller = caller_of(&request);
+                let request = request.into_inner();
+                if request.keys.len() > MAX_BATCH_OPS {
+                    return Err(invalid_argument(
+                        format!(
+                            "batch of {} keys is over the maximum of {MAX_BATCH_OPS}",
+                            request.keys.len()
+                        ),
+                        self.header(),
+                    ));
+                }
+                for key in &request.keys {
+                    self.check_key(key)?;
+                    crate::slow::note_sizes(key.len(), 0);
+                    self.check_access(&caller, Access::Read, key, &[])?;
+                }
+                read_barrier(&self.replica, request.consistency).await?;
+                // A point-in-time copy (O(1)), so the lookups never hold the lock.
+                let kv = self.replica.kv().clone();
+                let results = request
+                    .keys
+                    .into_iter()
+                    .map(|key| {
+                        let value = kv.get(&key);
+                        BatchGetResult {
+                            found: value.is_some(),
+                            value: value.unwrap_or_default(),
+                            key,
+                        }
+                    })
+                    .collect();
+                drop(kv);
+                Ok(Response::new(BatchGetResponse {
+                    header: Some(self.header()),
+                    results,
+                }))
+            })
+            .await;
+        self.metrics.observe("batch_get", &result, started, &trace);
         result
     }
 }

@@ -28,6 +28,7 @@ mod membership;
 pub mod metrics;
 pub mod net_faults;
 mod peer_service;
+pub mod slow;
 mod tls_policy;
 mod transport;
 pub mod units;
@@ -216,6 +217,23 @@ async fn refuse_if_wiped(
     Ok(())
 }
 
+/// Test hook: `RAFTKV_TEST_NEXT_LOG_VERSION=1` makes this build stand for the
+/// next release in the mixed-version test: it applies log entries one
+/// version newer than today's build, and proposes its test-only entry kind
+/// for puts under `test-next-kind/` (see the replica's `log_version.rs`).
+fn test_next_log_version() -> u32 {
+    if std::env::var_os("RAFTKV_TEST_NEXT_LOG_VERSION").is_some_and(|v| v == "1") {
+        tracing::warn!(
+            "test hook RAFTKV_TEST_NEXT_LOG_VERSION: this node applies log version {} and \
+             proposes the test-only entry kind",
+            raftkv_kv::RULES_TEST_NEXT
+        );
+        raftkv_kv::RULES_TEST_NEXT
+    } else {
+        raftkv_kv::CURRENT_RULES
+    }
+}
+
 /// Test hook: `RAFTKV_TEST_SESSION_LIMITS="max_sessions=N,min_idle_ms=N,ttl_ms=N"`
 /// shrinks the state machine's client session table, so tests can make it
 /// drop sessions. Every node of a cluster must get the same value.
@@ -344,6 +362,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     if config.force_new_cluster {
         force_new_cluster::recover(&config, &outgoing).await?;
     }
+    let log_version = test_next_log_version();
+    let sessions = test_session_limits()?;
+    let join_settings = join::join_settings(&config, log_version, &sessions.unwrap_or_default());
     let mut storage = open_storage(&config, &outgoing).await?;
     refuse_dropping_peer_listener(&config, &storage)?;
     let snapshots = SnapshotStore::open(&config.data_dir)
@@ -353,15 +374,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     // the cluster to add it; a restarted member skips this.
     let mut seed_peers = None;
     if !config.join.is_empty() && !storage.is_initialized() {
-        let joining = join::join_as_learner(
-            &mut storage,
-            &config.data_dir,
-            &config.join,
-            config.id,
-            config.advertise_address(),
-            config.advertise_peer_address(),
-            &outgoing,
-        );
+        let joining =
+            join::join_as_learner(&mut storage, &config, join_settings.clone(), &outgoing);
         tokio::select! {
             peers = joining => seed_peers = Some(peers?),
             () = &mut shutdown => return Ok(()),
@@ -384,11 +398,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     replica_config.quota_bytes = config.quota_bytes;
     // Room for the largest entry on top of a fixed reserve.
     replica_config.min_free_bytes = config.max_value_bytes + 64 * 1024 * 1024;
-    if let Some(limits) = test_session_limits()? {
+    if let Some(limits) = sessions {
         tracing::warn!("test-only client session limits in force: {limits:?}");
         replica_config.sessions = limits;
     }
+    replica_config.log_version = log_version;
     let metrics = Arc::new(metrics::Metrics::new());
+    metrics.set_slow_request_threshold(config.slow_request_threshold);
     storage.set_sync_observer(metrics.wal_sync_observer());
     let transport = Arc::new(GrpcTransport::new(
         identity.node_id,
@@ -444,6 +460,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         replica: replica.clone(),
         metrics: metrics.clone(),
         max_value_bytes: config.max_value_bytes,
+        test_next_kind: log_version == raftkv_kv::RULES_TEST_NEXT,
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -465,6 +482,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         membership: membership::Membership::new(replica.clone()),
         address: config.advertise_address().to_string(),
         snapshots: snapshots.clone(),
+        join_settings,
     });
     let peer = PeerServer::new(PeerService {
         replica: replica.clone(),

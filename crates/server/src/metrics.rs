@@ -81,6 +81,9 @@ pub struct Metrics {
     /// differs (see `corruption.rs`).
     pub corruption_alarm: IntGauge,
     nospace_alarm: IntGauge,
+    /// Requests slower than `slow_threshold_nanos`, logged (see `slow.rs`).
+    slow_requests: IntCounterVec,
+    slow_threshold_nanos: AtomicU64,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -193,8 +196,22 @@ impl Metrics {
         registry
             .register(Box::new(tls_refused.clone()))
             .expect("unique");
+        let slow_requests = IntCounterVec::new(
+            Opts::new(
+                "raftkv_slow_requests_total",
+                "Client requests slower than --slow-request-threshold (each logged with where \
+                 its time went), by operation",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(slow_requests.clone()))
+            .expect("unique");
         let r = &registry;
         Metrics {
+            slow_requests,
+            slow_threshold_nanos: AtomicU64::new(100_000_000),
             nospace_alarm: gauge(
                 r,
                 "raftkv_nospace_alarm",
@@ -333,7 +350,33 @@ impl Metrics {
     }
 
     /// Records one finished client request.
-    pub fn observe<T>(&self, op: &str, result: &Result<T, Status>, started: Instant) {
+    /// Requests slower than `threshold` are logged and counted (zero: none).
+    pub fn set_slow_request_threshold(&self, threshold: Duration) {
+        let nanos = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
+        self.slow_threshold_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Logs and counts a request of `op` that took `took`, if that is over
+    /// the slow-request threshold.
+    pub fn check_slow(&self, op: &str, took: Duration, trace: &crate::slow::Trace) {
+        let threshold = Duration::from_nanos(self.slow_threshold_nanos.load(Ordering::Relaxed));
+        if !threshold.is_zero() && took > threshold {
+            self.slow_requests.with_label_values(&[op]).inc();
+            tracing::warn!("{}", crate::slow::describe(op, took, threshold, trace));
+        }
+    }
+
+    /// Counts and times a finished request of `op`; logs it if it was slow,
+    /// with what `trace` tells of it (see `slow.rs`).
+    pub fn observe<T>(
+        &self,
+        op: &str,
+        result: &Result<T, Status>,
+        started: Instant,
+        trace: &crate::slow::Trace,
+    ) {
+        let took = started.elapsed();
+        self.check_slow(op, took, trace);
         let label = match result {
             Ok(_) => "ok",
             Err(status) => match status.code() {
@@ -349,7 +392,7 @@ impl Metrics {
         self.requests.with_label_values(&[op, label]).inc();
         self.request_seconds
             .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
     }
 
     /// Counts leader changes and times elections, watching the status.
@@ -486,8 +529,11 @@ mod tests {
     #[test]
     fn request_results_are_counted_by_op_and_kind() {
         let metrics = Metrics::new();
-        metrics.observe::<()>("get", &Err(Status::not_found("x")), Instant::now());
-        metrics.observe("get", &Ok(()), Instant::now());
+        let trace = crate::slow::Trace::default();
+        metrics.observe::<()>("get", &Err(Status::not_found("x")), Instant::now(), &trace);
+        metrics.observe("get", &Ok(()), Instant::now(), &trace);
+        let long_ago = Instant::now() - Duration::from_millis(150);
+        metrics.observe("put", &Ok(()), long_ago, &trace);
         let text = {
             let mut out = Vec::new();
             TextEncoder::new()
@@ -505,6 +551,15 @@ mod tests {
         );
         assert!(
             text.contains("raftkv_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        // Only the put took longer than the default threshold (100 ms).
+        assert!(
+            text.contains(r#"raftkv_slow_requests_total{op="put"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"raftkv_slow_requests_total{op="get"}"#),
             "{text}"
         );
     }

@@ -195,6 +195,7 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         let mut partial = BytesMut::new();
         let mut sender_out_of_space = false;
+        let mut sender_log_version = None;
         while let Some(envelope) = stream.message().await? {
             crate::metrics::PEER_BYTES.received.fetch_add(
                 envelope.chunk.len() as u64,
@@ -210,6 +211,11 @@ impl Peer for PeerService {
                 self.replica
                     .note_peer_space(envelope.from, envelope.sender_out_of_space);
                 sender_out_of_space = envelope.sender_out_of_space;
+            }
+            if sender_log_version != Some(envelope.sender_log_version) {
+                self.replica
+                    .note_peer_log_version(envelope.from, envelope.sender_log_version);
+                sender_log_version = Some(envelope.sender_log_version);
             }
             if partial.len() + envelope.chunk.len() > self.max_message_bytes {
                 return Err(Status::resource_exhausted(format!(

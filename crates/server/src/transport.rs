@@ -251,6 +251,7 @@ pub fn envelopes(
     to: u64,
     encoded: Bytes,
     sender_out_of_space: bool,
+    sender_log_version: u32,
 ) -> Vec<RaftEnvelope> {
     let mut out = Vec::with_capacity(encoded.len() / CHUNK_BYTES + 1);
     let mut offset = 0;
@@ -264,6 +265,7 @@ pub fn envelopes(
             chunk: encoded.slice(offset..end),
             last: end == encoded.len(),
             sender_out_of_space,
+            sender_log_version,
         });
         if end == encoded.len() {
             return out;
@@ -433,8 +435,9 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
                 .sent
                 .fetch_add(encoded.len() as u64, Ordering::Relaxed);
             let out_of_space = lane.replica.get().is_some_and(Replica::is_out_of_space);
+            let log_version = lane.replica.get().map_or(0, Replica::log_version);
             let ids = current_ids(&lane.replica, lane.initial_ids);
-            for envelope in envelopes(ids, lane.from, lane.to, encoded, out_of_space) {
+            for envelope in envelopes(ids, lane.from, lane.to, encoded, out_of_space, log_version) {
                 if stream_tx.send(envelope).await.is_err() {
                     break 'stream;
                 }
@@ -615,6 +618,7 @@ mod tests {
                 2,
                 Bytes::from(data.clone()),
                 false,
+                2,
             );
             assert!(parts.iter().all(|e| e.chunk.len() <= CHUNK_BYTES));
             assert_eq!(parts.iter().filter(|e| e.last).count(), 1);

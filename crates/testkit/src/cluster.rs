@@ -60,6 +60,8 @@ struct Node {
     removed: bool,
     /// Flags for its next start only (see [`TestCluster::restart_with`]).
     next_start_args: Vec<String>,
+    /// Environment for every later start (see [`TestCluster::set_node_env`]).
+    env: Vec<(String, std::ffi::OsString)>,
     /// `None` while killed. Behind a mutex so `&self` methods can notice a
     /// process that exited on its own.
     process: Mutex<Option<ServerProcess>>,
@@ -272,6 +274,7 @@ impl TestCluster {
                     join: None,
                     removed: false,
                     next_start_args: Vec::new(),
+                    env: Vec::new(),
                     process: Mutex::new(None),
                 }
             })
@@ -362,6 +365,17 @@ impl TestCluster {
     /// waits until it answers `status` (it does once the cluster added it).
     /// Restarts of it run without `--join`.
     pub fn join_node(&mut self, via: u64, learner: bool) -> u64 {
+        let id = self.add_joining_node(via, learner);
+        self.spawn(id);
+        self.wait_answers(id, "joined");
+        id
+    }
+
+    /// Sets up a new node (the next id) like [`join_node`](Self::join_node)
+    /// without starting it: start it with [`restart`](Self::restart), or
+    /// with [`start_expecting_failure`](Self::start_expecting_failure) when
+    /// the cluster should refuse it.
+    pub fn add_joining_node(&mut self, via: u64, learner: bool) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let port = if self.reserved_ports.is_empty() {
             free_ports(1)[0]
@@ -384,10 +398,9 @@ impl TestCluster {
             }),
             removed: false,
             next_start_args: Vec::new(),
+            env: Vec::new(),
             process: Mutex::new(None),
         });
-        self.spawn(id);
-        self.wait_answers(id, "joined");
         id
     }
 
@@ -608,6 +621,17 @@ impl TestCluster {
     pub fn next_start_with(&mut self, id: u64, args: &[&str]) {
         let index = self.index_of(id);
         self.nodes[index].next_start_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Sets environment variables (a test hook such as
+    /// `RAFTKV_TEST_NEXT_LOG_VERSION`) for every later start of node `id`,
+    /// replacing what an earlier call set; `&[]` clears them.
+    pub fn set_node_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        let index = self.index_of(id);
+        self.nodes[index].env = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.into()))
+            .collect();
     }
 
     /// Like [`restart`](Self::restart), with `args` added to this start only.
@@ -970,6 +994,7 @@ impl TestCluster {
         env.extend(
             self.extra_env
                 .iter()
+                .chain(&node.env)
                 .map(|(name, value)| (name.as_str(), value.clone())),
         );
         match ServerProcess::spawn(&self.bin, &args, &node.log_path(), &env) {

@@ -87,7 +87,7 @@ impl<S: LogStore> Node<S> {
             proposer: self.id,
             proposal_id: self.proposals.next_id(),
             timestamp_ms: self.log_clock_ms(),
-            rules: raftkv_kv::CURRENT_RULES,
+            rules: self.cluster_log_version().version,
             cluster_id: Some(ClusterIdChoice {
                 cluster_id,
                 bootstrap_id: own.bootstrap_id,
@@ -149,7 +149,7 @@ impl<S: LogStore> Node<S> {
                     proposer: self.id,
                     proposal_id,
                     timestamp_ms: self.log_clock_ms(),
-                    rules: raftkv_kv::CURRENT_RULES,
+                    rules: self.cluster_log_version().version,
                     member_address: Some(member),
                     ..Default::default()
                 };

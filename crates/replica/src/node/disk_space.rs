@@ -190,7 +190,7 @@ impl<S: LogStore> Node<S> {
     pub(super) fn check_quota(&self, write: &Write) -> Result<(), ReplicaError> {
         let quota = self.config.quota_bytes;
         let grows = match write {
-            Write::Ops(ops) => ops.iter().any(|op| !op.delete),
+            Write::Ops(ops) | Write::TestNextKind(ops) => ops.iter().any(|op| !op.delete),
             Write::EtcdTxn(txn) => raftkv_kv::etcd::may_put(txn),
             Write::LeaseGrant { .. } => true,
             Write::Compact(_) | Write::LeaseRevoke(_) | Write::Auth(_) => false,

@@ -117,6 +117,7 @@ impl<S: LogStore> Node<S> {
                 Default::default(),
                 super::Caller::Node,
                 reply,
+                now,
             );
         }
     }

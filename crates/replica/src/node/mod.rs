@@ -51,8 +51,8 @@ use crate::handle::{Shared, WriteSession};
 use crate::log_store::LogStore;
 use crate::logger::raft_logger;
 use crate::membership::{decode_conf_change_context, member_ids, next_addresses};
-use crate::proposals::{Proposals, Reply, WriteReply, WriteResult};
-use crate::reads::ReadBatcher;
+use crate::proposals::{Proposals, Reply, Times, WriteReply, WriteResult};
+use crate::reads::{ReadBatcher, ReadReply};
 use crate::snapshots::load_snapshot;
 use crate::status::{MembersInfo, NodeStatus, RaftStateInfo, Role};
 use disk_space::{entries_bytes, op_bytes};
@@ -116,6 +116,9 @@ pub enum Write {
     LeaseRevoke(u64),
     /// A change of users, roles or the auth switch.
     Auth(raftkv_kv::auth::AuthCommand),
+    /// The test-only entry kind of log version `RULES_TEST_NEXT` (see
+    /// `log_version.rs`): puts whose values are stored reversed.
+    TestNextKind(Vec<Op>),
 }
 
 /// Who asks for a write: checked against the users and roles when it is
@@ -135,10 +138,18 @@ impl Write {
     /// Bytes it adds to the log (for the disk reserve).
     fn bytes(&self) -> u64 {
         match self {
-            Write::Ops(ops) => ops.iter().map(op_bytes).sum(),
+            Write::Ops(ops) | Write::TestNextKind(ops) => ops.iter().map(op_bytes).sum(),
             Write::EtcdTxn(txn) => prost::Message::encoded_len(txn) as u64,
             Write::Compact(_) | Write::LeaseGrant { .. } | Write::LeaseRevoke(_) => 16,
             Write::Auth(command) => prost::Message::encoded_len(command) as u64,
+        }
+    }
+
+    /// The log version its entry needs (see `log_version.rs`).
+    fn log_version(&self) -> u32 {
+        match self {
+            Write::TestNextKind(_) => raftkv_kv::RULES_TEST_NEXT,
+            _ => raftkv_kv::RULES_UNREPORTED,
         }
     }
 }
@@ -149,9 +160,12 @@ pub(crate) enum Input {
         session: WriteSession,
         caller: Caller,
         reply: WriteReply,
+        /// When it was handed to the node (see `Stages`).
+        queued: Instant,
     },
     Read {
-        reply: Reply,
+        reply: ReadReply,
+        queued: Instant,
     },
     Query(Query),
     ChangeMembership {
@@ -244,6 +258,8 @@ pub(crate) struct Node<S: LogStore> {
     inputs: Receiver<Input>,
     peer_inputs: Receiver<PeerInput>,
     proposals: Proposals,
+    /// Proposals made since the last Ready with entries (see `Stages`).
+    proposed_this_turn: Vec<u64>,
     reads: ReadBatcher,
     /// Index of the last entry applied to the state machine (starts at the
     /// snapshot index: everything after it is replayed from the log).
@@ -396,6 +412,7 @@ impl<S: LogStore> Node<S> {
             inputs,
             peer_inputs,
             proposals: Proposals::new(first_proposal_id),
+            proposed_this_turn: Vec::new(),
             applied_index,
             membership_dirty: false,
             leader_term: None,
@@ -654,18 +671,20 @@ impl<S: LogStore> Node<S> {
                 session,
                 caller,
                 reply,
-            } => self.propose(write, session, caller, reply),
+                queued,
+            } => self.propose(write, session, caller, reply, queued),
             Input::LeaseKeepAlive { id, reply } => {
                 let _ = reply.send(self.keep_lease_alive(id));
             }
             Input::LeaseTimeToLive { id, reply } => {
                 let _ = reply.send(self.lease_time_to_live(id));
             }
-            Input::Read { reply } => {
+            Input::Read { reply, queued } => {
                 if let Err(e) = self.check_serving() {
                     let _ = reply.send(Err(e));
                 } else if self.raw.raft.state == StateRole::Leader {
-                    self.reads.queue(reply);
+                    let queued_for = self.clock.now().saturating_duration_since(queued);
+                    self.reads.queue(reply, queued_for);
                 } else {
                     let _ = reply.send(Err(self.not_leader()));
                 }
@@ -751,6 +770,12 @@ impl<S: LogStore> Node<S> {
         self.applied_index
     }
 
+    /// The cluster's log version (see `log_version.rs`).
+    fn cluster_log_version(&self) -> crate::log_version::ClusterLogVersion {
+        self.shared
+            .cluster_log_version(self.id, self.config.log_version)
+    }
+
     fn not_leader(&self) -> ReplicaError {
         let (leader_id, leader_address) = self.leader_hint();
         let why = if leader_id == 0 {
@@ -800,7 +825,15 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    fn propose(&mut self, write: Write, session: WriteSession, caller: Caller, reply: WriteReply) {
+    fn propose(
+        &mut self,
+        write: Write,
+        session: WriteSession,
+        caller: Caller,
+        reply: WriteReply,
+        queued: Instant,
+    ) {
+        let taken = self.clock.now();
         if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
@@ -813,6 +846,11 @@ impl<S: LogStore> Node<S> {
             .check_space(write.bytes())
             .and_then(|()| self.check_quota(&write))
         {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let log_version = self.cluster_log_version();
+        if let Err(e) = crate::log_version::check_proposable(write.log_version(), log_version) {
             let _ = reply.send(Err(e));
             return;
         }
@@ -831,7 +869,7 @@ impl<S: LogStore> Node<S> {
             seq: session.seq,
             first_incomplete_seq: session.first_incomplete_seq,
             timestamp_ms: self.log_clock_ms(),
-            rules: raftkv_kv::CURRENT_RULES,
+            rules: log_version.version,
             ops: Vec::new(),
             cluster_id: None,
             member_address: None,
@@ -845,6 +883,7 @@ impl<S: LogStore> Node<S> {
                 Caller::Anonymous | Caller::Node => String::new(),
             },
             by_node: caller == Caller::Node,
+            test_next_kind: false,
         };
         let command = match write {
             Write::Ops(ops) => Command { ops, ..command },
@@ -868,9 +907,22 @@ impl<S: LogStore> Node<S> {
                 auth: Some(auth),
                 ..command
             },
+            Write::TestNextKind(ops) => Command {
+                ops,
+                test_next_kind: true,
+                ..command
+            },
         };
         match self.raw.propose(vec![], encode_command(&command)) {
-            Ok(()) => self.proposals.insert(proposal_id, reply),
+            Ok(()) => {
+                let times = Times {
+                    queued,
+                    taken,
+                    persisted: None,
+                };
+                self.proposals.insert_timed(proposal_id, reply, times);
+                self.proposed_this_turn.push(proposal_id);
+            }
             Err(raft::Error::ProposalDropped) => {
                 let _ = reply.send(Err(ReplicaError::Unavailable(
                     "write dropped by raft (leadership transfer in progress or too much \
@@ -1022,6 +1074,11 @@ impl<S: LogStore> Node<S> {
             }
             self.membership_dirty = false;
         }
+        if !rd.entries().is_empty() && !self.proposed_this_turn.is_empty() {
+            // What this node proposed this turn is in this Ready's entries.
+            let ids = std::mem::take(&mut self.proposed_this_turn);
+            self.proposals.persisted(&ids, self.clock.now());
+        }
         if !rd.persisted_messages().is_empty() {
             self.transport.send(
                 rd.take_persisted_messages()
@@ -1095,6 +1152,7 @@ impl<S: LogStore> Node<S> {
     }
 
     fn apply_entries_to(&mut self, shared: &Shared, entries: Vec<Entry>) -> Result<(), FatalError> {
+        let applying_since = self.clock.now();
         let mut kv = shared.kv.write().expect("kv lock poisoned");
         let early = self.config.bugs.on(|b| b.apply_before_commit);
         for entry in entries {
@@ -1108,6 +1166,11 @@ impl<S: LogStore> Node<S> {
                     let command = decode_command(&entry.data).map_err(|e| {
                         FatalError(format!("undecodable command in log entry {index}: {e}"))
                     })?;
+                    crate::log_version::check_applicable(
+                        index,
+                        command.rules,
+                        self.config.log_version,
+                    )?;
                     let outcome = kv.apply(index, term, &command);
                     if outcome == ApplyOutcome::Applied
                         && (command.lease_grant.is_some() || command.lease_revoke != 0)
@@ -1122,11 +1185,12 @@ impl<S: LogStore> Node<S> {
                         let result = match outcome {
                             ApplyOutcome::Applied | ApplyOutcome::Duplicate => Ok(WriteResult {
                                 revision: kv.revision(),
-                                txn: None,
+                                ..Default::default()
                             }),
                             ApplyOutcome::Txn(response) => Ok(WriteResult {
                                 revision: kv.revision(),
                                 txn: Some(response),
+                                ..Default::default()
                             }),
                             ApplyOutcome::Refused(reason) => Err(ReplicaError::Rejected(reason)),
                             ApplyOutcome::Denied(reason) => {
@@ -1145,7 +1209,13 @@ impl<S: LogStore> Node<S> {
                                     .into(),
                             )),
                         };
-                        self.proposals.complete(command.proposal_id, result);
+                        let now = self.clock.now();
+                        self.proposals.complete_applied(
+                            command.proposal_id,
+                            result,
+                            applying_since,
+                            now,
+                        );
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
