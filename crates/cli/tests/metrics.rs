@@ -168,3 +168,18 @@ fn followers_fdatasync_only_to_make_entries_durable() {
         "{syncs} syncs, {entry_syncs} with entries"
     );
 }
+
+#[test]
+fn with_metrics_listen_the_probes_move_and_the_main_port_says_where() {
+    let port = raftkv_testkit::free_ports(1)[0];
+    let metrics_address = format!("127.0.0.1:{port}");
+    let cluster = TestCluster::start_with(bin(), 1, &["--metrics-listen", &metrics_address]);
+    for path in ["/metrics", "/health", "/livez", "/readyz"] {
+        let (code, body) = http_get(&metrics_address, path);
+        assert_eq!(code, 200, "{path} on --metrics-listen: {body}");
+        // The main port must not let a probe take gRPC's answer for "ready".
+        let (code, body) = http_get(&cluster.address(1), path);
+        assert_eq!(code, 404, "{path} on the main port: {body}");
+        assert!(body.contains(&metrics_address), "{path}: {body}");
+    }
+}

@@ -47,7 +47,8 @@ pub fn backup_tail(file_len: u64, mut hasher: sha2::Sha256) -> Vec<u8> {
 /// The length of the snapshot in a backup file: a stream saved whole (by
 /// `raftkv snapshot save` or `etcdctl snapshot save`) carries a tail, which
 /// is checked (its SHA-256) and left out; any other file is a bare snapshot
-/// file (whose own checksums the reader checks).
+/// file (whose own checksums the reader checks). A tail whose length fits
+/// but whose SHA-256 does not is a damaged file.
 fn snapshot_len(path: &Path) -> Result<u64, String> {
     use sha2::Digest as _;
     use std::io::{Read as _, Seek as _};
@@ -71,8 +72,15 @@ fn snapshot_len(path: &Path) -> Result<u64, String> {
     file.seek(std::io::SeekFrom::Start(body - 8)).map_err(io)?;
     file.read_exact(&mut tail).map_err(io)?;
     let len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
-    if hasher.finalize()[..] != tail[8..] || len + tail_len(len) != size {
+    if len.checked_add(tail_len(len)) != Some(size) {
         return Ok(size);
+    }
+    if hasher.finalize()[..] != tail[8..] {
+        return Err(format!(
+            "{} is damaged: the SHA-256 it ends with does not match its contents (the file \
+             changed after it was saved)",
+            path.display()
+        ));
     }
     Ok(len)
 }
@@ -258,10 +266,11 @@ mod tests {
             std::fs::write(&path, &stream).unwrap();
             if total >= BLOCK_BYTES + HASH_BYTES {
                 assert_eq!(snapshot_len(&path).unwrap(), len);
-                // A flipped byte: no longer a whole stream.
+                // A flipped byte: a damaged stream, said so.
                 stream[(len / 2) as usize] ^= 1;
                 std::fs::write(&path, &stream).unwrap();
-                assert_eq!(snapshot_len(&path).unwrap(), total);
+                let err = snapshot_len(&path).unwrap_err();
+                assert!(err.contains("is damaged: the SHA-256"), "{err}");
             }
         }
     }

@@ -20,13 +20,30 @@ pub struct HttpState {
     pub snapshots: SnapshotStore,
 }
 
+/// The paths served here.
+const PATHS: [&str; 4] = ["/metrics", "/health", "/livez", "/readyz"];
+
 pub fn routes(state: HttpState) -> axum::Router {
     axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics))
-        .route("/health", axum::routing::get(health))
-        .route("/livez", axum::routing::get(livez))
-        .route("/readyz", axum::routing::get(readyz))
+        .route(PATHS[0], axum::routing::get(metrics))
+        .route(PATHS[1], axum::routing::get(health))
+        .route(PATHS[2], axum::routing::get(livez))
+        .route(PATHS[3], axum::routing::get(readyz))
         .with_state(state)
+}
+
+/// With `--metrics-listen ADDRESS`: the same paths on the main port answer
+/// 404 saying where they are served (otherwise gRPC would answer them with
+/// HTTP 200 and a gRPC error, which a probe takes for "ready").
+pub fn moved_to(address: &str) -> axum::Router {
+    let message = format!("not served on this port: use --metrics-listen http://{address}\n");
+    PATHS.iter().fold(axum::Router::new(), |router, path| {
+        let message = message.clone();
+        router.route(
+            path,
+            axum::routing::get(move || async move { (StatusCode::NOT_FOUND, message) }),
+        )
+    })
 }
 
 /// A ready node has applied all but at most this many entries of those the

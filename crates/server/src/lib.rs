@@ -630,6 +630,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     tracing::error!("metrics server failed: {e}");
                 }
             });
+            let grpc = std::mem::replace(routes.axum_router_mut(), axum::Router::new());
+            *routes.axum_router_mut() = grpc.merge(http::moved_to(address));
         }
     }
     // Who may call what (TLS required, client certificates, members only

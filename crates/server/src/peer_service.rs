@@ -196,7 +196,19 @@ impl Peer for PeerService {
         let mut partial = BytesMut::new();
         let mut sender_out_of_space = false;
         let mut sender_log_version = None;
-        while let Some(envelope) = stream.message().await? {
+        // A peer keeps its stream open for as long as it runs: end it once
+        // this node has stopped, so a shutdown need not wait for the peers.
+        let replica = self.replica.clone();
+        let stopped = replica.stopped();
+        tokio::pin!(stopped);
+        loop {
+            let envelope = tokio::select! {
+                message = stream.message() => match message? {
+                    Some(envelope) => envelope,
+                    None => break,
+                },
+                _ = &mut stopped => break,
+            };
             crate::metrics::PEER_BYTES.received.fetch_add(
                 envelope.chunk.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,

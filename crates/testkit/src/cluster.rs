@@ -62,6 +62,9 @@ struct Node {
     next_start_args: Vec<String>,
     /// Environment for every later start (see [`TestCluster::set_node_env`]).
     env: Vec<(String, std::ffi::OsString)>,
+    /// Its whole command line, made outside the kit (see
+    /// [`TestCluster::start_commands`]); `None`: the kit's.
+    argv: Option<Vec<String>>,
     /// `None` while killed. Behind a mutex so `&self` methods can notice a
     /// process that exited on its own.
     process: Mutex<Option<ServerProcess>>,
@@ -147,6 +150,18 @@ pub struct FailedStart {
     pub log: String,
 }
 
+/// A node's whole command line, made outside the kit (say by the
+/// deployment files' generator): see [`TestCluster::start_commands`].
+#[derive(Clone, Debug)]
+pub struct NodeCommand {
+    /// Node ids are 1..=N, in order.
+    pub id: u64,
+    /// The arguments after the binary (`server ...`).
+    pub argv: Vec<String>,
+    /// The port clients reach it on, at 127.0.0.1.
+    pub client_port: u16,
+}
+
 /// A static cluster of real server processes; killed and reaped on drop.
 pub struct TestCluster {
     bin: PathBuf,
@@ -226,6 +241,30 @@ impl TestCluster {
         TestCluster::start_inner(bin, nodes, extra_args, &[], client, true, None)
     }
 
+    /// Starts servers whose command lines were made elsewhere (the
+    /// deployment files' generator), used as they are, and waits until they
+    /// agree on a leader. The kit still keeps each node's log and fault-hook
+    /// files in a temp dir of its own; the data dirs are wherever the
+    /// command lines put them.
+    pub fn start_commands(bin: impl AsRef<Path>, commands: &[NodeCommand]) -> TestCluster {
+        assert!(
+            (1..=9).contains(&commands.len()),
+            "a test cluster has 1 to 9 nodes, not {}",
+            commands.len()
+        );
+        let mut cluster = TestCluster::empty(bin, &[], &[], None, false);
+        for (i, command) in commands.iter().enumerate() {
+            assert_eq!(command.id, i as u64 + 1, "node ids are 1..=N in order");
+            cluster.add_node(
+                command.id,
+                command.client_port,
+                None,
+                Some(command.argv.clone()),
+            );
+        }
+        cluster.spawn_all(" from given command lines")
+    }
+
     fn start_inner(
         bin: impl AsRef<Path>,
         nodes: usize,
@@ -239,18 +278,14 @@ impl TestCluster {
             (1..=9).contains(&nodes),
             "a test cluster has 1 to 9 nodes, not {nodes}"
         );
-        let permit = ClusterPermit::acquire();
-        let dir = tempfile::Builder::new()
-            .prefix("raftkv-test-")
-            .tempdir()
-            .expect("create temp dir");
+        let mut cluster = TestCluster::empty(bin, extra_args, env, client_tls, peer_listeners);
         let ports = free_ports(nodes);
         let peer_ports: Vec<Option<u16>> = if peer_listeners {
             free_ports(nodes).into_iter().map(Some).collect()
         } else {
             vec![None; nodes]
         };
-        let peers = ports
+        cluster.peers = ports
             .iter()
             .zip(&peer_ports)
             .enumerate()
@@ -260,28 +295,33 @@ impl TestCluster {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &port)| {
-                let node_dir = dir.path().join(format!("node-{}", i + 1));
-                fs::create_dir_all(&node_dir).expect("create node dir");
-                Node {
-                    id: i as u64 + 1,
-                    port,
-                    peer_port: peer_ports[i],
-                    dir: node_dir,
-                    join: None,
-                    removed: false,
-                    next_start_args: Vec::new(),
-                    env: Vec::new(),
-                    process: Mutex::new(None),
-                }
-            })
-            .collect();
-        let mut cluster = TestCluster {
+        for (i, &port) in ports.iter().enumerate() {
+            cluster.add_node(i as u64 + 1, port, peer_ports[i], None);
+        }
+        if let Some(prepare) = prepare {
+            for node in &cluster.nodes {
+                prepare(node.id, &node.data_dir(), &cluster.peers);
+            }
+        }
+        cluster.spawn_all("")
+    }
+
+    /// A cluster with no nodes yet (its temp dir made, its permit held).
+    fn empty(
+        bin: impl AsRef<Path>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        client_tls: Option<ClientCreds>,
+        peer_listeners: bool,
+    ) -> TestCluster {
+        let permit = ClusterPermit::acquire();
+        let dir = tempfile::Builder::new()
+            .prefix("raftkv-test-")
+            .tempdir()
+            .expect("create temp dir");
+        TestCluster {
             bin: bin.as_ref().to_path_buf(),
-            peers,
+            peers: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             extra_env: env
                 .iter()
@@ -289,28 +329,45 @@ impl TestCluster {
                 .collect(),
             client_tls,
             peer_listeners,
-            nodes,
+            nodes: Vec::new(),
             reserved_ports: Vec::new(),
             dir: Some(dir),
             _permit: permit,
-        };
-        if let Some(prepare) = prepare {
-            for node in &cluster.nodes {
-                prepare(node.id, &node.data_dir(), &cluster.peers);
-            }
         }
-        for id in cluster.ids() {
-            cluster.spawn(id);
+    }
+
+    /// Adds node `id` (not started) on `port`, in a directory of its own.
+    fn add_node(&mut self, id: u64, port: u16, peer_port: Option<u16>, argv: Option<Vec<String>>) {
+        let dir = self.dir().join(format!("node-{id}"));
+        fs::create_dir_all(&dir).expect("create node dir");
+        self.nodes.push(Node {
+            id,
+            port,
+            peer_port,
+            dir,
+            join: None,
+            removed: false,
+            next_start_args: Vec::new(),
+            env: Vec::new(),
+            argv,
+            process: Mutex::new(None),
+        });
+    }
+
+    /// Starts every node and waits until all of them agree on a leader.
+    fn spawn_all(mut self, how: &str) -> TestCluster {
+        for id in self.ids() {
+            self.spawn(id);
         }
         let started = Instant::now();
-        let leader = cluster.wait_leader_inner(LEADER_WAIT, true);
+        let leader = self.wait_leader_inner(LEADER_WAIT, true);
         eprintln!(
-            "testkit: {} node(s) in {} elected leader {leader} in {:?}",
-            cluster.nodes.len(),
-            cluster.dir().display(),
+            "testkit: {} node(s){how} in {} elected leader {leader} in {:?}",
+            self.nodes.len(),
+            self.dir().display(),
             started.elapsed()
         );
-        cluster
+        self
     }
 
     // ---- Addresses and places -------------------------------------------------
@@ -399,6 +456,7 @@ impl TestCluster {
             removed: false,
             next_start_args: Vec::new(),
             env: Vec::new(),
+            argv: None,
             process: Mutex::new(None),
         });
         id
@@ -971,6 +1029,9 @@ impl TestCluster {
             args.extend(["--listen-peer".to_string(), peer_address]);
         }
         args.extend(self.extra_args.iter().cloned());
+        if let Some(argv) = &self.nodes[index].argv {
+            args = argv.clone();
+        }
         args.append(&mut self.nodes[index].next_start_args);
         if let Some(join) = &mut self.nodes[index].join {
             join.joined = true;

@@ -25,7 +25,7 @@ mod status;
 mod wait;
 
 pub use cli::{run_cli, run_cli_bounded, run_cli_with_stdin, CliOutput, CLI_KILL_AFTER};
-pub use cluster::{ClientCreds, FailedStart, TestCluster, LEADER_WAIT};
+pub use cluster::{ClientCreds, FailedStart, NodeCommand, TestCluster, LEADER_WAIT};
 pub use etcd_server::{etcd_available, EtcdCluster, ETCD_BIN};
 pub use limit::MAX_RUNNING_CLUSTERS;
 pub use ports::{free_port_block, free_ports};
