@@ -237,7 +237,9 @@ def yaml_flow(items):
 # ---------------------------------------------------------------------------
 # docker compose: three services on one network, named raftkv1..3.
 
-COMPOSE_HOST_PORTS = [7379, 7389, 7399]  # host ports published for clients
+# Host ports published for clients (and, 2 above each, for /metrics and the
+# probes).
+COMPOSE_HOST_PORTS = [7379, 7389, 7399]
 
 
 def compose_yaml():
@@ -254,7 +256,8 @@ def compose_yaml():
         "# network only: run clients there (exec, or a container on the network). The\n"
         "# client ports are also published on the host's loopback (remove \"127.0.0.1:\"\n"
         "# to publish them on every interface), but a client there that is redirected\n"
-        "# to the leader by name cannot follow the redirect.\n"
+        "# to the leader by name cannot follow the redirect. Each node's /metrics and\n"
+        "# probes are published 2 ports above its client port (7381, 7391, 7401).\n"
         "# The health check asks /readyz on the plaintext --metrics-listen port with\n"
         "# raftkv-probe, a bash script in the image (no curl needed).\n"
         "# SIGTERM (docker compose stop/restart) makes a leader hand leadership over\n"
@@ -274,6 +277,7 @@ def compose_yaml():
             "{command}"
             "    ports:\n"
             "      - {port}\n"
+            "      - {metrics_port}\n"
             "    volumes:\n"
             "      - {volume}\n"
             "    healthcheck:\n"
@@ -289,6 +293,8 @@ def compose_yaml():
                 image=IMAGE,
                 command="".join("      - %s\n" % yaml_str(a) for a in argv),
                 port=yaml_str("127.0.0.1:%d:%d" % (COMPOSE_HOST_PORTS[i], PORTS.client)),
+                metrics_port=yaml_str(
+                    "127.0.0.1:%d:%d" % (COMPOSE_HOST_PORTS[i] + 2, PORTS.metrics)),
                 volume=yaml_str("%s-data:%s" % (name, VOLUME)),
                 test=yaml_flow(["CMD", "raftkv-probe", str(PORTS.metrics), "/readyz"]),
                 grace=STOP_GRACE_SECONDS,
@@ -550,7 +556,7 @@ def systemd_unit():
 # One RaftKV node per machine: the instance name is the node id.
 #   useradd --system --home-dir /var/lib/raftkv --shell /usr/sbin/nologin raftkv
 #   install -m 0755 raftkv /usr/local/bin/raftkv
-#   install -m 0600 example-node.env /etc/raftkv/1.env   (edit it)
+#   install -D -m 0600 example-node.env /etc/raftkv/1.env   (edit it)
 #   cp raftkv@.service /etc/systemd/system/ && systemctl daemon-reload
 #   systemctl enable --now raftkv@1
 # Data: /var/lib/raftkv/ID/data (StateDirectory). Logs: journalctl -u raftkv@1.
@@ -616,7 +622,8 @@ def systemd_env():
 # Keep it mode 0600 if it holds a password.
 
 # Where the other members and clients reach this machine (an IP address or a
-# DNS name; not 0.0.0.0). Its --peers entry must be exactly this host.
+# DNS name; not 0.0.0.0; an IPv6 address in brackets, [2001:db8::1]). Its
+# --peers entry must be exactly this host.
 RAFTKV_HOST={host}
 
 # How the node finds its cluster, at its first start only (afterwards the data
@@ -712,8 +719,11 @@ def main(args):
                             help="3 per node, node by node: client,peer,metrics,...")
         opts = parser.parse_args(args[1:])
         try:
-            ports = [int(p) for p in opts.ports.split(",") if p.strip()]
-            nodes = local_cluster(opts.nodes, opts.base_dir, ports)
+            words = [p.strip() for p in opts.ports.split(",") if p.strip()]
+            bad = [p for p in words if not p.isdigit() or not 0 < int(p) < 65536]
+            if bad:
+                raise ValueError("--ports: %s is not a port number (1-65535)" % bad[0])
+            nodes = local_cluster(opts.nodes, opts.base_dir, [int(p) for p in words])
         except ValueError as e:
             parser.error(str(e))
         print(json.dumps(nodes))

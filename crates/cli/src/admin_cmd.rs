@@ -77,12 +77,13 @@ fn print_status_text(s: &pb::StatusResponse) -> Result<(), Failure> {
     }
     if s.role == "leader" {
         outln!(
-            "log version:   {} (the cluster's, the lowest of its members': {})",
+            "log version:   {} (this node's build); the cluster's: {} (the lowest of its \
+             members')",
             s.log_version,
             s.cluster_log_version
         )?;
     } else {
-        outln!("log version:   {}", s.log_version)?;
+        outln!("log version:   {} (this node's build)", s.log_version)?;
     }
     if !s.problem.is_empty() {
         outln!("PROBLEM:       {}", s.problem)?;

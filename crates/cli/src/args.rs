@@ -224,14 +224,17 @@ pub struct ServerArgs {
     /// preallocated to it.
     #[arg(long)]
     pub wal_segment_size: Option<String>,
-    /// Largest value accepted (default 128MiB).
-    #[arg(long)]
+    /// Largest value accepted (default 128MiB). Same on every member: a node joining with
+    /// another is refused.
+    #[arg(long, value_name = "SIZE")]
     pub max_value_size: Option<String>,
-    /// Raft election timeout (default 1s).
-    #[arg(long)]
+    /// Raft election timeout (default 1s). Same on every member: a node joining with
+    /// another is refused.
+    #[arg(long, value_name = "DURATION")]
     pub election_timeout: Option<String>,
-    /// Raft heartbeat interval (default 100ms).
-    #[arg(long)]
+    /// Raft heartbeat interval (default 100ms). Same on every member: a node joining with
+    /// another is refused.
+    #[arg(long, value_name = "DURATION")]
     pub heartbeat_interval: Option<String>,
     /// Serve `--consistency lease` reads from a leader lease (default true).
     #[arg(long)]
@@ -280,8 +283,9 @@ pub struct ServerArgs {
     /// client past it waits for one to end (default: no limit, as etcd's).
     #[arg(long, value_name = "N")]
     pub max_concurrent_streams: Option<u32>,
-    /// Serve /metrics and /health on this address instead of the main port.
-    #[arg(long)]
+    /// Serve /metrics, /health, /livez and /readyz on this address (plaintext, whatever
+    /// the TLS flags) instead of the main port, where they then answer 404 naming it.
+    #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
     /// Client TLS: this node's certificate (PEM) for clients. With it client
     /// requests need https:// (TLS); plaintext ones are refused.

@@ -49,17 +49,21 @@ pub async fn snapshot(flags: &ClientFlags, command: SnapshotCommand) -> Result<(
                     "--peers does not list this node's id {id}"
                 )));
             }
-            let (address, members) = match &peers {
+            let (address, peer_address, members) = match &peers {
                 Some(peers) => (
                     peers.addresses[&id].clone(),
+                    peers.peer_listeners.get(&id).cloned(),
                     peers
                         .addresses
                         .iter()
-                        .map(|(id, a)| format!("{id}={a}"))
+                        .map(|(id, a)| match peers.peer_listeners.get(id) {
+                            Some(peer) => format!("{id}={a}/{peer}"),
+                            None => format!("{id}={a}"),
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                 ),
-                None => ("HOST:PORT".to_string(), format!("{id} alone")),
+                None => ("HOST:PORT".to_string(), None, format!("{id} alone")),
             };
             let options = RestoreOptions {
                 data_dir: data_dir.clone(),
@@ -78,6 +82,7 @@ pub async fn snapshot(flags: &ClientFlags, command: SnapshotCommand) -> Result<(
                 dir: &data_dir,
                 id,
                 address,
+                peer_address,
                 members,
             };
             print_summary(flags, &file, &summary, Some(restored))
@@ -191,8 +196,10 @@ async fn save(flags: &ClientFlags, file: &Path) -> Result<(), Failure> {
 struct Restored<'a> {
     dir: &'a Path,
     id: u64,
-    /// Where the node is to listen (its --peers entry).
+    /// Where the node is to listen (its --peers entry), and its separate
+    /// peer listener, if it has one.
     address: String,
+    peer_address: Option<String>,
     /// The new cluster's members, as --peers gave them.
     members: String,
 }
@@ -230,9 +237,15 @@ fn print_summary(
         return print_json(&value);
     }
     if let Some(r) = restored {
+        let listen_peer = r
+            .peer_address
+            .as_ref()
+            .map(|peer| format!(" --listen-peer {peer}"))
+            .unwrap_or_default();
         println!(
             "restored {} into {} as node {} of a new cluster (members {}); start it with \
-             `raftkv server --data-dir {} --listen {}`. The backup held:",
+             `raftkv server --data-dir {} --listen {}{listen_peer}` (or listen elsewhere and \
+             advertise these addresses). The backup held:",
             file.display(),
             r.dir.display(),
             r.id,

@@ -141,6 +141,7 @@ async fn send_on_raft_stream(address: &str, cluster_id: u64, to: u64, hostile: &
         sender_out_of_space: false,
         bootstrap_id: 0,
         sender_log_version: 2,
+        sender_settings: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),

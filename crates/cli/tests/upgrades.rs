@@ -10,7 +10,8 @@
 //! replica applies it alike. Today's build then can neither join the
 //! upgraded cluster nor run a member whose log holds the new kind.
 //!
-//! And the settings every member must share are checked when a node joins.
+//! And the settings every member must share are checked when a node joins,
+//! and a member restarted with others is named in its peers' logs.
 
 mod common;
 
@@ -148,8 +149,9 @@ fn a_new_entry_kind_waits_until_every_member_can_apply_it() {
 }
 
 #[test]
-fn a_joining_node_must_share_the_settings_every_member_shares() {
-    let mut cluster = TestCluster::start(bin(), 1);
+fn members_must_share_their_settings() {
+    let mut cluster = TestCluster::start(bin(), 3);
+    // A node joining with another --max-value-size is refused, naming it.
     let id = cluster.add_joining_node(1, false);
     cluster.next_start_with(id, &["--max-value-size", "1MiB"]);
     let failed = cluster.start_expecting_failure(id, Duration::from_secs(30));
@@ -158,15 +160,46 @@ fn a_joining_node_must_share_the_settings_every_member_shares() {
     assert!(
         failed
             .log
-            .contains("--max-value-size is 1MiB on the joining node and 128MiB here"),
+            .contains("this node's settings differ from the cluster's"),
         "{}",
         failed.log
     );
-    // Nothing was added: the cluster still has its one member.
+    assert!(
+        failed
+            .log
+            .contains("--max-value-size is 1MiB on this node and 128MiB on member"),
+        "{}",
+        failed.log
+    );
+    // Nothing was added: the cluster still has its three members.
     let status = status_json(&cluster, 1);
     assert_eq!(
         status["members"].as_array().map(Vec::len),
-        Some(1),
+        Some(3),
         "{status}"
     );
+
+    // A member restarted with another --max-value-size is taken (a
+    // setting is changed by restarting every member in turn), and the
+    // members it talks to (the leader) say in their logs that it differs.
+    cluster.stop(3);
+    cluster.restart_with(3, &["--max-value-size", "64MiB"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let said = [1, 2].iter().any(|&id| {
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+            log.contains(&format!(
+                "node 3 runs with other settings than this node: --max-value-size is 64MiB on \
+                 node 3 and 128MiB on this node ({id})"
+            ))
+        });
+        if said {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither node 1 nor node 2 said that node 3 runs with other settings"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

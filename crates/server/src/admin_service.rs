@@ -218,7 +218,8 @@ impl Cluster for AdminService {
         }
         if let Some(settings) = &request.settings {
             let cluster = self.replica.cluster_log_version().version;
-            crate::join::check_join_settings(&self.join_settings, settings, cluster)
+            let node = self.replica.node_id();
+            crate::join::check_join_settings(node, &self.join_settings, settings, cluster)
                 .map_err(Status::invalid_argument)?;
         }
         let address = self.check_address(&request.address)?;

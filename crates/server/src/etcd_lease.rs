@@ -183,8 +183,10 @@ impl Lease for EtcdLease {
                 }
             }
         });
-        let stream: Self::LeaseKeepAliveStream =
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let stream: Self::LeaseKeepAliveStream = crate::streams::until_stopped(
+            &self.replica,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        );
         Ok(Response::new(stream))
     }
 

@@ -327,7 +327,10 @@ impl Election for EtcdElection {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(crate::streams::until_stopped(
+            &self.kv.replica,
+            ReceiverStream::new(rx),
+        )))
     }
 
     async fn resign(

@@ -505,7 +505,10 @@ impl Watch for EtcdWatch {
             caller: caller_of(&request),
         };
         tokio::spawn(session.run(request.into_inner()));
-        let stream: Self::WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let stream: Self::WatchStream = crate::streams::until_stopped(
+            &self.replica,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        );
         Ok(Response::new(stream))
     }
 }

@@ -36,7 +36,7 @@ pub fn routes(state: HttpState) -> axum::Router {
 /// 404 saying where they are served (otherwise gRPC would answer them with
 /// HTTP 200 and a gRPC error, which a probe takes for "ready").
 pub fn moved_to(address: &str) -> axum::Router {
-    let message = format!("not served on this port: use --metrics-listen http://{address}\n");
+    let message = format!("served on http://{address} (--metrics-listen), not on this port\n");
     PATHS.iter().fold(axum::Router::new(), |router, path| {
         let message = message.clone();
         router.route(

@@ -14,7 +14,7 @@ use raftkv_proto::v1::JoinSettings;
 use raftkv_replica::{FileStorage, MembershipRecord, NodeIdentity, Replica, Role, SessionLimits};
 
 use crate::config::ServerConfig;
-use crate::units::format_size;
+use crate::units::{format_millis, format_size};
 
 /// Pause between attempts to reach the cluster.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -56,33 +56,31 @@ pub fn join_settings(
     }
 }
 
-/// Err (why, for the joining node's operator) when a node with `theirs`
-/// cannot be a member of this cluster, whose members have `ours` and whose
-/// log version is `cluster_log_version`: settings every member must share
-/// differ, or its build cannot apply the cluster's log.
-pub fn check_join_settings(
+/// How `theirs` differs from `ours` in what every member must share: one
+/// "FLAG is X on THEIRS_NAME and Y on OURS_NAME" per setting.
+pub fn settings_differences(
     ours: &JoinSettings,
     theirs: &JoinSettings,
-    cluster_log_version: u32,
-) -> Result<(), String> {
-    let ms = |v: u64| format!("{v}ms");
+    ours_name: &str,
+    theirs_name: &str,
+) -> Vec<String> {
     let mut differ = Vec::new();
-    let mut compare = |flag: &str, mine: String, joiner: String| {
-        if mine != joiner {
+    let mut compare = |flag: &str, mine: String, other: String| {
+        if mine != other {
             differ.push(format!(
-                "{flag} is {joiner} on the joining node and {mine} here"
+                "{flag} is {other} on {theirs_name} and {mine} on {ours_name}"
             ));
         }
     };
     compare(
         "--election-timeout",
-        ms(ours.election_timeout_ms),
-        ms(theirs.election_timeout_ms),
+        format_millis(ours.election_timeout_ms),
+        format_millis(theirs.election_timeout_ms),
     );
     compare(
         "--heartbeat-interval",
-        ms(ours.heartbeat_interval_ms),
-        ms(theirs.heartbeat_interval_ms),
+        format_millis(ours.heartbeat_interval_ms),
+        format_millis(theirs.heartbeat_interval_ms),
     );
     compare(
         "--max-value-size",
@@ -90,16 +88,34 @@ pub fn check_join_settings(
         format_size(theirs.max_value_bytes),
     );
     compare(
-        "the client-session limits",
+        "the client-session limits (test hook)",
         ours.session_limits.clone(),
         theirs.session_limits.clone(),
     );
+    differ
+}
+
+/// What every member must share, and why (for messages).
+pub const MUST_MATCH: &str = "every member must run with the same --election-timeout and \
+     --heartbeat-interval (a leader lease counts on every member waiting as long before an \
+     election) and the same --max-value-size (the leader's limit is the cluster's, and a \
+     member refuses raft messages more than 16MiB over its own)";
+
+/// Err (why, for the joining node's operator) when a node with `theirs`
+/// cannot be a member of this cluster, whose member `node` has `ours` and
+/// whose log version is `cluster_log_version`: settings every member must
+/// share differ, or its build cannot apply the cluster's log.
+pub fn check_join_settings(
+    node: u64,
+    ours: &JoinSettings,
+    theirs: &JoinSettings,
+    cluster_log_version: u32,
+) -> Result<(), String> {
+    let differ = settings_differences(ours, theirs, &format!("member {node}"), "this node");
     if !differ.is_empty() {
         return Err(format!(
-            "this node's settings differ from the cluster's: {}. Every member must run with \
-             the same --election-timeout, --heartbeat-interval and --max-value-size (a leader \
-             lease counts on the others' election timeout; a member with a lower value limit \
-             cannot take the log): start the joining node with the cluster's values",
+            "this node's settings differ from the cluster's: {}; {MUST_MATCH}: start this node \
+             with the cluster's values",
             differ.join("; ")
         ));
     }
@@ -107,7 +123,7 @@ pub fn check_join_settings(
         return Err(format!(
             "this node's build applies log entries up to version {}, and the cluster's log is \
              at version {cluster_log_version}: it could not apply the log it would be sent; \
-             run the cluster's RaftKV build (or a newer one) on the joining node",
+             run the cluster's RaftKV build (or a newer one) on this node",
             theirs.log_version
         ));
     }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod net_faults;
 mod peer_service;
 pub mod slow;
+mod streams;
 mod tls_policy;
 mod transport;
 pub mod units;
@@ -217,6 +218,32 @@ async fn refuse_if_wiped(
     Ok(())
 }
 
+/// Logs, once at start, every fault-injection test hook whose variable is
+/// set: a node slowed or failed on purpose must say so.
+fn announce_test_hooks() {
+    for (name, what) in [
+        (
+            "RAFTKV_DISK_FAULTS",
+            "disk faults (free space, fsync errors and delays) are read from",
+        ),
+        (
+            "RAFTKV_NET_FAULTS",
+            "network faults (drops, delays, partitions) are read from",
+        ),
+        (
+            "RAFTKV_TEST_CORRUPT",
+            "state corruption (test only) is read from",
+        ),
+    ] {
+        if let Some(value) = std::env::var_os(name) {
+            tracing::warn!(
+                "test hook {name}: {what} {}",
+                std::path::Path::new(&value).display()
+            );
+        }
+    }
+}
+
 /// Test hook: `RAFTKV_TEST_NEXT_LOG_VERSION=1` makes this build stand for the
 /// next release in the mixed-version test: it applies log entries one
 /// version newer than today's build, and proposes its test-only entry kind
@@ -362,6 +389,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     if config.force_new_cluster {
         force_new_cluster::recover(&config, &outgoing).await?;
     }
+    announce_test_hooks();
     let log_version = test_next_log_version();
     let sessions = test_session_limits()?;
     let join_settings = join::join_settings(&config, log_version, &sessions.unwrap_or_default());
@@ -415,6 +443,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tokio::runtime::Handle::current(),
         snapshots.clone(),
         outgoing.clone(),
+        join_settings.clone(),
     ));
     let replica = Replica::start(
         storage,
@@ -482,9 +511,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         membership: membership::Membership::new(replica.clone()),
         address: config.advertise_address().to_string(),
         snapshots: snapshots.clone(),
-        join_settings,
+        join_settings: join_settings.clone(),
     });
     let peer = PeerServer::new(PeerService {
+        settings: join_settings.clone(),
         replica: replica.clone(),
         snapshots,
         max_message_bytes: config.max_value_bytes as usize + MAX_GRPC_MESSAGE_BYTES,

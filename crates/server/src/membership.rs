@@ -86,7 +86,16 @@ pub async fn hand_over_leadership(replica: &Replica, within: Duration) {
         status.id
     );
     match replica.transfer(to, within).await {
-        Ok(()) => tracing::info!("node {} handed leadership to node {to}", status.id),
+        Ok(()) if replica.status().leader_id == to => {
+            tracing::info!("node {} handed leadership to node {to}", status.id)
+        }
+        // It stepped down without node `to` taking over (`to` was down: this
+        // node lost its quorum).
+        Ok(()) => tracing::warn!(
+            "node {} could not hand leadership to node {to} (it no longer leads, and node \
+             {to} did not take over); shutting down anyway",
+            status.id
+        ),
         Err(e) => tracing::warn!(
             "node {} could not hand leadership to node {to} ({e}); shutting down anyway \
              (the others elect a leader after the election timeout)",

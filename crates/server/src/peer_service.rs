@@ -24,6 +24,9 @@ pub struct PeerService {
     pub snapshots: SnapshotStore,
     /// Largest reassembled message accepted (bounds memory per stream).
     pub max_message_bytes: usize,
+    /// This node's settings every member must share (compared with what a
+    /// peer's stream starts with).
+    pub settings: raftkv_proto::v1::JoinSettings,
 }
 
 impl PeerService {
@@ -223,6 +226,20 @@ impl Peer for PeerService {
                 self.replica
                     .note_peer_space(envelope.from, envelope.sender_out_of_space);
                 sender_out_of_space = envelope.sender_out_of_space;
+            }
+            if let Some(theirs) = &envelope.sender_settings {
+                let ours = format!("this node ({})", self.replica.node_id());
+                let them = format!("node {}", envelope.from);
+                let differ =
+                    crate::join::settings_differences(&self.settings, theirs, &ours, &them);
+                if !differ.is_empty() {
+                    tracing::warn!(
+                        "node {} runs with other settings than this node: {}; {}",
+                        envelope.from,
+                        differ.join("; "),
+                        crate::join::MUST_MATCH
+                    );
+                }
             }
             if sender_log_version != Some(envelope.sender_log_version) {
                 self.replica

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkv_proto::v1::peer_client::PeerClient;
-use raftkv_proto::v1::{RaftEnvelope, SnapshotFileChunk};
+use raftkv_proto::v1::{JoinSettings, RaftEnvelope, SnapshotFileChunk};
 use raftkv_replica::{
     ClusterIds, Lane as Route, PeerMessage, Replica, SnapshotMeta, SnapshotStore, Transport,
 };
@@ -80,6 +80,8 @@ struct LaneContext {
     replica: Arc<OnceLock<Replica>>,
     name: &'static str,
     tls: crate::OutgoingTls,
+    /// Sent on the first envelope of each stream (see `RaftEnvelope`).
+    settings: Arc<JoinSettings>,
 }
 
 /// The gRPC implementation of the replica's `Transport`.
@@ -94,6 +96,7 @@ pub struct GrpcTransport {
     tls: crate::OutgoingTls,
     /// Test-only network faults (`RAFTKV_NET_FAULTS`).
     faults: Option<NetFaults>,
+    settings: Arc<JoinSettings>,
 }
 
 impl GrpcTransport {
@@ -103,6 +106,7 @@ impl GrpcTransport {
         runtime: tokio::runtime::Handle,
         snapshots: SnapshotStore,
         tls: crate::OutgoingTls,
+        settings: JoinSettings,
     ) -> Self {
         let runtime_for_faults = runtime.clone();
         GrpcTransport {
@@ -114,6 +118,7 @@ impl GrpcTransport {
             snapshots,
             tls,
             faults: NetFaults::from_env(&runtime_for_faults),
+            settings: Arc::new(settings),
         }
     }
 
@@ -162,6 +167,7 @@ impl GrpcTransport {
             replica: self.replica.clone(),
             name,
             tls: self.tls.clone(),
+            settings: self.settings.clone(),
         };
         self.runtime.spawn(run_lane(context, receiver));
         Lane {
@@ -266,6 +272,7 @@ pub fn envelopes(
             last: end == encoded.len(),
             sender_out_of_space,
             sender_log_version,
+            sender_settings: None,
         });
         if end == encoded.len() {
             return out;
@@ -410,6 +417,7 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
             .max_decoding_message_size(2 * CHUNK_BYTES);
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream_rx)).await });
         let mut next = Some(first);
+        let mut first_of_stream = true;
         'stream: loop {
             let (message, send_at) = match next.take() {
                 Some(queued) => queued,
@@ -437,7 +445,13 @@ async fn run_lane(lane: LaneContext, mut receiver: mpsc::Receiver<Queued>) {
             let out_of_space = lane.replica.get().is_some_and(Replica::is_out_of_space);
             let log_version = lane.replica.get().map_or(0, Replica::log_version);
             let ids = current_ids(&lane.replica, lane.initial_ids);
-            for envelope in envelopes(ids, lane.from, lane.to, encoded, out_of_space, log_version) {
+            let mut envelopes =
+                envelopes(ids, lane.from, lane.to, encoded, out_of_space, log_version);
+            if first_of_stream {
+                envelopes[0].sender_settings = Some((*lane.settings).clone());
+                first_of_stream = false;
+            }
+            for envelope in envelopes {
                 if stream_tx.send(envelope).await.is_err() {
                     break 'stream;
                 }

@@ -63,6 +63,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Formats a byte count the way `parse_size` reads it back, for messages.
+/// `ms` milliseconds as a flag takes them: `1s`, `1500ms`, `2m`.
+pub fn format_millis(ms: u64) -> String {
+    match ms {
+        0 => "0".into(),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, unit) in UNITS {
