@@ -560,6 +560,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         ));
     }
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (close_listener, listener_closed) = tokio::sync::watch::channel(false);
     let etcd_kv_service = Arc::new(etcd_kv::EtcdKv::new(
         replica.clone(),
         config.max_request_bytes,
@@ -634,6 +635,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 identity.node_id,
                 config.advertise_address()
             ),
+            listener_closed.clone(),
         )?),
     };
     let mut routes = routes.routes();
@@ -688,6 +690,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 server_tls,
                 metrics.tls_refused.clone(),
                 tls_policy::ConnectionLimit::new(config.max_connections_per_client),
+                listener_closed,
             ),
             async {
                 let _ = serving_stopped.await;
@@ -719,6 +722,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             tracing::info!("node {} shutting down", identity.node_id);
             membership::hand_over_leadership(&replica, 2 * config.election_timeout).await;
             replica.shutdown();
+            let _ = close_listener.send(true);
             let _ = stop_serving.send(());
             // Peers keep their streams open; do not wait for them forever.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await;
@@ -741,6 +745,7 @@ fn peer_server(
     tls_files: &raftkv_net::tls::ServerTlsFiles,
     refused: prometheus::IntCounterVec,
     not_here: String,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
     let files = tls_files.peer_only();
     let server_tls = raftkv_net::tls::ServerTls::new(&files).map_err(anyhow::Error::msg)?;
@@ -763,6 +768,7 @@ fn peer_server(
             server_tls,
             refused,
             tls_policy::ConnectionLimit::new(0),
+            stop,
         )))
 }
 

@@ -85,7 +85,16 @@ pub async fn hand_over_leadership(replica: &Replica, within: Duration) {
         "node {} leads: handing leadership to node {to} before shutting down",
         status.id
     );
-    match replica.transfer(to, within).await {
+    let moved = replica.transfer(to, within).await;
+    if moved.is_ok() {
+        // It stepped down as node `to` campaigned; wait (briefly) to hear
+        // of the new leader.
+        let deadline = tokio::time::Instant::now() + within;
+        while replica.status().leader_id == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    match moved {
         Ok(()) if replica.status().leader_id == to => {
             tracing::info!("node {} handed leadership to node {to}", status.id)
         }

@@ -217,17 +217,28 @@ impl ConnectionLimit {
 
 /// The server's connections: each accepted socket goes through the TLS
 /// handshake (when TLS is configured and the client starts one) in its own
-/// task, so a slow or failed handshake holds up no other connection.
+/// task, so a slow or failed handshake holds up no other connection. Once
+/// `stop` is set the listener is closed: while the server finishes what is
+/// in flight, a client that connects is refused at once (and tries another
+/// member) instead of waiting on a connection nobody serves.
 pub fn accept(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     tls: Option<Arc<ServerTls>>,
     refused: prometheus::IntCounterVec,
     limit: ConnectionLimit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = io::Result<CoalescingIo<Accepted>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
     tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
-        while let Some(next) = futures::StreamExt::next(&mut incoming).await {
+        loop {
+            let next = tokio::select! {
+                next = futures::StreamExt::next(&mut incoming) => next,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let Some(next) = next else {
+                return;
+            };
             let stream = match next {
                 Ok(stream) => stream,
                 Err(e) => {
