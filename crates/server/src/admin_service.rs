@@ -459,10 +459,10 @@ impl Debug for AdminService {
     }
 
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let (applied_index, hash, keys) = {
-            let kv = self.replica.kv();
+        let (applied_index, hash, keys) = crate::kv_service::on_state_copy(&self.replica, |kv| {
             (kv.applied_index(), kv.content_hash(), kv.len() as u64)
-        };
+        })
+        .await?;
         Ok(Response::new(CheckResponse {
             header: Some(header_of(&self.replica)),
             applied_index,

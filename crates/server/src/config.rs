@@ -366,9 +366,9 @@ impl ServerConfig {
             }
             check_reachable(address).map_err(|_| {
                 format!(
-                    "{address} is where this node listens for peers, not an address other \
-                     nodes can reach; give --advertise-peer HOST:PORT with this machine's \
-                     address"
+                    "{address} (\"any address\") is not an address other nodes can reach: it \
+                     is only good to listen on; give --advertise-peer HOST:PORT with this \
+                     machine's address"
                 )
             })?;
         }
@@ -407,8 +407,8 @@ fn check_reachable(advertise: &str) -> Result<(), String> {
     let host = advertise.rsplit_once(':').map_or("", |(host, _)| host);
     if matches!(host, "0.0.0.0" | "[::]" | "::") {
         return Err(format!(
-            "{advertise} is where this node listens, not an address other nodes can reach; \
-             give --advertise HOST:PORT with this machine's address"
+            "{advertise} (\"any address\") is not an address other nodes can reach: it is only \
+             good to listen on; give --advertise HOST:PORT with this machine's address"
         ));
     }
     Ok(())

@@ -83,15 +83,13 @@ pub async fn run(
 /// could not be made (no longer leading, own hash unavailable).
 async fn check_round(replica: &Replica, tls: &crate::OutgoingTls) -> Option<BTreeMap<u64, String>> {
     let own_id = replica.node_id();
-    // Hashed on an O(1) copy, off the async threads and without holding the
-    // state's lock (which applying entries waits for).
-    let kv = replica.kv().clone();
-    let revision = kv.revision();
-    let own = tokio::task::spawn_blocking(move || kv.hash_at(revision))
-        .await
-        .ok()?
-        .ok()
-        .map(fold)?;
+    let (revision, own) = crate::kv_service::on_state_copy(replica, |kv| {
+        let revision = kv.revision();
+        (revision, kv.hash_at(revision))
+    })
+    .await
+    .ok()?;
+    let own = fold(own.ok()?);
     let membership = replica.membership();
     let mut hashes: BTreeMap<u64, u32> = [(own_id, own)].into();
     for (id, address) in membership.addresses.iter().filter(|(id, _)| **id != own_id) {

@@ -440,10 +440,10 @@ impl Maintenance for EtcdCluster {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (hash, revision) = {
-            let kv = self.replica.kv();
+        let (hash, revision) = crate::kv_service::on_state_copy(&self.replica, |kv| {
             (kv.content_hash(), kv.revision())
-        };
+        })
+        .await?;
         Ok(Response::new(HashResponse {
             header: Some(etcd_header(&self.replica, Some(revision))),
             hash: crate::corruption::fold(hash),
@@ -457,17 +457,14 @@ impl Maintenance for EtcdCluster {
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let revision = request.into_inner().revision.max(0) as u64;
-        // Hashed on an O(1) copy, off the async threads and without holding
-        // the state's lock (which applying entries waits for).
-        let kv = self.replica.kv().clone();
-        let (hash, current, compacted) = tokio::task::spawn_blocking(move || {
-            let hash = kv
-                .hash_at(revision)
-                .map_err(|e| Status::out_of_range(e.to_string()))?;
-            Ok::<_, Status>((hash, kv.revision(), kv.compacted_revision()))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("hashing failed: {e}")))??;
+        let (hash, current, compacted) =
+            crate::kv_service::on_state_copy(&self.replica, move |kv| {
+                let hash = kv
+                    .hash_at(revision)
+                    .map_err(|e| Status::out_of_range(e.to_string()))?;
+                Ok::<_, Status>((hash, kv.revision(), kv.compacted_revision()))
+            })
+            .await??;
         Ok(Response::new(HashKvResponse {
             header: Some(etcd_header(&self.replica, Some(current))),
             hash: (hash ^ (hash >> 32)) as u32,

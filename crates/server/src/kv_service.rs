@@ -55,6 +55,19 @@ pub struct KvService {
     pub test_next_kind: bool,
 }
 
+/// Runs `work` on an O(1) copy of the state machine, on a blocking thread
+/// and without holding the state's lock (which applying entries waits
+/// for): what hashes or walks the whole state.
+pub(crate) async fn on_state_copy<T: Send + 'static>(
+    replica: &Replica,
+    work: impl FnOnce(raftkv_replica::KvState) -> T + Send + 'static,
+) -> Result<T, Status> {
+    let state = replica.kv().clone();
+    tokio::task::spawn_blocking(move || work(state))
+        .await
+        .map_err(|e| Status::internal(format!("reading the state failed: {e}")))
+}
+
 pub(crate) fn header_of(replica: &Replica) -> ResponseHeader {
     let status = replica.status();
     ResponseHeader {

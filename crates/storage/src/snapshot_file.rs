@@ -393,7 +393,11 @@ impl SnapshotReader {
                     return Err(StorageError::corrupted(
                         &self.path,
                         self.offset,
-                        format!("{} bytes after the trailer", self.file_len - self.offset),
+                        format!(
+                            "{} bytes after the snapshot's end, which are not a whole backup \
+                             tail (a saved backup cut short, or data appended to a snapshot)",
+                            self.file_len - self.offset
+                        ),
                     ));
                 }
                 self.done = true;
