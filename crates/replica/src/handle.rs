@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     /// The log version each peer's build applies, as its last message said
     /// (see `log_version.rs`).
     pub(crate) peer_log_versions: Mutex<HashMap<u64, u32>>,
+    /// The newest log version among the entries this node applied since it
+    /// started (what a node sent this node's log must be able to apply).
+    pub(crate) newest_applied_log_version: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -168,6 +171,7 @@ impl Replica {
             }),
             contact: Mutex::new(ClusterContact::default()),
             peer_log_versions: Mutex::new(HashMap::new()),
+            newest_applied_log_version: std::sync::atomic::AtomicU32::new(0),
         });
         let node_id = config.node_id;
         let min_free_bytes = config.min_free_bytes;
@@ -381,6 +385,19 @@ impl Replica {
             .lock()
             .expect("log version lock poisoned")
             .insert(from, version);
+    }
+
+    /// The log version a node joining through this one must apply: the
+    /// cluster's, or the newest among the entries this node applied since it
+    /// started if that is higher (right after a leader change the cluster's
+    /// counts members not heard from yet as the oldest build, while the log
+    /// may already hold newer entries).
+    pub fn log_version_to_join(&self) -> u32 {
+        let applied = self
+            .shared
+            .newest_applied_log_version
+            .load(Ordering::Relaxed);
+        self.cluster_log_version().version.max(applied)
     }
 
     /// The cluster's log version as this node sees it: the lowest of its

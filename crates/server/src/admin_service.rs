@@ -216,10 +216,19 @@ impl Cluster for AdminService {
                  (a certificate signed by the cluster's peer CA)",
             ));
         }
-        if let Some(settings) = &request.settings {
-            let cluster = self.replica.cluster_log_version().version;
+        if request.empty {
+            // A node of a build from before joins sent settings sends none:
+            // it has the oldest log version and is not compared otherwise.
+            let theirs = request
+                .settings
+                .clone()
+                .unwrap_or(raftkv_proto::v1::JoinSettings {
+                    log_version: raftkv_kv::RULES_UNREPORTED,
+                    ..self.join_settings.clone()
+                });
+            let needed = self.replica.log_version_to_join();
             let node = self.replica.node_id();
-            crate::join::check_join_settings(node, &self.join_settings, settings, cluster)
+            crate::join::check_join_settings(node, &self.join_settings, &theirs, needed)
                 .map_err(Status::invalid_argument)?;
         }
         let address = self.check_address(&request.address)?;

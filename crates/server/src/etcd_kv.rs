@@ -423,8 +423,8 @@ impl EtcdKv {
         let (result, trace) = crate::slow::traced(call).await;
         if forwarded {
             // Its client was counted at the member that forwarded it; what
-            // it took here is still logged if slow.
-            self.metrics.check_slow(op, started.elapsed(), &trace);
+            // it took here is still logged if slow (not counted again).
+            self.metrics.log_if_slow(op, started.elapsed(), &trace);
         } else {
             self.metrics.observe(op, &result, started, &trace);
         }

@@ -302,3 +302,47 @@ pub async fn promote_when_caught_up(replica: Replica, join: Vec<String>, tls: cr
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> JoinSettings {
+        join_settings(&ServerConfig::default(), 2, &SessionLimits::default())
+    }
+
+    #[test]
+    fn the_same_settings_join_and_each_difference_is_named_with_both_values() {
+        assert_eq!(check_join_settings(1, &settings(), &settings(), 2), Ok(()));
+        let theirs = JoinSettings {
+            election_timeout_ms: 2_000,
+            max_value_bytes: 1 << 20,
+            ..settings()
+        };
+        let err = check_join_settings(1, &settings(), &theirs, 2).unwrap_err();
+        assert!(
+            err.contains("--election-timeout is 2s on this node and 1s on member 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("--max-value-size is 1MiB on this node and 128MiB on member 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_build_older_than_the_log_is_refused() {
+        let theirs = JoinSettings {
+            log_version: 2,
+            ..settings()
+        };
+        let err = check_join_settings(1, &settings(), &theirs, 3).unwrap_err();
+        assert!(
+            err.contains(
+                "applies log entries up to version 2, and the cluster's log is at \
+                          version 3"
+            ),
+            "{err}"
+        );
+    }
+}

@@ -359,11 +359,20 @@ impl Metrics {
     /// Logs and counts a request of `op` that took `took`, if that is over
     /// the slow-request threshold.
     pub fn check_slow(&self, op: &str, took: Duration, trace: &crate::slow::Trace) {
-        let threshold = Duration::from_nanos(self.slow_threshold_nanos.load(Ordering::Relaxed));
-        if !threshold.is_zero() && took > threshold {
+        if self.log_if_slow(op, took, trace) {
             self.slow_requests.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// Logs a request of `op` that took `took` if that is over the
+    /// slow-request threshold; whether it was.
+    pub fn log_if_slow(&self, op: &str, took: Duration, trace: &crate::slow::Trace) -> bool {
+        let threshold = Duration::from_nanos(self.slow_threshold_nanos.load(Ordering::Relaxed));
+        let slow = !threshold.is_zero() && took > threshold;
+        if slow {
             tracing::warn!("{}", crate::slow::describe(op, took, threshold, trace));
         }
+        slow
     }
 
     /// Counts and times a finished request of `op`; logs it if it was slow,

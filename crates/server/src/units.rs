@@ -62,7 +62,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Formats a byte count the way `parse_size` reads it back, for messages.
 /// `ms` milliseconds as a flag takes them: `1s`, `1500ms`, `2m`.
 pub fn format_millis(ms: u64) -> String {
     match ms {
@@ -73,6 +72,7 @@ pub fn format_millis(ms: u64) -> String {
     }
 }
 
+/// Formats a byte count the way `parse_size` reads it back, for messages.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, unit) in UNITS {

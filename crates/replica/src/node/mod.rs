@@ -1171,6 +1171,9 @@ impl<S: LogStore> Node<S> {
                         command.rules,
                         self.config.log_version,
                     )?;
+                    shared
+                        .newest_applied_log_version
+                        .fetch_max(command.rules, std::sync::atomic::Ordering::Relaxed);
                     let outcome = kv.apply(index, term, &command);
                     if outcome == ApplyOutcome::Applied
                         && (command.lease_grant.is_some() || command.lease_revoke != 0)
