@@ -142,6 +142,7 @@ async fn send_on_raft_stream(address: &str, cluster_id: u64, to: u64, hostile: &
         bootstrap_id: 0,
         sender_log_version: 2,
         sender_settings: None,
+        sender_takes_proposals: false,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(10),

@@ -298,6 +298,7 @@ fn forged_vote(cluster_id: u64, from: u64, to: u64, term: u64) -> RaftEnvelope {
         bootstrap_id: 0,
         sender_log_version: 2,
         sender_settings: None,
+        sender_takes_proposals: false,
     }
 }
 

@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     /// The log version each peer's build applies, as its last message said
     /// (see `log_version.rs`).
     pub(crate) peer_log_versions: Mutex<HashMap<u64, u32>>,
+    /// Peers whose build takes writes a follower passes on through raft
+    /// (see `node/forwarding.rs`), as their last message said.
+    pub(crate) peers_taking_proposals: Mutex<std::collections::HashSet<u64>>,
     /// The newest log version among the entries this node applied since it
     /// started (what a node sent this node's log must be able to apply).
     pub(crate) newest_applied_log_version: std::sync::atomic::AtomicU32,
@@ -171,6 +174,7 @@ impl Replica {
             }),
             contact: Mutex::new(ClusterContact::default()),
             peer_log_versions: Mutex::new(HashMap::new()),
+            peers_taking_proposals: Mutex::new(Default::default()),
             newest_applied_log_version: std::sync::atomic::AtomicU32::new(0),
         });
         let node_id = config.node_id;
@@ -340,13 +344,47 @@ impl Replica {
         session: WriteSession,
         caller: Caller,
     ) -> Result<WriteResult, ReplicaError> {
+        self.submit_write(write, session, caller, false).await
+    }
+
+    /// [`Replica::write_as`] for an etcd write ([`Write::EtcdTxn`]), passed
+    /// to the leader through raft's message stream when this node follows
+    /// (as etcd's followers pass proposals on), instead of answered with
+    /// [`ReplicaError::NotLeader`]: it resolves once this node has applied
+    /// the entry. The leader checks and stamps it as its own clients'
+    /// writes, and tells this node if it refuses it. The outcome is unknown
+    /// ([`ReplicaError::UnknownOutcome`]) if the leader or term changes, the
+    /// leader is reported unreachable or a snapshot replaces this node's
+    /// state before the entry is applied here, or it is not applied within
+    /// ten election timeouts (3 to 10 s). It answers `NotLeader` as
+    /// `write_as` does with no leader known, for other kinds of writes, and
+    /// when the leader's build does not take writes passed on this way.
+    pub async fn write_through_leader(
+        &self,
+        write: Write,
+        session: WriteSession,
+        caller: Caller,
+    ) -> Result<WriteResult, ReplicaError> {
+        self.submit_write(write, session, caller, true).await
+    }
+
+    async fn submit_write(
+        &self,
+        write: Write,
+        session: WriteSession,
+        caller: Caller,
+        forward: bool,
+    ) -> Result<WriteResult, ReplicaError> {
         let queued = self.clock.now();
-        self.ask(|reply| Input::Propose {
-            write,
-            session,
-            caller,
-            reply,
-            queued,
+        self.ask(|reply| {
+            Input::Propose(crate::node::ProposeInput {
+                write,
+                session,
+                caller,
+                reply,
+                queued,
+                forward,
+            })
         })
         .await?
     }
@@ -385,6 +423,22 @@ impl Replica {
             .lock()
             .expect("log version lock poisoned")
             .insert(from, version);
+    }
+
+    /// Peer `from`'s message said whether its build takes writes a follower
+    /// passes to it through raft (builds before it answer none: a follower
+    /// then forwards its clients' etcd writes over a client call).
+    pub fn note_peer_takes_proposals(&self, from: u64, takes: bool) {
+        let mut peers = self
+            .shared
+            .peers_taking_proposals
+            .lock()
+            .expect("proposals lock poisoned");
+        if takes {
+            peers.insert(from);
+        } else {
+            peers.remove(&from);
+        }
     }
 
     /// The log version a node joining through this one must apply: the

@@ -37,8 +37,9 @@ pub enum Rejection {
     SenderMismatch,
     /// The sender is not in this node's configuration.
     NotAMember,
-    /// A type that never crosses the network here (proposals, transfers, local
-    /// messages, read-index traffic), or a snapshot outside `InstallSnapshot`.
+    /// A type that never crosses the network here (transfers, local messages,
+    /// read-index traffic; proposals only as writes a follower passes to its
+    /// leader), or a snapshot outside `InstallSnapshot`.
     UnexpectedType,
     /// A field no correct peer sends (term 0, entries out of sequence, a read
     /// context missing).
@@ -171,6 +172,10 @@ pub(crate) fn check_raft_envelope(
                 | MsgHeartbeat
                 | MsgHeartbeatResponse
                 | MsgTimeoutNow
+                // A write a follower passes to its leader, or the leader's
+                // refusal of one: taken by the node, never stepped into
+                // raft (see `node/forwarding.rs`).
+                | MsgPropose
         ),
     };
     if !allowed {
@@ -294,8 +299,12 @@ mod tests {
 
     #[test]
     fn local_types_and_snapshots_on_the_stream_are_refused() {
+        let proposal = message(MessageType::MsgPropose, 2, 1, 3);
+        assert_eq!(
+            check_raft_envelope(&proposal, 2, 1, Arrival::RaftStream),
+            Ok(())
+        );
         for kind in [
-            MessageType::MsgPropose,
             MessageType::MsgHup,
             MessageType::MsgBeat,
             MessageType::MsgTransferLeader,

@@ -16,7 +16,7 @@ pub enum Lane {
     /// Votes, heartbeats, responses, `TimeoutNow`: small, never queued
     /// behind appends.
     Control,
-    /// Appends, in order.
+    /// Appends, in order (and writes a follower passes to its leader).
     Data,
     /// A snapshot: the transport streams the file it names on a call of its
     /// own (`Peer.InstallSnapshot`).
@@ -51,7 +51,10 @@ impl PeerMessage {
 
     pub fn lane(&self) -> Lane {
         match self.0.get_msg_type() {
+            // A write a follower passes to its leader may be large; a
+            // refusal of one is small.
             MessageType::MsgAppend => Lane::Data,
+            MessageType::MsgPropose if !self.0.reject => Lane::Data,
             MessageType::MsgSnapshot => Lane::Snapshot,
             _ => Lane::Control,
         }

@@ -21,6 +21,10 @@ pub struct Stages {
     pub propose: Duration,
     /// Until the leader saw the entry committed (a quorum had it).
     pub commit: Duration,
+    /// A write a follower passed to the leader: from then until its entry
+    /// was applied here (the leader's propose and commit, and the news of
+    /// the commit reaching this node).
+    pub forward: Duration,
     /// Applying it, with the entries committed before it in the same batch.
     pub apply: Duration,
     /// A linearizable read: its ReadIndex round and the wait for apply.
@@ -32,6 +36,7 @@ impl std::ops::AddAssign for Stages {
         self.queue += other.queue;
         self.propose += other.propose;
         self.commit += other.commit;
+        self.forward += other.forward;
         self.apply += other.apply;
         self.read_index += other.read_index;
     }
@@ -92,12 +97,23 @@ pub(crate) struct Times {
     pub(crate) queued: Instant,
     pub(crate) taken: Instant,
     pub(crate) persisted: Option<Instant>,
+    /// Passed to the leader (this node follows): its time until applied is
+    /// `forward`.
+    pub(crate) forwarded: bool,
 }
 
 impl Times {
     /// The stages of a write whose entry was being applied from
     /// `applying_since` and was done at `now`.
     fn stages(&self, applying_since: Instant, now: Instant) -> Stages {
+        if self.forwarded {
+            return Stages {
+                queue: self.taken.saturating_duration_since(self.queued),
+                forward: applying_since.saturating_duration_since(self.taken),
+                apply: now.saturating_duration_since(applying_since),
+                ..Stages::default()
+            };
+        }
         let persisted = self.persisted.unwrap_or(applying_since).min(applying_since);
         Stages {
             queue: self.taken.saturating_duration_since(self.queued),
@@ -105,6 +121,7 @@ impl Times {
             commit: applying_since.saturating_duration_since(persisted),
             apply: now.saturating_duration_since(applying_since),
             read_index: Duration::ZERO,
+            forward: Duration::ZERO,
         }
     }
 }
@@ -112,12 +129,25 @@ impl Times {
 struct Pending {
     waiter: Waiter,
     times: Option<Times>,
+    /// A write this node (a follower) passed to a leader.
+    forwarded: Option<Forwarded>,
+}
+
+/// To which leader, in which term and when a follower passed a write on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Forwarded {
+    pub(crate) leader: u64,
+    pub(crate) term: u64,
+    pub(crate) sent: Instant,
 }
 
 pub(crate) struct Proposals {
     /// This node's id goes into every entry it proposes.
     next_id: u64,
     waiting: HashMap<u64, Pending>,
+    /// How many of `waiting` were passed to a leader (checked every turn
+    /// while there are any).
+    forwarded: usize,
 }
 
 impl Proposals {
@@ -127,6 +157,7 @@ impl Proposals {
         Proposals {
             next_id: first_id,
             waiting: HashMap::new(),
+            forwarded: 0,
         }
     }
 
@@ -147,6 +178,7 @@ impl Proposals {
             Pending {
                 waiter,
                 times: None,
+                forwarded: None,
             },
         );
     }
@@ -155,7 +187,68 @@ impl Proposals {
     pub(crate) fn insert_timed(&mut self, id: u64, reply: WriteReply, times: Times) {
         let waiter = Waiter::Write(reply);
         let times = Some(times);
-        self.waiting.insert(id, Pending { waiter, times });
+        let forwarded = None;
+        self.waiting.insert(
+            id,
+            Pending {
+                waiter,
+                times,
+                forwarded,
+            },
+        );
+    }
+
+    /// A write passed to a leader (see `node/forwarding.rs`).
+    pub(crate) fn insert_forwarded(
+        &mut self,
+        id: u64,
+        reply: WriteReply,
+        times: Times,
+        forwarded: Forwarded,
+    ) {
+        let pending = Pending {
+            waiter: Waiter::Write(reply),
+            times: Some(times),
+            forwarded: Some(forwarded),
+        };
+        self.waiting.insert(id, pending);
+        self.forwarded += 1;
+    }
+
+    /// Whether any waiting write was passed to a leader.
+    pub(crate) fn any_forwarded(&self) -> bool {
+        self.forwarded > 0
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.waiting.remove(&id)?;
+        if pending.forwarded.is_some() {
+            self.forwarded -= 1;
+        }
+        Some(pending)
+    }
+
+    /// To whom proposal `id` was passed, if it is a forwarded write still
+    /// waiting.
+    pub(crate) fn forwarded(&self, id: u64) -> Option<Forwarded> {
+        self.waiting.get(&id).and_then(|pending| pending.forwarded)
+    }
+
+    /// Answers with `error` every forwarded write for which `lost` holds.
+    pub(crate) fn fail_forwarded(
+        &mut self,
+        lost: impl Fn(&Forwarded) -> bool,
+        error: &ReplicaError,
+    ) {
+        let ids: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, pending)| pending.forwarded.as_ref().is_some_and(&lost))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.complete(id, Err(error.clone()));
+        }
     }
 
     /// The entries of proposals `ids` are in the log and synced, at `at`.
@@ -172,7 +265,7 @@ impl Proposals {
 
     /// Answers the proposal `id`, if it is still waiting.
     pub(crate) fn complete(&mut self, id: u64, result: Result<WriteResult, ReplicaError>) {
-        if let Some(pending) = self.waiting.remove(&id) {
+        if let Some(pending) = self.remove(id) {
             pending.waiter.send(result);
         }
     }
@@ -186,7 +279,7 @@ impl Proposals {
         applying_since: Instant,
         now: Instant,
     ) {
-        if let Some(pending) = self.waiting.remove(&id) {
+        if let Some(pending) = self.remove(id) {
             if let (Ok(written), Some(times)) = (&mut result, pending.times) {
                 written.stages = times.stages(applying_since, now);
             }
@@ -196,6 +289,7 @@ impl Proposals {
 
     /// Answers every waiting proposal with `error` (leadership lost, stop).
     pub(crate) fn fail_all(&mut self, error: ReplicaError) {
+        self.forwarded = 0;
         for (_, pending) in self.waiting.drain() {
             pending.waiter.send(Err(error.clone()));
         }

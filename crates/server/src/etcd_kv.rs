@@ -361,12 +361,34 @@ impl EtcdKv {
         }
     }
 
-    /// Proposes `txn` here if this node leads; the leader's response.
-    async fn propose(&self, txn: TxnRequest, caller: &Caller) -> Result<TxnResponse, ReplicaError> {
+    /// Readies a linearizable read of this member's state (false), or says
+    /// it goes to the leader (true).
+    async fn read_here_or_forward(&self, forwarded: bool) -> Result<bool, Status> {
+        match self.read_barrier().await {
+            Ok(()) => Ok(false),
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
+                Ok(true)
+            }
+            Err(e) => Err(etcd_status(e)),
+        }
+    }
+
+    /// Proposes `txn` if this node leads, or passes it to the leader
+    /// through raft if `through_leader`; the response, once applied here.
+    async fn propose(
+        &self,
+        txn: TxnRequest,
+        caller: &Caller,
+        through_leader: bool,
+    ) -> Result<TxnResponse, ReplicaError> {
         self.replica.check_cluster_contact(false)?;
-        let write =
-            self.replica
-                .write_as(Write::EtcdTxn(txn), WriteSession::default(), caller.clone());
+        let (write, session, caller) =
+            (Write::EtcdTxn(txn), WriteSession::default(), caller.clone());
+        let write = if through_leader {
+            futures::future::Either::Left(self.replica.write_through_leader(write, session, caller))
+        } else {
+            futures::future::Either::Right(self.replica.write_as(write, session, caller))
+        };
         let written = match tokio::time::timeout(WAIT, write).await {
             Ok(result) => result?,
             Err(_) => return Err(ReplicaError::UnknownOutcome("not applied in time".into())),
@@ -386,17 +408,21 @@ impl EtcdKv {
         caller: &Caller,
     ) -> Result<TxnResponse, Status> {
         check_txn(&self.replica, caller, &txn).map_err(etcd_denied)?;
-        match self.propose(txn.clone(), caller).await {
-            Ok(response) => Ok(response),
-            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                let mut leader = self.leader()?;
-                let sent = Instant::now();
-                let reply = leader.txn(self.forwarded(txn, caller)).await;
-                crate::slow::note_forward(sent.elapsed());
-                Ok(answered_here(&self.replica, reply)?.into_inner())
-            }
-            Err(e) => Err(etcd_status(e)),
+        // A client's write at a follower goes to the leader through raft's
+        // message stream (`Replica::write_through_leader`); if the leader's
+        // build does not take writes passed on that way, or it just lost the
+        // lead and refused it, the leader this node knows then takes it
+        // over a call of the etcd API, once.
+        match self.propose(txn.clone(), caller, !forwarded).await {
+            Ok(response) => return Ok(response),
+            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {}
+            Err(e) => return Err(etcd_status(e)),
         }
+        let mut leader = self.leader()?;
+        let sent = Instant::now();
+        let reply = leader.txn(self.forwarded(txn, caller)).await;
+        crate::slow::note_forward(sent.elapsed());
+        Ok(answered_here(&self.replica, reply)?.into_inner())
     }
 
     fn only_response(response: TxnResponse) -> Result<response_op::Response, Status> {
@@ -451,16 +477,12 @@ impl EtcdKv {
         )
         .map_err(etcd_denied)?;
         if !request.serializable {
-            match self.read_barrier().await {
-                Ok(()) => {}
-                Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                    let mut leader = self.leader()?;
-                    let sent = Instant::now();
-                    let reply = leader.range(self.forwarded(request, &caller)).await;
-                    crate::slow::note_forward(sent.elapsed());
-                    return answered_here(&self.replica, reply);
-                }
-                Err(e) => return Err(etcd_status(e)),
+            if self.read_here_or_forward(forwarded).await? {
+                let mut leader = self.leader()?;
+                let sent = Instant::now();
+                let reply = leader.range(self.forwarded(request, &caller)).await;
+                crate::slow::note_forward(sent.elapsed());
+                return answered_here(&self.replica, reply);
             }
         } else {
             self.replica
@@ -544,14 +566,10 @@ impl EtcdKv {
         }
         check_txn(&self.replica, &caller, &txn).map_err(etcd_denied)?;
         // Only reads: served like a linearizable range, not through the log.
-        match self.read_barrier().await {
-            Ok(()) => {}
-            Err(ReplicaError::NotLeader { leader_id, .. }) if !forwarded && leader_id != 0 => {
-                let mut leader = self.leader()?;
-                let reply = leader.txn(self.forwarded(txn, &caller)).await;
-                return answered_here(&self.replica, reply);
-            }
-            Err(e) => return Err(etcd_status(e)),
+        if self.read_here_or_forward(forwarded).await? {
+            let mut leader = self.leader()?;
+            let reply = leader.txn(self.forwarded(txn, &caller)).await;
+            return answered_here(&self.replica, reply);
         }
         let state = self.replica.kv().clone();
         let mut response = state

@@ -198,7 +198,8 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         let mut partial = BytesMut::new();
         let mut sender_out_of_space = false;
-        let mut sender_log_version = None;
+        // What the sender's build reported (log version, takes proposals).
+        let mut sender_build = None;
         // A peer keeps its stream open for as long as it runs: end it once
         // this node has stopped, so a shutdown need not wait for the peers.
         let replica = self.replica.clone();
@@ -241,10 +242,13 @@ impl Peer for PeerService {
                     );
                 }
             }
-            if sender_log_version != Some(envelope.sender_log_version) {
+            let build = (envelope.sender_log_version, envelope.sender_takes_proposals);
+            if sender_build != Some(build) {
                 self.replica
                     .note_peer_log_version(envelope.from, envelope.sender_log_version);
-                sender_log_version = Some(envelope.sender_log_version);
+                self.replica
+                    .note_peer_takes_proposals(envelope.from, envelope.sender_takes_proposals);
+                sender_build = Some(build);
             }
             if partial.len() + envelope.chunk.len() > self.max_message_bytes {
                 return Err(Status::resource_exhausted(format!(

@@ -64,8 +64,12 @@ pub fn note_sizes(key: usize, value: usize) {
 }
 
 /// The replica reports where a write's or a read's time went.
-pub fn note_stages(stages: Stages) {
-    note(|trace| trace.stages += stages);
+pub fn note_stages(mut stages: Stages) {
+    note(|trace| {
+        // A write this node passed to the leader through raft.
+        trace.forward += std::mem::take(&mut stages.forward);
+        trace.stages += stages;
+    });
 }
 
 /// The request was passed on to the leader, which took `took` to answer.
@@ -118,6 +122,12 @@ mod tests {
                 commit: Duration::from_millis(5),
                 ..Default::default()
             });
+            // A write passed to the leader through raft: its time there is
+            // the forward's.
+            note_stages(Stages {
+                forward: Duration::from_millis(40),
+                ..Default::default()
+            });
             7
         })
         .await;
@@ -125,6 +135,7 @@ mod tests {
         assert_eq!((trace.key_bytes, trace.value_bytes), (3, 10));
         assert_eq!(trace.stages.propose, Duration::from_millis(250));
         assert_eq!(trace.stages.commit, Duration::from_millis(5));
+        assert_eq!(trace.forward, Duration::from_millis(40));
         // Outside a traced call, noting is a no-op rather than a panic.
         note_sizes(1, 1);
     }
@@ -140,6 +151,7 @@ mod tests {
                 commit: Duration::from_millis(8),
                 apply: Duration::from_micros(200),
                 read_index: Duration::ZERO,
+                forward: Duration::ZERO,
             },
             forward: Duration::ZERO,
         };

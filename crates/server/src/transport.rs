@@ -273,6 +273,7 @@ pub fn envelopes(
             sender_out_of_space,
             sender_log_version,
             sender_settings: None,
+            sender_takes_proposals: true,
         });
         if end == encoded.len() {
             return out;

@@ -604,6 +604,15 @@ impl World {
         };
         match started {
             Ok((replica, core)) => {
+                // Every build in the simulation takes etcd writes a follower
+                // passes on through raft (the server learns it from peers'
+                // envelopes).
+                for peer in 1..=(self.params.nodes + MAX_REPLACEMENTS as u64) {
+                    if peer != id {
+                        replica.note_peer_takes_proposals(peer, true);
+                    }
+                }
+                let node = &mut self.nodes[index];
                 node.running = Some(Running {
                     replica,
                     core,
@@ -1646,10 +1655,12 @@ impl World {
                 expected,
                 value,
             } => {
+                // As the etcd API's server does: a follower passes it to
+                // the leader through raft.
                 let write = Write::EtcdTxn(etcd::cas(key, expected.as_deref(), value));
                 Box::pin(async move {
                     replica
-                        .write(write, WriteSession::default())
+                        .write_through_leader(write, WriteSession::default(), Default::default())
                         .await
                         .map(|result| OpReply {
                             revision: Some(result.revision),
@@ -1670,7 +1681,7 @@ impl World {
                 let write = Write::EtcdTxn(etcd::put_with_lease(key, value, *lease));
                 Box::pin(async move {
                     replica
-                        .write(write, WriteSession::default())
+                        .write_through_leader(write, WriteSession::default(), Default::default())
                         .await
                         .map(written)
                 })

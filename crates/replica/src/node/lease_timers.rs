@@ -112,13 +112,14 @@ impl<S: LogStore> Node<S> {
             self.lease_timers.revoking.insert(id, retry);
             let (reply, _) = oneshot::channel();
             tracing::debug!("node {}: lease {id:x} expired; revoking it", self.id);
-            self.propose(
-                super::Write::LeaseRevoke(id),
-                Default::default(),
-                super::Caller::Node,
+            self.propose(super::ProposeInput {
+                write: super::Write::LeaseRevoke(id),
+                session: Default::default(),
+                caller: super::Caller::Node,
                 reply,
-                now,
-            );
+                queued: now,
+                forward: false,
+            });
         }
     }
 

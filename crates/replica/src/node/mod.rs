@@ -22,6 +22,7 @@ mod change_job;
 mod cluster_meta;
 mod conf_change;
 mod disk_space;
+mod forwarding;
 pub(crate) use disk_space::check_snapshot_room;
 mod lease;
 mod lease_timers;
@@ -154,15 +155,89 @@ impl Write {
     }
 }
 
+/// A client's write handed to the node.
+pub(crate) struct ProposeInput {
+    pub(crate) write: Write,
+    pub(crate) session: WriteSession,
+    pub(crate) caller: Caller,
+    pub(crate) reply: WriteReply,
+    /// When it was handed to the node (see `Stages`).
+    pub(crate) queued: Instant,
+    /// On a follower: pass it to the leader (see `forwarding.rs`) rather
+    /// than answer "not leader".
+    pub(crate) forward: bool,
+}
+
+/// Who proposed an entry, and the leader's stamps on it.
+pub(crate) struct Stamp {
+    pub(crate) proposer: u64,
+    pub(crate) proposal_id: u64,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) rules: u32,
+}
+
+/// The log entry of a client's write.
+pub(crate) fn command_of(
+    write: Write,
+    session: WriteSession,
+    caller: &Caller,
+    stamp: Stamp,
+) -> Command {
+    let command = Command {
+        proposer: stamp.proposer,
+        proposal_id: stamp.proposal_id,
+        client_id: session.client_id,
+        seq: session.seq,
+        first_incomplete_seq: session.first_incomplete_seq,
+        timestamp_ms: stamp.timestamp_ms,
+        rules: stamp.rules,
+        ops: Vec::new(),
+        cluster_id: None,
+        member_address: None,
+        compact_revision: 0,
+        etcd_txn: None,
+        lease_grant: None,
+        lease_revoke: 0,
+        auth: None,
+        user: match caller {
+            Caller::User(name) => name.clone(),
+            Caller::Anonymous | Caller::Node => String::new(),
+        },
+        by_node: *caller == Caller::Node,
+        test_next_kind: false,
+    };
+    match write {
+        Write::Ops(ops) => Command { ops, ..command },
+        Write::EtcdTxn(txn) => Command {
+            etcd_txn: Some(txn),
+            ..command
+        },
+        Write::Compact(revision) => Command {
+            compact_revision: revision,
+            ..command
+        },
+        Write::LeaseGrant { id, ttl } => Command {
+            lease_grant: Some(raftkv_kv::LeaseGrant { id, ttl }),
+            ..command
+        },
+        Write::LeaseRevoke(id) => Command {
+            lease_revoke: id,
+            ..command
+        },
+        Write::Auth(auth) => Command {
+            auth: Some(auth),
+            ..command
+        },
+        Write::TestNextKind(ops) => Command {
+            ops,
+            test_next_kind: true,
+            ..command
+        },
+    }
+}
+
 pub(crate) enum Input {
-    Propose {
-        write: Write,
-        session: WriteSession,
-        caller: Caller,
-        reply: WriteReply,
-        /// When it was handed to the node (see `Stages`).
-        queued: Instant,
-    },
+    Propose(ProposeInput),
     Read {
         reply: ReadReply,
         queued: Instant,
@@ -260,6 +335,9 @@ pub(crate) struct Node<S: LogStore> {
     proposals: Proposals,
     /// Proposals made since the last Ready with entries (see `Stages`).
     proposed_this_turn: Vec<u64>,
+    /// Writes passed to the leader this turn, sent as one message after
+    /// the turn's inputs (see `forwarding.rs`).
+    forward_queue: forwarding::ForwardQueue,
     reads: ReadBatcher,
     /// Index of the last entry applied to the state machine (starts at the
     /// snapshot index: everything after it is replayed from the log).
@@ -413,6 +491,7 @@ impl<S: LogStore> Node<S> {
             peer_inputs,
             proposals: Proposals::new(first_proposal_id),
             proposed_this_turn: Vec::new(),
+            forward_queue: Default::default(),
             applied_index,
             membership_dirty: false,
             leader_term: None,
@@ -598,6 +677,7 @@ impl<S: LogStore> Node<S> {
         self.revoke_expired_leases();
         self.maybe_issue_read(now);
         self.maybe_propose_cluster_id();
+        self.send_forwarded();
         self.on_ready()?;
         self.after_turn();
         self.advance_job();
@@ -626,6 +706,10 @@ impl<S: LogStore> Node<S> {
                     self.last_heard.insert(message.from, self.now);
                 }
                 self.note_leader_commit(&message);
+                if message.get_msg_type() == raft::eraftpb::MessageType::MsgPropose {
+                    self.on_proposal_message(message);
+                    return Ok(());
+                }
                 if self.votes_too_early(&message) {
                     return Ok(());
                 }
@@ -646,7 +730,10 @@ impl<S: LogStore> Node<S> {
                 }
                 self.reseed_election_timeout();
             }
-            PeerInput::Unreachable(id) => self.raw.report_unreachable(id),
+            PeerInput::Unreachable(id) => {
+                self.raw.report_unreachable(id);
+                self.forwarded_unreachable(id);
+            }
             PeerInput::SnapshotStatus { to, delivered } => {
                 let status = if delivered {
                     SnapshotStatus::Finish
@@ -666,13 +753,7 @@ impl<S: LogStore> Node<S> {
     /// Handles one input; false means stop.
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Propose {
-                write,
-                session,
-                caller,
-                reply,
-                queued,
-            } => self.propose(write, session, caller, reply, queued),
+            Input::Propose(input) => self.propose(input),
             Input::LeaseKeepAlive { id, reply } => {
                 let _ = reply.send(self.keep_lease_alive(id));
             }
@@ -825,117 +906,95 @@ impl<S: LogStore> Node<S> {
         }
     }
 
-    fn propose(
-        &mut self,
-        write: Write,
-        session: WriteSession,
-        caller: Caller,
-        reply: WriteReply,
-        queued: Instant,
-    ) {
-        let taken = self.clock.now();
+    fn propose(&mut self, input: ProposeInput) {
+        let ProposeInput {
+            write,
+            session,
+            caller,
+            reply,
+            queued,
+            forward,
+        } = input;
+        let times = Times {
+            queued,
+            taken: self.clock.now(),
+            persisted: None,
+            forwarded: false,
+        };
         if let Err(e) = self.check_serving() {
             let _ = reply.send(Err(e));
             return;
         }
         if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(self.not_leader()));
+            if forward && self.leader_takes_forwarded(&write) {
+                self.forward_write(write, session, caller, reply, times);
+            } else {
+                let _ = reply.send(Err(self.not_leader()));
+            }
             return;
         }
-        if let Err(e) = self
-            .check_space(write.bytes())
-            .and_then(|()| self.check_quota(&write))
-        {
+        if let Err(e) = self.check_pending_bound() {
             let _ = reply.send(Err(e));
-            return;
-        }
-        let log_version = self.cluster_log_version();
-        if let Err(e) = crate::log_version::check_proposable(write.log_version(), log_version) {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        if self.proposals.len() >= self.config.max_pending_proposals {
-            let _ = reply.send(Err(ReplicaError::Unavailable(format!(
-                "too many writes pending ({}); retry",
-                self.proposals.len()
-            ))));
             return;
         }
         let proposal_id = self.proposals.next_id();
-        let command = Command {
-            proposer: self.id,
-            proposal_id,
-            client_id: session.client_id,
-            seq: session.seq,
-            first_incomplete_seq: session.first_incomplete_seq,
-            timestamp_ms: self.log_clock_ms(),
-            rules: log_version.version,
-            ops: Vec::new(),
-            cluster_id: None,
-            member_address: None,
-            compact_revision: 0,
-            etcd_txn: None,
-            lease_grant: None,
-            lease_revoke: 0,
-            auth: None,
-            user: match &caller {
-                Caller::User(name) => name.clone(),
-                Caller::Anonymous | Caller::Node => String::new(),
-            },
-            by_node: caller == Caller::Node,
-            test_next_kind: false,
-        };
-        let command = match write {
-            Write::Ops(ops) => Command { ops, ..command },
-            Write::EtcdTxn(txn) => Command {
-                etcd_txn: Some(txn),
-                ..command
-            },
-            Write::Compact(revision) => Command {
-                compact_revision: revision,
-                ..command
-            },
-            Write::LeaseGrant { id, ttl } => Command {
-                lease_grant: Some(raftkv_kv::LeaseGrant { id, ttl }),
-                ..command
-            },
-            Write::LeaseRevoke(id) => Command {
-                lease_revoke: id,
-                ..command
-            },
-            Write::Auth(auth) => Command {
-                auth: Some(auth),
-                ..command
-            },
-            Write::TestNextKind(ops) => Command {
-                ops,
-                test_next_kind: true,
-                ..command
-            },
-        };
-        match self.raw.propose(vec![], encode_command(&command)) {
+        match self.propose_write(write, session, &caller, self.id, proposal_id, 0) {
             Ok(()) => {
-                let times = Times {
-                    queued,
-                    taken,
-                    persisted: None,
-                };
                 self.proposals.insert_timed(proposal_id, reply, times);
                 self.proposed_this_turn.push(proposal_id);
             }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(ReplicaError::Unavailable(
-                    "write dropped by raft (leadership transfer in progress or too much \
-                     uncommitted data); retry"
-                        .into(),
-                )));
-            }
             Err(e) => {
-                let _ = reply.send(Err(ReplicaError::Unavailable(format!(
-                    "write refused: {e}"
-                ))));
+                let _ = reply.send(Err(e));
             }
         }
+    }
+
+    /// Checks a client's write as leader (disk reserve, quota, the
+    /// cluster's log version), stamps it with the leader's log clock and
+    /// log version, and proposes it: for this node's own caller, or for a
+    /// follower's (`proposer`), which waits for the entry itself.
+    /// `needs`: a log version the write needs beyond its kind's (what the
+    /// follower that passed it on said).
+    fn propose_write(
+        &mut self,
+        write: Write,
+        session: WriteSession,
+        caller: &Caller,
+        proposer: u64,
+        proposal_id: u64,
+        needs: u32,
+    ) -> Result<(), ReplicaError> {
+        self.check_space(write.bytes())
+            .and_then(|()| self.check_quota(&write))?;
+        let log_version = self.cluster_log_version();
+        crate::log_version::check_proposable(write.log_version().max(needs), log_version)?;
+        let stamp = Stamp {
+            proposer,
+            proposal_id,
+            timestamp_ms: self.log_clock_ms(),
+            rules: log_version.version,
+        };
+        let command = command_of(write, session, caller, stamp);
+        match self.raw.propose(vec![], encode_command(&command)) {
+            Ok(()) => Ok(()),
+            Err(raft::Error::ProposalDropped) => Err(ReplicaError::Unavailable(
+                "write dropped by raft (leadership transfer in progress or too much \
+                 uncommitted data); retry"
+                    .into(),
+            )),
+            Err(e) => Err(ReplicaError::Unavailable(format!("write refused: {e}"))),
+        }
+    }
+
+    /// Refuses a write while too many wait for their entries.
+    fn check_pending_bound(&self) -> Result<(), ReplicaError> {
+        if self.proposals.len() >= self.config.max_pending_proposals {
+            return Err(ReplicaError::Unavailable(format!(
+                "too many writes pending ({}); retry",
+                self.proposals.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks a message from the network against this node's state, so that
@@ -1427,6 +1486,7 @@ impl<S: LogStore> Node<S> {
             self.reads.fail_all(&error);
         }
         self.leader_term = leader_term;
+        self.check_forwarded();
         self.maybe_leave_joint();
         self.publish_status();
     }

@@ -273,6 +273,7 @@ impl<S: LogStore> Node<S> {
             .mut_store()
             .apply_snapshot(meta, membership.clone())
             .map_err(fatal("installing a snapshot"))?;
+        self.forwarded_in_snapshot();
         let revision = state.revision();
         let auth_enabled = state.auth().enabled;
         *self.shared.kv.write().expect("kv lock poisoned") = state;
