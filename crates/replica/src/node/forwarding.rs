@@ -57,7 +57,7 @@ pub(super) struct ForwardQueue {
     entries: Vec<Entry>,
     /// The leader and term the writes waiting were last checked against.
     view: (u64, u64),
-    /// When to look for writes waiting past `FORWARD_TIMEOUT` next.
+    /// When to look for writes waiting past `forward_timeout` next.
     next_timeout_check: Option<Instant>,
 }
 
